@@ -1,0 +1,177 @@
+"""Parameters and the model tree: ``Param``, ``const``, field paths, ``params``.
+
+>>> import numpy as np, flux_compile as fc
+>>> p = fc.Param(np.ones((2, 3)))
+>>> p.shape, p.grad.sum(), (p * 2).sum()
+((2, 3), 0.0, 12.0)
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+
+class Param(NDArrayOperatorsMixin):
+    """A trainable array: ``.value``, ``.grad`` (same shape and dtype, starts at zero), ``.trainable``.
+
+    Outside compiled code it behaves like its array (``np.asarray(p)``,
+    arithmetic, ``.shape``, ``.dtype``).
+    """
+
+    __array_priority__ = 20
+
+    def __init__(self, value, trainable=True):
+        if isinstance(value, Param):
+            value = value.value
+        value = np.asarray(value)
+        if value.dtype.kind not in "fc":
+            value = value.astype(np.float64)
+        self.value = value
+        self.grad = np.zeros_like(value)
+        self.trainable = bool(trainable)
+
+    # -- array protocol -------------------------------------------------
+    def __array__(self, dtype=None, copy=None):
+        v = self.value
+        if dtype is not None:
+            v = v.astype(dtype, copy=False)
+        return v.copy() if copy else v
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(x.value if isinstance(x, Param) else x for x in inputs)
+        if "out" in kwargs:
+            kwargs["out"] = tuple(x.value if isinstance(x, Param) else x for x in kwargs["out"])
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        return func(*_unwrap(args), **_unwrap(kwargs))
+
+    shape = property(lambda self: self.value.shape)
+    dtype = property(lambda self: self.value.dtype)
+    ndim = property(lambda self: self.value.ndim)
+    size = property(lambda self: self.value.size)
+    T = property(lambda self: self.value.T)
+
+    def __len__(self):
+        return len(self.value)
+
+    def __getitem__(self, index):
+        return self.value[index]
+
+    def __repr__(self):
+        flag = "" if self.trainable else ", trainable=False"
+        return f"Param({np.array2string(self.value, threshold=6, edgeitems=2)}{flag})"
+
+    def zero_grad(self):
+        self.grad[...] = 0
+
+
+def _unwrap(obj):
+    if isinstance(obj, Param):
+        return obj.value
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_unwrap(x) for x in obj)
+    if isinstance(obj, dict):
+        return {k: _unwrap(v) for k, v in obj.items()}
+    return obj
+
+
+def param(value, trainable=True):
+    """``fc.param(x)``: the same as ``fc.Param(x)``."""
+    return Param(value, trainable=trainable)
+
+
+class Const:
+    """Marker returned by :func:`const`; unwrapped when set on a ``@net``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def const(value):
+    """Keep an array attribute out of the parameters: ``self.mask = fc.const(m)``."""
+    return Const(np.asarray(value))
+
+
+def is_model(obj):
+    return getattr(type(obj), "__flux_net__", False)
+
+
+def children(m):
+    """(name, value) pairs of a model's fields in definition order, skipping private ones."""
+    for name, value in vars(m).items():
+        if not name.startswith("_"):
+            yield name, value
+
+
+def named_params(m, trainable_only=False):
+    """Unique Params of ``m`` as ``[(field_path, Param)]``, depth first, in field order.
+
+    A Param shared by two sub-models appears once, under its first path.
+    """
+    seen, out = set(), []
+
+    def walk(obj, path):
+        if isinstance(obj, Param):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                if obj.trainable or not trainable_only:
+                    out.append((path, obj))
+        elif is_model(obj):
+            for name, value in children(obj):
+                walk(value, path + (name,))
+        elif isinstance(obj, (list, tuple)):
+            for i, value in enumerate(obj):
+                walk(value, path + (i,))
+        elif isinstance(obj, dict):
+            for k, value in obj.items():
+                walk(value, path + (k,))
+
+    walk(m, ())
+    return out
+
+
+def params(m):
+    """Unique trainable Params of ``m``, deterministic depth-first order."""
+    return [p for _, p in named_params(m, trainable_only=True)]
+
+
+def submodels(m):
+    """Every model in the tree of ``m`` (``m`` first), each once."""
+    seen, out = set(), []
+
+    def walk(obj):
+        if is_model(obj):
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            out.append(obj)
+            for _, value in children(obj):
+                walk(value)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                walk(v)
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+
+    walk(m)
+    return out
+
+
+def get_path(m, path):
+    """Follow a field path: ``get_path(m, ("first", "W"))`` is ``m.first.W``."""
+    obj = m
+    for key in path:
+        obj = obj[key] if isinstance(key, int) or isinstance(obj, dict) else getattr(obj, key)
+    return obj
+
+
+def path_str(path):
+    """``("layers", 0, "W")`` -> ``"layers[0].W"``."""
+    s = ""
+    for key in path:
+        s += f"[{key}]" if isinstance(key, int) else (f".{key}" if s else key)
+    return s
