@@ -1,0 +1,32 @@
+"""flux_compile: a source-transforming model compiler for Python and NumPy.
+
+``@fc.net`` reads a class's ``forward`` source, builds a dataflow graph,
+derives the backward pass symbolically and emits readable Python for forward,
+backward and update, compiled once and cached.
+"""
+from ._version import __version__
+from .errors import CompileError, GradcheckError, ModelError
+from .params import Param, param, const, params, named_params
+from .rules import diffrule, nondiff_primitive
+from .functions import sigmoid, σ, relu, leakyrelu, elu, gelu, softplus, softmax, logsoftmax, logsumexp, \
+    nodiff, flatten
+from .model import net
+from .api import source, graph, grad, update, shapes
+from .gradcheck import gradcheck
+from . import optim, data
+from .init import initn, glorot_uniform, glorot_normal, zeros
+from .losses import mse, crossentropy, logitcrossentropy, binarycrossentropy
+from .layers import Affine, Dense, Chain, Dropout, dropout, freeze, unfreeze
+from .recurrent import unroll, unroll1, flip, reset, RNN, GRU, LSTM
+from .train import train
+from .io import save, load
+
+__all__ = [
+    "__version__", "CompileError", "GradcheckError", "ModelError", "Param", "param", "const", "params",
+    "named_params", "diffrule", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
+    "softplus", "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten", "net", "source", "graph", "grad",
+    "update", "shapes", "gradcheck", "optim", "data", "initn", "glorot_uniform", "glorot_normal", "zeros",
+    "mse", "crossentropy", "logitcrossentropy", "binarycrossentropy", "Affine", "Dense", "Chain", "Dropout",
+    "dropout", "freeze", "unfreeze", "unroll", "unroll1", "flip", "reset", "RNN", "GRU", "LSTM", "train",
+    "save", "load",
+]

@@ -1,0 +1,196 @@
+"""The functional interface: ``source``, ``graph``, ``grad``, ``update``, ``shapes``.
+
+>>> import numpy as np, flux_compile as fc
+>>> def loss(W, x):
+...     return np.sum(np.tanh(x @ W) ** 2)
+>>> value, (dW, dx) = fc.grad(loss, np.ones((3, 2)) * 0.1, np.ones((4, 3)))
+>>> dW.shape, dx.shape
+((3, 2), (4, 3))
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .compiler import compile_function, compile_model
+from .display import SourceText
+from .params import Param, is_model, named_params, path_str
+from .recurrent import restore_states, snapshot_states
+
+WHICH = ("forward", "backward", "update", "all", "forward_train")
+
+
+def _compiled(m_or_f, args=None):
+    if is_model(m_or_f) or (isinstance(m_or_f, type) and getattr(m_or_f, "__flux_net__", False)):
+        return compile_model(m_or_f)
+    if args is None:
+        raise TypeError("fc.source/fc.graph of a plain function need example arguments: "
+                        "fc.source(f, 'backward', args=(x,))")
+    return compile_function(m_or_f, args)
+
+
+def source(m_or_cls, which="backward", args=None):
+    """Generated source of a model, model class or function, as a string.
+
+    ``which`` is ``"forward"``, ``"backward"``, ``"update"`` (models only) or ``"all"``.
+    """
+    if which not in WHICH:
+        raise ValueError(f"which must be one of {', '.join(WHICH[:4])}, not {which!r}")
+    if which == "update":
+        if isinstance(m_or_cls, type):
+            raise TypeError("the update step is generated per model instance: pass an instance")
+        from .optim import update_source
+        return SourceText(update_source(m_or_cls))
+    c = _compiled(m_or_cls, args)
+    if which == "all":
+        text = c.source
+        if not isinstance(m_or_cls, type) and is_model(m_or_cls):
+            from .optim import update_source
+            text = text.rstrip("\n") + "\n\n" + update_source(m_or_cls)
+        return SourceText(text)
+    return SourceText(c.sections[which])
+
+
+def graph(m_or_cls, args=None, which="forward"):
+    """The IR graph (printable; ``.to_dot()``): the inference forward, or ``which="train"`` for
+    the joint forward + backward graph."""
+    c = _compiled(m_or_cls, args)
+    return c.graph if which == "forward" else c.train_graph
+
+
+# --------------------------------------------------------------------------------
+# gradients
+
+
+class _GradCapture:
+    """Zero every Param of some models, collect what a backward pass adds, restore."""
+
+    def __init__(self, models):
+        self.entries = []
+        seen = set()
+        for m in models:
+            for path, p in named_params(m):
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    self.entries.append((m, path, p))
+
+    def __enter__(self):
+        self.saved = [p.grad.copy() for _, _, p in self.entries]
+        for _, _, p in self.entries:
+            p.grad[...] = 0
+        return self
+
+    def collect(self, model):
+        return {path: p.grad.copy() for m, path, p in self.entries if m is model and p.trainable}
+
+    def __exit__(self, *exc):
+        for (_, _, p), g in zip(self.entries, self.saved):
+            p.grad[...] = g
+        return False
+
+
+def _ones_seed(out):
+    if isinstance(out, tuple):
+        return tuple(_ones_seed(o) for o in out)
+    if isinstance(out, (np.ndarray, np.generic)):
+        return np.ones_like(out)
+    if isinstance(out, float):
+        return 1.0
+    return None
+
+
+def grad(f, *args):
+    """``(value, grads)``: one gradient per argument of ``f``.
+
+    ``f`` is a plain function (compiled like ``forward``) or a model. An array
+    argument gets an array; a model argument gets a dict ``{field_path: array}``
+    of its trainable Params. For a model ``f``, the first entry is the model's
+    own dict, then one per input. A non-scalar value is treated as its sum.
+    Param gradients are not left accumulated: ``grad`` is functional.
+    """
+    if is_model(f):
+        models = [f] + [a for a in args if is_model(a)]
+        with _GradCapture(models) as cap:
+            out, back = f._pullback(*args)
+            gin = back(_ones_seed(out))
+            gin = (gin,) if len(args) == 1 else tuple(gin)
+            grads = (cap.collect(f),) + tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
+        return out, grads
+    c = compile_function(f, args)
+    models = [a for a in args if is_model(a)]
+    with _GradCapture(models) as cap:
+        try:
+            out, saved = c.forward_train(*args)
+        except Exception as e:
+            _reraise(c, e, "forward")
+        try:
+            gin = c.backward(saved, _ones_seed(out))
+        except Exception as e:
+            _reraise(c, e, "backward")
+        gin = (gin,) if len(args) == 1 else tuple(gin)
+        grads = tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
+    return out, grads
+
+
+def _reraise(c, e, direction):
+    new = c.translate(e, direction)
+    if new is None or new is e:
+        raise e
+    raise new from e
+
+
+def _arg_grad(a, g, cap):
+    if is_model(a):
+        return cap.collect(a)
+    if isinstance(a, Param):
+        return g
+    if isinstance(a, float):
+        return float(np.sum(g)) if g is not None else 0.0
+    if isinstance(a, np.ndarray) and a.dtype.kind in "fc":
+        if g is None:
+            return np.zeros_like(a)
+        g = np.asarray(g)
+        if g.shape != a.shape:
+            from .rules.helpers import unbroadcast
+            g = unbroadcast(g, a.shape)
+        return g.astype(a.dtype, copy=False)
+    if isinstance(a, (list, tuple)) and g is not None:
+        return g
+    return None
+
+
+def update(m, grads, fn):
+    """Apply ``fn(value, grad) -> new value`` to every field path in ``grads`` (Yota's ``update!``)."""
+    from .optim import update_with
+    return update_with(m, grads, fn)
+
+
+# --------------------------------------------------------------------------------
+# shapes
+
+
+def shapes(m, *inputs):
+    """The model's inference graph with every value's shape and dtype (early Flux's ``@shapes``)."""
+    from .interp import run_graph
+    c = compile_model(m)
+    snap = snapshot_states(m)
+    try:
+        values = run_graph(c.graph, m, inputs)
+    finally:
+        restore_states(snap)
+    ann = {}
+    for nid, v in values.items():
+        ann[nid] = describe_value(v)
+    return SourceText(c.graph.format(shapes=ann))
+
+
+def describe_value(v):
+    if isinstance(v, (np.ndarray, np.generic)):
+        return f"{v.dtype}[{', '.join(map(str, np.shape(v)))}]"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(describe_value(x) for x in v) + ")"
+    if isinstance(v, (int, float, bool)):
+        return f"{type(v).__name__} {v!r}"
+    return type(v).__name__
+
+
+__all__ = ["source", "graph", "grad", "update", "shapes", "path_str"]

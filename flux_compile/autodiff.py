@@ -1,0 +1,292 @@
+"""Reverse mode over the IR: inline each primitive's rule, sum adjoints, split the result.
+
+``differentiate(graph)`` appends the backward nodes to the forward graph (one
+*joint* graph) and returns a :class:`Joint` that says which nodes the training
+forward computes, which it saves, and which the backward computes.
+
+Adjoints are summed when a value is used more than once; a Param used twice
+gets one ``self.W.grad += dW`` with both contributions. Sub-model calls are
+differentiated through the sub-model's own compiled backward (``model_back``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import rules
+from .errors import CompileError
+from .frontend import Builder, Context, Seq, Static
+from .ir import Node, describe_fn
+
+METADATA_ATTRS = {"shape", "ndim", "dtype", "size"}
+
+
+class Joint:
+    """The joint graph, split: ``forward`` nodes, ``saved`` values, ``backward`` nodes."""
+
+    def __init__(self, graph, seeds, input_grads, n_forward):
+        self.graph = graph
+        self.seeds = seeds              # one 'seed' node per output
+        self.input_grads = input_grads  # one node (or None) per input
+        self.n_forward = n_forward      # nodes[:n_forward] came from the user's forward
+
+
+def _err(node, msg, hint=None):
+    loc = node.loc
+    if loc is None:
+        raise CompileError(msg, hint=hint)
+    import linecache
+    text = linecache.getline(loc.filename, loc.lineno).rstrip("\n") or loc.text
+    raise CompileError(msg, loc.filename, loc.lineno, loc.col, text, hint=hint)
+
+
+class Adjoints:
+    """Contributions per node (per item for tuple-valued nodes)."""
+
+    def __init__(self):
+        self.parts = {}        # node id -> [node]
+        self.items = {}        # node id -> {index: [node]}
+
+    def add(self, node, grad, builder):
+        if grad is None or (isinstance(grad, Static) and grad.value is None):
+            return
+        if not node.diff:
+            return
+        if node.op in ("const", "attr"):
+            return
+        if node.arity is not None and node.op in ("pack", "model", "call", "item", "input"):
+            items = grad.items if isinstance(grad, Seq) else None
+            if items is None:
+                g = builder.as_node(grad)
+                if g.op == "pack":
+                    items = list(g.args)
+                else:
+                    items = [builder.ctx.add(Node("item", (g,), index=i, diff=True)) for i in range(node.arity)]
+            for i, gi in enumerate(items):
+                if gi is None or (isinstance(gi, Static) and gi.value is None):
+                    continue
+                self.items.setdefault(node.id, {}).setdefault(i, []).append(builder.as_node(gi))
+            return
+        if isinstance(grad, Seq):
+            grad = builder.as_node(grad)
+        elif isinstance(grad, Static):
+            grad = builder.as_node(grad)
+        self.parts.setdefault(node.id, []).append(grad)
+
+    def add_item(self, node, index, grad):
+        self.items.setdefault(node.id, {}).setdefault(index, []).append(grad)
+
+
+def _sum(parts, builder, name):
+    total = parts[0]
+    for p in parts[1:]:
+        total = builder.ctx.add(Node("call", (total, p), fn=np.add, diff=True))
+    if total.name is None or len(parts) > 1 or total.meta.get("anon"):
+        total.name = name
+        total.meta["anon"] = True
+    return total
+
+
+def _adj_name(node):
+    if node.name:
+        return "d" + node.name
+    return "dz"
+
+
+def differentiate(graph, n_inputs_diff=None):
+    """Append the backward of ``graph`` to it; returns a :class:`Joint`."""
+    n_forward = len(graph.nodes)
+    ctx = Context(graph, mode="rule")
+    ctx.arity_of = None
+    b = Builder(ctx)
+    adj = Adjoints()
+    seeds = []
+    for i, out in enumerate(graph.outputs):
+        name = "dy" if len(graph.outputs) == 1 else f"dy{i}"
+        s = graph.add(Node("seed", name=name, index=i, diff=True))
+        s.name = name
+        seeds.append(s)
+        adj.add(out, s, b)
+
+    for node in reversed(graph.nodes[:n_forward]):
+        if node.arity is not None and node.id in adj.items:
+            per = adj.items.pop(node.id)
+            ctx.loc = node.loc
+            elems = []
+            for i in range(node.arity if node.arity is not None else max(per) + 1):
+                parts = per.get(i)
+                elems.append(_sum(parts, b, _adj_name(node) + f"_{i}") if parts else None)
+            g = _pack_with_none(elems, b)
+            adj.parts.setdefault(node.id, []).insert(0, g)
+        parts = adj.parts.get(node.id)
+        if not parts or not node.diff:
+            continue
+        ctx.loc = node.loc
+        g = _sum(parts, b, _adj_name(node)) if node.arity is None else parts[0]
+        adj.parts[node.id] = [g]
+        _backprop(node, g, b, adj)
+
+    input_grads = []
+    for inp in graph.inputs:
+        parts = adj.parts.get(inp.id)
+        input_grads.append(parts[0] if parts else None)
+    return Joint(graph, seeds, input_grads, n_forward)
+
+
+def _pack_with_none(elems, b):
+    nodes = [e if e is not None else b.ctx.add(Node("const", value=None)) for e in elems]
+    return b.ctx.add(Node("pack", nodes, diff=True, arity=len(nodes)))
+
+
+def _backprop(node, g, b, adj):
+    op = node.op
+    if op in ("input", "const", "attr", "seed"):
+        return
+    if op == "param":
+        b.ctx.add(Node("accum", (g,), base=node.base, path=node.path,
+                       target=_target(node.base, node.path)))
+        return
+    if op == "pack":
+        items = list(g.args) if g.op == "pack" else \
+            [b.ctx.add(Node("item", (g,), index=i, diff=True)) for i in range(len(node.args))]
+        for x, gi in zip(node.args, items):
+            if not (gi.op == "const" and gi.value is None):
+                adj.add(x, gi, b)
+        return
+    if op == "item":
+        src = node.args[0]
+        if src.arity is None:
+            # unknown arity (an opaque call): grow as needed
+            src.arity = max(node.index + 1, src.meta.get("max_item", 0))
+        adj.add_item(src, node.index, g)
+        return
+    if op == "getattr":
+        return
+    if op == "model":
+        back = b.ctx.add(Node("model_back", (g,), target=node.target, diff=True))
+        back.meta["model"] = node
+        node.meta["needs_back"] = True
+        diff_args = [a for a in node.args]
+        if len(diff_args) == 1:
+            adj.add(diff_args[0], back, b)
+        else:
+            for i, a in enumerate(diff_args):
+                if a.diff:
+                    adj.add(a, b.ctx.add(Node("item", (back,), index=i, diff=True)), b)
+        return
+    if op == "call":
+        _backprop_call(node, g, b, adj)
+        return
+    if op in ("state",):
+        return
+    _err(node, f"no adjoint for node kind {op!r}")
+
+
+def _target(base, path):
+    s = base
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return s
+
+
+def bind_rule_args(node, rule):
+    """Match a call node's arguments to a rule's parameters: (positional, keyword)."""
+    import inspect
+    pos_names, kw_defaults = rules.rule_signature(rule)
+    fn = node.fn
+    args, kwargs = list(node.args), dict(node.kwargs)
+    bound = None
+    try:
+        sig = inspect.signature(fn)
+        bound = sig.bind(*args, **kwargs).arguments
+        flat = {}
+        for name, value in bound.items():
+            p = sig.parameters[name]
+            if p.kind is p.VAR_KEYWORD:
+                flat.update(value)
+            else:
+                flat[name] = value
+        bound = flat
+    except (TypeError, ValueError):
+        bound = None
+    if pos_names and pos_names[0].startswith("*"):
+        return args, kwargs
+    if bound is None or not set(pos_names) <= set(bound) | set(kw_defaults) | {n for n in pos_names}:
+        bound = {}
+        names = [n for n in pos_names] + [n for n in kw_defaults]
+        for name, value in zip(names, args):
+            bound[name] = value
+        if len(args) > len(names):
+            _err(node, f"too many arguments for the derivative rule of {describe_fn(fn)}")
+        bound.update(kwargs)
+    pos = []
+    for name in pos_names:
+        if name in bound:
+            pos.append(bound.pop(name))
+        else:
+            pos.append(None)
+    kw = {}
+    for name, value in bound.items():
+        if name not in kw_defaults:
+            if value.op == "const" and value.value is None:
+                continue
+            _err(node, f"the derivative rule of {describe_fn(fn)} does not support the argument {name!r}",
+                 hint="drop the argument, or register your own rule with @fc.diffrule")
+        kw[name] = value
+    return pos, kw
+
+
+def _as_rule_value(n):
+    if n is None:
+        return Static(None)
+    if n.op == "const":
+        return Static(n.value)
+    return n
+
+
+def _backprop_call(node, g, b, adj):
+    fn = node.fn
+    if rules.is_nondiff(fn):
+        return
+    rule = rules.get_rule(fn)
+    if rule is None:
+        _err(node, f"no derivative rule for {describe_fn(fn)}",
+             hint=f"register one with @fc.diffrule({getattr(fn, '__name__', 'fn')}), or stop the gradient "
+                  "with fc.nodiff(...) if none is needed")
+    pos, kw = bind_rule_args(node, rule)
+    start = len(b.ctx.graph.nodes)
+    rargs = [g, node] + [_as_rule_value(p) for p in pos]
+    rkw = {k: _as_rule_value(v) for k, v in kw.items()}
+    saved_loc = b.ctx.loc
+    try:
+        result = b.call_function(rule, rargs, rkw)
+    except CompileError as e:
+        _err(node, f"while inlining the derivative rule of {describe_fn(fn)}: {e.msg} "
+                   f"(rule at {e.filename}:{e.lineno})")
+    for n in b.ctx.graph.nodes[start:]:
+        n.meta["rule_loc"] = n.loc
+        n.loc = node.loc
+    b.ctx.loc = saved_loc
+    if len(pos) == 1:
+        grads = [result]
+        if isinstance(result, Seq) and len(result.items) == 1 and not (pos[0] is not None and pos[0].op == "pack"
+                                                                       and len(pos[0].args) != 1):
+            grads = [result.items[0]]
+    else:
+        if isinstance(result, Seq):
+            grads = result.items
+        elif isinstance(result, Static) and isinstance(result.value, tuple):
+            grads = [Static(v) for v in result.value]
+        else:
+            _err(node, f"the derivative rule of {describe_fn(fn)} must return one gradient per input "
+                       f"({len(pos)})")
+        if len(grads) != len(pos):
+            _err(node, f"the derivative rule of {describe_fn(fn)} returned {len(grads)} gradients "
+                       f"for {len(pos)} inputs")
+    for x, gx in zip(pos, grads):
+        if x is None or gx is None:
+            continue
+        if isinstance(gx, Static) and gx.value is None:
+            continue
+        if x.op == "pack" and x.arity is None:
+            x.arity = len(x.args)
+        adj.add(x, gx, b)

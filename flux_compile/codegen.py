@@ -1,0 +1,392 @@
+"""Codegen: IR nodes → Python ``ast`` → ``astor.to_source`` → compiled functions.
+
+Names come from the user's variables (``h``, ``h_1``; adjoints ``dh``); each
+user statement gets one comment with its line; single-use temporaries are
+inlined into the expression that uses them, so rules read like the math.
+"""
+from __future__ import annotations
+
+import ast
+import math
+import os
+import re
+
+import astor
+import numpy as np
+
+from ._version import __version__
+from .ir import Loc, Node
+from .sourcecache import compile_source, unique_filename
+
+OPERATORS = {
+    np.add: ast.Add, np.subtract: ast.Sub, np.multiply: ast.Mult, np.divide: ast.Div,
+    np.true_divide: ast.Div, np.power: ast.Pow, np.matmul: ast.MatMult, np.floor_divide: ast.FloorDiv,
+    np.mod: ast.Mod,
+}
+COMPARISONS = {
+    np.greater: ast.Gt, np.greater_equal: ast.GtE, np.less: ast.Lt, np.less_equal: ast.LtE,
+    np.equal: ast.Eq, np.not_equal: ast.NotEq,
+}
+UNARY = {np.negative: ast.USub, np.positive: ast.UAdd}
+ALWAYS_INLINE = {"input", "const", "param", "attr", "seed"}
+STATEMENT_OPS = {"model", "accum", "model_back", "state"}
+MARK = re.compile(r"""^(\s*)(?:'|"|\"\"\")@@LOC (\d+)@@(?:'|"|\"\"\")\s*$""")
+RESERVED = {"self", "saved", "np", "fc", "state", "None", "True", "False"}
+
+
+def _parse_expr(text):
+    return ast.parse(text, mode="eval").body
+
+
+def _path_ast(base, path):
+    s = base
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return _parse_expr(s)
+
+
+class Namespace:
+    """Globals of the generated module: ``np``, ``fc`` and any other object, by a stable name."""
+
+    def __init__(self):
+        import flux_compile
+        self.fc = flux_compile
+        self.objects = {"np": np, "fc": flux_compile}
+        self.by_id = {}
+
+    def name_of(self, obj):
+        key = id(obj)
+        if key in self.by_id:
+            return self.by_id[key]
+        name = self._public_name(obj)
+        if name is None:
+            base = getattr(obj, "__name__", None) or type(obj).__name__.lower()
+            base = re.sub(r"\W", "_", base).strip("_") or "const"
+            if base[0].isdigit() or base == "<lambda>":
+                base = "fn_" + base
+            name, i = base, 1
+            while name in self.objects and self.objects[name] is not obj or name in RESERVED:
+                name = f"{base}_{i}"
+                i += 1
+            self.objects[name] = obj
+        self.by_id[key] = name
+        return name
+
+    def _public_name(self, obj):
+        name = getattr(obj, "__name__", None)
+        if not isinstance(name, str):
+            return None
+        mod = getattr(obj, "__module__", None) or ""
+        if type(obj) is np.ufunc or mod.startswith("numpy"):
+            for prefix, space in (("np", np), ("np.linalg", np.linalg), ("np.fft", np.fft)):
+                if getattr(space, name, None) is obj:
+                    return f"{prefix}.{name}"
+        if isinstance(obj, type) and issubclass(obj, np.generic) and getattr(np, name, None) is obj:
+            return f"np.{name}"
+        if mod.startswith("flux_compile") and not mod.startswith("flux_compile.rules") \
+                and getattr(self.fc, name, None) is obj:
+            return f"fc.{name}"
+        if mod == "builtins" and getattr(__builtins__ if isinstance(__builtins__, dict) else
+                                         __builtins__.__dict__, "get", lambda k: None)(name) is obj:
+            return name
+        import builtins
+        if getattr(builtins, name, None) is obj:
+            return name
+        return None
+
+
+class FunctionEmitter:
+    """Turns an ordered list of nodes into the body of one generated function."""
+
+    def __init__(self, ns, names, locs, mode, namer, back_names=None):
+        self.ns = ns
+        self.namer = namer
+        self.names = names          # node id -> name (materialized nodes)
+        self.locs = locs            # list of Loc, index = marker id
+        self.mode = mode            # "infer" | "train" | "backward"
+        self.inline = set()
+        self.back_names = back_names if back_names is not None else {}
+
+    # -- expressions ---------------------------------------------------------
+    def expr(self, n):
+        if n.id in self.names and n.id not in self.inline:
+            return ast.Name(id=self.names[n.id], ctx=ast.Load())
+        op = n.op
+        if op == "const":
+            return self.const(n.value)
+        if op == "param":
+            return _path_ast(n.base, n.path + ("value",))
+        if op == "attr":
+            return _path_ast(n.base, n.path)
+        if op == "getattr":
+            return ast.Attribute(value=self.expr(n.args[0]), attr=n.attr, ctx=ast.Load())
+        if op == "item":
+            return ast.Subscript(value=self.expr(n.args[0]), slice=ast.Constant(n.index), ctx=ast.Load())
+        if op == "pack":
+            return ast.Tuple(elts=[self.expr(a) for a in n.args], ctx=ast.Load())
+        if op == "call":
+            return self.call(n)
+        if op == "model":
+            return ast.Call(func=_path_ast(n.base, n.path), args=[self.expr(a) for a in n.args], keywords=[])
+        if op == "model_back":
+            return ast.Call(func=ast.Name(id=self.back_names[n.meta["model"].id], ctx=ast.Load()),
+                            args=[self.expr(a) for a in n.args], keywords=[])
+        raise AssertionError(f"cannot render {op}")
+
+    def call(self, n):
+        from .rules import helpers
+        fn = n.fn
+        args = n.args
+        if not n.kwargs:
+            if fn in OPERATORS and len(args) == 2:
+                return ast.BinOp(left=self.expr(args[0]), op=OPERATORS[fn](), right=self.expr(args[1]))
+            if fn in COMPARISONS and len(args) == 2:
+                return ast.Compare(left=self.expr(args[0]), ops=[COMPARISONS[fn]()],
+                                   comparators=[self.expr(args[1])])
+            if fn in UNARY and len(args) == 1:
+                return ast.UnaryOp(op=UNARY[fn](), operand=self.expr(args[0]))
+            if fn is getattr(helpers, "getitem", None) and len(args) == 2:
+                return ast.Subscript(value=self.expr(args[0]), slice=self.index(args[1]), ctx=ast.Load())
+            if fn is np.transpose and len(args) == 1:
+                return ast.Attribute(value=self.expr(args[0]), attr="T", ctx=ast.Load())
+            if fn is slice:
+                return ast.Call(func=ast.Name(id="slice", ctx=ast.Load()),
+                                args=[self.expr(a) for a in args], keywords=[])
+        if fn is getattr(helpers, "astype", None) and len(args) == 2 and not n.kwargs:
+            return ast.Call(func=ast.Attribute(value=self.expr(args[0]), attr="astype", ctx=ast.Load()),
+                            args=[self.expr(args[1])], keywords=[])
+        func = _parse_expr(self.ns.name_of(fn))
+        return ast.Call(func=func, args=[self.expr(a) for a in args],
+                        keywords=[ast.keyword(arg=k, value=self.expr(v)) for k, v in n.kwargs.items()])
+
+    def index(self, n):
+        if n.op == "const":
+            return self.index_const(n.value)
+        if n.op == "pack" and (n.id not in self.names or n.id in self.inline):
+            return ast.Tuple(elts=[self.index(a) for a in n.args], ctx=ast.Load())
+        if n.op == "call" and n.fn is slice and (n.id not in self.names or n.id in self.inline):
+            parts = [None if (a.op == "const" and a.value is None) else self.expr(a) for a in n.args]
+            return ast.Slice(lower=parts[0], upper=parts[1], step=parts[2])
+        return self.expr(n)
+
+    def index_const(self, v):
+        if isinstance(v, slice):
+            conv = lambda x: None if x is None else self.const(x)  # noqa: E731
+            return ast.Slice(lower=conv(v.start), upper=conv(v.stop), step=conv(v.step))
+        if isinstance(v, tuple):
+            return ast.Tuple(elts=[self.index_const(x) for x in v], ctx=ast.Load())
+        return self.const(v)
+
+    def const(self, v):
+        if v is None or isinstance(v, (bool, str)) or v is Ellipsis:
+            return ast.Constant(v)
+        if isinstance(v, int):
+            return ast.Constant(v) if v >= 0 else ast.UnaryOp(op=ast.USub(), operand=ast.Constant(-v))
+        if isinstance(v, float):
+            if math.isnan(v):
+                return _parse_expr("np.nan")
+            if math.isinf(v):
+                return _parse_expr("np.inf" if v > 0 else "-np.inf")
+            return ast.Constant(v) if v >= 0 or math.copysign(1, v) > 0 else \
+                ast.UnaryOp(op=ast.USub(), operand=ast.Constant(-v))
+        if isinstance(v, complex):
+            return ast.Constant(v)
+        if isinstance(v, tuple):
+            return ast.Tuple(elts=[self.const(x) for x in v], ctx=ast.Load())
+        if isinstance(v, list):
+            return ast.List(elts=[self.const(x) for x in v], ctx=ast.Load())
+        if isinstance(v, slice):
+            return ast.Call(func=ast.Name(id="slice", ctx=ast.Load()),
+                            args=[self.const(v.start), self.const(v.stop), self.const(v.step)], keywords=[])
+        if isinstance(v, np.dtype):
+            return ast.Call(func=_parse_expr("np.dtype"), args=[ast.Constant(v.name)], keywords=[])
+        if isinstance(v, np.generic) and not isinstance(v, np.ndarray):
+            return self.const(v.item())
+        return _parse_expr(self.ns.name_of(v))
+
+    # -- statements ------------------------------------------------------------
+    def statements(self, nodes, keep):
+        """Render ``nodes`` (already ordered); ``keep`` = ids that must be named statements."""
+        uses = {}
+        for n in nodes:
+            for a in n.inputs():
+                uses[a.id] = uses.get(a.id, 0) + 1
+        consumer_loc = {}
+        for n in nodes:
+            for a in n.inputs():
+                consumer_loc.setdefault(a.id, set()).add(n.loc)
+        body = []
+        for n in nodes:
+            if n.op in ALWAYS_INLINE:
+                continue
+            if n.op in STATEMENT_OPS:
+                pass
+            elif n.id in keep or uses.get(n.id, 0) != 1 or n.meta.get("effect") \
+                    or (n.name and not n.meta.get("anon")):
+                pass
+            elif consumer_loc.get(n.id) and consumer_loc[n.id] != {n.loc}:
+                pass
+            else:
+                self.inline.add(n.id)
+                continue
+            if n.id not in self.names and (uses.get(n.id, 0) > 0 or n.id in keep or n.op == "model"):
+                self.names[n.id] = self.namer.fresh(_hint(n, self.names))
+            if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
+                self.back_names[n.id] = self.namer.fresh(self.names[n.id].removesuffix("_out") + "_back")
+            body.extend(self.statement(n, uses))
+        return body
+
+    def statement(self, n, uses):
+        out = []
+        marker = self.marker(n.loc)
+        if marker is not None:
+            out.append(marker)
+        name = self.names.get(n.id)
+        if n.op == "accum":
+            target = _path_ast(n.base, n.path + ("grad",))
+            target.ctx = ast.Store()
+            out.append(ast.AugAssign(target=target, op=ast.Add(), value=self.expr(n.args[0])))
+            return out
+        if n.op == "state":
+            out.append(ast.Assign(targets=[ast.Subscript(value=ast.Name(id="state", ctx=ast.Load()),
+                                                         slice=ast.Constant(n.target), ctx=ast.Store())],
+                                  value=self.expr(n.args[0])))
+            return out
+        if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
+            back = self.back_names[n.id]
+            call = ast.Call(func=ast.Attribute(value=_path_ast(n.base, n.path), attr="_pullback", ctx=ast.Load()),
+                            args=[self.expr(a) for a in n.args], keywords=[])
+            out.append(ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=name, ctx=ast.Store()),
+                                                           ast.Name(id=back, ctx=ast.Store())], ctx=ast.Store())],
+                                  value=call))
+            return out
+        value = self.expr_body(n)
+        if name is None:
+            out.append(ast.Expr(value=value))
+        else:
+            out.append(ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=value))
+        return out
+
+    def expr_body(self, n):
+        saved = n.id in self.names
+        if saved:
+            name = self.names.pop(n.id)
+        try:
+            return self.expr(n)
+        finally:
+            if saved:
+                self.names[n.id] = name
+
+    def marker(self, loc):
+        if loc is None or not loc.text:
+            return None
+        if getattr(self, "_last_loc", None) == loc:
+            return None
+        self._last_loc = loc
+        self.locs.append(loc)
+        return ast.Expr(value=ast.Constant(f"@@LOC {len(self.locs) - 1}@@"))
+
+
+class Namer:
+    """Deterministic names: the user's variable names first, ``_1``, ``_2`` on reuse."""
+
+    def __init__(self, reserved):
+        self.used = set(reserved) | RESERVED
+
+    def fresh(self, hint):
+        hint = re.sub(r"\W", "_", str(hint or "t"))
+        if hint[0].isdigit():
+            hint = "v" + hint
+        name, i = hint, 1
+        while name in self.used:
+            name = f"{hint}_{i}"
+            i += 1
+        self.used.add(name)
+        return name
+
+
+def _hint(n, names=None):
+    if n.name:
+        return n.name
+    if n.op == "getattr" and names and n.args[0].id in names:
+        return f"{names[n.args[0].id]}_{n.attr}"
+    if n.op == "model":
+        last = n.path[-1] if n.path else n.base
+        return f"layer{last}_out" if isinstance(last, int) else f"{last}_out"
+    if n.op == "getattr" and n.args and n.args[0].name:
+        return f"{n.args[0].name}_{n.attr}"
+    if n.op == "model_back":
+        return "dz"
+    return "t"
+
+
+def render(functions, header, ns):
+    """Assemble functions (list of (FunctionDef, locs)) into source text and a line → Loc map."""
+    mod = ast.Module(body=[f for f, _ in functions], type_ignores=[])
+    src = astor.to_source(mod)
+    locs = []
+    for _, l in functions:
+        locs.append(l)
+    all_locs = functions[0][1] if functions else []
+    lines = src.splitlines()
+    out, linemap = [header.rstrip("\n")], {}
+    current = None
+    for line in lines:
+        m = MARK.match(line)
+        if m:
+            loc = all_locs[int(m.group(2))]
+            current = loc
+            out.append(f"{m.group(1)}# {describe_loc(loc, header_file=None)}")
+            continue
+        if line.startswith("def "):
+            current = None
+            if out and out[-1].strip():
+                out.append("")
+        out.append(line)
+        if current is not None:
+            linemap[len(out)] = current
+    return "\n".join(out) + "\n", linemap
+
+
+def describe_loc(loc, header_file=None):
+    text = loc.text if len(loc.text) <= 100 else loc.text[:97] + "..."
+    return f"line {loc.lineno}: {text}" if not loc.filename.startswith("<") or True else text
+
+
+def build_module(label, funcs, ns):
+    """``funcs``: list of ``ast.FunctionDef``; returns (source, namespace, linemap, filename)."""
+    header = f"# generated by flux_compile {__version__} for {label}; do not edit\n"
+    locs = funcs.locs
+    mod_src, linemap = render([(f, locs) for f in funcs.defs], header, ns)
+    filename = unique_filename(label)
+    namespace = dict(ns.objects)
+    compile_source(mod_src, filename, namespace)
+    return mod_src, namespace, linemap, filename
+
+
+class FuncSet:
+    def __init__(self):
+        self.defs = []
+        self.locs = []
+
+
+def make_function(name, params, body, returns):
+    body = list(body)
+    if returns is not None:
+        body.append(ast.Return(value=returns))
+    if not body:
+        body = [ast.Pass()]
+    return ast.FunctionDef(name=name, args=ast.arguments(
+        posonlyargs=[], args=[ast.arg(arg=p) for p in params], vararg=None, kwonlyargs=[],
+        kw_defaults=[], kwarg=None, defaults=[]), body=body, decorator_list=[], returns=None,
+        type_comment=None)
+
+
+def tuple_or_single(exprs):
+    if len(exprs) == 1:
+        return exprs[0]
+    return ast.Tuple(elts=list(exprs), ctx=ast.Load())
+
+
+def basename(path):
+    return os.path.basename(path) if path and not path.startswith("<") else path

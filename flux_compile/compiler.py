@@ -1,0 +1,356 @@
+"""The pipeline in one place: frontend → autodiff → passes → codegen → cached functions.
+
+``compile_model(m)`` compiles a ``@net`` instance (or class); ``compile_function(f, args)``
+a plain function for ``fc.grad``. Results are cached per class, per hash of
+every source that went in, and per the structure of the instance (which
+attributes are Params, sub-models, functions or flags).
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import inspect
+import sys
+import types
+
+import numpy as np
+
+from . import codegen, passes
+from ._version import __version__
+from .autodiff import differentiate
+from .errors import CompileError, ModelError, model_error_type
+from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source
+from .ir import Graph, Node
+from .params import Param, is_model
+
+
+class Compiled:
+    """Generated functions of one model class (or function) for one structure."""
+
+    def __init__(self, label, owner):
+        self.label = label
+        self.owner = owner
+        self.forward = self.forward_train = self.backward = None
+        self.sections = {}
+        self.source = ""
+        self.graph = None          # the inference graph
+        self.train_graph = None    # the joint (forward + backward) graph
+        self.linemap = {}
+        self.filename = None
+        self.n_outputs = None      # None: one output; k: a tuple of k
+        self.input_names = []
+
+    # -- errors inside generated code -------------------------------------------
+    def translate(self, exc, direction="forward"):
+        """Re-raise ``exc`` as a ModelError naming the user's statement, or return None."""
+        tb = exc.__traceback__
+        lineno = None
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == self.filename:
+                lineno = tb.tb_lineno
+            tb = tb.tb_next
+        if lineno is None:
+            return None
+        loc = self.linemap.get(lineno)
+        where = f"{loc.filename}:{loc.lineno}" if loc else f"{self.filename}:{lineno}"
+        text = loc.text if loc else ""
+        frame = (f"{self.owner} ({direction})", where, text)
+        if isinstance(exc, ModelError):
+            exc.trace.append(frame)
+            return exc
+        cls = model_error_type(type(exc))
+        try:
+            new = cls(f"{type(exc).__name__}: {exc}", [frame])
+        except Exception:
+            new = ModelError(f"{type(exc).__name__}: {exc}", [frame])
+        return new
+
+
+def _new_graph(name):
+    return Graph(name)
+
+
+def _outputs(b, out):
+    if isinstance(out, Seq):
+        return [b.as_node(v) for v in out.items], len(out.items)
+    if isinstance(out, Static) and isinstance(out.value, tuple):
+        return [b.as_node(Static(v)) for v in out.value], len(out.value)
+    return [b.as_node(out)], None
+
+
+def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None):
+    g = _new_graph(label)
+    ctx = Context(g, "forward")
+    ctx.generic_cls = generic_cls
+    ctx.training = training
+    ctx.arity_of = arity_of
+    ctx.state = state
+    b = Builder(ctx)
+    args = []
+    for spec in inputs:
+        kind, name, obj = spec
+        if kind == "array":
+            args.append(g.add(Node("input", name=name, diff=True)))
+        elif kind == "model":
+            g.add(Node("input", name=name, diff=False))
+            args.append(ModelRef(name, (), obj))
+        else:
+            g.add(Node("input", name=name, diff=False))
+            args.append(Static(obj))
+    if state is not None:
+        state.begin(b)
+    out = b.call_function(fn, args, {}, selfval=selfval)
+    outs, arity = _outputs(b, out)
+    for i, o in enumerate(outs):
+        if o.name is None and o.op not in ("input", "param", "const", "attr"):
+            o.name = "y" if len(outs) == 1 else f"y{i + 1}"
+            o.meta["anon"] = True
+    if state is not None:
+        state.end(b)
+    g.outputs = outs
+    return g, arity, ctx
+
+
+def _arity_of(obj, nargs):
+    c = compile_model(obj)
+    return c.n_outputs
+
+
+def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state_names=()):
+    ns = codegen.Namespace()
+    fs = codegen.FuncSet()
+    # inference forward
+    namer = codegen.Namer(input_names)
+    names = {n.id: n.name for n in infer_g.inputs}
+    em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", namer)
+    outs = infer_g.outputs
+    roots = list(outs) + [n for n in infer_g.nodes if n.op == "state"]
+    alive = passes.live(roots)
+    nodes = [n for n in infer_g.nodes if n.id in alive]
+    keep = {o.id for o in outs}
+    body = em.statements(nodes, keep)
+    ret = codegen.tuple_or_single([em.expr(o) for o in outs]) if len(outs) != 1 or True else None
+    fs.defs.append(codegen.make_function("forward", params_in_sig, body, ret))
+    # training forward
+    g = joint.graph
+    namer = codegen.Namer(input_names)
+    names = {n.id: n.name for n in g.inputs}
+    for s in joint.seeds:
+        names[s.id] = s.name
+    back_names = {}
+    em = codegen.FunctionEmitter(ns, names, fs.locs, "train", namer, back_names)
+    em._last_loc = None
+    touts = g.outputs
+    keep = {o.id for o in touts} | {a.id for a, _ in split.saved}
+    body = em.statements(split.forward, keep)
+    saved_exprs = []
+    for node, kind in split.saved:
+        saved_exprs.append(ast.Name(id=back_names[node.id] if kind == "back" else names[node.id], ctx=ast.Load()))
+    out_expr = codegen.tuple_or_single([em.expr(o) for o in touts])
+    ret = ast.Tuple(elts=[out_expr, ast.Tuple(elts=saved_exprs, ctx=ast.Load())], ctx=ast.Load())
+    fs.defs.append(codegen.make_function("forward_train", params_in_sig, body, ret))
+    # backward
+    em2 = codegen.FunctionEmitter(ns, names, fs.locs, "backward", namer, back_names)
+    em2._last_loc = None
+    head = []
+    if split.saved:
+        targets = [ast.Name(id=e.id, ctx=ast.Store()) for e in saved_exprs]
+        if len(targets) == 1:
+            head.append(ast.Assign(targets=targets, value=ast.Subscript(
+                value=ast.Name(id="saved", ctx=ast.Load()), slice=ast.Constant(0), ctx=ast.Load())))
+        else:
+            head.append(ast.Assign(targets=[ast.Tuple(elts=targets, ctx=ast.Store())],
+                                   value=ast.Name(id="saved", ctx=ast.Load())))
+    if len(joint.seeds) > 1:
+        head.append(ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=s.name, ctx=ast.Store()) for s in joint.seeds],
+                                                  ctx=ast.Store())], value=ast.Name(id="dy", ctx=ast.Load())))
+    grads = joint.resolved_grads
+    keep = {x.id for x in grads if x is not None}
+    body = em2.statements(split.backward, keep)
+    rets = [em2.expr(x) if x is not None else ast.Constant(None) for x in grads]
+    ret = codegen.tuple_or_single(rets) if rets else ast.Constant(None)
+    bparams = ["self", "saved", "dy"] if params_in_sig[0] == "self" else ["saved", "dy"]
+    fs.defs.append(codegen.make_function("backward", bparams, head + body, ret))
+    source, namespace, linemap, filename = codegen.build_module(label, fs, ns)
+    return source, namespace, linemap, filename
+
+
+def _sections(source):
+    """Split the module text into its three functions (for ``fc.source(m, which)``)."""
+    out, cur, header = {}, None, []
+    for line in source.splitlines(True):
+        if line.startswith("def "):
+            cur = line[4:line.index("(")]
+            out[cur] = header + [line] if cur == "forward" else [line]
+            continue
+        if cur is None:
+            header.append(line)
+        else:
+            out[cur].append(line)
+    return {k: "".join(v).rstrip("\n") + "\n" for k, v in out.items()}
+
+
+def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=None, generic_cls=None):
+    """Run the whole pipeline for one function; returns a :class:`Compiled`."""
+    c = Compiled(label, owner)
+    state = state_factory() if state_factory else None
+    infer_g, arity, _ = _trace(label, fn, selfval, input_specs, False, state, _arity_of, generic_cls)
+    r = passes.optimize(infer_g)
+    infer_g.outputs = [r(o) for o in infer_g.outputs]
+    state2 = state_factory() if state_factory else None
+    train_g, _, _ = _trace(label, fn, selfval, input_specs, True, state2, _arity_of, generic_cls)
+    joint = differentiate(train_g)
+    r2 = passes.optimize(train_g)
+    joint.resolved_grads = [r2(x) if x is not None else None for x in joint.input_grads]
+    sp = passes.split(joint, r2)
+    input_names = [n.name for n in infer_g.inputs]
+    source, namespace, linemap, filename = _emit(label, owner, infer_g, joint, sp, input_names, params_in_sig)
+    c.forward = namespace["forward"]
+    c.forward_train = namespace["forward_train"]
+    c.backward = namespace["backward"]
+    c.source = source
+    c.sections = _sections(source)
+    c.graph = infer_g
+    c.train_graph = train_g
+    c.split = sp
+    c.linemap = linemap
+    c.filename = filename
+    c.n_outputs = arity
+    c.input_names = input_names
+    c.diff_inputs = [n.diff for n in infer_g.inputs]
+    c.state = state
+    return c
+
+
+# ------------------------------------------------------------------------------
+# models
+
+_cache = {}
+
+
+def _class_sources(cls):
+    return get_source(cls.forward).text
+
+
+def model_signature(m):
+    return tuple((k, attr_token(v)) for k, v in vars(m).items() if not k.startswith("_"))
+
+
+def _forward_inputs(cls):
+    fn = cls.forward
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        raise CompileError(f"{cls.__name__}.forward has no readable signature")
+    names = []
+    for p in list(sig.parameters.values())[1:]:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            src = get_source(fn)
+            raise CompileError(f"{cls.__name__}.forward(*{p.name}) is not supported",
+                               src.filename, src.offset + src.tree.lineno, None,
+                               hint="name each input: def forward(self, x, h)")
+        if p.kind is p.KEYWORD_ONLY:
+            src = get_source(fn)
+            raise CompileError("keyword-only inputs to forward are not supported", src.filename,
+                               src.offset + src.tree.lineno, hint="make them positional")
+        names.append(p.name)
+    return names
+
+
+def compile_model(m_or_cls):
+    """The :class:`Compiled` for a model instance (specialised to it) or a class (generic)."""
+    if isinstance(m_or_cls, type):
+        cls, inst = m_or_cls, None
+    else:
+        cls, inst = type(m_or_cls), m_or_cls
+        cached = inst.__dict__.get("_fc_compiled")
+        if cached is not None:
+            return cached
+    if not hasattr(cls, "forward"):
+        raise TypeError(f"{cls.__name__} has no forward method")
+    text = _class_sources(cls)
+    sig = model_signature(inst) if inst is not None else ("generic",)
+    key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig)
+    c = _cache.get(key)
+    if c is None:
+        c = _compile_model(cls, inst, text)
+        _cache[key] = c
+    if inst is not None:
+        object.__setattr__(inst, "_fc_compiled", c)
+    return c
+
+
+def _compile_model(cls, inst, text):
+    from . import recurrent
+    names = _forward_inputs(cls)
+    selfval = ModelRef("self", (), inst)
+    specs = [("array", n, None) for n in names]
+    label = cls.__qualname__
+    state_factory = recurrent.state_factory(cls, inst)
+    c = build(label, cls.__name__, cls.forward, selfval, specs, ["self"] + names,
+              state_factory=state_factory, generic_cls=cls if inst is None else None)
+    c.hash = hashlib.sha256(text.encode()).hexdigest()
+    return c
+
+
+# ------------------------------------------------------------------------------
+# plain functions (fc.grad)
+
+_fcache = {}
+
+
+def _arg_spec(name, value):
+    if is_model(value):
+        return ("model", name, value)
+    if isinstance(value, Param):
+        return ("array", name, None)
+    if isinstance(value, (np.ndarray, float, complex, np.floating)) and not isinstance(value, bool):
+        return ("array", name, None)
+    if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
+        return ("array", name, None)
+    return ("static", name, value)
+
+
+def _spec_token(spec):
+    kind, name, obj = spec
+    if kind == "model":
+        return (kind, name, type(obj), tuple((p, attr_token(v)) for p, v in _walk_tokens(obj)))
+    if kind == "static":
+        try:
+            hash(obj)
+            return (kind, name, obj)
+        except TypeError:
+            return (kind, name, id(obj))
+    return (kind, name)
+
+
+def _walk_tokens(m, prefix=()):
+    for k, v in vars(m).items():
+        if k.startswith("_"):
+            continue
+        yield prefix + (k,), v
+        if is_model(v):
+            yield from _walk_tokens(v, prefix + (k,))
+
+
+def compile_function(fn, args):
+    """Compile a plain function for these argument kinds (arrays, models, constants)."""
+    if not isinstance(fn, types.FunctionType):
+        raise TypeError(f"fc.grad needs a Python function or a @net model, got {type(fn).__name__}")
+    try:
+        sig = inspect.signature(fn)
+        names = [p.name for p in sig.parameters.values()
+                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        names = []
+    if len(args) > len(names):
+        raise TypeError(f"{fn.__name__}() takes {len(names)} arguments but {len(args)} were given")
+    names = names[:len(args)]
+    specs = [_arg_spec(n, a) for n, a in zip(names, args)]
+    text = get_source(fn).text
+    key = (fn.__code__, hashlib.sha256(text.encode()).hexdigest(), tuple(_spec_token(s) for s in specs))
+    c = _fcache.get(key)
+    if c is None:
+        c = build(fn.__qualname__, fn.__qualname__, fn, None, specs, names or ["_"])
+        _fcache[key] = c
+    return c

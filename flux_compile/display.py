@@ -1,0 +1,71 @@
+"""How models, generated source and graphs show themselves (terminal and Jupyter)."""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from .params import Param, children, is_model
+
+
+def _short(value):
+    if isinstance(value, Param):
+        shape = "×".join(map(str, value.shape)) or "scalar"
+        flag = "" if value.trainable else ", frozen"
+        return f"Param({shape}, {value.dtype}{flag})"
+    if isinstance(value, np.ndarray):
+        return f"array({'×'.join(map(str, value.shape))}, {value.dtype})"
+    if callable(value) and not is_model(value):
+        return getattr(value, "__qualname__", None) or repr(value)
+    return repr(value)
+
+
+def model_repr(m):
+    """``Affine(W=Param(3×2, float64), b=Param(1×2, float64))``; sub-models nest."""
+    parts = [f"{k}={_short(v)}" for k, v in children(m)]
+    text = f"{type(m).__name__}({', '.join(parts)})"
+    if len(text) <= 100:
+        return text
+    inner = ",\n".join("  " + p.replace("\n", "\n  ") for p in parts)
+    return f"{type(m).__name__}(\n{inner})"
+
+
+def highlight_html(code):
+    """Code as HTML, highlighted by pygments when it is installed."""
+    try:
+        from pygments import highlight
+        from pygments.formatters import HtmlFormatter
+        from pygments.lexers import PythonLexer
+        return highlight(code, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=False))
+    except ImportError:
+        return f"<pre>{html.escape(code)}</pre>"
+
+
+def model_html(m):
+    from .api import source
+    try:
+        code = source(m, "backward")
+    except Exception as e:  # noqa: BLE001 - display must never fail
+        code = f"# could not compile: {e}"
+    return (f"<div><b>{html.escape(type(m).__name__)}</b> "
+            f"<code>{html.escape(model_repr(m))}</code>"
+            f"<details><summary>generated backward</summary>{highlight_html(code)}</details></div>")
+
+
+def graph_html(g):
+    try:
+        import graphviz
+        svg = graphviz.Source(g.to_dot()).pipe(format="svg").decode()
+        return svg
+    except Exception:  # noqa: BLE001 - no graphviz package or binary: text
+        return f"<pre>{html.escape(str(g))}</pre>"
+
+
+class SourceText(str):
+    """A ``str`` of generated code that Jupyter shows highlighted."""
+
+    def _repr_html_(self):
+        return highlight_html(str(self))
+
+    def _repr_pretty_(self, p, cycle):
+        p.text(str(self))

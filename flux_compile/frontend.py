@@ -1,0 +1,1021 @@
+"""Frontend: Python source (``ast``) → IR graph, by evaluating the code symbolically.
+
+Every expression evaluates to one of:
+
+* a :class:`~flux_compile.ir.Node` — a run-time value in the graph;
+* :class:`Static` — a compile-time Python object (ints, ``None``, functions, ``np``);
+* :class:`ModelRef` — a sub-model (``self.first``), called opaquely;
+* :class:`Seq` — a tuple of values (``(a, b)``, ``self.layers``), unrolled at compile time.
+
+User functions, methods and static methods are inlined (their source is parsed
+the same way); primitives with a derivative rule become ``call`` nodes.
+
+>>> import numpy as np
+>>> def f(x, W):
+...     return np.tanh(x @ W)
+>>> print(trace_function(f, ["x", "W"]))          # doctest: +ELLIPSIS
+graph f(x, W):
+  # line ...: return np.tanh(x @ W)
+  %2 = np.matmul(%0 x, %1 W)
+  %3 = np.tanh(%2)
+  return %3
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import operator
+import textwrap
+import types
+
+import numpy as np
+
+from . import rules
+from .errors import CompileError
+from .ir import Graph, Loc, Node
+from .params import Param, is_model
+
+# --------------------------------------------------------------------------
+# values
+
+
+class Static:
+    """A compile-time constant."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self):
+        return f"Static({self.value!r})"
+
+
+class ModelRef:
+    """A sub-model: ``base`` ('self' or an input name) plus a field ``path``; ``obj`` when known."""
+    __slots__ = ("base", "path", "obj")
+
+    def __init__(self, base, path, obj):
+        self.base, self.path, self.obj = base, tuple(path), obj
+
+    @property
+    def expr(self):
+        return _path_expr(self.base, self.path)
+
+
+class Seq:
+    """A tuple of values known element by element at compile time."""
+    __slots__ = ("items",)
+
+    def __init__(self, items):
+        self.items = list(items)
+
+
+class BoundMethod:
+    """``x.sum`` before it is called."""
+    __slots__ = ("node", "name")
+
+    def __init__(self, node, name):
+        self.node, self.name = node, name
+
+
+class UserMethod:
+    """``self.helper`` where ``helper`` is an ordinary method of the model's class."""
+    __slots__ = ("selfval", "fn")
+
+    def __init__(self, selfval, fn):
+        self.selfval, self.fn = selfval, fn
+
+
+def _path_expr(base, path):
+    s = base
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return s
+
+
+# --------------------------------------------------------------------------
+# tables
+
+BINOPS = {
+    ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide,
+    ast.Pow: np.power, ast.MatMult: np.matmul, ast.FloorDiv: np.floor_divide, ast.Mod: np.mod,
+}
+PYOPS = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.Pow: operator.pow, ast.MatMult: operator.matmul, ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod, ast.BitAnd: operator.and_, ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor, ast.LShift: operator.lshift, ast.RShift: operator.rshift,
+}
+CMPOPS = {
+    ast.Gt: np.greater, ast.GtE: np.greater_equal, ast.Lt: np.less, ast.LtE: np.less_equal,
+    ast.Eq: np.equal, ast.NotEq: np.not_equal,
+}
+PYCMP = {
+    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Is: operator.is_, ast.IsNot: operator.is_not,
+    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+}
+BITWISE = {ast.BitAnd: np.logical_and, ast.BitOr: np.logical_or, ast.BitXor: np.logical_xor}
+
+# array methods → NumPy functions (x.sum(...) is np.sum(x, ...))
+METHODS = {
+    "sum": np.sum, "mean": np.mean, "prod": np.prod, "max": np.max, "min": np.min,
+    "var": np.var, "std": np.std, "cumsum": np.cumsum, "cumprod": np.cumprod,
+    "reshape": np.reshape, "transpose": np.transpose, "swapaxes": np.swapaxes,
+    "squeeze": np.squeeze, "ravel": np.ravel, "flatten": np.ravel, "dot": np.dot,
+    "clip": np.clip, "repeat": np.repeat, "argmax": np.argmax, "argmin": np.argmin,
+    "argsort": np.argsort, "round": np.round, "trace": np.trace, "diagonal": np.diagonal,
+    "any": np.any, "all": np.all, "copy": np.copy, "conj": np.conjugate,
+}
+VARARG_SHAPE_METHODS = {"reshape", "transpose"}
+ARRAY_ATTRS = {"shape", "ndim", "dtype", "size"}
+
+SIMPLE_BUILTINS = {abs: np.abs}
+STATIC_BUILTINS = {range, len, int, float, bool, str, tuple, list, min, max, sum, zip,
+                   enumerate, reversed, isinstance, hasattr, getattr, round, sorted, type, dict, slice}
+
+OPAQUE_MODULE_PREFIXES = ("numpy", "scipy", "math", "builtins", "flux_compile.rules",
+                          "operator", "functools", "jax", "torch", "autograd")
+
+FORBIDDEN_HINTS = {
+    ast.While: "loops over data are not supported; use vectorised NumPy, or fc.unroll for recurrence",
+    ast.Try: "try/except is not supported inside forward; validate inputs before calling the model",
+    ast.With: "'with' is not supported inside forward",
+    ast.Global: "'global' is not supported; pass the value in or set it as an attribute in __init__",
+    ast.Nonlocal: "'nonlocal' is not supported inside forward",
+    ast.FunctionDef: "nested functions are not supported; define the helper at module level "
+                     "(it is inlined) or as a method",
+    ast.AsyncFunctionDef: "nested functions are not supported; define the helper at module level",
+    ast.ClassDef: "classes cannot be defined inside forward",
+    ast.Delete: "'del' is not supported inside forward; just stop using the name",
+    ast.Import: "import at module level, not inside forward",
+    ast.ImportFrom: "import at module level, not inside forward",
+    ast.Raise: "'raise' is only allowed under an 'if' whose condition is known at compile time",
+    ast.Break: "'break' is not supported; loops are unrolled at compile time",
+    ast.Continue: "'continue' is not supported; loops are unrolled at compile time",
+}
+FORBIDDEN_EXPR_HINTS = {
+    ast.Lambda: "lambdas inside forward are not supported; define a module-level function (it is inlined)",
+    ast.ListComp: "comprehensions are not supported; use vectorised NumPy (np.stack, np.concatenate)",
+    ast.SetComp: "comprehensions are not supported",
+    ast.DictComp: "comprehensions are not supported",
+    ast.GeneratorExp: "generator expressions are not supported; use vectorised NumPy",
+    ast.Yield: "generators are not supported: forward must return its outputs",
+    ast.YieldFrom: "generators are not supported: forward must return its outputs",
+    ast.Await: "async code is not supported",
+    ast.NamedExpr: "the walrus operator is not supported; use a separate assignment",
+    ast.Dict: "dict values are not supported inside forward; return a tuple",
+    ast.Set: "sets are not supported inside forward",
+    ast.JoinedStr: "f-strings are not supported inside forward",
+}
+
+
+# --------------------------------------------------------------------------
+# parsed source, cached per function
+
+
+class Source:
+    """A function's parsed ``FunctionDef`` with the map back to its file."""
+
+    def __init__(self, fn):
+        try:
+            lines, start = inspect.getsourcelines(fn)
+            filename = inspect.getsourcefile(fn) or fn.__code__.co_filename
+        except (OSError, TypeError) as e:
+            code = getattr(fn, "__code__", None)
+            raise CompileError(
+                f"cannot read the source of {getattr(fn, '__qualname__', fn)!r}: {e}",
+                getattr(code, "co_filename", None), getattr(code, "co_firstlineno", None),
+                hint="define it in a .py file (or a notebook cell) so inspect.getsource can find it") from None
+        raw = "".join(lines)
+        text = textwrap.dedent(raw)
+        self.indent = len(lines[0]) - len(lines[0].lstrip()) if lines else 0
+        self.filename = filename
+        self.offset = start - 1
+        self.text = text
+        self.owner = getattr(fn, "__qualname__", getattr(fn, "__name__", "?"))
+        if getattr(fn, "__name__", "") == "<lambda>":
+            self.tree = _find_lambda(text, fn, filename, start)
+        else:
+            try:
+                mod = ast.parse(text)
+            except SyntaxError as e:
+                raise CompileError(f"cannot parse source of {self.owner}: {e.msg}", filename,
+                                   start + (e.lineno or 1) - 1) from None
+            defs = [n for n in mod.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+            if not defs:
+                raise CompileError(f"no function definition found for {self.owner}", filename, start)
+            self.tree = defs[0]
+            if isinstance(self.tree, ast.AsyncFunctionDef):
+                raise CompileError("async functions are not supported", filename, start)
+
+    def loc(self, node, owner=None):
+        lineno = getattr(node, "lineno", 1) + self.offset
+        col = getattr(node, "col_offset", 0) + self.indent + 1
+        seg = ast.get_source_segment(self.text, node) if hasattr(node, "lineno") else None
+        text = " ".join(seg.split()) if seg else ""
+        return Loc(self.filename, lineno, col, text, owner or self.owner)
+
+
+def _find_lambda(text, fn, filename, start):
+    try:
+        mod = ast.parse(text)
+    except SyntaxError:
+        try:
+            mod = ast.parse("(" + text.strip().rstrip(",") + ")")
+        except SyntaxError:
+            raise CompileError("cannot parse this lambda's source", filename, start,
+                               hint="define a named module-level function instead") from None
+    found = [n for n in ast.walk(mod) if isinstance(n, ast.Lambda)]
+    nargs = fn.__code__.co_argcount
+    found = [n for n in found if len(n.args.args) == nargs]
+    if len(found) != 1:
+        raise CompileError("cannot tell which lambda on this line is meant", filename, start,
+                           hint="define a named module-level function instead")
+    lam = found[0]
+    body = ast.Return(value=lam.body)
+    ast.copy_location(body, lam.body)
+    fdef = ast.FunctionDef(name="<lambda>", args=lam.args, body=[body], decorator_list=[],
+                           returns=None, type_comment=None)
+    ast.copy_location(fdef, lam)
+    return fdef
+
+
+_sources = {}
+
+
+def get_source(fn):
+    key = getattr(fn, "__code__", fn)
+    try:
+        return _sources[key]
+    except KeyError:
+        s = _sources[key] = Source(fn)
+        return s
+
+
+def source_hash_parts(fn):
+    """Texts whose hash keys the cache: the function's own source."""
+    return get_source(fn).text
+
+
+# --------------------------------------------------------------------------
+# the evaluator
+
+
+class Context:
+    """State shared while building one graph."""
+
+    def __init__(self, graph, mode="forward"):
+        self.graph = graph
+        self.mode = mode               # "forward" (user code) or "rule" (inlining derivative rules)
+        self.param_nodes = {}          # (base, path) -> node
+        self.stack = []                # functions being inlined, for the recursion check
+        self.loc = None                # current statement
+        self.sources = []              # texts of every inlined function (for the cache hash)
+        self.state = None              # recurrent state hooks (see recurrent.py), or None
+        self.training = True
+        self.generic_cls = None        # the class, when compiling without an instance
+        self.arity_of = None           # sub-model -> number of outputs (None: one)
+
+    def add(self, node, loc=None):
+        node.loc = loc or self.loc
+        return self.graph.add(node)
+
+
+class Frame:
+    def __init__(self, source, env, glob, selfval=None):
+        self.source = source
+        self.env = env
+        self.glob = glob
+        self.selfval = selfval
+        self.returned = False
+        self.retval = None
+
+
+class Builder:
+    """Evaluates one function body into the context's graph."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.frame = None
+
+    # -- errors ----------------------------------------------------------
+    def error(self, msg, node=None, hint=None):
+        fr = self.frame
+        if fr is None:
+            raise CompileError(msg, hint=hint)
+        loc = fr.source.loc(node) if node is not None else self.ctx.loc
+        text = None
+        if loc is not None:
+            import linecache
+            text = linecache.getline(loc.filename, loc.lineno).rstrip("\n") or None
+        raise CompileError(msg, loc.filename if loc else None, loc.lineno if loc else None,
+                           loc.col if loc else None, text, hint=hint)
+
+    # -- entry points ------------------------------------------------------
+    def call_function(self, fn, args, kwargs, selfval=None, node=None):
+        """Inline ``fn(*args, **kwargs)``; returns its value."""
+        src = get_source(fn)
+        code = getattr(fn, "__code__", None)
+        if code in self.ctx.stack:
+            self.error(f"recursive call of {src.owner} cannot be inlined", node,
+                       hint="rewrite it without recursion, or register it as a primitive with @fc.diffrule")
+        self.ctx.sources.append(src.text)
+        fdef = src.tree
+        env = self._bind(fdef.args, fn, args, kwargs, node, selfval)
+        glob = dict(getattr(fn, "__globals__", {}))
+        if getattr(fn, "__closure__", None):
+            for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
+                try:
+                    glob[name] = cell.cell_contents
+                except ValueError:
+                    pass
+        frame = Frame(src, env, glob, selfval)
+        outer, self.frame = self.frame, frame
+        saved_loc = self.ctx.loc
+        self.ctx.stack.append(code)
+        try:
+            self.exec_body(fdef.body)
+        finally:
+            self.ctx.stack.pop()
+            self.frame = outer
+            self.ctx.loc = saved_loc
+        return frame.retval if frame.returned else Static(None)
+
+    def _bind(self, a, fn, args, kwargs, node, selfval):
+        env = {}
+        params = [p.arg for p in a.posonlyargs + a.args]
+        args = list(args)
+        if selfval is not None:
+            args = [selfval] + args
+        defaults = list(fn.__defaults__ or ()) if hasattr(fn, "__defaults__") else []
+        ndef = len(defaults)
+        kwdefaults = dict(getattr(fn, "__kwdefaults__", None) or {})
+        if len(args) > len(params) and a.vararg is None:
+            self.error(f"{get_source(fn).owner}() takes {len(params)} positional arguments "
+                       f"but {len(args)} were given", node)
+        for name, value in zip(params, args):
+            env[name] = value
+        if a.vararg is not None:
+            env[a.vararg.arg] = Seq(args[len(params):])
+        extra = {}
+        for k, v in kwargs.items():
+            if k in params or any(k == p.arg for p in a.kwonlyargs):
+                if k in env:
+                    self.error(f"got multiple values for argument {k!r}", node)
+                env[k] = v
+            elif a.kwarg is not None:
+                extra[k] = v
+            else:
+                self.error(f"{get_source(fn).owner}() got an unexpected keyword argument {k!r}", node)
+        for i, name in enumerate(params):
+            if name not in env:
+                j = i - (len(params) - ndef)
+                if j < 0:
+                    self.error(f"{get_source(fn).owner}() missing argument {name!r}", node)
+                env[name] = Static(defaults[j])
+        for p in a.kwonlyargs:
+            if p.arg not in env:
+                if p.arg not in kwdefaults:
+                    self.error(f"{get_source(fn).owner}() missing keyword argument {p.arg!r}", node)
+                env[p.arg] = Static(kwdefaults[p.arg])
+        if a.kwarg is not None:
+            env[a.kwarg.arg] = Static(extra) if all(isinstance(v, Static) for v in extra.values()) \
+                else self.error("**kwargs with array values are not supported", node)
+        return env
+
+    # -- statements --------------------------------------------------------
+    def exec_body(self, body):
+        for stmt in body:
+            if self.frame.returned:
+                return
+            self.exec_stmt(stmt)
+
+    def exec_stmt(self, s):
+        self.ctx.loc = self.frame.source.loc(s)
+        t = type(s)
+        if t is ast.Assign:
+            value = self.eval(s.value)
+            for target in s.targets:
+                self.assign(target, value, s)
+        elif t is ast.AnnAssign:
+            if s.value is not None:
+                self.assign(s.target, self.eval(s.value), s)
+        elif t is ast.AugAssign:
+            load = _as_load(s.target)
+            value = self.binop(s.op, self.eval(load), self.eval(s.value), s)
+            self.assign(s.target, value, s)
+        elif t is ast.Return:
+            self.frame.retval = self.eval(s.value) if s.value is not None else Static(None)
+            self.frame.returned = True
+        elif t is ast.Expr:
+            if isinstance(s.value, ast.Constant):
+                return      # docstring or bare constant
+            if isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Name) \
+                    and s.value.func.id == "print":
+                self.error("print is not supported inside forward", s,
+                           hint="use fc.shapes(model, x) to see every value's shape, or print outside the model")
+            v = self.eval(s.value)
+            if isinstance(v, Node) and v.op == "call" and self.ctx.mode == "forward":
+                v.meta["effect"] = True
+        elif t is ast.If:
+            test = self.eval(s.test)
+            if not isinstance(test, Static):
+                self.error("'if' on an array value cannot be compiled", s.test,
+                           hint="use np.where(cond, a, b) for elementwise choice; conditions on "
+                                "constants (None, ints, flags set in __init__) are fine")
+            self.exec_body(s.body if test.value else s.orelse)
+        elif t is ast.For:
+            if s.orelse:
+                self.error("for/else is not supported", s)
+            it = self.eval(s.iter)
+            items = self.iter_values(it, s.iter)
+            for item in items:
+                self.assign(s.target, item, s)
+                self.exec_body(s.body)
+                if self.frame.returned:
+                    return
+        elif t is ast.Pass:
+            pass
+        elif t is ast.Assert:
+            test = self.eval(s.test)
+            if not isinstance(test, Static):
+                self.error("assert on an array value cannot be compiled", s,
+                           hint="check inputs before calling the model")
+            if not test.value:
+                msg = self.eval(s.msg).value if s.msg is not None else "assertion failed"
+                self.error(f"assertion failed at compile time: {msg}", s)
+        elif t is ast.Raise:
+            self.error("'raise' reached at compile time", s, hint=FORBIDDEN_HINTS[ast.Raise])
+        else:
+            hint = FORBIDDEN_HINTS.get(t, "this statement is not in the supported subset")
+            self.error(f"{_stmt_name(s)} is not supported inside a compiled function", s, hint=hint)
+
+    def iter_values(self, it, node):
+        if isinstance(it, Seq):
+            return list(it.items)
+        if isinstance(it, Static):
+            try:
+                return [Static(v) if not isinstance(v, Static) else v for v in it.value]
+            except TypeError:
+                self.error(f"cannot iterate over {type(it.value).__name__}", node)
+        self.error("'for' over an array or a run-time value cannot be compiled", node,
+                   hint="loops are unrolled at compile time: iterate over range(<constant>), "
+                        "a list of layers, or a tuple; use vectorised NumPy for data")
+
+    def assign(self, target, value, stmt):
+        t = type(target)
+        if t is ast.Name:
+            if isinstance(value, Node) and value.name is None and value.op not in ("input", "param", "attr",
+                                                                                     "const"):
+                value.name = target.id
+            self.frame.env[target.id] = value
+        elif t in (ast.Tuple, ast.List):
+            elts = target.elts
+            if any(isinstance(e, ast.Starred) for e in elts):
+                self.error("starred assignment is not supported", target)
+            items = self.unpack(value, len(elts), target)
+            for e, v in zip(elts, items):
+                self.assign(e, v, stmt)
+        elif t is ast.Attribute:
+            base = self.eval(target.value)
+            if isinstance(base, ModelRef) and base.base == "self" and not base.path \
+                    and self.ctx.state is not None:
+                self.ctx.state.write(self, target.attr, value, target)
+            elif isinstance(base, ModelRef):
+                self.error(f"cannot assign to attribute {target.attr!r} here", target,
+                           hint="only assignments self.name = ... in forward (recurrent state) are supported")
+            else:
+                self.error("attribute assignment is not supported inside a compiled function", target)
+        elif t is ast.Subscript:
+            self.error("item assignment (x[i] = v) is not differentiable", target,
+                       hint="build a new array instead: np.where, np.concatenate or np.pad")
+        else:
+            self.error("unsupported assignment target", target)
+
+    def unpack(self, value, n, node):
+        if isinstance(value, Seq):
+            if len(value.items) != n:
+                self.error(f"cannot unpack {len(value.items)} values into {n} names", node)
+            return value.items
+        if isinstance(value, Static):
+            try:
+                items = list(value.value)
+            except TypeError:
+                self.error(f"cannot unpack {type(value.value).__name__}", node)
+            if len(items) != n:
+                self.error(f"cannot unpack {len(items)} values into {n} names", node)
+            return [Static(v) for v in items]
+        if isinstance(value, Node):
+            if value.arity is not None and value.arity != n:
+                self.error(f"cannot unpack {value.arity} values into {n} names", node)
+            if value.op == "pack":
+                return list(value.args)
+            return [self.ctx.add(Node("item", (value,), index=i, diff=value.diff)) for i in range(n)]
+        self.error("cannot unpack this value", node)
+
+    # -- expressions --------------------------------------------------------
+    def eval(self, e):
+        m = getattr(self, "eval_" + type(e).__name__, None)
+        if m is None:
+            hint = FORBIDDEN_EXPR_HINTS.get(type(e), "this expression is not in the supported subset")
+            self.error(f"{type(e).__name__} expressions are not supported inside a compiled function", e,
+                       hint=hint)
+        return m(e)
+
+    def eval_Constant(self, e):
+        return Static(e.value)
+
+    def eval_Name(self, e):
+        fr = self.frame
+        if e.id in fr.env:
+            return fr.env[e.id]
+        if e.id in fr.glob:
+            return Static(fr.glob[e.id])
+        if hasattr(builtins, e.id):
+            return Static(getattr(builtins, e.id))
+        self.error(f"name {e.id!r} is not defined", e)
+
+    def eval_Tuple(self, e):
+        items = [self.eval(x) for x in e.elts]
+        if any(isinstance(x, ast.Starred) for x in e.elts):
+            self.error("starred expressions are not supported", e)
+        if all(isinstance(v, Static) for v in items):
+            return Static(tuple(v.value for v in items))
+        return Seq(items)
+
+    eval_List = eval_Tuple
+
+    def eval_Attribute(self, e):
+        base = self.eval(e.value)
+        name = e.attr
+        if isinstance(base, Static):
+            try:
+                return Static(getattr(base.value, name))
+            except AttributeError:
+                self.error(f"{type(base.value).__name__!s} has no attribute {name!r}", e)
+        if isinstance(base, ModelRef):
+            return self.model_attr(base, name, e)
+        if isinstance(base, Node):
+            if name in ARRAY_ATTRS:
+                return self.ctx.add(Node("getattr", (base,), attr=name))
+            if name == "T":
+                return self.call_primitive(np.transpose, [base], {}, e)
+            if name in METHODS or name in ("astype",):
+                return BoundMethod(base, name)
+            if name in ("real",):
+                return self.call_primitive(np.real, [base], {}, e)
+            self.error(f"array attribute or method {name!r} is not supported", e,
+                       hint="use the NumPy function form, e.g. np.<name>(x, ...)")
+        if isinstance(base, Seq):
+            self.error(f"a tuple has no attribute {name!r}", e)
+        self.error(f"cannot take attribute {name!r} here", e)
+
+    def model_attr(self, ref, name, e):
+        obj = ref.obj
+        if obj is not None:
+            cls = type(obj)
+        elif ref.base == "self" and not ref.path:
+            cls = self.ctx.generic_cls
+        else:
+            cls = None
+        if obj is not None and name in vars(obj):
+            return self.classify(ref, name, vars(obj)[name], e)
+        if ref.base == "self" and not ref.path and self.ctx.state is not None:
+            v = self.ctx.state.read(self, name, e)
+            if v is not None:
+                return v
+        raw = inspect.getattr_static(cls, name, _MISSING) if cls is not None else _MISSING
+        if raw is not _MISSING:
+            if isinstance(raw, staticmethod):
+                return Static(raw.__func__)
+            if isinstance(raw, classmethod):
+                self.error("classmethods are not supported inside forward", e)
+            if isinstance(raw, types.FunctionType):
+                return UserMethod(ref, raw)
+            if isinstance(raw, property):
+                self.error(f"property {name!r} is not supported inside forward", e,
+                           hint="compute the value in forward or store it in __init__")
+            return self.classify(ref, name, getattr(cls, name), e)
+        if obj is None:
+            # no instance (fc.source on a class): assume a parameter
+            return self.param_node(ref.base, ref.path + (name,), True)
+        self.error(f"{type(obj).__name__} has no attribute {name!r}", e,
+                   hint="set it in __init__ (self.%s = ...)" % name)
+
+    def classify(self, ref, name, value, e, from_class=False):
+        path = ref.path + (name,)
+        return classify_value(self, ref.base, path, value, e)
+
+    def param_node(self, base, path, trainable):
+        key = (base, path)
+        n = self.ctx.param_nodes.get(key)
+        if n is None:
+            n = Node("param", base=base, path=path, diff=trainable, name=str(path[-1]))
+            n = self.ctx.graph.add(n)
+            n.loc = None
+            self.ctx.param_nodes[key] = n
+        return n
+
+    def eval_Subscript(self, e):
+        base = self.eval(e.value)
+        index = self.eval_index(e.slice)
+        if isinstance(base, Static) and isinstance(index, Static):
+            try:
+                return _static(base.value[index.value])
+            except Exception as err:
+                self.error(f"indexing failed at compile time: {err}", e)
+        if isinstance(base, Seq):
+            if not isinstance(index, Static):
+                self.error("a tuple can only be indexed by a constant", e)
+            try:
+                got = base.items[index.value]
+            except (IndexError, TypeError) as err:
+                self.error(f"bad tuple index: {err}", e)
+            return Seq(got) if isinstance(got, list) else got
+        if isinstance(base, Node):
+            if base.arity is not None and isinstance(index, Static) and isinstance(index.value, int):
+                if base.op == "pack":
+                    return base.args[index.value]
+                return self.ctx.add(Node("item", (base,), index=index.value % base.arity, diff=base.diff))
+            from .rules.helpers import getitem
+            return self.call_primitive(getitem, [base, index], {}, e)
+        if isinstance(base, Static) and isinstance(index, Node):
+            self.error("indexing a constant with a run-time value is not supported", e)
+        self.error("cannot index this value", e)
+
+    def eval_index(self, s):
+        if isinstance(s, ast.Slice):
+            parts = [self.eval(p) if p is not None else Static(None) for p in (s.lower, s.upper, s.step)]
+            if all(isinstance(p, Static) for p in parts):
+                return Static(slice(*(p.value for p in parts)))
+            return self.ctx.add(Node("call", [self.as_node(p) for p in parts], fn=slice))
+        if isinstance(s, ast.Tuple):
+            parts = [self.eval_index(p) for p in s.elts]
+            if all(isinstance(p, Static) for p in parts):
+                return Static(tuple(p.value for p in parts))
+            return Seq(parts)
+        return self.eval(s)
+
+    def eval_Slice(self, e):
+        return self.eval_index(e)
+
+    def eval_BinOp(self, e):
+        return self.binop(e.op, self.eval(e.left), self.eval(e.right), e)
+
+    def binop(self, op, a, b, e):
+        if isinstance(a, Static) and isinstance(b, Static):
+            try:
+                return _static(PYOPS[type(op)](a.value, b.value))
+            except Exception as err:
+                self.error(f"constant expression failed: {err}", e)
+        if isinstance(a, Seq) or isinstance(b, Seq):
+            if isinstance(op, ast.Add) and isinstance(a, (Seq, Static)) and isinstance(b, (Seq, Static)):
+                return Seq(_seq_items(a) + _seq_items(b))
+            self.error("arithmetic on tuples is not supported", e)
+        fn = BINOPS.get(type(op)) or BITWISE.get(type(op))
+        if fn is None:
+            self.error(f"operator {type(op).__name__} is not supported on arrays", e)
+        return self.call_primitive(fn, [a, b], {}, e)
+
+    def eval_UnaryOp(self, e):
+        v = self.eval(e.operand)
+        if isinstance(v, Static):
+            try:
+                return _static({ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_,
+                                ast.Invert: operator.invert}[type(e.op)](v.value))
+            except Exception as err:
+                self.error(f"constant expression failed: {err}", e)
+        if isinstance(e.op, ast.USub):
+            return self.call_primitive(np.negative, [v], {}, e)
+        if isinstance(e.op, ast.UAdd):
+            return v
+        if isinstance(e.op, ast.Invert):
+            return self.call_primitive(np.logical_not, [v], {}, e)
+        self.error("'not' on an array cannot be compiled", e, hint="use np.logical_not(x)")
+
+    def eval_BoolOp(self, e):
+        is_and = isinstance(e.op, ast.And)
+        result = None
+        for x in e.values:
+            v = self.eval(x)
+            if not isinstance(v, Static):
+                self.error("'and'/'or' on arrays cannot be compiled", x,
+                           hint="use np.logical_and / np.logical_or, or & and |")
+            result = v
+            if bool(v.value) != is_and:
+                return v
+        return result
+
+    def eval_Compare(self, e):
+        left = self.eval(e.left)
+        result = None
+        for op, comp in zip(e.ops, e.comparators):
+            right = self.eval(comp)
+            if isinstance(op, (ast.Is, ast.IsNot)):
+                if isinstance(left, Static) and isinstance(right, Static):
+                    r = Static(PYCMP[type(op)](left.value, right.value))
+                else:
+                    same = left is right
+                    r = Static(same if isinstance(op, ast.Is) else not same)
+            elif isinstance(left, Static) and isinstance(right, Static):
+                try:
+                    r = _static(PYCMP[type(op)](left.value, right.value))
+                except Exception as err:
+                    self.error(f"constant comparison failed: {err}", e)
+            elif type(op) in CMPOPS:
+                r = self.call_primitive(CMPOPS[type(op)], [left, right], {}, e)
+            else:
+                self.error("'in' on arrays cannot be compiled", e)
+            if len(e.ops) > 1:
+                if not isinstance(r, Static):
+                    self.error("chained comparisons of arrays are not supported", e,
+                               hint="write (a < b) & (b < c)")
+                if not r.value:
+                    return r
+            result, left = r, right
+        return result
+
+    def eval_IfExp(self, e):
+        test = self.eval(e.test)
+        if not isinstance(test, Static):
+            self.error("'a if c else b' needs a condition known at compile time", e.test,
+                       hint="use np.where(c, a, b) for a choice on array values")
+        return self.eval(e.body if test.value else e.orelse)
+
+    def eval_Starred(self, e):
+        self.error("starred expressions are only supported as call arguments", e)
+
+    # -- calls ---------------------------------------------------------------
+    def eval_Call(self, e):
+        f = self.eval(e.func)
+        args = []
+        for a in e.args:
+            if isinstance(a, ast.Starred):
+                v = self.eval(a.value)
+                if isinstance(v, Seq):
+                    args.extend(v.items)
+                elif isinstance(v, Static) and isinstance(v.value, (tuple, list)):
+                    args.extend(Static(x) for x in v.value)
+                elif isinstance(v, Node) and v.arity is not None:
+                    args.extend(self.unpack(v, v.arity, a))
+                else:
+                    self.error("*args needs a tuple known at compile time", a)
+            else:
+                args.append(self.eval(a))
+        kwargs = {}
+        for k in e.keywords:
+            if k.arg is None:
+                v = self.eval(k.value)
+                if isinstance(v, Static) and isinstance(v.value, dict):
+                    kwargs.update({kk: Static(vv) for kk, vv in v.value.items()})
+                else:
+                    self.error("**kwargs needs a dict known at compile time", k)
+            else:
+                kwargs[k.arg] = self.eval(k.value)
+        return self.call(f, args, kwargs, e)
+
+    def call(self, f, args, kwargs, e):
+        if isinstance(f, BoundMethod):
+            return self.call_method(f, args, kwargs, e)
+        if isinstance(f, UserMethod):
+            return self.call_function(f.fn, args, kwargs, selfval=f.selfval, node=e)
+        if isinstance(f, ModelRef):
+            return self.call_model(f, args, kwargs, e)
+        if isinstance(f, Seq):
+            self.error("a tuple is not callable", e)
+        if isinstance(f, Node):
+            self.error("calling a run-time value is not supported", e,
+                       hint="store functions and sub-models as attributes set in __init__")
+        fn = f.value
+        return self.call_static(fn, args, kwargs, e)
+
+    def call_static(self, fn, args, kwargs, e):
+        if fn is print:
+            self.error("print is not supported inside forward", e,
+                       hint="use fc.shapes(model, x) to see every value's shape")
+        if fn in SIMPLE_BUILTINS:
+            fn = SIMPLE_BUILTINS[fn]
+        if getattr(fn, "__flux_inference_identity__", False) and not self.ctx.training:
+            return args[0]
+        if is_model(fn):
+            self.error("this model is not an attribute of self", e,
+                       hint="set sub-models as attributes in __init__ and call self.name(x)")
+        if isinstance(fn, type) and getattr(fn, "__flux_net__", False):
+            self.error(f"cannot construct {fn.__name__} inside forward", e,
+                       hint="construct sub-models in __init__ and call them from forward")
+        if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
+            return self.call_primitive(fn, args, kwargs, e)
+        if fn is len:
+            (x,) = args
+            if isinstance(x, Seq):
+                return Static(len(x.items))
+            if isinstance(x, Node):
+                return self.call_primitive(len, [x], {}, e)
+        if fn in STATIC_BUILTINS or fn is np.shape:
+            if all(isinstance(a, Static) for a in args) and all(isinstance(v, Static) for v in kwargs.values()):
+                try:
+                    return _static(fn(*[a.value for a in args], **{k: v.value for k, v in kwargs.items()}))
+                except Exception as err:
+                    self.error(f"{getattr(fn, '__name__', fn)}(...) failed at compile time: {err}", e)
+            if fn in (zip, enumerate, reversed, tuple, list) and all(isinstance(a, (Seq, Static)) for a in args):
+                lists = [_seq_items(a) for a in args]
+                if fn is zip:
+                    return Seq([Seq(list(t)) for t in zip(*lists)])
+                if fn is enumerate:
+                    return Seq([Seq([Static(i), v]) for i, v in enumerate(lists[0])])
+                if fn is reversed:
+                    return Seq(list(reversed(lists[0])))
+                return Seq(lists[0])
+            if fn in (float, int) and len(args) == 1:
+                return self.call_primitive(fn, args, {}, e)
+            if fn is getattr and isinstance(args[1], Static):
+                return self.eval_Attribute_value(args[0], args[1].value, e)
+            self.error(f"{fn.__name__}() needs arguments known at compile time here", e)
+        if _inlinable(fn):
+            return self.call_function(fn, args, kwargs, node=e)
+        if isinstance(fn, type) and issubclass(fn, BaseException):
+            self.error("exceptions cannot be raised inside forward", e)
+        if not callable(fn):
+            self.error(f"{type(fn).__name__} object is not callable", e)
+        # any other callable (NumPy without a rule, math, ...) is an opaque primitive;
+        # autodiff complains only if a gradient has to flow through it.
+        return self.call_primitive(fn, args, kwargs, e)
+
+    def eval_Attribute_value(self, base, name, e):
+        fake = ast.Attribute(value=ast.Name(id="__tmp__", ctx=ast.Load()), attr=name, ctx=ast.Load())
+        ast.copy_location(fake, e)
+        self.frame.env["__tmp__"] = base
+        try:
+            return self.eval_Attribute(fake)
+        finally:
+            del self.frame.env["__tmp__"]
+
+    def call_method(self, m, args, kwargs, e):
+        x, name = m.node, m.name
+        if name == "astype":
+            from .rules.helpers import astype
+            return self.call_primitive(astype, [x] + args, kwargs, e)
+        fn = METHODS[name]
+        if name in VARARG_SHAPE_METHODS and len(args) > 1:
+            args = [Seq(args) if not all(isinstance(a, Static) for a in args)
+                    else Static(tuple(a.value for a in args))]
+        if name in VARARG_SHAPE_METHODS and name == "transpose" and not args:
+            return self.call_primitive(np.transpose, [x], {}, e)
+        if name == "repeat" and len(args) >= 1:
+            pass
+        return self.call_primitive(fn, [x] + list(args), kwargs, e)
+
+    def call_model(self, ref, args, kwargs, e):
+        if kwargs:
+            self.error("keyword arguments to sub-models are not supported", e,
+                       hint="pass inputs positionally: self.layer(x, h)")
+        nodes = [self.as_node(a, e) for a in args]
+        arity = None
+        if ref.obj is not None and self.ctx.arity_of is not None:
+            arity = self.ctx.arity_of(ref.obj, len(nodes))
+        n = Node("model", nodes, base=ref.base, path=ref.path, target=ref.expr, diff=True, arity=arity)
+        n.meta["obj"] = ref.obj
+        return self.ctx.add(n)
+
+    def call_primitive(self, fn, args, kwargs, e):
+        nodes = [self.as_node(a, e) for a in args]
+        kw = {k: self.as_node(v, e) for k, v in kwargs.items()}
+        if all(n.op == "const" for n in nodes + list(kw.values())) and _foldable(fn):
+            try:
+                r = fn(*[n.value for n in nodes], **{k: v.value for k, v in kw.items()})
+                if isinstance(r, (int, float, bool, np.generic)) and not isinstance(r, np.ndarray):
+                    return _static(r)
+            except Exception:
+                pass
+        diff = (not rules.is_nondiff(fn)) and any(n.diff for n in nodes + list(kw.values()))
+        node = Node("call", nodes, kw, fn=fn, diff=diff)
+        arity = MULTI_OUTPUT.get(fn)
+        if callable(arity):
+            arity = arity(nodes, kw)
+        node.arity = arity
+        return self.ctx.add(node)
+
+    def as_node(self, v, e=None):
+        if isinstance(v, Node):
+            return v
+        if isinstance(v, Static):
+            return self.ctx.add(Node("const", value=v.value))
+        if isinstance(v, Seq):
+            items = [self.as_node(x, e) for x in v.items]
+            return self.ctx.add(Node("pack", items, diff=any(i.diff for i in items), arity=len(items)))
+        if isinstance(v, ModelRef):
+            self.error("a model cannot be used as an array value", e,
+                       hint="call it: self.layer(x)")
+        if isinstance(v, (BoundMethod, UserMethod)):
+            self.error("methods must be called", e)
+        self.error(f"unsupported value {v!r}", e)
+
+
+def _split_arity(nodes, kw):
+    sections = nodes[1] if len(nodes) > 1 else kw.get("indices_or_sections")
+    if sections is not None and sections.op == "const":
+        v = sections.value
+        return v if isinstance(v, int) else len(v) + 1
+    return None
+
+
+MULTI_OUTPUT = {np.linalg.slogdet: 2, np.linalg.eigh: 2, np.split: _split_arity,
+                np.array_split: _split_arity, np.linalg.qr: 2}
+
+
+_MISSING = object()
+
+
+def _stmt_name(s):
+    return {ast.While: "'while'", ast.Try: "'try'", ast.With: "'with'", ast.Global: "'global'",
+            ast.Nonlocal: "'nonlocal'", ast.FunctionDef: "a nested 'def'", ast.ClassDef: "'class'",
+            ast.Delete: "'del'", ast.Import: "'import'", ast.ImportFrom: "'import'",
+            ast.Break: "'break'", ast.Continue: "'continue'"}.get(type(s), type(s).__name__)
+
+
+def _as_load(target):
+    t = ast.parse(ast.unparse(target), mode="eval").body
+    ast.copy_location(t, target)
+    for a, b in zip(ast.walk(t), ast.walk(target)):
+        ast.copy_location(a, b)
+    return t
+
+
+def _static(v):
+    if isinstance(v, np.generic) and not isinstance(v, np.ndarray):
+        v = v.item()
+    return Static(v)
+
+
+def _seq_items(v):
+    if isinstance(v, Seq):
+        return list(v.items)
+    return [Static(x) for x in v.value]
+
+
+def _foldable(fn):
+    mod = getattr(fn, "__module__", "") or ""
+    return (type(fn).__name__ == "ufunc" or mod.startswith("numpy") or fn in (float, int, len)) \
+        and not mod.startswith("numpy.random")
+
+
+def _inlinable(fn):
+    if not isinstance(fn, types.FunctionType):
+        return False
+    mod = getattr(fn, "__module__", "") or ""
+    return not mod.startswith(OPAQUE_MODULE_PREFIXES)
+
+
+def classify_value(b, base, path, value, e):
+    """What ``self.<path>`` is, for the compiler: a Param node, a sub-model, a constant, ..."""
+    if isinstance(value, Param):
+        return b.param_node(base, path, value.trainable)
+    if is_model(value):
+        return ModelRef(base, path, value)
+    if isinstance(value, (list, tuple)):
+        items = [classify_value(b, base, path + (i,), v, e) for i, v in enumerate(value)]
+        if all(isinstance(i, Static) for i in items):
+            return Static(type(value)(i.value for i in items))
+        return Seq(items)
+    if isinstance(value, np.ndarray):
+        return b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
+    if isinstance(value, float) and not isinstance(value, bool):
+        return b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
+    return Static(value)
+
+
+def attr_token(value):
+    """The part of a model's structure a compiled forward depends on (the cache key)."""
+    if isinstance(value, Param):
+        return ("param", value.trainable)
+    if is_model(value):
+        return ("model", type(value).__module__, type(value).__qualname__)
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__,) + tuple(attr_token(v) for v in value)
+    if isinstance(value, np.ndarray):
+        return ("array",)
+    if isinstance(value, float) and not isinstance(value, bool):
+        return ("float",)
+    if isinstance(value, (int, bool, str, type(None), np.dtype)):
+        return ("value", value)
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, np.ufunc, type)):
+        return ("fn", getattr(value, "__module__", None), getattr(value, "__qualname__", repr(value)))
+    return ("object", type(value).__qualname__, id(value))
+
+
+# --------------------------------------------------------------------------
+# convenience for tests and the docs
+
+
+def trace_function(fn, arg_names, mode="forward"):
+    """Build the graph of a plain function whose arguments are all arrays."""
+    g = Graph(getattr(fn, "__name__", "f"))
+    ctx = Context(g, mode)
+    ctx.arity_of = None
+    b = Builder(ctx)
+    ins = [g.add(Node("input", name=n, diff=True)) for n in arg_names]
+    out = b.call_function(fn, ins, {})
+    g.outputs = [b.as_node(v) for v in (out.items if isinstance(out, Seq) else [out])]
+    return g

@@ -1,0 +1,129 @@
+"""Activation and normalisation functions: ``fc.sigmoid``, ``fc.softmax``, ...
+
+Plain NumPy, numerically stable, dtype preserving (float32 in, float32 out).
+Each is a *primitive* for the compiler: its derivative rule lives in
+:mod:`flux_compile.rules.nn` and shows up in the generated backward code.
+
+>>> import numpy as np
+>>> softmax(np.array([1.0, 1.0]))
+array([0.5, 0.5])
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu", "softplus",
+           "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten"]
+
+
+def sigmoid(x):
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, accurate and overflow-free
+    for any ``x`` (computed as ``exp(-log(1 + exp(-x)))``).
+
+    >>> sigmoid(np.array([0.0, 1000.0, -1000.0]))
+    array([0.5, 1. , 0. ])
+    """
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+σ = sigmoid
+
+
+def relu(x):
+    """Rectified linear unit ``max(x, 0)``.
+
+    >>> relu(np.array([-1.0, 2.0]))
+    array([0., 2.])
+    """
+    return np.maximum(x, 0)
+
+
+def leakyrelu(x, a=0.01):
+    """Leaky ReLU: ``x`` where positive, ``a * x`` elsewhere.
+
+    >>> leakyrelu(np.array([-1.0, 2.0]))
+    array([-0.01,  2.  ])
+    """
+    return np.where(x > 0, x, a * x)
+
+
+def elu(x, alpha=1.0):
+    """Exponential linear unit: ``x`` where positive, ``alpha * (exp(x) - 1)`` elsewhere.
+
+    >>> elu(np.array([-1.0, 2.0])).round(4)
+    array([-0.6321,  2.    ])
+    """
+    return np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
+def gelu(x):
+    """Gaussian error linear unit, the tanh approximation
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (as in GPT-2 and Flux).
+
+    >>> gelu(np.array([-1.0, 0.0, 1.0])).round(4)
+    array([-0.1588,  0.    ,  0.8412])
+    """
+    return 0.5 * x * (1 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
+
+
+def softplus(x):
+    """Smooth ReLU ``log(1 + exp(x))``, overflow-free.
+
+    >>> softplus(np.array([0.0, 1000.0])).round(4)
+    array([   0.6931, 1000.    ])
+    """
+    return np.logaddexp(0.0, x)
+
+
+def softmax(x, axis=-1):
+    """``exp(x) / sum(exp(x))`` along ``axis`` (the last by default), shifted
+    by the maximum so it never overflows.
+
+    >>> softmax(np.array([[0.0, 1000.0]]))
+    array([[0., 1.]])
+    """
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+def logsoftmax(x, axis=-1):
+    """``log(softmax(x, axis))``, computed as ``x - logsumexp(x)``.
+
+    >>> logsoftmax(np.array([0.0, 0.0])).round(4)
+    array([-0.6931, -0.6931])
+    """
+    return x - logsumexp(x, axis=axis, keepdims=True)
+
+
+def logsumexp(x, axis=None, keepdims=False):
+    """``log(sum(exp(x), axis))``, stable for large and ``-inf`` entries.
+
+    >>> float(logsumexp(np.array([1000.0, 1000.0]))).__round__(4)
+    1000.6931
+    """
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    r = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    if not keepdims:
+        r = np.squeeze(r, axis=axis)
+        if np.ndim(r) == 0:
+            r = r[()]
+    return r
+
+
+def nodiff(x):
+    """``x`` itself, with the gradient stopped: nothing flows back through it.
+
+    >>> nodiff(np.array([1.0]))
+    array([1.])
+    """
+    return x
+
+
+def flatten(x):
+    """Flatten all but the first (batch) axis: shape ``(n, ...)`` to ``(n, -1)``.
+
+    >>> flatten(np.zeros((2, 3, 4))).shape
+    (2, 12)
+    """
+    return np.reshape(x, (np.shape(x)[0], -1))

@@ -1,0 +1,190 @@
+"""``@net``: a class with ``forward`` becomes a model with generated forward, backward and update.
+
+>>> import numpy as np, flux_compile as fc
+>>> @fc.net
+... class Affine:
+...     def __init__(self, n_in, n_out):
+...         self.W = fc.initn(n_in, n_out)
+...         self.b = fc.initn(1, n_out)
+...     def forward(self, x):
+...         return x @ self.W + self.b
+>>> m = Affine(3, 2)
+>>> x = np.ones((4, 3))
+>>> m(x).shape
+(4, 2)
+>>> dx = m.back(np.ones((4, 2)), x)      # accumulates m.W.grad, m.b.grad; returns dx
+>>> m.b.grad
+array([[4., 4.]])
+>>> m.update(0.1)                          # SGD step, then zero the gradients
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .compiler import compile_model
+from .params import Const, Param, is_model, named_params, submodels
+
+_INTERNAL = ("_fc_compiled", "_fc_state")
+
+
+def _is_float_array(value):
+    return isinstance(value, np.ndarray) and value.dtype.kind in "fc"
+
+
+def _float_kind(x):
+    return isinstance(x, (np.ndarray, np.generic)) and x.dtype.kind in "fc" or isinstance(x, float)
+
+
+class Model:
+    """The methods ``@net`` adds to a class (``__call__``, ``pullback``, ``back``, ``update``, ...)."""
+
+    __flux_net__ = True
+
+    def __setattr__(self, name, value):
+        if isinstance(value, Const):
+            value = value.value
+        elif _is_float_array(value):
+            value = Param(value)
+        d = self.__dict__
+        if "_fc_compiled" in d and not name.startswith("_"):
+            from .frontend import attr_token
+            old = d.get(name, _MISSING)
+            if old is _MISSING or attr_token(old) != attr_token(value):
+                d.pop("_fc_compiled", None)
+        object.__setattr__(self, name, value)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in _INTERNAL}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+
+    # -- running ----------------------------------------------------------------
+    def __call__(self, *args):
+        """Inference: the generated forward; saves nothing for a backward pass."""
+        c = compile_model(self)
+        try:
+            return c.forward(self, *args)
+        except Exception as e:
+            new = c.translate(e, "forward")
+            if new is None:
+                raise
+            if new is e:
+                raise
+            raise new from e
+
+    def _pullback(self, *args):
+        c = compile_model(self)
+        try:
+            out, saved = c.forward_train(self, *args)
+        except Exception as e:
+            new = c.translate(e, "forward")
+            if new is None or new is e:
+                raise
+            raise new from e
+        model = self
+
+        def back(dy=None):
+            dy = _seed(dy, out, c, model)
+            try:
+                return c.backward(model, saved, dy)
+            except Exception as e:
+                new = c.translate(e, "backward")
+                if new is None or new is e:
+                    raise
+                raise new from e
+        return out, back
+
+    def pullback(self, *args):
+        """One forward pass; returns ``(y, back)``. ``back(dy)`` accumulates every
+        ``Param.grad`` and returns the input gradients (a tuple for several inputs).
+        ``dy`` defaults to ones (the gradient of ``y.sum()``)."""
+        out, back = self._pullback(*args)
+        n = len(args)
+
+        def public_back(dy=None):
+            grads = back(dy)
+            if n == 1:
+                return grads if _float_kind(args[0]) else None
+            return tuple(g if _float_kind(a) else None for g, a in zip(grads, args))
+        public_back.__doc__ = "back(dy) -> input gradients; accumulates Param.grad"
+        return out, public_back
+
+    def back(self, dy, *args):
+        """Flux's ``back!``: forward, then backward with ``dy``; returns the input gradients."""
+        _, b = self.pullback(*args)
+        return b(dy)
+
+    def update(self, opt=0.1):
+        """Flux's ``update!``: one optimiser step (a number is an SGD learning rate), then zero grads."""
+        from .optim import apply_update
+        apply_update(self, opt)
+
+    def zero_grad(self):
+        """Set every Param's gradient to zero."""
+        for _, p in named_params(self):
+            p.grad[...] = 0
+
+    def reset(self):
+        """Restore the initial recurrent state of this model and its sub-models."""
+        for m in submodels(self):
+            m.__dict__.pop("_fc_state", None)
+
+    def __repr__(self):
+        from .display import model_repr
+        return model_repr(self)
+
+    def _repr_html_(self):
+        from .display import model_html
+        return model_html(self)
+
+
+_MISSING = object()
+
+
+def _seed(dy, out, c, model):
+    if c.n_outputs is None:
+        return _seed_one(dy, out, model)
+    if dy is None:
+        dy = (None,) * len(out)
+    if not isinstance(dy, (tuple, list)) or len(dy) != len(out):
+        raise ValueError(f"{type(model).__name__} has {len(out)} outputs: back(dy) needs a tuple of "
+                         f"{len(out)} gradients (None for zero)")
+    return tuple(_seed_one(d, o, model, zero=True) for d, o in zip(dy, out))
+
+
+def _seed_one(dy, out, model, zero=False):
+    if dy is None:
+        if not isinstance(out, (np.ndarray, np.generic, float, int)):
+            return None
+        return np.zeros_like(out) if zero else np.ones_like(out)
+    if isinstance(out, (np.ndarray, np.generic)):
+        dy = np.asarray(dy)
+        if dy.shape != np.shape(out):
+            raise ValueError(f"{type(model).__name__}: the gradient dy has shape {dy.shape} but the "
+                             f"output has shape {np.shape(out)}")
+        if out.dtype.kind == "f" and dy.dtype != out.dtype:
+            dy = dy.astype(out.dtype)
+    return dy
+
+
+def net(cls):
+    """Class decorator: make ``cls`` a model compiled from its ``forward`` method.
+
+    Float arrays assigned to attributes become :class:`Param`; sub-models are
+    attributes; compilation happens on first use and is cached per class.
+    """
+    if not isinstance(cls, type):
+        raise TypeError("@fc.net decorates a class with a forward method")
+    if "forward" not in dir(cls):
+        raise TypeError(f"@fc.net: {cls.__name__} has no forward method")
+    for name, value in Model.__dict__.items():
+        if name in ("__dict__", "__weakref__", "__module__", "__doc__", "__qualname__"):
+            continue
+        if name in cls.__dict__ and name not in ("__setattr__", "__getstate__", "__setstate__"):
+            continue
+        if name == "__repr__" and any("__repr__" in k.__dict__ for k in cls.__mro__[:-1]):
+            continue
+        setattr(cls, name, value)
+    cls.__flux_net__ = True
+    return cls

@@ -1,0 +1,213 @@
+"""Graph passes: algebraic simplification, constant folding, CSE, DCE and the forward/backward split.
+
+Each pass rewrites the graph in place and keeps SSA order.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import rules
+from .ir import Node
+
+PURE_OPS = {"call", "getattr", "item", "pack", "const", "param", "attr"}
+IMPURE_FN_MODULES = ("numpy.random",)
+METADATA_ATTRS = {"shape", "ndim", "dtype", "size"}
+
+
+def _rewire(graph, replace):
+    def r(n):
+        while n.id in replace:
+            n = replace[n.id]
+        return n
+    for n in graph.nodes:
+        if replace:
+            n.args = tuple(r(a) for a in n.args)
+            n.kwargs = {k: r(v) for k, v in n.kwargs.items()}
+    graph.outputs = [r(o) for o in graph.outputs]
+    return r
+
+
+def is_pure(n):
+    if n.op not in PURE_OPS:
+        return False
+    if n.op == "call":
+        mod = getattr(n.fn, "__module__", "") or ""
+        if mod.startswith(IMPURE_FN_MODULES) or getattr(n.fn, "__flux_impure__", False):
+            return False
+        if n.meta.get("effect"):
+            return False
+    return True
+
+
+def _is_const(n, value=None):
+    if n.op != "const":
+        return False
+    if value is None:
+        return True
+    v = n.value
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == value
+
+
+def simplify(graph):
+    """item(pack) → element; x*1, 1*x, x+0, x-0, x/1, x**1 → x; identity shims removed."""
+    from .rules import helpers
+    identity = getattr(helpers, "identity", None)
+    replace = {}
+
+    def r(n):
+        while n.id in replace:
+            n = replace[n.id]
+        return n
+
+    for n in graph.nodes:
+        n.args = tuple(r(a) for a in n.args)
+        n.kwargs = {k: r(v) for k, v in n.kwargs.items()}
+        new = None
+        if n.op == "item" and n.args[0].op == "pack":
+            new = n.args[0].args[n.index]
+        elif n.op == "call" and not n.kwargs and len(n.args) == 2:
+            a, b = n.args
+            if n.fn is np.multiply:
+                if _is_const(b, 1) and a.op != "const":
+                    new = a
+                elif _is_const(a, 1) and b.op != "const":
+                    new = b
+            elif n.fn is np.add:
+                if _is_const(b, 0) and a.op != "const":
+                    new = a
+                elif _is_const(a, 0) and b.op != "const":
+                    new = b
+            elif n.fn in (np.subtract,) and _is_const(b, 0) and a.op != "const":
+                new = a
+            elif n.fn in (np.divide, np.power) and _is_const(b, 1) and a.op != "const":
+                new = a
+        elif n.op == "call" and identity is not None and n.fn is identity and len(n.args) == 1:
+            new = n.args[0]
+        if new is not None:
+            if n.name and not new.name and new.op not in ("input", "param", "const", "attr", "seed"):
+                new.name = n.name
+            replace[n.id] = new
+    graph.outputs = [r(o) for o in graph.outputs]
+    return r
+
+
+def _const_key(v):
+    try:
+        hash(v)
+    except TypeError:
+        return ("id", id(v))
+    return (type(v).__name__, repr(v))
+
+
+def cse(graph):
+    """Common-subexpression elimination over pure nodes."""
+    seen = {}
+    replace = {}
+
+    def r(n):
+        while n.id in replace:
+            n = replace[n.id]
+        return n
+
+    for n in graph.nodes:
+        n.args = tuple(r(a) for a in n.args)
+        n.kwargs = {k: r(v) for k, v in n.kwargs.items()}
+        if not is_pure(n):
+            continue
+        key = (n.op, id(n.fn) if n.fn is not None else None, tuple(a.id for a in n.args),
+               tuple(sorted((k, v.id) for k, v in n.kwargs.items())),
+               _const_key(n.value) if n.op == "const" else None, n.attr, n.index, n.base, n.path)
+        old = seen.get(key)
+        if old is None:
+            seen[key] = n
+        else:
+            if n.name and not old.name:
+                old.name = n.name
+            replace[n.id] = old
+    graph.outputs = [r(o) for o in graph.outputs]
+    return r
+
+
+def live(nodes_roots):
+    """Ids of every node reachable from the roots through inputs."""
+    out, stack = set(), list(nodes_roots)
+    while stack:
+        n = stack.pop()
+        if n is None or n.id in out:
+            continue
+        out.add(n.id)
+        stack.extend(n.inputs())
+        if n.op == "model_back":
+            stack.append(n.meta["model"])
+    return out
+
+
+def optimize(graph):
+    """The standard pipeline: simplify, then CSE (which may expose more), then simplify again."""
+    r1 = simplify(graph)
+    r2 = cse(graph)
+    r3 = simplify(graph)
+    return lambda n: r3(r2(r1(n))) if n is not None else None
+
+
+class Split:
+    """Which joint-graph nodes each generated function computes."""
+
+    def __init__(self, forward, saved, backward):
+        self.forward = forward      # nodes of the training forward, in order
+        self.saved = saved          # (node, "value" | "back") pairs the forward hands to the backward
+        self.backward = backward    # nodes of the backward, in order
+
+
+FREE_OPS = {"const", "param", "attr", "input", "seed"}
+
+
+def split(joint, resolve):
+    """Partition the joint graph into training forward, saved values and backward.
+
+    Backward-phase nodes that depend only on forward values run in the backward
+    (recomputed from what is saved) except metadata (``x.shape``), which the
+    forward computes and saves so ``x`` itself need not be kept.
+    """
+    g = joint.graph
+    nf = joint.n_forward
+    outs = [resolve(o) for o in g.outputs]
+    grads = [resolve(x) if x is not None else None for x in joint.input_grads]
+    effects = [n for n in g.nodes[nf:] if n.op in ("accum", "model_back")]
+    bwd_live = live([x for x in grads if x is not None] + effects)
+    dep_seed = set()
+    for n in g.nodes:
+        if n.op == "seed" or any(a.id in dep_seed for a in n.inputs()):
+            dep_seed.add(n.id)
+    in_forward = set()
+    for n in g.nodes:
+        if n.id >= nf:
+            if n.id not in dep_seed and n.op == "getattr" and n.attr in METADATA_ATTRS \
+                    and n.args[0].op not in FREE_OPS:
+                in_forward.add(n.id)
+            elif n.id not in dep_seed and n.op == "item" and n.args[0].id in in_forward:
+                in_forward.add(n.id)
+        elif n.op not in ("seed",):
+            in_forward.add(n.id)
+    states = [n for n in g.nodes[:nf] if n.op == "state"]
+    # values the backward reads from the forward
+    bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != "seed"]
+    saved, seen = [], set()
+
+    def save(a, kind):
+        if a.id in in_forward and a.op not in ("const", "param", "attr") and (a.id, kind) not in seen:
+            seen.add((a.id, kind))
+            saved.append((a, kind))
+
+    for n in bwd_nodes:
+        for a in n.inputs():
+            save(a, "value")
+        if n.op == "model_back":
+            save(n.meta["model"], "back")
+    for x in grads:
+        if x is not None:
+            save(x, "value")
+    fwd_live = live(outs + [a for a, _ in saved] + states)
+    forward = [n for n in g.nodes if n.id in in_forward and n.id in fwd_live]
+    saved.sort(key=lambda p: (p[0].id, p[1] == "back"))
+    return Split(forward, saved, bwd_nodes)
