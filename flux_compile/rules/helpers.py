@@ -1,0 +1,804 @@
+"""Run-time helpers called by name from generated backward code.
+
+Rules must be straight-line code; whatever depends on shapes, ``ndim`` or data
+values lives here as plain NumPy. Helpers are never differentiated. They keep
+the gradient's dtype (float32 in, float32 out) and accept 0-d inputs.
+
+Also here: *primitive shims*, small functions standing for Python operations
+that are not NumPy functions, so a rule has something to hang on:
+``getitem(x, index)`` is ``x[index]``, ``astype(x, dtype)`` and ``identity(x)``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    # shims
+    "getitem", "astype", "identity",
+    # broadcasting and reductions
+    "unbroadcast", "normalize_axis", "reduced_size", "restore_axes", "sum_grad",
+    "extremum_mask", "prod_others", "fill_none",
+    "diff_grad", "cumprod_grad",
+    # shape and indexing
+    "inverse_permutation", "getitem_grad", "take_grad", "take_along_axis_grad",
+    "unconcatenate", "unstack", "restack", "unvstack", "unhstack", "undstack",
+    "uncolumn_stack", "unsplit", "unhsplit", "reshape_each", "untile",
+    "unrepeat", "unpad", "undiag", "undiagonal", "unsort",
+    # linear algebra
+    "dot_grad_a", "dot_grad_b", "matmul_grad_a", "matmul_grad_b",
+    "inner_grad_a", "inner_grad_b", "tensordot_grad_a", "tensordot_grad_b",
+    "einsum_grads", "kron_grad_a", "kron_grad_b", "cross_grad_a",
+    "cross_grad_b", "as_columns", "from_columns", "multi_dot_grads", "norm_grad", "vector_norm_grad",
+    "matrix_power_grad", "clip_bound_grad",
+]
+
+
+# --------------------------------------------------------------------------
+# primitive shims
+
+def getitem(x, index):
+    """``x[index]`` as a function (the primitive behind subscripts)."""
+    return x[index]
+
+
+def astype(x, dtype):
+    """``x.astype(dtype)`` as a function; leaves Python scalars as 0-d arrays."""
+    return np.asarray(x).astype(dtype, copy=False)
+
+
+def identity(x):
+    """Return ``x`` unchanged (a node that exists only to carry a name)."""
+    return x
+
+
+# --------------------------------------------------------------------------
+# broadcasting and reductions
+
+def unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape``, undoing NumPy broadcasting.
+
+    Leading extra axes are summed away, as are axes where ``shape`` has size 1.
+    ``g`` is returned as is when its shape already matches.
+
+    >>> unbroadcast(np.ones((3, 4)), (4,))
+    array([3., 3., 3., 3.])
+    >>> unbroadcast(np.ones((3, 4)), ())
+    array(12.)
+    """
+    shape = tuple(shape)
+    gshape = np.shape(g)
+    if gshape == shape:
+        return g
+    g = np.asarray(g)
+    extra = g.ndim - len(shape)
+    if extra > 0:
+        g = g.sum(axis=tuple(range(extra)))
+    elif extra < 0:     # target bigger than g: g broadcasts up to it
+        return np.broadcast_to(g, shape).copy()
+    ones = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if ones:
+        g = g.sum(axis=ones, keepdims=True)
+    if g.shape != shape:    # g had size 1 where shape is larger
+        g = np.broadcast_to(g, shape).copy()
+    return g
+
+
+def normalize_axis(axis, ndim):
+    """``axis`` (None, int or tuple) as a sorted tuple of non-negative ints."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, (int, np.integer)):
+        axis = (axis,)
+    return tuple(sorted(int(a) % ndim if ndim else 0 for a in axis))
+
+
+def reduced_size(shape, axis):
+    """Number of elements a reduction over ``axis`` combines (a Python int)."""
+    shape = tuple(shape)
+    n = 1
+    for a in normalize_axis(axis, len(shape)):
+        n *= shape[a]
+    return n
+
+
+def restore_axes(g, shape, axis, keepdims=False):
+    """Reshape a reduction's result ``g`` so it broadcasts against ``shape``.
+
+    Puts back the reduced axes with size 1 (nothing to do when ``keepdims``).
+    """
+    g = np.asarray(g)
+    if keepdims:
+        return g
+    shape = tuple(shape)
+    axes = normalize_axis(axis, len(shape))
+    kept = [1 if i in axes else n for i, n in enumerate(shape)]
+    return g.reshape(kept)
+
+
+def sum_grad(g, shape, axis=None, keepdims=False):
+    """Spread a reduction's adjoint ``g`` back over the reduced axes of ``shape``.
+
+    This is the gradient of ``np.sum(a, axis, keepdims=keepdims)``; a fresh
+    writable array.
+    """
+    g = restore_axes(g, shape, axis, keepdims)
+    return np.broadcast_to(g, tuple(shape)).copy()
+
+
+def extremum_mask(a, y, axis=None, keepdims=False):
+    """Where ``a`` attains its reduced max/min ``y``; ties share equally.
+
+    Returns weights of ``a``'s dtype summing to 1 along the reduced axes
+    (autograd's convention for ``np.max`` with ties).
+    """
+    a = np.asarray(a)
+    hit = a == restore_axes(y, a.shape, axis, keepdims)
+    count = np.sum(hit, axis=normalize_axis(axis, a.ndim), keepdims=True)
+    dtype = a.dtype if a.dtype.kind in "fc" else np.float64
+    return (hit / count).astype(dtype, copy=False)
+
+
+def prod_others(a, axis=None):
+    """For every element, the product of the *other* elements of its reduction.
+
+    Exact also when ``a`` holds zeros (products of the left and right
+    neighbours, no division), so ``np.prod``'s gradient is correct there.
+    """
+    a = np.asarray(a)
+    axes = normalize_axis(axis, a.ndim)
+    if a.ndim == 0:
+        return np.ones_like(a)
+    rest = [i for i in range(a.ndim) if i not in axes]
+    perm = rest + list(axes)
+    t = np.transpose(a, perm)
+    flat = t.reshape(t.shape[:len(rest)] + (-1,))
+    ones = np.ones(flat.shape[:-1] + (1,), dtype=flat.dtype)
+    left = np.cumprod(np.concatenate([ones, flat[..., :-1]], axis=-1), axis=-1)
+    right = np.cumprod(np.concatenate([ones, flat[..., :0:-1]], axis=-1), axis=-1)[..., ::-1]
+    out = (left * right).reshape(t.shape)
+    return np.transpose(out, inverse_permutation(perm, a.ndim))
+
+
+def fill_none(g, like):
+    """``g``, or zeros shaped like ``like`` when ``g`` is None (an unused output)."""
+    if g is None:
+        return np.zeros_like(like)
+    return g
+
+
+def diff_grad(g, n=1, axis=-1):
+    """Adjoint of ``np.diff(a, n, axis)``: ``-diff`` of ``g`` padded with zeros."""
+    g = np.asarray(g)
+    width = [(0, 0)] * g.ndim
+    width[axis] = (1, 1)
+    for _ in range(n):
+        g = -np.diff(np.pad(g, width), axis=axis)
+    return g
+
+
+def cumprod_grad(g, a, y, axis=None):
+    """Gradient of ``np.cumprod(a, axis)``: reversed cumulative sum of ``g*y``
+    divided by ``a`` (assumes no zeros in ``a``)."""
+    a = np.asarray(a)
+    if axis is None:
+        flat = np.flip(np.cumsum(np.flip(g * y))) / a.ravel()
+        return flat.reshape(a.shape)
+    return np.flip(np.cumsum(np.flip(g * y, axis), axis=axis), axis) / a
+
+
+# --------------------------------------------------------------------------
+# shape and indexing
+
+def inverse_permutation(axes, ndim=None):
+    """The axes that undo ``np.transpose(x, axes)``."""
+    axes = [int(a) for a in axes]
+    if ndim is None:
+        ndim = len(axes)
+    axes = [a % ndim for a in axes]
+    return tuple(int(i) for i in np.argsort(axes))
+
+
+def _is_basic_index(index):
+    items = index if isinstance(index, tuple) else (index,)
+    for i in items:
+        if i is None or i is Ellipsis or isinstance(i, (slice, int, np.integer)):
+            continue
+        return False
+    return True
+
+
+def getitem_grad(g, shape, index, dtype=None):
+    """Gradient of ``x[index]``: zeros of ``shape`` with ``g`` scattered in.
+
+    Basic indexing (ints, slices, None, Ellipsis) writes ``g`` in place;
+    advanced indexing (integer arrays, boolean masks) accumulates with
+    ``np.add.at`` so repeated indices add up.
+    """
+    g = np.asarray(g)
+    out = np.zeros(tuple(shape), dtype=dtype or g.dtype)
+    if _is_basic_index(index):
+        out[index] = g
+    else:
+        if isinstance(index, list):
+            index = np.asarray(index)
+        np.add.at(out, index, g)
+    return out
+
+
+def take_grad(g, shape, indices, axis=None, dtype=None):
+    """Gradient of ``np.take(a, indices, axis)`` (repeated indices add up)."""
+    g = np.asarray(g)
+    out = np.zeros(tuple(shape), dtype=dtype or g.dtype)
+    indices = np.asarray(indices)
+    if axis is None:
+        np.add.at(out.reshape(-1), indices, g)
+        return out
+    axis = axis % len(shape)
+    index = (slice(None),) * axis + (indices,)
+    np.add.at(out, index, g)
+    return out
+
+
+def take_along_axis_grad(g, shape, indices, axis=-1, dtype=None):
+    """Gradient of ``np.take_along_axis(arr, indices, axis)``."""
+    g = np.asarray(g)
+    out = np.zeros(tuple(shape), dtype=dtype or g.dtype)
+    indices = np.asarray(indices)
+    if axis is None:
+        np.add.at(out.reshape(-1), indices, g)
+        return out
+    ndim = len(shape)
+    axis = axis % ndim
+    index = []
+    for i in range(ndim):
+        if i == axis:
+            index.append(indices)
+        else:
+            s = [1] * ndim
+            s[i] = indices.shape[i]
+            index.append(np.arange(indices.shape[i]).reshape(s))
+    index = tuple(np.broadcast_arrays(*index))
+    np.add.at(out, index, np.broadcast_to(g, index[0].shape))
+    return out
+
+
+def _split_like(g, shapes, axis, sizes):
+    """Cut ``g`` along ``axis`` into pieces of ``sizes``, reshaped to ``shapes``."""
+    cuts = np.cumsum(sizes)[:-1]
+    pieces = np.split(g, cuts, axis=axis)
+    return tuple(np.reshape(p, s) for p, s in zip(pieces, shapes))
+
+
+def unconcatenate(g, arrays, axis=0):
+    """Gradient of ``np.concatenate(arrays, axis)``: one piece per input."""
+    shapes = [np.shape(a) for a in arrays]
+    if axis is None:
+        return _split_like(np.ravel(g), shapes, 0, [int(np.prod(s)) for s in shapes])
+    return _split_like(g, shapes, axis, [s[axis] for s in shapes])
+
+
+def unstack(g, axis=0):
+    """Gradient of ``np.stack(arrays, axis)``: the slices of ``g`` along ``axis``."""
+    return tuple(np.moveaxis(np.asarray(g), axis, 0))
+
+
+def unvstack(g, tup):
+    """Gradient of ``np.vstack(tup)`` (1-D inputs became rows)."""
+    shapes = [np.shape(a) for a in tup]
+    return _split_like(g, shapes, 0, [np.atleast_2d(np.empty(s)).shape[0] for s in shapes])
+
+
+def unhstack(g, tup):
+    """Gradient of ``np.hstack(tup)`` (axis 0 for 1-D inputs, else axis 1)."""
+    shapes = [np.shape(a) for a in tup]
+    promoted = [np.atleast_1d(np.empty(s)).shape for s in shapes]
+    axis = 0 if len(promoted[0]) == 1 else 1
+    return _split_like(g, shapes, axis, [s[axis] for s in promoted])
+
+
+def undstack(g, tup):
+    """Gradient of ``np.dstack(tup)`` (inputs promoted to 3-D, joined on axis 2)."""
+    shapes = [np.shape(a) for a in tup]
+    return _split_like(g, shapes, 2, [np.atleast_3d(np.empty(s)).shape[2] for s in shapes])
+
+
+def uncolumn_stack(g, tup):
+    """Gradient of ``np.column_stack(tup)`` (1-D inputs became columns)."""
+    shapes = [np.shape(a) for a in tup]
+    sizes = [1 if len(s) < 2 else s[1] for s in shapes]
+    return _split_like(g, shapes, 1, sizes)
+
+
+def unsplit(g, y, axis=0):
+    """Gradient of ``np.split``/``np.array_split``: join the pieces' adjoints.
+
+    ``g`` is a list with one adjoint per piece ``y[i]``; None means zero.
+    """
+    parts = [np.zeros_like(p) if d is None else d for d, p in zip(g, y)]
+    return np.concatenate(parts, axis=axis)
+
+
+def restack(g, y, axis=0):
+    """Gradient of ``np.unstack(x, axis)``: stack the pieces' adjoints
+    (None means zero)."""
+    parts = [np.zeros_like(p) if d is None else d for d, p in zip(g, y)]
+    return np.stack(parts, axis=axis)
+
+
+def unhsplit(g, y):
+    """Gradient of ``np.hsplit`` (axis 1, or 0 for 1-D arrays)."""
+    return unsplit(g, y, 1 if np.ndim(y[0]) > 1 else 0)
+
+
+def reshape_each(g, arys):
+    """Gradient of ``np.atleast_Nd(*arys)``: ``g`` reshaped back per input.
+
+    One input: one gradient; several: a tuple (the outputs were a list).
+    """
+    if len(arys) == 1:
+        return np.reshape(g, np.shape(arys[0]))
+    return tuple(None if d is None else np.reshape(d, np.shape(a))
+                 for d, a in zip(g, arys))
+
+
+def untile(g, shape, reps):
+    """Gradient of ``np.tile(A, reps)``: sum the tiles."""
+    shape = tuple(shape)
+    reps = (reps,) if np.isscalar(reps) else tuple(reps)
+    ndim = max(len(shape), len(reps))
+    full = (1,) * (ndim - len(shape)) + shape
+    reps = (1,) * (ndim - len(reps)) + reps
+    g = np.asarray(g).reshape([n for pair in zip(reps, full) for n in pair])
+    g = g.sum(axis=tuple(range(0, 2 * ndim, 2)))
+    return g.reshape(shape)
+
+
+def unrepeat(g, shape, repeats, axis=None):
+    """Gradient of ``np.repeat(a, repeats, axis)``: sum each run of copies."""
+    shape = tuple(shape)
+    g = np.asarray(g)
+    if axis is None:
+        g, ax, n = g.ravel(), 0, int(np.prod(shape))
+    else:
+        ax = axis % len(shape)
+        n = shape[ax]
+    repeats = np.broadcast_to(np.asarray(repeats), (n,))
+    starts = np.concatenate([[0], np.cumsum(repeats)[:-1]])
+    keep = repeats > 0
+    out = np.zeros(g.shape[:ax] + (n,) + g.shape[ax + 1:], dtype=g.dtype)
+    if keep.any():
+        sums = np.add.reduceat(g, starts[keep], axis=ax)
+        index = (slice(None),) * ax + (np.nonzero(keep)[0],)
+        out[index] = sums
+    return out.reshape(shape)
+
+
+def unpad(g, pad_width, mode="constant"):
+    """Gradient of ``np.pad(array, pad_width)`` in constant mode: the inside."""
+    if mode != "constant":
+        raise NotImplementedError(f"gradient of np.pad with mode={mode!r}")
+    g = np.asarray(g)
+    width = np.broadcast_to(np.asarray(pad_width, dtype=int), (g.ndim, 2))
+    index = tuple(slice(int(lo), n - int(hi)) for (lo, hi), n in zip(width, g.shape))
+    return g[index]
+
+
+def undiag(g, shape, k=0):
+    """Gradient of ``np.diag(v, k)`` for 1-D ``v`` (a diagonal of ``g``) or
+    2-D ``v`` (``g`` written back on the k-th diagonal)."""
+    g = np.asarray(g)
+    if len(shape) == 1:
+        return np.diagonal(g, k).copy()
+    return undiagonal(g, shape, k)
+
+
+def undiagonal(g, shape, offset=0, axis1=0, axis2=1):
+    """Gradient of ``np.diagonal(a, offset, axis1, axis2)``."""
+    g = np.asarray(g)
+    shape = tuple(shape)
+    nd = len(shape)
+    axis1, axis2 = axis1 % nd, axis2 % nd
+    n1, n2 = shape[axis1], shape[axis2]
+    rest = tuple(n for i, n in enumerate(shape) if i not in (axis1, axis2))
+    out = np.zeros(rest + (n1, n2), dtype=g.dtype)
+    i = np.arange(g.shape[-1])
+    out[..., i + max(0, -offset), i + max(0, offset)] = g
+    return np.moveaxis(out, (-2, -1), (axis1, axis2))
+
+
+def unsort(g, a, axis=-1):
+    """Gradient of ``np.sort(a, axis)``: send each adjoint back to where its
+    element came from."""
+    a = np.asarray(a)
+    g = np.asarray(g)
+    if axis is None:
+        out = np.empty(a.size, dtype=g.dtype)
+        out[np.argsort(a, axis=None, kind="stable")] = g
+        return out.reshape(a.shape)
+    order = np.argsort(a, axis=axis, kind="stable")
+    out = np.empty(np.broadcast_shapes(g.shape, a.shape), dtype=g.dtype)
+    np.put_along_axis(out, order, g, axis=axis)
+    return out
+
+
+# --------------------------------------------------------------------------
+# linear algebra
+
+def _mul_grad(g, other, shape):
+    """Gradient when ``dot``/``inner`` degenerate to multiplication (0-d)."""
+    return unbroadcast(g * other, shape)
+
+
+def dot_grad_a(g, a_ndim, b):
+    """Gradient of ``np.dot(a, b)`` with respect to ``a``."""
+    b = np.asarray(b)
+    g = np.asarray(g)
+    if a_ndim == 0 or b.ndim == 0:
+        return np.sum(g * b) if a_ndim == 0 else g * b
+    if b.ndim == 1:
+        return g[..., None] * b
+    # y[i.., j.., m] = sum_k a[i.., k] b[j.., k, m]
+    gaxes = tuple(range(g.ndim - (b.ndim - 1), g.ndim))
+    baxes = tuple(range(b.ndim - 2)) + (b.ndim - 1,)
+    return np.tensordot(g, b, axes=(gaxes, baxes))
+
+
+def dot_grad_b(g, a, b_ndim):
+    """Gradient of ``np.dot(a, b)`` with respect to ``b``."""
+    a = np.asarray(a)
+    g = np.asarray(g)
+    if a.ndim == 0 or b_ndim == 0:
+        return np.sum(g * a) if b_ndim == 0 else g * a
+    lead = tuple(range(a.ndim - 1))
+    r = np.tensordot(a, g, axes=(lead, lead))   # (k, j.., m) or (k,)
+    if b_ndim == 1:
+        return r
+    return np.moveaxis(r, 0, -2)
+
+
+def _as_matrices(a_shape, b_shape, g):
+    """Promote 1-D matmul operands to matrices and put the dropped axes back
+    into ``g``."""
+    g = np.asarray(g)
+    if len(b_shape) == 1:
+        g = np.expand_dims(g, -1)
+        b_shape = tuple(b_shape) + (1,)
+    if len(a_shape) == 1:
+        g = np.expand_dims(g, -2)
+        a_shape = (1,) + tuple(a_shape)
+    return tuple(a_shape), tuple(b_shape), g
+
+
+def matmul_grad_a(g, a_shape, b):
+    """Gradient of ``a @ b`` with respect to ``a`` (1-D, 2-D or batched)."""
+    b = np.asarray(b)
+    a2, b2, g = _as_matrices(a_shape, b.shape, g)
+    da = g @ np.swapaxes(b.reshape(b2), -1, -2)
+    return unbroadcast(da, a2).reshape(a_shape)
+
+
+def matmul_grad_b(g, a, b_shape):
+    """Gradient of ``a @ b`` with respect to ``b`` (1-D, 2-D or batched)."""
+    a = np.asarray(a)
+    a2, b2, g = _as_matrices(a.shape, b_shape, g)
+    db = np.swapaxes(a.reshape(a2), -1, -2) @ g
+    return unbroadcast(db, b2).reshape(b_shape)
+
+
+def inner_grad_a(g, a_ndim, b):
+    """Gradient of ``np.inner(a, b)`` with respect to ``a``."""
+    b = np.asarray(b)
+    g = np.asarray(g)
+    if a_ndim == 0 or b.ndim == 0:
+        return np.sum(g * b) if a_ndim == 0 else g * b
+    gaxes = tuple(range(g.ndim - (b.ndim - 1), g.ndim))
+    return np.tensordot(g, b, axes=(gaxes, tuple(range(b.ndim - 1))))
+
+
+def inner_grad_b(g, a, b_ndim):
+    """Gradient of ``np.inner(a, b)`` with respect to ``b``."""
+    a = np.asarray(a)
+    g = np.asarray(g)
+    if a.ndim == 0 or b_ndim == 0:
+        return np.sum(g * a) if b_ndim == 0 else g * a
+    lead = tuple(range(a.ndim - 1))
+    return np.tensordot(g, a, axes=(lead, lead))
+
+
+def _tensordot_axes(axes, a_ndim, b_ndim):
+    if isinstance(axes, (int, np.integer)):
+        return list(range(a_ndim - axes, a_ndim)), list(range(axes))
+    ax_a, ax_b = axes
+    ax_a = [ax_a] if isinstance(ax_a, (int, np.integer)) else list(ax_a)
+    ax_b = [ax_b] if isinstance(ax_b, (int, np.integer)) else list(ax_b)
+    return [int(i) % a_ndim for i in ax_a], [int(i) % b_ndim for i in ax_b]
+
+
+def tensordot_grad_a(g, a_ndim, b, axes=2):
+    """Gradient of ``np.tensordot(a, b, axes)`` with respect to ``a``."""
+    b = np.asarray(b)
+    g = np.asarray(g)
+    ax_a, ax_b = _tensordot_axes(axes, a_ndim, b.ndim)
+    free_a = [i for i in range(a_ndim) if i not in ax_a]
+    free_b = [i for i in range(b.ndim) if i not in ax_b]
+    gaxes = list(range(len(free_a), g.ndim))
+    r = np.tensordot(g, b, axes=(gaxes, free_b))      # free_a, then b's contracted axes in order
+    paired = [ax_a[ax_b.index(j)] for j in sorted(ax_b)]
+    return np.transpose(r, inverse_permutation(free_a + paired, a_ndim))
+
+
+def tensordot_grad_b(g, a, b_ndim, axes=2):
+    """Gradient of ``np.tensordot(a, b, axes)`` with respect to ``b``."""
+    a = np.asarray(a)
+    g = np.asarray(g)
+    ax_a, ax_b = _tensordot_axes(axes, a.ndim, b_ndim)
+    free_a = [i for i in range(a.ndim) if i not in ax_a]
+    free_b = [i for i in range(b_ndim) if i not in ax_b]
+    r = np.tensordot(a, g, axes=(free_a, list(range(len(free_a)))))  # a's contracted axes in order, free_b
+    paired = [ax_b[ax_a.index(i)] for i in sorted(ax_a)]
+    return np.transpose(r, inverse_permutation(paired + free_b, b_ndim))
+
+
+def _einsum_parse(subscripts, n):
+    s = subscripts.replace(" ", "")
+    if "." in s:
+        raise NotImplementedError("einsum gradients do not support '...' (ellipsis)")
+    if "->" in s:
+        ins, out = s.split("->")
+    else:
+        ins = s
+        letters = ins.replace(",", "")
+        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+    ins = ins.split(",")
+    if len(ins) != n:
+        raise ValueError(f"einsum {subscripts!r} expects {len(ins)} operands, got {n}")
+    return ins, out
+
+
+def einsum_grads(g, operands):
+    """Gradients of ``np.einsum(subscripts, *arrays)`` for ``operands =
+    (subscripts, *arrays)``: ``(None, one gradient per array)``.
+
+    Each is another einsum: the output's adjoint contracted with the other
+    operands onto the operand's own subscripts. Letters summed away inside a
+    single operand are broadcast back; a letter repeated in one operand (a
+    diagonal, ``'ii->i'``) gets its identity matrix. Explicit (``->``) and
+    implicit subscripts are supported; ellipsis (``...``) is not.
+    """
+    subscripts = operands[0]
+    operands = [np.asarray(x) for x in operands[1:]]
+    ins, out = _einsum_parse(subscripts, len(operands))
+    g = np.asarray(g)
+    sizes = {}
+    for sub, x in zip(ins, operands):
+        for c, n in zip(sub, x.shape):
+            sizes[c] = n
+    grads = []
+    for i, (sub, x) in enumerate(zip(ins, operands)):
+        others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != i]
+        available = set(out).union(*[set(s) for s, _ in others])
+        unique = "".join(dict.fromkeys(sub))
+        reach = "".join(c for c in unique if c in available)
+        spec = ",".join([out] + [s for s, _ in others]) + "->" + reach
+        r = np.einsum(spec, g, *[o for _, o in others])
+        # letters only this operand had: broadcast back
+        shape = [sizes[c] if c in reach else 1 for c in unique]
+        r = np.broadcast_to(r.reshape(shape), [sizes[c] for c in unique])
+        if len(unique) < len(sub):          # repeated letters: diagonals
+            fresh = iter(c for c in map(chr, range(ord("A"), ord("Z") + 1))
+                         if c not in subscripts)
+            seen, full, eyes = set(), "", []
+            for c in sub:
+                if c in seen:
+                    d = next(fresh)
+                    full += d
+                    eyes.append((c + d, np.eye(sizes[c], dtype=r.dtype)))
+                else:
+                    seen.add(c)
+                    full += c
+            spec = ",".join([unique] + [e for e, _ in eyes]) + "->" + full
+            r = np.einsum(spec, r, *[m for _, m in eyes])
+        grads.append(np.array(r))
+    return (None,) + tuple(grads)
+
+
+def _kron_parts(g, a_shape, b_shape):
+    nd = max(len(a_shape), len(b_shape))
+    sa = (1,) * (nd - len(a_shape)) + tuple(a_shape)
+    sb = (1,) * (nd - len(b_shape)) + tuple(b_shape)
+    g = np.asarray(g).reshape([n for pair in zip(sa, sb) for n in pair])
+    return g, sa, sb, nd
+
+
+def kron_grad_a(g, a_shape, b):
+    """Gradient of ``np.kron(a, b)`` with respect to ``a``."""
+    b = np.asarray(b)
+    g, sa, sb, nd = _kron_parts(g, a_shape, b.shape)
+    r = np.tensordot(g, b.reshape(sb), axes=(list(range(1, 2 * nd, 2)), list(range(nd))))
+    return r.reshape(a_shape)
+
+
+def kron_grad_b(g, a, b_shape):
+    """Gradient of ``np.kron(a, b)`` with respect to ``b``."""
+    a = np.asarray(a)
+    g, sa, sb, nd = _kron_parts(g, a.shape, b_shape)
+    r = np.tensordot(g, a.reshape(sa), axes=(list(range(0, 2 * nd, 2)), list(range(nd))))
+    return r.reshape(b_shape)
+
+
+def _cross_setup(g, a, b, axisa, axisb, axisc, axis):
+    if axis is not None:
+        axisa = axisb = axisc = axis
+    a = np.moveaxis(np.asarray(a), axisa, -1)
+    b = np.moveaxis(np.asarray(b), axisb, -1)
+    na, nb = a.shape[-1], b.shape[-1]
+    g = np.asarray(g)
+    if na == 2 and nb == 2:         # y is the z component only
+        g3 = np.stack([np.zeros_like(g), np.zeros_like(g), g], axis=-1)
+    else:
+        g3 = np.moveaxis(g, axisc, -1)
+    pad = lambda v: np.concatenate([v, np.zeros_like(v[..., :1])], -1) if v.shape[-1] == 2 else v
+    return pad(a), pad(b), g3, na, nb, axisa, axisb
+
+
+def cross_grad_a(g, a_shape, b, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    """Gradient of ``np.cross(a, b)`` with respect to ``a``: ``b x g``."""
+    a = np.empty(a_shape)
+    _, b3, g3, na, _, axisa, _ = _cross_setup(g, a, b, axisa, axisb, axisc, axis)
+    r = np.cross(b3, g3)[..., :na]
+    shape = np.moveaxis(a, axisa, -1).shape
+    return np.moveaxis(unbroadcast(r, shape), -1, axisa)
+
+
+def cross_grad_b(g, a, b_shape, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    """Gradient of ``np.cross(a, b)`` with respect to ``b``: ``g x a``."""
+    b = np.empty(b_shape)
+    a3, _, g3, _, nb, _, axisb = _cross_setup(g, a, b, axisa, axisb, axisc, axis)
+    r = np.cross(g3, a3)[..., :nb]
+    shape = np.moveaxis(b, axisb, -1).shape
+    return np.moveaxis(unbroadcast(r, shape), -1, axisb)
+
+
+_SOLVE_VECTOR_1D = int(np.__version__.split(".")[0]) >= 2
+
+
+def _solve_vector(a_ndim, b_ndim):
+    """Whether ``np.linalg.solve`` treats ``b`` as a (stack of) vector(s)."""
+    if _SOLVE_VECTOR_1D:            # NumPy 2: only a 1-D b is a vector
+        return b_ndim == 1
+    return b_ndim == a_ndim - 1     # NumPy 1
+
+
+def as_columns(x, a_ndim, b_ndim):
+    """``x`` as a stack of matrices: a vector right-hand side of
+    ``np.linalg.solve(a, b)`` becomes a column."""
+    x = np.asarray(x)
+    return x[..., None] if _solve_vector(a_ndim, b_ndim) else x
+
+
+def from_columns(x, a_ndim, b_ndim):
+    """Undo :func:`as_columns`."""
+    return x[..., 0] if _solve_vector(a_ndim, b_ndim) else x
+
+
+def multi_dot_grads(g, arrays):
+    """Gradients of ``np.linalg.multi_dot(arrays)``, one per array.
+
+    The first array may be 1-D (a row), the last 1-D (a column).
+    """
+    mats = [np.asarray(x) for x in arrays]
+    shapes = [m.shape for m in mats]
+    g = np.asarray(g)
+    if mats[0].ndim == 1:
+        mats[0] = mats[0][None, :]
+        g = g[None, ...]
+    if mats[-1].ndim == 1:
+        mats[-1] = mats[-1][:, None]
+        g = g[..., None]
+    g = g.reshape(mats[0].shape[0], mats[-1].shape[1])
+    k = len(mats)
+    prefix = [np.eye(mats[0].shape[0], dtype=g.dtype)]
+    for m in mats[:-1]:
+        prefix.append(prefix[-1] @ m)
+    suffix = [np.eye(mats[-1].shape[1], dtype=g.dtype)]
+    for m in mats[:0:-1]:
+        suffix.append(m @ suffix[-1])
+    suffix = suffix[::-1]
+    return tuple((prefix[i].T @ g @ suffix[i].T).reshape(shapes[i]) for i in range(k))
+
+
+def _vector_norm_grad(g, x, y, ord, axis, keepdims):
+    g = restore_axes(g, x.shape, axis, keepdims)
+    y = restore_axes(y, x.shape, axis, keepdims)
+    if ord == np.inf or ord == -np.inf:
+        ax = normalize_axis(axis, x.ndim)
+        hit = np.abs(x) == y
+        w = (hit / np.sum(hit, axis=ax, keepdims=True)).astype(x.dtype, copy=False)
+        return g * w * np.sign(x)
+    if ord == 0:
+        return np.zeros_like(x)
+    if ord == 1:
+        return g * np.sign(x)
+    if ord == 2:
+        return g * x / y
+    return g * np.sign(x) * np.abs(x) ** (ord - 1) / y ** (ord - 1)
+
+
+def _matrix_norm_grad(g, x, ord, axis, keepdims):
+    r, c = [a % x.ndim for a in axis]
+    g = restore_axes(g, x.shape, axis, keepdims)
+    # work with the matrix axes last
+    xm = np.moveaxis(x, (r, c), (-2, -1))
+    gm = np.moveaxis(g, (r, c), (-2, -1))
+    if ord in ("nuc", 2):
+        u, s, vt = np.linalg.svd(xm, full_matrices=False)
+        if ord == "nuc":
+            d = u @ vt
+        else:
+            d = u[..., :, :1] @ vt[..., :1, :]
+        out = gm * d
+    elif ord in (1, np.inf):
+        sum_axis = -2 if ord == 1 else -1          # column sums vs row sums
+        sums = np.sum(np.abs(xm), axis=sum_axis, keepdims=True)
+        hit = sums == np.max(sums, axis=(-2, -1), keepdims=True)
+        w = (hit / np.sum(hit, axis=(-2, -1), keepdims=True)).astype(x.dtype, copy=False)
+        out = gm * w * np.sign(xm)
+    else:
+        raise NotImplementedError(f"gradient of np.linalg.norm with ord={ord!r}")
+    return np.moveaxis(out, (-2, -1), (r, c))
+
+
+def norm_grad(g, x, y, ord=None, axis=None, keepdims=False):
+    """Gradient of ``np.linalg.norm(x, ord, axis, keepdims)`` for any ``ord``.
+
+    Vector norms: p-norms, ``inf`` (ties share), 1, 2. Matrix norms: ``'fro'``,
+    ``'nuc'``, 2 (largest singular value), 1 and ``inf``.
+    """
+    x = np.asarray(x)
+    if axis is None and x.ndim == 2 and ord is not None:
+        axis = (0, 1)
+    if isinstance(axis, (int, np.integer)) or (axis is None and x.ndim <= 1):
+        return _vector_norm_grad(g, x, y, 2 if ord is None else ord, axis, keepdims)
+    if axis is None:
+        return _vector_norm_grad(g, x, y, 2, None, keepdims)
+    axis = tuple(axis)
+    if len(axis) == 1:
+        return _vector_norm_grad(g, x, y, 2 if ord is None else ord, axis, keepdims)
+    if ord in (None, "fro"):
+        return restore_axes(g / y, x.shape, axis, keepdims) * x
+    return _matrix_norm_grad(g, x, ord, axis, keepdims)
+
+
+def vector_norm_grad(g, x, y, ord=2, axis=None, keepdims=False):
+    """Gradient of ``np.linalg.vector_norm`` (``axis=None`` means all elements)."""
+    x = np.asarray(x)
+    return _vector_norm_grad(g, x, y, ord, axis, keepdims)
+
+
+def matrix_power_grad(g, a, n):
+    """Gradient of ``np.linalg.matrix_power(a, n)``:
+    ``sum_k (a^T)^k g (a^T)^(n-1-k)``; negative ``n`` goes through the inverse."""
+    a = np.asarray(a)
+    g = np.asarray(g)
+    if n < 0:
+        b = np.linalg.inv(a)
+        gb = matrix_power_grad(g, b, -n)
+        bt = np.swapaxes(b, -1, -2)
+        return -(bt @ gb @ bt)
+    at = np.swapaxes(a, -1, -2)
+    powers = [np.broadcast_to(np.eye(a.shape[-1], dtype=a.dtype), a.shape)]
+    for _ in range(1, n):
+        powers.append(powers[-1] @ at)
+    out = np.zeros(np.broadcast_shapes(a.shape, g.shape), dtype=g.dtype)
+    for k in range(n):
+        out = out + powers[k] @ g @ powers[n - 1 - k]
+    return out
+
+
+def clip_bound_grad(g, a, bound, side):
+    """Gradient of ``np.clip`` for one bound (``side`` -1: lower, +1: upper):
+    the adjoint of the elements clipped to it; None when there is no bound."""
+    if bound is None:
+        return None
+    clipped = a < bound if side < 0 else a > bound
+    return unbroadcast(g * clipped, np.shape(bound))

@@ -1,0 +1,209 @@
+"""Linear-algebra rules: products, einsum, and ``np.linalg``.
+
+Products whose gradient depends on the operands' ``ndim`` (dot, matmul with
+1-D or batched operands, tensordot, einsum, kron) call a helper; the matrix
+functions are written out as the math, batched over leading axes
+(``np.swapaxes(m, -1, -2)`` is the transpose). Rules for functions that read
+only one triangle of a symmetric input (cholesky, eigh) return the symmetric
+gradient, as autograd, JAX and PyTorch do.
+"""
+import numpy as np
+
+from . import diffrule
+from .helpers import (as_columns, cross_grad_a, cross_grad_b, dot_grad_a,
+                      dot_grad_b, einsum_grads, fill_none, from_columns,
+                      inner_grad_a, inner_grad_b, kron_grad_a, kron_grad_b,
+                      matmul_grad_a, matmul_grad_b, matrix_power_grad,
+                      multi_dot_grads, norm_grad, sum_grad, tensordot_grad_a,
+                      tensordot_grad_b, unbroadcast, vector_norm_grad)
+
+
+# ---------------------------------------------------------------- products
+
+@diffrule(np.matmul)
+def _(dy, y, x1, x2):
+    return matmul_grad_a(dy, x1.shape, x2), matmul_grad_b(dy, x1, x2.shape)
+
+
+@diffrule(np.dot)
+def _(dy, y, a, b):
+    return dot_grad_a(dy, a.ndim, b), dot_grad_b(dy, a, b.ndim)
+
+
+@diffrule(np.inner)
+def _(dy, y, a, b):
+    return inner_grad_a(dy, a.ndim, b), inner_grad_b(dy, a, b.ndim)
+
+
+@diffrule(np.outer)
+def _(dy, y, a, b):
+    # outer flattens its inputs
+    return np.reshape(dy @ np.ravel(b), a.shape), np.reshape(np.ravel(a) @ dy, b.shape)
+
+
+@diffrule(np.vdot)
+def _(dy, y, a, b):
+    return dy * np.reshape(b, a.shape), dy * np.reshape(a, b.shape)
+
+
+@diffrule(np.tensordot)
+def _(dy, y, a, b, *, axes=2):
+    return tensordot_grad_a(dy, a.ndim, b, axes), tensordot_grad_b(dy, a, b.ndim, axes)
+
+
+@diffrule(np.einsum)
+def _(dy, y, *operands, optimize=False):
+    # operands[0] is the subscripts string (explicit or implicit, no ellipsis);
+    # the helper returns (None, one gradient per array operand)
+    return einsum_grads(dy, operands)
+
+
+@diffrule(np.kron)
+def _(dy, y, a, b):
+    return kron_grad_a(dy, a.shape, b), kron_grad_b(dy, a, b.shape)
+
+
+@diffrule(np.cross)
+def _(dy, y, a, b, *, axisa=-1, axisb=-1, axisc=-1, axis=None):
+    # a x b: the gradient for a is b x dy, for b it is dy x a
+    return (cross_grad_a(dy, a.shape, b, axisa, axisb, axisc, axis),
+            cross_grad_b(dy, a, b.shape, axisa, axisb, axisc, axis))
+
+
+@diffrule(np.linalg.multi_dot)
+def _(dy, y, arrays):
+    return multi_dot_grads(dy, arrays)
+
+
+if hasattr(np, "vecdot"):               # NumPy >= 2.0: the Array API spellings
+    @diffrule(np.vecdot)
+    def _(dy, y, x1, x2, *, axis=-1):
+        g = np.expand_dims(dy, axis)
+        return unbroadcast(g * x2, x1.shape), unbroadcast(g * x1, x2.shape)
+
+    @diffrule(np.linalg.vecdot)
+    def _(dy, y, x1, x2, *, axis=-1):
+        g = np.expand_dims(dy, axis)
+        return unbroadcast(g * x2, x1.shape), unbroadcast(g * x1, x2.shape)
+
+    @diffrule(np.linalg.matmul)
+    def _(dy, y, x1, x2):
+        return matmul_grad_a(dy, x1.shape, x2), matmul_grad_b(dy, x1, x2.shape)
+
+    @diffrule(np.linalg.outer)
+    def _(dy, y, x1, x2):
+        return dy @ x2, x1 @ dy
+
+    @diffrule(np.linalg.tensordot)
+    def _(dy, y, x1, x2, *, axes=2):
+        return tensordot_grad_a(dy, x1.ndim, x2, axes), tensordot_grad_b(dy, x1, x2.ndim, axes)
+
+    @diffrule(np.linalg.cross)
+    def _(dy, y, x1, x2, *, axis=-1):
+        return (cross_grad_a(dy, x1.shape, x2, axis=axis),
+                cross_grad_b(dy, x1, x2.shape, axis=axis))
+
+
+# ---------------------------------------------------------------- inverses and determinants
+
+@diffrule(np.linalg.inv)
+def _(dy, y, a):
+    yT = np.swapaxes(y, -1, -2)
+    return -(yT @ dy @ yT)
+
+
+@diffrule(np.linalg.det)
+def _(dy, y, a):
+    return np.expand_dims(dy * y, (-2, -1)) * np.swapaxes(np.linalg.inv(a), -1, -2)
+
+
+@diffrule(np.linalg.slogdet)
+def _(dy, y, a):
+    # y = (sign, logabsdet); the sign has no gradient
+    dlogdet = fill_none(dy[1], y[1])
+    return np.expand_dims(dlogdet, (-2, -1)) * np.swapaxes(np.linalg.inv(a), -1, -2)
+
+
+@diffrule(np.linalg.solve)
+def _(dy, y, a, b):
+    # x = a^-1 b: db = a^-T dy, da = -db x^T (a 1-D b is a column)
+    db = np.linalg.solve(np.swapaxes(a, -1, -2), as_columns(dy, a.ndim, b.ndim))
+    da = -(db @ np.swapaxes(as_columns(y, a.ndim, b.ndim), -1, -2))
+    return unbroadcast(da, a.shape), unbroadcast(from_columns(db, a.ndim, b.ndim), b.shape)
+
+
+@diffrule(np.linalg.pinv)
+def _(dy, y, a, *, rcond=None, hermitian=False):
+    # Golub & Pereyra; valid where the rank of a is locally constant
+    yT = np.swapaxes(y, -1, -2)
+    dyT = np.swapaxes(dy, -1, -2)
+    left = np.eye(a.shape[-2], dtype=a.dtype) - a @ y
+    right = np.eye(a.shape[-1], dtype=a.dtype) - y @ a
+    return -(yT @ dy @ yT) + left @ dyT @ y @ yT + yT @ y @ dyT @ right
+
+
+@diffrule(np.linalg.matrix_power)
+def _(dy, y, a, n):
+    return matrix_power_grad(dy, a, n), None
+
+
+# ---------------------------------------------------------------- decompositions
+
+@diffrule(np.linalg.cholesky)
+def _(dy, y, a, *, upper=False):
+    # Murray (2016): S = L^-T phi(L^T dL) L^-1, phi = lower triangle, half diagonal
+    L = np.swapaxes(y, -1, -2) if upper else y
+    dL = np.swapaxes(dy, -1, -2) if upper else dy
+    phi = np.tril(np.swapaxes(L, -1, -2) @ dL) * (1 - 0.5 * np.eye(a.shape[-1], dtype=a.dtype))
+    Linv = np.linalg.inv(L)
+    S = np.swapaxes(Linv, -1, -2) @ phi @ Linv
+    return 0.5 * (S + np.swapaxes(S, -1, -2))
+
+
+@diffrule(np.linalg.eigh)
+def _(dy, y, a, *, UPLO='L'):
+    # y = (w, v); F[i, j] = 1 / (w[j] - w[i]) off the diagonal, 0 on it
+    w, v = y
+    dw = fill_none(dy[0], w)
+    dv = fill_none(dy[1], v)
+    vT = np.swapaxes(v, -1, -2)
+    eye = np.eye(a.shape[-1], dtype=a.dtype)
+    F = 1 / (np.expand_dims(w, -2) - np.expand_dims(w, -1) + eye) - eye
+    g = v @ (np.expand_dims(dw, -1) * eye + F * (vT @ dv)) @ vT
+    return 0.5 * (g + np.swapaxes(g, -1, -2))
+
+
+@diffrule(np.linalg.eigvalsh)
+def _(dy, y, a, *, UPLO='L'):
+    w, v = np.linalg.eigh(a, UPLO)
+    return (v * np.expand_dims(dy, -2)) @ np.swapaxes(v, -1, -2)
+
+
+if hasattr(np.linalg, "svdvals"):       # NumPy >= 2.0
+    @diffrule(np.linalg.svdvals)
+    def _(dy, y, x):
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        return (u * np.expand_dims(dy, -2)) @ vt
+
+
+# ---------------------------------------------------------------- norms
+
+@diffrule(np.linalg.norm)
+def _(dy, y, x, *, ord=None, axis=None, keepdims=False):
+    if ord is None or ord == 'fro':
+        return sum_grad(dy / y, x.shape, axis, keepdims) * x
+    return norm_grad(dy, x, y, ord, axis, keepdims)
+
+
+if hasattr(np.linalg, "vector_norm"):   # NumPy >= 2.0
+    @diffrule(np.linalg.vector_norm)
+    def _(dy, y, x, *, axis=None, keepdims=False, ord=2):
+        if ord == 2:
+            return sum_grad(dy / y, x.shape, axis, keepdims) * x
+        return vector_norm_grad(dy, x, y, ord, axis, keepdims)
+
+    @diffrule(np.linalg.matrix_norm)
+    def _(dy, y, x, *, keepdims=False, ord='fro'):
+        if ord == 'fro':
+            return sum_grad(dy / y, x.shape, (-2, -1), keepdims) * x
+        return norm_grad(dy, x, y, ord, (-2, -1), keepdims)

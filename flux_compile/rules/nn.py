@@ -1,0 +1,68 @@
+"""Rules for the library's activation functions (:mod:`flux_compile.functions`).
+
+Most are cheapest in terms of the output ``y``, which the forward pass keeps.
+"""
+import numpy as np
+
+from . import diffrule, nondiff_primitive
+from ..functions import (elu, flatten, gelu, leakyrelu, logsoftmax, logsumexp,
+                         nodiff, relu, sigmoid, softmax, softplus)
+from .helpers import restore_axes
+
+
+@diffrule(sigmoid)
+def _(dy, y, x):
+    return dy * y * (1 - y)
+
+
+@diffrule(relu)
+def _(dy, y, x):
+    return dy * (y > 0)
+
+
+@diffrule(leakyrelu)
+def _(dy, y, x, *, a=0.01):
+    return np.where(x > 0, dy, a * dy)
+
+
+@diffrule(elu)
+def _(dy, y, x, *, alpha=1.0):
+    # below zero y = alpha * (exp(x) - 1), so dy/dx = y + alpha
+    return np.where(x > 0, dy, dy * (y + alpha))
+
+
+@diffrule(gelu)
+def _(dy, y, x):
+    t = np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))
+    dt = (1 - t * t) * 0.7978845608028654 * (1 + 0.134145 * x * x)
+    return dy * (0.5 * (1 + t) + 0.5 * x * dt)
+
+
+@diffrule(softplus)
+def _(dy, y, x):
+    # sigmoid(x) = 1 - exp(-softplus(x))
+    return -dy * np.expm1(-y)
+
+
+@diffrule(softmax)
+def _(dy, y, x, *, axis=-1):
+    return y * (dy - np.sum(dy * y, axis=axis, keepdims=True))
+
+
+@diffrule(logsoftmax)
+def _(dy, y, x, *, axis=-1):
+    return dy - np.exp(y) * np.sum(dy, axis=axis, keepdims=True)
+
+
+@diffrule(logsumexp)
+def _(dy, y, x, *, axis=None, keepdims=False):
+    # the softmax of x along axis, scaled by dy
+    return restore_axes(dy, x.shape, axis, keepdims) * np.exp(x - restore_axes(y, x.shape, axis, keepdims))
+
+
+@diffrule(flatten)
+def _(dy, y, x):
+    return np.reshape(dy, x.shape)
+
+
+nondiff_primitive(nodiff)
