@@ -143,7 +143,7 @@ def _backprop(node, g, b, adj):
         return
     if op == "param":
         b.ctx.add(Node("accum", (g,), base=node.base, path=node.path,
-                       target=_target(node.base, node.path)))
+                       target=_target(node.base, node.path)), loc=g.loc)
         return
     if op == "pack":
         items = list(g.args) if g.op == "pack" else \

@@ -219,15 +219,19 @@ class Source:
 
 
 def _find_lambda(text, fn, filename, start):
-    try:
-        mod = ast.parse(text)
-    except SyntaxError:
-        try:
-            mod = ast.parse("(" + text.strip().rstrip(",") + ")")
-        except SyntaxError:
-            raise CompileError("cannot parse this lambda's source", filename, start,
-                               hint="define a named module-level function instead") from None
-    found = [n for n in ast.walk(mod) if isinstance(n, ast.Lambda)]
+    """The ``ast.Lambda`` of ``fn`` inside the source lines that define it."""
+    found = []
+    i = text.find("lambda")
+    while i >= 0:
+        for j in range(len(text), i, -1):
+            try:
+                e = ast.parse(text[i:j].strip(), mode="eval").body
+            except SyntaxError:
+                continue
+            if isinstance(e, ast.Lambda):
+                found.append(e)
+            break
+        i = text.find("lambda", i + 1)
     nargs = fn.__code__.co_argcount
     found = [n for n in found if len(n.args.args) == nargs]
     if len(found) != 1:
@@ -551,6 +555,8 @@ class Builder:
         base = self.eval(e.value)
         name = e.attr
         if isinstance(base, Static):
+            if name in ARRAY_ATTRS and isinstance(base.value, (int, float, complex, bool, np.generic)):
+                return _static(getattr(np.asarray(base.value), name))
             try:
                 return Static(getattr(base.value, name))
             except AttributeError:
