@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 import flux_compile.functions as F
+from flux_compile import rules
 from flux_compile.rules.helpers import astype, getitem, identity
 
 
@@ -46,7 +47,8 @@ def primitive_name(p):
         return f"np.linalg.{name}"
     if getattr(F, name, None) is p:
         return f"fc.{name}"
-    return f"{getattr(p, '__module__', '?')}.{name}"
+    module = getattr(p, "__module__", None) or "?"
+    return name if module == "builtins" else f"{module}.{name}"
 
 
 rng = np.random.default_rng(1234)
@@ -460,6 +462,9 @@ case(F.logsumexp, r(2, 3, 4), axis=(0, 2), keepdims=True, name="axes02-keepdims"
 case(F.flatten, r(2, 3, 4))
 
 # ================================================================ rules registered elsewhere
+
+if rules.get_rule(float) is not None:       # float(x) of a 0-d array in compiled code
+    case(float, s(1.5), autograd=False, f32=False)
 
 try:
     from flux_compile import losses as _losses

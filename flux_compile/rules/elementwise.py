@@ -290,9 +290,9 @@ def _(dy, y, a, a_min, a_max):
 
 
 @diffrule(np.where)
-def _(dy, y, condition, a, b):
-    # np.where(condition, x, y): named a, b here as y is the output
-    return None, unbroadcast(np.where(condition, dy, 0), a.shape), unbroadcast(np.where(condition, 0, dy), b.shape)
+def _(dy, out, condition, x, y):
+    # NumPy's names for the inputs; the output is called out here
+    return None, unbroadcast(np.where(condition, dy, 0), x.shape), unbroadcast(np.where(condition, 0, dy), y.shape)
 
 
 # ---------------------------------------------------------------- casts and copies
