@@ -62,8 +62,8 @@ def unbroadcast(g, shape):
 
     >>> unbroadcast(np.ones((3, 4)), (4,))
     array([3., 3., 3., 3.])
-    >>> unbroadcast(np.ones((3, 4)), ())
-    array(12.)
+    >>> float(unbroadcast(np.ones((3, 4)), ()))
+    12.0
     """
     shape = tuple(shape)
     gshape = np.shape(g)
