@@ -15,6 +15,9 @@ def _short(value):
         return f"Param({shape}, {value.dtype}{flag})"
     if isinstance(value, np.ndarray):
         return f"array({'×'.join(map(str, value.shape))}, {value.dtype})"
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(_short(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
     if callable(value) and not is_model(value):
         return getattr(value, "__qualname__", None) or repr(value)
     return repr(value)
@@ -41,15 +44,35 @@ def highlight_html(code):
         return f"<pre>{html.escape(code)}</pre>"
 
 
+def params_table_html(m):
+    """An HTML table of a model's Params: path, shape, dtype, trainable."""
+    from .params import named_params, path_str
+    rows = []
+    total = 0
+    for path, p in named_params(m):
+        total += p.value.size
+        shape = "×".join(map(str, p.shape)) or "scalar"
+        rows.append(f"<tr><td><code>{html.escape(path_str(path))}</code></td><td>{shape}</td>"
+                    f"<td>{p.dtype}</td><td>{'yes' if p.trainable else 'frozen'}</td></tr>")
+    if not rows:
+        return "<i>no parameters</i>", 0
+    head = "<tr><th>parameter</th><th>shape</th><th>dtype</th><th>trainable</th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>", total
+
+
 def model_html(m):
+    """A model in Jupyter: its repr, a parameter table and the generated source, folded."""
     from .api import source
-    try:
-        code = source(m, "backward")
-    except Exception as e:  # noqa: BLE001 - display must never fail
-        code = f"# could not compile: {e}"
-    return (f"<div><b>{html.escape(type(m).__name__)}</b> "
-            f"<code>{html.escape(model_repr(m))}</code>"
-            f"<details><summary>generated backward</summary>{highlight_html(code)}</details></div>")
+    table, total = params_table_html(m)
+    parts = [f"<div><b>{html.escape(type(m).__name__)}</b> &nbsp;<small>{total:,} parameter values</small>",
+             f"<pre>{html.escape(model_repr(m))}</pre>", table]
+    for which in ("forward", "backward"):
+        try:
+            code = source(m, which)
+        except Exception as e:  # noqa: BLE001 - display must never fail
+            code = f"# could not compile: {e}"
+        parts.append(f"<details><summary>generated {which}</summary>{highlight_html(code)}</details>")
+    return "".join(parts) + "</div>"
 
 
 def graph_html(g):
