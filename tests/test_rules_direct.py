@@ -276,6 +276,19 @@ def _root(node):
     return node
 
 
+def _condition_names(test):
+    """Names a condition depends on, leaving out ``known(...)`` facts (which
+    the compiler decides from what it knows about shapes)."""
+    if isinstance(test, ast.Call) and isinstance(test.func, ast.Name) and test.func.id == "known":
+        return set()
+    if isinstance(test, ast.Name):
+        return {test.id}
+    names = set()
+    for child in ast.iter_child_nodes(test):
+        names |= _condition_names(child)
+    return names
+
+
 def _rule_ids():
     return [primitive_name(p) for p, _ in _unique_rules()]
 
@@ -297,14 +310,17 @@ def test_rule_source_is_in_the_subset(prim, rule):
         for node in ast.walk(stmt):
             assert not isinstance(node, FORBIDDEN), f"{type(node).__name__} at line {node.lineno}"
             if isinstance(node, (ast.If, ast.IfExp)):
-                names = {n.id for n in ast.walk(node.test) if isinstance(n, ast.Name)}
+                names = _condition_names(node.test)
                 assert names <= kwonly, \
-                    f"condition on {sorted(names - kwonly)} (only keyword-only parameters allowed)"
+                    f"condition on {sorted(names - kwonly)} (only keyword-only parameters, " \
+                    f"or facts wrapped in known(...))"
             elif isinstance(node, ast.Call):
                 f = node.func
                 assert not any(isinstance(x, ast.Starred) for x in node.args), "no *args in calls"
                 assert not any(k.arg is None for k in node.keywords), "no **kwargs in calls"
-                if isinstance(f, ast.Name):
+                if isinstance(f, ast.Name) and f.id == "known":
+                    pass        # compile-time shape facts, see rules.known
+                elif isinstance(f, ast.Name):
                     if rule.__module__.startswith("flux_compile.rules"):
                         assert f.id in helper_names, f"call to {f.id!r}: not a helper"
                     else:       # a rule registered elsewhere calls its own module's functions
