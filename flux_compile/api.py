@@ -171,7 +171,7 @@ def update(m, grads, fn):
 def shapes(m, *inputs):
     """The model's inference graph with every value's shape and dtype (early Flux's ``@shapes``)."""
     from .interp import run_graph
-    c = compile_model(m)
+    c = compile_model(m, inputs)
     snap = snapshot_states(m)
     try:
         values = run_graph(c.graph, m, inputs)

@@ -104,6 +104,7 @@ def differentiate(graph, n_inputs_diff=None):
         name = "dy" if len(graph.outputs) == 1 else f"dy{i}"
         s = graph.add(Node("seed", name=name, index=i, diff=True))
         s.name = name
+        s.meta["shape"] = out.meta.get("shape") if out.op != "const" else None
         seeds.append(s)
         adj.add(out, s, b)
 
@@ -122,6 +123,8 @@ def differentiate(graph, n_inputs_diff=None):
             continue
         ctx.loc = node.loc
         g = _sum(parts, b, _adj_name(node)) if node.arity is None else parts[0]
+        if g.meta.get("shape") is None and node.meta.get("shape") is not None:
+            g.meta["shape"] = node.meta["shape"]
         adj.parts[node.id] = [g]
         _backprop(node, g, b, adj)
 

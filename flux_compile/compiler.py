@@ -87,10 +87,14 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.state = state
     b = Builder(ctx)
     args = []
+    from .shapeinfer import Sym
     for spec in inputs:
         kind, name, obj = spec
         if kind == "array":
-            args.append(g.add(Node("input", name=name, diff=True)))
+            ndim, is_float = obj if obj is not None else (None, True)
+            n = g.add(Node("input", name=name, diff=is_float))
+            n.meta["shape"] = None if ndim is None else tuple(Sym(f"{name}.{i}") for i in range(ndim))
+            args.append(n)
         elif kind == "model":
             g.add(Node("input", name=name, diff=False))
             args.append(ModelRef(name, (), obj))
@@ -99,7 +103,11 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
             args.append(Static(obj))
     if state is not None:
         state.begin(b)
-    out = b.call_function(fn, args, {}, selfval=selfval)
+    from . import rules
+    if selfval is None and (rules.get_rule(fn) is not None or rules.is_nondiff(fn)):
+        out = b.call_primitive(fn, args, {}, None)      # fc.grad of a primitive itself
+    else:
+        out = b.call_function(fn, args, {}, selfval=selfval)
     outs, arity = _outputs(b, out)
     for i, o in enumerate(outs):
         if o.name is None and o.op not in ("input", "param", "const", "attr"):
@@ -257,34 +265,69 @@ def _forward_inputs(cls):
     return names
 
 
-def compile_model(m_or_cls):
-    """The :class:`Compiled` for a model instance (specialised to it) or a class (generic)."""
+def input_key(args):
+    """What a compiled function is specialised to for each input: rank and float-ness."""
+    if args is None:
+        return None
+    key = []
+    for a in args:
+        if isinstance(a, (np.ndarray, np.generic)):
+            key.append((a.ndim, a.dtype.kind in "fc"))
+        elif isinstance(a, Param):
+            key.append((a.value.ndim, True))
+        elif isinstance(a, float):
+            key.append((0, True))
+        elif isinstance(a, (int, bool)):
+            key.append((0, False))
+        else:
+            key.append((None, True))
+    return tuple(key)
+
+
+def compile_model(m_or_cls, args=None):
+    """The :class:`Compiled` for a model instance (specialised to its structure and to the
+    rank of each input in ``args``) or a class (generic)."""
+    ikey = input_key(args)
     if isinstance(m_or_cls, type):
         cls, inst = m_or_cls, None
     else:
         cls, inst = type(m_or_cls), m_or_cls
-        cached = inst.__dict__.get("_fc_compiled")
-        if cached is not None:
-            return cached
+        variants = inst.__dict__.get("_fc_compiled")
+        if variants is not None:
+            if args is None:
+                last = inst.__dict__.get("_fc_last")
+                if last is not None and last in variants:
+                    return variants[last]
+            elif ikey in variants:
+                return variants[ikey]
     if not hasattr(cls, "forward"):
         raise TypeError(f"{cls.__name__} has no forward method")
     text = _class_sources(cls)
     sig = model_signature(inst) if inst is not None else ("generic",)
-    key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig)
+    key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey)
     c = _cache.get(key)
     if c is None:
-        c = _compile_model(cls, inst, text)
+        c = _compile_model(cls, inst, text, ikey)
         _cache[key] = c
     if inst is not None:
-        object.__setattr__(inst, "_fc_compiled", c)
+        d = inst.__dict__
+        if "_fc_compiled" not in d:
+            object.__setattr__(inst, "_fc_compiled", {})
+        d["_fc_compiled"][ikey] = c
+        if ikey is not None:
+            d["_fc_last"] = ikey
     return c
 
 
-def _compile_model(cls, inst, text):
+def _compile_model(cls, inst, text, ikey=None):
     from . import recurrent
     names = _forward_inputs(cls)
     selfval = ModelRef("self", (), inst)
-    specs = [("array", n, None) for n in names]
+    if ikey is not None and len(ikey) != len(names):
+        raise TypeError(f"{cls.__name__}.forward takes {len(names)} inputs ({', '.join(names)}) "
+                        f"but {len(ikey)} were given")
+    specs = [("array", n, ikey[i] if ikey is not None and ikey[i][0] is not None else None)
+             for i, n in enumerate(names)]
     label = cls.__qualname__
     state_factory = recurrent.state_factory(cls, inst)
     c = build(label, cls.__name__, cls.forward, selfval, specs, ["self"] + names,
@@ -302,10 +345,8 @@ _fcache = {}
 def _arg_spec(name, value):
     if is_model(value):
         return ("model", name, value)
-    if isinstance(value, Param):
-        return ("array", name, None)
-    if isinstance(value, (np.ndarray, float, complex, np.floating)) and not isinstance(value, bool):
-        return ("array", name, None)
+    if isinstance(value, (np.ndarray, float, complex, np.floating, Param)) and not isinstance(value, bool):
+        return ("array", name, input_key([value])[0])
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
         return ("array", name, None)
     return ("static", name, value)
@@ -315,6 +356,8 @@ def _spec_token(spec):
     kind, name, obj = spec
     if kind == "model":
         return (kind, name, type(obj), tuple((p, attr_token(v)) for p, v in _walk_tokens(obj)))
+    if kind == "array":
+        return (kind, name, obj)
     if kind == "static":
         try:
             hash(obj)
@@ -347,7 +390,9 @@ def compile_function(fn, args):
         raise TypeError(f"{fn.__name__}() takes {len(names)} arguments but {len(args)} were given")
     names = names[:len(args)]
     specs = [_arg_spec(n, a) for n, a in zip(names, args)]
-    text = get_source(fn).text
+    from . import rules
+    primitive = rules.get_rule(fn) is not None or rules.is_nondiff(fn)
+    text = repr(fn) if primitive else get_source(fn).text
     key = (fn.__code__, hashlib.sha256(text.encode()).hexdigest(), tuple(_spec_token(s) for s in specs))
     c = _fcache.get(key)
     if c is None:

@@ -31,7 +31,7 @@ import types
 
 import numpy as np
 
-from . import rules
+from . import rules, shapeinfer
 from .errors import CompileError
 from .ir import Graph, Loc, Node
 from .params import Param, is_model
@@ -65,10 +65,11 @@ class ModelRef:
 
 class Seq:
     """A tuple of values known element by element at compile time."""
-    __slots__ = ("items",)
+    __slots__ = ("items", "sym")
 
     def __init__(self, items):
         self.items = list(items)
+        self.sym = None         # the symbolic shape, when this is some x.shape
 
 
 class BoundMethod:
@@ -565,7 +566,7 @@ class Builder:
             return self.model_attr(base, name, e)
         if isinstance(base, Node):
             if name in ARRAY_ATTRS:
-                return self.ctx.add(Node("getattr", (base,), attr=name))
+                return self.array_attr(base, name)
             if name == "T":
                 return self.call_primitive(np.transpose, [base], {}, e)
             if name in METHODS or name in ("astype",):
@@ -577,6 +578,26 @@ class Builder:
         if isinstance(base, Seq):
             self.error(f"a tuple has no attribute {name!r}", e)
         self.error(f"cannot take attribute {name!r} here", e)
+
+    def array_attr(self, base, name):
+        shp = shape_of(base)
+        if shp is not None:
+            if name == "ndim":
+                return Static(len(shp))
+            if name == "shape":
+                if all(isinstance(d, int) for d in shp):
+                    return Static(tuple(shp))
+                node = self.ctx.add(Node("getattr", (base,), attr="shape"))
+                items = []
+                for i, d in enumerate(shp):
+                    items.append(Static(d) if isinstance(d, int) else
+                                 self.ctx.add(Node("item", (node,), index=i)))
+                seq = Seq(items)
+                seq.sym = shp
+                return seq
+            if name == "size" and all(isinstance(d, int) for d in shp):
+                return Static(int(np.prod(shp)))
+        return self.ctx.add(Node("getattr", (base,), attr=name))
 
     def model_attr(self, ref, name, e):
         obj = ref.obj
@@ -811,6 +832,13 @@ class Builder:
         if isinstance(fn, type) and getattr(fn, "__flux_net__", False):
             self.error(f"cannot construct {fn.__name__} inside forward", e,
                        hint="construct sub-models in __init__ and call them from forward")
+        if fn is rules.known:
+            return Static(len(args) == 1 and isinstance(args[0], Static) and bool(args[0].value))
+        if fn is _unbroadcast() and len(args) == 2 and not kwargs and isinstance(args[0], Node):
+            target = args[1]
+            want = target.value if isinstance(target, Static) else getattr(target, "sym", None)
+            if isinstance(want, tuple) and shapeinfer.same(shape_of(args[0]), want):
+                return args[0]
         if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
             return self.call_primitive(fn, args, kwargs, e)
         if fn is len:
@@ -897,6 +925,13 @@ class Builder:
                 pass
         diff = (not rules.is_nondiff(fn)) and any(n.diff for n in nodes + list(kw.values()))
         node = Node("call", nodes, kw, fn=fn, diff=diff)
+        try:
+            node.meta["shape"] = shapeinfer.infer(
+                fn, [shape_of(a) for a in nodes], [a.value if a.op == "const" else _NOT_CONST for a in nodes],
+                {k: v.value for k, v in kw.items() if v.op == "const"} if all(v.op == "const" for v in kw.values())
+                else {"<dynamic>": True})
+        except Exception:       # shape inference is best effort
+            node.meta["shape"] = None
         arity = MULTI_OUTPUT.get(fn)
         if callable(arity):
             arity = arity(nodes, kw)
@@ -917,6 +952,21 @@ class Builder:
         if isinstance(v, (BoundMethod, UserMethod)):
             self.error("methods must be called", e)
         self.error(f"unsupported value {v!r}", e)
+
+
+_NOT_CONST = object()
+
+
+def _unbroadcast():
+    from .rules.helpers import unbroadcast
+    return unbroadcast
+
+
+def shape_of(node):
+    """The symbolic shape the compiler knows for ``node`` (see shapeinfer), or None."""
+    if node.op == "const":
+        return shapeinfer.of_value(node.value)
+    return node.meta.get("shape")
 
 
 def _split_arity(nodes, kw):
@@ -977,7 +1027,9 @@ def _inlinable(fn):
 def classify_value(b, base, path, value, e):
     """What ``self.<path>`` is, for the compiler: a Param node, a sub-model, a constant, ..."""
     if isinstance(value, Param):
-        return b.param_node(base, path, value.trainable)
+        n = b.param_node(base, path, value.trainable)
+        n.meta["shape"] = tuple(value.shape)
+        return n
     if is_model(value):
         return ModelRef(base, path, value)
     if isinstance(value, (list, tuple)):
@@ -985,23 +1037,23 @@ def classify_value(b, base, path, value, e):
         if all(isinstance(i, Static) for i in items):
             return Static(type(value)(i.value for i in items))
         return Seq(items)
-    if isinstance(value, np.ndarray):
-        return b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
-    if isinstance(value, float) and not isinstance(value, bool):
-        return b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
+    if isinstance(value, (np.ndarray, float)) and not isinstance(value, bool):
+        n = b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
+        n.meta["shape"] = tuple(np.shape(value))
+        return n
     return Static(value)
 
 
 def attr_token(value):
     """The part of a model's structure a compiled forward depends on (the cache key)."""
     if isinstance(value, Param):
-        return ("param", value.trainable)
+        return ("param", value.trainable, value.shape)
     if is_model(value):
         return ("model", type(value).__module__, type(value).__qualname__)
     if isinstance(value, (list, tuple)):
         return (type(value).__name__,) + tuple(attr_token(v) for v in value)
     if isinstance(value, np.ndarray):
-        return ("array",)
+        return ("array", value.shape)
     if isinstance(value, float) and not isinstance(value, bool):
         return ("float",)
     if isinstance(value, (int, bool, str, type(None), np.dtype)):

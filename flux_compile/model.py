@@ -24,7 +24,7 @@ import numpy as np
 from .compiler import compile_model
 from .params import Const, Param, is_model, named_params, submodels
 
-_INTERNAL = ("_fc_compiled", "_fc_state")
+_INTERNAL = ("_fc_compiled", "_fc_state", "_fc_last")
 
 
 def _is_float_array(value):
@@ -62,7 +62,7 @@ class Model:
     # -- running ----------------------------------------------------------------
     def __call__(self, *args):
         """Inference: the generated forward; saves nothing for a backward pass."""
-        c = compile_model(self)
+        c = compile_model(self, args)
         try:
             return c.forward(self, *args)
         except Exception as e:
@@ -74,7 +74,7 @@ class Model:
             raise new from e
 
     def _pullback(self, *args):
-        c = compile_model(self)
+        c = compile_model(self, args)
         try:
             out, saved = c.forward_train(self, *args)
         except Exception as e:

@@ -55,6 +55,16 @@ def nondiff_primitive(*primitives):
     return primitives[0] if len(primitives) == 1 else primitives
 
 
+def known(condition):
+    """In a rule body: true when ``condition`` is known to hold at compile time.
+
+    ``if known(a.ndim == 2): return dy @ b.T`` picks the plain form when the
+    compiler knows the rank, and falls through to a general helper otherwise.
+    Called outside the compiler (a rule run as plain Python) it is just ``bool``.
+    """
+    return bool(condition)
+
+
 def get_rule(primitive):
     """The rule function for ``primitive``, or ``None``."""
     try:

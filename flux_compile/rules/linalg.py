@@ -9,7 +9,7 @@ gradient, as autograd, JAX and PyTorch do.
 """
 import numpy as np
 
-from . import diffrule
+from . import diffrule, known
 from .helpers import (as_columns, cross_grad_a, cross_grad_b, dot_grad_a,
                       dot_grad_b, einsum_grads, fill_none, from_columns,
                       inner_grad_a, inner_grad_b, kron_grad_a, kron_grad_b,
@@ -22,11 +22,15 @@ from .helpers import (as_columns, cross_grad_a, cross_grad_b, dot_grad_a,
 
 @diffrule(np.matmul)
 def _(dy, y, x1, x2):
+    if known(x1.ndim == 2) and known(x2.ndim == 2):
+        return dy @ x2.T, x1.T @ dy
     return matmul_grad_a(dy, x1.shape, x2), matmul_grad_b(dy, x1, x2.shape)
 
 
 @diffrule(np.dot)
 def _(dy, y, a, b):
+    if known(a.ndim == 2) and known(b.ndim == 2):
+        return dy @ b.T, a.T @ dy
     return dot_grad_a(dy, a.ndim, b), dot_grad_b(dy, a, b.ndim)
 
 

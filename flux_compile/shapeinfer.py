@@ -1,0 +1,173 @@
+"""Symbolic shapes: what the compiler knows about each value's shape while it builds the graph.
+
+A shape is a tuple of dims, each an ``int`` or a :class:`Sym` (a size known only at run
+time, like the batch size ``x.0``); ``None`` means the rank itself is unknown. Shapes
+let the compiler drop ``unbroadcast`` where no broadcasting happened, fold ``x.ndim``,
+and pick the plain 2-D form of a rule.
+
+>>> b = Sym("x.0")
+>>> broadcast((b, 3), (1, 3))
+(Sym('x.0'), 3)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+class Sym:
+    """A run-time size, equal only to itself."""
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return f"Sym({self.name!r})"
+
+
+_fresh = [0]
+
+
+def fresh():
+    _fresh[0] += 1
+    return Sym(f"?{_fresh[0]}")
+
+
+def broadcast(*shapes):
+    if any(s is None for s in shapes):
+        return None
+    n = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(n):
+        dims = [s[len(s) - n + i] for s in shapes if len(s) - n + i >= 0]
+        dims = [d for d in dims if not (isinstance(d, int) and d == 1)]
+        if not dims:
+            out.append(1)
+            continue
+        ints = [d for d in dims if isinstance(d, int)]
+        if ints:
+            out.append(ints[0])
+        elif all(d is dims[0] for d in dims):
+            out.append(dims[0])
+        else:
+            out.append(fresh())
+    return tuple(out)
+
+
+def same(a, b):
+    """True when two symbolic shapes are certainly equal."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all((x is y) or (isinstance(x, int) and isinstance(y, int) and x == y) for x, y in zip(a, b))
+
+
+def static_shape(s):
+    """The shape as a tuple of ints, or None if any dim is symbolic."""
+    if s is None or not all(isinstance(d, int) for d in s):
+        return None
+    return tuple(s)
+
+
+def of_value(v):
+    if isinstance(v, (int, float, complex, bool, np.generic, np.ndarray)):
+        return tuple(np.shape(v))
+    return None
+
+
+def _axis_tuple(axis, ndim):
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, int):
+        axis = (axis,)
+    try:
+        return tuple(a % ndim for a in axis)
+    except (TypeError, ZeroDivisionError):
+        return None
+
+
+def _reduce(s, axis, keepdims):
+    if s is None:
+        return None
+    axes = _axis_tuple(axis, len(s))
+    if axes is None:
+        return None
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(s))
+    return tuple(d for i, d in enumerate(s) if i not in axes)
+
+
+def _matmul(a, b):
+    if a is None or b is None:
+        return None
+    if len(a) == 0 or len(b) == 0:
+        return None
+    if len(a) == 1 and len(b) == 1:
+        return ()
+    if len(a) == 1:
+        return b[:-2] + b[-1:]
+    if len(b) == 1:
+        return a[:-1]
+    batch = broadcast(a[:-2], b[:-2])
+    return None if batch is None else batch + (a[-2], b[-1])
+
+
+def _transpose(s, axes=None):
+    if s is None:
+        return None
+    if axes is None:
+        return tuple(reversed(s))
+    try:
+        return tuple(s[i] for i in axes)
+    except (TypeError, IndexError):
+        return None
+
+
+def _reshape(s, newshape):
+    if isinstance(newshape, int):
+        newshape = (newshape,)
+    if not isinstance(newshape, tuple) or not all(isinstance(d, int) for d in newshape):
+        return None
+    if -1 not in newshape:
+        return newshape
+    st = static_shape(s)
+    if st is None:
+        return None
+    known = int(np.prod([d for d in newshape if d != -1]))
+    total = int(np.prod(st))
+    return tuple(total // known if d == -1 else d for d in newshape) if known else None
+
+
+def infer(fn, shapes, consts, kwargs):
+    """Shape of ``fn(*args, **kwargs)``; ``shapes`` per positional arg, ``consts`` their
+    compile-time values (or a marker when not constant), ``kwargs`` constant keywords."""
+    from . import functions
+    from .rules import helpers
+    axis = kwargs.get("axis")
+    keepdims = kwargs.get("keepdims", False)
+    if isinstance(fn, np.ufunc) and fn.signature is None and fn.nout == 1 and not kwargs.keys() - {"dtype"}:
+        return broadcast(*shapes) if len(shapes) == fn.nin else None
+    if fn in (np.sum, np.mean, np.max, np.min, np.prod, np.var, np.std, np.amax, np.amin, np.any, np.all):
+        if len(shapes) != 1 or not kwargs.keys() <= {"axis", "keepdims", "ddof"}:
+            return None
+        return _reduce(shapes[0], axis, keepdims)
+    if fn is functions.logsumexp and len(shapes) == 1:
+        return _reduce(shapes[0], axis, keepdims)
+    if fn in (np.matmul,) and len(shapes) == 2:
+        return _matmul(*shapes)
+    if fn is np.dot and len(shapes) == 2 and shapes[0] is not None and shapes[1] is not None \
+            and len(shapes[0]) <= 2 and len(shapes[1]) <= 2 and len(shapes[0]) and len(shapes[1]):
+        return _matmul(*shapes)
+    if fn is np.transpose:
+        return _transpose(shapes[0], consts[1] if len(consts) > 1 else kwargs.get("axes"))
+    if fn is np.reshape and len(shapes) >= 1:
+        ns = consts[1] if len(consts) > 1 else kwargs.get("newshape", kwargs.get("shape"))
+        return _reshape(shapes[0], ns)
+    if fn in (functions.sigmoid, functions.relu, functions.softmax, functions.logsoftmax, functions.elu,
+              functions.gelu, functions.softplus, functions.leakyrelu, functions.nodiff,
+              helpers.astype, helpers.identity, np.clip, np.copy):
+        return shapes[0]
+    if fn is np.where and len(shapes) == 3:
+        return broadcast(*shapes)
+    if fn is helpers.unbroadcast and len(consts) == 2 and isinstance(consts[1], tuple):
+        return consts[1]
+    return None
