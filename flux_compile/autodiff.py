@@ -279,6 +279,10 @@ def _backprop_call(node, g, b, adj):
             grads = result.items
         elif isinstance(result, Static) and isinstance(result.value, tuple):
             grads = [Static(v) for v in result.value]
+        elif isinstance(result, Node):
+            # a helper returned the gradients as one run-time tuple
+            grads = [b.ctx.add(Node("item", (result,), index=i, diff=True)) if p is not None and p.diff
+                     else Static(None) for i, p in enumerate(pos)]
         else:
             _err(node, f"the derivative rule of {describe_fn(fn)} must return one gradient per input "
                        f"({len(pos)})")

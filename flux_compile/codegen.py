@@ -202,6 +202,9 @@ class FunctionEmitter:
             return ast.Call(func=_parse_expr("np.dtype"), args=[ast.Constant(v.name)], keywords=[])
         if isinstance(v, np.generic) and not isinstance(v, np.ndarray):
             return self.const(v.item())
+        if isinstance(v, np.ndarray) and v.ndim <= 1 and v.size <= 8:
+            return ast.Call(func=_parse_expr("np.array"), args=[self.const(v.tolist())],
+                            keywords=[ast.keyword(arg="dtype", value=self.const(v.dtype))])
         return _parse_expr(self.ns.name_of(v))
 
     # -- statements ------------------------------------------------------------

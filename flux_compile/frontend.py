@@ -921,6 +921,8 @@ class Builder:
                 r = fn(*[n.value for n in nodes], **{k: v.value for k, v in kw.items()})
                 if isinstance(r, (int, float, bool, np.generic)) and not isinstance(r, np.ndarray):
                     return _static(r)
+                if isinstance(r, np.ndarray) and r.ndim <= 1 and r.size <= 8:
+                    return Static(r)
             except Exception:
                 pass
         diff = (not rules.is_nondiff(fn)) and any(n.diff for n in nodes + list(kw.values()))

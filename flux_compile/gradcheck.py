@@ -125,13 +125,15 @@ def _plain(f, xs):
 def _random_like(out, rng):
     if isinstance(out, tuple):
         return tuple(_random_like(o, rng) for o in out)
+    if isinstance(out, list):
+        return [_random_like(o, rng) for o in out]
     if isinstance(out, (np.ndarray, np.generic, float)) and np.asarray(out).dtype.kind == "f":
         return rng.standard_normal(np.shape(out))
     return None
 
 
 def _dot(dys, out):
-    if isinstance(out, tuple):
+    if isinstance(out, (tuple, list)):
         return sum(_dot(d, o) for d, o in zip(dys, out))
     if dys is None:
         return 0.0
