@@ -1,0 +1,130 @@
+"""Train step of an MLP: flux_compile vs hand-written NumPy (and PyTorch / autograd when installed).
+
+Prints, for each size, the time per step and the ratio to hand-written NumPy, all measured
+in one run, and the first-compile time. A target, not a test: ratio <= 1.0, compile < 50 ms.
+
+    python benchmarks/mlp.py [--repeats 200]
+"""
+import argparse
+import time
+
+import numpy as np
+
+import flux_compile as fc
+
+
+@fc.net
+class Affine:
+    def __init__(self, n_in, n_out, rng):
+        self.W = rng.standard_normal((n_in, n_out)) * np.sqrt(2.0 / n_in)
+        self.b = np.zeros((1, n_out))
+
+    def forward(self, x):
+        return x @ self.W + self.b
+
+
+@fc.net
+class MLP:
+    def __init__(self, sizes, rng):
+        self.layers = tuple(Affine(a, b, rng) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def forward(self, x):
+        for layer in self.layers[:-1]:
+            x = fc.relu(layer(x))
+        return self.layers[-1](x)
+
+
+def fc_step(m, x, labels, lr):
+    logits, back = m.pullback(x)
+    _, (dlogits, _) = fc.grad(fc.logitcrossentropy, logits, labels)
+    back(dlogits)
+    m.update(lr)
+
+
+def numpy_step(Ws, bs, x, labels, lr):
+    hs = [x]
+    h = x
+    for W, b in zip(Ws[:-1], bs[:-1]):
+        h = np.maximum(h @ W + b, 0)
+        hs.append(h)
+    z = h @ Ws[-1] + bs[-1]
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    p[np.arange(len(labels)), labels] -= 1
+    d = p / len(labels)
+    for i in range(len(Ws) - 1, -1, -1):
+        dW = hs[i].T @ d
+        db = d.sum(axis=0, keepdims=True)
+        if i:
+            d = (d @ Ws[i].T) * (hs[i] > 0)
+        Ws[i] -= lr * dW
+        bs[i] -= lr * db
+
+
+def timeit(fn, repeats):
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        best = min(best, (time.perf_counter() - t) / repeats)
+    return best
+
+
+def torch_step_factory(sizes, x, labels, lr):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(1)
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [torch.nn.Linear(a, b).double(), torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers[:-1])
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
+
+    def step():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(xt), yt)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def run(sizes, batch, repeats):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, sizes[0]))
+    labels = rng.integers(0, sizes[-1], batch)
+    m = MLP(sizes, rng)
+    t0 = time.perf_counter()
+    fc_step(m, x, labels, 0.01)
+    first = time.perf_counter() - t0
+    Ws = [l.W.value.copy() for l in m.layers]
+    bs = [l.b.value.copy() for l in m.layers]
+    t_np = timeit(lambda: numpy_step(Ws, bs, x, labels, 0.01), repeats)
+    t_fc = timeit(lambda: fc_step(m, x, labels, 0.01), repeats)
+    name = "-".join(map(str, sizes))
+    print(f"MLP {name}, batch {batch}")
+    print(f"  first call (compile + step): {first * 1e3:8.1f} ms")
+    print(f"  hand-written NumPy         : {t_np * 1e6:8.1f} us/step")
+    print(f"  flux_compile               : {t_fc * 1e6:8.1f} us/step   ratio {t_fc / t_np:5.2f}x")
+    tstep = torch_step_factory(sizes, x, labels, 0.01)
+    if tstep is not None:
+        t_t = timeit(tstep, repeats)
+        print(f"  PyTorch eager (1 thread)   : {t_t * 1e6:8.1f} us/step   ratio {t_t / t_np:5.2f}x")
+    return t_fc / t_np, first
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=100)
+    a = ap.parse_args(argv)
+    run((784, 128, 10), 32, a.repeats)
+    run((784, 512, 512, 10), 256, max(5, a.repeats // 10))
+
+
+if __name__ == "__main__":
+    main()
