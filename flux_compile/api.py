@@ -54,6 +54,8 @@ def graph(m_or_cls, args=None, which="forward"):
     """The IR graph (printable; ``.to_dot()``): the inference forward, or ``which="train"`` for
     the joint forward + backward graph."""
     c = _compiled(m_or_cls, args)
+    if c.graph is None and c.rebuild is not None:
+        c = c.rebuild()
     return c.graph if which == "forward" else c.train_graph
 
 
@@ -172,6 +174,8 @@ def shapes(m, *inputs):
     """The model's inference graph with every value's shape and dtype (early Flux's ``@shapes``)."""
     from .interp import run_graph
     c = compile_model(m, inputs)
+    if c.graph is None and c.rebuild is not None:
+        c = c.rebuild()
     snap = snapshot_states(m)
     try:
         values = run_graph(c.graph, m, inputs)

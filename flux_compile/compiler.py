@@ -38,6 +38,8 @@ class Compiled:
         self.linemap = {}
         self.filename = None
         self.n_outputs = None      # None: one output; k: a tuple of k
+        self.from_disk = False
+        self.rebuild = None        # re-runs the pipeline (for the graph of a disk-cache hit)
         self.input_names = []
 
     # -- errors inside generated code -------------------------------------------
@@ -180,7 +182,7 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
     bparams = ["self", "saved", "dy"] if params_in_sig[0] == "self" else ["saved", "dy"]
     fs.defs.append(codegen.make_function("backward", bparams, head + body, ret))
     source, namespace, linemap, filename = codegen.build_module(label, fs, ns)
-    return source, namespace, linemap, filename
+    return source, namespace, linemap, filename, dict(ns.objects)
 
 
 def _sections(source):
@@ -202,17 +204,20 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     """Run the whole pipeline for one function; returns a :class:`Compiled`."""
     c = Compiled(label, owner)
     state = state_factory() if state_factory else None
-    infer_g, arity, _ = _trace(label, fn, selfval, input_specs, False, state, _arity_of, generic_cls)
+    infer_g, arity, ctx1 = _trace(label, fn, selfval, input_specs, False, state, _arity_of, generic_cls)
     r = passes.optimize(infer_g)
     infer_g.outputs = [r(o) for o in infer_g.outputs]
     state2 = state_factory() if state_factory else None
-    train_g, _, _ = _trace(label, fn, selfval, input_specs, True, state2, _arity_of, generic_cls)
+    train_g, _, ctx2 = _trace(label, fn, selfval, input_specs, True, state2, _arity_of, generic_cls)
     joint = differentiate(train_g)
     r2 = passes.optimize(train_g)
     joint.resolved_grads = [r2(x) if x is not None else None for x in joint.input_grads]
     sp = passes.split(joint, r2)
     input_names = [n.name for n in infer_g.inputs]
-    source, namespace, linemap, filename = _emit(label, owner, infer_g, joint, sp, input_names, params_in_sig)
+    source, namespace, linemap, filename, objects = _emit(label, owner, infer_g, joint, sp, input_names,
+                                                          params_in_sig)
+    c.namespace_objects = objects
+    c.inlined = list(dict.fromkeys(ctx1.inlined + ctx2.inlined))
     c.forward = namespace["forward"]
     c.forward_train = namespace["forward_train"]
     c.backward = namespace["backward"]
@@ -307,7 +312,7 @@ def compile_model(m_or_cls, args=None):
     key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey)
     c = _cache.get(key)
     if c is None:
-        c = _compile_model(cls, inst, text, ikey)
+        c = _from_disk(cls, key, lambda: _compile_model(cls, inst, text, ikey))
         _cache[key] = c
     if inst is not None:
         d = inst.__dict__
@@ -316,6 +321,33 @@ def compile_model(m_or_cls, args=None):
         d["_fc_compiled"][ikey] = c
         if ikey is not None:
             d["_fc_last"] = ikey
+    return c
+
+
+def _from_disk(cls, key, make):
+    """The compiled model from FLUX_COMPILE_CACHE_DIR when valid; else ``make()`` (and store it)."""
+    from . import diskcache
+    if diskcache.directory() is None or any(t and t[0] == "object" for _, t in (key[2] if key[2] != ("generic",)
+                                                                                  else ())):
+        return make()
+    dkey = diskcache.entry_key((cls.__module__, cls.__qualname__, key[1], key[2], key[3]))
+    hit = diskcache.load(dkey)
+    if hit is not None:
+        source, objects, meta = hit
+        from . import codegen as cg
+        from .sourcecache import compile_source, unique_filename
+        c = Compiled(cls.__qualname__, cls.__name__)
+        filename = unique_filename(cls.__qualname__)
+        ns = compile_source(source, filename, dict(objects, np=np, fc=sys.modules["flux_compile"]))
+        c.forward, c.forward_train, c.backward = ns["forward"], ns["forward_train"], ns["backward"]
+        c.source, c.sections, c.linemap, c.filename = source, _sections(source), meta["linemap"], filename
+        c.n_outputs, c.input_names, c.diff_inputs = meta["n_outputs"], meta["input_names"], meta["diff_inputs"]
+        c.state = None
+        c.from_disk = True
+        c.rebuild = make
+        return c
+    c = make()
+    diskcache.store(dkey, c, c.namespace_objects, c.inlined)
     return c
 
 

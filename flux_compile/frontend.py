@@ -278,6 +278,7 @@ class Context:
         self.stack = []                # functions being inlined, for the recursion check
         self.loc = None                # current statement
         self.sources = []              # texts of every inlined function (for the cache hash)
+        self.inlined = []              # the inlined functions themselves
         self.state = None              # recurrent state hooks (see recurrent.py), or None
         self.training = True
         self.generic_cls = None        # the class, when compiling without an instance
@@ -327,6 +328,7 @@ class Builder:
             self.error(f"recursive call of {src.owner} cannot be inlined", node,
                        hint="rewrite it without recursion, or register it as a primitive with @fc.diffrule")
         self.ctx.sources.append(src.text)
+        self.ctx.inlined.append(fn)
         fdef = src.tree
         env = self._bind(fdef.args, fn, args, kwargs, node, selfval)
         glob = dict(getattr(fn, "__globals__", {}))

@@ -402,3 +402,47 @@ def test_tracebacks_and_inspect_work_on_generated_functions():
     from flux_compile.compiler import compile_model
     c = compile_model(Affine(2, 2))
     assert "def backward" in inspect.getsource(c.backward)
+
+
+DISK = textwrap.dedent('''
+    import sys, numpy as np, flux_compile as fc
+    sys.path.insert(0, {path!r})
+    from diskmod import Net
+    from flux_compile.compiler import compile_model
+    m = Net()
+    x = np.ones((2, 3))
+    y, back = m.pullback(x)
+    back(np.ones_like(y))
+    c = compile_model(m, (x,))
+    print(c.from_disk, float(m.W.grad.sum()), float(y.sum()))
+''')
+
+
+def test_disk_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
+    mod = tmp_path / "diskmod.py"
+    body = textwrap.dedent('''
+        import numpy as np, flux_compile as fc
+
+        def act(z):
+            return np.tanh(z)
+
+        @fc.net
+        class Net:
+            def __init__(self):
+                self.W = np.full((3, 2), 0.5)
+            def forward(self, x):
+                return act(x @ self.W)
+    ''')
+    mod.write_text(body)
+    env = dict(__import__("os").environ, FLUX_COMPILE_CACHE_DIR=str(tmp_path / "cache"))
+    code = DISK.format(path=str(tmp_path))
+
+    def run():
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                              check=True).stdout.split()
+    first, second = run(), run()
+    assert first[0] == "False" and second[0] == "True" and first[1:] == second[1:]
+    assert any(p.suffix == ".py" for p in (tmp_path / "cache").iterdir())
+    mod.write_text(body.replace("np.tanh(z)", "np.sin(z)"))    # an inlined helper changed
+    third = run()
+    assert third[0] == "False" and third[2] != first[2]
