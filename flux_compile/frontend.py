@@ -1064,7 +1064,8 @@ def attr_token(value):
         return ("value", value)
     if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, np.ufunc, type)):
         return ("fn", getattr(value, "__module__", None), getattr(value, "__qualname__", repr(value)))
-    return ("object", type(value).__qualname__, id(value))
+    from .compiler import freeze
+    return ("object", type(value).__qualname__, freeze(value))
 
 
 # --------------------------------------------------------------------------
