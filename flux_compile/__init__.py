@@ -17,7 +17,9 @@ from . import optim, data
 from .init import initn, glorot_uniform, glorot_normal, zeros
 from .losses import mse, crossentropy, logitcrossentropy, binarycrossentropy
 from .layers import Affine, Dense, Chain, Dropout, dropout, freeze, unfreeze
-from .recurrent import unroll, unroll1, flip, reset, RNN, GRU, LSTM
+from .recurrent import reset
+from .sequences import unroll, unroll1, flip
+from .rnn import RNN, GRU, LSTM
 from .train import train
 from .io import save, load
 

@@ -47,7 +47,12 @@ def source(m_or_cls, which="backward", args=None):
             from .optim import update_source
             text = text.rstrip("\n") + "\n\n" + update_source(m_or_cls)
         return SourceText(text)
-    return SourceText(c.sections[which])
+    text = c.sections[which]
+    step = getattr(c, "step_model", None)
+    if step is not None and which in ("forward", "backward"):
+        inner = source(step, which)
+        text = f"{text.rstrip()}\n\n# the step, {type(step).__name__}.{which}:\n{inner}"
+    return SourceText(text)
 
 
 def graph(m_or_cls, args=None, which="forward"):
@@ -178,6 +183,9 @@ def shapes(m, *inputs):
         c = c.rebuild()
     snap = snapshot_states(m)
     try:
+        if c.state_names:
+            from .recurrent import current_state
+            inputs = tuple(inputs) + tuple(current_state(m, c.state_names)[0])
         values = run_graph(c.graph, m, inputs)
     finally:
         restore_states(snap)

@@ -41,6 +41,7 @@ class Compiled:
         self.from_disk = False
         self.rebuild = None        # re-runs the pipeline (for the graph of a disk-cache hit)
         self.input_names = []
+        self.state_names = []      # recurrent state: extra inputs after the user's, extra outputs after
 
     # -- errors inside generated code -------------------------------------------
     def translate(self, exc, direction="forward"):
@@ -115,6 +116,8 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
         if o.name is None and o.op not in ("input", "param", "const", "attr"):
             o.name = "y" if len(outs) == 1 else f"y{i + 1}"
             o.meta["anon"] = True
+    if state is not None:
+        outs = outs + state.end(b)
     if state is not None:
         state.end(b)
     g.outputs = outs
@@ -231,7 +234,7 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     c.n_outputs = arity
     c.input_names = input_names
     c.diff_inputs = [n.diff for n in infer_g.inputs]
-    c.state = state
+    c.state_names = list(state.names) if state is not None else []
     return c
 
 
@@ -307,6 +310,8 @@ def compile_model(m_or_cls, args=None):
                 return variants[ikey]
     if not hasattr(cls, "forward"):
         raise TypeError(f"{cls.__name__} has no forward method")
+    if inst is not None and hasattr(cls, "_fc_template"):
+        return _remember(inst, ikey, inst._fc_template(ikey))
     text = _class_sources(cls)
     sig = model_signature(inst) if inst is not None else ("generic",)
     key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey)
@@ -314,13 +319,16 @@ def compile_model(m_or_cls, args=None):
     if c is None:
         c = _from_disk(cls, key, lambda: _compile_model(cls, inst, text, ikey))
         _cache[key] = c
-    if inst is not None:
-        d = inst.__dict__
-        if "_fc_compiled" not in d:
-            object.__setattr__(inst, "_fc_compiled", {})
-        d["_fc_compiled"][ikey] = c
-        if ikey is not None:
-            d["_fc_last"] = ikey
+    return _remember(inst, ikey, c) if inst is not None else c
+
+
+def _remember(inst, ikey, c):
+    d = inst.__dict__
+    if "_fc_compiled" not in d:
+        object.__setattr__(inst, "_fc_compiled", {})
+    d["_fc_compiled"][ikey] = c
+    if ikey is not None:
+        d["_fc_last"] = ikey
     return c
 
 
@@ -342,7 +350,7 @@ def _from_disk(cls, key, make):
         c.forward, c.forward_train, c.backward = ns["forward"], ns["forward_train"], ns["backward"]
         c.source, c.sections, c.linemap, c.filename = source, _sections(source), meta["linemap"], filename
         c.n_outputs, c.input_names, c.diff_inputs = meta["n_outputs"], meta["input_names"], meta["diff_inputs"]
-        c.state = None
+        c.state_names = meta.get("state_names", [])
         c.from_disk = True
         c.rebuild = make
         return c
@@ -362,7 +370,14 @@ def _compile_model(cls, inst, text, ikey=None):
              for i, n in enumerate(names)]
     label = cls.__qualname__
     state_factory = recurrent.state_factory(cls, inst)
-    c = build(label, cls.__name__, cls.forward, selfval, specs, ["self"] + names,
+    snames = recurrent.state_names(cls) if state_factory else []
+    clash = set(snames) & set(names)
+    if clash:
+        src = get_source(cls.forward)
+        raise CompileError(f"{cls.__name__}.forward has an input and a state attribute both named "
+                           f"{sorted(clash)[0]!r}", src.filename, src.offset + src.tree.lineno,
+                           hint="rename the input")
+    c = build(label, cls.__name__, cls.forward, selfval, specs, ["self"] + names + snames,
               state_factory=state_factory, generic_cls=cls if inst is None else None)
     c.hash = hashlib.sha256(text.encode()).hexdigest()
     return c

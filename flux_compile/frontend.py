@@ -488,7 +488,7 @@ class Builder:
         elif t is ast.Attribute:
             base = self.eval(target.value)
             if isinstance(base, ModelRef) and base.base == "self" and not base.path \
-                    and self.ctx.state is not None:
+                    and self.ctx.state is not None and self.frame.selfval is base:
                 self.ctx.state.write(self, target.attr, value, target)
             elif isinstance(base, ModelRef):
                 self.error(f"cannot assign to attribute {target.attr!r} here", target,
@@ -609,12 +609,13 @@ class Builder:
             cls = self.ctx.generic_cls
         else:
             cls = None
-        if obj is not None and name in vars(obj):
-            return self.classify(ref, name, vars(obj)[name], e)
-        if ref.base == "self" and not ref.path and self.ctx.state is not None:
+        if ref.base == "self" and not ref.path and self.ctx.state is not None \
+                and self.frame.selfval is ref:
             v = self.ctx.state.read(self, name, e)
             if v is not None:
                 return v
+        if obj is not None and name in vars(obj):
+            return self.classify(ref, name, vars(obj)[name], e)
         raw = inspect.getattr_static(cls, name, _MISSING) if cls is not None else _MISSING
         if raw is not _MISSING:
             if isinstance(raw, staticmethod):

@@ -23,8 +23,9 @@ import numpy as np
 
 from .compiler import compile_model
 from .params import Const, Param, is_model, named_params, submodels
+from .recurrent import _INITIAL, Link, accumulate_initial, current_state, reset, set_state
 
-_INTERNAL = ("_fc_compiled", "_fc_state", "_fc_last")
+_INTERNAL = ("_fc_compiled", "_fc_state", "_fc_last", "_fc_link")
 
 
 def _is_float_array(value):
@@ -63,36 +64,54 @@ class Model:
     def __call__(self, *args):
         """Inference: the generated forward; saves nothing for a backward pass."""
         c = compile_model(self, args)
+        names = c.state_names
+        if names:
+            state, _ = current_state(self, names)
+            args = args + tuple(state)
         try:
-            return c.forward(self, *args)
+            out = c.forward(self, *args)
         except Exception as e:
-            new = c.translate(e, "forward")
-            if new is None:
-                raise
-            if new is e:
-                raise
-            raise new from e
+            _reraise(c, e, "forward")
+        if names:
+            out, new_state = _split_state(out, c)
+            set_state(self, names, new_state, None)
+        return out
 
     def _pullback(self, *args):
         c = compile_model(self, args)
+        names = c.state_names
+        nin = len(args)
+        if names:
+            state, source = current_state(self, names)
+            args = args + tuple(state)
         try:
             out, saved = c.forward_train(self, *args)
         except Exception as e:
-            new = c.translate(e, "forward")
-            if new is None or new is e:
-                raise
-            raise new from e
+            _reraise(c, e, "forward")
+        if names:
+            out, new_state = _split_state(out, c)
+            link = Link()
+            set_state(self, names, new_state, link)
         model = self
 
         def back(dy=None):
             dy = _seed(dy, out, c, model)
+            if names:
+                pending = link.pending or [None] * len(names)
+                dstate = [np.zeros_like(s) if g is None else g for g, s in zip(pending, new_state)]
+                dy = (tuple(dy) if c.n_outputs is not None else (dy,)) + tuple(dstate)
             try:
-                return c.backward(model, saved, dy)
+                grads = c.backward(model, saved, dy)
             except Exception as e:
-                new = c.translate(e, "backward")
-                if new is None or new is e:
-                    raise
-                raise new from e
+                _reraise(c, e, "backward")
+            if not names:
+                return grads
+            gin, gstate = grads[:nin], grads[nin:]
+            if source is _INITIAL:
+                accumulate_initial(model, names, gstate)
+            elif isinstance(source, Link):
+                source.add(gstate)
+            return gin[0] if nin == 1 else tuple(gin)
         return out, back
 
     def pullback(self, *args):
@@ -127,8 +146,8 @@ class Model:
 
     def reset(self):
         """Restore the initial recurrent state of this model and its sub-models."""
-        for m in submodels(self):
-            m.__dict__.pop("_fc_state", None)
+        reset(self)
+        return self
 
     def __repr__(self):
         from .display import model_repr
@@ -140,6 +159,20 @@ class Model:
 
 
 _MISSING = object()
+
+
+def _reraise(c, e, direction):
+    new = c.translate(e, direction)
+    if new is None or new is e:
+        raise e
+    raise new from e
+
+
+def _split_state(out, c):
+    k = len(c.state_names)
+    flat = out if isinstance(out, tuple) else (out,)
+    user, state = flat[:-k], list(flat[-k:])
+    return (user[0] if c.n_outputs is None else tuple(user)), state
 
 
 def _seed(dy, out, c, model):

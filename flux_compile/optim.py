@@ -27,6 +27,8 @@ frozen Params (``trainable=False``) are not updated.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .params import named_params, path_str
@@ -249,8 +251,19 @@ def _compiled(model, opt, trainable, frozen):
     return hit
 
 
+_LAST = weakref.WeakKeyDictionary()     # model -> the optimiser of its latest update
+
+
 def update_source(model, opt=None):
-    """The generated update function for ``model`` and ``opt`` (default ``SGD(0.1)``) as text."""
+    """The generated update function for ``model`` and ``opt`` as text.
+
+    Without ``opt``: the optimiser of the model's latest update, or ``SGD(0.1)``.
+    """
+    if opt is None:
+        try:
+            opt = _LAST.get(model)
+        except TypeError:       # a model that cannot be weakly referenced
+            opt = None
     opt = SGD(0.1) if opt is None else _as_optimiser(opt)
     trainable, frozen = _layout(model)
     return _compiled(model, opt, trainable, frozen)[0]
@@ -265,6 +278,10 @@ def apply_update(model, lr_or_opt):
     opt = _as_optimiser(lr_or_opt)
     trainable, frozen = _layout(model)
     _, fn = _compiled(model, opt, trainable, frozen)
+    try:
+        _LAST[model] = opt
+    except TypeError:
+        pass
     state, steps = [], []
     for _, p in trainable:
         entry = opt._state_for(p)

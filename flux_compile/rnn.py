@@ -1,0 +1,168 @@
+"""Recurrent layers: ``fc.RNN``, ``fc.GRU``, ``fc.LSTM`` — ordinary ``@net`` classes.
+
+Batch first: each step takes ``x`` of shape (batch, n_in). The state (``self.h``, and
+``self.c`` for the LSTM) starts from a trainable (1, n_h) Param, as in Flux. Gate
+layout follows PyTorch (LSTM gates i, f, g, o; GRU r, z, n), so ``from_torch`` /
+``to_torch`` copy weights from and to a single-layer ``batch_first`` torch module.
+
+>>> import numpy as np, flux_compile as fc
+>>> lstm = fc.LSTM(3, 5)
+>>> lstm(np.ones((2, 3))).shape
+(2, 5)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .functions import sigmoid
+from .init import glorot_uniform, zeros
+from .model import net
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:                     # pragma: no cover - depends on the environment
+        raise ImportError("to_torch/from_torch need PyTorch: pip install torch==2.13.0") from e
+    return torch
+
+
+def _np(t):
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
+def _check_torch(module, kind):
+    if module.num_layers != 1 or not module.batch_first or module.bidirectional:
+        raise ValueError(f"from_torch needs a single-layer, batch_first, unidirectional torch.nn.{kind}")
+
+
+@net
+class RNN:
+    """Elman RNN: ``h = act(x @ Wx + h @ Wh + b)``; returns ``h``."""
+
+    def __init__(self, n_in, n_h, act=np.tanh, init=glorot_uniform):
+        self.Wx = init(n_in, n_h)
+        self.Wh = init(n_h, n_h)
+        self.b = zeros(1, n_h)
+        self.h = zeros(1, n_h)
+        self.act = act
+
+    def forward(self, x):
+        self.h = self.act(x @ self.Wx + self.h @ self.Wh + self.b)
+        return self.h
+
+    @classmethod
+    def from_torch(cls, module):
+        """Copy a ``torch.nn.RNN(n_in, n_h, batch_first=True)`` (tanh or relu)."""
+        _check_torch(module, "RNN")
+        from .functions import relu
+        m = cls(module.input_size, module.hidden_size, act=relu if module.nonlinearity == "relu" else np.tanh)
+        m.Wx.value[...] = _np(module.weight_ih_l0).T
+        m.Wh.value[...] = _np(module.weight_hh_l0).T
+        if module.bias:
+            m.b.value[...] = _np(module.bias_ih_l0 + module.bias_hh_l0)
+        return m
+
+    def to_torch(self):
+        torch = _torch()
+        n_in, n_h = self.Wx.shape
+        t = torch.nn.RNN(n_in, n_h, batch_first=True, nonlinearity="tanh" if self.act is np.tanh else "relu",
+                         dtype=torch.float64)
+        with torch.no_grad():
+            t.weight_ih_l0.copy_(torch.from_numpy(np.asarray(self.Wx.value, np.float64).T.copy()))
+            t.weight_hh_l0.copy_(torch.from_numpy(np.asarray(self.Wh.value, np.float64).T.copy()))
+            t.bias_ih_l0.copy_(torch.from_numpy(np.asarray(self.b.value, np.float64).ravel()))
+            t.bias_hh_l0.zero_()
+        return t
+
+
+@net
+class LSTM:
+    """Long short-term memory, gates (i, f, g, o) as in PyTorch; returns ``h``."""
+
+    def __init__(self, n_in, n_h, init=glorot_uniform):
+        self.Wx = init(n_in, 4 * n_h)
+        self.Wh = init(n_h, 4 * n_h)
+        self.b = zeros(1, 4 * n_h)
+        self.b.value[:, n_h:2 * n_h] = 1.0        # forget-gate bias 1: remember by default
+        self.h = zeros(1, n_h)
+        self.c = zeros(1, n_h)
+        self.n_h = n_h
+
+    def forward(self, x):
+        n = self.n_h
+        z = x @ self.Wx + self.h @ self.Wh + self.b
+        i = sigmoid(z[:, :n])
+        f = sigmoid(z[:, n:2 * n])
+        g = np.tanh(z[:, 2 * n:3 * n])
+        o = sigmoid(z[:, 3 * n:])
+        self.c = f * self.c + i * g
+        self.h = o * np.tanh(self.c)
+        return self.h
+
+    @classmethod
+    def from_torch(cls, module):
+        """Copy a ``torch.nn.LSTM(n_in, n_h, batch_first=True)``."""
+        _check_torch(module, "LSTM")
+        m = cls(module.input_size, module.hidden_size)
+        m.Wx.value[...] = _np(module.weight_ih_l0).T
+        m.Wh.value[...] = _np(module.weight_hh_l0).T
+        m.b.value[...] = _np(module.bias_ih_l0 + module.bias_hh_l0) if module.bias else 0.0
+        return m
+
+    def to_torch(self):
+        torch = _torch()
+        n_in, n4 = self.Wx.shape
+        t = torch.nn.LSTM(n_in, n4 // 4, batch_first=True, dtype=torch.float64)
+        with torch.no_grad():
+            t.weight_ih_l0.copy_(torch.from_numpy(np.asarray(self.Wx.value, np.float64).T.copy()))
+            t.weight_hh_l0.copy_(torch.from_numpy(np.asarray(self.Wh.value, np.float64).T.copy()))
+            t.bias_ih_l0.copy_(torch.from_numpy(np.asarray(self.b.value, np.float64).ravel()))
+            t.bias_hh_l0.zero_()
+        return t
+
+
+@net
+class GRU:
+    """Gated recurrent unit, gates (r, z, n) as in PyTorch; returns ``h``."""
+
+    def __init__(self, n_in, n_h, init=glorot_uniform):
+        self.Wx = init(n_in, 3 * n_h)
+        self.Wh = init(n_h, 3 * n_h)
+        self.bx = zeros(1, 3 * n_h)
+        self.bh = zeros(1, 3 * n_h)
+        self.h = zeros(1, n_h)
+        self.n_h = n_h
+
+    def forward(self, x):
+        n = self.n_h
+        gx = x @ self.Wx + self.bx
+        gh = self.h @ self.Wh + self.bh
+        r = sigmoid(gx[:, :n] + gh[:, :n])
+        z = sigmoid(gx[:, n:2 * n] + gh[:, n:2 * n])
+        c = np.tanh(gx[:, 2 * n:] + r * gh[:, 2 * n:])
+        self.h = (1 - z) * c + z * self.h
+        return self.h
+
+    @classmethod
+    def from_torch(cls, module):
+        """Copy a ``torch.nn.GRU(n_in, n_h, batch_first=True)``."""
+        _check_torch(module, "GRU")
+        m = cls(module.input_size, module.hidden_size)
+        m.Wx.value[...] = _np(module.weight_ih_l0).T
+        m.Wh.value[...] = _np(module.weight_hh_l0).T
+        if module.bias:
+            m.bx.value[...] = _np(module.bias_ih_l0)
+            m.bh.value[...] = _np(module.bias_hh_l0)
+        return m
+
+    def to_torch(self):
+        torch = _torch()
+        n_in, n3 = self.Wx.shape
+        t = torch.nn.GRU(n_in, n3 // 3, batch_first=True, dtype=torch.float64)
+        with torch.no_grad():
+            t.weight_ih_l0.copy_(torch.from_numpy(np.asarray(self.Wx.value, np.float64).T.copy()))
+            t.weight_hh_l0.copy_(torch.from_numpy(np.asarray(self.Wh.value, np.float64).T.copy()))
+            t.bias_ih_l0.copy_(torch.from_numpy(np.asarray(self.bx.value, np.float64).ravel()))
+            t.bias_hh_l0.copy_(torch.from_numpy(np.asarray(self.bh.value, np.float64).ravel()))
+        return t
