@@ -155,6 +155,14 @@ def test_source_is_flat_commented_and_deterministic():
     assert update_source(model()) == update_source(model(), SGD(0.1))
 
 
+def test_source_defaults_to_the_last_optimiser_used():
+    m = Toy(W=Param(np.ones(2)))
+    assert "lr * g" in update_source(m)
+    apply_update(m, RMSProp())
+    assert update_source(m) == update_source(m, RMSProp())
+    assert update_source(m, SGD(0.1)) != update_source(m)
+
+
 def test_compiled_once_and_inspectable():
     m = Toy(W=Param(np.ones(2)))
     opt = Momentum()
