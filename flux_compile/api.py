@@ -178,14 +178,15 @@ def update(m, grads, fn):
 def shapes(m, *inputs):
     """The model's inference graph with every value's shape and dtype (early Flux's ``@shapes``)."""
     from .interp import run_graph
+    from .recurrent import current_state, state_names
+    names = state_names(type(m))
+    if names:
+        inputs = tuple(inputs) + tuple(current_state(m, names)[0])
     c = compile_model(m, inputs)
     if c.graph is None and c.rebuild is not None:
         c = c.rebuild()
     snap = snapshot_states(m)
     try:
-        if c.state_names:
-            from .recurrent import current_state
-            inputs = tuple(inputs) + tuple(current_state(m, c.state_names)[0])
         values = run_graph(c.graph, m, inputs)
     finally:
         restore_states(snap)

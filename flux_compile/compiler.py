@@ -69,6 +69,15 @@ class Compiled:
         return new
 
 
+def symbolic_shape(name, spec):
+    """``(Sym('x.0'), 3)``-style shape for an input specialised to ``spec`` (ndim, float, ones)."""
+    from .shapeinfer import Sym
+    if spec is None or spec[0] is None:
+        return None
+    ndim, _, ones = spec
+    return tuple(1 if ones[i] else Sym(f"{name}.{i}", nonone=True) for i in range(ndim))
+
+
 def _new_graph(name):
     return Graph(name)
 
@@ -94,9 +103,8 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     for spec in inputs:
         kind, name, obj = spec
         if kind == "array":
-            ndim, is_float = obj if obj is not None else (None, True)
-            n = g.add(Node("input", name=name, diff=is_float))
-            n.meta["shape"] = None if ndim is None else tuple(Sym(f"{name}.{i}") for i in range(ndim))
+            n = g.add(Node("input", name=name, diff=obj[1] if obj is not None else True))
+            n.meta["shape"] = symbolic_shape(name, obj)
             args.append(n)
         elif kind == "model":
             g.add(Node("input", name=name, diff=False))
@@ -279,16 +287,16 @@ def input_key(args):
         return None
     key = []
     for a in args:
+        if isinstance(a, Param):
+            a = a.value
         if isinstance(a, (np.ndarray, np.generic)):
-            key.append((a.ndim, a.dtype.kind in "fc"))
-        elif isinstance(a, Param):
-            key.append((a.value.ndim, True))
+            key.append((a.ndim, a.dtype.kind in "fc", tuple(d == 1 for d in a.shape)))
         elif isinstance(a, float):
-            key.append((0, True))
+            key.append((0, True, ()))
         elif isinstance(a, (int, bool)):
-            key.append((0, False))
+            key.append((0, False, ()))
         else:
-            key.append((None, True))
+            key.append((None, True, None))
     return tuple(key)
 
 
@@ -363,13 +371,15 @@ def _compile_model(cls, inst, text, ikey=None):
     from . import recurrent
     names = _forward_inputs(cls)
     selfval = ModelRef("self", (), inst)
-    if ikey is not None and len(ikey) != len(names):
+    nstate = len(recurrent.state_names(cls))
+    if ikey is not None and len(ikey) != len(names) + nstate:
         raise TypeError(f"{cls.__name__}.forward takes {len(names)} inputs ({', '.join(names)}) "
-                        f"but {len(ikey)} were given")
+                        f"but {len(ikey) - nstate} were given")
     specs = [("array", n, ikey[i] if ikey is not None and ikey[i][0] is not None else None)
              for i, n in enumerate(names)]
+    state_specs = list(ikey[len(names):]) if ikey is not None else None
     label = cls.__qualname__
-    state_factory = recurrent.state_factory(cls, inst)
+    state_factory = recurrent.state_factory(cls, inst, state_specs)
     snames = recurrent.state_names(cls) if state_factory else []
     clash = set(snames) & set(names)
     if clash:

@@ -584,6 +584,7 @@ class Builder:
     def array_attr(self, base, name):
         shp = shape_of(base)
         if shp is not None:
+            shp = tuple(shapeinfer.find(d) for d in shp)
             if name == "ndim":
                 return Static(len(shp))
             if name == "shape":

@@ -23,7 +23,7 @@ import numpy as np
 
 from .compiler import compile_model
 from .params import Const, Param, is_model, named_params, submodels
-from .recurrent import _INITIAL, Link, accumulate_initial, current_state, reset, set_state
+from .recurrent import _INITIAL, Link, accumulate_initial, current_state, reset, set_state, state_names
 
 _INTERNAL = ("_fc_compiled", "_fc_state", "_fc_last", "_fc_link")
 
@@ -63,11 +63,11 @@ class Model:
     # -- running ----------------------------------------------------------------
     def __call__(self, *args):
         """Inference: the generated forward; saves nothing for a backward pass."""
-        c = compile_model(self, args)
-        names = c.state_names
+        names = state_names(type(self))
         if names:
             state, _ = current_state(self, names)
             args = args + tuple(state)
+        c = compile_model(self, args)
         try:
             out = c.forward(self, *args)
         except Exception as e:
@@ -78,12 +78,12 @@ class Model:
         return out
 
     def _pullback(self, *args):
-        c = compile_model(self, args)
-        names = c.state_names
+        names = state_names(type(self))
         nin = len(args)
         if names:
             state, source = current_state(self, names)
             args = args + tuple(state)
+        c = compile_model(self, args)
         try:
             out, saved = c.forward_train(self, *args)
         except Exception as e:

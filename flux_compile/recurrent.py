@@ -35,9 +35,19 @@ from .params import Param, is_model, submodels
 # the compiler's side: state attributes become inputs and outputs
 
 
+_names_cache = {}
+
+
 def state_names(cls):
     """Attributes assigned as ``self.NAME = ...`` (or ``+=``) in ``forward``, in order."""
     fn = getattr(cls, "forward", None)
+    key = (cls, getattr(fn, "__code__", None))
+    if key not in _names_cache:
+        _names_cache[key] = _scan_state_names(fn)
+    return _names_cache[key]
+
+
+def _scan_state_names(fn):
     if fn is None:
         return []
     try:
@@ -63,20 +73,19 @@ def state_names(cls):
 class StateHooks:
     """Reads and writes of state attributes while one step is being traced."""
 
-    def __init__(self, names, inst):
+    def __init__(self, names, inst, specs=None):
         self.names = names
         self.inst = inst
+        self.specs = specs
         self.inputs = {}
         self.current = {}
 
     def begin(self, b):
         g = b.ctx.graph
-        from .shapeinfer import Sym
-        for name in self.names:
+        from .compiler import symbolic_shape
+        for i, name in enumerate(self.names):
             n = g.add(Node("input", name=name, diff=True))
-            init = initial_value(self.inst, name) if self.inst is not None else None
-            nd = np.ndim(init) if init is not None else None
-            n.meta["shape"] = None if nd is None else tuple(Sym(f"{name}.{i}") for i in range(nd))
+            n.meta["shape"] = symbolic_shape(name, self.specs[i]) if self.specs else None
             n.meta["state"] = name
             self.inputs[name] = n
 
@@ -105,11 +114,11 @@ class StateHooks:
         return outs
 
 
-def state_factory(cls, inst):
+def state_factory(cls, inst, specs=None):
     names = state_names(cls)
     if not names:
         return None
-    return lambda: StateHooks(names, inst)
+    return lambda: StateHooks(names, inst, specs)
 
 
 # ------------------------------------------------------------------------------

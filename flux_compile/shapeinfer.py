@@ -15,11 +15,15 @@ import numpy as np
 
 
 class Sym:
-    """A run-time size, equal only to itself."""
-    __slots__ = ("name",)
+    """A run-time size. ``nonone`` says it is known not to be 1 (the compiled code is
+    specialised to that), so broadcasting it against another such size means they are
+    equal (or NumPy raises): the two are then unified."""
+    __slots__ = ("name", "nonone", "parent")
 
-    def __init__(self, name):
+    def __init__(self, name, nonone=False):
         self.name = name
+        self.nonone = nonone
+        self.parent = None
 
     def __repr__(self):
         return f"Sym({self.name!r})"
@@ -33,39 +37,58 @@ def fresh():
     return Sym(f"?{_fresh[0]}")
 
 
+def find(d):
+    while isinstance(d, Sym) and d.parent is not None:
+        d = d.parent
+    return d
+
+
+def _is_one(d):
+    return isinstance(d, int) and d == 1
+
+
+def _broadcast_dim(dims):
+    dims = [find(d) for d in dims]
+    rest = [d for d in dims if not _is_one(d)]
+    if not rest:
+        return 1
+    known = [d for d in rest if isinstance(d, int) or d.nonone]
+    if len(known) == len(rest):
+        ints = [d for d in known if isinstance(d, int)]
+        root = ints[0] if ints else known[0]
+        for d in known:
+            if isinstance(d, Sym) and d is not root:
+                d.parent = root
+        return root
+    if all(d is rest[0] for d in rest):
+        return rest[0]
+    return fresh()
+
+
 def broadcast(*shapes):
     if any(s is None for s in shapes):
         return None
     n = max((len(s) for s in shapes), default=0)
-    out = []
-    for i in range(n):
-        dims = [s[len(s) - n + i] for s in shapes if len(s) - n + i >= 0]
-        dims = [d for d in dims if not (isinstance(d, int) and d == 1)]
-        if not dims:
-            out.append(1)
-            continue
-        ints = [d for d in dims if isinstance(d, int)]
-        if ints:
-            out.append(ints[0])
-        elif all(d is dims[0] for d in dims):
-            out.append(dims[0])
-        else:
-            out.append(fresh())
-    return tuple(out)
+    return tuple(_broadcast_dim([s[len(s) - n + i] for s in shapes if len(s) - n + i >= 0]) for i in range(n))
 
 
 def same(a, b):
     """True when two symbolic shapes are certainly equal."""
     if a is None or b is None or len(a) != len(b):
         return False
-    return all((x is y) or (isinstance(x, int) and isinstance(y, int) and x == y) for x, y in zip(a, b))
+    for x, y in zip(a, b):
+        x, y = find(x), find(y)
+        if not (x is y or (isinstance(x, int) and isinstance(y, int) and x == y)):
+            return False
+    return True
 
 
 def static_shape(s):
     """The shape as a tuple of ints, or None if any dim is symbolic."""
-    if s is None or not all(isinstance(d, int) for d in s):
+    if s is None:
         return None
-    return tuple(s)
+    s = tuple(find(d) for d in s)
+    return s if all(isinstance(d, int) for d in s) else None
 
 
 def of_value(v):
@@ -170,4 +193,40 @@ def infer(fn, shapes, consts, kwargs):
         return broadcast(*shapes)
     if fn is helpers.unbroadcast and len(consts) == 2 and isinstance(consts[1], tuple):
         return consts[1]
+    if fn is helpers.getitem and len(consts) == 2:
+        return _index(shapes[0], consts[1])
     return None
+
+
+def _index(s, index):
+    """Shape of ``x[index]`` for basic indices (ints, slices, None, ...), else None."""
+    if s is None:
+        return None
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(not (isinstance(i, (int, slice)) or i is None or i is Ellipsis) or isinstance(i, bool) for i in index):
+        return None
+    n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
+    if Ellipsis in index:
+        k = index.index(Ellipsis)
+        index = index[:k] + (slice(None),) * (len(s) - n_real) + index[k + 1:]
+    else:
+        index = index + (slice(None),) * (len(s) - n_real)
+    out, axis = [], 0
+    for i in index:
+        if i is None:
+            out.append(1)
+            continue
+        if axis >= len(s):
+            return None
+        d = s[axis]
+        axis += 1
+        if isinstance(i, int):
+            continue
+        if i == slice(None):
+            out.append(d)
+        elif isinstance(d, int):
+            out.append(len(range(*i.indices(d))))
+        else:
+            out.append(fresh())
+    return tuple(out)
