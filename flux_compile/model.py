@@ -25,7 +25,7 @@ from .compiler import compile_model
 from .params import Const, Param, is_model, named_params, submodels
 from .recurrent import _INITIAL, Link, accumulate_initial, current_state, reset, set_state, state_names
 
-_INTERNAL = ("_fc_compiled", "_fc_state", "_fc_last", "_fc_link")
+_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link")   # the recurrent state (_fc_state) is kept
 
 
 def _is_float_array(value):
