@@ -16,7 +16,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(FOLDER, "*.ipynb")))
 
 def test_the_demo_notebooks_are_there():
     names = {os.path.basename(p) for p in NOTEBOOKS}
-    assert {"quickstart.ipynb", "custom_rules.ipynb"} <= names
+    assert {"quickstart.ipynb", "custom_rules.ipynb", "recurrence.ipynb"} <= names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
