@@ -41,6 +41,8 @@ def source(m_or_cls, which="backward", args=None):
         from .optim import update_source
         return SourceText(update_source(m_or_cls))
     c = _compiled(m_or_cls, args)
+    if c.guarded and args is not None and not is_model(m_or_cls):
+        c, _ = forward_function(c, m_or_cls, args)      # the variant for these arguments' path
     if which == "all":
         text = c.source
         if not isinstance(m_or_cls, type) and is_model(m_or_cls):
@@ -125,10 +127,7 @@ def grad(f, *args):
     c = compile_function(f, args)
     models = [a for a in args if is_model(a)]
     with _GradCapture(models) as cap:
-        try:
-            out, saved = c.forward_train(*args)
-        except Exception as e:
-            _reraise(c, e, "forward")
+        c, (out, saved) = forward_function(c, f, args)
         try:
             gin = c.backward(saved, _ones_seed(out))
         except Exception as e:
@@ -136,6 +135,21 @@ def grad(f, *args):
         gin = (gin,) if len(args) == 1 else tuple(gin)
         grads = tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
     return out, grads
+
+
+def forward_function(c, f, args):
+    """Run a compiled function's training forward (the variant for this call's path)."""
+    from .compiler import run_guarded
+    from .errors import Retrace
+
+    def call(variant):
+        try:
+            return variant.forward_train(*args)
+        except Retrace:
+            raise
+        except Exception as e:
+            _reraise(variant, e, "forward")
+    return run_guarded(c, call, lambda: compile_function(f, args, fresh=True))
 
 
 def _reraise(c, e, direction):

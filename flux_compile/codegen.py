@@ -29,9 +29,9 @@ COMPARISONS = {
 }
 UNARY = {np.negative: ast.USub, np.positive: ast.UAdd}
 ALWAYS_INLINE = {"input", "const", "param", "attr", "seed"}
-STATEMENT_OPS = {"model", "accum", "model_back", "state"}
+STATEMENT_OPS = {"model", "accum", "model_back", "state", "guard"}
 MARK = re.compile(r"""^(\s*)(?:'|"|\"\"\")@@LOC (\d+)@@(?:'|"|\"\"\")\s*$""")
-RESERVED = {"self", "saved", "np", "fc", "state", "None", "True", "False"}
+RESERVED = {"self", "saved", "np", "fc", "state", "None", "True", "False", "Retrace"}
 
 
 def _parse_expr(text):
@@ -51,7 +51,8 @@ class Namespace:
     def __init__(self):
         import flux_compile
         self.fc = flux_compile
-        self.objects = {"np": np, "fc": flux_compile}
+        from .errors import Retrace
+        self.objects = {"np": np, "fc": flux_compile, "Retrace": Retrace}
         self.by_id = {}
 
     def name_of(self, obj):
@@ -249,6 +250,14 @@ class FunctionEmitter:
             target = _path_ast(n.base, n.path + ("grad",))
             target.ctx = ast.Store()
             out.append(ast.AugAssign(target=target, op=ast.Add(), value=self.expr(n.args[0])))
+            return out
+        if n.op == "guard":
+            cond = self.expr(n.args[0])
+            test = ast.UnaryOp(op=ast.Not(), operand=cond) if n.value else cond
+            where = f"line {n.loc.lineno}" if n.loc else "a guard"
+            out.append(ast.If(test=test, body=[ast.Raise(exc=ast.Call(
+                func=ast.Name(id="Retrace", ctx=ast.Load()), args=[ast.Constant(where)], keywords=[]),
+                cause=None)], orelse=[]))
             return out
         if n.op == "state":
             out.append(ast.Assign(targets=[ast.Subscript(value=ast.Name(id="state", ctx=ast.Load()),

@@ -39,6 +39,8 @@ class Compiled:
         self.filename = None
         self.n_outputs = None      # None: one output; k: a tuple of k
         self.from_disk = False
+        self.guarded = False       # has guards: other variants may exist for other paths
+        self.alternatives = [self]
         self.rebuild = None        # re-runs the pipeline (for the graph of a disk-cache hit)
         self.input_names = []
         self.state_names = []      # recurrent state: extra inputs after the user's, extra outputs after
@@ -90,10 +92,13 @@ def _outputs(b, out):
     return [b.as_node(out)], None
 
 
-def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None):
+def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None, values=None):
     g = _new_graph(label)
     ctx = Context(g, "forward")
     ctx.generic_cls = generic_cls
+    if values is not None:
+        from .concrete import Concrete
+        ctx.concrete = Concrete(selfval.obj if selfval is not None else None, values)
     ctx.training = training
     ctx.arity_of = arity_of
     ctx.state = state
@@ -145,7 +150,7 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
     names = {n.id: n.name for n in infer_g.inputs}
     em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", namer)
     outs = infer_g.outputs
-    roots = list(outs) + [n for n in infer_g.nodes if n.op == "state"]
+    roots = list(outs) + [n for n in infer_g.nodes if n.op in ("state", "guard")]
     alive = passes.live(roots)
     nodes = [n for n in infer_g.nodes if n.id in alive]
     keep = {o.id for o in outs}
@@ -211,15 +216,18 @@ def _sections(source):
     return {k: "".join(v).rstrip("\n") + "\n" for k, v in out.items()}
 
 
-def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=None, generic_cls=None):
+def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=None, generic_cls=None,
+          values=None):
     """Run the whole pipeline for one function; returns a :class:`Compiled`."""
     c = Compiled(label, owner)
     state = state_factory() if state_factory else None
-    infer_g, arity, ctx1 = _trace(label, fn, selfval, input_specs, False, state, _arity_of, generic_cls)
+    infer_g, arity, ctx1 = _trace(label, fn, selfval, input_specs, False, state, _arity_of, generic_cls,
+                                  values)
     r = passes.optimize(infer_g)
     infer_g.outputs = [r(o) for o in infer_g.outputs]
     state2 = state_factory() if state_factory else None
-    train_g, _, ctx2 = _trace(label, fn, selfval, input_specs, True, state2, _arity_of, generic_cls)
+    train_g, _, ctx2 = _trace(label, fn, selfval, input_specs, True, state2, _arity_of, generic_cls,
+                                values)
     joint = differentiate(train_g)
     r2 = passes.optimize(train_g)
     joint.resolved_grads = [r2(x) if x is not None else None for x in joint.input_grads]
@@ -243,6 +251,8 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     c.input_names = input_names
     c.diff_inputs = [n.diff for n in infer_g.inputs]
     c.state_names = list(state.names) if state is not None else []
+    c.guarded = ctx1.guards > 0 or ctx2.guards > 0
+    c.alternatives = [c]
     return c
 
 
@@ -300,16 +310,17 @@ def input_key(args):
     return tuple(key)
 
 
-def compile_model(m_or_cls, args=None):
+def compile_model(m_or_cls, args=None, fresh=False):
     """The :class:`Compiled` for a model instance (specialised to its structure and to the
-    rank of each input in ``args``) or a class (generic)."""
+    rank of each input in ``args``) or a class (generic). ``fresh`` compiles a new variant
+    for the path these ``args`` take through data-dependent control flow."""
     ikey = input_key(args)
     if isinstance(m_or_cls, type):
         cls, inst = m_or_cls, None
     else:
         cls, inst = type(m_or_cls), m_or_cls
         variants = inst.__dict__.get("_fc_compiled")
-        if variants is not None:
+        if variants is not None and not fresh:
             if args is None:
                 last = inst.__dict__.get("_fc_last")
                 if last is not None and last in variants:
@@ -324,9 +335,18 @@ def compile_model(m_or_cls, args=None):
     sig = model_signature(inst) if inst is not None else ("generic",)
     key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey)
     c = _cache.get(key)
-    if c is None:
-        c = _from_disk(cls, key, lambda: _compile_model(cls, inst, text, ikey))
-        _cache[key] = c
+    if c is None or fresh:
+        values = None
+        if inst is not None and args is not None:
+            from . import recurrent
+            names = _forward_inputs(cls) + recurrent.state_names(cls)
+            values = dict(zip(names, args))
+        new = _from_disk(cls, key, lambda: _compile_model(cls, inst, text, ikey, values)) if not fresh \
+            else _compile_model(cls, inst, text, ikey, values)
+        if c is not None:
+            new.alternatives = c.alternatives
+            new.alternatives.insert(0, new)
+        c = _cache[key] = new
     return _remember(inst, ikey, c) if inst is not None else c
 
 
@@ -367,7 +387,7 @@ def _from_disk(cls, key, make):
     return c
 
 
-def _compile_model(cls, inst, text, ikey=None):
+def _compile_model(cls, inst, text, ikey=None, values=None):
     from . import recurrent
     names = _forward_inputs(cls)
     selfval = ModelRef("self", (), inst)
@@ -388,7 +408,7 @@ def _compile_model(cls, inst, text, ikey=None):
                            f"{sorted(clash)[0]!r}", src.filename, src.offset + src.tree.lineno,
                            hint="rename the input")
     c = build(label, cls.__name__, cls.forward, selfval, specs, ["self"] + names + snames,
-              state_factory=state_factory, generic_cls=cls if inst is None else None)
+              state_factory=state_factory, generic_cls=cls if inst is None else None, values=values)
     c.hash = hashlib.sha256(text.encode()).hexdigest()
     return c
 
@@ -454,7 +474,7 @@ def _walk_tokens(m, prefix=()):
             yield from _walk_tokens(v, prefix + (k,))
 
 
-def compile_function(fn, args):
+def compile_function(fn, args, fresh=False):
     """Compile a plain function for these argument kinds (arrays, models, constants)."""
     if not isinstance(fn, types.FunctionType):
         raise TypeError(f"fc.grad needs a Python function or a @net model, got {type(fn).__name__}")
@@ -473,7 +493,30 @@ def compile_function(fn, args):
     text = repr(fn) if primitive else get_source(fn).text
     key = (fn.__code__, hashlib.sha256(text.encode()).hexdigest(), tuple(_spec_token(s) for s in specs))
     c = _fcache.get(key)
-    if c is None:
-        c = build(fn.__qualname__, fn.__qualname__, fn, None, specs, names or ["_"])
-        _fcache[key] = c
+    if c is None or fresh:
+        values = {n: a for n, a in zip(names, args)}
+        new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, names or ["_"], values=values)
+        if c is not None:
+            new.alternatives = c.alternatives
+            new.alternatives.insert(0, new)
+        c = _fcache[key] = new
     return c
+
+
+def run_guarded(c, call, recompile):
+    """``call(c)``; when a guard fails, try the other variants, then compile a new one.
+    Returns ``(variant, result)``."""
+    from .errors import Retrace
+    try:
+        return c, call(c)
+    except Retrace:
+        pass
+    for alt in list(c.alternatives):
+        if alt is c:
+            continue
+        try:
+            return alt, call(alt)
+        except Retrace:
+            continue
+    new = recompile()
+    return new, call(new)

@@ -59,7 +59,7 @@ def store(key, compiled, namespace_objects, inlined):
         return False
     names = {}
     for name, obj in namespace_objects.items():
-        if name in ("np", "fc"):
+        if name in ("np", "fc", "Retrace"):
             continue
         where = _locate(obj)
         if where is None:
@@ -102,6 +102,8 @@ def load(key):
             if _src_hash(_resolve(mod, qual)) != h:
                 return None
         objects = {name: _resolve(mod, qual) for name, (mod, qual) in meta["names"].items()}
+        from .errors import Retrace
+        objects["Retrace"] = Retrace
     except (OSError, ValueError, KeyError, ImportError, AttributeError):
         return None
     meta["linemap"] = {int(k): Loc(*v) for k, v in meta["linemap"].items()}

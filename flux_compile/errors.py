@@ -32,6 +32,11 @@ class CompileError(SyntaxError):
         return out
 
 
+class Retrace(Exception):
+    """Raised by a guard in generated code: this call took a different path than the
+    variant was compiled for. Caught by the model wrappers, never seen by users."""
+
+
 class GradcheckError(AssertionError):
     """A gradient disagrees with finite differences; ``.report`` has the table."""
 

@@ -215,6 +215,12 @@ class Source:
         lineno = getattr(node, "lineno", 1) + self.offset
         col = getattr(node, "col_offset", 0) + self.indent + 1
         seg = ast.get_source_segment(self.text, node) if hasattr(node, "lineno") else None
+        if isinstance(node, (ast.If, ast.While)):
+            test = ast.get_source_segment(self.text, node.test)
+            seg = f"{'while' if isinstance(node, ast.While) else 'if'} {test}:" if test else seg
+        elif isinstance(node, ast.For):
+            target, it = ast.get_source_segment(self.text, node.target), ast.get_source_segment(self.text, node.iter)
+            seg = f"for {target} in {it}:" if target and it else seg
         text = " ".join(seg.split()) if seg else ""
         return Loc(self.filename, lineno, col, text, owner or self.owner)
 
@@ -282,6 +288,8 @@ class Context:
         self.state = None              # recurrent state hooks (see recurrent.py), or None
         self.training = True
         self.generic_cls = None        # the class, when compiling without an instance
+        self.concrete = None           # concrete.Concrete when the real arguments are known
+        self.guards = 0
         self.arity_of = None           # sub-model -> number of outputs (None: one)
 
     def add(self, node, loc=None):
@@ -427,12 +435,8 @@ class Builder:
             if isinstance(v, Node) and v.op == "call" and self.ctx.mode == "forward":
                 v.meta["effect"] = True
         elif t is ast.If:
-            test = self.eval(s.test)
-            if not isinstance(test, Static):
-                self.error("'if' on an array value cannot be compiled", s.test,
-                           hint="use np.where(cond, a, b) for elementwise choice; conditions on "
-                                "constants (None, ints, flags set in __init__) are fine")
-            self.exec_body(s.body if test.value else s.orelse)
+            taken = self.decide(self.eval(s.test), s.test, "'if'")
+            self.exec_body(s.body if taken else s.orelse)
         elif t is ast.For:
             if s.orelse:
                 self.error("for/else is not supported", s)
@@ -443,6 +447,18 @@ class Builder:
                 self.exec_body(s.body)
                 if self.frame.returned:
                     return
+        elif t is ast.While:
+            if s.orelse:
+                self.error("while/else is not supported", s)
+            for _ in range(MAX_UNROLL):
+                if not self.decide(self.eval(s.test), s.test, "'while'"):
+                    break
+                self.exec_body(s.body)
+                if self.frame.returned:
+                    return
+            else:
+                self.error(f"'while' ran more than {MAX_UNROLL} times while compiling", s,
+                           hint="loops are unrolled for the inputs given; use vectorised NumPy for long loops")
         elif t is ast.Pass:
             pass
         elif t is ast.Assert:
@@ -459,9 +475,56 @@ class Builder:
             hint = FORBIDDEN_HINTS.get(t, "this statement is not in the supported subset")
             self.error(f"{_stmt_name(s)} is not supported inside a compiled function", s, hint=hint)
 
+    def decide(self, test, node, what):
+        """The truth of ``test``: a constant, or a data value decided on the real
+        arguments with a guard added to the generated code."""
+        if isinstance(test, Static):
+            return bool(test.value)
+        if isinstance(test, Seq):
+            return bool(test.items)
+        if not isinstance(test, Node):
+            return True
+        conc = self.ctx.concrete
+        value = conc.value(test) if conc is not None else None
+        from .concrete import UNKNOWN
+        if conc is None or value is UNKNOWN:
+            self.error(f"{what} on an array value needs example inputs to compile", node,
+                       hint="call the model (or fc.grad) with real inputs: the path taken is compiled "
+                            "with a guard; or use np.where(cond, a, b) for an elementwise choice")
+        try:
+            taken = bool(value)
+        except ValueError:
+            self.error(f"{what} on an array with several elements is ambiguous", node,
+                       hint="reduce it first (np.any, np.all, x.sum() > 0) or use np.where(cond, a, b)")
+        g = Node("guard", (test,), value=taken)
+        self.ctx.add(g)
+        self.ctx.guards += 1
+        return taken
+
+    def concrete_int(self, v, node, what):
+        """An int known at compile time: a constant, or a run-time int guarded to its value."""
+        if isinstance(v, Static):
+            return v.value
+        conc = self.ctx.concrete
+        from .concrete import UNKNOWN
+        value = conc.value(v) if conc is not None and isinstance(v, Node) else UNKNOWN
+        if value is UNKNOWN:
+            self.error(f"{what} needs a value known at compile time", node,
+                       hint="loops are unrolled: iterate over range(<constant>), a list of layers, a tuple, "
+                            "or call with real inputs so the trip count is compiled with a guard")
+        value = int(value)
+        cond = self.call_primitive(np.equal, [v, Static(value)], {}, node)
+        self.ctx.add(Node("guard", (cond,), value=True))
+        self.ctx.guards += 1
+        return value
+
     def iter_values(self, it, node):
         if isinstance(it, Seq):
             return list(it.items)
+        if isinstance(it, Node) and it.arity is None:
+            n = self.concrete_int(self.call_primitive(len, [it], {}, node), node, "'for' over an array")
+            from .rules.helpers import getitem
+            return [self.call_primitive(getitem, [it, Static(i)], {}, node) for i in range(n)]
         if isinstance(it, Static):
             try:
                 return [Static(v) if not isinstance(v, Static) else v for v in it.value]
@@ -731,11 +794,11 @@ class Builder:
         result = None
         for x in e.values:
             v = self.eval(x)
-            if not isinstance(v, Static):
+            if not isinstance(v, Static) and self.ctx.concrete is None:
                 self.error("'and'/'or' on arrays cannot be compiled", x,
                            hint="use np.logical_and / np.logical_or, or & and |")
             result = v
-            if bool(v.value) != is_and:
+            if self.decide(v, x, "'and'/'or'") != is_and:
                 return v
         return result
 
@@ -769,11 +832,8 @@ class Builder:
         return result
 
     def eval_IfExp(self, e):
-        test = self.eval(e.test)
-        if not isinstance(test, Static):
-            self.error("'a if c else b' needs a condition known at compile time", e.test,
-                       hint="use np.where(c, a, b) for a choice on array values")
-        return self.eval(e.body if test.value else e.orelse)
+        taken = self.decide(self.eval(e.test), e.test, "'a if c else b'")
+        return self.eval(e.body if taken else e.orelse)
 
     def eval_Starred(self, e):
         self.error("starred expressions are only supported as call arguments", e)
@@ -851,6 +911,8 @@ class Builder:
                 return Static(len(x.items))
             if isinstance(x, Node):
                 return self.call_primitive(len, [x], {}, e)
+        if fn is range and any(isinstance(a, Node) for a in args):
+            args = [Static(self.concrete_int(a, e, "range(...)")) for a in args]
         if fn in STATIC_BUILTINS or fn is np.shape:
             if all(isinstance(a, Static) for a in args) and all(isinstance(v, Static) for v in kwargs.values()):
                 try:
@@ -988,6 +1050,7 @@ MULTI_OUTPUT = {np.linalg.slogdet: 2, np.linalg.eigh: 2, np.split: _split_arity,
 
 
 _MISSING = object()
+MAX_UNROLL = 1000
 
 
 def _stmt_name(s):

@@ -149,10 +149,11 @@ def _analytic(f, model, inputs, dys, params):
         gin = [gin] if len(inputs) == 1 else list(gin)
         return gin, [p.grad.copy() for _, p in params]
     from .compiler import compile_function
+    from .api import forward_function
     c = compile_function(f, inputs)
     for _, p in params:
         p.grad[...] = 0
-    out, saved = c.forward_train(*inputs)
+    c, (out, saved) = forward_function(c, f, inputs)
     gin = c.backward(saved, dys)
     gin = [gin] if len(inputs) == 1 else list(gin)
     return gin, [p.grad.copy() for _, p in params]

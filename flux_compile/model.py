@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compiler import compile_model
+from .compiler import compile_model, run_guarded
+from .errors import Retrace
 from .params import Const, Param, is_model, named_params, submodels
-from .recurrent import _INITIAL, Link, accumulate_initial, current_state, reset, set_state, state_names
+from .recurrent import (_INITIAL, Link, accumulate_initial, current_state, reset, restore_states, set_state,
+                        snapshot_states, state_names)
 
 _INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link")   # the recurrent state (_fc_state) is kept
 
@@ -67,11 +69,7 @@ class Model:
         if names:
             state, _ = current_state(self, names)
             args = args + tuple(state)
-        c = compile_model(self, args)
-        try:
-            out = c.forward(self, *args)
-        except Exception as e:
-            _reraise(c, e, "forward")
+        c, out = _run(self, compile_model(self, args), args, "forward")
         if names:
             out, new_state = _split_state(out, c)
             set_state(self, names, new_state, None)
@@ -83,11 +81,7 @@ class Model:
         if names:
             state, source = current_state(self, names)
             args = args + tuple(state)
-        c = compile_model(self, args)
-        try:
-            out, saved = c.forward_train(self, *args)
-        except Exception as e:
-            _reraise(c, e, "forward")
+        c, (out, saved) = _run(self, compile_model(self, args), args, "forward_train")
         if names:
             out, new_state = _split_state(out, c)
             link = Link()
@@ -159,6 +153,32 @@ class Model:
 
 
 _MISSING = object()
+
+
+def _run(model, c, args, method):
+    """Run a generated function; with guards, the variant for this call's path."""
+    def call(variant):
+        try:
+            return getattr(variant, method)(model, *args)
+        except Retrace:
+            raise
+        except Exception as e:
+            _reraise(variant, e, "forward")
+    if not c.guarded:
+        return c, call(c)
+    snap = snapshot_states(model)
+
+    def attempt(variant):
+        try:
+            return call(variant)
+        except Retrace:
+            restore_states(snap)
+            raise
+    c2, result = run_guarded(c, attempt, lambda: compile_model(model, args, fresh=True))
+    if c2 is not c:
+        from .compiler import _remember, input_key
+        _remember(model, input_key(args), c2)
+    return c2, result
 
 
 def _reraise(c, e, direction):

@@ -189,7 +189,7 @@ def split(joint, resolve):
                 in_forward.add(n.id)
         elif n.op not in ("seed",):
             in_forward.add(n.id)
-    states = [n for n in g.nodes[:nf] if n.op == "state"]
+    states = [n for n in g.nodes[:nf] if n.op in ("state", "guard")]
     # values the backward reads from the forward
     bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != "seed"]
     saved, seen = [], set()
