@@ -124,6 +124,7 @@ def grad(f, *args):
             gin = (gin,) if len(args) == 1 else tuple(gin)
             grads = (cap.collect(f),) + tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
         return out, grads
+    args = tuple(as_numpy_scalars(a) for a in args)
     c = compile_function(f, args)
     models = [a for a in args if is_model(a)]
     with _GradCapture(models) as cap:
@@ -135,6 +136,15 @@ def grad(f, *args):
         gin = (gin,) if len(args) == 1 else tuple(gin)
         grads = tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
     return out, grads
+
+
+def as_numpy_scalars(a):
+    """Python floats become NumPy float64 scalars (which have ``.shape`` and ``.dtype``)."""
+    if type(a) is float:
+        return np.float64(a)
+    if type(a) in (tuple, list) and a and all(type(x) is float or isinstance(x, np.ndarray) for x in a):
+        return type(a)(np.float64(x) if type(x) is float else x for x in a)
+    return a
 
 
 def forward_function(c, f, args):
@@ -164,7 +174,7 @@ def _arg_grad(a, g, cap):
         return cap.collect(a)
     if isinstance(a, Param):
         return g
-    if isinstance(a, float):
+    if isinstance(a, (float, np.floating)) and not isinstance(a, np.ndarray):
         return float(np.sum(g)) if g is not None else 0.0
     if isinstance(a, np.ndarray) and a.dtype.kind in "fc":
         if g is None:
@@ -175,7 +185,7 @@ def _arg_grad(a, g, cap):
             g = unbroadcast(g, a.shape)
         return g.astype(a.dtype, copy=False)
     if isinstance(a, (list, tuple)) and g is not None:
-        return g
+        return type(a)(_arg_grad(x, gx, cap) for x, gx in zip(a, g))
     return None
 
 

@@ -269,7 +269,10 @@ def _backprop_call(node, g, b, adj):
         n.meta["rule_loc"] = n.loc
         n.loc = node.loc
     b.ctx.loc = saved_loc
-    if len(pos) == 1:
+    variadic = rules.rule_signature(rule)[0][:1] and rules.rule_signature(rule)[0][0].startswith("*")
+    if variadic and isinstance(result, Node) and len(pos) > 1:
+        grads = [b.ctx.add(Node("item", (result,), index=i, diff=True)) for i in range(len(pos))]
+    elif len(pos) == 1:
         grads = [result]
         if isinstance(result, Seq) and len(result.items) == 1 and not (pos[0] is not None and pos[0].op == "pack"
                                                                        and len(pos[0].args) != 1):

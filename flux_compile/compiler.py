@@ -424,7 +424,8 @@ def _arg_spec(name, value):
         return ("model", name, value)
     if isinstance(value, (np.ndarray, float, complex, np.floating, Param)) and not isinstance(value, bool):
         return ("array", name, input_key([value])[0])
-    if isinstance(value, (list, tuple)) and value and all(isinstance(v, np.ndarray) for v in value):
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, (np.ndarray, float, np.floating)) and not isinstance(v, bool) for v in value):
         return ("array", name, None)
     return ("static", name, value)
 

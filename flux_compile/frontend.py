@@ -72,6 +72,14 @@ class Seq:
         self.sym = None         # the symbolic shape, when this is some x.shape
 
 
+class LocalFunction:
+    """A ``def`` inside a compiled function: inlined where it is called."""
+    __slots__ = ("fdef", "frame", "defaults", "kwdefaults")
+
+    def __init__(self, fdef, frame, defaults, kwdefaults):
+        self.fdef, self.frame, self.defaults, self.kwdefaults = fdef, frame, defaults, kwdefaults
+
+
 class BoundMethod:
     """``x.sum`` before it is called."""
     __slots__ = ("node", "name")
@@ -130,6 +138,7 @@ METHODS = {
     "any": np.any, "all": np.all, "copy": np.copy, "conj": np.conjugate,
 }
 VARARG_SHAPE_METHODS = {"reshape", "transpose"}
+LIST_PARAMS = {"arrays", "tup", "arys", "xs", "operands", "ary", "seq"}
 ARRAY_ATTRS = {"shape", "ndim", "dtype", "size"}
 
 SIMPLE_BUILTINS = {abs: np.abs}
@@ -305,6 +314,7 @@ class Frame:
         self.selfval = selfval
         self.returned = False
         self.retval = None
+        self.outer = None          # the enclosing frame, for nested functions
 
 
 class Builder:
@@ -358,15 +368,36 @@ class Builder:
             self.ctx.loc = saved_loc
         return frame.retval if frame.returned else Static(None)
 
-    def _bind(self, a, fn, args, kwargs, node, selfval):
+    def call_local(self, lf, args, kwargs, node):
+        key = id(lf.fdef)
+        if key in self.ctx.stack:
+            self.error(f"recursive call of {lf.fdef.name} cannot be inlined", node)
+        fake = types.SimpleNamespace(__defaults__=None, __kwdefaults__=None, __qualname__=lf.fdef.name)
+        env = self._bind(lf.fdef.args, fake, args, kwargs, node, None,
+                         defaults=lf.defaults, kwdefaults=lf.kwdefaults)
+        frame = Frame(lf.frame.source, env, lf.frame.glob, lf.frame.selfval)
+        frame.outer = lf.frame
+        outer, self.frame = self.frame, frame
+        saved_loc = self.ctx.loc
+        self.ctx.stack.append(key)
+        try:
+            self.exec_body(lf.fdef.body)
+        finally:
+            self.ctx.stack.pop()
+            self.frame = outer
+            self.ctx.loc = saved_loc
+        return frame.retval if frame.returned else Static(None)
+
+    def _bind(self, a, fn, args, kwargs, node, selfval, defaults=None, kwdefaults=None):
         env = {}
         params = [p.arg for p in a.posonlyargs + a.args]
         args = list(args)
         if selfval is not None:
             args = [selfval] + args
-        defaults = list(fn.__defaults__ or ()) if hasattr(fn, "__defaults__") else []
+        if defaults is None:
+            defaults = [Static(d) for d in (getattr(fn, "__defaults__", None) or ())]
+            kwdefaults = {k: Static(v) for k, v in (getattr(fn, "__kwdefaults__", None) or {}).items()}
         ndef = len(defaults)
-        kwdefaults = dict(getattr(fn, "__kwdefaults__", None) or {})
         if len(args) > len(params) and a.vararg is None:
             self.error(f"{get_source(fn).owner}() takes {len(params)} positional arguments "
                        f"but {len(args)} were given", node)
@@ -389,12 +420,12 @@ class Builder:
                 j = i - (len(params) - ndef)
                 if j < 0:
                     self.error(f"{get_source(fn).owner}() missing argument {name!r}", node)
-                env[name] = Static(defaults[j])
+                env[name] = defaults[j]
         for p in a.kwonlyargs:
             if p.arg not in env:
                 if p.arg not in kwdefaults:
                     self.error(f"{get_source(fn).owner}() missing keyword argument {p.arg!r}", node)
-                env[p.arg] = Static(kwdefaults[p.arg])
+                env[p.arg] = kwdefaults[p.arg]
         if a.kwarg is not None:
             env[a.kwarg.arg] = Static(extra) if all(isinstance(v, Static) for v in extra.values()) \
                 else self.error("**kwargs with array values are not supported", node)
@@ -459,6 +490,13 @@ class Builder:
             else:
                 self.error(f"'while' ran more than {MAX_UNROLL} times while compiling", s,
                            hint="loops are unrolled for the inputs given; use vectorised NumPy for long loops")
+        elif t is ast.FunctionDef:
+            if s.decorator_list:
+                self.error("decorated nested functions are not supported", s)
+            defaults = [self.eval(d) for d in s.args.defaults]
+            kwdefaults = {a.arg: self.eval(d) for a, d in zip(s.args.kwonlyargs, s.args.kw_defaults)
+                          if d is not None}
+            self.frame.env[s.name] = LocalFunction(s, self.frame, defaults, kwdefaults)
         elif t is ast.Pass:
             pass
         elif t is ast.Assert:
@@ -559,8 +597,18 @@ class Builder:
             else:
                 self.error("attribute assignment is not supported inside a compiled function", target)
         elif t is ast.Subscript:
-            self.error("item assignment (x[i] = v) is not differentiable", target,
-                       hint="build a new array instead: np.where, np.concatenate or np.pad")
+            if not isinstance(target.value, ast.Name) or target.value.id not in self.frame.env:
+                self.error("item assignment is only supported on local arrays (y[i] = v)", target,
+                           hint="build a new array instead: np.where, np.concatenate or np.pad")
+            base = self.frame.env[target.value.id]
+            if not isinstance(base, Node):
+                self.error("item assignment needs an array", target,
+                           hint="make it an array first, e.g. y = np.zeros_like(x)")
+            from .rules.helpers import setitem
+            index = self.eval_index(target.slice)
+            new = self.call_primitive(setitem, [base, index, value], {}, target)
+            new.name = target.value.id
+            self.frame.env[target.value.id] = new
         else:
             self.error("unsupported assignment target", target)
 
@@ -599,8 +647,11 @@ class Builder:
 
     def eval_Name(self, e):
         fr = self.frame
-        if e.id in fr.env:
-            return fr.env[e.id]
+        while fr is not None:
+            if e.id in fr.env:
+                return fr.env[e.id]
+            fr = fr.outer
+        fr = self.frame
         if e.id in fr.glob:
             return Static(fr.glob[e.id])
         if hasattr(builtins, e.id):
@@ -835,6 +886,33 @@ class Builder:
         taken = self.decide(self.eval(e.test), e.test, "'a if c else b'")
         return self.eval(e.body if taken else e.orelse)
 
+    def eval_ListComp(self, e):
+        """``[f(x) for x in xs if c]``: unrolled at compile time (xs known, or guarded by length)."""
+        items = []
+        outer = self.frame
+        frame = Frame(outer.source, {}, outer.glob, outer.selfval)
+        frame.outer = outer
+        self.frame = frame
+        try:
+            self._comprehend(e.generators, 0, lambda: items.append(self.eval(e.elt)))
+        finally:
+            self.frame = outer
+        return Seq(items)
+
+    eval_GeneratorExp = eval_ListComp
+
+    def _comprehend(self, gens, k, emit):
+        if k == len(gens):
+            emit()
+            return
+        g = gens[k]
+        if g.is_async:
+            self.error("async comprehensions are not supported", g)
+        for item in self.iter_values(self.eval(g.iter), g.iter):
+            self.assign(g.target, item, g)
+            if all(self.decide(self.eval(c), c, "a comprehension's 'if'") for c in g.ifs):
+                self._comprehend(gens, k + 1, emit)
+
     def eval_Starred(self, e):
         self.error("starred expressions are only supported as call arguments", e)
 
@@ -874,6 +952,8 @@ class Builder:
             return self.call_function(f.fn, args, kwargs, selfval=f.selfval, node=e)
         if isinstance(f, ModelRef):
             return self.call_model(f, args, kwargs, e)
+        if isinstance(f, LocalFunction):
+            return self.call_local(f, args, kwargs, e)
         if isinstance(f, Seq):
             self.error("a tuple is not callable", e)
         if isinstance(f, Node):
@@ -911,6 +991,23 @@ class Builder:
                 return Static(len(x.items))
             if isinstance(x, Node):
                 return self.call_primitive(len, [x], {}, e)
+        if fn is sum and len(args) in (1, 2) and isinstance(args[0], Seq) and not kwargs:
+            total = args[1] if len(args) == 2 else Static(0)
+            for item in args[0].items:
+                total = self.binop(ast.Add(), total, item, e)
+            return total
+        if fn in (np.array, np.asarray, np.asanyarray) and len(args) == 1 and not (kwargs.keys() - {"dtype"}):
+            x = args[0]
+            if isinstance(x, Seq) and not kwargs:
+                if len(x.items) == 1:
+                    return self.call_primitive(np.expand_dims, [x.items[0], Static(0)], {}, e)
+                from .rules.helpers import stack_items
+                return self.call_primitive(stack_items, x.items, {}, e)
+            if isinstance(x, Node) and not kwargs:
+                return x if fn is not np.array else self.call_primitive(np.copy, [x], {}, e)
+            if isinstance(x, Node):
+                from .rules.helpers import astype
+                return self.call_primitive(astype, [x, kwargs["dtype"]], {}, e)
         if fn is range and any(isinstance(a, Node) for a in args):
             args = [Static(self.concrete_int(a, e, "range(...)")) for a in args]
         if fn in STATIC_BUILTINS or fn is np.shape:
@@ -980,6 +1077,8 @@ class Builder:
         return self.ctx.add(n)
 
     def call_primitive(self, fn, args, kwargs, e):
+        if self.ctx.mode == "forward" and any(isinstance(a, Seq) for a in args):
+            args = self._lists_as_arrays(fn, args, e)
         nodes = [self.as_node(a, e) for a in args]
         kw = {k: self.as_node(v, e) for k, v in kwargs.items()}
         if all(n.op == "const" for n in nodes + list(kw.values())) and _foldable(fn):
@@ -1005,6 +1104,22 @@ class Builder:
             arity = arity(nodes, kw)
         node.arity = arity
         return self.ctx.add(node)
+
+    def _lists_as_arrays(self, fn, args, e):
+        """A list literal of arrays passed where NumPy wants one array becomes a stack of them
+        (``np.sum([a, b])``); list parameters (``np.concatenate([a, b])``) keep their list."""
+        rule = rules.get_rule(fn)
+        names = rules.rule_signature(rule)[0] if rule is not None else []
+        out = []
+        for i, a in enumerate(args):
+            name = names[i] if i < len(names) else ""
+            if isinstance(a, Seq) and any(isinstance(x, Node) and x.diff for x in a.items) \
+                    and name not in LIST_PARAMS and not name.startswith("*") and rule is not None:
+                from .rules.helpers import stack_items
+                a = self.call_primitive(stack_items, a.items, {}, e) if len(a.items) > 1 else \
+                    self.call_primitive(np.expand_dims, [a.items[0], Static(0)], {}, e)
+            out.append(a)
+        return out
 
     def as_node(self, v, e=None):
         if isinstance(v, Node):

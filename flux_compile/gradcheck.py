@@ -60,7 +60,8 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
     """
     from .api import grad
     rng = np.random.default_rng(seed)
-    inputs = [_as64(x) for x in inputs]
+    from .api import as_numpy_scalars
+    inputs = [as_numpy_scalars(_as64(x)) for x in inputs]
     model = m_or_f if is_model(m_or_f) else None
     models = ([model] if model else []) + [x for x in inputs if is_model(x)]
     params = []

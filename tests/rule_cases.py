@@ -15,7 +15,7 @@ import numpy as np
 
 import flux_compile.functions as F
 from flux_compile import rules
-from flux_compile.rules.helpers import astype, getitem, identity
+from flux_compile.rules.helpers import astype, getitem, identity, setitem, stack_items
 
 
 @dataclass
@@ -489,3 +489,11 @@ NONDIFF_CASES = [
     np.zeros, np.ones, np.full, np.empty, np.eye, np.identity, np.arange, np.linspace,
     F.nodiff,
 ]
+
+
+# functional item assignment (y[i] = v in compiled code) and list literals as arrays
+case(setitem, r(4, 3), 1, r(3), diff=(0, 2), name="row", autograd=False)
+case(setitem, r(4, 3), (slice(1, 3), 0), r(2), diff=(0, 2), name="slice", autograd=False)
+case(setitem, r(5), 2, s(0.5), diff=(0, 2), name="scalar", autograd=False)
+case(stack_items, r(3), r(3), r(3), diff=(0, 1, 2), name="three", autograd=False)
+case(stack_items, s(1.0), s(2.0), diff=(0, 1), name="scalars", autograd=False)

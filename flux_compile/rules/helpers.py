@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = [
     # shims
-    "getitem", "astype", "identity",
+    "getitem", "astype", "identity", "setitem", "stack_items",
     # broadcasting and reductions
     "unbroadcast", "normalize_axis", "reduced_size", "restore_axes", "sum_grad",
     "extremum_mask", "prod_others", "fill_none",
@@ -802,3 +802,15 @@ def clip_bound_grad(g, a, bound, side):
         return None
     clipped = a < bound if side < 0 else a > bound
     return unbroadcast(g * clipped, np.shape(bound))
+
+
+def setitem(x, index, value):
+    """A copy of ``x`` with ``x[index] = value``: item assignment made functional."""
+    out = np.array(x, copy=True)
+    out[index] = value
+    return out
+
+
+def stack_items(*items):
+    """``np.array([a, b, c])`` for a list literal of arrays or numbers (same shapes)."""
+    return np.stack([np.asarray(i) for i in items])

@@ -8,7 +8,7 @@ list (``np.split``) arrives as a list ``dy`` whose entries may be None (zero).
 import numpy as np
 
 from . import diffrule
-from .helpers import (getitem, getitem_grad, inverse_permutation, reshape_each,
+from .helpers import (getitem, getitem_grad, inverse_permutation, reshape_each, setitem, stack_items,
                       restack, take_along_axis_grad, take_grad, unbroadcast,
                       uncolumn_stack, unconcatenate, undiag, undiagonal,
                       undstack, unhsplit, unhstack, unpad, unrepeat, unsort,
@@ -250,3 +250,15 @@ def _(dy, y, a, indices, *, axis=None):
 @diffrule(np.take_along_axis)
 def _(dy, y, arr, indices, *, axis=-1):
     return take_along_axis_grad(dy, arr.shape, indices, axis), None
+
+
+# ------------------------------------------------- functional item assignment, list literals
+
+@diffrule(setitem)
+def _(dy, y, x, index, value):
+    return setitem(dy, index, 0.0), None, unbroadcast(getitem(dy, index), np.shape(value))
+
+
+@diffrule(stack_items)
+def _(dy, y, *items):
+    return unstack(dy, 0)
