@@ -203,6 +203,10 @@ def shapes(m, *inputs):
     """The model's inference graph with every value's shape and dtype (early Flux's ``@shapes``)."""
     from .interp import run_graph
     from .recurrent import current_state, state_names
+    step = getattr(m, "model", None) if hasattr(type(m), "_fc_template") else None
+    if step is not None:            # an unrolled model: the step's graph for the first time index
+        first = tuple(np.asarray(x)[:, 0] for x in inputs)
+        return SourceText(f"# {type(m).__name__}: {m!r}; one step at time index 0:\n" + shapes(step, *first))
     names = state_names(type(m))
     if names:
         inputs = tuple(inputs) + tuple(current_state(m, names)[0])
@@ -215,8 +219,10 @@ def shapes(m, *inputs):
     finally:
         restore_states(snap)
     ann = {}
+    consts = {n.id for n in c.graph.nodes if n.op == "const"}
     for nid, v in values.items():
-        ann[nid] = describe_value(v)
+        if nid not in consts:
+            ann[nid] = describe_value(v)
     return SourceText(c.graph.format(shapes=ann))
 
 

@@ -54,7 +54,7 @@ class Compiled:
             if tb.tb_frame.f_code.co_filename == self.filename:
                 lineno = tb.tb_lineno
             tb = tb.tb_next
-        if lineno is None:
+        if lineno is None or not self.linemap:
             return None
         loc = self.linemap.get(lineno)
         where = f"{loc.filename}:{loc.lineno}" if loc else f"{self.filename}:{lineno}"
@@ -315,10 +315,14 @@ def compile_model(m_or_cls, args=None, fresh=False):
     rank of each input in ``args``) or a class (generic). ``fresh`` compiles a new variant
     for the path these ``args`` take through data-dependent control flow."""
     ikey = input_key(args)
+    from .rules import GENERATION
     if isinstance(m_or_cls, type):
         cls, inst = m_or_cls, None
     else:
         cls, inst = type(m_or_cls), m_or_cls
+        if inst.__dict__.get("_fc_gen") != GENERATION[0]:          # a rule was (re)registered
+            inst.__dict__.pop("_fc_compiled", None)
+            inst.__dict__["_fc_gen"] = GENERATION[0]
         variants = inst.__dict__.get("_fc_compiled")
         if variants is not None and not fresh:
             if args is None:
@@ -333,7 +337,7 @@ def compile_model(m_or_cls, args=None, fresh=False):
         return _remember(inst, ikey, inst._fc_template(ikey))
     text = _class_sources(cls)
     sig = model_signature(inst) if inst is not None else ("generic",)
-    key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey)
+    key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey, GENERATION[0])
     c = _cache.get(key)
     if c is None or fresh:
         values = None
@@ -366,7 +370,7 @@ def _from_disk(cls, key, make):
     if diskcache.directory() is None or any(t and t[0] == "object" for _, t in (key[2] if key[2] != ("generic",)
                                                                                   else ())):
         return make()
-    dkey = diskcache.entry_key((cls.__module__, cls.__qualname__, key[1], key[2], key[3]))
+    dkey = diskcache.entry_key((cls.__module__, cls.__qualname__, key[1], key[2], key[3], key[4]))
     hit = diskcache.load(dkey)
     if hit is not None:
         source, objects, meta = hit
@@ -492,7 +496,9 @@ def compile_function(fn, args, fresh=False):
     from . import rules
     primitive = rules.get_rule(fn) is not None or rules.is_nondiff(fn)
     text = repr(fn) if primitive else get_source(fn).text
-    key = (fn.__code__, hashlib.sha256(text.encode()).hexdigest(), tuple(_spec_token(s) for s in specs))
+    from .rules import GENERATION
+    key = (fn.__code__, hashlib.sha256(text.encode()).hexdigest(), tuple(_spec_token(s) for s in specs),
+           GENERATION[0])
     c = _fcache.get(key)
     if c is None or fresh:
         values = {n: a for n, a in zip(names, args)}

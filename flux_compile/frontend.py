@@ -690,7 +690,7 @@ class Builder:
             if name in ("real",):
                 return self.call_primitive(np.real, [base], {}, e)
             self.error(f"array attribute or method {name!r} is not supported", e,
-                       hint="use the NumPy function form, e.g. np.<name>(x, ...)")
+                       hint=f"use the NumPy function form, e.g. np.{name}(x, ...), if NumPy has one")
         if isinstance(base, Seq):
             self.error(f"a tuple has no attribute {name!r}", e)
         self.error(f"cannot take attribute {name!r} here", e)
@@ -956,6 +956,9 @@ class Builder:
             return self.call_local(f, args, kwargs, e)
         if isinstance(f, Seq):
             self.error("a tuple is not callable", e)
+        if isinstance(f, Node) and f.op == "param" and self.ctx.generic_cls is not None:
+            # no instance (fc.source on a class): an attribute that is called is a sub-model
+            return self.call_model(ModelRef(f.base, f.path, None), args, kwargs, e)
         if isinstance(f, Node):
             self.error("calling a run-time value is not supported", e,
                        hint="store functions and sub-models as attributes set in __init__")

@@ -142,7 +142,8 @@ class Graph:
         return self.format()
 
     def format(self, shapes=None):
-        ins = ", ".join(n.name or repr(n) for n in self.inputs)
+        ins = ", ".join((n.name or repr(n)) + (f": {shapes[n.id]}" if shapes and n.id in shapes else "")
+                        for n in self.inputs)
         lines = [f"graph {self.name}({ins}):"]
         last = None
         for n in self.nodes:

@@ -14,6 +14,7 @@ import numpy as np
 from .init import glorot_uniform, initn, zeros
 from .model import net
 from .params import Param, named_params, submodels
+from .rules import nondiff_primitive
 
 
 @net
@@ -90,6 +91,7 @@ def dropout_mask(x, p):
 
 
 dropout_mask.__flux_impure__ = True
+nondiff_primitive(dropout_mask)          # a random mask: called, never inlined, no gradient
 
 
 def dropout(x, p):

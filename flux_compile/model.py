@@ -27,7 +27,7 @@ from .params import Const, Param, is_model, named_params, submodels
 from .recurrent import (_INITIAL, Link, accumulate_initial, current_state, reset, restore_states, set_state,
                         snapshot_states, state_names)
 
-_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link")   # the recurrent state (_fc_state) is kept
+_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen")   # the recurrent state (_fc_state) is kept
 
 
 def _is_float_array(value):

@@ -25,6 +25,7 @@ import inspect
 
 RULES: dict = {}        # primitive -> rule function
 NONDIFF: set = set()    # primitives known to have no gradient
+GENERATION = [0]        # bumped on every registration: compiled code made before is stale
 
 
 def _key(primitive):
@@ -43,6 +44,7 @@ def diffrule(primitive):
     def register(rule):
         RULES[_key(primitive)] = rule
         NONDIFF.discard(_key(primitive))
+        GENERATION[0] += 1
         rule.__flux_primitive__ = primitive
         return rule
     return register
@@ -52,6 +54,7 @@ def nondiff_primitive(*primitives):
     """Declare primitives whose outputs carry no gradient (argmax, floor, ...)."""
     for p in primitives:
         NONDIFF.add(_key(p))
+    GENERATION[0] += 1
     return primitives[0] if len(primitives) == 1 else primitives
 
 
