@@ -155,7 +155,7 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
     nodes = [n for n in infer_g.nodes if n.id in alive]
     keep = {o.id for o in outs}
     body = em.statements(nodes, keep)
-    ret = codegen.tuple_or_single([em.expr(o) for o in outs]) if len(outs) != 1 or True else None
+    ret = codegen.tuple_or_single([em.expr(o) for o in outs])
     fs.defs.append(codegen.make_function("forward", params_in_sig, body, ret))
     # training forward
     g = joint.graph

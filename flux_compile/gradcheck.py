@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import GradcheckError
 from .params import is_model, named_params, path_str
+from .layers import seed_dropout
 from .recurrent import restore_states, snapshot_states
 
 
@@ -80,10 +81,12 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
     snap = snapshot_states(models[0]) if models else []
     try:
         def f_call(*xs):
+            # the training forward (dropout on, the same mask every time) from the same state
             restore_states(snap)
+            seed_dropout(seed)
             if model is not None:
-                return model(*xs) if not _uses_training(model) else model._pullback(*xs)[0]
-            return m_or_f(*xs) if not any(is_model(x) for x in xs) else _plain(m_or_f, xs)
+                return model._pullback(*xs)[0]
+            return m_or_f(*xs)
 
         out = f_call(*inputs)
         dys = _random_like(out, rng)
@@ -93,6 +96,7 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
 
         # analytic
         restore_states(snap)
+        seed_dropout(seed)
         analytic_inputs, analytic_params = _analytic(m_or_f, model, inputs, dys, params)
         rows = []
         for i, x in enumerate(inputs):
@@ -113,14 +117,6 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
         bad = ", ".join(r.name for r in rows if not r.ok)
         raise GradcheckError(f"gradient mismatch in {bad}\n{report}", report)
     return report
-
-
-def _uses_training(model):
-    return False
-
-
-def _plain(f, xs):
-    return f(*xs)
 
 
 def _random_like(out, rng):

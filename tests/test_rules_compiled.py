@@ -35,10 +35,6 @@ def list3(fn, kw, a, b, c):
 APPLY = {1: apply1, 2: apply2, 3: apply3, 4: apply4}
 LISTS = {2: list2, 3: list3}
 
-# Outputs gradcheck compares through a random projection; these need a tuple output.
-SKIP = {}
-
-
 def _wrap(case):
     args = list(case.args)
     if args and isinstance(args[0], list) and len(args) == 1 and len(args[0]) in LISTS:
