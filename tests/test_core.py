@@ -446,3 +446,37 @@ def test_disk_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
     mod.write_text(body.replace("np.tanh(z)", "np.sin(z)"))    # an inlined helper changed
     third = run()
     assert third[0] == "False" and third[2] != first[2]
+
+
+def test_dropout_only_in_training_and_gradcheck_with_fixed_mask():
+    m = fc.Chain(fc.Dense(4, 8, fc.relu), fc.Dropout(0.5), fc.Dense(8, 2))
+    x = randn(6, 4)
+    np.testing.assert_allclose(m(x), m(x))                 # inference: no dropout
+    a, _ = m.pullback(x)
+    b, _ = m.pullback(x)
+    assert not np.allclose(a, b)                            # training: random masks
+    assert fc.gradcheck(m, x).ok
+
+
+def test_registering_a_rule_later_recompiles():
+    def logcosh(z):
+        return np.log(np.cosh(z))
+
+    @fc.net
+    class R:
+        def __init__(self):
+            self.W = np.ones((3, 2))
+
+        def forward(self, x):
+            return logcosh(x @ self.W)
+
+    m = R()
+    m(np.ones((2, 3)))
+    assert "np.cosh" in fc.source(m, "forward")
+
+    @fc.diffrule(logcosh)
+    def _(dy, y, z):
+        return dy * np.tanh(z)
+
+    m(np.ones((2, 3)))
+    assert "logcosh(" in fc.source(m, "forward") and "np.tanh" in fc.source(m, "backward")
