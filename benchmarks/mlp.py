@@ -37,7 +37,7 @@ class MLP:
 def fc_step(m, x, labels, lr):
     logits, back = m.pullback(x)
     _, (dlogits, _) = fc.grad(fc.logitcrossentropy, logits, labels)
-    back(dlogits)
+    back(dlogits, input_grads=False)
     m.update(lr)
 
 

@@ -237,15 +237,15 @@ class FunctionEmitter:
                 self.names[n.id] = self.namer.fresh(_hint(n, self.names))
             if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
                 self.back_names[n.id] = self.namer.fresh(self.names[n.id].removesuffix("_out") + "_back")
-            body.extend(self.statement(n, uses))
+            body.extend(self.statement(n, uses, unused=uses.get(n.id, 0) == 0 and n.id not in keep))
         return body
 
-    def statement(self, n, uses):
+    def statement(self, n, uses, unused=False):
         out = []
         marker = self.marker(n.loc)
         if marker is not None:
             out.append(marker)
-        name = self.names.get(n.id)
+        name = None if unused and n.op != "model" else self.names.get(n.id)
         if n.op == "accum":
             target = _path_ast(n.base, n.path + ("grad",))
             target.ctx = ast.Store()
@@ -274,6 +274,8 @@ class FunctionEmitter:
             return out
         value = self.expr_body(n)
         if name is None:
+            if n.op == "model_back":       # its input gradient is not needed here
+                value.args.append(ast.Constant(False))
             out.append(ast.Expr(value=value))
         else:
             out.append(ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=value))

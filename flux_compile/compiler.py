@@ -31,6 +31,7 @@ class Compiled:
         self.label = label
         self.owner = owner
         self.forward = self.forward_train = self.backward = None
+        self.backward_params = None   # the backward without input gradients
         self.sections = {}
         self.source = ""
         self.graph = None          # the inference graph
@@ -197,6 +198,18 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
     ret = codegen.tuple_or_single(rets) if rets else ast.Constant(None)
     bparams = ["self", "saved", "dy"] if params_in_sig[0] == "self" else ["saved", "dy"]
     fs.defs.append(codegen.make_function("backward", bparams, head + body, ret))
+    # the same backward when the caller needs no input gradients (only Params, and recurrent
+    # state, which carries gradients between steps): the input-gradient work is dead code
+    state_grads = [x if inp.meta.get("state") else None for inp, x in zip(joint.graph.inputs, grads)]
+    alive = passes.live([x for x in state_grads if x is not None] +
+                        [n for n in split.backward if n.op in ("accum", "model_back")])
+    em3 = codegen.FunctionEmitter(ns, names, fs.locs, "backward", namer, back_names)
+    em3._last_loc = None
+    body = em3.statements([n for n in split.backward if n.id in alive],
+                          {x.id for x in state_grads if x is not None})
+    rets = [em3.expr(x) if x is not None else ast.Constant(None) for x in state_grads]
+    ret = codegen.tuple_or_single(rets) if rets else ast.Constant(None)
+    fs.defs.append(codegen.make_function("backward_params", bparams, head + body, ret))
     source, namespace, linemap, filename = codegen.build_module(label, fs, ns)
     return source, namespace, linemap, filename, dict(ns.objects)
 
@@ -240,6 +253,7 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     c.forward = namespace["forward"]
     c.forward_train = namespace["forward_train"]
     c.backward = namespace["backward"]
+    c.backward_params = namespace["backward_params"]
     c.source = source
     c.sections = _sections(source)
     c.graph = infer_g
@@ -380,6 +394,7 @@ def _from_disk(cls, key, make):
         filename = unique_filename(cls.__qualname__)
         ns = compile_source(source, filename, dict(objects, np=np, fc=sys.modules["flux_compile"]))
         c.forward, c.forward_train, c.backward = ns["forward"], ns["forward_train"], ns["backward"]
+        c.backward_params = ns["backward_params"]
         c.source, c.sections, c.linemap, c.filename = source, _sections(source), meta["linemap"], filename
         c.n_outputs, c.input_names, c.diff_inputs = meta["n_outputs"], meta["input_names"], meta["diff_inputs"]
         c.state_names = meta.get("state_names", [])

@@ -986,6 +986,9 @@ class Builder:
             want = target.value if isinstance(target, Static) else getattr(target, "sym", None)
             if isinstance(want, tuple) and shapeinfer.same(shape_of(args[0]), want):
                 return args[0]
+            summed = self._static_unbroadcast(args[0], want, e)
+            if summed is not None:
+                return summed
         if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
             return self.call_primitive(fn, args, kwargs, e)
         if fn is len:
@@ -1042,6 +1045,27 @@ class Builder:
         # any other callable (NumPy without a rule, math, ...) is an opaque primitive;
         # autodiff complains only if a gradient has to flow through it.
         return self.call_primitive(fn, args, kwargs, e)
+
+    def _static_unbroadcast(self, g, target, e):
+        """``unbroadcast(g, (1, 64))`` as the plain ``np.sum(g, axis=0, keepdims=True)`` when the
+        ranks are known and the target is a tuple of ints."""
+        have = shape_of(g)
+        if have is None or not isinstance(target, tuple) or not all(isinstance(d, int) for d in target):
+            return None
+        lead = len(have) - len(target)
+        if lead < 0:
+            return None
+        keep = tuple(lead + i for i, d in enumerate(target) if d == 1 and not
+                     (isinstance(have[lead + i], int) and have[lead + i] == 1))
+        if lead and keep:
+            return None
+        if lead:
+            axis = 0 if lead == 1 else tuple(range(lead))
+            return self.call_primitive(np.sum, [g], {"axis": Static(axis)}, e)
+        if keep:
+            axis = keep[0] if len(keep) == 1 else keep
+            return self.call_primitive(np.sum, [g], {"axis": Static(axis), "keepdims": Static(True)}, e)
+        return None
 
     def eval_Attribute_value(self, base, name, e):
         fake = ast.Attribute(value=ast.Name(id="__tmp__", ctx=ast.Load()), attr=name, ctx=ast.Load())

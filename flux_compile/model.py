@@ -88,14 +88,14 @@ class Model:
             set_state(self, names, new_state, link)
         model = self
 
-        def back(dy=None):
+        def back(dy=None, input_grads=True):
             dy = _seed(dy, out, c, model)
             if names:
                 pending = link.pending or [None] * len(names)
                 dstate = [np.zeros_like(s) if g is None else g for g, s in zip(pending, new_state)]
                 dy = (tuple(dy) if c.n_outputs is not None else (dy,)) + tuple(dstate)
             try:
-                grads = c.backward(model, saved, dy)
+                grads = (c.backward if input_grads else c.backward_params)(model, saved, dy)
             except Exception as e:
                 _reraise(c, e, "backward")
             if not names:
@@ -115,12 +115,16 @@ class Model:
         out, back = self._pullback(*args)
         n = len(args)
 
-        def public_back(dy=None):
-            grads = back(dy)
+        def public_back(dy=None, input_grads=True):
+            grads = back(dy, input_grads)
+            if not input_grads:
+                return None
             if n == 1:
                 return grads if _float_kind(args[0]) else None
             return tuple(g if _float_kind(a) else None for g, a in zip(grads, args))
-        public_back.__doc__ = "back(dy) -> input gradients; accumulates Param.grad"
+        public_back.__doc__ = ("back(dy, input_grads=True) -> input gradients; accumulates Param.grad. "
+                               "input_grads=False skips the input gradients (returns None): faster "
+                               "when only the parameters are trained")
         return out, public_back
 
     def back(self, dy, *args):

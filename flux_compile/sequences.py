@@ -44,6 +44,13 @@ def backward(self, saved, dy):
     for t in reversed(range({n})):
         dxs[t] = backs[t](dy[:, t])
     return stack_grads(dxs, xs)
+
+
+def backward_params(self, saved, dy):
+    # the same, when no gradient with respect to the input sequence is wanted
+    backs, xs = saved
+    for t in reversed(range({n})):
+        backs[t](dy[:, t], False)
 '''
 
 
@@ -87,6 +94,7 @@ class Unroll:
         ns = compile_source(source, c.filename, {"np": np, "check_length": check_length,
                                                  "stack_grads": stack_grads})
         c.forward, c.forward_train, c.backward = ns["forward"], ns["forward_train"], ns["backward"]
+        c.backward_params = ns["backward_params"]
         c.source = source
         c.sections = _sections(source)
         c.input_names = ["xs"]

@@ -145,7 +145,7 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
                 value = float(value)
                 if not math.isfinite(value):
                     raise TrainingError(epoch, step, value, len(history) + 1)
-                back(grads[0])
+                back(grads[0], input_grads=False)       # only the parameters are trained
                 model.update(opt)
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
