@@ -53,7 +53,7 @@ def fc_step(model, seq, opt, xs, labels):
     logits, back = seq.pullback(xs)
     n = logits.shape[-1]
     loss, (dlogits, _) = fc.grad(fc.logitcrossentropy, logits.reshape(-1, n), labels)
-    back(dlogits.reshape(logits.shape))
+    back(dlogits.reshape(logits.shape), input_grads=False)    # no gradient for the one-hot input
     model.update(opt)
     return loss
 
@@ -87,14 +87,15 @@ def lstm_forward(xs, Wx, Wh, b, h, c, hoist):
     return hs, tape
 
 
-def lstm_backward(dhs, xs, Wx, Wh, tape, grads, hoist):
-    """Backprop through time of one layer: adds into ``grads = [dWx, dWh, db, dh0, dc0]``; returns dxs."""
+def lstm_backward(dhs, xs, Wx, Wh, tape, grads, hoist, input_grad=True):
+    """Backprop through time of one layer: adds into ``grads = [dWx, dWh, db, dh0, dc0]``; returns dxs
+    (None without ``input_grad``)."""
     B, T, H = dhs.shape
     dWx, dWh, db, dh0, dc0 = grads
     dh_next = np.zeros((B, H), dtype=dhs.dtype)
     dc_next = np.zeros((B, H), dtype=dhs.dtype)
     dz_all = np.empty((B, T, 4 * H), dtype=dhs.dtype)
-    dxs = None if hoist else np.empty_like(xs)
+    dxs = np.empty_like(xs) if input_grad and not hoist else None
     for t in reversed(range(T)):
         h_prev, c_prev, i, f, g, o, tc = tape[t]
         dh = dhs[:, t] + dh_next
@@ -110,12 +111,13 @@ def lstm_backward(dhs, xs, Wx, Wh, tape, grads, hoist):
         if not hoist:
             dWx += xs[:, t].T @ dz
             db += dz.sum(axis=0, keepdims=True)
-            dxs[:, t] = dz @ Wx.T
+            if input_grad:
+                dxs[:, t] = dz @ Wx.T
     if hoist:
         flat = dz_all.reshape(B * T, 4 * H)
         dWx += xs.reshape(B * T, -1).T @ flat
         db += flat.sum(axis=0, keepdims=True)
-        dxs = dz_all @ Wx.T
+        dxs = dz_all @ Wx.T if input_grad else None
     dh0 += dh_next.sum(axis=0, keepdims=True)           # the initial state is a (1, H) Param
     dc0 += dc_next.sum(axis=0, keepdims=True)
     return dxs
@@ -156,7 +158,8 @@ class NumpyLSTM:
         grads[-1] += dlogits.sum(axis=0, keepdims=True)
         dx = (dlogits @ self.Wo.T).reshape(B, T, H)
         for k in reversed(range(len(self.layers))):
-            dx = lstm_backward(dx, inputs[k], *self.layers[k][:2], tapes[k], grads[5 * k: 5 * k + 5], self.hoist)
+            dx = lstm_backward(dx, inputs[k], *self.layers[k][:2], tapes[k], grads[5 * k: 5 * k + 5], self.hoist,
+                               input_grad=k > 0)       # none for the one-hot input
         return loss, grads
 
     def step(self, xs, labels, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
@@ -182,7 +185,7 @@ def check_gradients(n_chars, hidden, layers, batch, T):
     xs, labels = np.eye(n_chars)[ids[:, :-1]], ids[:, 1:].reshape(-1)
     logits, back = fc.unroll(model, T).pullback(xs)
     loss, (dl, _) = fc.grad(fc.logitcrossentropy, logits.reshape(-1, n_chars), labels)
-    back(dl.reshape(logits.shape))
+    back(dl.reshape(logits.shape), input_grads=False)
     want = [p.grad for p in fc.params(model)]
     worst = 0.0
     for hoist in (False, True):

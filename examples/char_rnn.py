@@ -14,7 +14,7 @@ Training, per window of ``seq_len`` characters::
 
     logits, back = seq.pullback(onehot(chars[t]))            # (batch, T, N)
     loss, (dlogits, _) = fc.grad(fc.logitcrossentropy, logits.reshape(-1, N), chars[t + 1])
-    back(dlogits.reshape(logits.shape))                      # backprop through time
+    back(dlogits.reshape(logits.shape), input_grads=False)   # backprop through time, weights only
     clip_grad_norm(model, 5.0)
     model.update(adam)
 
@@ -179,7 +179,7 @@ def train_step(model, seq, opt, inputs, targets, n_chars, max_norm):
     xs = onehot(inputs, n_chars, model[0].Wx.dtype)
     logits, back = seq.pullback(xs)                                  # (batch, T, N)
     loss, (dlogits, _) = fc.grad(fc.logitcrossentropy, logits.reshape(-1, n_chars), targets.reshape(-1))
-    back(dlogits.reshape(logits.shape))
+    back(dlogits.reshape(logits.shape), input_grads=False)     # no gradient for the one-hot inputs
     clip_grad_norm(model, max_norm)
     model.update(opt)
     return float(loss)
