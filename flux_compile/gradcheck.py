@@ -76,8 +76,6 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
     for _, p in params:
         p.value = p.value.astype(np.float64)
         p.grad = np.zeros_like(p.value)
-    for mm in models:
-        mm.__dict__.pop("_fc_compiled", None)
     snap = snapshot_states(models[0]) if models else []
     try:
         def f_call(*xs):
@@ -109,8 +107,6 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
     finally:
         for p, v, g in saved_values:
             p.value, p.grad = v, g
-        for mm in models:
-            mm.__dict__.pop("_fc_compiled", None)
         restore_states(snap)
     report = Report(rows)
     if raise_on_fail and not report.ok:

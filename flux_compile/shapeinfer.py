@@ -189,6 +189,18 @@ def infer(fn, shapes, consts, kwargs):
               functions.gelu, functions.softplus, functions.leakyrelu, functions.nodiff,
               helpers.astype, helpers.identity, np.clip, np.copy):
         return shapes[0]
+    if fn is np.swapaxes and shapes[0] is not None and len(consts) == 3:
+        s0 = list(shapes[0])
+        try:
+            i, j = consts[1] % len(s0), consts[2] % len(s0)
+        except (TypeError, ZeroDivisionError):
+            return None
+        s0[i], s0[j] = s0[j], s0[i]
+        return tuple(s0)
+    if fn is np.expand_dims and shapes[0] is not None and len(consts) == 2 and isinstance(consts[1], int):
+        s0 = list(shapes[0])
+        ax = consts[1] if consts[1] >= 0 else len(s0) + 1 + consts[1]
+        return tuple(s0[:ax] + [1] + s0[ax:])
     if fn is np.where and len(shapes) == 3:
         return broadcast(*shapes)
     if fn is helpers.unbroadcast and len(consts) == 2 and isinstance(consts[1], tuple):
