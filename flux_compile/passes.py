@@ -14,17 +14,25 @@ IMPURE_FN_MODULES = ("numpy.random",)
 METADATA_ATTRS = {"shape", "ndim", "dtype", "size"}
 
 
-def _rewire(graph, replace):
-    def r(n):
+def rewrite(graph, visit):
+    """Walk the graph in order; ``visit(node)`` may return a node to use in its place.
+    Inputs are rewired as we go (SSA order makes one pass enough). Returns the resolver
+    ``old node -> node now standing for it``."""
+    replace = {}
+
+    def resolve(n):
         while n.id in replace:
             n = replace[n.id]
         return n
+
     for n in graph.nodes:
-        if replace:
-            n.args = tuple(r(a) for a in n.args)
-            n.kwargs = {k: r(v) for k, v in n.kwargs.items()}
-    graph.outputs = [r(o) for o in graph.outputs]
-    return r
+        n.args = tuple(resolve(a) for a in n.args)
+        n.kwargs = {k: resolve(v) for k, v in n.kwargs.items()}
+        new = visit(n)
+        if new is not None and new is not n:
+            replace[n.id] = new
+    graph.outputs = [resolve(o) for o in graph.outputs]
+    return resolve
 
 
 def is_pure(n):
@@ -51,44 +59,29 @@ def _is_const(n, value=None):
 def simplify(graph):
     """item(pack) → element; x*1, 1*x, x+0, x-0, x/1, x**1 → x; identity shims removed."""
     from .rules import helpers
-    identity = getattr(helpers, "identity", None)
-    replace = {}
 
-    def r(n):
-        while n.id in replace:
-            n = replace[n.id]
-        return n
-
-    for n in graph.nodes:
-        n.args = tuple(r(a) for a in n.args)
-        n.kwargs = {k: r(v) for k, v in n.kwargs.items()}
+    def visit(n):
         new = None
         if n.op == "item" and n.args[0].op == "pack":
             new = n.args[0].args[n.index]
         elif n.op == "call" and not n.kwargs and len(n.args) == 2:
             a, b = n.args
             if n.fn is np.multiply:
-                if _is_const(b, 1) and a.op != "const":
-                    new = a
-                elif _is_const(a, 1) and b.op != "const":
-                    new = b
+                new = a if _is_const(b, 1) and a.op != "const" else b if _is_const(a, 1) and b.op != "const" \
+                    else None
             elif n.fn is np.add:
-                if _is_const(b, 0) and a.op != "const":
-                    new = a
-                elif _is_const(a, 0) and b.op != "const":
-                    new = b
-            elif n.fn in (np.subtract,) and _is_const(b, 0) and a.op != "const":
+                new = a if _is_const(b, 0) and a.op != "const" else b if _is_const(a, 0) and b.op != "const" \
+                    else None
+            elif n.fn in (np.subtract, np.divide, np.power) and a.op != "const" \
+                    and _is_const(b, 0 if n.fn is np.subtract else 1):
                 new = a
-            elif n.fn in (np.divide, np.power) and _is_const(b, 1) and a.op != "const":
-                new = a
-        elif n.op == "call" and identity is not None and n.fn is identity and len(n.args) == 1:
+        elif n.op == "call" and n.fn is helpers.identity and len(n.args) == 1:
             new = n.args[0]
-        if new is not None:
-            if n.name and not new.name and new.op not in ("input", "param", "const", "attr", "seed"):
-                new.name = n.name
-            replace[n.id] = new
-    graph.outputs = [r(o) for o in graph.outputs]
-    return r
+        if new is not None and n.name and not new.name and new.op not in ("input", "param", "const", "attr",
+                                                                            "seed"):
+            new.name = n.name
+        return new
+    return rewrite(graph, visit)
 
 
 def _const_key(v):
@@ -102,30 +95,18 @@ def _const_key(v):
 def cse(graph):
     """Common-subexpression elimination over pure nodes."""
     seen = {}
-    replace = {}
 
-    def r(n):
-        while n.id in replace:
-            n = replace[n.id]
-        return n
-
-    for n in graph.nodes:
-        n.args = tuple(r(a) for a in n.args)
-        n.kwargs = {k: r(v) for k, v in n.kwargs.items()}
+    def visit(n):
         if not is_pure(n):
-            continue
+            return None
         key = (n.op, id(n.fn) if n.fn is not None else None, tuple(a.id for a in n.args),
                tuple(sorted((k, v.id) for k, v in n.kwargs.items())),
                _const_key(n.value) if n.op == "const" else None, n.attr, n.index, n.base, n.path)
-        old = seen.get(key)
-        if old is None:
-            seen[key] = n
-        else:
-            if n.name and not old.name:
-                old.name = n.name
-            replace[n.id] = old
-    graph.outputs = [r(o) for o in graph.outputs]
-    return r
+        old = seen.setdefault(key, n)
+        if old is not n and n.name and not old.name:
+            old.name = n.name
+        return old
+    return rewrite(graph, visit)
 
 
 def live(nodes_roots):

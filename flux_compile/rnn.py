@@ -31,6 +31,20 @@ def _np(t):
     return t.detach().cpu().numpy().astype(np.float64)
 
 
+def _to_torch(kind, n_in, n_h, weights, **options):
+    """A float64 ``torch.nn.<kind>`` with ``weights`` ({torch name: our array}) copied in."""
+    torch = _torch()
+    t = getattr(torch.nn, kind)(n_in, n_h, batch_first=True, dtype=torch.float64, **options)
+    with torch.no_grad():
+        for name, value in weights.items():
+            target = getattr(t, name)
+            if value is None:
+                target.zero_()
+            else:
+                target.copy_(torch.from_numpy(np.array(value, dtype=np.float64).reshape(target.shape)))
+    return t
+
+
 def _check_torch(module, kind):
     if module.num_layers != 1 or not module.batch_first or module.bidirectional:
         raise ValueError(f"from_torch needs a single-layer, batch_first, unidirectional torch.nn.{kind}")
@@ -64,16 +78,10 @@ class RNN:
         return m
 
     def to_torch(self):
-        torch = _torch()
         n_in, n_h = self.Wx.shape
-        t = torch.nn.RNN(n_in, n_h, batch_first=True, nonlinearity="tanh" if self.act is np.tanh else "relu",
-                         dtype=torch.float64)
-        with torch.no_grad():
-            t.weight_ih_l0.copy_(torch.from_numpy(np.asarray(self.Wx.value, np.float64).T.copy()))
-            t.weight_hh_l0.copy_(torch.from_numpy(np.asarray(self.Wh.value, np.float64).T.copy()))
-            t.bias_ih_l0.copy_(torch.from_numpy(np.asarray(self.b.value, np.float64).ravel()))
-            t.bias_hh_l0.zero_()
-        return t
+        return _to_torch("RNN", n_in, n_h, {"weight_ih_l0": self.Wx.value.T, "weight_hh_l0": self.Wh.value.T,
+                                            "bias_ih_l0": self.b.value, "bias_hh_l0": None},
+                         nonlinearity="tanh" if self.act is np.tanh else "relu")
 
 
 @net
@@ -111,15 +119,9 @@ class LSTM:
         return m
 
     def to_torch(self):
-        torch = _torch()
         n_in, n4 = self.Wx.shape
-        t = torch.nn.LSTM(n_in, n4 // 4, batch_first=True, dtype=torch.float64)
-        with torch.no_grad():
-            t.weight_ih_l0.copy_(torch.from_numpy(np.asarray(self.Wx.value, np.float64).T.copy()))
-            t.weight_hh_l0.copy_(torch.from_numpy(np.asarray(self.Wh.value, np.float64).T.copy()))
-            t.bias_ih_l0.copy_(torch.from_numpy(np.asarray(self.b.value, np.float64).ravel()))
-            t.bias_hh_l0.zero_()
-        return t
+        return _to_torch("LSTM", n_in, n4 // 4, {"weight_ih_l0": self.Wx.value.T, "weight_hh_l0": self.Wh.value.T,
+                                                 "bias_ih_l0": self.b.value, "bias_hh_l0": None})
 
 
 @net
@@ -157,12 +159,6 @@ class GRU:
         return m
 
     def to_torch(self):
-        torch = _torch()
         n_in, n3 = self.Wx.shape
-        t = torch.nn.GRU(n_in, n3 // 3, batch_first=True, dtype=torch.float64)
-        with torch.no_grad():
-            t.weight_ih_l0.copy_(torch.from_numpy(np.asarray(self.Wx.value, np.float64).T.copy()))
-            t.weight_hh_l0.copy_(torch.from_numpy(np.asarray(self.Wh.value, np.float64).T.copy()))
-            t.bias_ih_l0.copy_(torch.from_numpy(np.asarray(self.bx.value, np.float64).ravel()))
-            t.bias_hh_l0.copy_(torch.from_numpy(np.asarray(self.bh.value, np.float64).ravel()))
-        return t
+        return _to_torch("GRU", n_in, n3 // 3, {"weight_ih_l0": self.Wx.value.T, "weight_hh_l0": self.Wh.value.T,
+                                                "bias_ih_l0": self.bx.value, "bias_hh_l0": self.bh.value})
