@@ -41,6 +41,8 @@ def test_train_save_load_sample(char_rnn, tmp_path, capsys):
 
     for p in fc.params(result.model):                    # float32 stays float32 through training
         assert p.value.dtype == np.float32 and p.grad.dtype == np.float32
+    xs = char_rnn.onehot(np.zeros((2, 8), dtype=np.int64), len(result.vocab), np.float32)
+    assert fc.unroll(result.model, 8)(xs).dtype == np.float32
 
     assert model_file.exists()
     fresh = char_rnn.build(len(result.vocab), 16)
