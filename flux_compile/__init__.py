@@ -6,7 +6,7 @@ backward and update, compiled once and cached.
 """
 from ._version import __version__
 from .errors import CompileError, GradcheckError, ModelError
-from .params import Param, param, const, params, named_params
+from .params import Param, param, const, params, named_params, cast
 from .rules import diffrule, nondiff_primitive
 from .functions import sigmoid, σ, relu, leakyrelu, elu, gelu, softplus, softmax, logsoftmax, logsumexp, \
     nodiff, flatten
@@ -25,7 +25,7 @@ from .io import save, load
 
 __all__ = [
     "__version__", "CompileError", "GradcheckError", "ModelError", "Param", "param", "const", "params",
-    "named_params", "diffrule", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
+    "named_params", "cast", "diffrule", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
     "softplus", "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten", "net", "source", "graph", "grad",
     "update", "shapes", "gradcheck", "optim", "data", "initn", "glorot_uniform", "glorot_normal", "zeros",
     "mse", "crossentropy", "logitcrossentropy", "binarycrossentropy", "Affine", "Dense", "Chain", "Dropout",

@@ -76,7 +76,62 @@ class Adjoints:
         self.items.setdefault(node.id, {}).setdefault(index, []).append(grad)
 
 
+def _slices_to_concatenate(parts, builder):
+    """Adjoints of ``z[:, :n]``, ``z[:, n:2n]``, ... that tile one axis of ``z`` exactly are
+    one ``np.concatenate`` of the pieces (instead of zero-filled arrays added up)."""
+    from .rules.helpers import getitem_grad
+    pieces = []
+    for p in parts:
+        if p.op != "call" or p.fn is not getitem_grad or len(p.args) != 3 or p.kwargs \
+                or p.args[2].op != "const":
+            return None
+        index = p.args[2].value
+        index = index if isinstance(index, tuple) else (index,)
+        axes = [i for i, s in enumerate(index) if s != slice(None)]
+        if len(axes) != 1 or not isinstance(index[axes[0]], slice) or index[axes[0]].step not in (None, 1):
+            return None
+        pieces.append((axes[0], index[axes[0]], p))
+    axis = pieces[0][0]
+    n = _static_dim(parts[0].args[1], axis)
+    if any(a != axis for a, _, _ in pieces) or not isinstance(n, int) \
+            or any(_static_dim(p.args[1], axis) != n for p in parts) \
+            or len({_rank(p.args[1]) for p in parts}) != 1:
+        return None
+    spans = sorted((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces)
+    at = 0
+    for start, length, _ in spans:
+        if start != at or length == 0:
+            return None
+        at += length
+    if at != n:
+        return None
+    items = [p.args[0] for _, _, p in spans]
+    pack = builder.ctx.add(Node("pack", items, diff=True, arity=len(items)))
+    return builder.ctx.add(Node("call", (pack,), {"axis": builder.as_node(Static(axis))},
+                                fn=np.concatenate, diff=True))
+
+
+def _rank(shape):
+    """Length of a shape given as a constant tuple or a pack of dims, else None."""
+    if shape.op == "const" and isinstance(shape.value, tuple):
+        return len(shape.value)
+    return len(shape.args) if shape.op == "pack" else None
+
+
+def _static_dim(shape, axis):
+    """The size along ``axis`` when it is a compile-time int, else None."""
+    if shape.op == "const" and isinstance(shape.value, tuple) and axis < len(shape.value):
+        return shape.value[axis]
+    if shape.op == "pack" and axis < len(shape.args) and shape.args[axis].op == "const":
+        return shape.args[axis].value
+    return None
+
+
 def _sum(parts, builder, name):
+    if len(parts) > 1:
+        joined = _slices_to_concatenate(parts, builder)
+        if joined is not None:
+            parts = [joined]
     total = parts[0]
     for p in parts[1:]:
         total = builder.ctx.add(Node("call", (total, p), fn=np.add, diff=True))

@@ -17,13 +17,16 @@ __all__ = ["sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu", "softplus",
 
 
 def sigmoid(x):
-    """Logistic sigmoid ``1 / (1 + exp(-x))``, accurate and overflow-free
-    for any ``x`` (computed as ``exp(-log(1 + exp(-x)))``).
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, accurate and overflow-free for any ``x``:
+    with ``e = exp(-|x|)`` (never overflows) it is ``1 / (1 + e)`` for ``x >= 0`` and
+    ``e / (1 + e)`` otherwise.
 
     >>> sigmoid(np.array([0.0, 1000.0, -1000.0]))
     array([0.5, 1. , 0. ])
     """
-    return np.exp(-np.logaddexp(0.0, -x))
+    e = np.exp(-np.abs(x))
+    r = 1.0 / (1.0 + e)
+    return np.where(x >= 0, r, e * r)
 
 
 σ = sigmoid

@@ -5,6 +5,8 @@
 >>> m(np.ones((3, 4))).shape
 (3, 2)
 >>> m[0]
+Dense(W=Param(4×8, float64), b=Param(1×8, float64), act=relu)
+>>> m[:1]
 Chain(Dense(W=Param(4×8, float64), b=Param(1×8, float64), act=relu))
 """
 from __future__ import annotations

@@ -31,7 +31,7 @@ import weakref
 
 import numpy as np
 
-from .params import named_params, path_str
+from .params import named_params, params, path_str
 from .sourcecache import compile_source, unique_filename
 
 __all__ = ["Optimiser", "SGD", "Momentum", "Nesterov", "Adam", "AdamW", "RMSProp",
@@ -329,3 +329,23 @@ def update_with(model, grads, fn):
                                  f"has shape {new.shape}, the parameter {p.value.shape}")
             if new is not p.value:
                 p.value[...] = new
+
+
+def clip_grad_norm(model, max_norm):
+    """Scale every trainable Param's gradient so their global L2 norm is at most ``max_norm``.
+
+    Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_`` does).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Affine(1, 1)
+    >>> m.W.grad[...] = 3.0; m.b.grad[...] = 4.0
+    >>> clip_grad_norm(m, 1.0), round(float(m.W.grad[0, 0]), 6), round(float(m.b.grad[0, 0]), 6)
+    (5.0, 0.6, 0.8)
+    """
+    grads = [p.grad for p in params(model)]
+    norm = float(np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in grads)))
+    if norm > max_norm > 0:
+        scale = max_norm / (norm + 1e-12)
+        for g in grads:
+            g *= scale
+    return norm

@@ -2,7 +2,7 @@
 
 >>> import numpy as np, flux_compile as fc
 >>> p = fc.Param(np.ones((2, 3)))
->>> p.shape, p.grad.sum(), (p * 2).sum()
+>>> p.shape, float(p.grad.sum()), float((p * 2).sum())
 ((2, 3), 0.0, 12.0)
 """
 from __future__ import annotations
@@ -175,3 +175,16 @@ def path_str(path):
     for key in path:
         s += f"[{key}]" if isinstance(key, int) else (f".{key}" if s else key)
     return s
+
+
+def cast(m, dtype):
+    """Convert every Param of ``m`` (values and gradients) to ``dtype``, e.g. ``np.float32``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.cast(fc.LSTM(3, 4), np.float32).Wx.dtype
+    dtype('float32')
+    """
+    for _, p in named_params(m):
+        p.value = p.value.astype(dtype)
+        p.grad = p.grad.astype(dtype)
+    return m

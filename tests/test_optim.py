@@ -228,3 +228,21 @@ def test_update_with_unknown_paths_listed_and_nothing_changed():
         update_with(m, {("W",): np.ones(2), ("nope",): 1, ("x", "y"): 2}, lambda x, g: x - g)
     assert "('nope',)" in str(err.value) and "('x', 'y')" in str(err.value)
     np.testing.assert_array_equal(m.W.value, [1.0, 1.0])
+
+
+def test_clip_grad_norm_scales_to_max_and_returns_norm():
+    import flux_compile as fc
+    from flux_compile.optim import clip_grad_norm
+    m = fc.Affine(1, 1)
+    m.W.grad[...] = 3.0
+    m.b.grad[...] = 4.0
+    assert clip_grad_norm(m, 10.0) == 5.0 and m.W.grad[0, 0] == 3.0      # under the limit: untouched
+    assert clip_grad_norm(m, 1.0) == 5.0
+    np.testing.assert_allclose([m.W.grad[0, 0], m.b.grad[0, 0]], [0.6, 0.8])
+
+
+def test_cast_to_float32():
+    import flux_compile as fc
+    m = fc.cast(fc.LSTM(3, 4), np.float32)
+    assert all(p.dtype == np.float32 and p.grad.dtype == np.float32 for p in fc.params(m))
+    assert fc.unroll(m, 2)(np.ones((2, 2, 3), np.float32)).dtype == np.float32
