@@ -494,8 +494,36 @@ def _walk_tokens(m, prefix=()):
             yield from _walk_tokens(v, prefix + (k,))
 
 
+_ffast = {}
+
+
+def _fast_key(fn, args):
+    """A cheap key for the common call (arrays and constants, no models), or None."""
+    from .rules import GENERATION
+    parts = []
+    for a in args:
+        if isinstance(a, (np.ndarray, np.generic)):
+            parts.append((a.ndim, a.dtype.kind, tuple(d == 1 for d in a.shape)))
+        elif type(a) in (int, float, bool, str, type(None)):
+            parts.append((type(a), a))
+        else:
+            return None
+    return (fn, GENERATION[0], tuple(parts))
+
+
 def compile_function(fn, args, fresh=False):
     """Compile a plain function for these argument kinds (arrays, models, constants)."""
+    fast = _fast_key(fn, args) if not fresh else None
+    if fast is not None and fast in _ffast:
+        return _ffast[fast]
+    c = _compile_function(fn, args, fresh)
+    fast = _fast_key(fn, args)
+    if fast is not None:
+        _ffast[fast] = c
+    return c
+
+
+def _compile_function(fn, args, fresh=False):
     if not isinstance(fn, types.FunctionType):
         raise TypeError(f"fc.grad needs a Python function or a @net model, got {type(fn).__name__}")
     try:
