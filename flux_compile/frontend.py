@@ -241,15 +241,18 @@ def _find_lambda(text, fn, filename, start):
     while i >= 0:
         for j in range(len(text), i, -1):
             try:
-                e = ast.parse(text[i:j].strip(), mode="eval").body
+                tree = ast.parse(text[i:j].strip(), mode="eval")
             except SyntaxError:
                 continue
-            if isinstance(e, ast.Lambda):
-                found.append(e)
+            found.extend(n for n in ast.walk(tree) if isinstance(n, ast.Lambda)
+                         and n.lineno == 1 and n.col_offset == 0)
             break
         i = text.find("lambda", i + 1)
     nargs = fn.__code__.co_argcount
     found = [n for n in found if len(n.args.args) == nargs]
+    if len(found) > 1:          # several lambdas on these lines: the one whose code matches
+        found = [n for n in found if _same_code(n, fn, exact=True)] or \
+            [n for n in found if _same_code(n, fn, exact=False)]
     if len(found) != 1:
         raise CompileError("cannot tell which lambda on this line is meant", filename, start,
                            hint="define a named module-level function instead")
@@ -260,6 +263,23 @@ def _find_lambda(text, fn, filename, start):
                            returns=None, type_comment=None)
     ast.copy_location(fdef, lam)
     return fdef
+
+
+def _same_code(lam, fn, exact=True):
+    """Does this lambda's source compile to ``fn``'s code (bytecode, or at least names and
+    constants when closures make the bytecode differ)?"""
+    try:
+        code = compile(ast.fix_missing_locations(ast.Expression(body=lam)), "<lambda>", "eval")
+    except (SyntaxError, ValueError, TypeError):
+        return False
+    inner = [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    if not inner:
+        return False
+    a, b = inner[0], fn.__code__
+    if exact:
+        return a.co_code == b.co_code and a.co_names == b.co_names and a.co_consts == b.co_consts
+    return set(a.co_names) | set(a.co_varnames) == set(b.co_names) | set(b.co_varnames) | set(b.co_freevars) \
+        and a.co_consts == b.co_consts
 
 
 _sources = {}

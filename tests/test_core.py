@@ -480,3 +480,19 @@ def test_registering_a_rule_later_recompiles():
 
     m(np.ones((2, 3)))
     assert "logcosh(" in fc.source(m, "forward") and "np.tanh" in fc.source(m, "backward")
+
+
+F_SIN, F_COS = lambda x: np.sum(np.sin(x)), lambda x: np.sum(np.cos(x) * 2.0)
+LAMBDAS = {"cube": lambda x: np.sum(x ** 3), "exp": lambda x: np.sum(np.exp(x)), "sq": lambda y: np.sum(y * y)}
+
+
+def test_lambdas_sharing_a_line_each_compile_their_own_body():
+    x = np.linspace(-1, 1, 4)
+    np.testing.assert_allclose(fc.grad(F_SIN, x)[1][0], np.cos(x))
+    np.testing.assert_allclose(fc.grad(F_COS, x)[1][0], -2 * np.sin(x))
+    np.testing.assert_allclose(fc.grad(LAMBDAS["cube"], x)[1][0], 3 * x ** 2)
+    np.testing.assert_allclose(fc.grad(LAMBDAS["exp"], x)[1][0], np.exp(x))
+    np.testing.assert_allclose(fc.grad(LAMBDAS["sq"], x)[1][0], 2 * x)
+    scale = 3.0
+    closure = lambda x: np.sum(x * scale)      # noqa: E731
+    np.testing.assert_allclose(fc.grad(closure, x)[1][0], np.full(4, 3.0))
