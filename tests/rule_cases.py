@@ -497,3 +497,16 @@ case(setitem, r(4, 3), (slice(1, 3), 0), r(2), diff=(0, 2), name="slice", autogr
 case(setitem, r(5), 2, s(0.5), diff=(0, 2), name="scalar", autograd=False)
 case(stack_items, r(3), r(3), r(3), diff=(0, 1, 2), name="three", autograd=False)
 case(stack_items, s(1.0), s(2.0), diff=(0, 1), name="scalars", autograd=False)
+
+
+# real/imag/conjugate of real inputs, NaN cleaning, partition, rollaxis, np.astype
+case(np.real, r(3, 2), autograd=False)
+case(np.imag, r(3, 2), autograd=False, f32=False)
+case(np.conjugate, r(4), autograd=False)
+case(np.nan_to_num, r(5), autograd=False)
+case(np.partition, sep(6), 2, name="kth2", autograd=False)
+case(np.partition, sep(3, 5), 1, axis=1, name="axis1", autograd=False)
+case(np.rollaxis, r(2, 3, 4), 2, name="to-front", autograd=False)
+case(np.rollaxis, r(2, 3, 4), 0, start=3, name="to-back", autograd=False)
+if hasattr(np, "astype"):
+    case(np.astype, r(3), np.float64, autograd=False)

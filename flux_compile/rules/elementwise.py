@@ -6,7 +6,7 @@ floats so float32 stays float32 (NEP 50).
 import numpy as np
 
 from . import diffrule, nondiff_primitive
-from .helpers import astype, clip_bound_grad, identity, unbroadcast
+from .helpers import astype, clip_bound_grad, identity, imag_grad, unbroadcast
 
 # Constants are written as literals (ln 2, ln 10, pi/180): rules are inlined
 # into generated code, which has no access to this module's globals.
@@ -325,3 +325,31 @@ nondiff_primitive(
     np.shape, np.ndim, np.size,
     np.zeros, np.ones, np.full, np.empty, np.eye, np.identity, np.arange, np.linspace,
 )
+
+
+# ------------------------------------------------ real and complex parts, casts, cleaning
+
+@diffrule(np.real)
+def _(dy, y, val):
+    return np.real(dy)
+
+
+@diffrule(np.imag)
+def _(dy, y, val):
+    return imag_grad(dy, val)
+
+
+@diffrule(np.conjugate)
+def _(dy, y, x):
+    return np.conjugate(dy)
+
+
+@diffrule(np.nan_to_num)
+def _(dy, y, x, *, copy=True, nan=0.0, posinf=None, neginf=None):
+    return np.where(np.isfinite(x), dy, 0.0)
+
+
+if hasattr(np, "astype"):           # NumPy 2: np.astype(x, dtype)
+    @diffrule(np.astype)
+    def _(dy, y, x, dtype, *, copy=True, device=None):
+        return astype(dy, x.dtype), None

@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = [
     # shims
-    "getitem", "astype", "identity", "setitem", "stack_items",
+    "getitem", "astype", "identity", "setitem", "stack_items", "unpartition", "unrollaxis", "imag_grad",
     # broadcasting and reductions
     "unbroadcast", "normalize_axis", "reduced_size", "restore_axes", "sum_grad",
     "extremum_mask", "prod_others", "fill_none",
@@ -814,3 +814,27 @@ def setitem(x, index, value):
 def stack_items(*items):
     """``np.array([a, b, c])`` for a list literal of arrays or numbers (same shapes)."""
     return np.stack([np.asarray(i) for i in items])
+
+
+def unpartition(g, a, kth, axis=-1):
+    """Gradient of ``np.partition(a, kth, axis)``: each adjoint goes back to its element."""
+    order = np.argpartition(a, kth, axis=axis)
+    out = np.empty(np.shape(a), dtype=np.asarray(g).dtype)
+    np.put_along_axis(out, order, g, axis=axis)
+    return out
+
+
+def unrollaxis(g, ndim, axis, start=0):
+    """Gradient of ``np.rollaxis(a, axis, start)``: roll the axis back where it came from."""
+    axis = axis % ndim
+    start = start % (ndim + 1) if start < 0 else start
+    if start > axis:
+        return np.rollaxis(g, start - 1, axis)
+    return np.rollaxis(g, start, axis + 1)
+
+
+def imag_grad(g, val):
+    """Gradient of ``np.imag(val)``: zero for a real ``val``, ``-1j * g`` for a complex one."""
+    if np.iscomplexobj(val):
+        return -1j * np.asarray(g)
+    return np.zeros_like(np.real(g))

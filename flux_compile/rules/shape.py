@@ -9,6 +9,7 @@ import numpy as np
 
 from . import diffrule
 from .helpers import (getitem, getitem_grad, inverse_permutation, reshape_each, setitem, stack_items,
+                      unpartition, unrollaxis,
                       restack, take_along_axis_grad, take_grad, unbroadcast,
                       uncolumn_stack, unconcatenate, undiag, undiagonal,
                       undstack, unhsplit, unhstack, unpad, unrepeat, unsort,
@@ -262,3 +263,13 @@ def _(dy, y, x, index, value):
 @diffrule(stack_items)
 def _(dy, y, *items):
     return unstack(dy, 0)
+
+
+@diffrule(np.partition)
+def _(dy, y, a, kth, *, axis=-1, kind="introselect", order=None):
+    return unpartition(dy, a, kth, axis), None
+
+
+@diffrule(np.rollaxis)
+def _(dy, y, a, axis, *, start=0):
+    return unrollaxis(dy, a.ndim, axis, start), None
