@@ -317,10 +317,11 @@ def input_key(args):
             key.append((a.ndim, a.dtype.kind in "fc", tuple(d == 1 for d in a.shape)))
         elif isinstance(a, float):
             key.append((0, True, ()))
-        elif isinstance(a, (int, bool)):
-            key.append((0, False, ()))
-        else:
+        elif is_model(a) or isinstance(a, (list, tuple)) and a and all(
+                isinstance(v, (np.ndarray, float)) for v in a):
             key.append((None, True, None))
+        else:                       # None, ints, strings, flags: the code is specialised to them
+            key.append(("static", freeze(a)))
     return tuple(key)
 
 
@@ -414,8 +415,13 @@ def _compile_model(cls, inst, text, ikey=None, values=None):
     if ikey is not None and len(ikey) != len(names) + nstate:
         raise TypeError(f"{cls.__name__}.forward takes {len(names)} inputs ({', '.join(names)}) "
                         f"but {len(ikey) - nstate} were given")
-    specs = [("array", n, ikey[i] if ikey is not None and ikey[i][0] is not None else None)
-             for i, n in enumerate(names)]
+    specs = []
+    for i, n in enumerate(names):
+        k = ikey[i] if ikey is not None else None
+        if k is not None and k[0] == "static":
+            specs.append(("static", n, values.get(n) if values else None))
+        else:
+            specs.append(("array", n, k if k is not None and k[0] is not None else None))
     state_specs = list(ikey[len(names):]) if ikey is not None else None
     label = cls.__qualname__
     state_factory = recurrent.state_factory(cls, inst, state_specs)

@@ -63,8 +63,10 @@ class Model:
         self.__dict__.update(state)
 
     # -- running ----------------------------------------------------------------
-    def __call__(self, *args):
+    def __call__(self, *args, **kwargs):
         """Inference: the generated forward; saves nothing for a backward pass."""
+        if kwargs or len(args) < _arity(type(self)):
+            args = _complete(self, args, kwargs)
         names = state_names(type(self))
         if names:
             state, _ = current_state(self, names)
@@ -75,7 +77,11 @@ class Model:
             set_state(self, names, new_state, None)
         return out
 
-    def _pullback(self, *args):
+    def _pullback(self, *args, **kwargs):
+        passed = None                   # which inputs the caller gave (the rest are defaults)
+        if kwargs or len(args) < _arity(type(self)):
+            passed = _passed(type(self), args, kwargs)
+            args = _complete(self, args, kwargs)
         names = state_names(type(self))
         nin = len(args)
         if names:
@@ -98,21 +104,25 @@ class Model:
                 grads = (c.backward if input_grads else c.backward_params)(model, saved, dy)
             except Exception as e:
                 _reraise(c, e, "backward")
-            if not names:
-                return grads
-            gin, gstate = grads[:nin], grads[nin:]
-            if source is _INITIAL:
-                accumulate_initial(model, names, gstate)
-            elif isinstance(source, Link):
-                source.add(gstate)
-            return gin[0] if nin == 1 else tuple(gin)
+            if names:
+                gin, gstate = grads[:nin], grads[nin:]
+                if source is _INITIAL:
+                    accumulate_initial(model, names, gstate)
+                elif isinstance(source, Link):
+                    source.add(gstate)
+            else:
+                gin = (grads,) if nin == 1 else grads
+            if passed is not None and input_grads:
+                gin = tuple(gin[i] for i in passed)
+            return gin[0] if len(gin) == 1 else tuple(gin)
         return out, back
 
-    def pullback(self, *args):
+    def pullback(self, *args, **kwargs):
         """One forward pass; returns ``(y, back)``. ``back(dy)`` accumulates every
         ``Param.grad`` and returns the input gradients (a tuple for several inputs).
         ``dy`` defaults to ones (the gradient of ``y.sum()``)."""
-        out, back = self._pullback(*args)
+        out, back = self._pullback(*args, **kwargs)
+        args = args + tuple(kwargs[k] for k in _forward_signature(type(self)).parameters if k in kwargs)
         n = len(args)
 
         def public_back(dy=None, input_grads=True):
@@ -127,9 +137,9 @@ class Model:
                                "when only the parameters are trained")
         return out, public_back
 
-    def back(self, dy, *args):
+    def back(self, dy, *args, **kwargs):
         """Flux's ``back!``: forward, then backward with ``dy``; returns the input gradients."""
-        _, b = self.pullback(*args)
+        _, b = self.pullback(*args, **kwargs)
         return b(dy)
 
     def update(self, opt=0.1):
@@ -157,6 +167,33 @@ class Model:
 
 
 _MISSING = object()
+_signatures = {}
+
+
+def _forward_signature(cls):
+    sig = _signatures.get(cls)
+    if sig is None:
+        import inspect
+        sig = _signatures[cls] = inspect.signature(cls.forward)
+    return sig
+
+
+def _arity(cls):
+    """How many inputs ``forward`` takes (after self)."""
+    return len(_forward_signature(cls).parameters) - 1
+
+
+def _passed(cls, args, kwargs):
+    """Indices of the inputs the caller gave, positionally or by name."""
+    names = list(_forward_signature(cls).parameters)[1:]
+    return [i for i, name in enumerate(names) if i < len(args) or name in kwargs]
+
+
+def _complete(model, args, kwargs):
+    """Positional inputs for ``forward``: keywords placed, defaults filled in."""
+    bound = _forward_signature(type(model)).bind(model, *args, **kwargs)
+    bound.apply_defaults()
+    return tuple(bound.args[1:])
 
 
 def _run(model, c, args, method):

@@ -496,3 +496,29 @@ def test_lambdas_sharing_a_line_each_compile_their_own_body():
     scale = 3.0
     closure = lambda x: np.sum(x * scale)      # noqa: E731
     np.testing.assert_allclose(fc.grad(closure, x)[1][0], np.full(4, 3.0))
+
+
+@fc.net
+class Masked:
+    def __init__(self):
+        self.W = randn(3, 3)
+
+    def forward(self, x, mask=None, scale=2):
+        h = x @ self.W
+        if mask is not None:
+            h = h * mask
+        return h * scale
+
+
+def test_forward_defaults_keywords_and_static_arguments():
+    m = Masked()
+    x = randn(2, 3)
+    np.testing.assert_allclose(m(x), x @ m.W.value * 2)
+    np.testing.assert_allclose(m(x, mask=np.zeros((2, 3))), 0)
+    np.testing.assert_allclose(m(x, scale=3), x @ m.W.value * 3)
+    assert fc.gradcheck(m, x).ok and fc.gradcheck(m, x, randn(2, 3)).ok
+    y, back = m.pullback(x)
+    assert back(np.ones_like(y)).shape == x.shape           # one input given: one gradient
+    dx, dmask = m.pullback(x, mask=np.ones((2, 3)))[1](np.ones_like(y))
+    assert dx.shape == dmask.shape == x.shape
+    assert "if mask" not in fc.source(m, "forward")          # None is decided at compile time
