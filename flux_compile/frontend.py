@@ -149,13 +149,10 @@ OPAQUE_MODULE_PREFIXES = ("numpy", "scipy", "math", "builtins", "flux_compile.ru
                           "operator", "functools", "jax", "torch", "autograd")
 
 FORBIDDEN_HINTS = {
-    ast.While: "loops over data are not supported; use vectorised NumPy, or fc.unroll for recurrence",
     ast.Try: "try/except is not supported inside forward; validate inputs before calling the model",
     ast.With: "'with' is not supported inside forward",
     ast.Global: "'global' is not supported; pass the value in or set it as an attribute in __init__",
     ast.Nonlocal: "'nonlocal' is not supported inside forward",
-    ast.FunctionDef: "nested functions are not supported; define the helper at module level "
-                     "(it is inlined) or as a method",
     ast.AsyncFunctionDef: "nested functions are not supported; define the helper at module level",
     ast.ClassDef: "classes cannot be defined inside forward",
     ast.Delete: "'del' is not supported inside forward; just stop using the name",
@@ -167,10 +164,8 @@ FORBIDDEN_HINTS = {
 }
 FORBIDDEN_EXPR_HINTS = {
     ast.Lambda: "lambdas inside forward are not supported; define a module-level function (it is inlined)",
-    ast.ListComp: "comprehensions are not supported; use vectorised NumPy (np.stack, np.concatenate)",
     ast.SetComp: "comprehensions are not supported",
     ast.DictComp: "comprehensions are not supported",
-    ast.GeneratorExp: "generator expressions are not supported; use vectorised NumPy",
     ast.Yield: "generators are not supported: forward must return its outputs",
     ast.YieldFrom: "generators are not supported: forward must return its outputs",
     ast.Await: "async code is not supported",
@@ -528,6 +523,11 @@ class Builder:
                 msg = self.eval(s.msg).value if s.msg is not None else "assertion failed"
                 self.error(f"assertion failed at compile time: {msg}", s)
         elif t is ast.Raise:
+            exc = self.eval(s.exc) if s.exc is not None else None
+            if self.ctx.guards and isinstance(exc, Static) and (
+                    isinstance(exc.value, BaseException) or
+                    isinstance(exc.value, type) and issubclass(exc.value, BaseException)):
+                raise exc.value     # these inputs took the user's own error branch: raise it, as Python would
             self.error("'raise' reached at compile time", s, hint=FORBIDDEN_HINTS[ast.Raise])
         else:
             hint = FORBIDDEN_HINTS.get(t, "this statement is not in the supported subset")
@@ -1059,7 +1059,9 @@ class Builder:
         if _inlinable(fn):
             return self.call_function(fn, args, kwargs, node=e)
         if isinstance(fn, type) and issubclass(fn, BaseException):
-            self.error("exceptions cannot be raised inside forward", e)
+            if all(isinstance(a, Static) for a in args) and not kwargs:
+                return Static(fn(*[a.value for a in args]))
+            self.error("exceptions can only be built from constants inside forward", e)
         if not callable(fn):
             self.error(f"{type(fn).__name__} object is not callable", e)
         # any other callable (NumPy without a rule, math, ...) is an opaque primitive;

@@ -194,3 +194,18 @@ def test_array_condition_is_ambiguous_error():
         return -x
     with pytest.raises(fc.CompileError, match="ambiguous"):
         fc.grad(f, np.ones(3))
+
+
+def checked_sqrt(x):
+    if np.any(x < 0):
+        raise ValueError("inputs must be non-negative")
+    return np.sum(np.sqrt(x))
+
+
+def test_users_own_error_branch_raises_their_exception():
+    _, (g,) = fc.grad(checked_sqrt, np.array([1.0, 4.0]))
+    np.testing.assert_allclose(g, [0.5, 0.25])
+    with pytest.raises(ValueError, match="non-negative"):
+        fc.grad(checked_sqrt, np.array([-1.0, 4.0]))
+    _, (g,) = fc.grad(checked_sqrt, np.array([9.0, 4.0]))     # the guarded variant still works
+    np.testing.assert_allclose(g, [1 / 6, 0.25])
