@@ -15,10 +15,7 @@ import numpy as np
 from . import rules
 from .errors import CompileError
 from .frontend import Builder, Context, Seq, Static
-from .ir import Node, describe_fn
-
-METADATA_ATTRS = {"shape", "ndim", "dtype", "size"}
-
+from .ir import Node, describe_fn, path_expr
 
 class Joint:
     """The joint graph, split: ``forward`` nodes, ``saved`` values, ``backward`` nodes."""
@@ -201,7 +198,7 @@ def _backprop(node, g, b, adj):
         return
     if op == "param":
         b.ctx.add(Node("accum", (g,), base=node.base, path=node.path,
-                       target=_target(node.base, node.path)), loc=g.loc)
+                       target=path_expr(node.base, node.path)), loc=g.loc)
         return
     if op == "pack":
         items = list(g.args) if g.op == "pack" else \
@@ -237,13 +234,6 @@ def _backprop(node, g, b, adj):
     if op in ("state",):
         return
     _err(node, f"no adjoint for node kind {op!r}")
-
-
-def _target(base, path):
-    s = base
-    for p in path:
-        s += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return s
 
 
 def bind_rule_args(node, rule):
@@ -321,8 +311,7 @@ def _backprop_call(node, g, b, adj):
         _err(node, f"while inlining the derivative rule of {describe_fn(fn)}: {e.msg} "
                    f"(rule at {e.filename}:{e.lineno})")
     for n in b.ctx.graph.nodes[start:]:
-        n.meta["rule_loc"] = n.loc
-        n.loc = node.loc
+        n.loc = node.loc            # rule lines are commented with the user's statement
     b.ctx.loc = saved_loc
     variadic = rules.rule_signature(rule)[0][:1] and rules.rule_signature(rule)[0][0].startswith("*")
     if variadic and isinstance(result, Node) and len(pos) > 1:

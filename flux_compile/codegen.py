@@ -15,7 +15,7 @@ import astor
 import numpy as np
 
 from ._version import __version__
-from .ir import Loc, Node
+from .ir import Loc, Node, path_expr
 from .sourcecache import compile_source, unique_filename
 
 OPERATORS = {
@@ -39,10 +39,7 @@ def _parse_expr(text):
 
 
 def _path_ast(base, path):
-    s = base
-    for p in path:
-        s += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return _parse_expr(s)
+    return _parse_expr(path_expr(base, path))
 
 
 class Namespace:

@@ -81,10 +81,6 @@ def symbolic_shape(name, spec):
     return tuple(1 if ones[i] else Sym(f"{name}.{i}", nonone=True) for i in range(ndim))
 
 
-def _new_graph(name):
-    return Graph(name)
-
-
 def _outputs(b, out):
     if isinstance(out, Seq):
         return [b.as_node(v) for v in out.items], len(out.items)
@@ -94,7 +90,7 @@ def _outputs(b, out):
 
 
 def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None, values=None):
-    g = _new_graph(label)
+    g = Graph(label)
     ctx = Context(g, "forward")
     ctx.generic_cls = generic_cls
     if values is not None:
@@ -258,12 +254,10 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     c.sections = _sections(source)
     c.graph = infer_g
     c.train_graph = train_g
-    c.split = sp
     c.linemap = linemap
     c.filename = filename
     c.n_outputs = arity
     c.input_names = input_names
-    c.diff_inputs = [n.diff for n in infer_g.inputs]
     c.state_names = list(state.names) if state is not None else []
     c.guarded = ctx1.guards > 0 or ctx2.guards > 0
     c.alternatives = [c]
@@ -397,7 +391,7 @@ def _from_disk(cls, key, make):
         c.forward, c.forward_train, c.backward = ns["forward"], ns["forward_train"], ns["backward"]
         c.backward_params = ns["backward_params"]
         c.source, c.sections, c.linemap, c.filename = source, _sections(source), meta["linemap"], filename
-        c.n_outputs, c.input_names, c.diff_inputs = meta["n_outputs"], meta["input_names"], meta["diff_inputs"]
+        c.n_outputs, c.input_names = meta["n_outputs"], meta["input_names"]
         c.state_names = meta.get("state_names", [])
         c.from_disk = True
         c.rebuild = make

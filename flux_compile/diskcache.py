@@ -73,7 +73,7 @@ def store(key, compiled, namespace_objects, inlined):
         deps.append([where[0], where[1], h])
     meta = {
         "version": __version__, "names": names, "deps": deps, "n_outputs": compiled.n_outputs,
-        "input_names": compiled.input_names, "diff_inputs": compiled.diff_inputs,
+        "input_names": compiled.input_names,
         "state_names": compiled.state_names,
         "linemap": {str(k): [v.filename, v.lineno, v.col, v.text, v.owner] for k, v in compiled.linemap.items()},
     }

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import rules, shapeinfer
 from .errors import CompileError
-from .ir import Graph, Loc, Node
+from .ir import Graph, Loc, Node, path_expr
 from .params import Param, is_model
 
 # --------------------------------------------------------------------------
@@ -60,7 +60,7 @@ class ModelRef:
 
     @property
     def expr(self):
-        return _path_expr(self.base, self.path)
+        return path_expr(self.base, self.path)
 
 
 class Seq:
@@ -94,13 +94,6 @@ class UserMethod:
 
     def __init__(self, selfval, fn):
         self.selfval, self.fn = selfval, fn
-
-
-def _path_expr(base, path):
-    s = base
-    for p in path:
-        s += f"[{p}]" if isinstance(p, int) else f".{p}"
-    return s
 
 
 # --------------------------------------------------------------------------
@@ -289,11 +282,6 @@ def get_source(fn):
         return s
 
 
-def source_hash_parts(fn):
-    """Texts whose hash keys the cache: the function's own source."""
-    return get_source(fn).text
-
-
 # --------------------------------------------------------------------------
 # the evaluator
 
@@ -307,8 +295,7 @@ class Context:
         self.param_nodes = {}          # (base, path) -> node
         self.stack = []                # functions being inlined, for the recursion check
         self.loc = None                # current statement
-        self.sources = []              # texts of every inlined function (for the cache hash)
-        self.inlined = []              # the inlined functions themselves
+        self.inlined = []              # every inlined function (the disk cache checks their sources)
         self.state = None              # recurrent state hooks (see recurrent.py), or None
         self.training = True
         self.generic_cls = None        # the class, when compiling without an instance
@@ -360,7 +347,6 @@ class Builder:
         if code in self.ctx.stack:
             self.error(f"recursive call of {src.owner} cannot be inlined", node,
                        hint="rewrite it without recursion, or register it as a primitive with @fc.diffrule")
-        self.ctx.sources.append(src.text)
         self.ctx.inlined.append(fn)
         fdef = src.tree
         env = self._bind(fdef.args, fn, args, kwargs, node, selfval)

@@ -76,6 +76,14 @@ class Node:
         return f"%{self.id}" + (f" {self.name}" if self.name else "")
 
 
+def path_expr(base, path):
+    """``self.layers[0].W`` from base ``"self"`` and field path ``("layers", 0, "W")``."""
+    s = base
+    for p in path:
+        s += f"[{p}]" if isinstance(p, int) else f".{p}"
+    return s
+
+
 def describe_fn(fn):
     """Short readable name for a primitive: ``np.tanh``, ``np.linalg.inv``, ``fc.relu``."""
     mod = getattr(fn, "__module__", None) or ""
@@ -118,7 +126,7 @@ class Graph:
         elif n.op == "const":
             rhs = f"const {n.value!r}"
         elif n.op in ("param", "attr"):
-            rhs = f"{n.op} {'.'.join(str(p) for p in (n.base,) + n.path)}"
+            rhs = f"{n.op} {path_expr(n.base, n.path)}"
         elif n.op == "getattr":
             rhs = f"{ref(n.args[0])}.{n.attr}"
         elif n.op == "model":
@@ -172,7 +180,7 @@ class Graph:
             elif n.op == "input":
                 label = f"input {n.name}"
             elif n.op in ("param", "attr"):
-                label = ".".join(str(p) for p in (n.base,) + n.path)
+                label = path_expr(n.base, n.path)
             elif n.op == "const":
                 label = repr(n.value)
             elif n.op == "model":

@@ -45,6 +45,17 @@ def _to_torch(kind, n_in, n_h, weights, **options):
     return t
 
 
+def _from_torch(m, module, biases):
+    """Copy a torch module's weights into ``m`` (transposed: we are batch-first, ``x @ Wx``);
+    ``biases`` maps each of our bias Params to the torch bias tensors summed into it."""
+    m.Wx.value[...] = _np(module.weight_ih_l0).T
+    m.Wh.value[...] = _np(module.weight_hh_l0).T
+    if module.bias:
+        for ours, names in biases.items():
+            getattr(m, ours).value[...] = sum(_np(getattr(module, name)) for name in names)
+    return m
+
+
 def _check_torch(module, kind):
     if module.num_layers != 1 or not module.batch_first or module.bidirectional:
         raise ValueError(f"from_torch needs a single-layer, batch_first, unidirectional torch.nn.{kind}")
@@ -71,11 +82,7 @@ class RNN:
         _check_torch(module, "RNN")
         from .functions import relu
         m = cls(module.input_size, module.hidden_size, act=relu if module.nonlinearity == "relu" else np.tanh)
-        m.Wx.value[...] = _np(module.weight_ih_l0).T
-        m.Wh.value[...] = _np(module.weight_hh_l0).T
-        if module.bias:
-            m.b.value[...] = _np(module.bias_ih_l0 + module.bias_hh_l0)
-        return m
+        return _from_torch(m, module, {"b": ("bias_ih_l0", "bias_hh_l0")})
 
     def to_torch(self):
         n_in, n_h = self.Wx.shape
@@ -113,10 +120,8 @@ class LSTM:
         """Copy a ``torch.nn.LSTM(n_in, n_h, batch_first=True)``."""
         _check_torch(module, "LSTM")
         m = cls(module.input_size, module.hidden_size)
-        m.Wx.value[...] = _np(module.weight_ih_l0).T
-        m.Wh.value[...] = _np(module.weight_hh_l0).T
-        m.b.value[...] = _np(module.bias_ih_l0 + module.bias_hh_l0) if module.bias else 0.0
-        return m
+        m.b.value[...] = 0.0                      # torch's LSTM without bias has no forget-gate bias
+        return _from_torch(m, module, {"b": ("bias_ih_l0", "bias_hh_l0")})
 
     def to_torch(self):
         n_in, n4 = self.Wx.shape
@@ -151,12 +156,7 @@ class GRU:
         """Copy a ``torch.nn.GRU(n_in, n_h, batch_first=True)``."""
         _check_torch(module, "GRU")
         m = cls(module.input_size, module.hidden_size)
-        m.Wx.value[...] = _np(module.weight_ih_l0).T
-        m.Wh.value[...] = _np(module.weight_hh_l0).T
-        if module.bias:
-            m.bx.value[...] = _np(module.bias_ih_l0)
-            m.bh.value[...] = _np(module.bias_hh_l0)
-        return m
+        return _from_torch(m, module, {"bx": ("bias_ih_l0",), "bh": ("bias_hh_l0",)})
 
     def to_torch(self):
         n_in, n3 = self.Wx.shape

@@ -98,7 +98,6 @@ class Unroll:
         c.source = source
         c.sections = _sections(source)
         c.input_names = ["xs"]
-        c.diff_inputs = [True]
         c.step_model = self.model
         return c
 
