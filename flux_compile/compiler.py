@@ -43,6 +43,11 @@ class Compiled:
         self.guarded = False       # has guards: other variants may exist for other paths
         self.alternatives = [self]
         self.rebuild = None        # re-runs the pipeline (for the graph of a disk-cache hit)
+        self.deps = []             # (namespace, name, function) looked up while compiling
+
+    def current(self):
+        """False once a function the code was built from has been redefined."""
+        return all(ns.get(name) is fn for ns, name, fn in self.deps)
         self.input_names = []
         self.state_names = []      # recurrent state: extra inputs after the user's, extra outputs after
 
@@ -246,6 +251,7 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
                                                           params_in_sig)
     c.namespace_objects = objects
     c.inlined = list(dict.fromkeys(ctx1.inlined + ctx2.inlined))
+    c.deps = list({(id(ns), name): (ns, name, fn) for ns, name, fn in ctx1.deps + ctx2.deps}.values())
     c.forward = namespace["forward"]
     c.forward_train = namespace["forward_train"]
     c.backward = namespace["backward"]
@@ -336,9 +342,9 @@ def compile_model(m_or_cls, args=None, fresh=False):
         if variants is not None and not fresh:
             if args is None:
                 last = inst.__dict__.get("_fc_last")
-                if last is not None and last in variants:
+                if last is not None and last in variants and variants[last].current():
                     return variants[last]
-            elif ikey in variants:
+            elif ikey in variants and variants[ikey].current():
                 return variants[ikey]
     if not hasattr(cls, "forward"):
         raise TypeError(f"{cls.__name__} has no forward method")
@@ -348,6 +354,8 @@ def compile_model(m_or_cls, args=None, fresh=False):
     sig = model_signature(inst) if inst is not None else ("generic",)
     key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey, GENERATION[0])
     c = _cache.get(key)
+    if c is not None and not c.current():
+        c = None
     if c is None or fresh:
         values = None
         if inst is not None and args is not None:
@@ -393,6 +401,7 @@ def _from_disk(cls, key, make):
         c.source, c.sections, c.linemap, c.filename = source, _sections(source), meta["linemap"], filename
         c.n_outputs, c.input_names = meta["n_outputs"], meta["input_names"]
         c.state_names = meta.get("state_names", [])
+        c.deps = meta["deps"]
         c.from_disk = True
         c.rebuild = make
         return c
@@ -514,7 +523,7 @@ def _fast_key(fn, args):
 def compile_function(fn, args, fresh=False):
     """Compile a plain function for these argument kinds (arrays, models, constants)."""
     fast = _fast_key(fn, args) if not fresh else None
-    if fast is not None and fast in _ffast:
+    if fast is not None and fast in _ffast and _ffast[fast].current():
         return _ffast[fast]
     c = _compile_function(fn, args, fresh)
     fast = _fast_key(fn, args)
@@ -543,6 +552,8 @@ def _compile_function(fn, args, fresh=False):
     key = (fn.__code__, hashlib.sha256(text.encode()).hexdigest(), tuple(_spec_token(s) for s in specs),
            GENERATION[0])
     c = _fcache.get(key)
+    if c is not None and not c.current():
+        c = None
     if c is None or fresh:
         values = {n: a for n, a in zip(names, args)}
         new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, names or ["_"], values=values)

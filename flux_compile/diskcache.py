@@ -107,4 +107,6 @@ def load(key):
     except (OSError, ValueError, KeyError, ImportError, AttributeError):
         return None
     meta["linemap"] = {int(k): Loc(*v) for k, v in meta["linemap"].items()}
+    meta["deps"] = [(vars(importlib.import_module(mod)), qual, _resolve(mod, qual))
+                    for mod, qual, _ in meta["deps"] if "." not in qual]
     return source, objects, meta

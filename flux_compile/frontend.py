@@ -296,6 +296,7 @@ class Context:
         self.stack = []                # functions being inlined, for the recursion check
         self.loc = None                # current statement
         self.inlined = []              # every inlined function (the disk cache checks their sources)
+        self.deps = []                 # (namespace, name, function) the code was built from
         self.state = None              # recurrent state hooks (see recurrent.py), or None
         self.training = True
         self.generic_cls = None        # the class, when compiling without an instance
@@ -303,16 +304,23 @@ class Context:
         self.guards = 0
         self.arity_of = None           # sub-model -> number of outputs (None: one)
 
+    def depend(self, namespace, name, value):
+        """Remember that ``namespace[name]`` was the function ``value`` when compiling, so the
+        code is rebuilt if it is redefined (a notebook cell run again)."""
+        if isinstance(value, types.FunctionType):
+            self.deps.append((namespace, name, value))
+
     def add(self, node, loc=None):
         node.loc = loc or self.loc
         return self.graph.add(node)
 
 
 class Frame:
-    def __init__(self, source, env, glob, selfval=None):
+    def __init__(self, source, env, glob, selfval=None, module_globals=None):
         self.source = source
         self.env = env
         self.glob = glob
+        self.module_globals = module_globals    # the function's real globals, to record lookups in
         self.selfval = selfval
         self.returned = False
         self.retval = None
@@ -357,7 +365,7 @@ class Builder:
                     glob[name] = cell.cell_contents
                 except ValueError:
                     pass
-        frame = Frame(src, env, glob, selfval)
+        frame = Frame(src, env, glob, selfval, getattr(fn, "__globals__", None))
         outer, self.frame = self.frame, frame
         saved_loc = self.ctx.loc
         self.ctx.stack.append(code)
@@ -659,7 +667,10 @@ class Builder:
             fr = fr.outer
         fr = self.frame
         if e.id in fr.glob:
-            return Static(fr.glob[e.id])
+            value = fr.glob[e.id]
+            if fr.module_globals is not None and fr.module_globals.get(e.id, _MISSING) is value:
+                self.ctx.depend(fr.module_globals, e.id, value)
+            return Static(value)
         if hasattr(builtins, e.id):
             return Static(getattr(builtins, e.id))
         self.error(f"name {e.id!r} is not defined", e)
@@ -681,9 +692,14 @@ class Builder:
             if name in ARRAY_ATTRS and isinstance(base.value, (int, float, complex, bool, np.generic)):
                 return _static(getattr(np.asarray(base.value), name))
             try:
-                return Static(getattr(base.value, name))
+                value = getattr(base.value, name)
             except AttributeError:
-                self.error(f"{type(base.value).__name__!s} has no attribute {name!r}", e)
+                value = _MISSING
+            if value is not _MISSING:
+                if isinstance(base.value, types.ModuleType):
+                    self.ctx.depend(vars(base.value), name, value)
+                return Static(value)
+            self.error(f"{type(base.value).__name__!s} has no attribute {name!r}", e)
         if isinstance(base, ModelRef):
             return self.model_attr(base, name, e)
         if isinstance(base, Node):

@@ -522,3 +522,39 @@ def test_forward_defaults_keywords_and_static_arguments():
     dx, dmask = m.pullback(x, mask=np.ones((2, 3)))[1](np.ones_like(y))
     assert dx.shape == dmask.shape == x.shape
     assert "if mask" not in fc.source(m, "forward")          # None is decided at compile time
+
+
+def test_redefining_an_inlined_helper_recompiles(tmp_path):
+    import importlib.util
+    path = tmp_path / "helpermod.py"
+    path.write_text(textwrap.dedent('''
+        import numpy as np, flux_compile as fc
+
+        def act(z):
+            return np.tanh(z)
+
+        def loss(x):
+            return np.sum(act(x))
+
+        @fc.net
+        class Net:
+            def __init__(self):
+                self.W = np.ones((2, 2))
+            def forward(self, x):
+                return act(x @ self.W)
+    '''))
+    spec = importlib.util.spec_from_file_location("helpermod", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    m, x = mod.Net(), np.ones((1, 2)) * 0.1
+    np.testing.assert_allclose(m(x), np.tanh(x @ m.W.value))
+    np.testing.assert_allclose(fc.grad(mod.loss, x)[1][0], 1 - np.tanh(x) ** 2)
+    other = tmp_path / "helper2.py"
+    other.write_text("import numpy as np\n\n\ndef act(z):\n    return np.sin(z)\n")
+    spec2 = importlib.util.spec_from_file_location("helper2", other)
+    mod2 = importlib.util.module_from_spec(spec2)
+    spec2.loader.exec_module(mod2)
+    mod.act = mod2.act                                   # redefined, as a notebook cell run again
+    np.testing.assert_allclose(m(x), np.sin(x @ m.W.value))
+    np.testing.assert_allclose(fc.grad(mod.loss, x)[1][0], np.cos(x))
+    assert "np.sin" in fc.source(m, "forward")
