@@ -37,6 +37,7 @@ import hmac
 import inspect
 import json
 import os
+import re
 import secrets
 import stat
 import sys
@@ -456,6 +457,10 @@ def _write_atomic(d, name, text):
         raise
 
 
+_ENTRY = re.compile(r"[0-9a-f]{40}\.py")           # nothing else in the directory is ever deleted
+_TEMP = re.compile(r"\.tmp-\w+\.part")
+
+
 def _evict(d, keep):
     """Delete least-recently-used entries (and stale temporaries) beyond ``max_bytes()``."""
     import time
@@ -467,9 +472,9 @@ def _evict(d, keep):
                 st = e.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if e.name.startswith(".tmp-") and now - st.st_mtime > 3600:
+            if _TEMP.fullmatch(e.name) and now - st.st_mtime > 3600:
                 _unlink(e.path)
-            elif e.name.endswith(".py") and stat.S_ISREG(st.st_mode):
+            elif _ENTRY.fullmatch(e.name) and stat.S_ISREG(st.st_mode):
                 entries.append((e.name != keep, st.st_mtime, e.path, st.st_size))
                 total += st.st_size
     for _, _, path, size in sorted(entries, key=lambda t: (not t[0], t[1])):

@@ -108,7 +108,7 @@ class Project:
         return json.loads(r.stdout.splitlines()[-1])
 
     def entries(self):
-        return sorted(p for p in self.cache.iterdir() if p.suffix == ".py")
+        return sorted(p for p in self.cache.iterdir() if re.fullmatch(r"[0-9a-f]{40}\.py", p.name))
 
     def entry_of(self, cls_name):
         hits = [p for p in self.entries() if owner(p) == cls_name]
@@ -441,6 +441,11 @@ def test_the_size_bound_evicts_the_least_recently_used(project):
         code = MANY.format(path=str(project.root), order=list(order))
         subprocess.run([sys.executable, "-c", code], env=project.env(**env), check=True)
 
+    project.cache.mkdir(mode=0o700)
+    mine = {name: project.cache / name for name in ("notes.py", "a" * 39 + ".py", ".tmp-user.py", "data.bin")}
+    for path in mine.values():
+        path.write_text("the user's own file")
+        os.utime(path, (1, 1))
     run(range(7))
     sizes = {owner(p): p.stat().st_size for p in project.entries()}
     assert sorted(sizes) == [f"M{i}" for i in range(7)]
@@ -451,3 +456,4 @@ def test_the_size_bound_evicts_the_least_recently_used(project):
     left = sorted(owner(p) for p in project.entries())
     assert left == ["M0", "M5", "M7"]      # the oldest unused ones went
     assert sum(p.stat().st_size for p in project.entries()) <= bound_mb * 2 ** 20
+    assert all(p.read_text() == "the user's own file" for p in mine.values())     # only entries are evicted
