@@ -67,6 +67,7 @@ class Unusable(Exception):
 # ------------------------------------------------------------------------------
 # the directory and the secret key
 
+_posix = hasattr(os, "getuid")      # elsewhere there are no owners and mode bits to check
 _checked = {}       # directory -> its secret key (bytes), or None when unusable (warned once)
 
 
@@ -112,6 +113,8 @@ def _check_private_dir(d, what):
     st = os.stat(d)
     if not stat.S_ISDIR(st.st_mode):
         raise Unusable(f"{what} is not a directory")
+    if not _posix:
+        return
     if st.st_uid != os.getuid():
         raise Unusable(f"{what} {d} is owned by another user")
     if st.st_mode & 0o022:
@@ -144,7 +147,7 @@ def _secret_key(cache_dir):
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
         st = os.fstat(fd)
-        if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        if _posix and (st.st_uid != os.getuid() or st.st_mode & 0o077):
             raise Unusable(f"the secret key {path} must be a 0600 file of this user")
         text = os.read(fd, 1024).decode("ascii", "replace").strip()
     finally:
@@ -276,13 +279,34 @@ def _function_digest(fn, memo):
             parts.append(digest(cell.cell_contents, memo))
         except ValueError:
             parts.append("empty cell")
-    glob = fn.__globals__
-    for name in sorted(_code_names(fn.__code__)):
+    glob, names = fn.__globals__, _code_names(fn.__code__)
+    for name in sorted(names):
         if name in glob:
-            parts.append((name, digest(glob[name], memo)))
+            parts.append((name, _named_digest(glob[name], names, memo)))
         elif not hasattr(builtins, name):
             parts.append((name, "unbound"))
     return _hash(*parts) + _rule_part(fn, memo)
+
+
+def _stable_module(name):
+    """NumPy, flux_compile and the standard library: covered by their versions in the key."""
+    top = name.split(".")[0]
+    return top in ("numpy", "flux_compile", "builtins") or top in getattr(sys, "stdlib_module_names", ())
+
+
+def _named_digest(value, names, memo):
+    """``digest(value)``; for a user module, with the attributes ``names`` may read from it
+    (``cfg.SCALE`` is baked into the code like ``SCALE``)."""
+    if not isinstance(value, types.ModuleType) or _stable_module(value.__name__):
+        return digest(value, memo)
+    key = ("module", id(value), frozenset(names))
+    if key in memo:
+        return memo[key]
+    memo[key] = "cycle"
+    attrs = vars(value)
+    memo[key] = out = _hash("module", value.__name__, [(n, _named_digest(attrs[n], names, memo))
+                                                       for n in sorted(names) if n in attrs])
+    return out
 
 
 def _class_digest(cls, memo):
