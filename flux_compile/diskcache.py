@@ -85,7 +85,7 @@ def usable_directory():
     if d not in _checked:
         try:
             _checked[d] = _prepare(d)
-        except (OSError, Unusable) as e:
+        except (OSError, ValueError, Unusable) as e:      # ValueError: a NUL in the path
             disable(d, e)
     key = _checked[d]
     return (d, key) if key is not None else None

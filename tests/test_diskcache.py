@@ -343,6 +343,20 @@ def test_concurrent_writers_and_readers_never_see_a_partial_entry(project):
     assert [p for p in project.cache.iterdir() if p.name.startswith(".")] == []     # no temporaries left
 
 
+def test_processes_starting_together_agree_on_one_key(project):
+    code = RUN.format(prelude="", path=str(project.root))
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=project.env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, [err for _, err in outs]
+    for out, _ in outs:
+        result = json.loads(out.splitlines()[-1])
+        assert result["warnings"] == []
+        check(result)
+    assert sorted(p.name for p in (project.config / "flux_compile").iterdir()) == ["cache.key"]
+    assert project.run()["from_disk"] is True        # entries from all four verify under the one key
+
+
 # -- unusable directories -------------------------------------------------------------------
 
 def _drop_root_powers():
