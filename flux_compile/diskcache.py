@@ -233,8 +233,12 @@ def digest(obj, memo=None):
     key = id(obj)
     if key in memo:
         return memo[key]
-    memo[key] = "cycle"
-    memo[key] = out = _digest(obj, memo)
+    memo[key] = "cycle"            # a reference back to an object being digested
+    try:
+        memo[key] = out = _digest(obj, memo)
+    except BaseException:
+        del memo[key]              # not "cycle" next time: it raises again
+        raise
     memo.setdefault("_keep", []).append(obj)       # ids stay valid while memo lives
     return out
 
@@ -304,8 +308,13 @@ def _named_digest(value, names, memo):
         return memo[key]
     memo[key] = "cycle"
     attrs = vars(value)
-    memo[key] = out = _hash("module", value.__name__, [(n, _named_digest(attrs[n], names, memo))
-                                                       for n in sorted(names) if n in attrs])
+    try:
+        memo[key] = out = _hash("module", value.__name__, [(n, _named_digest(attrs[n], names, memo))
+                                                           for n in sorted(names) if n in attrs])
+    except BaseException:
+        del memo[key]
+        raise
+    memo.setdefault("_keep", []).append(value)
     return out
 
 

@@ -482,3 +482,20 @@ def test_the_size_bound_evicts_the_least_recently_used(project):
     assert left == ["M0", "M5", "M7"]      # the oldest unused ones went
     assert sum(p.stat().st_size for p in project.entries()) <= bound_mb * 2 ** 20
     assert all(p.read_text() == "the user's own file" for p in mine.values())     # only entries are evicted
+
+
+def test_an_object_that_cannot_be_digested_stays_undigestable_in_one_pass():
+    """A method the class digest skips as opaque must not pass as a cycle when it is a root."""
+    import threading
+    import flux_compile.diskcache as dc
+
+    lock = threading.Lock()
+
+    class Holder:
+        def helper(self):
+            return lock
+
+    memo = {}
+    dc.digest(Holder, memo)                       # helper is opaque inside the class digest
+    with pytest.raises(dc.Uncacheable):
+        dc.digest(Holder.helper, memo)
