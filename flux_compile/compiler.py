@@ -384,29 +384,35 @@ def _remember(inst, ikey, c):
 def _from_disk(cls, key, make):
     """The compiled model from FLUX_COMPILE_CACHE_DIR when valid; else ``make()`` (and store it)."""
     from . import diskcache
-    if diskcache.directory() is None or any(t and t[0] == "object" for _, t in (key[2] if key[2] != ("generic",)
-                                                                                  else ())):
+    where = diskcache.usable_directory()
+    if where is None:
         return make()
-    dkey = diskcache.entry_key((cls.__module__, cls.__qualname__, key[1], key[2], key[3], key[4]))
-    hit = diskcache.load(dkey)
+    try:
+        dkey = diskcache.entry_key(cls, key[1:])
+    except diskcache.Uncacheable:
+        return make()
+    hit = diskcache.load(where, dkey, cls)
     if hit is not None:
-        source, objects, meta = hit
-        from . import codegen as cg
-        from .sourcecache import compile_source, unique_filename
-        c = Compiled(cls.__qualname__, cls.__name__)
-        filename = unique_filename(cls.__qualname__)
-        ns = compile_source(source, filename, dict(objects, np=np, fc=sys.modules["flux_compile"]))
-        c.forward, c.forward_train, c.backward = ns["forward"], ns["forward_train"], ns["backward"]
-        c.backward_params = ns["backward_params"]
-        c.source, c.sections, c.linemap, c.filename = source, _sections(source), meta["linemap"], filename
-        c.n_outputs, c.input_names = meta["n_outputs"], meta["input_names"]
-        c.state_names = meta.get("state_names", [])
-        c.deps = meta["deps"]
-        c.from_disk = True
-        c.rebuild = make
-        return c
+        return _from_entry(cls, make, *hit)
     c = make()
-    diskcache.store(dkey, c, c.namespace_objects, c.inlined)
+    diskcache.store(where, dkey, cls, key[1:], c)
+    return c
+
+
+def _from_entry(cls, make, source, objects, meta):
+    from .sourcecache import compile_source, unique_filename
+    c = Compiled(cls.__qualname__, cls.__name__)
+    filename = unique_filename(cls.__qualname__)
+    ns = compile_source(source, filename, dict(objects, np=np, fc=sys.modules["flux_compile"]))
+    c.forward, c.forward_train, c.backward = ns["forward"], ns["forward_train"], ns["backward"]
+    c.backward_params = ns["backward_params"]
+    c.source, c.sections, c.linemap, c.filename = source, _sections(source), meta["linemap"], filename
+    c.n_outputs, c.input_names = meta["n_outputs"], meta["input_names"]
+    c.state_names = meta.get("state_names", [])
+    c.deps = meta["deps"]
+    c.guarded = meta.get("guarded", False)
+    c.from_disk = True
+    c.rebuild = make
     return c
 
 

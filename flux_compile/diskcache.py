@@ -1,20 +1,74 @@
 """Optional on-disk cache of generated sources (``FLUX_COMPILE_CACHE_DIR``).
 
-An entry is the generated module text plus a JSON sidecar: the library version,
-the hash of every source that was inlined (re-checked before use), the names the
-module needs (module + qualified name, re-imported on load) and the line map for
-error messages. Anything that cannot be re-imported is simply not cached.
+One entry is one file, ``<key>.py``: a header line with an HMAC, a line of JSON
+metadata, then the generated module text. ``<key>`` digests everything known
+before compiling: the library (version and the content of its files), NumPy and
+Python versions, the class, ``forward``'s source, the in-memory cache key (model
+structure, input specs, compile-time settings, by value) and every derivative
+rule the user registered (by content). The metadata lists, with a content digest
+each, what the compile read besides: the class (all its methods and class
+constants), every function it inlined, and through them every global, default
+and closure value they name (arrays by their bytes). Before an entry is used,
+each digest is recomputed from the live objects; any difference is a miss.
+
+Threat model. Someone who can write the cache directory but cannot read the
+per-user secret key (``$XDG_CONFIG_HOME/flux_compile/cache.key``, else
+``~/.config/flux_compile/cache.key``; created 0600, never inside the cache
+directory) cannot make the compiler run code it did not generate for these
+exact inputs: the entry's MAC (HMAC-SHA256 over key, metadata and source) fails,
+and the entry is a miss. Names in the metadata are bound only from NumPy,
+flux_compile, or user functions already imported whose content digest matches
+what the compile saw; nothing is ever imported. Not covered: someone who can
+write the user's own source files, config directory or Python installation
+(they can run code anyway), and denial of service (deleting entries only costs
+a recompile). A directory writable by group or others, or owned by another
+user, is refused. Entries are written atomically (a unique temporary file, then
+``os.replace``), 0600 in a 0700 directory; a bad entry (truncated, malformed, bad
+MAC, stale digest, unknown name) is a miss and is overwritten. An unusable
+directory means running uncached, with one warning per directory and process.
+``FLUX_COMPILE_CACHE_MAX_MB`` (default 256) bounds the directory; the least
+recently used entries (by mtime, refreshed on every hit) go first.
 """
 from __future__ import annotations
 
+import builtins
 import hashlib
-import importlib
+import hmac
 import inspect
 import json
 import os
+import re
+import secrets
+import stat
+import sys
+import tempfile
+import types
+import warnings
+
+import numpy as np
 
 from ._version import __version__
 from .ir import Loc
+
+FORMAT = "1"
+DEFAULT_MAX_MB = 256.0
+_MAGIC = "# flux_compile cache entry "
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class Uncacheable(Exception):
+    """The compile depends on something that cannot be digested or located: do not cache."""
+
+
+class Unusable(Exception):
+    """The cache directory (or the secret key) cannot be used safely."""
+
+
+# ------------------------------------------------------------------------------
+# the directory and the secret key
+
+_posix = hasattr(os, "getuid")      # elsewhere there are no owners and mode bits to check
+_checked = {}       # directory -> its secret key (bytes), or None when unusable (warned once)
 
 
 def directory():
@@ -22,91 +76,509 @@ def directory():
     return d or None
 
 
-def entry_key(parts):
-    return hashlib.sha256(repr((__version__,) + tuple(parts)).encode()).hexdigest()[:32]
-
-
-def _locate(obj):
-    mod, qual = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
-    if not mod or not qual or "<" in qual:
+def usable_directory():
+    """``(directory, secret key)`` when the disk cache is on and safe to use, else None."""
+    d = directory()
+    if d is None:
         return None
+    d = os.path.abspath(d)
+    if d not in _checked:
+        try:
+            _checked[d] = _prepare(d)
+        except (OSError, ValueError, Unusable) as e:      # ValueError: a NUL in the path
+            disable(d, e)
+    key = _checked[d]
+    return (d, key) if key is not None else None
+
+
+def disable(d, reason):
+    """Stop using ``d`` for the rest of the process, with one warning."""
+    if _checked.get(d, False) is None:
+        return
+    _checked[d] = None
+    warnings.warn(f"FLUX_COMPILE_CACHE_DIR={d} is not usable ({reason}); running without the disk cache",
+                  RuntimeWarning, stacklevel=4)
+
+
+def _prepare(d):
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    _check_private_dir(d, "the cache directory")
+    fd, probe = tempfile.mkstemp(dir=d, prefix=".probe-")     # is it really writable?
+    os.close(fd)
+    os.unlink(probe)
+    return _secret_key(d)
+
+
+def _check_private_dir(d, what):
+    st = os.stat(d)
+    if not stat.S_ISDIR(st.st_mode):
+        raise Unusable(f"{what} is not a directory")
+    if not _posix:
+        return
+    if st.st_uid != os.getuid():
+        raise Unusable(f"{what} {d} is owned by another user")
+    if st.st_mode & 0o022:
+        raise Unusable(f"{what} {d} is writable by group or others; chmod 700 it")
+
+
+def key_path():
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(os.path.abspath(base), "flux_compile", "cache.key")
+
+
+def _secret_key(cache_dir):
+    path = key_path()
+    kdir = os.path.dirname(path)
+    real_cache = os.path.realpath(cache_dir)
+    if os.path.realpath(kdir) == real_cache or os.path.realpath(kdir).startswith(real_cache + os.sep):
+        raise Unusable(f"the secret key {path} would be inside the cache directory")
+    os.makedirs(kdir, mode=0o700, exist_ok=True)
+    _check_private_dir(kdir, "the key directory")
+    if not os.path.exists(path):
+        fd, tmp = tempfile.mkstemp(dir=kdir, prefix=".key-")      # 0600 whatever the umask
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)          # atomic: the first process to get here wins
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     try:
-        got = importlib.import_module(mod)
+        st = os.fstat(fd)
+        if _posix and (st.st_uid != os.getuid() or st.st_mode & 0o077):
+            raise Unusable(f"the secret key {path} must be a 0600 file of this user")
+        text = os.read(fd, 1024).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+    if len(text) != 64:
+        raise Unusable(f"the secret key {path} is malformed; delete it to make a new one")
+    return bytes.fromhex(text)
+
+
+def max_bytes():
+    try:
+        mb = float(os.environ.get("FLUX_COMPILE_CACHE_MAX_MB", DEFAULT_MAX_MB))
+    except ValueError:
+        mb = DEFAULT_MAX_MB
+    return int(max(mb, 0.0) * 2 ** 20)
+
+
+# ------------------------------------------------------------------------------
+# digests
+
+def _is_library(obj):
+    mod = getattr(obj, "__module__", None)
+    return isinstance(mod, str) and (mod == "flux_compile" or mod.startswith("flux_compile."))
+
+
+def _is_numpy(mod):
+    return isinstance(mod, str) and (mod == "numpy" or mod.startswith("numpy."))
+
+
+def resolve(mod, qual):
+    """``mod.qual`` among modules already imported (never imports anything)."""
+    got = sys.modules.get(mod)
+    if got is None:
+        raise Uncacheable(f"module {mod} is not imported")
+    try:
         for part in qual.split("."):
             got = getattr(got, part)
-    except (ImportError, AttributeError):
-        return None
-    return [mod, qual] if got is obj else None
-
-
-def _resolve(mod, qual):
-    got = importlib.import_module(mod)
-    for part in qual.split("."):
-        got = getattr(got, part)
+    except AttributeError:
+        raise Uncacheable(f"{mod}.{qual} does not exist") from None
     return got
 
 
-def _src_hash(fn):
+def locate(obj):
+    """``[module, qualname]`` under which ``obj`` itself can be found again."""
+    mod = getattr(obj, "__module__", None)
+    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None)
+    if not isinstance(mod, str) or not isinstance(qual, str) or "<" in qual:
+        raise Uncacheable(f"{obj!r} has no importable name")
+    if resolve(mod, qual) is not obj:
+        raise Uncacheable(f"{mod}.{qual} is not {obj!r}")
+    return [mod, qual]
+
+
+def _library_fingerprint():
+    if not _fingerprint:
+        h = hashlib.sha256(__version__.encode())
+        for root, dirs, files in os.walk(_PACKAGE_DIR):
+            dirs.sort()
+            for name in sorted(files):
+                if name.endswith(".py"):
+                    path = os.path.join(root, name)
+                    h.update(os.path.relpath(path, _PACKAGE_DIR).encode() + b"\0")
+                    with open(path, "rb") as f:
+                        h.update(hashlib.sha256(f.read()).digest())
+        _fingerprint.append(h.hexdigest())
+    return _fingerprint[0]
+
+
+_fingerprint = []
+
+
+def _code_names(code):
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            names |= _code_names(c)
+    return names
+
+
+def digest(obj, memo=None):
+    """A content digest of a value the compile read; raises :class:`Uncacheable`."""
+    memo = {} if memo is None else memo
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    memo[key] = "cycle"            # a reference back to an object being digested
     try:
-        return hashlib.sha256(inspect.getsource(fn).encode()).hexdigest()
+        memo[key] = out = _digest(obj, memo)
+    except BaseException:
+        del memo[key]              # not "cycle" next time: it raises again
+        raise
+    memo.setdefault("_keep", []).append(obj)       # ids stay valid while memo lives
+    return out
+
+
+def _digest(obj, memo):
+    if isinstance(obj, types.ModuleType):
+        return "module:" + obj.__name__
+    if isinstance(obj, types.MethodType):
+        return _hash("method", digest(obj.__func__, memo), digest(obj.__self__, memo))
+    if isinstance(obj, (types.FunctionType, type)) and _is_library(obj):
+        return "lib:" + ".".join(locate(obj)) + _rule_part(obj, memo)
+    if isinstance(obj, types.FunctionType):
+        return _function_digest(obj, memo)
+    if isinstance(obj, type):
+        if _is_numpy(obj.__module__) or obj.__module__ == "builtins":
+            return "type:" + ".".join(locate(obj))
+        return _class_digest(obj, memo)
+    if isinstance(obj, (types.BuiltinFunctionType, np.ufunc)) or callable(obj) and _is_numpy(
+            getattr(obj, "__module__", None)):
+        mod = getattr(obj, "__module__", None) or "builtins"
+        return f"obj:{mod}.{getattr(obj, '__qualname__', None) or obj.__name__}" + _rule_part(obj, memo)
+    return canonical(obj)
+
+
+def _rule_part(fn, memo):
+    from . import rules
+    rule = rules.get_rule(fn)
+    return (f"|rule:{digest(rule, memo)}" if rule is not None else "") + \
+        ("|nondiff" if rules.is_nondiff(fn) else "")
+
+
+def _function_digest(fn, memo):
+    try:
+        text = inspect.getsource(fn)
     except (OSError, TypeError):
-        return None
+        raise Uncacheable(f"no source for {fn.__qualname__}") from None
+    parts = ["fn", fn.__module__, fn.__qualname__, text,
+             [digest(v, memo) for v in fn.__defaults__ or ()],
+             sorted((k, digest(v, memo)) for k, v in (fn.__kwdefaults__ or {}).items())]
+    for cell in fn.__closure__ or ():
+        try:
+            parts.append(digest(cell.cell_contents, memo))
+        except ValueError:
+            parts.append("empty cell")
+    glob, names = fn.__globals__, _code_names(fn.__code__)
+    for name in sorted(names):
+        if name in glob:
+            parts.append((name, _named_digest(glob[name], names, memo)))
+        elif not hasattr(builtins, name):
+            parts.append((name, "unbound"))
+    return _hash(*parts) + _rule_part(fn, memo)
 
 
-def store(key, compiled, namespace_objects, inlined):
-    d = directory()
-    if d is None:
-        return False
-    names = {}
-    for name, obj in namespace_objects.items():
+def _stable_module(name):
+    """NumPy, flux_compile and the standard library: covered by their versions in the key."""
+    top = name.split(".")[0]
+    return top in ("numpy", "flux_compile", "builtins") or top in getattr(sys, "stdlib_module_names", ())
+
+
+def _named_digest(value, names, memo):
+    """``digest(value)``; for a user module, with the attributes ``names`` may read from it
+    (``cfg.SCALE`` is baked into the code like ``SCALE``)."""
+    if not isinstance(value, types.ModuleType) or _stable_module(value.__name__):
+        return digest(value, memo)
+    key = ("module", id(value), frozenset(names))
+    if key in memo:
+        return memo[key]
+    memo[key] = "cycle"
+    attrs = vars(value)
+    try:
+        memo[key] = out = _hash("module", value.__name__, [(n, _named_digest(attrs[n], names, memo))
+                                                           for n in sorted(names) if n in attrs])
+    except BaseException:
+        del memo[key]
+        raise
+    memo.setdefault("_keep", []).append(value)
+    return out
+
+
+def _class_digest(cls, memo):
+    parts = ["class", cls.__module__, cls.__qualname__]
+    for klass in cls.__mro__:
+        if klass is object or _is_library(klass):
+            parts.append(getattr(klass, "__qualname__", "?"))
+            continue
+        for name, value in sorted(vars(klass).items()):
+            if name.startswith("__") and name.endswith("__"):
+                continue
+            if isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            if isinstance(value, property):
+                value = (value.fget, value.fset)
+            try:
+                parts.append((klass.__qualname__, name, digest(value, memo)))
+            except Uncacheable:
+                parts.append((klass.__qualname__, name, "opaque " + type(value).__qualname__))
+    return _hash(*parts)
+
+
+def canonical(obj):
+    """A text equal for two values exactly when the compiler would treat them alike."""
+    if obj is None or obj is Ellipsis or isinstance(obj, (bool, int, str, bytes, complex)):
+        return f"{type(obj).__name__}:{obj!r}"
+    if isinstance(obj, float):
+        return "float:" + repr(obj)
+    if isinstance(obj, (tuple, list)):
+        return f"{type(obj).__name__}({','.join(canonical(v) for v in obj)})"
+    if isinstance(obj, dict):
+        return "dict(" + ",".join(sorted(canonical(k) + ":" + canonical(v) for k, v in obj.items())) + ")"
+    if isinstance(obj, (frozenset, set)):
+        return f"{type(obj).__name__}(" + ",".join(sorted(canonical(v) for v in obj)) + ")"
+    if isinstance(obj, slice):
+        return f"slice({canonical(obj.start)},{canonical(obj.stop)},{canonical(obj.step)})"
+    if isinstance(obj, np.dtype):
+        return "dtype:" + repr(obj)
+    if isinstance(obj, (np.ndarray, np.generic)):
+        a = np.asarray(obj)
+        if a.dtype.hasobject:
+            raise Uncacheable("an object array")
+        return f"{type(obj).__name__}:{a.dtype!r}:{a.shape}:" + \
+            hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+    if isinstance(obj, type) or callable(obj):
+        return "ref:" + ".".join(locate(obj))
+    raise Uncacheable(f"cannot digest a {type(obj).__qualname__}")
+
+
+def _hash(*parts):
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _user_rules():
+    from . import rules
+    out = []
+    for prim, rule in list(rules.RULES.items()):
+        if not _is_library(rule):
+            name = f"{getattr(prim, '__module__', '?')}.{getattr(prim, '__qualname__', getattr(prim, '__name__', '?'))}"
+            out.append((name, digest(rule)))
+    nondiff = sorted(f"{getattr(p, '__module__', '?')}.{getattr(p, '__name__', '?')}" for p in rules.NONDIFF)
+    return sorted(out), nondiff
+
+
+def entry_key(cls, key_parts):
+    """The entry name for compiling ``cls`` under the in-memory key ``key_parts`` (without the
+    class object); raises :class:`Uncacheable`."""
+    parts = [FORMAT, _library_fingerprint(), np.__version__, sys.version_info[:3], cls.__module__,
+             cls.__qualname__, canonical(tuple(key_parts)), _user_rules()]
+    return _hash(*parts)[:40]
+
+
+# ------------------------------------------------------------------------------
+# entries
+
+def _models_in(token):
+    """``(module, qualname)`` of the classes and functions named in a model signature."""
+    if isinstance(token, tuple):
+        if len(token) == 3 and token[0] in ("model", "fn") and all(isinstance(t, str) for t in token[1:]):
+            yield token[1], token[2]
+        for t in token:
+            yield from _models_in(t)
+
+
+def _manifest(cls, key_parts, compiled):
+    """What the compile read, located and digested: ``[[module, qualname, digest], ...]``."""
+    roots = {id(cls): cls}
+    for fn in getattr(compiled, "inlined", ()):
+        roots.setdefault(id(fn), fn)
+    for mod, qual in _models_in(tuple(key_parts)):
+        obj = resolve(mod, qual)
+        roots.setdefault(id(obj), obj)
+    memo = {}
+    return [locate(obj) + [digest(obj, memo)] for obj in roots.values() if not _is_library(obj)]
+
+
+def _names(compiled):
+    """The generated module's globals besides np / fc / Retrace, as ``name: [kind, module,
+    qualname, digest]``; only NumPy, flux_compile and user functions."""
+    out = {}
+    for name, obj in compiled.namespace_objects.items():
         if name in ("np", "fc", "Retrace"):
             continue
-        where = _locate(obj)
-        if where is None:
-            return False
-        names[name] = where
-    deps = []
-    for fn in inlined:
-        where, h = _locate(fn), _src_hash(fn)
-        if where is None or h is None:
-            return False
-        deps.append([where[0], where[1], h])
-    meta = {
-        "version": __version__, "names": names, "deps": deps, "n_outputs": compiled.n_outputs,
-        "input_names": compiled.input_names,
-        "state_names": compiled.state_names,
-        "linemap": {str(k): [v.filename, v.lineno, v.col, v.text, v.owner] for k, v in compiled.linemap.items()},
-    }
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, key + ".py"), "w") as f:
-        f.write(compiled.source)
-    with open(os.path.join(d, key + ".json"), "w") as f:
-        json.dump(meta, f)
+        where = locate(obj)
+        if _is_numpy(where[0]):
+            out[name] = ["numpy"] + where + [""]
+        elif _is_library(obj):
+            out[name] = ["lib"] + where + [""]
+        elif isinstance(obj, types.FunctionType) and _user_module(where[0]):
+            out[name] = ["user"] + where + [digest(obj)]
+        else:
+            raise Uncacheable(f"{name} is not a function flux_compile binds")
+    return out
+
+
+def _user_module(mod):
+    top = mod.split(".")[0]
+    return top not in getattr(sys, "stdlib_module_names", ()) and top not in ("numpy", "flux_compile")
+
+
+def _deps(compiled):
+    out = []
+    for ns, name, fn in getattr(compiled, "deps", ()):
+        mod = ns.get("__name__") if isinstance(ns, dict) else None
+        if not isinstance(mod, str) or getattr(sys.modules.get(mod), "__dict__", None) is not ns:
+            raise Uncacheable("a dependency outside a module")
+        out.append([mod, name])
+    return out
+
+
+def store(where, dkey, cls, key_parts, compiled):
+    """Write the entry for ``compiled``; False when it cannot be cached (or the write failed)."""
+    d, secret = where
+    try:
+        meta = {
+            "key": dkey, "manifest": _manifest(cls, key_parts, compiled), "names": _names(compiled),
+            "deps": _deps(compiled), "n_outputs": compiled.n_outputs,
+            "input_names": compiled.input_names, "state_names": compiled.state_names,
+            "guarded": bool(getattr(compiled, "guarded", False)),
+            "linemap": {str(k): [v.filename, v.lineno, v.col, v.text, v.owner]
+                        for k, v in compiled.linemap.items()},
+        }
+        meta_line = json.dumps(meta, separators=(",", ":"))
+    except (Uncacheable, TypeError, ValueError, AttributeError):
+        return False
+    body = meta_line + "\n" + compiled.source
+    text = f"{_MAGIC}{FORMAT} {_mac(secret, dkey, body)}\n# {body}"
+    try:
+        _write_atomic(d, dkey + ".py", text)
+        _evict(d, keep=dkey + ".py")
+    except OSError as e:
+        disable(d, e)
+        return False
     return True
 
 
-def load(key):
-    """``(source, namespace objects, meta)`` if a valid entry exists, else None."""
-    d = directory()
-    if d is None:
-        return None
-    src_path, meta_path = os.path.join(d, key + ".py"), os.path.join(d, key + ".json")
+def _mac(secret, dkey, body):
+    return hmac.new(secret, f"{FORMAT}\0{dkey}\0".encode() + body.encode(), hashlib.sha256).hexdigest()
+
+
+def _write_atomic(d, name, text):
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".part")     # 0600
     try:
-        with open(meta_path) as f:
-            meta = json.load(f)
-        with open(src_path) as f:
-            source = f.read()
-        if meta.get("version") != __version__:
-            return None
-        for mod, qual, h in meta["deps"]:
-            if _src_hash(_resolve(mod, qual)) != h:
-                return None
-        objects = {name: _resolve(mod, qual) for name, (mod, qual) in meta["names"].items()}
-        from .errors import Retrace
-        objects["Retrace"] = Retrace
-    except (OSError, ValueError, KeyError, ImportError, AttributeError):
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, os.path.join(d, name))
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+_ENTRY = re.compile(r"[0-9a-f]{40}\.py")           # nothing else in the directory is ever deleted
+_TEMP = re.compile(r"\.tmp-\w+\.part")
+
+
+def _evict(d, keep):
+    """Delete least-recently-used entries (and stale temporaries) beyond ``max_bytes()``."""
+    import time
+    limit, now = max_bytes(), time.time()
+    entries, total = [], 0
+    with os.scandir(d) as it:
+        for e in it:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if _TEMP.fullmatch(e.name) and now - st.st_mtime > 3600:
+                _unlink(e.path)
+            elif _ENTRY.fullmatch(e.name) and stat.S_ISREG(st.st_mode):
+                entries.append((e.name != keep, st.st_mtime, e.path, st.st_size))
+                total += st.st_size
+    for _, _, path, size in sorted(entries, key=lambda t: (not t[0], t[1])):
+        if total <= limit:
+            break
+        _unlink(path)
+        total -= size
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def load(where, dkey, cls):
+    """``(source, namespace objects, meta)`` for a valid entry, else None (a miss)."""
+    d, secret = where
+    path = os.path.join(d, dkey + ".py")
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
         return None
-    meta["linemap"] = {int(k): Loc(*v) for k, v in meta["linemap"].items()}
-    meta["deps"] = [(vars(importlib.import_module(mod)), qual, _resolve(mod, qual))
-                    for mod, qual, _ in meta["deps"] if "." not in qual]
+    try:
+        meta, source = _verified(text, secret, dkey)
+        objects = _check(meta, cls)
+    except (Uncacheable, ValueError, KeyError, TypeError, IndexError):
+        return None
+    try:
+        os.utime(path)          # recently used
+    except OSError:
+        pass
     return source, objects, meta
+
+
+def _verified(text, secret, dkey):
+    header, sep, rest = text.partition("\n")
+    if not sep or not header.startswith(_MAGIC) or not rest.startswith("# "):
+        raise ValueError("not an entry")
+    fmt, _, mac = header[len(_MAGIC):].partition(" ")
+    body = rest[2:]
+    if fmt != FORMAT or not hmac.compare_digest(mac, _mac(secret, dkey, body)):
+        raise ValueError("bad MAC")
+    meta_line, sep, source = body.partition("\n")
+    meta = json.loads(meta_line)
+    if not sep or meta["key"] != dkey:
+        raise ValueError("bad entry")
+    return meta, source
+
+
+def _check(meta, cls):
+    """The namespace objects, after checking every digest against the live objects."""
+    memo = {}
+    for mod, qual, want in meta["manifest"]:
+        obj = cls if [mod, qual] == [cls.__module__, cls.__qualname__] else resolve(mod, qual)
+        if digest(obj, memo) != want:
+            raise Uncacheable(f"{mod}.{qual} changed")
+    objects = {}
+    for name, (kind, mod, qual, want) in meta["names"].items():
+        ok = {"numpy": _is_numpy(mod), "lib": mod == "flux_compile" or mod.startswith("flux_compile."),
+              "user": _user_module(mod)}.get(kind, False)
+        if not ok:
+            raise Uncacheable(f"{name} is bound outside numpy / flux_compile / user code")
+        obj = resolve(mod, qual)
+        if kind == "user" and (not isinstance(obj, types.FunctionType) or digest(obj) != want):
+            raise Uncacheable(f"{mod}.{qual} changed")
+        objects[name] = obj
+    from .errors import Retrace
+    objects["Retrace"] = Retrace
+    meta["linemap"] = {int(k): Loc(*v) for k, v in meta["linemap"].items()}
+    meta["deps"] = [(vars(sys.modules[mod]), name, vars(sys.modules[mod]).get(name)) for mod, name in meta["deps"]]
+    return objects

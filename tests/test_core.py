@@ -434,7 +434,8 @@ def test_disk_cache_is_reused_and_invalidated(tmp_path, monkeypatch):
                 return act(x @ self.W)
     ''')
     mod.write_text(body)
-    env = dict(__import__("os").environ, FLUX_COMPILE_CACHE_DIR=str(tmp_path / "cache"))
+    env = dict(__import__("os").environ, FLUX_COMPILE_CACHE_DIR=str(tmp_path / "cache"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"))
     code = DISK.format(path=str(tmp_path))
 
     def run():
