@@ -165,7 +165,7 @@ def differentiate(graph, n_inputs_diff=None):
             elems = []
             for i in range(node.arity if node.arity is not None else max(per) + 1):
                 parts = per.get(i)
-                elems.append(_sum(parts, b, _adj_name(node) + f"_{i}") if parts else None)
+                elems.append(_sum(parts, b, naming.part(_adj_name(node), i)) if parts else None)
             g = _pack_with_none(elems, b)
             adj.parts.setdefault(node.id, []).insert(0, g)
         parts = adj.parts.get(node.id)

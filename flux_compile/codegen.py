@@ -319,11 +319,11 @@ def _hint(n, names=None):
     if n.name:
         return n.name
     if n.op == "getattr" and names and n.args[0].id in names:
-        return f"{names[n.args[0].id]}_{n.attr}"
+        return naming.attribute(names[n.args[0].id], n.attr)
     if n.op == "model":
         return naming.model_output(n.path[-1] if n.path else n.base)
     if n.op == "getattr" and n.args and n.args[0].name:
-        return f"{n.args[0].name}_{n.attr}"
+        return naming.attribute(n.args[0].name, n.attr)
     if n.op == "model_back":
         return naming.adjoint(None)
     return naming.TEMP

@@ -47,7 +47,8 @@ Invariants (tests/test_naming.py checks them on hostile programs)
    :func:`adjoint` (``x`` -> ``dx``; ``dz`` for an unnamed value), :func:`seed`
    (``dy``; ``dy0``, ``dy1`` for several outputs), :func:`output` (``y``,
    ``y1``...), :func:`model_output` (``first_out``, ``layer0_out``),
-   :func:`pullback` (``first_out`` -> ``first_back``), :data:`TEMP` (``t``).
+   :func:`pullback` (``first_out`` -> ``first_back``), :func:`attribute`
+   (``x_shape``), :func:`part` (``dz_0``), :data:`TEMP` (``t``).
    They are hints: invariants 1-4 still decide the final name.
 
 >>> module = ModuleNames()
@@ -84,6 +85,16 @@ def identifier(hint):
 def adjoint(hint):
     """The adjoint's hint: ``d`` + the value's hint (Tangent's convention); ``dz`` if unnamed."""
     return "d" + hint if hint else "dz"
+
+
+def part(hint, i):
+    """Hint of item ``i`` of a tuple-valued value (the adjoint of ``h, c = ...``'s pack: ``dz_0``)."""
+    return f"{hint}_{i}"
+
+
+def attribute(hint, attr):
+    """Hint of ``x.shape`` and the like: ``x_shape``."""
+    return f"{hint}_{attr}"
 
 
 def seed(i, n):

@@ -362,6 +362,26 @@ def _(dy, y, x):
     return dy * (2.0 + xp.cos(x))
 
 
+def unbroadcast(x):
+    '''An opaque primitive named like the library's helper (both end up in one module).'''
+    return xp.tanh(x) * 3.0
+
+
+@fc.diffrule(unbroadcast)
+def _(dy, y, x):
+    return dy * 3.0 * (1.0 - xp.tanh(x) ** 2)
+
+
+@fc.net
+class TwoUnbroadcasts:
+    def __init__(self):
+        self.b = fc.initn(1, 4) * 100
+
+    def forward(self, sum_grad):
+        unbroadcast_1 = unbroadcast(sum_grad + self.b)
+        return xp.sum(unbroadcast_1, axis=0) * self.b
+
+
 @fc.net
 class CallsBackward:
     def __init__(self):
@@ -380,7 +400,8 @@ def hostile_models(tmp_path_factory):
 
 @pytest.mark.parametrize("name, shapes", [
     ("Hostile", [(3, 4)]), ("Outer", [(3, 4), (3, 4)]), ("Globals", [(3, 4), (3, 4)]),
-    ("StateDy", [(3, 4)]), ("StateSaved", [(3, 4)]), ("TwoOutputs", [(3, 4)]), ("CallsBackward", [(3, 4)])])
+    ("StateDy", [(3, 4)]), ("StateSaved", [(3, 4)]), ("TwoOutputs", [(3, 4)]), ("CallsBackward", [(3, 4)]),
+    ("TwoUnbroadcasts", [(3, 4)])])
 def test_hostile_model(hostile_models, name, shapes):
     check_model(getattr(hostile_models, name)(), shapes)
 
@@ -590,3 +611,39 @@ def test_drawn_names_model(tmp_path, data):
     source = MODEL_TEMPLATE.format(**dict(zip(MODEL_SLOTS, names)))
     mod = load(tmp_path, source)
     check_model(mod.Step(), [(3, 4), (3, 4)])
+
+
+# -- the policy itself --------------------------------------------------------------------------
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.sampled_from(HOSTILE + ["lambda", "None", "3d", "a-b", "", "x"])),
+                max_size=40))
+def test_policy_invariants(requests):
+    """Any interleaving of requests (3: a module name; 0-2: a local of that scope):
+    names are identifiers, no keyword; unique in a scope; no local is a module name."""
+    module = naming.ModuleNames()
+    scopes = [module.scope() for _ in range(3)]
+    given_names = {k: [] for k in range(3)}
+    module_names = []
+    for which, hint in requests:
+        if which == 3:
+            module_names.append(module.module_name(hint))
+        else:
+            given_names[which].append(scopes[which].fresh(hint))
+    everything = module_names + [n for names in given_names.values() for n in names]
+    assert all(n.isidentifier() and not keyword.iskeyword(n) for n in everything)
+    assert len(set(module_names)) == len(module_names)
+    fixed = set(naming.FIXED) | set(naming.FUNCTIONS)
+    assert not fixed & set(module_names)
+    for names in given_names.values():
+        assert len(set(names)) == len(names)
+        assert not set(names) & (set(module_names) | fixed)
+
+
+def test_policy_derived_names():
+    assert naming.adjoint("h") == "dh" and naming.adjoint(None) == "dz"
+    assert [naming.seed(i, 2) for i in range(2)] == ["dy0", "dy1"] and naming.seed(0, 1) == "dy"
+    assert naming.pullback("first_out") == "first_back"
+    assert naming.identifier("lambda") == "lambda_" and naming.identifier("3d") == "v3d"
+    scope = naming.ModuleNames().scope()
+    assert [scope.fresh("h") for _ in range(3)] == ["h", "h_1", "h_2"]
