@@ -647,3 +647,55 @@ def test_policy_derived_names():
     assert naming.identifier("lambda") == "lambda_" and naming.identifier("3d") == "v3d"
     scope = naming.ModuleNames().scope()
     assert [scope.fresh("h") for _ in range(3)] == ["h", "h_1", "h_2"]
+
+
+# -- the disk cache re-binds the module names it stored -------------------------------------------
+
+DISK_MODEL = """\
+import numpy as xp
+import flux_compile as fc
+
+
+@fc.net
+class Sliced:
+    def __init__(self):
+        self.W = xp.linspace(-1.0, 1.0, 16).reshape(4, 4)
+
+    def forward(self, np, slice):
+        unbroadcast = xp.tanh(np @ self.W) + slice
+        sum_grad = unbroadcast[:, 1:3] * unbroadcast[:, :2]
+        return xp.sum(sum_grad, axis=1, keepdims=True) * np
+"""
+
+DISK_RUN = """\
+import sys, numpy as np
+sys.path.insert(0, {path!r})
+from naming_disk_model import Sliced
+from flux_compile.compiler import compile_model
+m = Sliced()
+x, s = np.linspace(-1, 1, 12).reshape(3, 4), np.linspace(0, 1, 4)
+y, back = m.pullback(x, s)
+dx, ds = back(np.ones_like(y))
+print(compile_model(m, (x, s)).from_disk, repr(float(y.sum())), repr(float(m.W.grad.sum())),
+      repr(float(dx.sum())), repr(float(ds.sum())))
+"""
+
+
+def test_disk_cache_hit_of_a_module_with_aliased_names(tmp_path):
+    """``slice`` and ``np`` are the user's, so the builtin and NumPy are bound under other names;
+    a second process loads that module from the disk cache and computes the same gradients."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "naming_disk_model.py").write_text(DISK_MODEL)
+    env = dict(os.environ, FLUX_COMPILE_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run():
+        out = subprocess.run([sys.executable, "-c", DISK_RUN.format(path=str(tmp_path))], capture_output=True,
+                             text=True, env=env, check=True).stdout.split()
+        return out[0], [float(v) for v in out[1:]]
+    (hit1, first), (hit2, second) = run(), run()
+    assert (hit1, hit2) == ("False", "True")
+    assert first == second
+    mod = load(tmp_path, DISK_MODEL)
+    check_model(mod.Sliced(), [(3, 4), (4,)])
