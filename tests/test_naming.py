@@ -352,6 +352,17 @@ class TwoOutputs:
         return y1, dy
 
 
+@fc.net
+class OddSelf:
+    '''The model's own parameter is called m; its input is called self.'''
+    def __init__(self):
+        self.W = fc.initn(4, 4) * 100
+
+    def forward(m, self):
+        saved = xp.tanh(self @ m.W)
+        return saved * self
+
+
 def backward(x):
     '''An opaque primitive named like a generated function.'''
     return x * 2.0 + xp.sin(x)
@@ -401,7 +412,7 @@ def hostile_models(tmp_path_factory):
 @pytest.mark.parametrize("name, shapes", [
     ("Hostile", [(3, 4)]), ("Outer", [(3, 4), (3, 4)]), ("Globals", [(3, 4), (3, 4)]),
     ("StateDy", [(3, 4)]), ("StateSaved", [(3, 4)]), ("TwoOutputs", [(3, 4)]), ("CallsBackward", [(3, 4)]),
-    ("TwoUnbroadcasts", [(3, 4)])])
+    ("TwoUnbroadcasts", [(3, 4)]), ("OddSelf", [(3, 4)])])
 def test_hostile_model(hostile_models, name, shapes):
     check_model(getattr(hostile_models, name)(), shapes)
 
