@@ -417,28 +417,22 @@ def test_hostile_model(hostile_models, name, shapes):
     check_model(getattr(hostile_models, name)(), shapes)
 
 
-def test_fc_grad_of_a_model_argument_named_like_a_global(hostile_models):
+@pytest.mark.parametrize("name", ["StateDy", "StateSaved"])
+def test_hostile_state_names_through_time(hostile_models, name):
+    """Backprop through time over three steps of a model whose state is called dy or saved."""
+    check_model(fc.unroll(getattr(hostile_models, name)(), 3), [(2, 3, 4)])
+
+
+def test_fc_grad_of_a_model_argument_named_like_a_global(hostile_models, tmp_path):
     """A model passed to fc.grad under the name np, next to an input named self."""
     m = hostile_models.Inner()
-    src = """\
-import numpy as xp
-
-
-def program(np, self):
-    return xp.sum(np(self) * self)
-"""
-
-    import tempfile
-    import pathlib
-    with tempfile.TemporaryDirectory() as d:
-        f = load(pathlib.Path(d), src).program
-        x = np.random.default_rng(1).standard_normal((3, 4))
-        value, (gm, gx) = fc.grad(f, m, x)
-        W = m.W.value
-        numeric_x, numeric_W = central_differences(lambda: float(f(m, x)), [x, W])
-        np.testing.assert_allclose(gx, numeric_x, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(gm[("W",)], numeric_W, rtol=1e-5, atol=1e-7)
-        scan_generated(fc.source(f, "all", args=(m, x)), names_bound_in(compiler.compile_function(f, (m, x))))
+    f = load(tmp_path, "import numpy as xp\n\n\ndef program(np, self):\n    return xp.sum(np(self) * self)\n").program
+    x = np.random.default_rng(1).standard_normal((3, 4))
+    value, (gm, gx) = fc.grad(f, m, x)
+    numeric_x, numeric_W = central_differences(lambda: float(f(m, x)), [x, m.W.value])
+    np.testing.assert_allclose(gx, numeric_x, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gm[("W",)], numeric_W, rtol=1e-5, atol=1e-7)
+    scan_generated(fc.source(f, "all", args=(m, x)), names_bound_in(compiler.compile_function(f, (m, x))))
 
 
 def test_seed_keeps_its_name_when_nothing_collides(tmp_path):
@@ -469,10 +463,11 @@ def _library_models():
         (fc.RNN(4, 3), [(2, 4)]),
         (fc.GRU(4, 3), [(2, 4)]),
         (fc.LSTM(4, 3), [(2, 4)]),
+        (fc.unroll(fc.GRU(4, 3), 2), [(2, 2, 4)]),
     ]
 
 
-@pytest.mark.parametrize("index", range(5))
+@pytest.mark.parametrize("index", range(6))
 def test_scan_library_models(index):
     m, shapes = _library_models()[index]
     rng = np.random.default_rng(index)
