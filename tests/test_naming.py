@@ -30,7 +30,7 @@ GENERATED_FUNCTIONS = set(naming.FUNCTIONS)
 HOSTILE = ["y", "dy", "dx", "saved", "self_", "self_1", "np_", "np", "fc", "unbroadcast", "sum_grad", "t",
            "t_1", "t_2", "dz", "dz_1", "d", "back", "grad", "dy0", "dy1", "dy_1", "y_1", "y1", "y2", "Retrace",
            "forward", "backward", "forward_train", "backward_params", "slice", "first_out", "first_back",
-           "layer0_out", "ndarray", "x_shape", "t_shape", "dW", "db", "dself", "state"]
+           "layer0_out", "x_1_back", "ndarray", "x_shape", "t_shape", "W", "b", "dW", "db", "dself", "state"]
 
 
 # -- loading a program written as text --------------------------------------------------
