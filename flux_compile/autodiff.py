@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import rules
+from . import naming, rules
 from .errors import CompileError
 from .frontend import Builder, Context, Seq, Static
 from .ir import Node, describe_fn, path_expr
@@ -139,9 +139,7 @@ def _sum(parts, builder, name):
 
 
 def _adj_name(node):
-    if node.name:
-        return "d" + node.name
-    return "dz"
+    return naming.adjoint(node.name)
 
 
 def differentiate(graph, n_inputs_diff=None):
@@ -153,7 +151,7 @@ def differentiate(graph, n_inputs_diff=None):
     adj = Adjoints()
     seeds = []
     for i, out in enumerate(graph.outputs):
-        name = "dy" if len(graph.outputs) == 1 else f"dy{i}"
+        name = naming.seed(i, len(graph.outputs))
         s = graph.add(Node("seed", name=name, index=i, diff=True))
         s.name = name
         s.meta["shape"] = out.meta.get("shape") if out.op != "const" else None
@@ -167,7 +165,7 @@ def differentiate(graph, n_inputs_diff=None):
             elems = []
             for i in range(node.arity if node.arity is not None else max(per) + 1):
                 parts = per.get(i)
-                elems.append(_sum(parts, b, _adj_name(node) + f"_{i}") if parts else None)
+                elems.append(_sum(parts, b, naming.part(_adj_name(node), i)) if parts else None)
             g = _pack_with_none(elems, b)
             adj.parts.setdefault(node.id, []).insert(0, g)
         parts = adj.parts.get(node.id)

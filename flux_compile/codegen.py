@@ -1,8 +1,10 @@
 """Codegen: IR nodes → Python ``ast`` → ``astor.to_source`` → compiled functions.
 
-Names come from the user's variables (``h``, ``h_1``; adjoints ``dh``); each
-user statement gets one comment with its line; single-use temporaries are
-inlined into the expression that uses them, so rules read like the math.
+Names come from the user's variables (``h``, ``h_1``; adjoints ``dh``) and are
+all made by :mod:`flux_compile.naming`, the one naming policy (its docstring
+lists the invariants); each user statement gets one comment with its line;
+single-use temporaries are inlined into the expression that uses them, so rules
+read like the math.
 """
 from __future__ import annotations
 
@@ -14,7 +16,9 @@ import re
 import astor
 import numpy as np
 
+from . import naming
 from ._version import __version__
+from .errors import Retrace
 from .ir import Loc, Node, path_expr
 from .sourcecache import compile_source, unique_filename
 
@@ -31,7 +35,6 @@ UNARY = {np.negative: ast.USub, np.positive: ast.UAdd}
 ALWAYS_INLINE = {"input", "const", "param", "attr", "seed"}
 STATEMENT_OPS = {"model", "accum", "model_back", "state", "guard"}
 MARK = re.compile(r"""^(\s*)(?:'|"|\"\"\")@@LOC (\d+)@@(?:'|"|\"\"\")\s*$""")
-RESERVED = {"self", "saved", "np", "fc", "state", "None", "True", "False", "Retrace"}
 
 
 def _parse_expr(text):
@@ -43,32 +46,31 @@ def _path_ast(base, path):
 
 
 class Namespace:
-    """Globals of the generated module: ``np``, ``fc`` and any other object, by a stable name."""
+    """Globals of the generated module: ``np``, ``fc`` and any other object, each bound once
+    under a module name from ``names`` (a :class:`naming.ModuleNames`)."""
 
-    def __init__(self):
+    def __init__(self, names=None):
         import flux_compile
         self.fc = flux_compile
-        from .errors import Retrace
+        self.names = names if names is not None else naming.ModuleNames()
         self.objects = {"np": np, "fc": flux_compile, "Retrace": Retrace}
-        self.by_id = {}
+        self.by_id = {id(obj): name for name, obj in self.objects.items()}
 
     def name_of(self, obj):
+        """How the generated code spells ``obj``: ``np.tanh``, ``fc.relu``, or a module name
+        bound to it (a builtin keeps its own name unless a local took it)."""
         key = id(obj)
         if key in self.by_id:
             return self.by_id[key]
         name = self._public_name(obj)
-        if name is None:
-            base = getattr(obj, "__name__", None) or type(obj).__name__.lower()
-            base = re.sub(r"\W", "_", base).strip("_") or "const"
-            if base[0].isdigit() or base == "<lambda>":
-                base = "fn_" + base
-            name, i = base, 1
-            while name in self.objects and self.objects[name] is not obj or name in RESERVED:
-                name = f"{base}_{i}"
-                i += 1
+        if name is None or "." not in name:
+            name = self.names.module_name(name or _object_hint(obj))
             self.objects[name] = obj
         self.by_id[key] = name
         return name
+
+    def name_ast(self, obj):
+        return _parse_expr(self.name_of(obj))
 
     def _public_name(self, obj):
         name = getattr(obj, "__name__", None)
@@ -93,17 +95,31 @@ class Namespace:
         return None
 
 
-class FunctionEmitter:
-    """Turns an ordered list of nodes into the body of one generated function."""
+def _object_hint(obj):
+    name = getattr(obj, "__name__", None)
+    base = name if isinstance(name, str) else type(obj).__name__.lower()
+    base = re.sub(r"\W", "_", base).strip("_") or "const"
+    return "fn_" + base if base[0].isdigit() else base
 
-    def __init__(self, ns, names, locs, mode, namer, back_names=None):
+
+class FunctionEmitter:
+    """Turns an ordered list of nodes into the body of one generated function.
+
+    ``scope`` (a :class:`naming.Scope`) names every value; ``bases`` maps the base of a
+    field path (``self``, or a model argument's name) to the parameter that holds it."""
+
+    def __init__(self, ns, names, locs, mode, scope, back_names=None, bases=None):
         self.ns = ns
-        self.namer = namer
+        self.scope = scope
         self.names = names          # node id -> name (materialized nodes)
         self.locs = locs            # list of Loc, index = marker id
         self.mode = mode            # "infer" | "train" | "backward"
         self.inline = set()
         self.back_names = back_names if back_names is not None else {}
+        self.bases = bases or {}
+
+    def path(self, base, path):
+        return _path_ast(self.bases.get(base, base), path)
 
     # -- expressions ---------------------------------------------------------
     def expr(self, n):
@@ -113,9 +129,9 @@ class FunctionEmitter:
         if op == "const":
             return self.const(n.value)
         if op == "param":
-            return _path_ast(n.base, n.path + ("value",))
+            return self.path(n.base, n.path + ("value",))
         if op == "attr":
-            return _path_ast(n.base, n.path)
+            return self.path(n.base, n.path)
         if op == "getattr":
             return ast.Attribute(value=self.expr(n.args[0]), attr=n.attr, ctx=ast.Load())
         if op == "item":
@@ -125,7 +141,7 @@ class FunctionEmitter:
         if op == "call":
             return self.call(n)
         if op == "model":
-            return ast.Call(func=_path_ast(n.base, n.path), args=[self.expr(a) for a in n.args], keywords=[])
+            return ast.Call(func=self.path(n.base, n.path), args=[self.expr(a) for a in n.args], keywords=[])
         if op == "model_back":
             return ast.Call(func=ast.Name(id=self.back_names[n.meta["model"].id], ctx=ast.Load()),
                             args=[self.expr(a) for a in n.args], keywords=[])
@@ -148,12 +164,12 @@ class FunctionEmitter:
             if fn is np.transpose and len(args) == 1:
                 return ast.Attribute(value=self.expr(args[0]), attr="T", ctx=ast.Load())
             if fn is slice:
-                return ast.Call(func=ast.Name(id="slice", ctx=ast.Load()),
+                return ast.Call(func=self.ns.name_ast(slice),
                                 args=[self.expr(a) for a in args], keywords=[])
         if fn is getattr(helpers, "astype", None) and len(args) == 2 and not n.kwargs:
             return ast.Call(func=ast.Attribute(value=self.expr(args[0]), attr="astype", ctx=ast.Load()),
                             args=[self.expr(args[1])], keywords=[])
-        func = _parse_expr(self.ns.name_of(fn))
+        func = self.ns.name_ast(fn)
         return ast.Call(func=func, args=[self.expr(a) for a in args],
                         keywords=[ast.keyword(arg=k, value=self.expr(v)) for k, v in n.kwargs.items()])
 
@@ -194,7 +210,7 @@ class FunctionEmitter:
         if isinstance(v, list):
             return ast.List(elts=[self.const(x) for x in v], ctx=ast.Load())
         if isinstance(v, slice):
-            return ast.Call(func=ast.Name(id="slice", ctx=ast.Load()),
+            return ast.Call(func=self.ns.name_ast(slice),
                             args=[self.const(v.start), self.const(v.stop), self.const(v.step)], keywords=[])
         if isinstance(v, np.dtype):
             return ast.Call(func=_parse_expr("np.dtype"), args=[ast.Constant(v.name)], keywords=[])
@@ -203,7 +219,7 @@ class FunctionEmitter:
         if isinstance(v, np.ndarray) and v.ndim <= 1 and v.size <= 8:
             return ast.Call(func=_parse_expr("np.array"), args=[self.const(v.tolist())],
                             keywords=[ast.keyword(arg="dtype", value=self.const(v.dtype))])
-        return _parse_expr(self.ns.name_of(v))
+        return self.ns.name_ast(v)
 
     # -- statements ------------------------------------------------------------
     def statements(self, nodes, keep):
@@ -231,9 +247,9 @@ class FunctionEmitter:
                 self.inline.add(n.id)
                 continue
             if n.id not in self.names and (uses.get(n.id, 0) > 0 or n.id in keep or n.op == "model"):
-                self.names[n.id] = self.namer.fresh(_hint(n, self.names))
+                self.names[n.id] = self.scope.fresh(_hint(n, self.names))
             if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
-                self.back_names[n.id] = self.namer.fresh(self.names[n.id].removesuffix("_out") + "_back")
+                self.back_names[n.id] = self.scope.fresh(naming.pullback(self.names[n.id]))
             body.extend(self.statement(n, uses, unused=uses.get(n.id, 0) == 0 and n.id not in keep))
         return body
 
@@ -244,7 +260,7 @@ class FunctionEmitter:
             out.append(marker)
         name = None if unused and n.op != "model" else self.names.get(n.id)
         if n.op == "accum":
-            target = _path_ast(n.base, n.path + ("grad",))
+            target = self.path(n.base, n.path + ("grad",))
             target.ctx = ast.Store()
             out.append(ast.AugAssign(target=target, op=ast.Add(), value=self.expr(n.args[0])))
             return out
@@ -253,7 +269,7 @@ class FunctionEmitter:
             test = ast.UnaryOp(op=ast.Not(), operand=cond) if n.value else cond
             where = f"line {n.loc.lineno}" if n.loc else "a guard"
             out.append(ast.If(test=test, body=[ast.Raise(exc=ast.Call(
-                func=ast.Name(id="Retrace", ctx=ast.Load()), args=[ast.Constant(where)], keywords=[]),
+                func=self.ns.name_ast(Retrace), args=[ast.Constant(where)], keywords=[]),
                 cause=None)], orelse=[]))
             return out
         if n.op == "state":
@@ -263,7 +279,7 @@ class FunctionEmitter:
             return out
         if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
             back = self.back_names[n.id]
-            call = ast.Call(func=ast.Attribute(value=_path_ast(n.base, n.path), attr="_pullback", ctx=ast.Load()),
+            call = ast.Call(func=ast.Attribute(value=self.path(n.base, n.path), attr="_pullback", ctx=ast.Load()),
                             args=[self.expr(a) for a in n.args], keywords=[])
             out.append(ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=name, ctx=ast.Store()),
                                                            ast.Name(id=back, ctx=ast.Store())], ctx=ast.Store())],
@@ -298,37 +314,19 @@ class FunctionEmitter:
         return ast.Expr(value=ast.Constant(f"@@LOC {len(self.locs) - 1}@@"))
 
 
-class Namer:
-    """Deterministic names: the user's variable names first, ``_1``, ``_2`` on reuse."""
-
-    def __init__(self, reserved):
-        self.used = set(reserved) | RESERVED
-
-    def fresh(self, hint):
-        hint = re.sub(r"\W", "_", str(hint or "t"))
-        if hint[0].isdigit():
-            hint = "v" + hint
-        name, i = hint, 1
-        while name in self.used:
-            name = f"{hint}_{i}"
-            i += 1
-        self.used.add(name)
-        return name
-
-
 def _hint(n, names=None):
+    """What to call node ``n``: the user's name, else one derived by :mod:`naming`."""
     if n.name:
         return n.name
     if n.op == "getattr" and names and n.args[0].id in names:
-        return f"{names[n.args[0].id]}_{n.attr}"
+        return naming.attribute(names[n.args[0].id], n.attr)
     if n.op == "model":
-        last = n.path[-1] if n.path else n.base
-        return f"layer{last}_out" if isinstance(last, int) else f"{last}_out"
+        return naming.model_output(n.path[-1] if n.path else n.base)
     if n.op == "getattr" and n.args and n.args[0].name:
-        return f"{n.args[0].name}_{n.attr}"
+        return naming.attribute(n.args[0].name, n.attr)
     if n.op == "model_back":
-        return "dz"
-    return "t"
+        return naming.adjoint(None)
+    return naming.TEMP
 
 
 def render(defs, locs, header):

@@ -15,7 +15,7 @@ import types
 
 import numpy as np
 
-from . import codegen, passes
+from . import codegen, naming, passes
 from ._version import __version__
 from .autodiff import differentiate
 from .errors import CompileError, ModelError, model_error_type
@@ -129,7 +129,7 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     outs, arity = _outputs(b, out)
     for i, o in enumerate(outs):
         if o.name is None and o.op not in ("input", "param", "const", "attr"):
-            o.name = "y" if len(outs) == 1 else f"y{i + 1}"
+            o.name = naming.output(i, len(outs))
             o.meta["anon"] = True
     if state is not None:
         outs = outs + state.end(b)
@@ -144,13 +144,20 @@ def _arity_of(obj, nargs):
     return c.n_outputs
 
 
-def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state_names=()):
-    ns = codegen.Namespace()
+def _emit(label, owner, infer_g, joint, split, has_self):
+    """Generate the module: forward, forward_train, backward, backward_params. Every name
+    comes from one :class:`naming.ModuleNames`: the inference forward is one scope, the
+    training forward and both backwards another (saved values keep their names)."""
+    module = naming.ModuleNames()
+    ns = codegen.Namespace(module)
     fs = codegen.FuncSet()
+    hints = [naming.SELF] if has_self else []
+    hints += [n.name for n in infer_g.inputs]
     # inference forward
-    namer = codegen.Namer(input_names)
-    names = {n.id: n.name for n in infer_g.inputs}
-    em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", namer)
+    scope = module.scope()
+    sig = scope.params(hints)
+    names, bases = _bind_inputs(infer_g.inputs, sig, has_self)
+    em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
     outs = infer_g.outputs
     roots = list(outs) + [n for n in infer_g.nodes if n.op in ("state", "guard")]
     alive = passes.live(roots)
@@ -158,15 +165,21 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
     keep = {o.id for o in outs}
     body = em.statements(nodes, keep)
     ret = codegen.tuple_or_single([em.expr(o) for o in outs])
-    fs.defs.append(codegen.make_function("forward", params_in_sig, body, ret))
-    # training forward
+    fs.defs.append(codegen.make_function("forward", sig, body, ret))
+    # training forward; its scope also holds the backward's parameters and seeds
     g = joint.graph
-    namer = codegen.Namer(input_names)
-    names = {n.id: n.name for n in g.inputs}
-    for s in joint.seeds:
-        names[s.id] = s.name
+    scope = module.scope()
+    sig = scope.params(hints)
+    bsig = sig[:1] if has_self else []          # the backward's self is the forward's
+    bsig = bsig + scope.params([naming.SAVED, naming.SEEDS])
+    saved_param, seeds_param = bsig[-2], bsig[-1]
+    names, bases = _bind_inputs(g.inputs, sig, has_self)
+    if len(joint.seeds) == 1:
+        names[joint.seeds[0].id] = seeds_param
+    else:
+        names.update(zip((s.id for s in joint.seeds), scope.params([s.name for s in joint.seeds])))
     back_names = {}
-    em = codegen.FunctionEmitter(ns, names, fs.locs, "train", namer, back_names)
+    em = codegen.FunctionEmitter(ns, names, fs.locs, "train", scope, back_names, bases)
     em._last_loc = None
     touts = g.outputs
     keep = {o.id for o in touts} | {a.id for a, _ in split.saved}
@@ -176,43 +189,53 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
         saved_exprs.append(ast.Name(id=back_names[node.id] if kind == "back" else names[node.id], ctx=ast.Load()))
     out_expr = codegen.tuple_or_single([em.expr(o) for o in touts])
     ret = ast.Tuple(elts=[out_expr, ast.Tuple(elts=saved_exprs, ctx=ast.Load())], ctx=ast.Load())
-    fs.defs.append(codegen.make_function("forward_train", params_in_sig, body, ret))
+    fs.defs.append(codegen.make_function("forward_train", sig, body, ret))
     # backward
-    em2 = codegen.FunctionEmitter(ns, names, fs.locs, "backward", namer, back_names)
+    em2 = codegen.FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
     em2._last_loc = None
     head = []
     if split.saved:
         targets = [ast.Name(id=e.id, ctx=ast.Store()) for e in saved_exprs]
         if len(targets) == 1:
             head.append(ast.Assign(targets=targets, value=ast.Subscript(
-                value=ast.Name(id="saved", ctx=ast.Load()), slice=ast.Constant(0), ctx=ast.Load())))
+                value=ast.Name(id=saved_param, ctx=ast.Load()), slice=ast.Constant(0), ctx=ast.Load())))
         else:
             head.append(ast.Assign(targets=[ast.Tuple(elts=targets, ctx=ast.Store())],
-                                   value=ast.Name(id="saved", ctx=ast.Load())))
+                                   value=ast.Name(id=saved_param, ctx=ast.Load())))
     if len(joint.seeds) > 1:
-        head.append(ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=s.name, ctx=ast.Store()) for s in joint.seeds],
-                                                  ctx=ast.Store())], value=ast.Name(id="dy", ctx=ast.Load())))
+        head.append(ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=names[s.id], ctx=ast.Store())
+                                                        for s in joint.seeds], ctx=ast.Store())],
+                               value=ast.Name(id=seeds_param, ctx=ast.Load())))
     grads = joint.resolved_grads
     keep = {x.id for x in grads if x is not None}
     body = em2.statements(split.backward, keep)
     rets = [em2.expr(x) if x is not None else ast.Constant(None) for x in grads]
     ret = codegen.tuple_or_single(rets) if rets else ast.Constant(None)
-    bparams = ["self", "saved", "dy"] if params_in_sig[0] == "self" else ["saved", "dy"]
-    fs.defs.append(codegen.make_function("backward", bparams, head + body, ret))
+    fs.defs.append(codegen.make_function("backward", bsig, head + body, ret))
     # the same backward when the caller needs no input gradients (only Params, and recurrent
     # state, which carries gradients between steps): the input-gradient work is dead code
     state_grads = [x if inp.meta.get("state") else None for inp, x in zip(joint.graph.inputs, grads)]
     alive = passes.live([x for x in state_grads if x is not None] +
                         [n for n in split.backward if n.op in ("accum", "model_back")])
-    em3 = codegen.FunctionEmitter(ns, names, fs.locs, "backward", namer, back_names)
+    em3 = codegen.FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
     em3._last_loc = None
     body = em3.statements([n for n in split.backward if n.id in alive],
                           {x.id for x in state_grads if x is not None})
     rets = [em3.expr(x) if x is not None else ast.Constant(None) for x in state_grads]
     ret = codegen.tuple_or_single(rets) if rets else ast.Constant(None)
-    fs.defs.append(codegen.make_function("backward_params", bparams, head + body, ret))
+    fs.defs.append(codegen.make_function("backward_params", bsig, head + body, ret))
     source, namespace, linemap, filename = codegen.build_module(label, fs, ns)
     return source, namespace, linemap, filename, dict(ns.objects)
+
+
+def _bind_inputs(inputs, sig, has_self):
+    """(node id -> parameter name, field-path base -> parameter name) for one signature."""
+    params = sig[1:] if has_self else sig
+    names = {n.id: p for n, p in zip(inputs, params)}
+    bases = {n.name: p for n, p in zip(inputs, params)}
+    if has_self:
+        bases[naming.SELF] = sig[0]
+    return names, bases
 
 
 def _sections(source):
@@ -230,7 +253,7 @@ def _sections(source):
     return {k: "".join(v).rstrip("\n") + "\n" for k, v in out.items()}
 
 
-def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=None, generic_cls=None,
+def build(label, owner, fn, selfval, input_specs, state_factory=None, generic_cls=None,
           values=None):
     """Run the whole pipeline for one function; returns a :class:`Compiled`."""
     c = Compiled(label, owner)
@@ -247,8 +270,7 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     joint.resolved_grads = [r2(x) if x is not None else None for x in joint.input_grads]
     sp = passes.split(joint, r2)
     input_names = [n.name for n in infer_g.inputs]
-    source, namespace, linemap, filename, objects = _emit(label, owner, infer_g, joint, sp, input_names,
-                                                          params_in_sig)
+    source, namespace, linemap, filename, objects = _emit(label, owner, infer_g, joint, sp, selfval is not None)
     c.namespace_objects = objects
     c.inlined = list(dict.fromkeys(ctx1.inlined + ctx2.inlined))
     c.deps = list({(id(ns), name): (ns, name, fn) for ns, name, fn in ctx1.deps + ctx2.deps}.values())
@@ -441,7 +463,7 @@ def _compile_model(cls, inst, text, ikey=None, values=None):
         raise CompileError(f"{cls.__name__}.forward has an input and a state attribute both named "
                            f"{sorted(clash)[0]!r}", src.filename, src.offset + src.tree.lineno,
                            hint="rename the input")
-    c = build(label, cls.__name__, cls.forward, selfval, specs, ["self"] + names + snames,
+    c = build(label, cls.__name__, cls.forward, selfval, specs,
               state_factory=state_factory, generic_cls=cls if inst is None else None, values=values)
     c.hash = hashlib.sha256(text.encode()).hexdigest()
     return c
@@ -562,7 +584,7 @@ def _compile_function(fn, args, fresh=False):
         c = None
     if c is None or fresh:
         values = {n: a for n, a in zip(names, args)}
-        new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, names or ["_"], values=values)
+        new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, values=values)
         if c is not None:
             new.alternatives = c.alternatives
             new.alternatives.insert(0, new)
