@@ -426,9 +426,24 @@ def _names(compiled):
             out[name] = ["lib"] + where + [""]
         elif isinstance(obj, types.FunctionType) and _user_module(where[0]):
             out[name] = ["user"] + where + [digest(obj)]
+        elif _is_safe_builtin(*where) and getattr(builtins, where[1]) is obj:
+            out[name] = ["builtin"] + where + [""]
         else:
             raise Uncacheable(f"{name} is not a function flux_compile binds")
     return out
+
+
+# Builtins generated code may call (bound under another name when the user's code takes
+# theirs, as ``slice_1``); nothing that reads files, imports or evaluates text.
+SAFE_BUILTINS = frozenset({
+    "slice", "range", "len", "abs", "min", "max", "sum", "float", "int", "bool", "complex",
+    "tuple", "list", "dict", "zip", "enumerate", "reversed", "sorted", "isinstance", "round",
+    "pow", "divmod", "all", "any", "map", "Ellipsis",
+})
+
+
+def _is_safe_builtin(mod, qual):
+    return mod == "builtins" and qual in SAFE_BUILTINS
 
 
 def _user_module(mod):
@@ -570,7 +585,7 @@ def _check(meta, cls):
     objects = {}
     for name, (kind, mod, qual, want) in meta["names"].items():
         ok = {"numpy": _is_numpy(mod), "lib": mod == "flux_compile" or mod.startswith("flux_compile."),
-              "user": _user_module(mod)}.get(kind, False)
+              "user": _user_module(mod), "builtin": _is_safe_builtin(mod, qual)}.get(kind, False)
         if not ok:
             raise Uncacheable(f"{name} is bound outside numpy / flux_compile / user code")
         obj = resolve(mod, qual)
