@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import pytree
 from .compiler import compile_function, compile_model
 from .display import SourceText
 from .params import Param, is_model, named_params, path_str
@@ -117,7 +118,7 @@ def grad(f, *args):
     Param gradients are not left accumulated: ``grad`` is functional.
     """
     if is_model(f):
-        models = [f] + [a for a in args if is_model(a)]
+        models = [f] + _models_in(args)
         with _GradCapture(models) as cap:
             out, back = f._pullback(*args)
             gin = back(_ones_seed(out))
@@ -126,24 +127,31 @@ def grad(f, *args):
         return out, grads
     args = tuple(as_numpy_scalars(a) for a in args)
     c = compile_function(f, args)
-    models = [a for a in args if is_model(a)]
-    with _GradCapture(models) as cap:
+    flat, trees = pytree.split_args(args)
+    with _GradCapture(_models_in(args)) as cap:
         c, (out, saved) = forward_function(c, f, args)
         try:
             gin = c.backward(saved, _ones_seed(out))
         except Exception as e:
             _reraise(c, e, "backward")
-        gin = (gin,) if len(args) == 1 else tuple(gin)
+        gin = (gin,) if len(flat) == 1 else tuple(gin)
+        gin = [g if t is None else pytree.unflatten(t, g) for t, g in zip(trees, pytree.group(trees, gin))]
         grads = tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
     return out, grads
 
 
+def _models_in(args):
+    """The models among ``args``, also inside structured arguments."""
+    return [x for a in args for x in (pytree.flatten(a)[0] if pytree.is_container(a) else [a]) if is_model(x)]
+
+
 def as_numpy_scalars(a):
-    """Python floats become NumPy float64 scalars (which have ``.shape`` and ``.dtype``)."""
+    """Python floats become NumPy float64 scalars (which have ``.shape`` and ``.dtype``),
+    also inside tuples, lists and dicts."""
     if type(a) is float:
         return np.float64(a)
-    if type(a) in (tuple, list) and a and all(type(x) is float or isinstance(x, np.ndarray) for x in a):
-        return type(a)(np.float64(x) if type(x) is float else x for x in a)
+    if pytree.is_structured(a):
+        return pytree.tree_map(lambda x: np.float64(x) if type(x) is float else x, a)
     return a
 
 
@@ -151,10 +159,11 @@ def forward_function(c, f, args):
     """Run a compiled function's training forward (the variant for this call's path)."""
     from .compiler import run_guarded
     from .errors import Retrace
+    flat = pytree.split_args(args)[0]
 
     def call(variant):
         try:
-            return variant.forward_train(*args)
+            return variant.forward_train(*flat)
         except Retrace:
             raise
         except Exception as e:
@@ -170,6 +179,12 @@ def _reraise(c, e, direction):
 
 
 def _arg_grad(a, g, cap):
+    """The gradient for argument ``a`` from the raw ``g`` (None where nothing flowed): zeros
+    for a float, the structure of a structured argument, the Param dict of a model."""
+    if pytree.is_structured(a):
+        leaves, tree = pytree.flatten(a)
+        lg = pytree.flatten(g)[0] if g is not None else [None] * len(leaves)
+        return pytree.unflatten(tree, [_arg_grad(x, gx, cap) for x, gx in zip(leaves, lg)])
     if is_model(a):
         return cap.collect(a)
     if isinstance(a, Param):
@@ -184,8 +199,6 @@ def _arg_grad(a, g, cap):
             from .rules.helpers import unbroadcast
             g = unbroadcast(g, a.shape)
         return g.astype(a.dtype, copy=False)
-    if isinstance(a, (list, tuple)) and g is not None:
-        return type(a)(_arg_grad(x, gx, cap) for x, gx in zip(a, g))
     return None
 
 

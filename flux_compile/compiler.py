@@ -15,11 +15,11 @@ import types
 
 import numpy as np
 
-from . import codegen, passes
+from . import codegen, passes, pytree
 from ._version import __version__
 from .autodiff import differentiate
 from .errors import CompileError, ModelError, model_error_type
-from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source
+from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source, structured
 from .ir import Graph, Node
 from .params import Param, is_model
 
@@ -106,19 +106,13 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.state = state
     b = Builder(ctx)
     args = []
-    from .shapeinfer import Sym
     for spec in inputs:
         kind, name, obj = spec
-        if kind == "array":
-            n = g.add(Node("input", name=name, diff=obj[1] if obj is not None else True))
-            n.meta["shape"] = symbolic_shape(name, obj)
-            args.append(n)
-        elif kind == "model":
-            g.add(Node("input", name=name, diff=False))
-            args.append(ModelRef(name, (), obj))
+        if kind == "tree":              # a structured argument: one input per leaf
+            treedef, leaf_specs = obj
+            args.append(structured(treedef, [_input_value(g, s) for s in leaf_specs]))
         else:
-            g.add(Node("input", name=name, diff=False))
-            args.append(Static(obj))
+            args.append(_input_value(g, spec))
     if state is not None:
         state.begin(b)
     from . import rules
@@ -137,6 +131,17 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
         state.end(b)
     g.outputs = outs
     return g, arity, ctx
+
+
+def _input_value(g, spec):
+    """Add the input node for one argument spec; the value the traced code sees for it."""
+    kind, name, obj = spec
+    if kind == "array":
+        n = g.add(Node("input", name=name, diff=obj[1] if obj is not None else True))
+        n.meta["shape"] = symbolic_shape(name, obj)
+        return n
+    g.add(Node("input", name=name, diff=False))
+    return ModelRef(name, (), obj) if kind == "model" else Static(obj)
 
 
 def _arity_of(obj, nargs):
@@ -447,6 +452,37 @@ def _compile_model(cls, inst, text, ikey=None, values=None):
 _fcache = {}
 
 
+def _arg_specs(names, args):
+    """One spec per argument; a structured one is ``("tree", name, (treedef, leaf specs))``
+    with its leaves named from their paths (``abc_0``, ``params_W``)."""
+    specs, taken = [], set(names)
+    for name, value in zip(names, args):
+        if pytree.is_structured(value):
+            leaves, tree = pytree.flatten(value)
+            leaf_names = pytree.leaf_names(name, tree, taken)
+            taken.update(leaf_names)
+            specs.append(("tree", name, (tree, [_arg_spec(n, v) for n, v in zip(leaf_names, leaves)])))
+        else:
+            specs.append(_arg_spec(name, value))
+    return specs
+
+
+def flat_inputs(specs, args=None):
+    """The generated code's input names (a structured argument's leaves in its place), or
+    ``{name: value}`` for them when ``args`` are given."""
+    names, values = [], []
+    for i, spec in enumerate(specs):
+        if spec[0] == "tree":
+            names.extend(s[1] for s in spec[2][1])
+            if args is not None:
+                values.extend(pytree.flatten(args[i])[0])
+        else:
+            names.append(spec[1])
+            if args is not None:
+                values.append(args[i])
+    return names if args is None else dict(zip(names, values))
+
+
 def _arg_spec(name, value):
     if is_model(value):
         return ("model", name, value)
@@ -466,6 +502,8 @@ def _spec_token(spec):
         return (kind, name, obj)
     if kind == "static":
         return (kind, name, freeze(obj))
+    if kind == "tree":
+        return (kind, name, obj[0], tuple(_spec_token(s) for s in obj[1]))
     return (kind, name)
 
 
@@ -544,7 +582,7 @@ def _compile_function(fn, args, fresh=False):
     if len(args) > len(names):
         raise TypeError(f"{fn.__name__}() takes {len(names)} arguments but {len(args)} were given")
     names = names[:len(args)]
-    specs = [_arg_spec(n, a) for n, a in zip(names, args)]
+    specs = _arg_specs(names, args)
     from . import rules
     primitive = rules.get_rule(fn) is not None or rules.is_nondiff(fn)
     text = repr(fn) if primitive else get_source(fn).text
@@ -555,8 +593,9 @@ def _compile_function(fn, args, fresh=False):
     if c is not None and not c.current():
         c = None
     if c is None or fresh:
-        values = {n: a for n, a in zip(names, args)}
-        new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, names or ["_"], values=values)
+        values = flat_inputs(specs, args)
+        new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, flat_inputs(specs) or ["_"],
+                    values=values)
         if c is not None:
             new.alternatives = c.alternatives
             new.alternatives.insert(0, new)

@@ -5,7 +5,8 @@ Every expression evaluates to one of:
 * a :class:`~flux_compile.ir.Node` — a run-time value in the graph;
 * :class:`Static` — a compile-time Python object (ints, ``None``, functions, ``np``);
 * :class:`ModelRef` — a sub-model (``self.first``), called opaquely;
-* :class:`Seq` — a tuple of values (``(a, b)``, ``self.layers``), unrolled at compile time.
+* :class:`Seq` — a tuple of values (``(a, b)``, ``self.layers``), unrolled at compile time;
+* :class:`SymDict` — a dict argument (``params["W"]``), its keys known at compile time.
 
 User functions, methods and static methods are inlined (their source is parsed
 the same way); primitives with a derivative rule become ``call`` nodes.
@@ -70,6 +71,35 @@ class Seq:
     def __init__(self, items):
         self.items = list(items)
         self.sym = None         # the symbolic shape, when this is some x.shape
+
+
+class SymDict:
+    """A dict whose keys are known at compile time and whose values are values (a structured
+    argument such as ``params``: ``params["W"]``, ``.items()``, ``len``, iteration)."""
+    __slots__ = ("items",)
+
+    def __init__(self, pairs):
+        self.items = dict(pairs)
+
+
+DICT_METHODS = ("items", "keys", "values", "get")
+
+
+def structured(treedef, leaves):
+    """The symbolic value of a structured argument: Seq / SymDict around ``leaves`` (one value
+    per leaf of ``treedef``); a part made only of constants is one Static."""
+    from .pytree import build
+
+    def seq(kind):
+        return lambda items: Static(kind(v.value for v in items)) \
+            if all(isinstance(v, Static) for v in items) else Seq(items)
+
+    def mapping(pairs):
+        if all(isinstance(v, Static) for _, v in pairs):
+            return Static({k: v.value for k, v in pairs})
+        return SymDict(pairs)
+    it = iter(leaves)
+    return build(treedef, lambda: next(it), seq(tuple), seq(list), mapping)
 
 
 class LocalFunction:
@@ -532,7 +562,7 @@ class Builder:
         arguments with a guard added to the generated code."""
         if isinstance(test, Static):
             return bool(test.value)
-        if isinstance(test, Seq):
+        if isinstance(test, (Seq, SymDict)):
             return bool(test.items)
         if not isinstance(test, Node):
             return True
@@ -573,6 +603,8 @@ class Builder:
     def iter_values(self, it, node):
         if isinstance(it, Seq):
             return list(it.items)
+        if isinstance(it, SymDict):
+            return [Static(k) for k in it.items]
         if isinstance(it, Node) and it.arity is None:
             n = self.concrete_int(self.call_primitive(len, [it], {}, node), node, "'for' over an array")
             from .rules.helpers import getitem
@@ -627,6 +659,8 @@ class Builder:
             self.error("unsupported assignment target", target)
 
     def unpack(self, value, n, node):
+        if isinstance(value, SymDict):
+            value = Static(tuple(value.items))
         if isinstance(value, Seq):
             if len(value.items) != n:
                 self.error(f"cannot unpack {len(value.items)} values into {n} names", node)
@@ -713,6 +747,11 @@ class Builder:
                 return self.call_primitive(np.real, [base], {}, e)
             self.error(f"array attribute or method {name!r} is not supported", e,
                        hint=f"use the NumPy function form, e.g. np.{name}(x, ...), if NumPy has one")
+        if isinstance(base, SymDict):
+            if name in DICT_METHODS:
+                return BoundMethod(base, name)
+            self.error(f"a dict has no attribute {name!r} here", e,
+                       hint="use d[key], d.items(), d.keys(), d.values() or d.get(key)")
         if isinstance(base, Seq):
             self.error(f"a tuple has no attribute {name!r}", e)
         self.error(f"cannot take attribute {name!r} here", e)
@@ -793,6 +832,12 @@ class Builder:
                 return _static(base.value[index.value])
             except Exception as err:
                 self.error(f"indexing failed at compile time: {err}", e)
+        if isinstance(base, SymDict):
+            if not isinstance(index, Static):
+                self.error("a dict can only be indexed by a key known at compile time", e)
+            if index.value not in base.items:
+                self.error(f"KeyError: {index.value!r} (the keys are {list(base.items)!r})", e)
+            return base.items[index.value]
         if isinstance(base, Seq):
             if not isinstance(index, Static):
                 self.error("a tuple can only be indexed by a constant", e)
@@ -886,6 +931,9 @@ class Builder:
                 else:
                     same = left is right
                     r = Static(same if isinstance(op, ast.Is) else not same)
+            elif isinstance(op, (ast.In, ast.NotIn)) and isinstance(left, Static) \
+                    and isinstance(right, SymDict):
+                r = Static((left.value in right.items) == isinstance(op, ast.In))
             elif isinstance(left, Static) and isinstance(right, Static):
                 try:
                     r = _static(PYCMP[type(op)](left.value, right.value))
@@ -1013,6 +1061,14 @@ class Builder:
                 return summed
         if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
             return self.call_primitive(fn, args, kwargs, e)
+        if fn is dict and len(args) == 1 and not kwargs and isinstance(args[0], SymDict):
+            return SymDict(args[0].items)
+        if fn is isinstance and len(args) == 2 and isinstance(args[0], (SymDict, Seq)) \
+                and isinstance(args[1], Static):
+            return Static(isinstance({} if isinstance(args[0], SymDict) else (), args[1].value))
+        if fn in (len, zip, enumerate, reversed, tuple, list, sorted) and \
+                any(isinstance(a, SymDict) for a in args):
+            args = [Static(tuple(a.items)) if isinstance(a, SymDict) else a for a in args]
         if fn is len:
             (x,) = args
             if isinstance(x, Seq):
@@ -1102,6 +1158,8 @@ class Builder:
 
     def call_method(self, m, args, kwargs, e):
         x, name = m.node, m.name
+        if isinstance(x, SymDict):
+            return self.dict_method(x, name, args, kwargs, e)
         if name == "astype":
             from .rules.helpers import astype
             return self.call_primitive(astype, [x] + args, kwargs, e)
@@ -1114,6 +1172,20 @@ class Builder:
         if name == "repeat" and len(args) >= 1:
             pass
         return self.call_primitive(fn, [x] + list(args), kwargs, e)
+
+    def dict_method(self, d, name, args, kwargs, e):
+        """``d.items()``, ``d.keys()``, ``d.values()``, ``d.get(key, default)`` on a SymDict."""
+        if kwargs or (name != "get" and args) or (name == "get" and len(args) not in (1, 2)):
+            self.error(f"unsupported call of dict.{name}", e)
+        if name == "items":
+            return Seq([Seq([Static(k), v]) for k, v in d.items.items()])
+        if name == "keys":
+            return Static(tuple(d.items))
+        if name == "values":
+            return Seq(list(d.items.values()))
+        if not isinstance(args[0], Static):
+            self.error("dict.get needs a key known at compile time", e)
+        return d.items.get(args[0].value, args[1] if len(args) == 2 else Static(None))
 
     def call_model(self, ref, args, kwargs, e):
         if kwargs:
@@ -1180,6 +1252,9 @@ class Builder:
         if isinstance(v, Seq):
             items = [self.as_node(x, e) for x in v.items]
             return self.ctx.add(Node("pack", items, diff=any(i.diff for i in items), arity=len(items)))
+        if isinstance(v, SymDict):
+            self.error("a dict cannot be used as an array value", e,
+                       hint="take its entries: d[key], d.values()")
         if isinstance(v, ModelRef):
             self.error("a model cannot be used as an array value", e,
                        hint="call it: self.layer(x)")
