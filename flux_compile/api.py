@@ -184,21 +184,13 @@ def _arg_grad(a, g, cap):
     if pytree.is_structured(a):
         leaves, tree = pytree.flatten(a)
         lg = pytree.flatten(g)[0] if g is not None else [None] * len(leaves)
-        return pytree.unflatten(tree, [_arg_grad(x, gx, cap) for x, gx in zip(leaves, lg)])
+        return pytree.in_order_of(a, pytree.unflatten(tree, [_arg_grad(x, gx, cap) for x, gx in zip(leaves, lg)]))
     if is_model(a):
         return cap.collect(a)
     if isinstance(a, Param):
         return g
-    if isinstance(a, (float, np.floating)) and not isinstance(a, np.ndarray):
-        return float(np.sum(g)) if g is not None else 0.0
-    if isinstance(a, np.ndarray) and a.dtype.kind in "fc":
-        if g is None:
-            return np.zeros_like(a)
-        g = np.asarray(g)
-        if g.shape != a.shape:
-            from .rules.helpers import unbroadcast
-            g = unbroadcast(g, a.shape)
-        return g.astype(a.dtype, copy=False)
+    if isinstance(a, (float, np.floating, np.ndarray)):
+        return pytree.leaf_grad(a, g)
     return None
 
 

@@ -318,7 +318,10 @@ def input_key(args):
     for a in args:
         if isinstance(a, Param):
             a = a.value
-        if isinstance(a, (np.ndarray, np.generic)):
+        if pytree.is_structured(a):         # its leaves are inputs: the structure and each leaf's key
+            leaves, tree = pytree.flatten(a)
+            key.append(("tree", tree, input_key(leaves)))
+        elif isinstance(a, (np.ndarray, np.generic)):
             key.append((a.ndim, a.dtype.kind in "fc", tuple(d == 1 for d in a.shape)))
         elif isinstance(a, float):
             key.append((0, True, ()))
@@ -423,13 +426,16 @@ def _compile_model(cls, inst, text, ikey=None, values=None):
     if ikey is not None and len(ikey) != len(names) + nstate:
         raise TypeError(f"{cls.__name__}.forward takes {len(names)} inputs ({', '.join(names)}) "
                         f"but {len(ikey) - nstate} were given")
-    specs = []
+    specs, taken = [], set(names)
     for i, n in enumerate(names):
         k = ikey[i] if ikey is not None else None
-        if k is not None and k[0] == "static":
-            specs.append(("static", n, values.get(n) if values else None))
+        if k is not None and k[0] == "tree":
+            specs.append(_tree_spec(n, k, values.get(n) if values else None, taken))
         else:
-            specs.append(("array", n, k if k is not None and k[0] is not None else None))
+            specs.append(_input_spec(n, k, values.get(n) if values else None))
+    if values is not None:
+        values = dict(flat_inputs(specs, [values.get(n) for n in names]), **{
+            n: values[n] for n in recurrent.state_names(cls) if n in values})
     state_specs = list(ikey[len(names):]) if ikey is not None else None
     label = cls.__qualname__
     state_factory = recurrent.state_factory(cls, inst, state_specs)
@@ -440,10 +446,29 @@ def _compile_model(cls, inst, text, ikey=None, values=None):
         raise CompileError(f"{cls.__name__}.forward has an input and a state attribute both named "
                            f"{sorted(clash)[0]!r}", src.filename, src.offset + src.tree.lineno,
                            hint="rename the input")
-    c = build(label, cls.__name__, cls.forward, selfval, specs, ["self"] + names + snames,
+    c = build(label, cls.__name__, cls.forward, selfval, specs, ["self"] + flat_inputs(specs) + snames,
               state_factory=state_factory, generic_cls=cls if inst is None else None, values=values)
     c.hash = hashlib.sha256(text.encode()).hexdigest()
     return c
+
+
+def _input_spec(name, k, value):
+    """The spec of one model input from its ``input_key`` entry ``k``."""
+    if k is not None and k[0] == "static":
+        return ("static", name, value)
+    if is_model(value):
+        raise TypeError(f"a model inside a structured input ({name}) is not supported; pass it as "
+                        f"an attribute of the model")
+    return ("array", name, k if k is not None and k[0] is not None else None)
+
+
+def _tree_spec(name, k, value, taken):
+    """The spec of a structured model input: a leaf spec per leaf, named from its path."""
+    _, tree, leaf_keys = k
+    leaves = pytree.flatten(value)[0] if value is not None else [None] * tree.n_leaves
+    names = pytree.leaf_names(name, tree, taken)
+    taken.update(names)
+    return ("tree", name, (tree, [_input_spec(n, lk, v) for n, lk, v in zip(names, leaf_keys, leaves)]))
 
 
 # ------------------------------------------------------------------------------

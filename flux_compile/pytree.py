@@ -180,3 +180,38 @@ def tree_map(fn, tree):
     """``fn`` applied to every leaf, the structure kept."""
     leaves, treedef = flatten(tree)
     return unflatten(treedef, [fn(x) for x in leaves])
+
+
+def leaf_grad(x, g):
+    """The gradient to hand back for leaf ``x`` given what backward computed (``g``, None
+    where nothing flowed): a float for a float, an array of ``x``'s shape and dtype for a
+    float array (zeros when nothing flowed), None for anything else."""
+    if isinstance(x, (float, np.floating)) and not isinstance(x, np.ndarray):
+        return float(np.sum(g)) if g is not None else 0.0
+    if not (isinstance(x, np.ndarray) and x.dtype.kind in "fc"):
+        return g if hasattr(x, "__array__") and g is not None else None
+    if g is None:
+        return np.zeros_like(x)
+    g = np.asarray(g)
+    if g.shape != x.shape:
+        g = _unbroadcast(g, x.shape)
+    return g.astype(x.dtype, copy=False)
+
+
+def _unbroadcast(g, shape):
+    """Sum ``g`` down to ``shape`` (the reverse of broadcasting)."""
+    lead = g.ndim - len(shape)
+    if lead > 0:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, d in enumerate(shape) if d == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+def in_order_of(like, tree):
+    """``tree`` with every dict's keys in the insertion order of the matching dict in ``like``
+    (a gradient lists its entries as the argument did)."""
+    if type(like) is dict and type(tree) is dict:
+        return {k: in_order_of(like[k], tree[k]) for k in like}
+    if type(like) in (tuple, list) and type(tree) is type(like):
+        return type(tree)(in_order_of(a, b) for a, b in zip(like, tree))
+    return tree
