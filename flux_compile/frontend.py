@@ -1041,6 +1041,14 @@ class Builder:
                        hint="use fc.shapes(model, x) to see every value's shape")
         if fn in SIMPLE_BUILTINS:
             fn = SIMPLE_BUILTINS[fn]
+        if fn is dict and len(args) == 1 and not kwargs and isinstance(args[0], SymDict):
+            return SymDict(args[0].items)
+        if fn is isinstance and len(args) == 2 and isinstance(args[0], (SymDict, Seq)) \
+                and isinstance(args[1], Static):
+            return Static(isinstance({} if isinstance(args[0], SymDict) else (), args[1].value))
+        if fn in (len, zip, enumerate, reversed, tuple, list, sorted) and \
+                any(isinstance(a, SymDict) for a in args):
+            args = [Static(tuple(a.items)) if isinstance(a, SymDict) else a for a in args]
         if getattr(fn, "__flux_inference_identity__", False) and not self.ctx.training:
             return args[0]
         if is_model(fn):
@@ -1061,14 +1069,6 @@ class Builder:
                 return summed
         if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
             return self.call_primitive(fn, args, kwargs, e)
-        if fn is dict and len(args) == 1 and not kwargs and isinstance(args[0], SymDict):
-            return SymDict(args[0].items)
-        if fn is isinstance and len(args) == 2 and isinstance(args[0], (SymDict, Seq)) \
-                and isinstance(args[1], Static):
-            return Static(isinstance({} if isinstance(args[0], SymDict) else (), args[1].value))
-        if fn in (len, zip, enumerate, reversed, tuple, list, sorted) and \
-                any(isinstance(a, SymDict) for a in args):
-            args = [Static(tuple(a.items)) if isinstance(a, SymDict) else a for a in args]
         if fn is len:
             (x,) = args
             if isinstance(x, Seq):

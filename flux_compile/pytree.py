@@ -177,9 +177,12 @@ def group(trees, flat):
 
 
 def tree_map(fn, tree):
-    """``fn`` applied to every leaf, the structure kept."""
-    leaves, treedef = flatten(tree)
-    return unflatten(treedef, [fn(x) for x in leaves])
+    """``fn`` applied to every leaf, the structure (and dict key order) kept."""
+    if type(tree) is dict:
+        return {k: tree_map(fn, v) for k, v in tree.items()}
+    if type(tree) is tuple or type(tree) is list:
+        return type(tree)(tree_map(fn, v) for v in tree)
+    return fn(tree)
 
 
 def leaf_grad(x, g):
