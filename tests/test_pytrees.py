@@ -542,3 +542,27 @@ def test_flatten_unflatten_round_trip_and_names():
     assert len(set(names)) == len(names) and "p_a_y" not in names
     with pytest.raises(ValueError):
         pytree.unflatten(tree, leaves + [0])
+
+
+def test_gradcheck_walks_the_leaves_of_structured_inputs():
+    report = fc.gradcheck(nested_mlp, {"layers": [(randn(3, 4), randn(4))], "scale": 0.7,
+                                       "meta": {"bias": [1.5, randn(2)]}}, randn(5, 3))
+    names = [r.name for r in report.rows]
+    assert "input 0['layers'][0][0]" in names and "input 0['meta']['bias'][1]" in names and "input 1" in names
+
+
+def wrong_square(x):
+    return x * x
+
+
+def uses_wrong_rule(d):
+    return np.sum(wrong_square(d["bad"])) + np.sum(d["good"] ** 2)
+
+
+def test_gradcheck_names_the_leaf_with_a_wrong_gradient():
+    @fc.diffrule(wrong_square)
+    def _(dy, y, x):
+        return dy * 3.0 * x          # wrong on purpose: 2x is right
+
+    report = fc.gradcheck(uses_wrong_rule, {"good": randn(3), "bad": randn(3)}, raise_on_fail=False)
+    assert {r.name: r.ok for r in report.rows} == {"input 0['bad']": False, "input 0['good']": True}
