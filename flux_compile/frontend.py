@@ -1009,6 +1009,8 @@ class Builder:
                 v = self.eval(k.value)
                 if isinstance(v, Static) and isinstance(v.value, dict):
                     kwargs.update({kk: Static(vv) for kk, vv in v.value.items()})
+                elif isinstance(v, SymDict) and all(isinstance(kk, str) for kk in v.items):
+                    kwargs.update(v.items)
                 else:
                     self.error("**kwargs needs a dict known at compile time", k)
             else:

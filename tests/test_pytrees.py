@@ -566,3 +566,16 @@ def test_gradcheck_names_the_leaf_with_a_wrong_gradient():
 
     report = fc.gradcheck(uses_wrong_rule, {"good": randn(3), "bad": randn(3)}, raise_on_fail=False)
     assert {r.name: r.ok for r in report.rows} == {"input 0['bad']": False, "input 0['good']": True}
+
+
+def affine_helper(x, scale=1.0, shift=0.0):
+    return x * scale + shift
+
+
+def star_star_dict(x, opts):
+    return np.sum(np.sin(affine_helper(x, **opts)))
+
+
+def test_a_dict_argument_spread_as_keywords_into_a_helper():
+    (gx, gopts) = check(star_star_dict, randn(3), {"scale": 1.7, "shift": randn(3)})
+    assert type(gopts["scale"]) is float
