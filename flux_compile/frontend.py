@@ -66,11 +66,12 @@ class ModelRef:
 
 class Seq:
     """A tuple of values known element by element at compile time."""
-    __slots__ = ("items", "sym")
+    __slots__ = ("items", "sym", "kind")
 
-    def __init__(self, items):
+    def __init__(self, items, kind=None):
         self.items = list(items)
         self.sym = None         # the symbolic shape, when this is some x.shape
+        self.kind = kind        # tuple or list for a structured argument (isinstance), else None
 
 
 class SymDict:
@@ -92,7 +93,7 @@ def structured(treedef, leaves):
 
     def seq(kind):
         return lambda items: Static(kind(v.value for v in items)) \
-            if all(isinstance(v, Static) for v in items) else Seq(items)
+            if all(isinstance(v, Static) for v in items) else Seq(items, kind)
 
     def mapping(pairs):
         if all(isinstance(v, Static) for _, v in pairs):
@@ -1045,9 +1046,12 @@ class Builder:
             fn = SIMPLE_BUILTINS[fn]
         if fn is dict and len(args) == 1 and not kwargs and isinstance(args[0], SymDict):
             return SymDict(args[0].items)
-        if fn is isinstance and len(args) == 2 and isinstance(args[0], (SymDict, Seq)) \
-                and isinstance(args[1], Static):
-            return Static(isinstance({} if isinstance(args[0], SymDict) else (), args[1].value))
+        if fn is isinstance and len(args) == 2 and isinstance(args[1], Static) and (
+                isinstance(args[0], SymDict) or isinstance(args[0], Seq) and args[0].kind is not None):
+            return Static(isinstance({} if isinstance(args[0], SymDict) else args[0].kind(), args[1].value))
+        if fn is isinstance and len(args) == 2 and isinstance(args[0], Node) and args[0].arity is None \
+                and isinstance(args[1], Static) and _container_types(args[1].value):
+            return Static(False)        # an array value is never a tuple, list or dict
         if fn in (len, zip, enumerate, reversed, tuple, list, sorted) and \
                 any(isinstance(a, SymDict) for a in args):
             args = [Static(tuple(a.items)) if isinstance(a, SymDict) else a for a in args]
@@ -1190,6 +1194,9 @@ class Builder:
         return d.items.get(args[0].value, args[1] if len(args) == 2 else Static(None))
 
     def call_model(self, ref, args, kwargs, e):
+        if any(isinstance(a, SymDict) for a in args):
+            self.error("a dict cannot be passed to a sub-model inside forward", e,
+                       hint="pass its entries as separate inputs: self.layer(d['x'], d['h'])")
         if kwargs:
             self.error("keyword arguments to sub-models are not supported", e,
                        hint="pass inputs positionally: self.layer(x, h)")
@@ -1315,6 +1322,12 @@ def _static(v):
     if isinstance(v, np.generic) and not isinstance(v, np.ndarray):
         v = v.item()
     return Static(v)
+
+
+def _container_types(cls):
+    """Is ``cls`` (an isinstance target) made only of tuple, list and dict?"""
+    classes = cls if isinstance(cls, tuple) else (cls,)
+    return bool(classes) and all(c in (tuple, list, dict) for c in classes)
 
 
 def _seq_items(v):

@@ -579,3 +579,65 @@ def star_star_dict(x, opts):
 def test_a_dict_argument_spread_as_keywords_into_a_helper():
     (gx, gopts) = check(star_star_dict, randn(3), {"scale": 1.7, "shift": randn(3)})
     assert type(gopts["scale"]) is float
+
+
+def branch_on_structure(t):
+    x, rest = t[0], t[1:]
+    if isinstance(t, list):
+        return np.sum(x * 3.0) + len(rest)
+    if isinstance(t, tuple) and isinstance(t[1], dict):
+        return np.sum(x * t[1]["k"])
+    return np.sum(x * 5.0)
+
+
+def test_isinstance_tells_tuples_lists_and_dicts_apart():
+    x = randn(2)
+    for t, factor in [([x, 1.0], 3.0), ((x, {"k": 2.0}), 2.0), ((x, 1.0), 5.0), ([x, x.copy()], 3.0)]:
+        value, (g,) = fc.grad(branch_on_structure, t)     # autograd boxes lists: no isinstance there
+        assert value == pytest.approx(branch_on_structure(t))
+        assert_same_tree(g, finite_difference_grads(branch_on_structure, (t,))[0], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(g[0], factor * np.ones(2))
+
+
+def branch_on_a_float_leaf(hp, x):
+    if hp["lr"] > 0.5:
+        return np.sum(x ** 2) * hp["lr"]
+    return np.sum(np.sin(x)) * hp["lr"]
+
+
+def test_data_dependent_branch_on_a_float_leaf_is_guarded():
+    x = randn(3)
+    for lr in [0.9, 0.1, 0.7, 0.2]:
+        check(branch_on_a_float_leaf, {"lr": lr}, x)
+
+
+def odd_keys(d, d_1):
+    return np.sum(d[1] * 2.0) + np.sum(d["a-b"] * 3.0) + np.sum(d["a_b"] * 4.0) + np.sum(d[""] * d_1) \
+        + np.sum(d[("t", 2)] ** 2)
+
+
+def test_keys_that_are_not_identifiers_and_name_clashes():
+    d = {1: randn(2), "a-b": randn(2), "a_b": randn(2), "": randn(2), ("t", 2): randn(2)}
+    check(odd_keys, d, randn(2))
+    src = fc.source(odd_keys, "forward", args=(d, randn(2)))
+    header = " ".join(src.split()).split("def forward(")[1].split(")")[0].split(", ")
+    assert len(set(header)) == len(header) == 6 and "d_1" in header
+
+
+@fc.net
+class TakesDict:
+    def __init__(self):
+        self.inner = fc.Affine(2, 2)
+
+    def forward(self, d):
+        return self.inner(d)
+
+
+def test_a_dict_passed_on_to_a_sub_model_is_a_clear_error():
+    with pytest.raises(fc.CompileError, match="sub-model"):
+        TakesDict()({"x": randn(3, 2)})
+
+
+def test_a_model_inside_a_model_input_is_a_clear_error():
+    with pytest.raises(TypeError, match="structured input"):
+        PairNet()((randn(2, 3), fc.Affine(3, 3)), 1.0)
