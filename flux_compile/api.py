@@ -129,15 +129,20 @@ def grad(f, *args):
     c = compile_function(f, args)
     flat, trees = pytree.split_args(args)
     with _GradCapture(_models_in(args)) as cap:
-        c, (out, saved) = forward_function(c, f, args)
+        c, (out, saved) = forward_function(c, f, args, flat)
         try:
             gin = c.backward(saved, _ones_seed(out))
         except Exception as e:
             _reraise(c, e, "backward")
         gin = (gin,) if len(flat) == 1 else tuple(gin)
-        gin = [g if t is None else pytree.unflatten(t, g) for t, g in zip(trees, pytree.group(trees, gin))]
-        grads = tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
+        grads = tuple(_arg_grad(a, g, cap) if t is None else _tree_grad(a, t, xs, g, cap) for a, t, xs, g in
+                      zip(args, trees, pytree.group(trees, flat), pytree.group(trees, gin)))
     return out, grads
+
+
+def _tree_grad(a, tree, leaves, grads, cap):
+    """The gradient of structured argument ``a`` from its leaves' gradients."""
+    return pytree.in_order_of(a, pytree.unflatten(tree, map(_arg_grad, leaves, grads, [cap] * len(leaves))))
 
 
 def _models_in(args):
@@ -155,11 +160,12 @@ def as_numpy_scalars(a):
     return a
 
 
-def forward_function(c, f, args):
-    """Run a compiled function's training forward (the variant for this call's path)."""
+def forward_function(c, f, args, flat=None):
+    """Run a compiled function's training forward (the variant for this call's path);
+    ``flat``: ``args`` with structured ones replaced by their leaves, when known."""
     from .compiler import run_guarded
     from .errors import Retrace
-    flat = pytree.split_args(args)[0]
+    flat = pytree.split_args(args)[0] if flat is None else flat
 
     def call(variant):
         try:
@@ -184,7 +190,7 @@ def _arg_grad(a, g, cap):
     if pytree.is_structured(a):
         leaves, tree = pytree.flatten(a)
         lg = pytree.flatten(g)[0] if g is not None else [None] * len(leaves)
-        return pytree.in_order_of(a, pytree.unflatten(tree, [_arg_grad(x, gx, cap) for x, gx in zip(leaves, lg)]))
+        return _tree_grad(a, tree, leaves, lg, cap)
     if is_model(a):
         return cap.collect(a)
     if isinstance(a, Param):

@@ -456,9 +456,6 @@ def _input_spec(name, k, value):
     """The spec of one model input from its ``input_key`` entry ``k``."""
     if k is not None and k[0] == "static":
         return ("static", name, value)
-    if is_model(value):
-        raise TypeError(f"a model inside a structured input ({name}) is not supported; pass it as "
-                        f"an attribute of the model")
     return ("array", name, k if k is not None and k[0] is not None else None)
 
 
@@ -466,6 +463,9 @@ def _tree_spec(name, k, value, taken):
     """The spec of a structured model input: a leaf spec per leaf, named from its path."""
     _, tree, leaf_keys = k
     leaves = pytree.flatten(value)[0] if value is not None else [None] * tree.n_leaves
+    if any(is_model(v) for v in leaves):
+        raise TypeError(f"a model inside a structured input ({name}) is not supported; make it an "
+                        f"attribute of the model")
     names = pytree.leaf_names(name, tree, taken)
     taken.update(names)
     return ("tree", name, (tree, [_input_spec(n, lk, v) for n, lk, v in zip(names, leaf_keys, leaves)]))
@@ -578,6 +578,12 @@ def _fast_key(fn, args):
             parts.append((a.ndim, a.dtype.kind, tuple(d == 1 for d in a.shape)))
         elif type(a) in (int, float, bool, str, type(None)):
             parts.append((type(a), a))
+        elif pytree.is_structured(a):
+            leaves, tree = pytree.flatten(a)
+            inner = _fast_key(fn, leaves)
+            if inner is None:
+                return None
+            parts.append(("tree", tree, inner[2]))
         else:
             return None
     return (fn, GENERATION[0], tuple(parts))

@@ -145,7 +145,16 @@ def is_static_leaf(x):
 def is_structured(x):
     """A tuple, list or dict with at least one array, float or model leaf: its leaves become
     separate inputs of the generated code. (A structure of constants stays one constant.)"""
-    return is_container(x) and not all(is_static_leaf(v) for v in flatten(x)[0])
+    return is_container(x) and _has_input_leaf(x)
+
+
+def _has_input_leaf(x):
+    t = type(x)
+    if t is dict:
+        return any(_has_input_leaf(v) for v in x.values())
+    if t is tuple or t is list:
+        return any(_has_input_leaf(v) for v in x)
+    return not is_static_leaf(x)
 
 
 def split_args(args):
