@@ -113,7 +113,8 @@ def grad(f, *args):
 
     ``f`` is a plain function (compiled like ``forward``) or a model. An array
     argument gets an array; a model argument gets a dict ``{field_path: array}``
-    of its trainable Params. For a model ``f``, the first entry is the model's
+    of its trainable Params; a tuple, list or dict of them (nested) gets the same
+    structure of gradients (see :mod:`flux_compile.pytree`). For a model ``f``, the first entry is the model's
     own dict, then one per input. A non-scalar value is treated as its sum.
     Param gradients are not left accumulated: ``grad`` is functional.
     """
