@@ -227,7 +227,7 @@ def shapes(m, *inputs):
         c = c.rebuild()
     snap = snapshot_states(m)
     try:
-        values = run_graph(c.graph, m, inputs)
+        values = run_graph(c.graph, m, pytree.split_args(inputs)[0])
     finally:
         restore_states(snap)
     ann = {}

@@ -1052,6 +1052,10 @@ class Builder:
         if fn is isinstance and len(args) == 2 and isinstance(args[0], Node) and args[0].arity is None \
                 and isinstance(args[1], Static) and _container_types(args[1].value):
             return Static(False)        # an array value is never a tuple, list or dict
+        if fn is sorted and len(args) == 1 and not kwargs and isinstance(args[0], Seq) and args[0].items \
+                and all(isinstance(p, Seq) and p.items and isinstance(p.items[0], Static) for p in args[0].items) \
+                and len({repr(p.items[0].value) for p in args[0].items}) == len(args[0].items):
+            return Seq(sorted(args[0].items, key=lambda p: p.items[0].value))    # sorted(d.items())
         if fn in (len, zip, enumerate, reversed, tuple, list, sorted) and \
                 any(isinstance(a, SymDict) for a in args):
             args = [Static(tuple(a.items)) if isinstance(a, SymDict) else a for a in args]

@@ -725,3 +725,33 @@ def test_structured_model_input_through_the_disk_cache(tmp_path):
     first, second = run(), run()
     assert first[0] == "False" and second[0] == "True" and first[1:] == second[1:]
     assert float(first[3]) == pytest.approx(4 * np.tanh(1.5))      # 2x2 outputs, each tanh(1.5)
+
+
+def sorted_items(d):
+    total = 0.0
+    for i, (k, v) in enumerate(sorted(d.items())):
+        total = total + np.sum(np.sin(v)) * (i + 1) * len(k)
+    return total
+
+
+def test_sorted_items_of_a_dict():
+    (g,) = check(sorted_items, {"ccc": randn(2), "a": randn(3), "bb": randn(1)})
+    assert list(g) == ["ccc", "a", "bb"]
+
+
+def test_shapes_of_a_model_with_a_structured_input():
+    text = fc.shapes(DictNet(), {"x": randn(4, 3), "gain": (1.3, randn(2))})
+    assert "%0 inp_gain_0" in text and "float64[4, 2]" in text
+
+
+def uses_a_param_leaf(p, x):
+    return np.sum(np.tanh(x @ p["W"]))
+
+
+def test_a_param_as_a_leaf():
+    W = fc.Param(randn(3, 2))
+    x = randn(4, 3)
+    _, (gp, gx) = fc.grad(uses_a_param_leaf, {"W": W}, x)
+    ref = autograd_grads(uses_a_param_leaf, ({"W": W.value}, x))
+    assert_same_tree(gp, ref[0])
+    assert_same_tree(gx, ref[1])
