@@ -192,6 +192,8 @@ def _arg_grad(a, g, cap):
         leaves, tree = pytree.flatten(a)
         lg = pytree.flatten(g)[0] if g is not None else [None] * len(leaves)
         return _tree_grad(a, tree, leaves, lg, cap)
+    if pytree.is_container(a):          # a structure of constants: its structure, no gradients
+        return pytree.tree_map(lambda _: None, a)
     if is_model(a):
         return cap.collect(a)
     if isinstance(a, Param):

@@ -134,8 +134,8 @@ class Model:
             if not input_grads:
                 return None
             if n == 1:
-                return grads if _float_kind(args[0]) or pytree.is_structured(args[0]) else None
-            return tuple(g if _float_kind(a) or pytree.is_structured(a) else None for g, a in zip(grads, args))
+                return _public_grad(args[0], grads)
+            return tuple(_public_grad(a, g) for g, a in zip(grads, args))
         public_back.__doc__ = ("back(dy, input_grads=True) -> input gradients; accumulates Param.grad. "
                                "input_grads=False skips the input gradients (returns None): faster "
                                "when only the parameters are trained")
@@ -233,6 +233,14 @@ def _reraise(c, e, direction):
     if new is None or new is e:
         raise e
     raise new from e
+
+
+def _public_grad(a, g):
+    """What ``back`` returns for input ``a``: its gradient for a float or structured input,
+    a structure of None for a structure of constants, None for other constants."""
+    if _float_kind(a) or pytree.is_structured(a):
+        return g
+    return pytree.tree_map(lambda _: None, a) if pytree.is_container(a) else None
 
 
 def _structured_grads(args, trees, flat_grads):

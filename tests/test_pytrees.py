@@ -755,3 +755,80 @@ def test_a_param_as_a_leaf():
     ref = autograd_grads(uses_a_param_leaf, ({"W": W.value}, x))
     assert_same_tree(gp, ref[0])
     assert_same_tree(gx, ref[1])
+
+
+def gather(d):
+    return np.sum(d["x"][d["idx"]] ** 2) * d["n"]
+
+
+def test_integer_array_and_int_leaves_are_inputs_without_gradients():
+    for idx, n in [(np.array([0, 2, 2]), 3), (np.array([1]), 3), (np.array([1]), 2)]:
+        d = {"x": randn(4), "idx": idx, "n": n}
+        value, (g,) = fc.grad(gather, d)
+        assert value == pytest.approx(gather(d))
+        assert g["idx"] is None and g["n"] is None
+        assert_same_tree(g["x"], finite_difference_grads(gather, (d,))[0]["x"], rtol=1e-5, atol=1e-6)
+
+
+STATIC_LEAVES = [1, 2, 3, None, "s", True]
+
+
+def _materialise_with_statics(tree, r, statics):
+    if isinstance(tree, dict):
+        return {k: _materialise_with_statics(v, r, statics) for k, v in tree.items()}
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_materialise_with_statics(v, r, statics) for v in tree)
+    if tree.shape == "static":
+        return statics.pop(0) if statics else 2
+    return float(r.standard_normal()) if tree.shape is None else r.standard_normal(tree.shape)
+
+
+def trees_with_statics():
+    shapes = st.lists(st.integers(1, 3), min_size=0, max_size=2).map(tuple)
+    leaf = st.one_of(shapes.map(Leaf), st.just(Leaf(None)), st.just(Leaf("static")))
+    return containers(st.recursive(leaf, containers, max_leaves=6))
+
+
+@pytest.mark.filterwarnings("ignore:Output seems independent of input")
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=trees_with_statics(), statics=st.lists(st.sampled_from(STATIC_LEAVES), min_size=6, max_size=6),
+       seed=st.integers(0, 2 ** 16))
+def test_random_trees_with_constant_leaves(srcdir, shape, statics, seed):
+    """Constants (ints, None, strings, bools) inside the structure are baked in per value: every
+    float leaf is scaled by the constant next to it (or 1), so reusing code compiled for other
+    constants gives a wrong value."""
+    r = np.random.default_rng(seed)
+    t = _materialise_with_statics(shape, r, list(statics))
+    x = r.standard_normal(2)
+    paths = _paths(t)
+    consts = [(p, v) for p, v in paths if not isinstance(v, (float, np.ndarray))]
+    scale = " * ".join(f"(t{p} if isinstance(t{p}, int) else 1)" for p, _ in consts) or "1"
+    terms = ["np.sum(x * 0.5)"] + [f"np.sum(np.sin(t{p}) * {i + 1}) * ({scale})"
+                                   for i, (p, v) in enumerate(paths) if isinstance(v, (float, np.ndarray))]
+    source = "def program(t, x):\n    return " + " + ".join(terms) + "\n"
+    f = load(srcdir, source)
+    value, (gt, gx) = fc.grad(f, t, x)
+    np.testing.assert_allclose(value, f(t, x), rtol=1e-12, err_msg=source)
+    fd = finite_difference_grads(f, (t, x))
+    assert_same_tree(gt, fd[0], rtol=1e-5, atol=1e-6, where=source)
+    for (_, leaf), (_, g) in zip(paths, _paths(gt)):
+        assert (g is None) == (not isinstance(leaf, (float, np.ndarray))), source
+
+
+def reshape_to(x, shape):
+    return np.sum(np.reshape(x, shape) * np.arange(6.0).reshape(2, 3))
+
+
+def test_a_structure_of_constants_gets_its_structure_of_none():
+    x = randn(6)
+    for shape in [(2, 3), [2, 3], {"rows": 2}]:
+        shp = (shape["rows"], 3) if isinstance(shape, dict) else shape
+        value, (gx, gshape) = fc.grad(reshape_to, x, shp)
+        np.testing.assert_allclose(gx, np.arange(6.0))
+        assert gshape == type(shp)(None for _ in shp)
+    _, (gd,) = fc.grad(lambda_free_const, {"rows": 2, "name": "a"})
+    assert gd == {"rows": None, "name": None}
+
+
+def lambda_free_const(d):
+    return np.float64(d["rows"]) * 2.0
