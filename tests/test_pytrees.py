@@ -832,3 +832,28 @@ def test_a_structure_of_constants_gets_its_structure_of_none():
 
 def lambda_free_const(d):
     return np.float64(d["rows"]) * 2.0
+
+
+@fc.net
+class GatedNet:
+    def __init__(self):
+        self.W = randn(3, 3) * 0.5
+
+    def forward(self, inp, scale=2.0):
+        if inp["gate"] > 0:
+            return np.tanh(inp["x"] @ self.W) * scale
+        return inp["x"] * inp["gate"]
+
+
+def test_model_branch_on_a_leaf_of_a_structured_input_with_a_default():
+    m = GatedNet()
+    x = randn(2, 3)
+    for gate in (0.5, -0.5, 0.7, -2.0):
+        inp = {"x": x, "gate": gate}
+        y, back = m.pullback(inp)
+        g = back(np.ones_like(y))
+
+        def f(W, inp):
+            return np.sum(np.tanh(inp["x"] @ W) * 2.0) if inp["gate"] > 0 else np.sum(inp["x"] * inp["gate"])
+        np.testing.assert_allclose(np.sum(y), f(m.W.value, inp))
+        assert_same_tree(g, autograd_grads(f, (m.W.value, inp))[1])
