@@ -71,7 +71,7 @@ class Seq:
     def __init__(self, items, kind=None):
         self.items = list(items)
         self.sym = None         # the symbolic shape, when this is some x.shape
-        self.kind = kind        # tuple or list for a structured argument (isinstance), else None
+        self.kind = kind        # tuple, list or the named tuple class of a structured argument, else None
 
 
 class SymDict:
@@ -99,8 +99,11 @@ def structured(treedef, leaves):
         if all(isinstance(v, Static) for _, v in pairs):
             return Static({k: v.value for k, v in pairs})
         return SymDict(pairs)
+    def record(cls, items):
+        return Static(cls(*[v.value for v in items])) if all(isinstance(v, Static) for v in items) \
+            else Seq(items, cls)
     it = iter(leaves)
-    return build(treedef, lambda: next(it), seq(tuple), seq(list), mapping)
+    return build(treedef, lambda: next(it), seq(tuple), seq(list), mapping, record)
 
 
 class LocalFunction:
@@ -753,6 +756,8 @@ class Builder:
                 return BoundMethod(base, name)
             self.error(f"a dict has no attribute {name!r} here", e,
                        hint="use d[key], d.items(), d.keys(), d.values() or d.get(key)")
+        if isinstance(base, Seq) and base.kind is not None and name in getattr(base.kind, "_fields", ()):
+            return base.items[base.kind._fields.index(name)]        # a named tuple's field
         if isinstance(base, Seq):
             self.error(f"a tuple has no attribute {name!r}", e)
         self.error(f"cannot take attribute {name!r} here", e)
@@ -1048,7 +1053,7 @@ class Builder:
             return SymDict(args[0].items)
         if fn is isinstance and len(args) == 2 and isinstance(args[1], Static) and (
                 isinstance(args[0], SymDict) or isinstance(args[0], Seq) and args[0].kind is not None):
-            return Static(isinstance({} if isinstance(args[0], SymDict) else args[0].kind(), args[1].value))
+            return Static(issubclass(dict if isinstance(args[0], SymDict) else args[0].kind, args[1].value))
         if fn is isinstance and len(args) == 2 and isinstance(args[0], Node) and args[0].arity is None \
                 and isinstance(args[1], Static) and _container_types(args[1].value):
             return Static(False)        # an array value is never a tuple, list or dict

@@ -4,8 +4,8 @@
 ``unflatten(treedef, leaves)`` rebuilds the structure. Dict keys are taken in sorted
 order (JAX's convention; keys that cannot be compared are ordered by type name and
 ``repr``), so ``{"b": .., "a": ..}`` and ``{"a": .., "b": ..}`` have one treedef and
-share compiled code. Only exact ``tuple``, ``list`` and ``dict`` are containers;
-anything else (arrays, floats, models, ``None``, ints, named tuples) is a leaf.
+share compiled code. Exact ``tuple``, ``list`` and ``dict`` and named tuples are
+containers; anything else (arrays, floats, models, ``None``, ints, subclasses of dict) is a leaf.
 
 >>> leaves, tree = flatten({"W": 1.0, "bs": (2.0, [3.0])})
 >>> leaves, tree
@@ -25,14 +25,15 @@ CONTAINERS = (tuple, list, dict)
 
 
 class TreeDef:
-    """The shape of a structure: ``kind`` is ``"leaf"``, ``"tuple"``, ``"list"`` or ``"dict"``;
-    ``keys`` the (sorted) dict keys; ``children`` one TreeDef per item. Hashable."""
-    __slots__ = ("kind", "keys", "children", "n_leaves", "_key")
+    """The shape of a structure: ``kind`` is ``"leaf"``, ``"tuple"``, ``"list"``, ``"dict"`` or
+    ``"namedtuple"`` (its class in ``cls``); ``keys`` the (sorted) dict keys or the field names;
+    ``children`` one TreeDef per item. Hashable."""
+    __slots__ = ("kind", "keys", "children", "n_leaves", "cls", "_key")
 
-    def __init__(self, kind, children=(), keys=()):
-        self.kind, self.children, self.keys = kind, tuple(children), tuple(keys)
+    def __init__(self, kind, children=(), keys=(), cls=None):
+        self.kind, self.children, self.keys, self.cls = kind, tuple(children), tuple(keys), cls
         self.n_leaves = 1 if kind == "leaf" else sum(c.n_leaves for c in self.children)
-        self._key = (kind, self.keys, tuple(c._key for c in self.children))
+        self._key = (kind, cls, self.keys, tuple(c._key for c in self.children))
 
     def __eq__(self, other):
         return isinstance(other, TreeDef) and self._key == other._key
@@ -46,6 +47,9 @@ class TreeDef:
         items = [repr(c) for c in self.children]
         if self.kind == "dict":
             return "{" + ", ".join(f"{k!r}: {c}" for k, c in zip(self.keys, items)) + "}"
+        if self.kind == "namedtuple":
+            fields = ", ".join(f"{k}={c}" for k, c in zip(self.keys, items))
+            return f"{self.cls.__module__}.{self.cls.__qualname__}({fields})"
         if self.kind == "tuple":
             return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
         return "[" + ", ".join(items) + "]"
@@ -55,7 +59,12 @@ LEAF = TreeDef("leaf")
 
 
 def is_container(x):
-    return type(x) in CONTAINERS
+    return type(x) in CONTAINERS or is_namedtuple(x)
+
+
+def is_namedtuple(x):
+    t = type(x)
+    return issubclass(t, tuple) and t is not tuple and hasattr(t, "_fields") and hasattr(t, "_make")
 
 
 def sorted_keys(d):
@@ -79,6 +88,8 @@ def _flatten(x, leaves):
         return TreeDef("dict", [_flatten(x[k], leaves) for k in keys], keys)
     if t is tuple or t is list:
         return TreeDef(t.__name__, [_flatten(v, leaves) for v in x])
+    if is_namedtuple(x):
+        return TreeDef("namedtuple", [_flatten(v, leaves) for v in x], t._fields, t)
     leaves.append(x)
     return LEAF
 
@@ -86,7 +97,7 @@ def _flatten(x, leaves):
 def unflatten(treedef, leaves):
     """The structure ``treedef`` with ``leaves`` (an iterable, in ``flatten``'s order) put in."""
     it = iter(leaves)
-    out = build(treedef, lambda: next(it), tuple, list, dict)
+    out = build(treedef, lambda: next(it), tuple, list, dict, lambda cls, items: cls(*items))
     if next(it, _END) is not _END:
         raise ValueError(f"too many leaves for {treedef!r}")
     return out
@@ -95,15 +106,18 @@ def unflatten(treedef, leaves):
 _END = object()
 
 
-def build(treedef, leaf, make_tuple, make_list, make_dict):
+def build(treedef, leaf, make_tuple, make_list, make_dict, make_namedtuple):
     """Walk ``treedef`` bottom-up: ``leaf()`` gives the next leaf; ``make_tuple(items)``,
-    ``make_list(items)`` and ``make_dict(pairs)`` build the containers (symbolic ones too)."""
+    ``make_list(items)``, ``make_dict(pairs)`` and ``make_namedtuple(cls, items)`` build the
+    containers (symbolic ones too)."""
     kind = treedef.kind
     if kind == "leaf":
         return leaf()
-    items = [build(c, leaf, make_tuple, make_list, make_dict) for c in treedef.children]
+    items = [build(c, leaf, make_tuple, make_list, make_dict, make_namedtuple) for c in treedef.children]
     if kind == "dict":
         return make_dict(list(zip(treedef.keys, items)))
+    if kind == "namedtuple":
+        return make_namedtuple(treedef.cls, items)
     return make_tuple(items) if kind == "tuple" else make_list(items)
 
 
@@ -111,7 +125,7 @@ def leaf_paths(treedef, prefix=()):
     """The path (keys and indices) of every leaf, in order."""
     if treedef.kind == "leaf":
         return [prefix]
-    keys = treedef.keys if treedef.kind == "dict" else range(len(treedef.children))
+    keys = treedef.keys if treedef.kind in ("dict", "namedtuple") else range(len(treedef.children))
     return [p for k, c in zip(keys, treedef.children) for p in leaf_paths(c, prefix + (k,))]
 
 
@@ -152,7 +166,7 @@ def _has_input_leaf(x):
     t = type(x)
     if t is dict:
         return any(_has_input_leaf(v) for v in x.values())
-    if t is tuple or t is list:
+    if t is tuple or t is list or is_namedtuple(x):
         return any(_has_input_leaf(v) for v in x)
     return not is_static_leaf(x)
 
@@ -191,6 +205,8 @@ def tree_map(fn, tree):
         return {k: tree_map(fn, v) for k, v in tree.items()}
     if type(tree) is tuple or type(tree) is list:
         return type(tree)(tree_map(fn, v) for v in tree)
+    if is_namedtuple(tree):
+        return type(tree)(*[tree_map(fn, v) for v in tree])
     return fn(tree)
 
 
@@ -226,4 +242,6 @@ def in_order_of(like, tree):
         return {k: in_order_of(like[k], tree[k]) for k in like}
     if type(like) in (tuple, list) and type(tree) is type(like):
         return type(tree)(in_order_of(a, b) for a, b in zip(like, tree))
+    if is_namedtuple(like) and type(tree) is type(like):
+        return type(tree)(*[in_order_of(a, b) for a, b in zip(like, tree)])
     return tree

@@ -857,3 +857,35 @@ def test_model_branch_on_a_leaf_of_a_structured_input_with_a_default():
             return np.sum(np.tanh(inp["x"] @ W) * 2.0) if inp["gate"] > 0 else np.sum(inp["x"] * inp["gate"])
         np.testing.assert_allclose(np.sum(y), f(m.W.value, inp))
         assert_same_tree(g, autograd_grads(f, (m.W.value, inp))[1])
+
+
+Layer = __import__("collections").namedtuple("Layer", ["W", "b"])
+
+
+def namedtuple_mlp(layers, x):
+    h = x
+    for layer in layers:
+        h = np.tanh(h @ layer.W + layer[1])
+    if isinstance(layers[0], tuple) and isinstance(layers[0], Layer):
+        return np.sum(h ** 2)
+    return np.sum(h)
+
+
+def test_named_tuples_are_containers_with_fields():
+    layers = [Layer(randn(3, 4), randn(4)), Layer(randn(4, 2), randn(2))]
+    x = randn(5, 3)
+    value, (gl, gx) = fc.grad(namedtuple_mlp, layers, x)
+    assert value == pytest.approx(namedtuple_mlp(layers, x))
+    assert type(gl) is list and all(type(g) is Layer for g in gl)
+    as_tuples = [tuple(layer) for layer in layers]       # autograd knows plain tuples only
+
+    def ref(layers, x):
+        h = x
+        for W, b in layers:
+            h = np.tanh(h @ W + b)
+        return np.sum(h ** 2)
+    assert_same_tree([tuple(g) for g in gl], autograd_grads(ref, (as_tuples, x))[0])
+    src = fc.source(namedtuple_mlp, "forward", args=(layers, x))
+    assert "layers_0_W" in src and "layers_1_b" in src
+    _, tree = pytree.flatten(layers)
+    assert "Layer(W=*, b=*)" in repr(tree)
