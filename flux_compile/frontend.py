@@ -99,6 +99,7 @@ def structured(treedef, leaves):
         if all(isinstance(v, Static) for _, v in pairs):
             return Static({k: v.value for k, v in pairs})
         return SymDict(pairs)
+
     def record(cls, items):
         return Static(cls(*[v.value for v in items])) if all(isinstance(v, Static) for v in items) \
             else Seq(items, cls)
@@ -851,7 +852,7 @@ class Builder:
                 got = base.items[index.value]
             except (IndexError, TypeError) as err:
                 self.error(f"bad tuple index: {err}", e)
-            return Seq(got) if isinstance(got, list) else got
+            return Seq(got, base.kind if base.kind in (tuple, list) else None) if isinstance(got, list) else got
         if isinstance(base, Node):
             if base.arity is not None and isinstance(index, Static) and isinstance(index.value, int):
                 if base.op == "pack":
@@ -1049,21 +1050,16 @@ class Builder:
                        hint="use fc.shapes(model, x) to see every value's shape")
         if fn in SIMPLE_BUILTINS:
             fn = SIMPLE_BUILTINS[fn]
-        if fn is dict and len(args) == 1 and not kwargs and isinstance(args[0], SymDict):
-            return SymDict(args[0].items)
-        if fn is isinstance and len(args) == 2 and isinstance(args[1], Static) and (
-                isinstance(args[0], SymDict) or isinstance(args[0], Seq) and args[0].kind is not None):
-            return Static(issubclass(dict if isinstance(args[0], SymDict) else args[0].kind, args[1].value))
+        if not kwargs and any(isinstance(a, (Seq, SymDict)) for a in args):
+            done = self._builtin_on_structure(fn, args)
+            if done is not None:
+                return done
+            if any(isinstance(a, SymDict) for a in args) and fn in (len, zip, enumerate, reversed, tuple,
+                                                                     list, sorted):
+                args = [Static(tuple(a.items)) if isinstance(a, SymDict) else a for a in args]   # its keys
         if fn is isinstance and len(args) == 2 and isinstance(args[0], Node) and args[0].arity is None \
                 and isinstance(args[1], Static) and _container_types(args[1].value):
             return Static(False)        # an array value is never a tuple, list or dict
-        if fn is sorted and len(args) == 1 and not kwargs and isinstance(args[0], Seq) and args[0].items \
-                and all(isinstance(p, Seq) and p.items and isinstance(p.items[0], Static) for p in args[0].items) \
-                and len({repr(p.items[0].value) for p in args[0].items}) == len(args[0].items):
-            return Seq(sorted(args[0].items, key=lambda p: p.items[0].value))    # sorted(d.items())
-        if fn in (len, zip, enumerate, reversed, tuple, list, sorted) and \
-                any(isinstance(a, SymDict) for a in args):
-            args = [Static(tuple(a.items)) if isinstance(a, SymDict) else a for a in args]
         if getattr(fn, "__flux_inference_identity__", False) and not self.ctx.training:
             return args[0]
         if is_model(fn):
@@ -1140,6 +1136,22 @@ class Builder:
         # any other callable (NumPy without a rule, math, ...) is an opaque primitive;
         # autodiff complains only if a gradient has to flow through it.
         return self.call_primitive(fn, args, kwargs, e)
+
+    @staticmethod
+    def _builtin_on_structure(fn, args):
+        """``dict(d)``, ``isinstance(t, tuple)`` and ``sorted(d.items())`` on a structured
+        argument; None when ``fn(*args)`` is not one of them."""
+        x = args[0]
+        if fn is dict and len(args) == 1 and isinstance(x, SymDict):
+            return SymDict(x.items)
+        if fn is isinstance and len(args) == 2 and isinstance(args[1], Static) and (
+                isinstance(x, SymDict) or isinstance(x, Seq) and x.kind is not None):
+            return Static(issubclass(dict if isinstance(x, SymDict) else x.kind, args[1].value))
+        if fn is sorted and len(args) == 1 and isinstance(x, Seq) and x.items and all(
+                isinstance(p, Seq) and p.items and isinstance(p.items[0], Static) for p in x.items) \
+                and len({repr(p.items[0].value) for p in x.items}) == len(x.items):
+            return Seq(sorted(x.items, key=lambda p: p.items[0].value))    # sorted(d.items()): unique keys
+        return None
 
     def _static_unbroadcast(self, g, target, e):
         """``unbroadcast(g, (1, 64))`` as the plain ``np.sum(g, axis=0, keepdims=True)`` when the

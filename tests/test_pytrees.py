@@ -889,3 +889,16 @@ def test_named_tuples_are_containers_with_fields():
     assert "layers_0_W" in src and "layers_1_b" in src
     _, tree = pytree.flatten(layers)
     assert "Layer(W=*, b=*)" in repr(tree)
+
+
+def slice_kind(t):
+    rest = t[1:]
+    return np.sum(t[0]) * (2.0 if isinstance(rest, list) else 3.0) + np.sum(rest[0])
+
+
+def test_a_slice_of_a_list_is_a_list_and_of_a_tuple_a_tuple():
+    x, y = randn(2), randn(2)
+    for t, factor in [([x, y], 2.0), ((x, y), 3.0)]:
+        _, (g,) = fc.grad(slice_kind, t)
+        np.testing.assert_allclose(g[0], factor * np.ones(2))
+        np.testing.assert_allclose(g[1], np.ones(2))
