@@ -902,3 +902,9 @@ def test_a_slice_of_a_list_is_a_list_and_of_a_tuple_a_tuple():
         _, (g,) = fc.grad(slice_kind, t)
         np.testing.assert_allclose(g[0], factor * np.ones(2))
         np.testing.assert_allclose(g[1], np.ones(2))
+
+
+def test_gradcheck_of_a_model_with_a_structured_input():
+    report = fc.gradcheck(DictNet(), {"x": randn(4, 3), "gain": (1.3, randn(2))})
+    names = {r.name for r in report.rows}
+    assert {"input 0['x']", "input 0['gain'][1]", "W", "b"} <= names and report.ok
