@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import pytree
 from .compiler import compile_function, compile_model
 from .display import SourceText
 from .params import Param, is_model, named_params, path_str
@@ -112,12 +113,13 @@ def grad(f, *args):
 
     ``f`` is a plain function (compiled like ``forward``) or a model. An array
     argument gets an array; a model argument gets a dict ``{field_path: array}``
-    of its trainable Params. For a model ``f``, the first entry is the model's
+    of its trainable Params; a tuple, list or dict of them (nested) gets the same
+    structure of gradients (see :mod:`flux_compile.pytree`). For a model ``f``, the first entry is the model's
     own dict, then one per input. A non-scalar value is treated as its sum.
     Param gradients are not left accumulated: ``grad`` is functional.
     """
     if is_model(f):
-        models = [f] + [a for a in args if is_model(a)]
+        models = [f] + _models_in(args)
         with _GradCapture(models) as cap:
             out, back = f._pullback(*args)
             gin = back(_ones_seed(out))
@@ -126,35 +128,49 @@ def grad(f, *args):
         return out, grads
     args = tuple(as_numpy_scalars(a) for a in args)
     c = compile_function(f, args)
-    models = [a for a in args if is_model(a)]
-    with _GradCapture(models) as cap:
-        c, (out, saved) = forward_function(c, f, args)
+    flat, trees = pytree.split_args(args)
+    with _GradCapture(_models_in(args)) as cap:
+        c, (out, saved) = forward_function(c, f, args, flat)
         try:
             gin = c.backward(saved, _ones_seed(out))
         except Exception as e:
             _reraise(c, e, "backward")
-        gin = (gin,) if len(args) == 1 else tuple(gin)
-        grads = tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
+        gin = (gin,) if len(flat) == 1 else tuple(gin)
+        grads = tuple(_arg_grad(a, g, cap) if t is None else _tree_grad(a, t, xs, g, cap) for a, t, xs, g in
+                      zip(args, trees, pytree.group(trees, flat), pytree.group(trees, gin)))
     return out, grads
 
 
+def _tree_grad(a, tree, leaves, grads, cap):
+    """The gradient of structured argument ``a`` from its leaves' gradients."""
+    return pytree.in_order_of(a, pytree.unflatten(tree, map(_arg_grad, leaves, grads, [cap] * len(leaves))))
+
+
+def _models_in(args):
+    """The models among ``args``, also inside structured arguments."""
+    return [x for a in args for x in (pytree.flatten(a)[0] if pytree.is_container(a) else [a]) if is_model(x)]
+
+
 def as_numpy_scalars(a):
-    """Python floats become NumPy float64 scalars (which have ``.shape`` and ``.dtype``)."""
+    """Python floats become NumPy float64 scalars (which have ``.shape`` and ``.dtype``),
+    also inside tuples, lists and dicts."""
     if type(a) is float:
         return np.float64(a)
-    if type(a) in (tuple, list) and a and all(type(x) is float or isinstance(x, np.ndarray) for x in a):
-        return type(a)(np.float64(x) if type(x) is float else x for x in a)
+    if pytree.is_structured(a):
+        return pytree.tree_map(lambda x: np.float64(x) if type(x) is float else x, a)
     return a
 
 
-def forward_function(c, f, args):
-    """Run a compiled function's training forward (the variant for this call's path)."""
+def forward_function(c, f, args, flat=None):
+    """Run a compiled function's training forward (the variant for this call's path);
+    ``flat``: ``args`` with structured ones replaced by their leaves, when known."""
     from .compiler import run_guarded
     from .errors import Retrace
+    flat = pytree.split_args(args)[0] if flat is None else flat
 
     def call(variant):
         try:
-            return variant.forward_train(*args)
+            return variant.forward_train(*flat)
         except Retrace:
             raise
         except Exception as e:
@@ -170,22 +186,20 @@ def _reraise(c, e, direction):
 
 
 def _arg_grad(a, g, cap):
+    """The gradient for argument ``a`` from the raw ``g`` (None where nothing flowed): zeros
+    for a float, the structure of a structured argument, the Param dict of a model."""
+    if pytree.is_structured(a):
+        leaves, tree = pytree.flatten(a)
+        lg = pytree.flatten(g)[0] if g is not None else [None] * len(leaves)
+        return _tree_grad(a, tree, leaves, lg, cap)
+    if pytree.is_container(a):          # a structure of constants: its structure, no gradients
+        return pytree.tree_map(lambda _: None, a)
     if is_model(a):
         return cap.collect(a)
     if isinstance(a, Param):
         return g
-    if isinstance(a, (float, np.floating)) and not isinstance(a, np.ndarray):
-        return float(np.sum(g)) if g is not None else 0.0
-    if isinstance(a, np.ndarray) and a.dtype.kind in "fc":
-        if g is None:
-            return np.zeros_like(a)
-        g = np.asarray(g)
-        if g.shape != a.shape:
-            from .rules.helpers import unbroadcast
-            g = unbroadcast(g, a.shape)
-        return g.astype(a.dtype, copy=False)
-    if isinstance(a, (list, tuple)) and g is not None:
-        return type(a)(_arg_grad(x, gx, cap) for x, gx in zip(a, g))
+    if isinstance(a, (float, np.floating, np.ndarray)):
+        return pytree.leaf_grad(a, g)
     return None
 
 
@@ -215,7 +229,7 @@ def shapes(m, *inputs):
         c = c.rebuild()
     snap = snapshot_states(m)
     try:
-        values = run_graph(c.graph, m, inputs)
+        values = run_graph(c.graph, m, pytree.split_args(inputs)[0])
     finally:
         restore_states(snap)
     ann = {}

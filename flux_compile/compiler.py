@@ -15,11 +15,11 @@ import types
 
 import numpy as np
 
-from . import codegen, naming, passes
+from . import codegen, naming, passes, pytree
 from ._version import __version__
 from .autodiff import differentiate
 from .errors import CompileError, ModelError, model_error_type
-from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source
+from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source, structured
 from .ir import Graph, Node
 from .params import Param, is_model
 
@@ -106,19 +106,13 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.state = state
     b = Builder(ctx)
     args = []
-    from .shapeinfer import Sym
     for spec in inputs:
         kind, name, obj = spec
-        if kind == "array":
-            n = g.add(Node("input", name=name, diff=obj[1] if obj is not None else True))
-            n.meta["shape"] = symbolic_shape(name, obj)
-            args.append(n)
-        elif kind == "model":
-            g.add(Node("input", name=name, diff=False))
-            args.append(ModelRef(name, (), obj))
+        if kind == "tree":              # a structured argument: one input per leaf
+            treedef, leaf_specs = obj
+            args.append(structured(treedef, [_input_value(g, s) for s in leaf_specs]))
         else:
-            g.add(Node("input", name=name, diff=False))
-            args.append(Static(obj))
+            args.append(_input_value(g, spec))
     if state is not None:
         state.begin(b)
     from . import rules
@@ -137,6 +131,17 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
         state.end(b)
     g.outputs = outs
     return g, arity, ctx
+
+
+def _input_value(g, spec):
+    """Add the input node for one argument spec; the value the traced code sees for it."""
+    kind, name, obj = spec
+    if kind == "array":
+        n = g.add(Node("input", name=name, diff=obj[1] if obj is not None else True))
+        n.meta["shape"] = symbolic_shape(name, obj)
+        return n
+    g.add(Node("input", name=name, diff=False))
+    return ModelRef(name, (), obj) if kind == "model" else Static(obj)
 
 
 def _arity_of(obj, nargs):
@@ -335,7 +340,10 @@ def input_key(args):
     for a in args:
         if isinstance(a, Param):
             a = a.value
-        if isinstance(a, (np.ndarray, np.generic)):
+        if pytree.is_structured(a):         # its leaves are inputs: the structure and each leaf's key
+            leaves, tree = pytree.flatten(a)
+            key.append(("tree", tree, input_key(leaves)))
+        elif isinstance(a, (np.ndarray, np.generic)):
             key.append((a.ndim, a.dtype.kind in "fc", tuple(d == 1 for d in a.shape)))
         elif isinstance(a, float):
             key.append((0, True, ()))
@@ -446,13 +454,16 @@ def _compile_model(cls, inst, text, ikey=None, values=None):
     if ikey is not None and len(ikey) != len(names) + nstate:
         raise TypeError(f"{cls.__name__}.forward takes {len(names)} inputs ({', '.join(names)}) "
                         f"but {len(ikey) - nstate} were given")
-    specs = []
+    specs, taken = [], set(names)
     for i, n in enumerate(names):
         k = ikey[i] if ikey is not None else None
-        if k is not None and k[0] == "static":
-            specs.append(("static", n, values.get(n) if values else None))
+        if k is not None and k[0] == "tree":
+            specs.append(_tree_spec(n, k, values.get(n) if values else None, taken))
         else:
-            specs.append(("array", n, k if k is not None and k[0] is not None else None))
+            specs.append(_input_spec(n, k, values.get(n) if values else None))
+    if values is not None:
+        values = dict(flat_inputs(specs, [values.get(n) for n in names]), **{
+            n: values[n] for n in recurrent.state_names(cls) if n in values})
     state_specs = list(ikey[len(names):]) if ikey is not None else None
     label = cls.__qualname__
     state_factory = recurrent.state_factory(cls, inst, state_specs)
@@ -469,10 +480,60 @@ def _compile_model(cls, inst, text, ikey=None, values=None):
     return c
 
 
+def _input_spec(name, k, value):
+    """The spec of one model input from its ``input_key`` entry ``k``."""
+    if k is not None and k[0] == "static":
+        return ("static", name, value)
+    return ("array", name, k if k is not None and k[0] is not None else None)
+
+
+def _tree_spec(name, k, value, taken):
+    """The spec of a structured model input: a leaf spec per leaf, named from its path."""
+    _, tree, leaf_keys = k
+    leaves = pytree.flatten(value)[0] if value is not None else [None] * tree.n_leaves
+    if any(is_model(v) for v in leaves):
+        raise TypeError(f"a model inside a structured input ({name}) is not supported; make it an "
+                        f"attribute of the model")
+    names = pytree.leaf_names(name, tree, taken)
+    taken.update(names)
+    return ("tree", name, (tree, [_input_spec(n, lk, v) for n, lk, v in zip(names, leaf_keys, leaves)]))
+
+
 # ------------------------------------------------------------------------------
 # plain functions (fc.grad)
 
 _fcache = {}
+
+
+def _arg_specs(names, args):
+    """One spec per argument; a structured one is ``("tree", name, (treedef, leaf specs))``
+    with its leaves named from their paths (``abc_0``, ``params_W``)."""
+    specs, taken = [], set(names)
+    for name, value in zip(names, args):
+        if pytree.is_structured(value):
+            leaves, tree = pytree.flatten(value)
+            leaf_names = pytree.leaf_names(name, tree, taken)
+            taken.update(leaf_names)
+            specs.append(("tree", name, (tree, [_arg_spec(n, v) for n, v in zip(leaf_names, leaves)])))
+        else:
+            specs.append(_arg_spec(name, value))
+    return specs
+
+
+def flat_inputs(specs, args=None):
+    """The generated code's input names (a structured argument's leaves in its place), or
+    ``{name: value}`` for them when ``args`` are given."""
+    names, values = [], []
+    for i, spec in enumerate(specs):
+        if spec[0] == "tree":
+            names.extend(s[1] for s in spec[2][1])
+            if args is not None:
+                values.extend(pytree.flatten(args[i])[0])
+        else:
+            names.append(spec[1])
+            if args is not None:
+                values.append(args[i])
+    return names if args is None else dict(zip(names, values))
 
 
 def _arg_spec(name, value):
@@ -494,6 +555,8 @@ def _spec_token(spec):
         return (kind, name, obj)
     if kind == "static":
         return (kind, name, freeze(obj))
+    if kind == "tree":
+        return (kind, name, obj[0], tuple(_spec_token(s) for s in obj[1]))
     return (kind, name)
 
 
@@ -543,6 +606,12 @@ def _fast_key(fn, args):
             parts.append((a.ndim, a.dtype.kind, tuple(d == 1 for d in a.shape)))
         elif type(a) in (int, float, bool, str, type(None)):
             parts.append((type(a), a))
+        elif pytree.is_structured(a):
+            leaves, tree = pytree.flatten(a)
+            inner = _fast_key(fn, leaves)
+            if inner is None:
+                return None
+            parts.append(("tree", tree, inner[2]))
         else:
             return None
     return (fn, GENERATION[0], tuple(parts))
@@ -572,7 +641,7 @@ def _compile_function(fn, args, fresh=False):
     if len(args) > len(names):
         raise TypeError(f"{fn.__name__}() takes {len(names)} arguments but {len(args)} were given")
     names = names[:len(args)]
-    specs = [_arg_spec(n, a) for n, a in zip(names, args)]
+    specs = _arg_specs(names, args)
     from . import rules
     primitive = rules.get_rule(fn) is not None or rules.is_nondiff(fn)
     text = repr(fn) if primitive else get_source(fn).text
@@ -583,7 +652,7 @@ def _compile_function(fn, args, fresh=False):
     if c is not None and not c.current():
         c = None
     if c is None or fresh:
-        values = {n: a for n, a in zip(names, args)}
+        values = flat_inputs(specs, args)
         new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, values=values)
         if c is not None:
             new.alternatives = c.alternatives

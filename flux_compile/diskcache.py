@@ -49,6 +49,7 @@ import numpy as np
 
 from ._version import __version__
 from .ir import Loc
+from .pytree import TreeDef
 
 FORMAT = "1"
 DEFAULT_MAX_MB = 256.0
@@ -354,6 +355,10 @@ def canonical(obj):
         return f"slice({canonical(obj.start)},{canonical(obj.stop)},{canonical(obj.step)})"
     if isinstance(obj, np.dtype):
         return "dtype:" + repr(obj)
+    if isinstance(obj, TreeDef):
+        cls = canonical(obj.cls) if obj.cls is not None else ""
+        return (f"tree:{obj.kind}:{cls}:[{','.join(canonical(k) for k in obj.keys)}]"
+                f"({','.join(canonical(c) for c in obj.children)})")
     if isinstance(obj, (np.ndarray, np.generic)):
         a = np.asarray(obj)
         if a.dtype.hasobject:

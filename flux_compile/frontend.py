@@ -5,7 +5,8 @@ Every expression evaluates to one of:
 * a :class:`~flux_compile.ir.Node` — a run-time value in the graph;
 * :class:`Static` — a compile-time Python object (ints, ``None``, functions, ``np``);
 * :class:`ModelRef` — a sub-model (``self.first``), called opaquely;
-* :class:`Seq` — a tuple of values (``(a, b)``, ``self.layers``), unrolled at compile time.
+* :class:`Seq` — a tuple of values (``(a, b)``, ``self.layers``), unrolled at compile time;
+* :class:`SymDict` — a dict argument (``params["W"]``), its keys known at compile time.
 
 User functions, methods and static methods are inlined (their source is parsed
 the same way); primitives with a derivative rule become ``call`` nodes.
@@ -65,11 +66,45 @@ class ModelRef:
 
 class Seq:
     """A tuple of values known element by element at compile time."""
-    __slots__ = ("items", "sym")
+    __slots__ = ("items", "sym", "kind")
 
-    def __init__(self, items):
+    def __init__(self, items, kind=None):
         self.items = list(items)
         self.sym = None         # the symbolic shape, when this is some x.shape
+        self.kind = kind        # tuple, list or the named tuple class of a structured argument, else None
+
+
+class SymDict:
+    """A dict whose keys are known at compile time and whose values are values (a structured
+    argument such as ``params``: ``params["W"]``, ``.items()``, ``len``, iteration)."""
+    __slots__ = ("items",)
+
+    def __init__(self, pairs):
+        self.items = dict(pairs)
+
+
+DICT_METHODS = ("items", "keys", "values", "get")
+
+
+def structured(treedef, leaves):
+    """The symbolic value of a structured argument: Seq / SymDict around ``leaves`` (one value
+    per leaf of ``treedef``); a part made only of constants is one Static."""
+    from .pytree import build
+
+    def seq(kind):
+        return lambda items: Static(kind(v.value for v in items)) \
+            if all(isinstance(v, Static) for v in items) else Seq(items, kind)
+
+    def mapping(pairs):
+        if all(isinstance(v, Static) for _, v in pairs):
+            return Static({k: v.value for k, v in pairs})
+        return SymDict(pairs)
+
+    def record(cls, items):
+        return Static(cls(*[v.value for v in items])) if all(isinstance(v, Static) for v in items) \
+            else Seq(items, cls)
+    it = iter(leaves)
+    return build(treedef, lambda: next(it), seq(tuple), seq(list), mapping, record)
 
 
 class LocalFunction:
@@ -532,7 +567,7 @@ class Builder:
         arguments with a guard added to the generated code."""
         if isinstance(test, Static):
             return bool(test.value)
-        if isinstance(test, Seq):
+        if isinstance(test, (Seq, SymDict)):
             return bool(test.items)
         if not isinstance(test, Node):
             return True
@@ -573,6 +608,8 @@ class Builder:
     def iter_values(self, it, node):
         if isinstance(it, Seq):
             return list(it.items)
+        if isinstance(it, SymDict):
+            return [Static(k) for k in it.items]
         if isinstance(it, Node) and it.arity is None:
             n = self.concrete_int(self.call_primitive(len, [it], {}, node), node, "'for' over an array")
             from .rules.helpers import getitem
@@ -627,6 +664,8 @@ class Builder:
             self.error("unsupported assignment target", target)
 
     def unpack(self, value, n, node):
+        if isinstance(value, SymDict):
+            value = Static(tuple(value.items))
         if isinstance(value, Seq):
             if len(value.items) != n:
                 self.error(f"cannot unpack {len(value.items)} values into {n} names", node)
@@ -713,6 +752,13 @@ class Builder:
                 return self.call_primitive(np.real, [base], {}, e)
             self.error(f"array attribute or method {name!r} is not supported", e,
                        hint=f"use the NumPy function form, e.g. np.{name}(x, ...), if NumPy has one")
+        if isinstance(base, SymDict):
+            if name in DICT_METHODS:
+                return BoundMethod(base, name)
+            self.error(f"a dict has no attribute {name!r} here", e,
+                       hint="use d[key], d.items(), d.keys(), d.values() or d.get(key)")
+        if isinstance(base, Seq) and base.kind is not None and name in getattr(base.kind, "_fields", ()):
+            return base.items[base.kind._fields.index(name)]        # a named tuple's field
         if isinstance(base, Seq):
             self.error(f"a tuple has no attribute {name!r}", e)
         self.error(f"cannot take attribute {name!r} here", e)
@@ -793,6 +839,12 @@ class Builder:
                 return _static(base.value[index.value])
             except Exception as err:
                 self.error(f"indexing failed at compile time: {err}", e)
+        if isinstance(base, SymDict):
+            if not isinstance(index, Static):
+                self.error("a dict can only be indexed by a key known at compile time", e)
+            if index.value not in base.items:
+                self.error(f"KeyError: {index.value!r} (the keys are {list(base.items)!r})", e)
+            return base.items[index.value]
         if isinstance(base, Seq):
             if not isinstance(index, Static):
                 self.error("a tuple can only be indexed by a constant", e)
@@ -800,7 +852,7 @@ class Builder:
                 got = base.items[index.value]
             except (IndexError, TypeError) as err:
                 self.error(f"bad tuple index: {err}", e)
-            return Seq(got) if isinstance(got, list) else got
+            return Seq(got, base.kind if base.kind in (tuple, list) else None) if isinstance(got, list) else got
         if isinstance(base, Node):
             if base.arity is not None and isinstance(index, Static) and isinstance(index.value, int):
                 if base.op == "pack":
@@ -886,6 +938,9 @@ class Builder:
                 else:
                     same = left is right
                     r = Static(same if isinstance(op, ast.Is) else not same)
+            elif isinstance(op, (ast.In, ast.NotIn)) and isinstance(left, Static) \
+                    and isinstance(right, SymDict):
+                r = Static((left.value in right.items) == isinstance(op, ast.In))
             elif isinstance(left, Static) and isinstance(right, Static):
                 try:
                     r = _static(PYCMP[type(op)](left.value, right.value))
@@ -961,6 +1016,8 @@ class Builder:
                 v = self.eval(k.value)
                 if isinstance(v, Static) and isinstance(v.value, dict):
                     kwargs.update({kk: Static(vv) for kk, vv in v.value.items()})
+                elif isinstance(v, SymDict) and all(isinstance(kk, str) for kk in v.items):
+                    kwargs.update(v.items)
                 else:
                     self.error("**kwargs needs a dict known at compile time", k)
             else:
@@ -993,6 +1050,16 @@ class Builder:
                        hint="use fc.shapes(model, x) to see every value's shape")
         if fn in SIMPLE_BUILTINS:
             fn = SIMPLE_BUILTINS[fn]
+        if not kwargs and any(isinstance(a, (Seq, SymDict)) for a in args):
+            done = self._builtin_on_structure(fn, args)
+            if done is not None:
+                return done
+            if any(isinstance(a, SymDict) for a in args) and fn in (len, zip, enumerate, reversed, tuple,
+                                                                     list, sorted):
+                args = [Static(tuple(a.items)) if isinstance(a, SymDict) else a for a in args]   # its keys
+        if fn is isinstance and len(args) == 2 and isinstance(args[0], Node) and args[0].arity is None \
+                and isinstance(args[1], Static) and _container_types(args[1].value):
+            return Static(False)        # an array value is never a tuple, list or dict
         if getattr(fn, "__flux_inference_identity__", False) and not self.ctx.training:
             return args[0]
         if is_model(fn):
@@ -1070,6 +1137,22 @@ class Builder:
         # autodiff complains only if a gradient has to flow through it.
         return self.call_primitive(fn, args, kwargs, e)
 
+    @staticmethod
+    def _builtin_on_structure(fn, args):
+        """``dict(d)``, ``isinstance(t, tuple)`` and ``sorted(d.items())`` on a structured
+        argument; None when ``fn(*args)`` is not one of them."""
+        x = args[0]
+        if fn is dict and len(args) == 1 and isinstance(x, SymDict):
+            return SymDict(x.items)
+        if fn is isinstance and len(args) == 2 and isinstance(args[1], Static) and (
+                isinstance(x, SymDict) or isinstance(x, Seq) and x.kind is not None):
+            return Static(issubclass(dict if isinstance(x, SymDict) else x.kind, args[1].value))
+        if fn is sorted and len(args) == 1 and isinstance(x, Seq) and x.items and all(
+                isinstance(p, Seq) and p.items and isinstance(p.items[0], Static) for p in x.items) \
+                and len({repr(p.items[0].value) for p in x.items}) == len(x.items):
+            return Seq(sorted(x.items, key=lambda p: p.items[0].value))    # sorted(d.items()): unique keys
+        return None
+
     def _static_unbroadcast(self, g, target, e):
         """``unbroadcast(g, (1, 64))`` as the plain ``np.sum(g, axis=0, keepdims=True)`` when the
         ranks are known and the target is a tuple of ints."""
@@ -1102,6 +1185,8 @@ class Builder:
 
     def call_method(self, m, args, kwargs, e):
         x, name = m.node, m.name
+        if isinstance(x, SymDict):
+            return self.dict_method(x, name, args, kwargs, e)
         if name == "astype":
             from .rules.helpers import astype
             return self.call_primitive(astype, [x] + args, kwargs, e)
@@ -1115,7 +1200,24 @@ class Builder:
             pass
         return self.call_primitive(fn, [x] + list(args), kwargs, e)
 
+    def dict_method(self, d, name, args, kwargs, e):
+        """``d.items()``, ``d.keys()``, ``d.values()``, ``d.get(key, default)`` on a SymDict."""
+        if kwargs or (name != "get" and args) or (name == "get" and len(args) not in (1, 2)):
+            self.error(f"unsupported call of dict.{name}", e)
+        if name == "items":
+            return Seq([Seq([Static(k), v]) for k, v in d.items.items()])
+        if name == "keys":
+            return Static(tuple(d.items))
+        if name == "values":
+            return Seq(list(d.items.values()))
+        if not isinstance(args[0], Static):
+            self.error("dict.get needs a key known at compile time", e)
+        return d.items.get(args[0].value, args[1] if len(args) == 2 else Static(None))
+
     def call_model(self, ref, args, kwargs, e):
+        if any(isinstance(a, SymDict) for a in args):
+            self.error("a dict cannot be passed to a sub-model inside forward", e,
+                       hint="pass its entries as separate inputs: self.layer(d['x'], d['h'])")
         if kwargs:
             self.error("keyword arguments to sub-models are not supported", e,
                        hint="pass inputs positionally: self.layer(x, h)")
@@ -1180,6 +1282,9 @@ class Builder:
         if isinstance(v, Seq):
             items = [self.as_node(x, e) for x in v.items]
             return self.ctx.add(Node("pack", items, diff=any(i.diff for i in items), arity=len(items)))
+        if isinstance(v, SymDict):
+            self.error("a dict cannot be used as an array value", e,
+                       hint="take its entries: d[key], d.values()")
         if isinstance(v, ModelRef):
             self.error("a model cannot be used as an array value", e,
                        hint="call it: self.layer(x)")
@@ -1238,6 +1343,12 @@ def _static(v):
     if isinstance(v, np.generic) and not isinstance(v, np.ndarray):
         v = v.item()
     return Static(v)
+
+
+def _container_types(cls):
+    """Is ``cls`` (an isinstance target) made only of tuple, list and dict?"""
+    classes = cls if isinstance(cls, tuple) else (cls,)
+    return bool(classes) and all(c in (tuple, list, dict) for c in classes)
 
 
 def _seq_items(v):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import pytree
 from .errors import GradcheckError
 from .params import is_model, named_params, path_str
 from .layers import seed_dropout
@@ -62,7 +63,7 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
     from .api import grad
     rng = np.random.default_rng(seed)
     from .api import as_numpy_scalars
-    inputs = [as_numpy_scalars(_as64(x)) for x in inputs]
+    inputs = [as_numpy_scalars(pytree.tree_map(_as64, x)) for x in inputs]
     model = m_or_f if is_model(m_or_f) else None
     models = ([model] if model else []) + [x for x in inputs if is_model(x)]
     params = []
@@ -98,10 +99,10 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
         analytic_inputs, analytic_params = _analytic(m_or_f, model, inputs, dys, params)
         rows = []
         for i, x in enumerate(inputs):
-            if not (isinstance(x, np.ndarray) and x.dtype.kind == "f"):
-                continue
-            g = analytic_inputs[i]
-            rows.append(_compare(f"input {i}", x, g, objective, rng, eps, rtol, atol, max_elements))
+            for where, leaf, g in _input_leaves(x, analytic_inputs[i]):
+                if isinstance(leaf, np.ndarray) and leaf.dtype.kind == "f":
+                    rows.append(_compare(f"input {i}{where}", leaf, g, objective, rng, eps, rtol, atol,
+                                         max_elements))
         for (path, p), g in zip(params, analytic_params):
             rows.append(_compare(path_str(path), p.value, g, objective, rng, eps, rtol, atol, max_elements))
     finally:
@@ -113,6 +114,17 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
         bad = ", ".join(r.name for r in rows if not r.ok)
         raise GradcheckError(f"gradient mismatch in {bad}\n{report}", report)
     return report
+
+
+def _input_leaves(x, g):
+    """``(path text, leaf, its gradient)`` for each leaf of a structured input; the input itself
+    otherwise."""
+    if not pytree.is_structured(x):
+        return [("", x, g)]
+    leaves, tree = pytree.flatten(x)
+    grads = pytree.flatten(g)[0] if g is not None else [None] * len(leaves)
+    paths = ["".join(f"[{k!r}]" for k in path) for path in pytree.leaf_paths(tree)]
+    return list(zip(paths, leaves, grads))
 
 
 def _random_like(out, rng):
@@ -148,7 +160,9 @@ def _analytic(f, model, inputs, dys, params):
         p.grad[...] = 0
     c, (out, saved) = forward_function(c, f, inputs)
     gin = c.backward(saved, dys)
-    gin = [gin] if len(inputs) == 1 else list(gin)
+    flat, trees = pytree.split_args(inputs)
+    gin = [gin] if len(flat) == 1 else list(gin)
+    gin = [g if t is None else pytree.unflatten(t, g) for t, g in zip(trees, pytree.group(trees, gin))]
     return gin, [p.grad.copy() for _, p in params]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import pytree
 from .compiler import compile_model, run_guarded
 from .errors import Retrace
 from .params import Const, Param, is_model, named_params, submodels
@@ -84,6 +85,8 @@ class Model:
             args = _complete(self, args, kwargs)
         names = state_names(type(self))
         nin = len(args)
+        flat, trees = pytree.split_args(args)
+        nflat = len(flat)
         if names:
             state, source = current_state(self, names)
             args = args + tuple(state)
@@ -105,13 +108,14 @@ class Model:
             except Exception as e:
                 _reraise(c, e, "backward")
             if names:
-                gin, gstate = grads[:nin], grads[nin:]
+                gin, gstate = grads[:nflat], grads[nflat:]
                 if source is _INITIAL:
                     accumulate_initial(model, names, gstate)
                 elif isinstance(source, Link):
                     source.add(gstate)
             else:
-                gin = (grads,) if nin == 1 else grads
+                gin = (grads,) if nflat == 1 else grads
+            gin = _structured_grads(args, trees, gin)
             if passed is not None and input_grads:
                 gin = tuple(gin[i] for i in passed)
             return gin[0] if len(gin) == 1 else tuple(gin)
@@ -130,8 +134,8 @@ class Model:
             if not input_grads:
                 return None
             if n == 1:
-                return grads if _float_kind(args[0]) else None
-            return tuple(g if _float_kind(a) else None for g, a in zip(grads, args))
+                return _public_grad(args[0], grads)
+            return tuple(_public_grad(a, g) for g, a in zip(grads, args))
         public_back.__doc__ = ("back(dy, input_grads=True) -> input gradients; accumulates Param.grad. "
                                "input_grads=False skips the input gradients (returns None): faster "
                                "when only the parameters are trained")
@@ -198,9 +202,11 @@ def _complete(model, args, kwargs):
 
 def _run(model, c, args, method):
     """Run a generated function; with guards, the variant for this call's path."""
+    flat = pytree.split_args(args)[0]
+
     def call(variant):
         try:
-            return getattr(variant, method)(model, *args)
+            return getattr(variant, method)(model, *flat)
         except Retrace:
             raise
         except Exception as e:
@@ -227,6 +233,21 @@ def _reraise(c, e, direction):
     if new is None or new is e:
         raise e
     raise new from e
+
+
+def _public_grad(a, g):
+    """What ``back`` returns for input ``a``: its gradient for a float or structured input,
+    a structure of None for a structure of constants, None for other constants."""
+    if _float_kind(a) or pytree.is_structured(a):
+        return g
+    return pytree.tree_map(lambda _: None, a) if pytree.is_container(a) else None
+
+
+def _structured_grads(args, trees, flat_grads):
+    """One gradient per input: a structured input's leaf gradients put back in its structure."""
+    return [g if t is None else
+            pytree.in_order_of(a, pytree.unflatten(t, map(pytree.leaf_grad, pytree.flatten(a)[0], g)))
+            for t, g, a in zip(trees, pytree.group(trees, tuple(flat_grads)), args)]
 
 
 def _split_state(out, c):
