@@ -26,7 +26,7 @@ import numpy as np
 from .compiler import compile_model, run_guarded
 from .errors import Retrace
 from .params import Const, Param, is_model, named_params, path_str, submodels
-from .readonly import Hold, held
+from .readonly import Hold, any_held, held
 from .recurrent import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
                         set_state, snapshot_states, state_names)
 
@@ -133,11 +133,11 @@ class Model:
         ``Param.grad`` and returns the input gradients (a tuple for several inputs).
         ``dy`` defaults to ones (the gradient of ``y.sum()``).
 
-        Until ``back`` has run, the arrays it reads (the inputs given here and every
-        Param value) are read-only, so that a write cannot change the gradient silently;
+        Until ``back`` has run, the arrays it may read (the inputs given here, the
+        outputs and every Param value) are read-only, so that a write cannot change the gradient silently;
         ``back`` runs once unless called with ``retain=True``."""
         out, back = self._pullback(*args, **kwargs)
-        hold = [Hold(self, (args, kwargs))]
+        hold = [Hold(self, (args, kwargs, out))]
         model = self
         public = _public_back(self, back, args, kwargs)
 
@@ -178,7 +178,10 @@ class Model:
                 p.grad[...] = 0
 
     def reset(self):
-        """Restore the initial recurrent state of this model and its sub-models."""
+        """Restore the initial recurrent state of this model and its sub-models.
+
+        Call it between independent sequences, and before a batch of another size: state
+        carried from a step at batch 4 meeting a batch of 1 is an error, not a reset."""
         reset(self)
         return self
 
@@ -223,6 +226,8 @@ def _public_back(model, back, args, kwargs):
 
 def _check_not_held(model):
     """A clear error instead of NumPy's read-only one, before any parameter is changed."""
+    if not any_held():
+        return
     for path, p in named_params(model, trainable_only=True):
         if held(p.value):
             raise RuntimeError(f"{type(model).__name__}.update() while a pullback still waits for "

@@ -1,9 +1,10 @@
 """Between ``pullback`` and ``back``: the arrays the backward pass reads are held read-only.
 
 The generated backward reads what forward saw by reference, not by copy: the inputs,
-Param values and views of them. So that a write in between cannot silently change the
-gradient, ``m.pullback(x)`` marks ``x`` (every array among the inputs) and every Param
-value of ``m`` read-only (NumPy's ``writeable`` flag, so a write raises
+Param values, views of them and results it also returned (``tanh``'s derivative reads
+``y``). So that a write in between cannot silently change the gradient, ``m.pullback(x)``
+marks ``x`` (every array among the inputs), the outputs and every Param value of ``m``
+read-only (NumPy's ``writeable`` flag, so a write raises
 ``ValueError: assignment destination is read-only``), and ``back`` releases them when
 it has run; so does dropping ``back`` unused. A Param or Param value *replaced* in the
 meantime is found when ``back`` runs. Holding costs one flag per array, no copy.
@@ -80,6 +81,10 @@ class Hold:
 def held(array):
     """True when a pending ``back`` holds ``array`` read-only."""
     return id(array) in _held
+
+
+def any_held():
+    return bool(_held)
 
 
 def _arrays_in(obj):

@@ -9,7 +9,9 @@ of the generated step functions::
         ...
         return h_1, h_1                # the output, then the state after it
 
-Calling the model advances its state; ``m.reset()`` restores the initial state.
+Calling the model advances its state; ``m.reset()`` restores the initial state. State
+carried from a step belongs to that step's batch: an input of another batch size before
+``m.reset()`` raises a ``ValueError`` naming ``reset()`` (it is not reset for you).
 ``fc.unroll(m, n)`` runs (batch, time, features) sequences with backprop through
 time; gradients reach the initial state when a sequence began from it.
 

@@ -359,3 +359,25 @@ def test_state_whose_shape_never_depends_on_batch_is_not_checked():
     m = Counter()
     m(np.ones((4, 2)))
     assert m(np.ones((1, 2)))[0, 0] == 2.0
+
+
+def test_output_written_in_place_before_back_raises():
+    """tanh's backward reads its output: an in-place edit of y (a loss computed in place)
+    would change the gradient silently."""
+    @fc.net
+    class Tanh:
+        def __init__(self):
+            self.W = rng.standard_normal((3, 2))
+
+        def forward(self, x):
+            return np.tanh(x @ self.W)
+
+    m = Tanh()
+    x = rng.standard_normal((4, 3))
+    dx_ref, g_ref = reference_grads(m, x, np.ones((4, 2)))
+    y, back = m.pullback(x)
+    with pytest.raises(ValueError, match="read-only"):
+        y -= 1.0
+    np.testing.assert_array_equal(back(np.ones((4, 2))), dx_ref)
+    np.testing.assert_array_equal(m.W.grad, g_ref[0])
+    y -= 1.0                                          # the caller's again after back
