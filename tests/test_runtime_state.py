@@ -381,3 +381,79 @@ def test_output_written_in_place_before_back_raises():
     np.testing.assert_array_equal(back(np.ones((4, 2))), dx_ref)
     np.testing.assert_array_equal(m.W.grad, g_ref[0])
     y -= 1.0                                          # the caller's again after back
+
+
+def test_concurrent_compiles_get_distinct_source_files(monkeypatch):
+    """Generated code is registered in linecache under a per-compile name; two threads
+    compiling the same class at once must not share one (tracebacks would show the other's
+    code). The counter's read is slowed down so that the threads interleave there."""
+    import linecache
+    import time
+
+    from flux_compile import sourcecache
+
+    class SlowDict(dict):
+        def get(self, *a):
+            v = dict.get(self, *a)
+            time.sleep(0.01)
+            return v
+
+    monkeypatch.setattr(sourcecache, "_counter", SlowDict())
+    acts = [None, fc.relu, np.tanh, fc.sigmoid]
+    models = [fc.Dense(3, 2, act=a) for a in acts]
+    compiled = [None] * len(models)
+    barrier = threading.Barrier(len(models))
+
+    def work(i):
+        barrier.wait()
+        models[i](np.ones((2, 3)))
+        compiled[i] = models[i]._fc_compiled[models[i]._fc_last]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(models))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({c.filename for c in compiled}) == len(compiled)
+    for c in compiled:
+        assert "".join(linecache.getlines(c.filename)) == c.source
+
+
+def test_concurrent_function_compiles_get_distinct_source_files(monkeypatch):
+    """The same for ``fc.grad`` of one function compiled for different argument kinds."""
+    import linecache
+    import time
+
+    from flux_compile import compiler, sourcecache
+
+    class SlowDict(dict):
+        def get(self, *a):
+            v = dict.get(self, *a)
+            time.sleep(0.01)
+            return v
+
+    monkeypatch.setattr(sourcecache, "_counter", SlowDict())
+
+    def f(x, k):
+        return np.sum(np.tanh(x) * k)
+
+    ks = [1, 2, 3, 4]                                 # ints: compile-time constants
+    x = rng.standard_normal((3, 2))
+    grads = [None] * len(ks)
+    barrier = threading.Barrier(len(ks))
+
+    def work(i):
+        barrier.wait()
+        grads[i] = fc.grad(f, x, ks[i])[1][0]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(ks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, g in zip(ks, grads):
+        np.testing.assert_allclose(g, k * (1 - np.tanh(x) ** 2), rtol=1e-12)
+    compiled = [c for key, c in compiler._fcache.items() if key[0] is f.__code__]
+    assert len({c.filename for c in compiled}) == len(compiled) == len(ks)
+    for c in compiled:
+        assert "".join(linecache.getlines(c.filename)) == c.source
