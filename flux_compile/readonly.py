@@ -3,11 +3,12 @@
 The generated backward reads what forward saw by reference, not by copy: the inputs,
 Param values, views of them and results it also returned (``tanh``'s derivative reads
 ``y``). So that a write in between cannot silently change the gradient, ``m.pullback(x)``
-marks ``x`` (every array among the inputs), the outputs and every Param value of ``m``
-read-only (NumPy's ``writeable`` flag, so a write raises
-``ValueError: assignment destination is read-only``), and ``back`` releases them when
-it has run; so does dropping ``back`` unused. A Param or Param value *replaced* in the
-meantime is found when ``back`` runs. Holding costs one flag per array, no copy.
+marks ``x`` (every array among the inputs), the outputs, every Param value and every
+constant array attribute (masks, indices) in the tree of ``m`` read-only (NumPy's
+``writeable`` flag, so a write raises ``ValueError: assignment destination is read-only``),
+and ``back`` releases them when it has run; so does dropping ``back`` unused. A Param,
+Param value or array attribute *replaced* in the meantime is found when ``back`` runs.
+Holding costs one flag per array, no copy.
 
 Not caught: writes through another view of the same memory made before ``pullback``
 (NumPy's flag belongs to each array object, not to the memory).
@@ -28,7 +29,7 @@ import threading
 
 import numpy as np
 
-from .params import Param, named_params, path_str
+from .params import Param, children, is_model, path_str
 
 _mutex = threading.Lock()
 _held = {}          # id(array) -> [array, number of pending backs holding it]
@@ -36,35 +37,34 @@ _stuck = {}         # id(array) -> array released while its base was still held
 
 
 class Hold:
-    """The arrays one pending ``back`` reads, and which Param had which value at ``pullback``."""
+    """The arrays one pending ``back`` reads, and which field held which at ``pullback``."""
 
-    __slots__ = ("params", "values", "arrays", "released")
+    __slots__ = ("fields", "values", "arrays", "released")
 
     def __init__(self, model, args):
-        self.params = named_params(model)
-        self.values = [p.value for _, p in self.params]
+        self.fields = model_arrays(model)
+        self.values = [_value(leaf) for _, leaf in self.fields]
         self.arrays = _hold(self.values + list(_arrays_in(args)))
         self.released = False
 
     def check(self, model):
-        """Raise if a Param of ``model`` or its value was replaced since ``pullback``."""
-        now = named_params(model)
-        if len(now) == len(self.params) and all(p is q for (_, p), (_, q) in zip(now, self.params)) \
-                and all(v is p.value for v, (_, p) in zip(self.values, self.params)):
+        """Raise if a Param, its value or an array attribute of ``model`` was replaced."""
+        now = model_arrays(model)
+        if len(now) == len(self.fields) and all(
+                a is b and _value(a) is v for (_, a), (_, b), v in zip(now, self.fields, self.values)):
             return
-        name = type(model).__name__
-        for i, (path, p) in enumerate(now):
-            if i >= len(self.params) or self.params[i][1] is not p:
+        for i, (path, leaf) in enumerate(now):
+            if i >= len(self.fields) or self.fields[i][1] is not leaf:
                 what = "replaced"
                 break
-            if p.value is not self.values[i]:
+            if _value(leaf) is not self.values[i]:
                 what = "given a new value"
                 break
         else:
-            path, what = self.params[len(now)][0], "removed"
-        raise RuntimeError(f"{name}.{path_str(path)} was {what} between pullback and back; backward would "
-                           f"mix the new parameters with what forward saw. Call back(dy) before changing "
-                           f"parameters, then pullback again")
+            path, what = self.fields[len(now)][0], "removed"
+        raise RuntimeError(f"{type(model).__name__}.{path_str(path)} was {what} between pullback and back; "
+                           f"backward would mix it with what forward saw. Call back(dy) before changing "
+                           f"the model, then pullback again")
 
     def release(self):
         if not self.released:
@@ -76,6 +76,34 @@ class Hold:
             self.release()
         except Exception:           # pragma: no cover - interpreter shutting down
             pass
+
+
+def model_arrays(m):
+    """``[(field path, Param or array)]``: every Param and array attribute in the tree of ``m``
+    (constants such as masks and index arrays too: backward reads them), each once."""
+    seen, out = set(), []
+
+    def walk(obj, path):
+        if isinstance(obj, (Param, np.ndarray)):
+            if id(obj) not in seen:
+                seen.add(id(obj))
+                out.append((path, obj))
+        elif is_model(obj):
+            for name, value in children(obj):
+                walk(value, path + (name,))
+        elif isinstance(obj, (list, tuple)):
+            for i, value in enumerate(obj):
+                walk(value, path + (i,))
+        elif isinstance(obj, dict):
+            for k, value in obj.items():
+                walk(value, path + (k,))
+
+    walk(m, ())
+    return out
+
+
+def _value(leaf):
+    return leaf.value if isinstance(leaf, Param) else leaf
 
 
 def held(array):

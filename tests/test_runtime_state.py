@@ -457,3 +457,36 @@ def test_concurrent_function_compiles_get_distinct_source_files(monkeypatch):
     assert len({c.filename for c in compiled}) == len(compiled) == len(ks)
     for c in compiled:
         assert "".join(linecache.getlines(c.filename)) == c.source
+
+
+@fc.net
+class Masked:
+    def __init__(self):
+        self.W = rng.standard_normal((3, 2))
+        self.mask = fc.const(np.array([[1.0, 0.5]]))
+        self.idx = np.array([0, 2])
+
+    def forward(self, x):
+        return np.tanh(x[:, self.idx] @ self.W[:2] * self.mask)
+
+
+@pytest.mark.parametrize("field", ["mask", "idx"])
+def test_constant_arrays_backward_reads_are_held_too(field):
+    """backward reads self.mask and the index array when it runs: they are held as well."""
+    m = Masked()
+    x = rng.standard_normal((4, 3))
+    dy = rng.standard_normal((4, 2))
+    dx_ref, g_ref = reference_grads(m, x, dy)
+    _, back = m.pullback(x)
+    with pytest.raises(ValueError, match="read-only"):
+        getattr(m, field)[...] = 1 if field == "idx" else 0.0
+    np.testing.assert_array_equal(back(dy), dx_ref)
+    np.testing.assert_array_equal(m.W.grad, g_ref[0])
+
+
+def test_replacing_a_constant_array_between_pullback_and_back_raises():
+    m = Masked()
+    _, back = m.pullback(rng.standard_normal((4, 3)))
+    m.mask = fc.const(np.array([[0.0, 0.0]]))
+    with pytest.raises(RuntimeError, match=r"Masked\.mask was replaced"):
+        back(np.ones((4, 2)))
