@@ -26,11 +26,11 @@ import numpy as np
 from .compiler import compile_model, run_guarded
 from .errors import Retrace
 from .params import Const, Param, is_model, named_params, path_str, submodels
-from .readonly import Hold, any_held, held
+from .readonly import EDITS, Hold, any_held, held
 from .recurrent import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
                         set_state, snapshot_states, state_names)
 
-_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen")   # the recurrent state (_fc_state) is kept
+_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen", "_fc_arrays")   # the recurrent state (_fc_state) is kept
 
 
 def _is_float_array(value):
@@ -52,6 +52,8 @@ class Model:
         elif _is_float_array(value):
             value = Param(value)
         d = self.__dict__
+        if not name.startswith("_"):
+            EDITS[0] += 1               # a pending back re-checks what it reads
         if "_fc_compiled" in d and not name.startswith("_"):
             from .frontend import attr_token
             old = d.get(name, _MISSING)

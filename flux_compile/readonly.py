@@ -31,6 +31,7 @@ import numpy as np
 
 from .params import Param, children, is_model, path_str
 
+EDITS = [0]         # public attributes set on any model so far (Model.__setattr__ counts)
 _mutex = threading.Lock()
 _held = {}          # id(array) -> [array, number of pending backs holding it]
 _stuck = {}         # id(array) -> array released while its base was still held
@@ -39,17 +40,21 @@ _stuck = {}         # id(array) -> array released while its base was still held
 class Hold:
     """The arrays one pending ``back`` reads, and which field held which at ``pullback``."""
 
-    __slots__ = ("fields", "values", "arrays", "released")
+    __slots__ = ("fields", "values", "arrays", "released", "edits", "lists")
 
     def __init__(self, model, args):
-        self.fields = model_arrays(model)
+        self.edits = EDITS[0]
+        self.fields, self.lists = _cached_arrays(model, self.edits)
         self.values = [_value(leaf) for _, leaf in self.fields]
         self.arrays = _hold(self.values + list(_arrays_in(args)))
         self.released = False
 
     def check(self, model):
         """Raise if a Param, its value or an array attribute of ``model`` was replaced."""
-        now = model_arrays(model)
+        if EDITS[0] == self.edits and not self.lists and all(
+                _value(a) is v for (_, a), v in zip(self.fields, self.values)):
+            return                  # no model attribute set since (and no list to edit in place)
+        now, _ = model_arrays(model)
         if len(now) == len(self.fields) and all(
                 a is b and _value(a) is v for (_, a), (_, b), v in zip(now, self.fields, self.values)):
             return
@@ -80,8 +85,9 @@ class Hold:
 
 def model_arrays(m):
     """``[(field path, Param or array)]``: every Param and array attribute in the tree of ``m``
-    (constants such as masks and index arrays too: backward reads them), each once."""
-    seen, out = set(), []
+    (constants such as masks and index arrays too: backward reads them), each once; and
+    whether the tree holds a list or dict (editable in place, unlike attributes)."""
+    seen, out, lists = set(), [], []
 
     def walk(obj, path):
         if isinstance(obj, (Param, np.ndarray)):
@@ -92,14 +98,28 @@ def model_arrays(m):
             for name, value in children(obj):
                 walk(value, path + (name,))
         elif isinstance(obj, (list, tuple)):
+            if isinstance(obj, list):
+                lists.append(path)
             for i, value in enumerate(obj):
                 walk(value, path + (i,))
         elif isinstance(obj, dict):
+            lists.append(path)
             for k, value in obj.items():
                 walk(value, path + (k,))
 
     walk(m, ())
-    return out
+    return out, bool(lists)
+
+
+def _cached_arrays(m, edits):
+    """``model_arrays(m)``, walked again only when some model attribute was set since the
+    last walk or the tree holds a list or dict (which change without setattr)."""
+    hit = m.__dict__.get("_fc_arrays")
+    if hit is not None and hit[0] == edits and not hit[2]:
+        return hit[1], hit[2]
+    fields, lists = model_arrays(m)
+    m.__dict__["_fc_arrays"] = (edits, fields, lists)
+    return fields, lists
 
 
 def _value(leaf):
@@ -141,7 +161,7 @@ def _hold(arrays):
             if entry is not None:
                 entry[1] += 1
             elif _stuck.pop(k, None) is not None or a.flags.writeable:
-                a.flags.writeable = False
+                a.setflags(write=False)
                 _held[k] = [a, 1]
             else:
                 continue            # read-only already, by its owner's choice: never touched
@@ -159,7 +179,7 @@ def _release(arrays):
                 _stuck[id(a)] = a
         for k, a in list(_stuck.items()):   # a view is writable again only after its base
             try:
-                a.flags.writeable = True
+                a.setflags(write=True)
                 del _stuck[k]
             except ValueError:
                 pass
