@@ -30,7 +30,8 @@ from .readonly import EDITS, Hold, any_held, held
 from .recurrent import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
                         set_state, snapshot_states, state_names)
 
-_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen", "_fc_arrays")   # the recurrent state (_fc_state) is kept
+# not pickled; the recurrent state (_fc_state, _fc_batch) is kept
+_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen", "_fc_arrays")
 
 
 def _is_float_array(value):
@@ -136,8 +137,9 @@ class Model:
         ``dy`` defaults to ones (the gradient of ``y.sum()``).
 
         Until ``back`` has run, the arrays it may read (the inputs given here, the
-        outputs and every Param value) are read-only, so that a write cannot change the gradient silently;
-        ``back`` runs once unless called with ``retain=True``."""
+        outputs, every Param value and array attribute) are read-only, so that a write
+        cannot change the gradient silently; ``back`` runs once unless called with
+        ``retain=True``."""
         out, back = self._pullback(*args, **kwargs)
         hold = [Hold(self, (args, kwargs, out))]
         model = self
