@@ -19,16 +19,20 @@ array([[4., 4.]])
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from . import pytree
 from .compiler import compile_model, run_guarded
 from .errors import Retrace
-from .params import Const, Param, is_model, named_params, submodels
-from .recurrent import (_INITIAL, Link, accumulate_initial, current_state, reset, restore_states, set_state,
-                        snapshot_states, state_names)
+from .params import Const, Param, is_model, named_params, path_str, submodels
+from .readonly import EDITS, Hold, any_held, held
+from .recurrent import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
+                        set_state, snapshot_states, state_names)
 
-_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen")   # the recurrent state (_fc_state) is kept
+# not pickled; the recurrent state (_fc_state, _fc_batch) is kept
+_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen", "_fc_arrays")
 
 
 def _is_float_array(value):
@@ -50,6 +54,8 @@ class Model:
         elif _is_float_array(value):
             value = Param(value)
         d = self.__dict__
+        if not name.startswith("_"):
+            EDITS[0] += 1               # a pending back re-checks what it reads
         if "_fc_compiled" in d and not name.startswith("_"):
             from .frontend import attr_token
             old = d.get(name, _MISSING)
@@ -69,13 +75,15 @@ class Model:
         if kwargs or len(args) < _arity(type(self)):
             args = _complete(self, args, kwargs)
         names = state_names(type(self))
+        user_args = args
         if names:
             state, _ = current_state(self, names)
+            check_batch(self, names, state, args)
             args = args + tuple(state)
-        c, out = _run(self, compile_model(self, args), args, "forward")
+        c, out = _run(self, _compile(self, args), args, "forward")
         if names:
             out, new_state = _split_state(out, c)
-            set_state(self, names, new_state, None)
+            set_state(self, names, new_state, None, user_args)
         return out
 
     def _pullback(self, *args, **kwargs):
@@ -87,17 +95,23 @@ class Model:
         nin = len(args)
         flat, trees = pytree.split_args(args)
         nflat = len(flat)
+        user_args = args
         if names:
             state, source = current_state(self, names)
+            check_batch(self, names, state, args)
             args = args + tuple(state)
-        c, (out, saved) = _run(self, compile_model(self, args), args, "forward_train")
+        c, (out, saved) = _run(self, _compile(self, args), args, "forward_train")
         if names:
             out, new_state = _split_state(out, c)
             link = Link()
-            set_state(self, names, new_state, link)
+            set_state(self, names, new_state, link, user_args)
         model = self
 
         def back(dy=None, input_grads=True):
+            with GRAD_LOCK:
+                return run_back(dy, input_grads)
+
+        def run_back(dy, input_grads):
             dy = _seed(dy, out, c, model)
             if names:
                 pending = link.pending or [None] * len(names)
@@ -124,40 +138,58 @@ class Model:
     def pullback(self, *args, **kwargs):
         """One forward pass; returns ``(y, back)``. ``back(dy)`` accumulates every
         ``Param.grad`` and returns the input gradients (a tuple for several inputs).
-        ``dy`` defaults to ones (the gradient of ``y.sum()``)."""
-        out, back = self._pullback(*args, **kwargs)
-        args = args + tuple(kwargs[k] for k in _forward_signature(type(self)).parameters if k in kwargs)
-        n = len(args)
+        ``dy`` defaults to ones (the gradient of ``y.sum()``).
 
-        def public_back(dy=None, input_grads=True):
-            grads = back(dy, input_grads)
-            if not input_grads:
-                return None
-            if n == 1:
-                return _public_grad(args[0], grads)
-            return tuple(_public_grad(a, g) for g, a in zip(grads, args))
-        public_back.__doc__ = ("back(dy, input_grads=True) -> input gradients; accumulates Param.grad. "
-                               "input_grads=False skips the input gradients (returns None): faster "
-                               "when only the parameters are trained")
+        Until ``back`` has run, the arrays it may read (the inputs given here, the
+        outputs, every Param value and array attribute) are read-only, so that a write
+        cannot change the gradient silently; ``back`` runs once unless called with
+        ``retain=True``."""
+        out, back = self._pullback(*args, **kwargs)
+        hold = [Hold(self, (args, kwargs, out))]
+        model = self
+        public = _public_back(self, back, args, kwargs)
+
+        def public_back(dy=None, input_grads=True, retain=False):
+            h = hold[0]
+            if h is None:
+                raise RuntimeError(f"back() already ran for this {type(model).__name__}.pullback and released "
+                                   f"its inputs and parameters for writing; pass retain=True to every call "
+                                   f"but the last to run it again, or call pullback again")
+            h.check(model)
+            grads = public(dy, input_grads)
+            if not retain:
+                hold[0] = None
+                h.release()
+            return grads
+        public_back.__doc__ = ("back(dy, input_grads=True, retain=False) -> input gradients; accumulates "
+                               "Param.grad. input_grads=False skips the input gradients (returns None): "
+                               "faster when only the parameters are trained. retain=True keeps the inputs "
+                               "and parameters read-only so that back can run again")
         return out, public_back
 
     def back(self, dy, *args, **kwargs):
         """Flux's ``back!``: forward, then backward with ``dy``; returns the input gradients."""
-        _, b = self.pullback(*args, **kwargs)
-        return b(dy)
+        _, b = self._pullback(*args, **kwargs)
+        return _public_back(self, b, args, kwargs)(dy)
 
     def update(self, opt=0.1):
         """Flux's ``update!``: one optimiser step (a number is an SGD learning rate), then zero grads."""
         from .optim import apply_update
-        apply_update(self, opt)
+        with GRAD_LOCK:
+            _check_not_held(self)
+            apply_update(self, opt)
 
     def zero_grad(self):
         """Set every Param's gradient to zero."""
-        for _, p in named_params(self):
-            p.grad[...] = 0
+        with GRAD_LOCK:
+            for _, p in named_params(self):
+                p.grad[...] = 0
 
     def reset(self):
-        """Restore the initial recurrent state of this model and its sub-models."""
+        """Restore the initial recurrent state of this model and its sub-models.
+
+        Call it between independent sequences, and before a batch of another size: state
+        carried from a step at batch 4 meeting a batch of 1 is an error, not a reset."""
         reset(self)
         return self
 
@@ -172,6 +204,43 @@ class Model:
 
 _MISSING = object()
 _signatures = {}
+
+# Gradient accumulation (every backward), updates and zeroing run one at a time, so that
+# threads sharing a model lose no gradient; forward passes run in parallel. Compiling
+# (rare) is serialised too. Both are re-entrant: a backward runs its sub-models' backwards.
+GRAD_LOCK = threading.RLock()
+COMPILE_LOCK = threading.RLock()
+
+
+def _compile(model, args, fresh=False):
+    with COMPILE_LOCK:
+        return compile_model(model, args, fresh=fresh)
+
+
+def _public_back(model, back, args, kwargs):
+    """``back`` returning one gradient per input the caller gave (None for non-float ones)."""
+    args = args + tuple(kwargs[k] for k in _forward_signature(type(model)).parameters if k in kwargs)
+    n = len(args)
+
+    def public(dy=None, input_grads=True):
+        grads = back(dy, input_grads)
+        if not input_grads:
+            return None
+        if n == 1:
+            return _public_grad(args[0], grads)
+        return tuple(_public_grad(a, g) for g, a in zip(grads, args))
+    return public
+
+
+def _check_not_held(model):
+    """A clear error instead of NumPy's read-only one, before any parameter is changed."""
+    if not any_held():
+        return
+    for path, p in named_params(model, trainable_only=True):
+        if held(p.value):
+            raise RuntimeError(f"{type(model).__name__}.update() while a pullback still waits for "
+                               f"back(dy): its backward reads {path_str(path)} as forward saw it. Call "
+                               f"back(dy) first (or drop the unused back function)")
 
 
 def _forward_signature(cls):
@@ -221,10 +290,11 @@ def _run(model, c, args, method):
         except Retrace:
             restore_states(snap)
             raise
-    c2, result = run_guarded(c, attempt, lambda: compile_model(model, args, fresh=True))
+    c2, result = run_guarded(c, attempt, lambda: _compile(model, args, fresh=True))
     if c2 is not c:
         from .compiler import _remember, input_key
-        _remember(model, input_key(args), c2)
+        with COMPILE_LOCK:
+            _remember(model, input_key(args), c2)
     return c2, result
 
 

@@ -9,7 +9,9 @@ of the generated step functions::
         ...
         return h_1, h_1                # the output, then the state after it
 
-Calling the model advances its state; ``m.reset()`` restores the initial state.
+Calling the model advances its state; ``m.reset()`` restores the initial state. State
+carried from a step belongs to that step's batch: an input of another batch size before
+``m.reset()`` raises a ``ValueError`` naming ``reset()`` (it is not reset for you).
 ``fc.unroll(m, n)`` runs (batch, time, features) sequences with backprop through
 time; gradients reach the initial state when a sequence began from it.
 
@@ -162,9 +164,41 @@ class Link:
             self.pending = [a if b is None else (b if a is None else a + b) for a, b in zip(self.pending, grads)]
 
 
-def set_state(m, names, values, link):
+def set_state(m, names, values, link, args=()):
+    """Store the state after a step, with the batch size of the step's inputs ``args``."""
     m.__dict__["_fc_state"] = dict(zip(names, values))
     m.__dict__["_fc_link"] = link
+    m.__dict__["_fc_batch"] = input_batch(args)
+
+
+def input_batch(args):
+    """The batch size (axis 0) of each array input: what carried state was computed for."""
+    return tuple(a.shape[0] for a in args if isinstance(a, (np.ndarray, Param)) and a.ndim >= 1)
+
+
+def check_batch(m, names, values, args):
+    """A clear error when state carried from a step at one batch size meets another.
+
+    State whose shape never changed from its initial value (a (1, n) Param broadcast
+    over the batch, a running statistic) fits any batch and is not checked."""
+    before = m.__dict__.get("_fc_batch")
+    if before is None:
+        return
+    now = input_batch(args)
+    if now == before:
+        return
+    for name, v in zip(names, values):
+        if np.shape(v) != np.shape(initial_value(m, name)):
+            cls = type(m)
+            label = f"fc.{cls.__name__}" if cls.__module__.startswith("flux_compile.") else cls.__name__
+            raise ValueError(f"{label} carries state of batch {_batch_str(before)} from its last step "
+                             f"(self.{name} has shape {np.shape(v)}); this input has batch "
+                             f"{_batch_str(now)}: call reset() on the model before a new sequence "
+                             f"(m.reset() resets every layer inside m)")
+
+
+def _batch_str(batch):
+    return str(batch[0]) if len(set(batch)) == 1 else str(batch)
 
 
 def accumulate_initial(m, names, grads):
@@ -179,8 +213,8 @@ def accumulate_initial(m, names, grads):
 def reset(m):
     """Restore the initial state of ``m`` and every model inside it."""
     for x in submodels(m):
-        x.__dict__.pop("_fc_state", None)
-        x.__dict__.pop("_fc_link", None)
+        for key in ("_fc_state", "_fc_link", "_fc_batch"):
+            x.__dict__.pop(key, None)
     return m
 
 
@@ -189,14 +223,15 @@ def snapshot_states(m):
     if not is_model(m):
         return []
     return [(x, dict(x.__dict__["_fc_state"]) if "_fc_state" in x.__dict__ else None,
-             x.__dict__.get("_fc_link")) for x in submodels(m)]
+             x.__dict__.get("_fc_link"), x.__dict__.get("_fc_batch")) for x in submodels(m)]
 
 
 def restore_states(snapshot):
-    for x, st, link in snapshot:
+    for x, st, link, batch in snapshot:
         if st is None:
-            x.__dict__.pop("_fc_state", None)
-            x.__dict__.pop("_fc_link", None)
+            for key in ("_fc_state", "_fc_link", "_fc_batch"):
+                x.__dict__.pop(key, None)
         else:
             x.__dict__["_fc_state"] = dict(st)
             x.__dict__["_fc_link"] = link
+            x.__dict__["_fc_batch"] = batch

@@ -4,6 +4,8 @@ Batch first: each step takes ``x`` of shape (batch, n_in). The state (``self.h``
 ``self.c`` for the LSTM) starts from a trainable (1, n_h) Param, as in Flux. Gate
 layout follows PyTorch (LSTM gates i, f, g, o; GRU r, z, n), so ``from_torch`` /
 ``to_torch`` copy weights from and to a single-layer ``batch_first`` torch module.
+After a step the state has one row per batch item: call ``reset()`` before a batch of
+another size (otherwise a ``ValueError`` says so).
 
 >>> import numpy as np, flux_compile as fc
 >>> lstm = fc.LSTM(3, 5)

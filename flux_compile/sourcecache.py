@@ -9,14 +9,18 @@ Tracebacks and ``inspect.getsource`` then work on generated functions.
 from __future__ import annotations
 
 import linecache
+import threading
 
 _counter = {}
+_lock = threading.Lock()
 
 
 def unique_filename(label):
-    """``<flux_compile: label>``, with ``#2``, ``#3`` when the label repeats in this process."""
-    n = _counter.get(label, 0) + 1
-    _counter[label] = n
+    """``<flux_compile: label>``, with ``#2``, ``#3`` when the label repeats in this process
+    (also when threads compile at once)."""
+    with _lock:
+        n = _counter.get(label, 0) + 1
+        _counter[label] = n
     return f"<flux_compile: {label}>" if n == 1 else f"<flux_compile: {label} #{n}>"
 
 
