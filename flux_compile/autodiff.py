@@ -94,7 +94,8 @@ def _slices_to_concatenate(parts, builder):
             or any(_static_dim(p.args[1], axis) != n for p in parts) \
             or len({_rank(p.args[1]) for p in parts}) != 1:
         return None
-    spans = sorted((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces)
+    spans = sorted(((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces),
+                   key=lambda span: (span[0], span[1], span[2].id))   # Nodes have no order: tie by id
     at = 0
     for start, length, _ in spans:
         if start != at or length == 0:

@@ -823,7 +823,18 @@ class Builder:
             if all(isinstance(p, Static) for p in parts):
                 return Static(tuple(p.value for p in parts))
             return Seq(parts)
+        if isinstance(s, ast.List):
+            return self.eval_list_index(s)
         return self.eval(s)
+
+    def eval_list_index(self, s):
+        """``x[[0, 1]]`` is advanced indexing by an array, never the tuple ``x[0, 1]``: a constant
+        list stays a list in the generated code; one holding run-time values is passed as the
+        one-element tuple ``((i, j),)``, which NumPy reads the same way."""
+        items = [self.eval(e) for e in s.elts]
+        if all(isinstance(v, Static) for v in items):
+            return Static([_as_list(v.value) for v in items])
+        return Seq([Seq(items)])
 
     def eval_Slice(self, e):
         return self.eval_index(e)
@@ -1232,6 +1243,11 @@ def _as_load(target):
     for a, b in zip(ast.walk(t), ast.walk(target)):
         ast.copy_location(a, b)
     return t
+
+
+def _as_list(v):
+    """Nested tuples (how list literals evaluate) as nested lists, for an index."""
+    return [_as_list(x) for x in v] if isinstance(v, (tuple, list)) else v
 
 
 def _static(v):

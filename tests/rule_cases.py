@@ -510,3 +510,8 @@ case(np.rollaxis, r(2, 3, 4), 2, name="to-front", autograd=False)
 case(np.rollaxis, r(2, 3, 4), 0, start=3, name="to-back", autograd=False)
 if hasattr(np, "astype"):
     case(np.astype, r(3), np.float64, autograd=False)
+
+# repeated advanced indices in item assignment: NumPy keeps the last write
+case(setitem, r(4, 3), [0, 2, 0], r(3, 3), diff=(0, 2), name="repeated-rows", autograd=False)
+case(setitem, r(4, 3), ([1, 1], [2, 2]), r(2), diff=(0, 2), name="repeated-pair", autograd=False)
+case(getitem, r(4, 3), [], name="empty-list")

@@ -20,7 +20,7 @@ __all__ = [
     "extremum_mask", "prod_others", "fill_none",
     "diff_grad", "cumprod_grad",
     # shape and indexing
-    "inverse_permutation", "getitem_grad", "take_grad", "take_along_axis_grad",
+    "inverse_permutation", "getitem_grad", "setitem_value_grad", "take_grad", "take_along_axis_grad",
     "unconcatenate", "unstack", "restack", "unvstack", "unhstack", "undstack",
     "uncolumn_stack", "unsplit", "unhsplit", "reshape_each", "untile",
     "unrepeat", "unpad", "undiag", "undiagonal", "unsort",
@@ -207,6 +207,17 @@ def _is_basic_index(index):
     return True
 
 
+def _index_arrays(index):
+    """``index`` with its lists as arrays, as ``x[index]`` reads them (an empty list is an
+    empty integer array), for ``np.add.at``."""
+    def array(i):
+        if not isinstance(i, list):
+            return i
+        a = np.asarray(i)
+        return a.astype(np.intp) if a.size == 0 else a
+    return tuple(array(i) for i in index) if isinstance(index, tuple) else array(index)
+
+
 def getitem_grad(g, shape, index, dtype=None):
     """Gradient of ``x[index]``: zeros of ``shape`` with ``g`` scattered in.
 
@@ -219,9 +230,7 @@ def getitem_grad(g, shape, index, dtype=None):
     if _is_basic_index(index):
         out[index] = g
     else:
-        if isinstance(index, list):
-            index = np.asarray(index)
-        np.add.at(out, index, g)
+        np.add.at(out, _index_arrays(index), g)
     return out
 
 
@@ -809,6 +818,20 @@ def setitem(x, index, value):
     out = np.array(x, copy=True)
     out[index] = value
     return out
+
+
+def setitem_value_grad(g, index, value_shape):
+    """Gradient of ``value`` in ``x[index] = value``: each written element takes the adjoint of
+    its slot, except where a repeated index is overwritten by a later element (NumPy keeps the
+    last write), which gets zero."""
+    g = np.asarray(g)
+    picked = g[index]
+    if not _is_basic_index(index):
+        slot = np.arange(picked.size).reshape(picked.shape)
+        writer = np.full(g.shape, -1)
+        writer[index] = slot
+        picked = np.where(writer[index] == slot, picked, np.zeros((), dtype=g.dtype))
+    return unbroadcast(picked, tuple(value_shape))
 
 
 def stack_items(*items):
