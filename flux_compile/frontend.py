@@ -1152,7 +1152,8 @@ class Builder:
                     return Static(r)
             except Exception:
                 pass
-        diff = (not rules.is_nondiff(fn)) and any(n.diff for n in nodes + list(kw.values()))
+        diff = (not rules.is_nondiff(fn)) and any(n.diff for n in nodes + list(kw.values())) \
+            and not _casts_to_non_float(fn, nodes, kw)
         node = Node("call", nodes, kw, fn=fn, diff=diff)
         try:
             node.meta["shape"] = shapeinfer.infer(
@@ -1243,6 +1244,21 @@ def _as_load(target):
     for a, b in zip(ast.walk(t), ast.walk(target)):
         ast.copy_location(a, b)
     return t
+
+
+def _casts_to_non_float(fn, nodes, kw):
+    """``x.astype(int)``, ``np.astype(x, bool)``, ``np.full(n, v, dtype=int)``: an integer or
+    boolean result carries no gradient (it is piecewise constant in its inputs)."""
+    from .rules.helpers import astype
+    dtype = kw.get("dtype")
+    if (fn is astype or fn is getattr(np, "astype", None)) and len(nodes) > 1:
+        dtype = nodes[1]
+    if dtype is None or dtype.op != "const" or dtype.value is None:
+        return False
+    try:
+        return np.dtype(dtype.value).kind not in "fc"
+    except TypeError:
+        return False
 
 
 def _as_list(v):

@@ -486,7 +486,7 @@ NONDIFF_CASES = [
     np.argmax, np.argmin, np.argsort, np.argwhere, np.nonzero, np.flatnonzero,
     np.searchsorted, np.count_nonzero, np.any, np.all, np.array_equal,
     np.shape, np.ndim, np.size,
-    np.zeros, np.ones, np.full, np.empty, np.eye, np.identity, np.arange, np.linspace,
+    np.zeros, np.ones, np.empty, np.eye, np.identity, np.arange,
     F.nodiff,
 ]
 
@@ -515,3 +515,14 @@ if hasattr(np, "astype"):
 case(setitem, r(4, 3), [0, 2, 0], r(3, 3), diff=(0, 2), name="repeated-rows", autograd=False)
 case(setitem, r(4, 3), ([1, 1], [2, 2]), r(2), diff=(0, 2), name="repeated-pair", autograd=False)
 case(getitem, r(4, 3), [], name="empty-list")
+# casts to an integer or boolean dtype have no gradient (zeros when reached at run time)
+case(astype, r(3, 4) * 3, np.int64, name="to-int", autograd=False)
+case(astype, r(3, 4), bool, name="to-bool", autograd=False)
+
+# creation from float arguments: fill_value, start and stop carry gradients
+case(np.full, (3, 4), s(0.7), diff=(1,), name="scalar")
+case(np.full, (3, 4), r(4), diff=(1,), name="row", autograd=False)
+case(np.linspace, s(-1.0), s(2.0), num=5, diff=(0, 1), name="num5")
+case(np.linspace, s(0.5), s(2.0), num=4, endpoint=False, diff=(0, 1), name="no-endpoint", autograd=False)
+case(np.linspace, r(3), r(2, 3), num=4, axis=-1, diff=(0, 1), name="arrays-last-axis", autograd=False)
+case(np.linspace, s(0.5), s(2.0), num=1, diff=(0, 1), name="num1", autograd=False)

@@ -149,3 +149,109 @@ def test_setitem_with_a_list_index_keeps_the_last_write(tmp_path, index):
             y[{index}] = v * 2.0
             return np.sum(np.sin(y) * y)
         """, X.copy(), rng.standard_normal(X[eval(f"np.s_[{index}]")].shape), diff=(0, 1), use_autograd=False)
+
+
+# ---------------------------------------------------------------- class 3: casts
+
+def test_cast_to_int_or_bool_has_no_gradient(tmp_path):
+    """``x.astype(int)`` is piecewise constant: it passed the gradient through."""
+    x = rng.uniform(-3, 3, (4, 5))
+    x = np.where(np.abs(x - np.round(x)) < 0.1, x + 0.3, x)     # away from the jumps
+    check(tmp_path, "castint", """
+        def f(x):
+            return np.sum(x * x.astype(int)) + np.sum(x.astype(bool) * x ** 2) + np.sum(np.astype(x, np.int32) * 2.0)
+        """, x, use_autograd=False)
+
+
+def test_cast_to_int_leaves_nothing_to_differentiate(tmp_path):
+    f = load(tmp_path, "castonly", """
+        def f(x):
+            return np.sum(x.astype(np.int64)) * 1.0
+        """)
+    np.testing.assert_array_equal(fc.grad(f, X.copy())[1][0], np.zeros_like(X))
+
+
+def test_float_to_float_cast_keeps_the_gradient_in_the_input_dtype(tmp_path):
+    f = load(tmp_path, "castf", """
+        def f(x):
+            return np.sum(np.sin(x.astype(np.float32)) * 2.0)
+        """)
+    _, (g,) = fc.grad(f, X.copy())
+    assert g.dtype == np.float64
+    np.testing.assert_allclose(g, 2 * np.cos(X), rtol=1e-6)
+    _, (g32,) = fc.grad(f, X.astype(np.float32))
+    assert g32.dtype == np.float32
+
+
+# ---------------------------------------------------------------- class 3: creation functions
+
+def test_linspace_differentiates_start_and_stop(tmp_path):
+    check(tmp_path, "linspace", """
+        def f(a, b):
+            return np.sum(np.sin(np.linspace(a, b, 7)) * np.arange(7.0)) + np.sum(np.linspace(a * 2.0, b, num=4) ** 2)
+        """, np.array(-0.3), np.array(1.7), diff=(0, 1))
+
+
+def test_linspace_without_endpoint_and_with_array_ends(tmp_path):
+    check(tmp_path, "linspace2", """
+        def f(a, b):
+            return np.sum(np.cos(np.linspace(a, b, 5, endpoint=False))) + np.sum(np.linspace(a, b, 3, axis=1) ** 2)
+        """, rng.standard_normal(4), rng.standard_normal((2, 4)), diff=(0, 1), use_autograd=False)
+
+
+def test_full_differentiates_fill_value(tmp_path):
+    check(tmp_path, "full", """
+        def f(v, x):
+            return np.sum(np.full((3, 4), v) * x) + np.sum(np.full((2, 4), x[0] * v) ** 2)
+        """, np.array(0.8), rng.standard_normal((3, 4)), diff=(0, 1), use_autograd=False)
+    check(tmp_path, "full_ag", """
+        def f(v):
+            return np.sum(np.sin(np.full((3, 4), v)))
+        """, np.array(0.8))
+
+
+# ---------------------------------------------------------------- class 3: kinks at zero
+
+ZERO_POINTS = {
+    "std-equal-values": ("np.std(x * 0.0 + 1.5)", "np.sum(np.std(x * 0.0 + 1.5, axis=1))"),
+    "std-axis-zero-row": ("np.sum(np.std(x * np.array([[0.0], [1.0], [1.0], [0.0]]), axis=1))",),
+    "var-equal-values": ("np.var(x * 0.0 + 2.0)",),
+    "power-zero-exponent": ("np.sum(np.power(x * 0.0, 0.0))", "np.sum((x * 0.0) ** 0)"),
+    "square-at-zero": ("np.sum((x * 0.0) ** 2)", "np.sum(np.power(x * 0.0, 2.0))"),
+    "abs-at-zero": ("np.sum(np.abs(x * 0.0))",),
+    "norm-at-zero": ("np.linalg.norm(x * 0.0)", "np.sum(np.linalg.norm(x * np.array([[0.0], [1.0], [1.0], [0.0]]), axis=1))",
+                     "np.linalg.norm(x * 0.0, 'fro')"),
+}
+
+
+@pytest.mark.parametrize("name", list(ZERO_POINTS))
+def test_kinks_at_zero_follow_autograd_and_finite_differences(tmp_path, name):
+    """np.std at zero spread, np.power(x, 0) at 0 and norms at 0 gave NaN; autograd and central
+    differences give 0 (autograd's std and norm divide by zero for several equal values; the
+    compiled rule takes the zero subgradient there, as central differences do)."""
+    body = " + ".join(ZERO_POINTS[name])
+    f = load(tmp_path, "kink", f"""
+        def f(x):
+            return {body}
+        """)
+    value, (g,) = fc.grad(f, X.copy())
+    assert np.all(np.isfinite(g)), g
+    np.testing.assert_allclose(g, central_diff(f, [X.copy()], 0), atol=1e-6)
+    if name in ("power-zero-exponent", "square-at-zero", "abs-at-zero", "var-equal-values"):
+        np.testing.assert_allclose(g, autograd.grad(load(tmp_path, "kink", f"""
+            def f(x):
+                return {body}
+            """, anp))(X.copy()), atol=1e-12)
+
+
+def test_power_with_a_run_time_zero_exponent(tmp_path):
+    f = load(tmp_path, "pw", """
+        def f(x, p):
+            return np.sum(np.power(x, p)) + np.sum(np.float_power(x, p))
+        """)
+    x = np.array([0.0, 1.5, 0.0, 2.0])
+    _, (g, gp) = fc.grad(f, x, np.array(0.0))
+    np.testing.assert_array_equal(g, np.zeros(4))
+    ag = autograd.grad(lambda x, p: anp.sum(anp.power(x, p)) * 2, (0, 1))(x, np.array(0.0))
+    np.testing.assert_allclose(g, ag[0])
+    np.testing.assert_allclose(gp, ag[1])

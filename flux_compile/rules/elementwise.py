@@ -5,8 +5,8 @@ floats so float32 stays float32 (NEP 50).
 """
 import numpy as np
 
-from . import diffrule, nondiff_primitive
-from .helpers import astype, clip_bound_grad, identity, imag_grad, unbroadcast
+from . import diffrule, known, nondiff_primitive
+from .helpers import astype, cast_grad, clip_bound_grad, identity, imag_grad, linspace_grad, unbroadcast
 
 # Constants are written as literals (ln 2, ln 10, pi/180): rules are inlined
 # into generated code, which has no access to this module's globals.
@@ -207,15 +207,24 @@ def _(dy, y, x1, x2):
 
 @diffrule(np.power)
 def _(dy, y, x1, x2):
-    # log taken where x1 > 0 only: d(0**p)/dp is 0, negative bases have none
-    return (unbroadcast(dy * x2 * x1 ** (x2 - 1), x1.shape),
+    # log taken where x1 > 0 only: d(0**p)/dp is 0, negative bases have none;
+    # x**0 has derivative 0 everywhere, also at x = 0 (0 * 0**-1 would be NaN; autograd's convention)
+    if known(x2 != 0):
+        dx1 = dy * x2 * x1 ** (x2 - 1)
+    else:
+        dx1 = dy * x2 * x1 ** np.where(x2 != 0, x2 - 1, 1)
+    return (unbroadcast(dx1, x1.shape),
             unbroadcast(dy * y * np.log(np.where(x1 > 0, x1, 1)), x2.shape))
 
 
 @diffrule(np.float_power)
 def _(dy, y, x1, x2):
     # float_power computes in float64; gradients come back in each input's dtype
-    return (astype(unbroadcast(dy * x2 * np.float_power(x1, x2 - 1), x1.shape), x1.dtype),
+    if known(x2 != 0):
+        dx1 = dy * x2 * np.float_power(x1, x2 - 1)
+    else:
+        dx1 = dy * x2 * np.float_power(x1, np.where(x2 != 0, x2 - 1, 1))
+    return (astype(unbroadcast(dx1, x1.shape), x1.dtype),
             astype(unbroadcast(dy * y * np.log(np.where(x1 > 0, x1, 1)), x2.shape), x2.dtype))
 
 
@@ -299,7 +308,7 @@ def _(dy, out, condition, x, y):
 
 @diffrule(astype)
 def _(dy, y, x, dtype):
-    return astype(dy, x.dtype), None
+    return cast_grad(dy, x.dtype, dtype), None
 
 
 @diffrule(identity)
@@ -323,8 +332,21 @@ nondiff_primitive(
     np.argmax, np.argmin, np.argsort, np.argwhere, np.nonzero, np.flatnonzero,
     np.searchsorted, np.count_nonzero, np.any, np.all, np.array_equal,
     np.shape, np.ndim, np.size,
-    np.zeros, np.ones, np.full, np.empty, np.eye, np.identity, np.arange, np.linspace,
+    np.zeros, np.ones, np.empty, np.eye, np.identity, np.arange,
 )
+
+
+# ---------------------------------------------------------------- creation from float arguments
+
+@diffrule(np.full)
+def _(dy, y, shape, fill_value, *, dtype=None, order="C", device=None, like=None):
+    return None, unbroadcast(dy, np.shape(fill_value))
+
+
+@diffrule(np.linspace)
+def _(dy, y, start, stop, *, num=50, endpoint=True, retstep=False, dtype=None, axis=0, device=None):
+    return (linspace_grad(dy, np.shape(start), num, endpoint, axis, 0),
+            linspace_grad(dy, np.shape(stop), num, endpoint, axis, 1))
 
 
 # ------------------------------------------------ real and complex parts, casts, cleaning
@@ -352,4 +374,4 @@ def _(dy, y, x, *, copy=True, nan=0.0, posinf=None, neginf=None):
 if hasattr(np, "astype"):           # NumPy 2: np.astype(x, dtype)
     @diffrule(np.astype)
     def _(dy, y, x, dtype, *, copy=True, device=None):
-        return astype(dy, x.dtype), None
+        return cast_grad(dy, x.dtype, dtype), None

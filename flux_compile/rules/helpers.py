@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = [
     # shims
-    "getitem", "astype", "identity", "setitem", "stack_items", "unpartition", "unrollaxis", "imag_grad",
+    "getitem", "astype", "cast_grad", "linspace_grad", "identity", "setitem", "stack_items", "unpartition", "unrollaxis", "imag_grad",
     # broadcasting and reductions
     "unbroadcast", "normalize_axis", "reduced_size", "restore_axes", "sum_grad",
     "extremum_mask", "prod_others", "fill_none",
@@ -44,6 +44,27 @@ def getitem(x, index):
 def astype(x, dtype):
     """``x.astype(dtype)`` as a function; leaves Python scalars as 0-d arrays."""
     return np.asarray(x).astype(dtype, copy=False)
+
+
+def cast_grad(g, source_dtype, target_dtype):
+    """Gradient of ``x.astype(target_dtype)``: ``g`` cast back to ``x``'s dtype, or zeros when
+    the cast is to an integer or boolean dtype (a piecewise constant function)."""
+    if np.dtype(target_dtype).kind not in "fc":
+        return np.zeros(np.shape(g), dtype=source_dtype)
+    return np.asarray(g).astype(source_dtype, copy=False)
+
+
+def linspace_grad(g, shape, num, endpoint, axis, end):
+    """Gradient of ``np.linspace(start, stop, num)`` for ``start`` (``end`` 0) or ``stop``
+    (``end`` 1): each sample is ``start + t * (stop - start)``, so the adjoint is summed along
+    the samples' axis with weights ``1 - t`` or ``t``."""
+    g = np.asarray(g)
+    steps = num - 1 if endpoint else num
+    t = np.arange(num) / steps if steps > 0 else np.zeros(num)
+    axis = axis % g.ndim
+    t = t.reshape((num,) + (1,) * (g.ndim - axis - 1)).astype(g.dtype)
+    weights = t if end else 1 - t
+    return unbroadcast(np.sum(g * weights, axis=axis), tuple(shape))
 
 
 def identity(x):
@@ -729,8 +750,15 @@ def _vector_norm_grad(g, x, y, ord, axis, keepdims):
     if ord == 1:
         return g * np.sign(x)
     if ord == 2:
-        return g * x / y
-    return g * np.sign(x) * np.abs(x) ** (ord - 1) / y ** (ord - 1)
+        return g * _over_norm(x, y)
+    return g * np.sign(x) * _over_norm(np.abs(x) ** (ord - 1), y ** (ord - 1))
+
+
+def _over_norm(x, y):
+    """``x / y`` where the norm ``y`` is positive; 0 where it is 0 (then ``x`` is 0 too): the
+    zero subgradient at the norm's kink, as central differences and torch give."""
+    zero = y == 0
+    return np.where(zero, np.zeros((), dtype=x.dtype), x / np.where(zero, np.ones((), dtype=y.dtype), y))
 
 
 def _matrix_norm_grad(g, x, ord, axis, keepdims):
@@ -774,7 +802,7 @@ def norm_grad(g, x, y, ord=None, axis=None, keepdims=False):
     if len(axis) == 1:
         return _vector_norm_grad(g, x, y, 2 if ord is None else ord, axis, keepdims)
     if ord in (None, "fro"):
-        return restore_axes(g / y, x.shape, axis, keepdims) * x
+        return restore_axes(g, x.shape, axis, keepdims) * _over_norm(x, restore_axes(y, x.shape, axis, keepdims))
     return _matrix_norm_grad(g, x, ord, axis, keepdims)
 
 

@@ -194,8 +194,8 @@ if hasattr(np.linalg, "svdvals"):       # NumPy >= 2.0
 
 @diffrule(np.linalg.norm)
 def _(dy, y, x, *, ord=None, axis=None, keepdims=False):
-    if ord is None or ord == 'fro':
-        return sum_grad(dy / y, x.shape, axis, keepdims) * x
+    if ord is None or ord == 'fro':       # at a zero norm x is 0 too: gradient 0, no 0/0
+        return sum_grad(dy / np.where(y > 0, y, 1), x.shape, axis, keepdims) * x
     return norm_grad(dy, x, y, ord, axis, keepdims)
 
 
@@ -203,7 +203,7 @@ if hasattr(np.linalg, "vector_norm"):   # NumPy >= 2.0
     @diffrule(np.linalg.vector_norm)
     def _(dy, y, x, *, axis=None, keepdims=False, ord=2):
         if ord == 2:
-            return sum_grad(dy / y, x.shape, axis, keepdims) * x
+            return sum_grad(dy / np.where(y > 0, y, 1), x.shape, axis, keepdims) * x
         return vector_norm_grad(dy, x, y, ord, axis, keepdims)
 
     @diffrule(np.linalg.matrix_norm)

@@ -72,8 +72,9 @@ def _(dy, y, a, *, axis=None, dtype=None, ddof=0, keepdims=False):
 
 @diffrule(np.std)
 def _(dy, y, a, *, axis=None, dtype=None, ddof=0, keepdims=False):
+    # zero spread (all values equal, or one value): gradient 0, as autograd and central differences
     centred = a - np.mean(a, axis=axis, keepdims=True)
-    return sum_grad(dy / y, a.shape, axis, keepdims) * centred / (reduced_size(a.shape, axis) - ddof)
+    return sum_grad(dy / np.where(y > 0, y, 1), a.shape, axis, keepdims) * centred / (reduced_size(a.shape, axis) - ddof)
 
 
 # ---------------------------------------------------------------- scans and differences
