@@ -526,3 +526,11 @@ case(np.linspace, s(-1.0), s(2.0), num=5, diff=(0, 1), name="num5")
 case(np.linspace, s(0.5), s(2.0), num=4, endpoint=False, diff=(0, 1), name="no-endpoint", autograd=False)
 case(np.linspace, r(3), r(2, 3), num=4, axis=-1, diff=(0, 1), name="arrays-last-axis", autograd=False)
 case(np.linspace, s(0.5), s(2.0), num=1, diff=(0, 1), name="num1", autograd=False)
+
+# eigh and eigvalsh read one triangle (UPLO): checked on full, non-symmetric inputs
+_ns = spd(4) + 0.3 * np.triu(r(4, 4), 1)
+case(np.linalg.eigh, _ns, name="upper-ignored")
+case(np.linalg.eigh, _ns.T.copy(), UPLO="U", name="UPLO-U")
+case(np.linalg.eigh, _ns, dy_none=(1,), name="values-only-upper-ignored")
+case(np.linalg.eigvalsh, _ns, name="upper-ignored", autograd=False)
+case(np.linalg.eigvalsh, _ns.T.copy(), UPLO="U", name="UPLO-U", autograd=False)

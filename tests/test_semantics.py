@@ -255,3 +255,24 @@ def test_power_with_a_run_time_zero_exponent(tmp_path):
     ag = autograd.grad(lambda x, p: anp.sum(anp.power(x, p)) * 2, (0, 1))(x, np.array(0.0))
     np.testing.assert_allclose(g, ag[0])
     np.testing.assert_allclose(gp, ag[1])
+
+
+# ---------------------------------------------------------------- class 3: eigh reads one triangle
+
+@pytest.mark.parametrize("uplo", ["L", "U"])
+def test_eigh_gradient_flows_only_to_the_triangle_read(tmp_path, uplo):
+    q = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    a = (q * np.array([0.5, 1.5, 3.0, 4.5])) @ q.T + 0.4 * np.triu(rng.standard_normal((4, 4)), 1)
+    a = a if uplo == "L" else a.T.copy()        # the triangle read is symmetric-positive
+    g, = check(tmp_path, f"eigh{uplo}", f"""
+        def f(a):
+            w, v = np.linalg.eigh(a, UPLO="{uplo}")
+            return np.sum(w ** 2) + np.sum(np.abs(v[:, 0]) * np.arange(4.0))
+        """, a, rtol=1e-6, atol=1e-8)
+    g2, = check(tmp_path, f"eigvalsh{uplo}", f"""
+        def f(a):
+            return np.sum(np.linalg.eigvalsh(a, "{uplo}") ** 3)
+        """, a, use_autograd=False)              # autograd has no eigvalsh
+    for grad in (g, g2):
+        unread = np.triu(grad, 1) if uplo == "L" else np.tril(grad, -1)
+        assert np.all(unread == 0)

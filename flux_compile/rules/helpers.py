@@ -29,7 +29,7 @@ __all__ = [
     "inner_grad_a", "inner_grad_b", "tensordot_grad_a", "tensordot_grad_b",
     "einsum_grads", "kron_grad_a", "kron_grad_b", "cross_grad_a",
     "cross_grad_b", "as_columns", "from_columns", "multi_dot_grads", "norm_grad", "vector_norm_grad",
-    "matrix_power_grad", "clip_bound_grad",
+    "matrix_power_grad", "clip_bound_grad", "on_triangle",
 ]
 
 
@@ -810,6 +810,15 @@ def vector_norm_grad(g, x, y, ord=2, axis=None, keepdims=False):
     """Gradient of ``np.linalg.vector_norm`` (``axis=None`` means all elements)."""
     x = np.asarray(x)
     return _vector_norm_grad(g, x, y, ord, axis, keepdims)
+
+
+def on_triangle(g, UPLO="L"):
+    """The gradient of a function of a symmetric matrix that reads only its lower (``'L'``) or
+    upper (``'U'``) triangle, from the gradient ``g`` it would have on a full matrix: the
+    diagonal of ``g`` plus both off-diagonal halves folded onto the triangle read."""
+    folded = g + np.swapaxes(g, -1, -2)
+    part = np.tril(folded, -1) if UPLO in ("L", "l") else np.triu(folded, 1)
+    return part + g * np.eye(g.shape[-1], dtype=g.dtype)
 
 
 def matrix_power_grad(g, a, n):

@@ -3,9 +3,11 @@
 Products whose gradient depends on the operands' ``ndim`` (dot, matmul with
 1-D or batched operands, tensordot, einsum, kron) call a helper; the matrix
 functions are written out as the math, batched over leading axes
-(``np.swapaxes(m, -1, -2)`` is the transpose). Rules for functions that read
-only one triangle of a symmetric input (cholesky, eigh) return the symmetric
-gradient, as autograd, JAX and PyTorch do.
+(``np.swapaxes(m, -1, -2)`` is the transpose). ``eigh`` and ``eigvalsh`` read one
+triangle of their input (``UPLO``): their gradient lives on that triangle, the
+off-diagonal part doubled, as autograd's (for a symmetric perturbation it equals
+the symmetric gradient). ``cholesky`` returns the symmetric gradient, as autograd
+and PyTorch do.
 """
 import numpy as np
 
@@ -14,7 +16,7 @@ from .helpers import (as_columns, cross_grad_a, cross_grad_b, dot_grad_a,
                       dot_grad_b, einsum_grads, fill_none, from_columns,
                       inner_grad_a, inner_grad_b, kron_grad_a, kron_grad_b,
                       matmul_grad_a, matmul_grad_b, matrix_power_grad,
-                      multi_dot_grads, norm_grad, sum_grad, tensordot_grad_a,
+                      multi_dot_grads, norm_grad, on_triangle, sum_grad, tensordot_grad_a,
                       tensordot_grad_b, unbroadcast, vector_norm_grad)
 
 
@@ -174,13 +176,13 @@ def _(dy, y, a, *, UPLO='L'):
     eye = np.eye(a.shape[-1], dtype=a.dtype)
     F = 1 / (np.expand_dims(w, -2) - np.expand_dims(w, -1) + eye) - eye
     g = v @ (np.expand_dims(dw, -1) * eye + F * (vT @ dv)) @ vT
-    return 0.5 * (g + np.swapaxes(g, -1, -2))
+    return on_triangle(g, UPLO)
 
 
 @diffrule(np.linalg.eigvalsh)
 def _(dy, y, a, *, UPLO='L'):
     w, v = np.linalg.eigh(a, UPLO)
-    return (v * np.expand_dims(dy, -2)) @ np.swapaxes(v, -1, -2)
+    return on_triangle((v * np.expand_dims(dy, -2)) @ np.swapaxes(v, -1, -2), UPLO)
 
 
 if hasattr(np.linalg, "svdvals"):       # NumPy >= 2.0
