@@ -534,3 +534,15 @@ case(np.linalg.eigh, _ns.T.copy(), UPLO="U", name="UPLO-U")
 case(np.linalg.eigh, _ns, dy_none=(1,), name="values-only-upper-ignored")
 case(np.linalg.eigvalsh, _ns, name="upper-ignored", autograd=False)
 case(np.linalg.eigvalsh, _ns.T.copy(), UPLO="U", name="UPLO-U", autograd=False)
+
+# einsum with '...' and in sublist form (arrays each followed by its axis numbers)
+for spec, shapes in [("...j,jk->...k", [(2, 3, 4), (4, 5)]), ("...ij,...jk", [(2, 3, 4), (4, 2)]),
+                     ("i...,i...->...", [(3, 2, 2), (3, 1, 2)]), ("...", [(2, 3)]),
+                     ("ij...->...", [(2, 3, 4)]), ("bij,bjk->bik", [(1, 3, 4), (2, 4, 2)])]:
+    case(np.einsum, spec, *[r(*sh) for sh in shapes], diff=tuple(range(1, len(shapes) + 1)),
+         name=spec, autograd=False)
+case(np.einsum, r(3, 4), [0, 1], r(4, 5), [1, 2], diff=(0, 2), name="sublist-implicit", autograd=False)
+case(np.einsum, r(3, 4), [0, 1], r(4, 5), [1, 2], [2], diff=(0, 2), name="sublist-explicit",
+     autograd=False)
+case(np.einsum, r(2, 3, 4), [Ellipsis, 1], r(4, 5), [1, 2], [Ellipsis, 2], diff=(0, 2),
+     name="sublist-ellipsis", autograd=False)

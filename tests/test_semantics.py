@@ -276,3 +276,24 @@ def test_eigh_gradient_flows_only_to_the_triangle_read(tmp_path, uplo):
     for grad in (g, g2):
         unread = np.triu(grad, 1) if uplo == "L" else np.tril(grad, -1)
         assert np.all(unread == 0)
+
+
+# ---------------------------------------------------------------- class 5: einsum forms
+
+EINSUMS = {
+    "ellipsis-matmul": "np.einsum('...j,jk->...k', x, w)",
+    "ellipsis-implicit": "np.einsum('...ij,...jk', x, w[None])",
+    "ellipsis-reduce": "np.einsum('i...->...', x)",
+    "ellipsis-broadcast": "np.einsum('...k,...k->...', x, w[:, 0])",
+    "sublist": "np.einsum(x, [0, 1, 2], w, [2, 3], [0, 3])",
+    "sublist-implicit": "np.einsum(x, [0, 1, 2], w, [2, 3])",
+    "sublist-ellipsis": "np.einsum(x, [Ellipsis, 2], w, [2, 3], [Ellipsis, 3])",
+}
+
+
+@pytest.mark.parametrize("name", list(EINSUMS))
+def test_einsum_with_ellipsis_and_sublists(tmp_path, name):
+    check(tmp_path, "einsum", f"""
+        def f(x, w):
+            return np.sum(np.sin({EINSUMS[name]}))
+        """, X3.copy(), rng.standard_normal((5, 2)), diff=(0, 1), use_autograd="sublist" not in name)

@@ -569,40 +569,63 @@ def tensordot_grad_b(g, a, b_ndim, axes=2):
     return np.transpose(r, inverse_permutation(paired + free_b, b_ndim))
 
 
-def _einsum_parse(subscripts, n):
-    s = subscripts.replace(" ", "")
-    if "." in s:
-        raise NotImplementedError("einsum gradients do not support '...' (ellipsis)")
-    if "->" in s:
-        ins, out = s.split("->")
+_EINSUM_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _einsum_spelled_out(operands):
+    """``(inputs, output, arrays, positions)`` for either calling form of ``np.einsum``
+    (``'ij,jk->ik', a, b`` or ``a, [0, 1], b, [1, 2], [0, 2]``): one subscript word per
+    array with ``...`` replaced by letters of its own, the output word made explicit, and
+    where each array sits among ``operands``."""
+    operands = list(operands)
+    if isinstance(operands[0], str):
+        subscripts, arrays = operands[0], operands[1:]
+        positions = list(range(1, len(operands)))
     else:
-        ins = s
-        letters = ins.replace(",", "")
-        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+        output = operands.pop() if len(operands) % 2 else None
+        arrays = operands[0::2]
+        positions = list(range(0, len(operands), 2))
+
+        def word(sub):
+            return "".join("..." if i is Ellipsis else _EINSUM_LETTERS[i] for i in sub)
+        subscripts = ",".join(word(sub) for sub in operands[1::2])
+        subscripts += "" if output is None else "->" + word(output)
+    arrays = [np.asarray(x) for x in arrays]
+    s = subscripts.replace(" ", "")
+    ins, out = s.split("->") if "->" in s else (s, None)
     ins = ins.split(",")
-    if len(ins) != n:
-        raise ValueError(f"einsum {subscripts!r} expects {len(ins)} operands, got {n}")
-    return ins, out
+    if len(ins) != len(arrays):
+        raise ValueError(f"einsum {subscripts!r} expects {len(ins)} operands, got {len(arrays)}")
+    named = "".join(ins).replace(".", "")
+    singles = "".join(sorted(c for c in set(named) if named.count(c) == 1))
+    free = [c for c in _EINSUM_LETTERS if c not in s]
+    ranks = [x.ndim - len(sub.replace("...", "")) for sub, x in zip(ins, arrays) if "..." in sub]
+    ell = "".join(free[:max(ranks, default=0)])
+    ins = [sub.replace("...", ell[len(ell) - (x.ndim - len(sub.replace("...", ""))):]) if "..." in sub else sub
+           for sub, x in zip(ins, arrays)]
+    out = ell + singles if out is None else out.replace("...", ell)
+    return ins, out, arrays, positions
 
 
 def einsum_grads(g, operands):
-    """Gradients of ``np.einsum(subscripts, *arrays)`` for ``operands =
-    (subscripts, *arrays)``: ``(None, one gradient per array)``.
+    """Gradients of ``np.einsum(*operands)``, either calling form (a subscripts string then
+    the arrays, or arrays each followed by its list of axis numbers): one entry per operand,
+    ``None`` for the subscripts.
 
     Each is another einsum: the output's adjoint contracted with the other
     operands onto the operand's own subscripts. Letters summed away inside a
     single operand are broadcast back; a letter repeated in one operand (a
-    diagonal, ``'ii->i'``) gets its identity matrix. Explicit (``->``) and
-    implicit subscripts are supported; ellipsis (``...``) is not.
+    diagonal, ``'ii->i'``) gets its identity matrix; axes of size 1 that einsum
+    broadcast are summed back. ``...`` is spelled out as letters first.
     """
-    subscripts = operands[0]
-    operands = [np.asarray(x) for x in operands[1:]]
-    ins, out = _einsum_parse(subscripts, len(operands))
+    result = [None] * len(operands)
+    ins, out, operands, positions = _einsum_spelled_out(operands)
+    subscripts = ",".join(ins) + "->" + out
     g = np.asarray(g)
     sizes = {}
     for sub, x in zip(ins, operands):
         for c, n in zip(sub, x.shape):
-            sizes[c] = n
+            sizes[c] = max(n, sizes.get(c, 1))
     grads = []
     for i, (sub, x) in enumerate(zip(ins, operands)):
         others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != i]
@@ -628,8 +651,10 @@ def einsum_grads(g, operands):
                     full += c
             spec = ",".join([unique] + [e for e, _ in eyes]) + "->" + full
             r = np.einsum(spec, r, *[m for _, m in eyes])
-        grads.append(np.array(r))
-    return (None,) + tuple(grads)
+        grads.append(unbroadcast(np.array(r), x.shape))
+    for at, grad in zip(positions, grads):
+        result[at] = grad
+    return tuple(result)
 
 
 def _kron_parts(g, a_shape, b_shape):

@@ -59,8 +59,8 @@ def _(dy, y, a, b, *, axes=2):
 
 @diffrule(np.einsum)
 def _(dy, y, *operands, optimize=False):
-    # operands[0] is the subscripts string (explicit or implicit, no ellipsis);
-    # the helper returns (None, one gradient per array operand)
+    # operands: a subscripts string then the arrays, or each array followed by its axis list;
+    # the helper returns one gradient per operand (None for subscripts)
     return einsum_grads(dy, operands)
 
 
