@@ -546,3 +546,10 @@ case(np.einsum, r(3, 4), [0, 1], r(4, 5), [1, 2], [2], diff=(0, 2), name="sublis
      autograd=False)
 case(np.einsum, r(2, 3, 4), [Ellipsis, 1], r(4, 5), [1, 2], [Ellipsis, 2], diff=(0, 2),
      name="sublist-ellipsis", autograd=False)
+
+# take_along_axis: indices broadcast against arr off the axis (both ways)
+case(np.take_along_axis, r(3, 4), np.array([[0, 3, 3]]), axis=1, name="indices-broadcast", autograd=False)
+case(np.take_along_axis, r(1, 4), np.array([[0, 3], [1, 1], [2, 0]]), axis=1, name="arr-broadcast",
+     autograd=False)
+case(np.take_along_axis, r(2, 3, 4), np.array([[[1], [0], [2]]]), axis=2, name="3-d-broadcast",
+     autograd=False)

@@ -297,3 +297,28 @@ def test_einsum_with_ellipsis_and_sublists(tmp_path, name):
         def f(x, w):
             return np.sum(np.sin({EINSUMS[name]}))
         """, X3.copy(), rng.standard_normal((5, 2)), diff=(0, 1), use_autograd="sublist" not in name)
+
+
+# ---------------------------------------------------------------- class 5: take_along_axis
+
+@pytest.mark.parametrize("shape, indices, axis", [
+    ((3, 4), [[0, 3, 3]], 1),                      # indices broadcast over rows
+    ((3, 4), [[2], [0]], 0),                       # ... over columns
+    ((1, 4), [[0, 3], [1, 1], [2, 0]], 1),         # arr broadcast over rows
+    ((2, 3, 4), [[[1], [0], [3]]], 2),
+])
+def test_take_along_axis_with_broadcast_indices(tmp_path, shape, indices, axis):
+    torch = pytest.importorskip("torch")
+    x = rng.standard_normal(shape)
+    idx = np.array(indices)
+    g = check(tmp_path, "tala", f"""
+        def f(x, i):
+            return np.sum(np.take_along_axis(x, i, axis={axis}) ** 3)
+        """, x, idx, use_autograd=False)[0]
+    # torch.gather does not broadcast: expand both off the axis first
+    off = [max(a, b) for a, b in zip(x.shape, idx.shape)]
+    xt = torch.tensor(x, requires_grad=True)
+    xs = xt.expand(*[x.shape[k] if k == axis else off[k] for k in range(x.ndim)])
+    it = torch.tensor(idx).expand(*[idx.shape[k] if k == axis else off[k] for k in range(x.ndim)])
+    (torch.gather(xs, axis, it) ** 3).sum().backward()
+    np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-12)

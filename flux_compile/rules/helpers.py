@@ -270,7 +270,8 @@ def take_grad(g, shape, indices, axis=None, dtype=None):
 
 
 def take_along_axis_grad(g, shape, indices, axis=-1, dtype=None):
-    """Gradient of ``np.take_along_axis(arr, indices, axis)``."""
+    """Gradient of ``np.take_along_axis(arr, indices, axis)``; ``indices`` and ``arr``
+    broadcast against each other off ``axis`` (the adjoint ``g`` has the broadcast shape)."""
     g = np.asarray(g)
     out = np.zeros(tuple(shape), dtype=dtype or g.dtype)
     indices = np.asarray(indices)
@@ -285,8 +286,9 @@ def take_along_axis_grad(g, shape, indices, axis=-1, dtype=None):
             index.append(indices)
         else:
             s = [1] * ndim
-            s[i] = indices.shape[i]
-            index.append(np.arange(indices.shape[i]).reshape(s))
+            s[i] = g.shape[i]
+            # a size-1 axis of arr that was broadcast: every position reads its one entry
+            index.append((np.arange(g.shape[i]) % max(shape[i], 1)).reshape(s))
     index = tuple(np.broadcast_arrays(*index))
     np.add.at(out, index, np.broadcast_to(g, index[0].shape))
     return out
