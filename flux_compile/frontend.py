@@ -570,9 +570,17 @@ class Builder:
         self.ctx.guards += 1
         return value
 
+    def items_of(self, node):
+        """The outputs of a multi-output node (``np.split``, ``np.linalg.eigh``, ...), one value each."""
+        if node.op == "pack":
+            return list(node.args)
+        return [self.ctx.add(Node("item", (node,), index=i, diff=node.diff)) for i in range(node.arity)]
+
     def iter_values(self, it, node):
         if isinstance(it, Seq):
             return list(it.items)
+        if isinstance(it, Node) and it.arity is not None:
+            return self.items_of(it)
         if isinstance(it, Node) and it.arity is None:
             n = self.concrete_int(self.call_primitive(len, [it], {}, node), node, "'for' over an array")
             from .rules.helpers import getitem
@@ -806,6 +814,8 @@ class Builder:
                 if base.op == "pack":
                     return base.args[index.value]
                 return self.ctx.add(Node("item", (base,), index=index.value % base.arity, diff=base.diff))
+            if base.arity is not None and isinstance(index, Static) and isinstance(index.value, slice):
+                return Seq(self.items_of(base)[index.value])
             from .rules.helpers import getitem
             return self.call_primitive(getitem, [base, index], {}, e)
         if isinstance(base, Static) and isinstance(index, Node):
@@ -1028,6 +1038,8 @@ class Builder:
             (x,) = args
             if isinstance(x, Seq):
                 return Static(len(x.items))
+            if isinstance(x, Node) and x.arity is not None:
+                return Static(x.arity)
             if isinstance(x, Node):
                 return self.call_primitive(len, [x], {}, e)
         if fn is sum and len(args) in (1, 2) and isinstance(args[0], Seq) and not kwargs:
@@ -1166,7 +1178,11 @@ class Builder:
         if callable(arity):
             arity = arity(nodes, kw)
         node.arity = arity
-        return self.ctx.add(node)
+        node = self.ctx.add(node)
+        if fn in MULTI_OUTPUT and node.arity is None and self.ctx.concrete is not None:
+            # how many pieces depends on a run-time size: compiled for this count, with a guard
+            node.arity = self.concrete_int(self.call_primitive(len, [node], {}, e), e, "the number of pieces")
+        return node
 
     def _lists_as_arrays(self, fn, args, e):
         """A list literal of arrays passed where NumPy wants one array becomes a stack of them
@@ -1223,8 +1239,20 @@ def _split_arity(nodes, kw):
     return None
 
 
+def _unstack_arity(nodes, kw):
+    """``np.unstack(x, axis=a)`` gives one array per entry along ``a`` (when that size is known)."""
+    shape = shape_of(nodes[0])
+    axis = kw["axis"].value if "axis" in kw and kw["axis"].op == "const" else 0
+    if shape is None or not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+        return None
+    return shape[axis] if isinstance(shape[axis], int) else None
+
+
 MULTI_OUTPUT = {np.linalg.slogdet: 2, np.linalg.eigh: 2, np.split: _split_arity,
-                np.array_split: _split_arity, np.linalg.qr: 2}
+                np.array_split: _split_arity, np.hsplit: _split_arity, np.vsplit: _split_arity,
+                np.dsplit: _split_arity, np.linalg.qr: 2}
+if hasattr(np, "unstack"):
+    MULTI_OUTPUT[np.unstack] = _unstack_arity
 
 
 _MISSING = object()

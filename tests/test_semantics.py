@@ -322,3 +322,30 @@ def test_take_along_axis_with_broadcast_indices(tmp_path, shape, indices, axis):
     it = torch.tensor(idx).expand(*[idx.shape[k] if k == axis else off[k] for k in range(x.ndim)])
     (torch.gather(xs, axis, it) ** 3).sum().backward()
     np.testing.assert_allclose(g, xt.grad.numpy(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------- class 5: lists from np.split & co.
+
+SPLITS = {
+    "vsplit-index": "return np.sum(np.vsplit(x, 2)[1] ** 2)",
+    "hsplit-index-twice": "return np.sum(np.hsplit(x, 3)[0] * np.hsplit(x, 3)[-1])",
+    "split-indices-negative": "return np.sum(np.split(x, [1, 3], axis=1)[-1] ** 2)",
+    "array_split-unpack": "a, b, c = np.array_split(x, 3, axis=1)\n    return np.sum(b ** 2 * a[:, :1]) + np.sum(c)",
+    "vsplit-loop": "t = 0.0\n    for p in np.vsplit(x, 2):\n        t = t + np.sum(p ** 2)\n    return t",
+    "hsplit-slice-len": "ps = np.hsplit(x, 3)\n    return np.sum(ps[1:][0] * 2.0) * len(ps)",
+    "dsplit-index": "return np.sum(np.dsplit(x[:, :, None] * np.ones(4), 2)[1] ** 2)",
+}
+
+
+@pytest.mark.parametrize("name", list(SPLITS))
+def test_pieces_of_a_split_can_be_indexed_sliced_and_iterated(tmp_path, name):
+    check(tmp_path, "splits", "def f(x):\n    " + SPLITS[name] + "\n", rng.standard_normal((4, 6)))
+
+
+@pytest.mark.skipif(not hasattr(np, "unstack"), reason="np.unstack is NumPy >= 2.1")
+def test_unstack_pieces_by_run_time_size(tmp_path):
+    check(tmp_path, "unstack", """
+        def f(x):
+            a, b, c, d = np.unstack(x)
+            return np.sum(np.unstack(x, axis=1)[2] * d[:4]) + np.sum(b ** 2) + len(np.unstack(x, axis=1))
+        """, rng.standard_normal((4, 6)), use_autograd=False)
