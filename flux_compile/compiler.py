@@ -139,9 +139,15 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     return g, arity, ctx
 
 
-def _arity_of(obj, nargs):
-    c = compile_model(obj)
-    return c.n_outputs
+def _arity_of(obj, nargs, args=None):
+    """How many outputs sub-model ``obj`` returns, from the variant for the real ``args`` when
+    known (its forward may depend on them, e.g. ``range(x.ndim)``), else the generic one."""
+    if args is not None:
+        return compile_model(obj, tuple(args)).n_outputs
+    try:
+        return compile_model(obj).n_outputs
+    except CompileError:        # needs its inputs to compile: it is compiled when called
+        return None
 
 
 def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state_names=()):

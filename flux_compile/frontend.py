@@ -1145,10 +1145,19 @@ class Builder:
         nodes = [self.as_node(a, e) for a in args]
         arity = None
         if ref.obj is not None and self.ctx.arity_of is not None:
-            arity = self.ctx.arity_of(ref.obj, len(nodes))
+            arity = self.ctx.arity_of(ref.obj, len(nodes), self._concrete_values(nodes))
         n = Node("model", nodes, base=ref.base, path=ref.path, target=ref.expr, diff=True, arity=arity)
         n.meta["obj"] = ref.obj
         return self.ctx.add(n)
+
+    def _concrete_values(self, nodes):
+        """The real values of ``nodes`` when the compiler has the actual arguments, else None."""
+        conc = self.ctx.concrete
+        if conc is None:
+            return None
+        from .concrete import UNKNOWN
+        values = [conc.value(n) for n in nodes]
+        return None if any(v is UNKNOWN for v in values) else values
 
     def call_primitive(self, fn, args, kwargs, e):
         if self.ctx.mode == "forward" and any(isinstance(a, Seq) for a in args):

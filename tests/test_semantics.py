@@ -349,3 +349,51 @@ def test_unstack_pieces_by_run_time_size(tmp_path):
             a, b, c, d = np.unstack(x)
             return np.sum(np.unstack(x, axis=1)[2] * d[:4]) + np.sum(b ** 2) + len(np.unstack(x, axis=1))
         """, rng.standard_normal((4, 6)), use_autograd=False)
+
+
+# ---------------------------------------------------------------- class 5: sub-model needing its inputs
+
+@fc.net
+class RankLoop:
+    """A sub-model whose forward depends on its input's rank, returning two values."""
+    def __init__(self):
+        self.w = np.linspace(0.5, 1.5, 4)
+
+    def forward(self, x):
+        t = x
+        for i in range(x.ndim):
+            t = np.sin(t) * self.w[i]
+        return t, np.sum(t ** 2)
+
+
+@fc.net
+class UsesRankLoop:
+    def __init__(self):
+        self.inner = RankLoop()
+
+    def forward(self, x):
+        a, b = self.inner(x)
+        return np.sum(a * x) + b
+
+
+def _rank_loop_reference(w, x):
+    t = x
+    for i in range(x.ndim):
+        t = anp.sin(t) * w[i]
+    return anp.sum(t * x) + anp.sum(t ** 2)
+
+
+@pytest.mark.parametrize("first", ["inference", "training", "sub-model-alone"])
+def test_range_of_ndim_in_a_sub_model_compiles_whichever_mode_comes_first(first):
+    x = rng.standard_normal((3, 4))
+    m = UsesRankLoop()
+    if first == "inference":
+        m(x)
+    elif first == "sub-model-alone":
+        m.inner(x)
+    dx = m.back(np.array(1.0), x)
+    np.testing.assert_allclose(m(x), _rank_loop_reference(m.inner.w.value, x), rtol=1e-12)
+    np.testing.assert_allclose(dx, autograd.grad(_rank_loop_reference, 1)(m.inner.w.value, x), rtol=1e-10)
+    np.testing.assert_allclose(m.inner.w.grad, autograd.grad(_rank_loop_reference, 0)(m.inner.w.value, x),
+                               rtol=1e-10)
+    assert fc.gradcheck(m, x).ok
