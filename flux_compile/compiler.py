@@ -142,7 +142,8 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
 def _arity_of(obj, nargs, args=None):
     """How many outputs sub-model ``obj`` returns, from the variant for the real ``args`` when
     known (its forward may depend on them, e.g. ``range(x.ndim)``), else the generic one."""
-    if args is not None:
+    from . import recurrent
+    if args is not None and not recurrent.state_names(type(obj)):
         return compile_model(obj, tuple(args)).n_outputs
     try:
         return compile_model(obj).n_outputs
