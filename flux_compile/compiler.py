@@ -21,7 +21,7 @@ from .autodiff import differentiate
 from .errors import CompileError, ModelError, model_error_type
 from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source
 from .ir import Graph, Node
-from .params import Param, is_model
+from .params import Param, cycle_error, is_model, named_params
 
 
 class Compiled:
@@ -419,6 +419,8 @@ def _from_disk(cls, key, make):
 
 def _compile_model(cls, inst, text, ikey=None, values=None):
     from . import recurrent
+    if inst is not None:
+        named_params(inst)          # raises ModelCycleError naming the path if inst contains itself
     names = _forward_inputs(cls)
     selfval = ModelRef("self", (), inst)
     nstate = len(recurrent.state_names(cls))
@@ -501,13 +503,19 @@ def freeze(obj):
     return (type(obj), obj)
 
 
-def _walk_tokens(m, prefix=()):
+def _walk_tokens(m, prefix=(), ancestors=None, root=None):
+    ancestors = {id(m): prefix} if ancestors is None else ancestors
+    root = m if root is None else root
     for k, v in vars(m).items():
         if k.startswith("_"):
             continue
         yield prefix + (k,), v
         if is_model(v):
-            yield from _walk_tokens(v, prefix + (k,))
+            if id(v) in ancestors:
+                raise cycle_error(root, prefix + (k,), ancestors)
+            ancestors[id(v)] = prefix + (k,)
+            yield from _walk_tokens(v, prefix + (k,), ancestors, root)
+            del ancestors[id(v)]
 
 
 _ffast = {}

@@ -397,3 +397,68 @@ def test_range_of_ndim_in_a_sub_model_compiles_whichever_mode_comes_first(first)
     np.testing.assert_allclose(m.inner.w.grad, autograd.grad(_rank_loop_reference, 0)(m.inner.w.value, x),
                                rtol=1e-10)
     assert fc.gradcheck(m, x).ok
+
+
+# ---------------------------------------------------------------- class 5: models that contain themselves
+
+@fc.net
+class Holder:
+    def __init__(self):
+        self.w = np.ones(3)
+
+    def forward(self, x):
+        return x * self.w
+
+
+@fc.net
+class Outer:
+    def __init__(self):
+        self.inner = Holder()
+
+    def forward(self, x):
+        return self.inner(x) * 2.0
+
+
+def _self_cycle():
+    m = Holder()
+    m.child = m
+    return m, r"Holder\.child is the Holder model itself"
+
+
+def _long_cycle():
+    m = Outer()
+    m.inner.up = m
+    return m, r"Outer\.inner\.up is the Outer model itself"
+
+
+def _inner_cycle():
+    m = Outer()
+    m.inner.layers = [Holder(), m.inner]
+    return m, r"Outer\.inner\.layers\[1\] is Outer\.inner"
+
+
+OPERATIONS = {
+    "call": lambda m, x: m(x),
+    "back": lambda m, x: m.back(np.ones(3), x),
+    "params": lambda m, x: fc.params(m),
+    "update": lambda m, x: m.update(0.1),
+    "grad": lambda m, x: fc.grad(lambda model, x: np.sum(model(x)), m, x),
+}
+
+
+@pytest.mark.parametrize("make", [_self_cycle, _long_cycle, _inner_cycle])
+@pytest.mark.parametrize("operation", list(OPERATIONS))
+def test_a_model_that_contains_itself_is_a_clear_error(make, operation):
+    m, message = make()
+    with pytest.raises(ValueError, match=message) as info:
+        OPERATIONS[operation](m, np.ones(3))
+    assert type(info.value).__name__ == "ModelCycleError"
+    assert "private name" in str(info.value)
+
+
+def test_a_private_back_reference_is_fine():
+    m = Outer()
+    m.inner._parent = m
+    x = rng.standard_normal(3)
+    np.testing.assert_allclose(m.back(np.ones(3), x), 2.0 * np.ones(3))
+    np.testing.assert_allclose(m.inner.w.grad, 2.0 * x)
