@@ -175,7 +175,7 @@ def _arg_grad(a, g, cap):
     if isinstance(a, Param):
         return g
     if isinstance(a, (float, np.floating)) and not isinstance(a, np.ndarray):
-        return float(np.sum(g)) if g is not None else 0.0
+        return float(np.real(np.sum(g))) if g is not None else 0.0
     if isinstance(a, np.ndarray) and a.dtype.kind in "fc":
         if g is None:
             return np.zeros_like(a)
@@ -183,6 +183,8 @@ def _arg_grad(a, g, cap):
         if g.shape != a.shape:
             from .rules.helpers import unbroadcast
             g = unbroadcast(g, a.shape)
+        if a.dtype.kind == "f" and g.dtype.kind == "c":
+            g = np.real(g)      # autograd's convention: a real input's gradient is the real part
         return g.astype(a.dtype, copy=False)
     if isinstance(a, (list, tuple)) and g is not None:
         return type(a)(_arg_grad(x, gx, cap) for x, gx in zip(a, g))

@@ -82,7 +82,7 @@ def symbolic_shape(name, spec):
     from .shapeinfer import Sym
     if spec is None or spec[0] is None:
         return None
-    ndim, _, ones = spec
+    ndim, _, ones = spec[:3]
     return tuple(1 if ones[i] else Sym(f"{name}.{i}", nonone=True) for i in range(ndim))
 
 
@@ -112,6 +112,7 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
         if kind == "array":
             n = g.add(Node("input", name=name, diff=obj[1] if obj is not None else True))
             n.meta["shape"] = symbolic_shape(name, obj)
+            n.meta["complex"] = obj is not None and len(obj) > 3 and obj[3]
             args.append(n)
         elif kind == "model":
             g.add(Node("input", name=name, diff=False))
@@ -321,7 +322,7 @@ def input_key(args):
         if isinstance(a, Param):
             a = a.value
         if isinstance(a, (np.ndarray, np.generic)):
-            key.append((a.ndim, a.dtype.kind in "fc", tuple(d == 1 for d in a.shape)))
+            key.append((a.ndim, a.dtype.kind in "fc", tuple(d == 1 for d in a.shape), a.dtype.kind == "c"))
         elif isinstance(a, float):
             key.append((0, True, ()))
         elif is_model(a) or isinstance(a, (list, tuple)) and a and all(

@@ -1333,6 +1333,7 @@ def classify_value(b, base, path, value, e):
     if isinstance(value, Param):
         n = b.param_node(base, path, value.trainable)
         n.meta["shape"] = tuple(value.shape)
+        n.meta["complex"] = np.iscomplexobj(value.value)
         return n
     if is_model(value):
         return ModelRef(base, path, value)
@@ -1344,6 +1345,7 @@ def classify_value(b, base, path, value, e):
     if isinstance(value, (np.ndarray, float)) and not isinstance(value, bool):
         n = b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
         n.meta["shape"] = tuple(np.shape(value))
+        n.meta["complex"] = np.iscomplexobj(value)
         return n
     return Static(value)
 

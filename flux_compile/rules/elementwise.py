@@ -75,7 +75,8 @@ def _(dy, y, x):
 
 @diffrule(np.absolute)
 def _(dy, y, x):
-    return dy * np.sign(x)
+    # complex x: conj(x) / |x| (autograd's convention); the output is real, so is its adjoint
+    return np.real(dy) * np.conjugate(np.sign(x))
 
 
 @diffrule(np.fabs)
@@ -127,8 +128,9 @@ def _(dy, y, x):
 
 @diffrule(np.sinc)
 def _(dy, y, x):
-    # sinc(x) = sin(pi x) / (pi x); undefined at exactly 0 (like autograd)
-    return dy * (np.cos(np.pi * x) - y) / x
+    # sinc(x) = sin(pi x) / (pi x): a smooth even function, slope 0 at x = 0 (autograd: NaN)
+    at0 = x == 0
+    return dy * np.where(at0, 0, (np.cos(np.pi * x) - y) / np.where(at0, 1, x))
 
 
 @diffrule(np.deg2rad)
@@ -275,7 +277,9 @@ def _(dy, y, x1, x2):
 
 @diffrule(np.hypot)
 def _(dy, y, x1, x2):
-    return unbroadcast(dy * x1 / y, x1.shape), unbroadcast(dy * x2 / y, x2.shape)
+    # at hypot = 0 the zero subgradient (as for norms), not 0/0
+    r = dy / np.where(y > 0, y, 1)
+    return unbroadcast(r * x1, x1.shape), unbroadcast(r * x2, x2.shape)
 
 
 @diffrule(np.logaddexp)
@@ -292,10 +296,11 @@ def _(dy, y, x1, x2):
 
 @diffrule(np.clip)
 def _(dy, y, a, a_min, a_max):
-    # a gets the adjoint where it was not clipped; a bound gets it where it won
-    return (unbroadcast(dy * (y == a), a.shape),
-            clip_bound_grad(dy, a, a_min, -1),
-            clip_bound_grad(dy, a, a_max, 1))
+    # a gets the adjoint where the result is neither bound (autograd's convention, also at a
+    # tie); a bound gets it where the result equals it (the upper one when they meet)
+    return (unbroadcast(dy * ((y != a_min) & (y != a_max)), a.shape),
+            clip_bound_grad(dy, y, a_min, a_max),
+            clip_bound_grad(dy, y, a_max))
 
 
 @diffrule(np.where)

@@ -29,7 +29,7 @@ __all__ = [
     "inner_grad_a", "inner_grad_b", "tensordot_grad_a", "tensordot_grad_b",
     "einsum_grads", "kron_grad_a", "kron_grad_b", "cross_grad_a",
     "cross_grad_b", "as_columns", "from_columns", "multi_dot_grads", "norm_grad", "vector_norm_grad",
-    "matrix_power_grad", "clip_bound_grad", "on_triangle",
+    "matrix_power_grad", "clip_bound_grad", "on_triangle", "cofactor",
 ]
 
 
@@ -198,13 +198,21 @@ def diff_grad(g, n=1, axis=-1):
 
 
 def cumprod_grad(g, a, y, axis=None):
-    """Gradient of ``np.cumprod(a, axis)``: reversed cumulative sum of ``g*y``
-    divided by ``a`` (assumes no zeros in ``a``)."""
+    """Gradient of ``np.cumprod(a, axis)``: reversed cumulative sum of ``g*y`` divided by
+    ``a``; where ``a`` holds zeros, the same without division (exact there too)."""
     a = np.asarray(a)
     if axis is None:
-        flat = np.flip(np.cumsum(np.flip(g * y))) / a.ravel()
-        return flat.reshape(a.shape)
-    return np.flip(np.cumsum(np.flip(g * y, axis), axis=axis), axis) / a
+        return cumprod_grad(np.ravel(g), a.ravel(), np.ravel(y), 0).reshape(a.shape)
+    if np.all(a != 0):
+        return np.flip(np.cumsum(np.flip(g * y, axis), axis=axis), axis) / a
+    # grad_i = prod(a[:i]) * r_i with r_i = g_i + a_(i+1) * r_(i+1): no division
+    am, gm = np.moveaxis(a, axis, 0), np.moveaxis(np.asarray(g), axis, 0)
+    left = np.concatenate([np.ones_like(am[:1]), np.cumprod(am[:-1], axis=0)], axis=0)
+    r = np.zeros(np.broadcast_shapes(am.shape, gm.shape), dtype=np.result_type(am, gm))
+    r[-1] = gm[-1]
+    for i in range(am.shape[0] - 2, -1, -1):
+        r[i] = gm[i] + am[i + 1] * r[i + 1]
+    return np.moveaxis(left * r, 0, axis)
 
 
 # --------------------------------------------------------------------------
@@ -765,20 +773,20 @@ def multi_dot_grads(g, arrays):
 
 
 def _vector_norm_grad(g, x, y, ord, axis, keepdims):
-    g = restore_axes(g, x.shape, axis, keepdims)
+    g = restore_axes(np.real(g), x.shape, axis, keepdims)     # a norm is real, so is its adjoint
     y = restore_axes(y, x.shape, axis, keepdims)
     if ord == np.inf or ord == -np.inf:
         ax = normalize_axis(axis, x.ndim)
         hit = np.abs(x) == y
         w = (hit / np.sum(hit, axis=ax, keepdims=True)).astype(x.dtype, copy=False)
-        return g * w * np.sign(x)
+        return g * w * np.conjugate(np.sign(x))
     if ord == 0:
         return np.zeros_like(x)
     if ord == 1:
-        return g * np.sign(x)
+        return g * np.conjugate(np.sign(x))
     if ord == 2:
-        return g * _over_norm(x, y)
-    return g * np.sign(x) * _over_norm(np.abs(x) ** (ord - 1), y ** (ord - 1))
+        return g * _over_norm(np.conjugate(x), y)
+    return g * np.conjugate(np.sign(x)) * _over_norm(np.abs(x) ** (ord - 1), y ** (ord - 1))
 
 
 def _over_norm(x, y):
@@ -790,23 +798,24 @@ def _over_norm(x, y):
 
 def _matrix_norm_grad(g, x, ord, axis, keepdims):
     r, c = [a % x.ndim for a in axis]
-    g = restore_axes(g, x.shape, axis, keepdims)
+    g = restore_axes(np.real(g), x.shape, axis, keepdims)
     # work with the matrix axes last
     xm = np.moveaxis(x, (r, c), (-2, -1))
     gm = np.moveaxis(g, (r, c), (-2, -1))
     if ord in ("nuc", 2):
         u, s, vt = np.linalg.svd(xm, full_matrices=False)
         if ord == "nuc":
-            d = u @ vt
+            d = np.conjugate(u @ vt)
         else:
-            d = u[..., :, :1] @ vt[..., :1, :]
-        out = gm * d
+            d = np.conjugate(u[..., :, :1] @ vt[..., :1, :])
+        zero = np.all(xm == 0, axis=(-2, -1), keepdims=True)     # the zero subgradient at 0
+        out = gm * np.where(zero, np.zeros((), dtype=d.dtype), d)
     elif ord in (1, np.inf):
         sum_axis = -2 if ord == 1 else -1          # column sums vs row sums
         sums = np.sum(np.abs(xm), axis=sum_axis, keepdims=True)
         hit = sums == np.max(sums, axis=(-2, -1), keepdims=True)
         w = (hit / np.sum(hit, axis=(-2, -1), keepdims=True)).astype(x.dtype, copy=False)
-        out = gm * w * np.sign(xm)
+        out = gm * w * np.conjugate(np.sign(xm))
     else:
         raise NotImplementedError(f"gradient of np.linalg.norm with ord={ord!r}")
     return np.moveaxis(out, (-2, -1), (r, c))
@@ -829,7 +838,7 @@ def norm_grad(g, x, y, ord=None, axis=None, keepdims=False):
     if len(axis) == 1:
         return _vector_norm_grad(g, x, y, 2 if ord is None else ord, axis, keepdims)
     if ord in (None, "fro"):
-        return restore_axes(g, x.shape, axis, keepdims) * _over_norm(x, restore_axes(y, x.shape, axis, keepdims))
+        return restore_axes(np.real(g), x.shape, axis, keepdims) * _over_norm(np.conjugate(x), restore_axes(y, x.shape, axis, keepdims))
     return _matrix_norm_grad(g, x, ord, axis, keepdims)
 
 
@@ -839,13 +848,23 @@ def vector_norm_grad(g, x, y, ord=2, axis=None, keepdims=False):
     return _vector_norm_grad(g, x, y, ord, axis, keepdims)
 
 
+def cofactor(a):
+    """The cofactor matrix of ``a`` (the gradient of ``det``), exact also for singular
+    matrices: ``det(U) det(V^T) U diag(prod of the other singular values) V^T``."""
+    a = np.asarray(a)
+    u, s, vt = np.linalg.svd(a)
+    sign = np.linalg.det(u) * np.linalg.det(vt)
+    return np.expand_dims(sign, (-2, -1)) * (u * np.expand_dims(prod_others(s, -1), -2)) @ vt
+
+
 def on_triangle(g, UPLO="L"):
     """The gradient of a function of a symmetric matrix that reads only its lower (``'L'``) or
     upper (``'U'``) triangle, from the gradient ``g`` it would have on a full matrix: the
-    diagonal of ``g`` plus both off-diagonal halves folded onto the triangle read."""
-    folded = g + np.swapaxes(g, -1, -2)
+    diagonal of ``g`` plus both off-diagonal halves folded onto the triangle read (for a
+    Hermitian input the other half is conjugated, and only the diagonal's real part is read)."""
+    folded = g + np.conjugate(np.swapaxes(g, -1, -2))
     part = np.tril(folded, -1) if UPLO in ("L", "l") else np.triu(folded, 1)
-    return part + g * np.eye(g.shape[-1], dtype=g.dtype)
+    return part + np.real(g) * np.eye(g.shape[-1], dtype=np.real(g).dtype)
 
 
 def matrix_power_grad(g, a, n):
@@ -868,13 +887,14 @@ def matrix_power_grad(g, a, n):
     return out
 
 
-def clip_bound_grad(g, a, bound, side):
-    """Gradient of ``np.clip`` for one bound (``side`` -1: lower, +1: upper):
-    the adjoint of the elements clipped to it; None when there is no bound."""
+def clip_bound_grad(g, y, bound, other=None):
+    """Gradient of ``np.clip`` for one bound: the adjoint of the elements that came out equal
+    to it (also at a tie with ``a``, as autograd gives ``a`` none there), unless they equal
+    ``other`` (the upper bound, which wins when the bounds meet); None when there is no bound."""
     if bound is None:
         return None
-    clipped = a < bound if side < 0 else a > bound
-    return unbroadcast(g * clipped, np.shape(bound))
+    won = (y == bound) & (y != other) if other is not None else y == bound
+    return unbroadcast(g * won, np.shape(bound))
 
 
 def setitem(x, index, value):
