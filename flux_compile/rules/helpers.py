@@ -849,12 +849,13 @@ def vector_norm_grad(g, x, y, ord=2, axis=None, keepdims=False):
 
 
 def cofactor(a):
-    """The cofactor matrix of ``a`` (the gradient of ``det``), exact also for singular
-    matrices: ``det(U) det(V^T) U diag(prod of the other singular values) V^T``."""
+    """The cofactor matrix ``det(a) inv(a)^T`` of ``a`` (the gradient of ``det``), exact also
+    for singular matrices: ``det(U) det(Vh) conj(U) diag(prod of the other singular values)
+    conj(Vh)`` from ``a = U diag(s) Vh``."""
     a = np.asarray(a)
     u, s, vt = np.linalg.svd(a)
     sign = np.linalg.det(u) * np.linalg.det(vt)
-    return np.expand_dims(sign, (-2, -1)) * (u * np.expand_dims(prod_others(s, -1), -2)) @ vt
+    return np.expand_dims(sign, (-2, -1)) * (np.conjugate(u) * np.expand_dims(prod_others(s, -1), -2)) @ np.conjugate(vt)
 
 
 def on_triangle(g, UPLO="L"):
