@@ -462,3 +462,47 @@ def test_a_private_back_reference_is_fine():
     x = rng.standard_normal(3)
     np.testing.assert_allclose(m.back(np.ones(3), x), 2.0 * np.ones(3))
     np.testing.assert_allclose(m.inner.w.grad, 2.0 * x)
+
+
+SPANS = ["0:2", ":2", "0:2:1", "2:", "2:4", "1:3", "0:4", "3:"]
+FUNCS = ["np.sin", "np.cos", "np.tanh", "np.exp"]
+
+
+def _sliced_param_program(seed):
+    """A model whose Param is read only through slices, several with equal spans."""
+    r = np.random.default_rng(seed)
+    terms = []
+    rows = bool(r.integers(2))          # one axis per program: the pieces may tile it
+    for _ in range(r.integers(2, 6)):
+        span = SPANS[r.integers(len(SPANS))]
+        index = span if rows else f":, {span}"
+        terms.append(f"np.sum({FUNCS[r.integers(len(FUNCS))]}(W[{index}]) * {r.integers(1, 4)}.0)")
+    return " + ".join(terms)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_random_slices_of_a_param_with_equal_spans(tmp_path, seed):
+    body = _sliced_param_program(seed)
+    path = tmp_path / f"sliced{seed}.py"
+    path.write_text(textwrap.dedent(f"""\
+        import numpy as np
+        import flux_compile as fc
+
+
+        @fc.net
+        class Sliced:
+            def __init__(self, W):
+                self.W = W
+
+            def forward(self, x):
+                W = self.W
+                return {body} + np.sum(x)
+        """))
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    W = rng.standard_normal((4, 4))
+    m = mod.Sliced(W.copy())
+    m.back(np.array(1.0), np.ones(2))
+    ref = autograd.grad(eval("lambda W: " + body.replace("np.", "anp."), {"anp": anp}))(W)
+    np.testing.assert_allclose(m.W.grad, ref, rtol=1e-12, err_msg=body)
