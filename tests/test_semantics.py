@@ -506,3 +506,26 @@ def test_random_slices_of_a_param_with_equal_spans(tmp_path, seed):
     m.back(np.array(1.0), np.ones(2))
     ref = autograd.grad(eval("lambda W: " + body.replace("np.", "anp."), {"anp": anp}))(W)
     np.testing.assert_allclose(m.W.grad, ref, rtol=1e-12, err_msg=body)
+
+
+SETITEM_INDEXES = {
+    "int-array-repeats": ("i", np.array([0, 2, 0, 3])),
+    "bool-mask": ("m", np.array([True, False, True, True])),
+    "array-pair": ("i, j", (np.array([1, 1, 3]), np.array([4, 4, 0]))),
+    "ellipsis-array": ("..., j", np.array([0, -1, 0])),
+    "slice-and-negative-array": ("1:, i", np.array([-1, 2, -1])),
+}
+
+
+@pytest.mark.parametrize("name", list(SETITEM_INDEXES))
+def test_setitem_and_getitem_with_run_time_index_arrays(tmp_path, name):
+    index, values = SETITEM_INDEXES[name]
+    names = [n.strip() for n in index.split(",") if n.strip() not in ("...", "1:")]
+    arrays = values if isinstance(values, tuple) else (values,)
+    shape = X[eval(f"np.s_[{index}]", {"np": np}, dict(zip(names, arrays)))].shape
+    check(tmp_path, "setarr", f"""
+        def f(x, v, {', '.join(names)}):
+            y = np.tanh(x)
+            y[{index}] = v * y[{index}]
+            return np.sum(y ** 3) + np.sum(x[{index}] ** 2)
+        """, X.copy(), rng.standard_normal(shape), *arrays, diff=(0, 1), use_autograd=False)
