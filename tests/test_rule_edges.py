@@ -53,6 +53,8 @@ def _edge_variants(case):
         return args
     out = {"zeros": replace(np.zeros_like), "ties": replace(lambda v: np.full_like(v, 0.7)),
            "ties-partial": replace(lambda v: np.where(np.arange(v.size).reshape(v.shape) % 2 == 0, 0.7, v))}
+    if all(case.args[i].ndim >= 1 for i in idx):
+        out["empty"] = replace(lambda v: v[:0])     # an empty first axis, where NumPy allows it
     first = case.args[idx[0]]
     if primitive_name(case.primitive).startswith("np.linalg.") and first.ndim >= 2 \
             and first.shape[-1] == first.shape[-2]:

@@ -167,7 +167,7 @@ def prod_others(a, axis=None):
     """
     a = np.asarray(a)
     axes = normalize_axis(axis, a.ndim)
-    if a.ndim == 0:
+    if a.ndim == 0 or a.size == 0:
         return np.ones_like(a)
     rest = [i for i in range(a.ndim) if i not in axes]
     perm = rest + list(axes)
@@ -358,11 +358,11 @@ def unsplit(g, y, axis=0):
     return np.concatenate(parts, axis=axis)
 
 
-def restack(g, y, axis=0):
+def restack(g, y, axis=0, x=None):
     """Gradient of ``np.unstack(x, axis)``: stack the pieces' adjoints
-    (None means zero)."""
+    (None means zero; no pieces, from an empty axis: zeros like ``x``)."""
     parts = [np.zeros_like(p) if d is None else d for d, p in zip(g, y)]
-    return np.stack(parts, axis=axis)
+    return np.stack(parts, axis=axis) if parts else np.zeros_like(x)
 
 
 def unhsplit(g, y):
@@ -638,6 +638,9 @@ def einsum_grads(g, operands):
             sizes[c] = max(n, sizes.get(c, 1))
     grads = []
     for i, (sub, x) in enumerate(zip(ins, operands)):
+        if x.size == 0 or g.size == 0:          # an empty operand or output: nothing flows
+            grads.append(np.zeros(x.shape, dtype=np.result_type(g, x)))
+            continue
         others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != i]
         available = set(out).union(*[set(s) for s, _ in others])
         unique = "".join(dict.fromkeys(sub))
@@ -798,6 +801,8 @@ def _over_norm(x, y):
 
 def _matrix_norm_grad(g, x, ord, axis, keepdims):
     r, c = [a % x.ndim for a in axis]
+    if x.size == 0:
+        return np.zeros_like(x)
     g = restore_axes(np.real(g), x.shape, axis, keepdims)
     # work with the matrix axes last
     xm = np.moveaxis(x, (r, c), (-2, -1))

@@ -182,7 +182,7 @@ def _(dy, y, ary, indices_or_sections):
 if hasattr(np, "unstack"):              # NumPy >= 2.1
     @diffrule(np.unstack)
     def _(dy, y, x, *, axis=0):
-        return restack(dy, y, axis)
+        return restack(dy, y, axis, x)
 
 
 # ---------------------------------------------------------------- repeating and padding
