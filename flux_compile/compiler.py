@@ -173,6 +173,7 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
     names = {n.id: n.name for n in g.inputs}
     for s in joint.seeds:
         names[s.id] = s.name
+        namer.used.add(s.name)          # no adjoint may be named like backward's dy parameter
     back_names = {}
     em = codegen.FunctionEmitter(ns, names, fs.locs, "train", namer, back_names)
     em._last_loc = None

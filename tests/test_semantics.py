@@ -529,3 +529,37 @@ def test_setitem_and_getitem_with_run_time_index_arrays(tmp_path, name):
             y[{index}] = v * y[{index}]
             return np.sum(y ** 3) + np.sum(x[{index}] ** 2)
         """, X.copy(), rng.standard_normal(shape), *arrays, diff=(0, 1), use_autograd=False)
+
+
+ROW_INDEXES = ["1", "-1", "1:3", ":", "::-1", "[0, 2, 2]", "[-1, 0]", "[[1], [3]]", "None",
+               "[True, False, True, True]", "-3:"]
+COL_INDEXES = ["0", "-2", "2:", ":", "[4, 4, 1]", "[0, -1, 0]", "[[0, 1]]", "None",
+               "[True, True, False, False, True]", "::2"]
+
+
+def _random_indexes(n):
+    r = np.random.default_rng(11)
+    out = []
+    while len(out) < n:
+        row, col = ROW_INDEXES[r.integers(len(ROW_INDEXES))], COL_INDEXES[r.integers(len(COL_INDEXES))]
+        index = [f"{row}, {col}", f"..., {col}", row, f"{row}, ..."][r.integers(4)]
+        try:
+            X[eval(f"np.s_[{index}]", {"np": np})]
+        except IndexError:
+            continue
+        if index not in out:
+            out.append(index)
+    return out
+
+
+@pytest.mark.parametrize("index", _random_indexes(40))
+def test_random_index_forms_read_and_assign(tmp_path, index):
+    """Reads and item assignment with every index form mixed (ints, negative ints, slices,
+    lists, nested lists, boolean lists, None, Ellipsis): values and gradients against NumPy
+    and central differences (this caught a backward that overwrote its own dy)."""
+    check(tmp_path, "anyidx", f"""
+        def f(x):
+            y = x * 1.0
+            y[{index}] = np.sin(x[{index}]) * 2.0
+            return np.sum(x[{index}] ** 3) + np.sum(y ** 2)
+        """, X.copy(), use_autograd=False)

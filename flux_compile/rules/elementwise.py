@@ -212,21 +212,17 @@ def _(dy, y, x1, x2):
     # log taken where x1 > 0 only: d(0**p)/dp is 0, negative bases have none;
     # x**0 has derivative 0 everywhere, also at x = 0 (0 * 0**-1 would be NaN; autograd's convention)
     if known(x2 != 0):
-        dx1 = dy * x2 * x1 ** (x2 - 1)
-    else:
-        dx1 = dy * x2 * x1 ** np.where(x2 != 0, x2 - 1, 1)
-    return (unbroadcast(dx1, x1.shape),
+        return (unbroadcast(dy * x2 * x1 ** (x2 - 1), x1.shape),
+                unbroadcast(dy * y * np.log(np.where(x1 > 0, x1, 1)), x2.shape))
+    return (unbroadcast(dy * x2 * x1 ** np.where(x2 != 0, x2 - 1, 1), x1.shape),
             unbroadcast(dy * y * np.log(np.where(x1 > 0, x1, 1)), x2.shape))
 
 
 @diffrule(np.float_power)
 def _(dy, y, x1, x2):
     # float_power computes in float64; gradients come back in each input's dtype
-    if known(x2 != 0):
-        dx1 = dy * x2 * np.float_power(x1, x2 - 1)
-    else:
-        dx1 = dy * x2 * np.float_power(x1, np.where(x2 != 0, x2 - 1, 1))
-    return (astype(unbroadcast(dx1, x1.shape), x1.dtype),
+    exponent = x2 - 1 if known(x2 != 0) else np.where(x2 != 0, x2 - 1, 1)
+    return (astype(unbroadcast(dy * x2 * np.float_power(x1, exponent), x1.shape), x1.dtype),
             astype(unbroadcast(dy * y * np.log(np.where(x1 > 0, x1, 1)), x2.shape), x2.dtype))
 
 
