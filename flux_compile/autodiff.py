@@ -42,6 +42,7 @@ class Adjoints:
     def __init__(self):
         self.parts = {}        # node id -> [node]
         self.items = {}        # node id -> {index: [node]}
+        self.complex_in_play = False   # complex values may reach real Params' gradients
 
     def add(self, node, grad, builder):
         if grad is None or (isinstance(grad, Static) and grad.value is None):
@@ -94,7 +95,8 @@ def _slices_to_concatenate(parts, builder):
             or any(_static_dim(p.args[1], axis) != n for p in parts) \
             or len({_rank(p.args[1]) for p in parts}) != 1:
         return None
-    spans = sorted((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces)
+    spans = sorted(((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces),
+                   key=lambda span: (span[0], span[1], span[2].id))   # Nodes have no order: tie by id
     at = 0
     for start, length, _ in spans:
         if start != at or length == 0:
@@ -138,6 +140,21 @@ def _sum(parts, builder, name):
     return total
 
 
+def _is_complex(node):
+    """A complex constant (``1j``, ``np.complex128``), input, Param or attribute."""
+    if node.op == "const":
+        v = node.value
+        if isinstance(v, (complex, np.complexfloating)) or isinstance(v, np.ndarray) and v.dtype.kind == "c":
+            return True
+        if isinstance(v, (type, np.dtype)):
+            try:
+                return np.dtype(v).kind == "c"
+            except TypeError:
+                return False
+        return v in ("complex", "complex64", "complex128") if isinstance(v, str) else False
+    return bool(node.meta.get("complex"))
+
+
 def _adj_name(node):
     return naming.adjoint(node.name)
 
@@ -149,6 +166,7 @@ def differentiate(graph, n_inputs_diff=None):
     ctx.arity_of = None
     b = Builder(ctx)
     adj = Adjoints()
+    adj.complex_in_play = any(_is_complex(n) for n in graph.nodes[:n_forward])
     seeds = []
     for i, out in enumerate(graph.outputs):
         name = naming.seed(i, len(graph.outputs))
@@ -195,6 +213,9 @@ def _backprop(node, g, b, adj):
     if op in ("input", "const", "attr", "seed"):
         return
     if op == "param":
+        if adj.complex_in_play and not node.meta.get("complex"):
+            # autograd's convention: a real value's gradient is the real part
+            g = b.ctx.add(Node("call", (g,), fn=np.real, diff=True), loc=g.loc)
         b.ctx.add(Node("accum", (g,), base=node.base, path=node.path,
                        target=path_expr(node.base, node.path)), loc=g.loc)
         return

@@ -21,7 +21,7 @@ from .autodiff import differentiate
 from .errors import CompileError, ModelError, model_error_type
 from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source, structured
 from .ir import Graph, Node
-from .params import Param, is_model
+from .params import Param, cycle_error, is_model, named_params
 
 
 class Compiled:
@@ -82,7 +82,7 @@ def symbolic_shape(name, spec):
     from .shapeinfer import Sym
     if spec is None or spec[0] is None:
         return None
-    ndim, _, ones = spec
+    ndim, _, ones = spec[:3]
     return tuple(1 if ones[i] else Sym(f"{name}.{i}", nonone=True) for i in range(ndim))
 
 
@@ -139,14 +139,22 @@ def _input_value(g, spec):
     if kind == "array":
         n = g.add(Node("input", name=name, diff=obj[1] if obj is not None else True))
         n.meta["shape"] = symbolic_shape(name, obj)
+        n.meta["complex"] = obj is not None and len(obj) > 3 and obj[3]
         return n
     g.add(Node("input", name=name, diff=False))
     return ModelRef(name, (), obj) if kind == "model" else Static(obj)
 
 
-def _arity_of(obj, nargs):
-    c = compile_model(obj)
-    return c.n_outputs
+def _arity_of(obj, nargs, args=None):
+    """How many outputs sub-model ``obj`` returns, from the variant for the real ``args`` when
+    known (its forward may depend on them, e.g. ``range(x.ndim)``), else the generic one."""
+    from . import recurrent
+    if args is not None and not recurrent.state_names(type(obj)):
+        return compile_model(obj, tuple(args)).n_outputs
+    try:
+        return compile_model(obj).n_outputs
+    except CompileError:        # needs its inputs to compile: it is compiled when called
+        return None
 
 
 def _emit(label, owner, infer_g, joint, split, has_self):
@@ -344,7 +352,7 @@ def input_key(args):
             leaves, tree = pytree.flatten(a)
             key.append(("tree", tree, input_key(leaves)))
         elif isinstance(a, (np.ndarray, np.generic)):
-            key.append((a.ndim, a.dtype.kind in "fc", tuple(d == 1 for d in a.shape)))
+            key.append((a.ndim, a.dtype.kind in "fc", tuple(d == 1 for d in a.shape), a.dtype.kind == "c"))
         elif isinstance(a, float):
             key.append((0, True, ()))
         elif is_model(a) or isinstance(a, (list, tuple)) and a and all(
@@ -448,6 +456,8 @@ def _from_entry(cls, make, source, objects, meta):
 
 def _compile_model(cls, inst, text, ikey=None, values=None):
     from . import recurrent
+    if inst is not None:
+        named_params(inst)          # raises ModelCycleError naming the path if inst contains itself
     names = _forward_inputs(cls)
     selfval = ModelRef("self", (), inst)
     nstate = len(recurrent.state_names(cls))
@@ -585,13 +595,19 @@ def freeze(obj):
     return (type(obj), obj)
 
 
-def _walk_tokens(m, prefix=()):
+def _walk_tokens(m, prefix=(), ancestors=None, root=None):
+    ancestors = {id(m): prefix} if ancestors is None else ancestors
+    root = m if root is None else root
     for k, v in vars(m).items():
         if k.startswith("_"):
             continue
         yield prefix + (k,), v
         if is_model(v):
-            yield from _walk_tokens(v, prefix + (k,))
+            if id(v) in ancestors:
+                raise cycle_error(root, prefix + (k,), ancestors)
+            ancestors[id(v)] = prefix + (k,)
+            yield from _walk_tokens(v, prefix + (k,), ancestors, root)
+            del ancestors[id(v)]
 
 
 _ffast = {}

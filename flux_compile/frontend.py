@@ -605,11 +605,19 @@ class Builder:
         self.ctx.guards += 1
         return value
 
+    def items_of(self, node):
+        """The outputs of a multi-output node (``np.split``, ``np.linalg.eigh``, ...), one value each."""
+        if node.op == "pack":
+            return list(node.args)
+        return [self.ctx.add(Node("item", (node,), index=i, diff=node.diff)) for i in range(node.arity)]
+
     def iter_values(self, it, node):
         if isinstance(it, Seq):
             return list(it.items)
         if isinstance(it, SymDict):
             return [Static(k) for k in it.items]
+        if isinstance(it, Node) and it.arity is not None:
+            return self.items_of(it)
         if isinstance(it, Node) and it.arity is None:
             n = self.concrete_int(self.call_primitive(len, [it], {}, node), node, "'for' over an array")
             from .rules.helpers import getitem
@@ -858,6 +866,8 @@ class Builder:
                 if base.op == "pack":
                     return base.args[index.value]
                 return self.ctx.add(Node("item", (base,), index=index.value % base.arity, diff=base.diff))
+            if base.arity is not None and isinstance(index, Static) and isinstance(index.value, slice):
+                return Seq(self.items_of(base)[index.value])
             from .rules.helpers import getitem
             return self.call_primitive(getitem, [base, index], {}, e)
         if isinstance(base, Static) and isinstance(index, Node):
@@ -875,7 +885,18 @@ class Builder:
             if all(isinstance(p, Static) for p in parts):
                 return Static(tuple(p.value for p in parts))
             return Seq(parts)
+        if isinstance(s, ast.List):
+            return self.eval_list_index(s)
         return self.eval(s)
+
+    def eval_list_index(self, s):
+        """``x[[0, 1]]`` is advanced indexing by an array, never the tuple ``x[0, 1]``: a constant
+        list stays a list in the generated code; one holding run-time values is passed as the
+        one-element tuple ``((i, j),)``, which NumPy reads the same way."""
+        items = [self.eval(e) for e in s.elts]
+        if all(isinstance(v, Static) for v in items):
+            return Static([_as_list(v.value) for v in items])
+        return Seq([Seq(items)])
 
     def eval_Slice(self, e):
         return self.eval_index(e)
@@ -1084,6 +1105,8 @@ class Builder:
             (x,) = args
             if isinstance(x, Seq):
                 return Static(len(x.items))
+            if isinstance(x, Node) and x.arity is not None:
+                return Static(x.arity)
             if isinstance(x, Node):
                 return self.call_primitive(len, [x], {}, e)
         if fn is sum and len(args) in (1, 2) and isinstance(args[0], Seq) and not kwargs:
@@ -1224,10 +1247,19 @@ class Builder:
         nodes = [self.as_node(a, e) for a in args]
         arity = None
         if ref.obj is not None and self.ctx.arity_of is not None:
-            arity = self.ctx.arity_of(ref.obj, len(nodes))
+            arity = self.ctx.arity_of(ref.obj, len(nodes), self._concrete_values(nodes))
         n = Node("model", nodes, base=ref.base, path=ref.path, target=ref.expr, diff=True, arity=arity)
         n.meta["obj"] = ref.obj
         return self.ctx.add(n)
+
+    def _concrete_values(self, nodes):
+        """The real values of ``nodes`` when the compiler has the actual arguments, else None."""
+        conc = self.ctx.concrete
+        if conc is None:
+            return None
+        from .concrete import UNKNOWN
+        values = [conc.value(n) for n in nodes]
+        return None if any(v is UNKNOWN for v in values) else values
 
     def call_primitive(self, fn, args, kwargs, e):
         if self.ctx.mode == "forward" and any(isinstance(a, Seq) for a in args):
@@ -1243,7 +1275,8 @@ class Builder:
                     return Static(r)
             except Exception:
                 pass
-        diff = (not rules.is_nondiff(fn)) and any(n.diff for n in nodes + list(kw.values()))
+        diff = (not rules.is_nondiff(fn)) and any(n.diff for n in nodes + list(kw.values())) \
+            and not _casts_to_non_float(fn, nodes, kw)
         node = Node("call", nodes, kw, fn=fn, diff=diff)
         try:
             node.meta["shape"] = shapeinfer.infer(
@@ -1256,7 +1289,11 @@ class Builder:
         if callable(arity):
             arity = arity(nodes, kw)
         node.arity = arity
-        return self.ctx.add(node)
+        node = self.ctx.add(node)
+        if fn in MULTI_OUTPUT and node.arity is None and self.ctx.concrete is not None:
+            # how many pieces depends on a run-time size: compiled for this count, with a guard
+            node.arity = self.concrete_int(self.call_primitive(len, [node], {}, e), e, "the number of pieces")
+        return node
 
     def _lists_as_arrays(self, fn, args, e):
         """A list literal of arrays passed where NumPy wants one array becomes a stack of them
@@ -1316,8 +1353,20 @@ def _split_arity(nodes, kw):
     return None
 
 
+def _unstack_arity(nodes, kw):
+    """``np.unstack(x, axis=a)`` gives one array per entry along ``a`` (when that size is known)."""
+    shape = shape_of(nodes[0])
+    axis = kw["axis"].value if "axis" in kw and kw["axis"].op == "const" else 0
+    if shape is None or not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
+        return None
+    return shape[axis] if isinstance(shape[axis], int) else None
+
+
 MULTI_OUTPUT = {np.linalg.slogdet: 2, np.linalg.eigh: 2, np.split: _split_arity,
-                np.array_split: _split_arity, np.linalg.qr: 2}
+                np.array_split: _split_arity, np.hsplit: _split_arity, np.vsplit: _split_arity,
+                np.dsplit: _split_arity, np.linalg.qr: 2}
+if hasattr(np, "unstack"):
+    MULTI_OUTPUT[np.unstack] = _unstack_arity
 
 
 _MISSING = object()
@@ -1337,6 +1386,26 @@ def _as_load(target):
     for a, b in zip(ast.walk(t), ast.walk(target)):
         ast.copy_location(a, b)
     return t
+
+
+def _casts_to_non_float(fn, nodes, kw):
+    """``x.astype(int)``, ``np.astype(x, bool)``, ``np.full(n, v, dtype=int)``: an integer or
+    boolean result carries no gradient (it is piecewise constant in its inputs)."""
+    from .rules.helpers import astype
+    dtype = kw.get("dtype")
+    if (fn is astype or fn is getattr(np, "astype", None)) and len(nodes) > 1:
+        dtype = nodes[1]
+    if dtype is None or dtype.op != "const" or dtype.value is None:
+        return False
+    try:
+        return np.dtype(dtype.value).kind not in "fc"
+    except TypeError:
+        return False
+
+
+def _as_list(v):
+    """Nested tuples (how list literals evaluate) as nested lists, for an index."""
+    return [_as_list(x) for x in v] if isinstance(v, (tuple, list)) else v
 
 
 def _static(v):
@@ -1375,6 +1444,7 @@ def classify_value(b, base, path, value, e):
     if isinstance(value, Param):
         n = b.param_node(base, path, value.trainable)
         n.meta["shape"] = tuple(value.shape)
+        n.meta["complex"] = np.iscomplexobj(value.value)
         return n
     if is_model(value):
         return ModelRef(base, path, value)
@@ -1386,6 +1456,7 @@ def classify_value(b, base, path, value, e):
     if isinstance(value, (np.ndarray, float)) and not isinstance(value, bool):
         n = b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
         n.meta["shape"] = tuple(np.shape(value))
+        n.meta["complex"] = np.iscomplexobj(value)
         return n
     return Static(value)
 

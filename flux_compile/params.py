@@ -106,12 +106,30 @@ def children(m):
             yield name, value
 
 
+class ModelCycleError(ValueError):
+    """A model reaches itself through its attributes (``m.child = m``, or a longer cycle)."""
+
+
+def cycle_error(root, path, ancestors):
+    """The error for a model at field ``path`` of ``root`` that is already one of its own
+    ``ancestors`` (``{id(model): path of that model}``)."""
+    name = type(root).__name__
+    where = f"{name}.{path_str(path)}"
+    again = ancestors[id(get_path(root, path))]
+    target = f"{name}.{path_str(again)}" if again else f"the {name} model itself"
+    return ModelCycleError(
+        f"{where} is {target}: a model cannot contain itself (its attributes form a cycle). "
+        f"Keep the back reference under a private name (a leading underscore, e.g. self._parent), "
+        f"which flux_compile does not walk.")
+
+
 def named_params(m, trainable_only=False):
     """Unique Params of ``m`` as ``[(field_path, Param)]``, depth first, in field order.
 
-    A Param shared by two sub-models appears once, under its first path.
+    A Param shared by two sub-models appears once, under its first path. A model that
+    contains itself raises :class:`ModelCycleError` naming the attribute path.
     """
-    seen, out = set(), []
+    seen, out, ancestors = set(), [], {}
 
     def walk(obj, path):
         if isinstance(obj, Param):
@@ -120,8 +138,12 @@ def named_params(m, trainable_only=False):
                 if obj.trainable or not trainable_only:
                     out.append((path, obj))
         elif is_model(obj):
+            if id(obj) in ancestors:
+                raise cycle_error(m, path, ancestors)
+            ancestors[id(obj)] = path
             for name, value in children(obj):
                 walk(value, path + (name,))
+            del ancestors[id(obj)]
         elif isinstance(obj, (list, tuple)):
             for i, value in enumerate(obj):
                 walk(value, path + (i,))

@@ -215,7 +215,7 @@ def leaf_grad(x, g):
     where nothing flowed): a float for a float, an array of ``x``'s shape and dtype for a
     float array (zeros when nothing flowed), None for anything else."""
     if isinstance(x, (float, np.floating)) and not isinstance(x, np.ndarray):
-        return float(np.sum(g)) if g is not None else 0.0
+        return float(np.real(np.sum(g))) if g is not None else 0.0
     if not (isinstance(x, np.ndarray) and x.dtype.kind in "fc"):
         return g if hasattr(x, "__array__") and g is not None else None
     if g is None:
@@ -223,6 +223,8 @@ def leaf_grad(x, g):
     g = np.asarray(g)
     if g.shape != x.shape:
         g = _unbroadcast(g, x.shape)
+    if x.dtype.kind == "f" and g.dtype.kind == "c":
+        g = np.real(g)          # autograd's convention: a real input's gradient is the real part
     return g.astype(x.dtype, copy=False)
 
 

@@ -486,7 +486,7 @@ NONDIFF_CASES = [
     np.argmax, np.argmin, np.argsort, np.argwhere, np.nonzero, np.flatnonzero,
     np.searchsorted, np.count_nonzero, np.any, np.all, np.array_equal,
     np.shape, np.ndim, np.size,
-    np.zeros, np.ones, np.full, np.empty, np.eye, np.identity, np.arange, np.linspace,
+    np.zeros, np.ones, np.empty, np.eye, np.identity, np.arange,
     F.nodiff,
 ]
 
@@ -510,3 +510,46 @@ case(np.rollaxis, r(2, 3, 4), 2, name="to-front", autograd=False)
 case(np.rollaxis, r(2, 3, 4), 0, start=3, name="to-back", autograd=False)
 if hasattr(np, "astype"):
     case(np.astype, r(3), np.float64, autograd=False)
+
+# repeated advanced indices in item assignment: NumPy keeps the last write
+case(setitem, r(4, 3), [0, 2, 0], r(3, 3), diff=(0, 2), name="repeated-rows", autograd=False)
+case(setitem, r(4, 3), ([1, 1], [2, 2]), r(2), diff=(0, 2), name="repeated-pair", autograd=False)
+case(getitem, r(4, 3), [], name="empty-list")
+# casts to an integer or boolean dtype have no gradient (zeros when reached at run time)
+case(astype, r(3, 4) * 3, np.int64, name="to-int", autograd=False)
+case(astype, r(3, 4), bool, name="to-bool", autograd=False)
+
+# creation from float arguments: fill_value, start and stop carry gradients
+case(np.full, (3, 4), s(0.7), diff=(1,), name="scalar")
+case(np.full, (3, 4), r(4), diff=(1,), name="row", autograd=False)
+case(np.linspace, s(-1.0), s(2.0), num=5, diff=(0, 1), name="num5")
+case(np.linspace, s(0.5), s(2.0), num=4, endpoint=False, diff=(0, 1), name="no-endpoint", autograd=False)
+case(np.linspace, r(3), r(2, 3), num=4, axis=-1, diff=(0, 1), name="arrays-last-axis", autograd=False)
+case(np.linspace, s(0.5), s(2.0), num=1, diff=(0, 1), name="num1", autograd=False)
+
+# eigh and eigvalsh read one triangle (UPLO): checked on full, non-symmetric inputs
+_ns = spd(4) + 0.3 * np.triu(r(4, 4), 1)
+case(np.linalg.eigh, _ns, name="upper-ignored")
+case(np.linalg.eigh, _ns.T.copy(), UPLO="U", name="UPLO-U")
+case(np.linalg.eigh, _ns, dy_none=(1,), name="values-only-upper-ignored")
+case(np.linalg.eigvalsh, _ns, name="upper-ignored", autograd=False)
+case(np.linalg.eigvalsh, _ns.T.copy(), UPLO="U", name="UPLO-U", autograd=False)
+
+# einsum with '...' and in sublist form (arrays each followed by its axis numbers)
+for spec, shapes in [("...j,jk->...k", [(2, 3, 4), (4, 5)]), ("...ij,...jk", [(2, 3, 4), (4, 2)]),
+                     ("i...,i...->...", [(3, 2, 2), (3, 1, 2)]), ("...", [(2, 3)]),
+                     ("ij...->...", [(2, 3, 4)]), ("bij,bjk->bik", [(1, 3, 4), (2, 4, 2)])]:
+    case(np.einsum, spec, *[r(*sh) for sh in shapes], diff=tuple(range(1, len(shapes) + 1)),
+         name=spec, autograd=False)
+case(np.einsum, r(3, 4), [0, 1], r(4, 5), [1, 2], diff=(0, 2), name="sublist-implicit", autograd=False)
+case(np.einsum, r(3, 4), [0, 1], r(4, 5), [1, 2], [2], diff=(0, 2), name="sublist-explicit",
+     autograd=False)
+case(np.einsum, r(2, 3, 4), [Ellipsis, 1], r(4, 5), [1, 2], [Ellipsis, 2], diff=(0, 2),
+     name="sublist-ellipsis", autograd=False)
+
+# take_along_axis: indices broadcast against arr off the axis (both ways)
+case(np.take_along_axis, r(3, 4), np.array([[0, 3, 3]]), axis=1, name="indices-broadcast", autograd=False)
+case(np.take_along_axis, r(1, 4), np.array([[0, 3], [1, 1], [2, 0]]), axis=1, name="arr-broadcast",
+     autograd=False)
+case(np.take_along_axis, r(2, 3, 4), np.array([[[1], [0], [2]]]), axis=2, name="3-d-broadcast",
+     autograd=False)

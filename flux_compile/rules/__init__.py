@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
+
 RULES: dict = {}        # primitive -> rule function
 NONDIFF: set = set()    # primitives known to have no gradient
 GENERATION = [0]        # bumped on every registration: compiled code made before is stale
@@ -63,9 +65,10 @@ def known(condition):
 
     ``if known(a.ndim == 2): return dy @ b.T`` picks the plain form when the
     compiler knows the rank, and falls through to a general helper otherwise.
-    Called outside the compiler (a rule run as plain Python) it is just ``bool``.
+    Called outside the compiler (a rule run as plain Python) it is ``bool`` of a scalar
+    condition, and false for an array one (not known to hold everywhere).
     """
-    return bool(condition)
+    return bool(condition) if np.ndim(condition) == 0 else False
 
 
 def get_rule(primitive):

@@ -5,8 +5,8 @@ floats so float32 stays float32 (NEP 50).
 """
 import numpy as np
 
-from . import diffrule, nondiff_primitive
-from .helpers import astype, clip_bound_grad, identity, imag_grad, unbroadcast
+from . import diffrule, known, nondiff_primitive
+from .helpers import astype, cast_grad, clip_bound_grad, identity, imag_grad, linspace_grad, unbroadcast
 
 # Constants are written as literals (ln 2, ln 10, pi/180): rules are inlined
 # into generated code, which has no access to this module's globals.
@@ -75,7 +75,8 @@ def _(dy, y, x):
 
 @diffrule(np.absolute)
 def _(dy, y, x):
-    return dy * np.sign(x)
+    # complex x: conj(x) / |x| (autograd's convention); the output is real, so is its adjoint
+    return np.real(dy) * np.conjugate(np.sign(x))
 
 
 @diffrule(np.fabs)
@@ -127,8 +128,9 @@ def _(dy, y, x):
 
 @diffrule(np.sinc)
 def _(dy, y, x):
-    # sinc(x) = sin(pi x) / (pi x); undefined at exactly 0 (like autograd)
-    return dy * (np.cos(np.pi * x) - y) / x
+    # sinc(x) = sin(pi x) / (pi x): a smooth even function, slope 0 at x = 0 (autograd: NaN)
+    at0 = x == 0
+    return dy * np.where(at0, 0, (np.cos(np.pi * x) - y) / np.where(at0, 1, x))
 
 
 @diffrule(np.deg2rad)
@@ -207,15 +209,20 @@ def _(dy, y, x1, x2):
 
 @diffrule(np.power)
 def _(dy, y, x1, x2):
-    # log taken where x1 > 0 only: d(0**p)/dp is 0, negative bases have none
-    return (unbroadcast(dy * x2 * x1 ** (x2 - 1), x1.shape),
+    # log taken where x1 > 0 only: d(0**p)/dp is 0, negative bases have none;
+    # x**0 has derivative 0 everywhere, also at x = 0 (0 * 0**-1 would be NaN; autograd's convention)
+    if known(x2 != 0):
+        return (unbroadcast(dy * x2 * x1 ** (x2 - 1), x1.shape),
+                unbroadcast(dy * y * np.log(np.where(x1 > 0, x1, 1)), x2.shape))
+    return (unbroadcast(dy * x2 * x1 ** np.where(x2 != 0, x2 - 1, 1), x1.shape),
             unbroadcast(dy * y * np.log(np.where(x1 > 0, x1, 1)), x2.shape))
 
 
 @diffrule(np.float_power)
 def _(dy, y, x1, x2):
     # float_power computes in float64; gradients come back in each input's dtype
-    return (astype(unbroadcast(dy * x2 * np.float_power(x1, x2 - 1), x1.shape), x1.dtype),
+    exponent = x2 - 1 if known(x2 != 0) else np.where(x2 != 0, x2 - 1, 1)
+    return (astype(unbroadcast(dy * x2 * np.float_power(x1, exponent), x1.shape), x1.dtype),
             astype(unbroadcast(dy * y * np.log(np.where(x1 > 0, x1, 1)), x2.shape), x2.dtype))
 
 
@@ -266,7 +273,9 @@ def _(dy, y, x1, x2):
 
 @diffrule(np.hypot)
 def _(dy, y, x1, x2):
-    return unbroadcast(dy * x1 / y, x1.shape), unbroadcast(dy * x2 / y, x2.shape)
+    # at hypot = 0 the zero subgradient (as for norms), not 0/0
+    r = dy / np.where(y > 0, y, 1)
+    return unbroadcast(r * x1, x1.shape), unbroadcast(r * x2, x2.shape)
 
 
 @diffrule(np.logaddexp)
@@ -283,10 +292,11 @@ def _(dy, y, x1, x2):
 
 @diffrule(np.clip)
 def _(dy, y, a, a_min, a_max):
-    # a gets the adjoint where it was not clipped; a bound gets it where it won
-    return (unbroadcast(dy * (y == a), a.shape),
-            clip_bound_grad(dy, a, a_min, -1),
-            clip_bound_grad(dy, a, a_max, 1))
+    # a gets the adjoint where the result is neither bound (autograd's convention, also at a
+    # tie); a bound gets it where the result equals it (the upper one when they meet)
+    return (unbroadcast(dy * ((y != a_min) & (y != a_max)), a.shape),
+            clip_bound_grad(dy, y, a_min, a_max),
+            clip_bound_grad(dy, y, a_max))
 
 
 @diffrule(np.where)
@@ -299,7 +309,7 @@ def _(dy, out, condition, x, y):
 
 @diffrule(astype)
 def _(dy, y, x, dtype):
-    return astype(dy, x.dtype), None
+    return cast_grad(dy, x.dtype, dtype), None
 
 
 @diffrule(identity)
@@ -323,8 +333,21 @@ nondiff_primitive(
     np.argmax, np.argmin, np.argsort, np.argwhere, np.nonzero, np.flatnonzero,
     np.searchsorted, np.count_nonzero, np.any, np.all, np.array_equal,
     np.shape, np.ndim, np.size,
-    np.zeros, np.ones, np.full, np.empty, np.eye, np.identity, np.arange, np.linspace,
+    np.zeros, np.ones, np.empty, np.eye, np.identity, np.arange,
 )
+
+
+# ---------------------------------------------------------------- creation from float arguments
+
+@diffrule(np.full)
+def _(dy, y, shape, fill_value, *, dtype=None, order="C", device=None, like=None):
+    return None, unbroadcast(dy, np.shape(fill_value))
+
+
+@diffrule(np.linspace)
+def _(dy, y, start, stop, *, num=50, endpoint=True, retstep=False, dtype=None, axis=0, device=None):
+    return (linspace_grad(dy, np.shape(start), num, endpoint, axis, 0),
+            linspace_grad(dy, np.shape(stop), num, endpoint, axis, 1))
 
 
 # ------------------------------------------------ real and complex parts, casts, cleaning
@@ -352,4 +375,4 @@ def _(dy, y, x, *, copy=True, nan=0.0, posinf=None, neginf=None):
 if hasattr(np, "astype"):           # NumPy 2: np.astype(x, dtype)
     @diffrule(np.astype)
     def _(dy, y, x, dtype, *, copy=True, device=None):
-        return astype(dy, x.dtype), None
+        return cast_grad(dy, x.dtype, dtype), None

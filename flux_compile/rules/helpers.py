@@ -14,13 +14,13 @@ import numpy as np
 
 __all__ = [
     # shims
-    "getitem", "astype", "identity", "setitem", "stack_items", "unpartition", "unrollaxis", "imag_grad",
+    "getitem", "astype", "cast_grad", "linspace_grad", "identity", "setitem", "stack_items", "unpartition", "unrollaxis", "imag_grad",
     # broadcasting and reductions
     "unbroadcast", "normalize_axis", "reduced_size", "restore_axes", "sum_grad",
     "extremum_mask", "prod_others", "fill_none",
     "diff_grad", "cumprod_grad",
     # shape and indexing
-    "inverse_permutation", "getitem_grad", "take_grad", "take_along_axis_grad",
+    "inverse_permutation", "getitem_grad", "setitem_value_grad", "take_grad", "take_along_axis_grad",
     "unconcatenate", "unstack", "restack", "unvstack", "unhstack", "undstack",
     "uncolumn_stack", "unsplit", "unhsplit", "reshape_each", "untile",
     "unrepeat", "unpad", "undiag", "undiagonal", "unsort",
@@ -29,7 +29,7 @@ __all__ = [
     "inner_grad_a", "inner_grad_b", "tensordot_grad_a", "tensordot_grad_b",
     "einsum_grads", "kron_grad_a", "kron_grad_b", "cross_grad_a",
     "cross_grad_b", "as_columns", "from_columns", "multi_dot_grads", "norm_grad", "vector_norm_grad",
-    "matrix_power_grad", "clip_bound_grad",
+    "matrix_power_grad", "clip_bound_grad", "on_triangle", "cofactor",
 ]
 
 
@@ -44,6 +44,27 @@ def getitem(x, index):
 def astype(x, dtype):
     """``x.astype(dtype)`` as a function; leaves Python scalars as 0-d arrays."""
     return np.asarray(x).astype(dtype, copy=False)
+
+
+def cast_grad(g, source_dtype, target_dtype):
+    """Gradient of ``x.astype(target_dtype)``: ``g`` cast back to ``x``'s dtype, or zeros when
+    the cast is to an integer or boolean dtype (a piecewise constant function)."""
+    if np.dtype(target_dtype).kind not in "fc":
+        return np.zeros(np.shape(g), dtype=source_dtype)
+    return np.asarray(g).astype(source_dtype, copy=False)
+
+
+def linspace_grad(g, shape, num, endpoint, axis, end):
+    """Gradient of ``np.linspace(start, stop, num)`` for ``start`` (``end`` 0) or ``stop``
+    (``end`` 1): each sample is ``start + t * (stop - start)``, so the adjoint is summed along
+    the samples' axis with weights ``1 - t`` or ``t``."""
+    g = np.asarray(g)
+    steps = num - 1 if endpoint else num
+    t = np.arange(num) / steps if steps > 0 else np.zeros(num)
+    axis = axis % g.ndim
+    t = t.reshape((num,) + (1,) * (g.ndim - axis - 1)).astype(g.dtype)
+    weights = t if end else 1 - t
+    return unbroadcast(np.sum(g * weights, axis=axis), tuple(shape))
 
 
 def identity(x):
@@ -146,7 +167,7 @@ def prod_others(a, axis=None):
     """
     a = np.asarray(a)
     axes = normalize_axis(axis, a.ndim)
-    if a.ndim == 0:
+    if a.ndim == 0 or a.size == 0:
         return np.ones_like(a)
     rest = [i for i in range(a.ndim) if i not in axes]
     perm = rest + list(axes)
@@ -177,13 +198,21 @@ def diff_grad(g, n=1, axis=-1):
 
 
 def cumprod_grad(g, a, y, axis=None):
-    """Gradient of ``np.cumprod(a, axis)``: reversed cumulative sum of ``g*y``
-    divided by ``a`` (assumes no zeros in ``a``)."""
+    """Gradient of ``np.cumprod(a, axis)``: reversed cumulative sum of ``g*y`` divided by
+    ``a``; where ``a`` holds zeros, the same without division (exact there too)."""
     a = np.asarray(a)
     if axis is None:
-        flat = np.flip(np.cumsum(np.flip(g * y))) / a.ravel()
-        return flat.reshape(a.shape)
-    return np.flip(np.cumsum(np.flip(g * y, axis), axis=axis), axis) / a
+        return cumprod_grad(np.ravel(g), a.ravel(), np.ravel(y), 0).reshape(a.shape)
+    if np.all(a != 0):
+        return np.flip(np.cumsum(np.flip(g * y, axis), axis=axis), axis) / a
+    # grad_i = prod(a[:i]) * r_i with r_i = g_i + a_(i+1) * r_(i+1): no division
+    am, gm = np.moveaxis(a, axis, 0), np.moveaxis(np.asarray(g), axis, 0)
+    left = np.concatenate([np.ones_like(am[:1]), np.cumprod(am[:-1], axis=0)], axis=0)
+    r = np.zeros(np.broadcast_shapes(am.shape, gm.shape), dtype=np.result_type(am, gm))
+    r[-1] = gm[-1]
+    for i in range(am.shape[0] - 2, -1, -1):
+        r[i] = gm[i] + am[i + 1] * r[i + 1]
+    return np.moveaxis(left * r, 0, axis)
 
 
 # --------------------------------------------------------------------------
@@ -207,6 +236,17 @@ def _is_basic_index(index):
     return True
 
 
+def _index_arrays(index):
+    """``index`` with its lists as arrays, as ``x[index]`` reads them (an empty list is an
+    empty integer array), for ``np.add.at``."""
+    def array(i):
+        if not isinstance(i, list):
+            return i
+        a = np.asarray(i)
+        return a.astype(np.intp) if a.size == 0 else a
+    return tuple(array(i) for i in index) if isinstance(index, tuple) else array(index)
+
+
 def getitem_grad(g, shape, index, dtype=None):
     """Gradient of ``x[index]``: zeros of ``shape`` with ``g`` scattered in.
 
@@ -219,9 +259,7 @@ def getitem_grad(g, shape, index, dtype=None):
     if _is_basic_index(index):
         out[index] = g
     else:
-        if isinstance(index, list):
-            index = np.asarray(index)
-        np.add.at(out, index, g)
+        np.add.at(out, _index_arrays(index), g)
     return out
 
 
@@ -240,7 +278,8 @@ def take_grad(g, shape, indices, axis=None, dtype=None):
 
 
 def take_along_axis_grad(g, shape, indices, axis=-1, dtype=None):
-    """Gradient of ``np.take_along_axis(arr, indices, axis)``."""
+    """Gradient of ``np.take_along_axis(arr, indices, axis)``; ``indices`` and ``arr``
+    broadcast against each other off ``axis`` (the adjoint ``g`` has the broadcast shape)."""
     g = np.asarray(g)
     out = np.zeros(tuple(shape), dtype=dtype or g.dtype)
     indices = np.asarray(indices)
@@ -255,8 +294,9 @@ def take_along_axis_grad(g, shape, indices, axis=-1, dtype=None):
             index.append(indices)
         else:
             s = [1] * ndim
-            s[i] = indices.shape[i]
-            index.append(np.arange(indices.shape[i]).reshape(s))
+            s[i] = g.shape[i]
+            # a size-1 axis of arr that was broadcast: every position reads its one entry
+            index.append((np.arange(g.shape[i]) % max(shape[i], 1)).reshape(s))
     index = tuple(np.broadcast_arrays(*index))
     np.add.at(out, index, np.broadcast_to(g, index[0].shape))
     return out
@@ -318,11 +358,11 @@ def unsplit(g, y, axis=0):
     return np.concatenate(parts, axis=axis)
 
 
-def restack(g, y, axis=0):
+def restack(g, y, axis=0, x=None):
     """Gradient of ``np.unstack(x, axis)``: stack the pieces' adjoints
-    (None means zero)."""
+    (None means zero; no pieces, from an empty axis: zeros like ``x``)."""
     parts = [np.zeros_like(p) if d is None else d for d, p in zip(g, y)]
-    return np.stack(parts, axis=axis)
+    return np.stack(parts, axis=axis) if parts else np.zeros_like(x)
 
 
 def unhsplit(g, y):
@@ -539,42 +579,68 @@ def tensordot_grad_b(g, a, b_ndim, axes=2):
     return np.transpose(r, inverse_permutation(paired + free_b, b_ndim))
 
 
-def _einsum_parse(subscripts, n):
-    s = subscripts.replace(" ", "")
-    if "." in s:
-        raise NotImplementedError("einsum gradients do not support '...' (ellipsis)")
-    if "->" in s:
-        ins, out = s.split("->")
+_EINSUM_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _einsum_spelled_out(operands):
+    """``(inputs, output, arrays, positions)`` for either calling form of ``np.einsum``
+    (``'ij,jk->ik', a, b`` or ``a, [0, 1], b, [1, 2], [0, 2]``): one subscript word per
+    array with ``...`` replaced by letters of its own, the output word made explicit, and
+    where each array sits among ``operands``."""
+    operands = list(operands)
+    if isinstance(operands[0], str):
+        subscripts, arrays = operands[0], operands[1:]
+        positions = list(range(1, len(operands)))
     else:
-        ins = s
-        letters = ins.replace(",", "")
-        out = "".join(sorted(c for c in set(letters) if letters.count(c) == 1))
+        output = operands.pop() if len(operands) % 2 else None
+        arrays = operands[0::2]
+        positions = list(range(0, len(operands), 2))
+
+        def word(sub):
+            return "".join("..." if i is Ellipsis else _EINSUM_LETTERS[i] for i in sub)
+        subscripts = ",".join(word(sub) for sub in operands[1::2])
+        subscripts += "" if output is None else "->" + word(output)
+    arrays = [np.asarray(x) for x in arrays]
+    s = subscripts.replace(" ", "")
+    ins, out = s.split("->") if "->" in s else (s, None)
     ins = ins.split(",")
-    if len(ins) != n:
-        raise ValueError(f"einsum {subscripts!r} expects {len(ins)} operands, got {n}")
-    return ins, out
+    if len(ins) != len(arrays):
+        raise ValueError(f"einsum {subscripts!r} expects {len(ins)} operands, got {len(arrays)}")
+    named = "".join(ins).replace(".", "")
+    singles = "".join(sorted(c for c in set(named) if named.count(c) == 1))
+    free = [c for c in _EINSUM_LETTERS if c not in s]
+    ranks = [x.ndim - len(sub.replace("...", "")) for sub, x in zip(ins, arrays) if "..." in sub]
+    ell = "".join(free[:max(ranks, default=0)])
+    ins = [sub.replace("...", ell[len(ell) - (x.ndim - len(sub.replace("...", ""))):]) if "..." in sub else sub
+           for sub, x in zip(ins, arrays)]
+    out = ell + singles if out is None else out.replace("...", ell)
+    return ins, out, arrays, positions
 
 
 def einsum_grads(g, operands):
-    """Gradients of ``np.einsum(subscripts, *arrays)`` for ``operands =
-    (subscripts, *arrays)``: ``(None, one gradient per array)``.
+    """Gradients of ``np.einsum(*operands)``, either calling form (a subscripts string then
+    the arrays, or arrays each followed by its list of axis numbers): one entry per operand,
+    ``None`` for the subscripts.
 
     Each is another einsum: the output's adjoint contracted with the other
     operands onto the operand's own subscripts. Letters summed away inside a
     single operand are broadcast back; a letter repeated in one operand (a
-    diagonal, ``'ii->i'``) gets its identity matrix. Explicit (``->``) and
-    implicit subscripts are supported; ellipsis (``...``) is not.
+    diagonal, ``'ii->i'``) gets its identity matrix; axes of size 1 that einsum
+    broadcast are summed back. ``...`` is spelled out as letters first.
     """
-    subscripts = operands[0]
-    operands = [np.asarray(x) for x in operands[1:]]
-    ins, out = _einsum_parse(subscripts, len(operands))
+    result = [None] * len(operands)
+    ins, out, operands, positions = _einsum_spelled_out(operands)
+    subscripts = ",".join(ins) + "->" + out
     g = np.asarray(g)
     sizes = {}
     for sub, x in zip(ins, operands):
         for c, n in zip(sub, x.shape):
-            sizes[c] = n
+            sizes[c] = max(n, sizes.get(c, 1))
     grads = []
     for i, (sub, x) in enumerate(zip(ins, operands)):
+        if x.size == 0 or g.size == 0:          # an empty operand or output: nothing flows
+            grads.append(np.zeros(x.shape, dtype=np.result_type(g, x)))
+            continue
         others = [(s, o) for j, (s, o) in enumerate(zip(ins, operands)) if j != i]
         available = set(out).union(*[set(s) for s, _ in others])
         unique = "".join(dict.fromkeys(sub))
@@ -598,8 +664,10 @@ def einsum_grads(g, operands):
                     full += c
             spec = ",".join([unique] + [e for e, _ in eyes]) + "->" + full
             r = np.einsum(spec, r, *[m for _, m in eyes])
-        grads.append(np.array(r))
-    return (None,) + tuple(grads)
+        grads.append(unbroadcast(np.array(r), x.shape))
+    for at, grad in zip(positions, grads):
+        result[at] = grad
+    return tuple(result)
 
 
 def _kron_parts(g, a_shape, b_shape):
@@ -708,41 +776,51 @@ def multi_dot_grads(g, arrays):
 
 
 def _vector_norm_grad(g, x, y, ord, axis, keepdims):
-    g = restore_axes(g, x.shape, axis, keepdims)
+    g = restore_axes(np.real(g), x.shape, axis, keepdims)     # a norm is real, so is its adjoint
     y = restore_axes(y, x.shape, axis, keepdims)
     if ord == np.inf or ord == -np.inf:
         ax = normalize_axis(axis, x.ndim)
         hit = np.abs(x) == y
         w = (hit / np.sum(hit, axis=ax, keepdims=True)).astype(x.dtype, copy=False)
-        return g * w * np.sign(x)
+        return g * w * np.conjugate(np.sign(x))
     if ord == 0:
         return np.zeros_like(x)
     if ord == 1:
-        return g * np.sign(x)
+        return g * np.conjugate(np.sign(x))
     if ord == 2:
-        return g * x / y
-    return g * np.sign(x) * np.abs(x) ** (ord - 1) / y ** (ord - 1)
+        return g * _over_norm(np.conjugate(x), y)
+    return g * np.conjugate(np.sign(x)) * _over_norm(np.abs(x) ** (ord - 1), y ** (ord - 1))
+
+
+def _over_norm(x, y):
+    """``x / y`` where the norm ``y`` is positive; 0 where it is 0 (then ``x`` is 0 too): the
+    zero subgradient at the norm's kink, as central differences and torch give."""
+    zero = y == 0
+    return np.where(zero, np.zeros((), dtype=x.dtype), x / np.where(zero, np.ones((), dtype=y.dtype), y))
 
 
 def _matrix_norm_grad(g, x, ord, axis, keepdims):
     r, c = [a % x.ndim for a in axis]
-    g = restore_axes(g, x.shape, axis, keepdims)
+    if x.size == 0:
+        return np.zeros_like(x)
+    g = restore_axes(np.real(g), x.shape, axis, keepdims)
     # work with the matrix axes last
     xm = np.moveaxis(x, (r, c), (-2, -1))
     gm = np.moveaxis(g, (r, c), (-2, -1))
     if ord in ("nuc", 2):
         u, s, vt = np.linalg.svd(xm, full_matrices=False)
         if ord == "nuc":
-            d = u @ vt
+            d = np.conjugate(u @ vt)
         else:
-            d = u[..., :, :1] @ vt[..., :1, :]
-        out = gm * d
+            d = np.conjugate(u[..., :, :1] @ vt[..., :1, :])
+        zero = np.all(xm == 0, axis=(-2, -1), keepdims=True)     # the zero subgradient at 0
+        out = gm * np.where(zero, np.zeros((), dtype=d.dtype), d)
     elif ord in (1, np.inf):
         sum_axis = -2 if ord == 1 else -1          # column sums vs row sums
         sums = np.sum(np.abs(xm), axis=sum_axis, keepdims=True)
         hit = sums == np.max(sums, axis=(-2, -1), keepdims=True)
         w = (hit / np.sum(hit, axis=(-2, -1), keepdims=True)).astype(x.dtype, copy=False)
-        out = gm * w * np.sign(xm)
+        out = gm * w * np.conjugate(np.sign(xm))
     else:
         raise NotImplementedError(f"gradient of np.linalg.norm with ord={ord!r}")
     return np.moveaxis(out, (-2, -1), (r, c))
@@ -765,7 +843,7 @@ def norm_grad(g, x, y, ord=None, axis=None, keepdims=False):
     if len(axis) == 1:
         return _vector_norm_grad(g, x, y, 2 if ord is None else ord, axis, keepdims)
     if ord in (None, "fro"):
-        return restore_axes(g / y, x.shape, axis, keepdims) * x
+        return restore_axes(np.real(g), x.shape, axis, keepdims) * _over_norm(np.conjugate(x), restore_axes(y, x.shape, axis, keepdims))
     return _matrix_norm_grad(g, x, ord, axis, keepdims)
 
 
@@ -773,6 +851,26 @@ def vector_norm_grad(g, x, y, ord=2, axis=None, keepdims=False):
     """Gradient of ``np.linalg.vector_norm`` (``axis=None`` means all elements)."""
     x = np.asarray(x)
     return _vector_norm_grad(g, x, y, ord, axis, keepdims)
+
+
+def cofactor(a):
+    """The cofactor matrix ``det(a) inv(a)^T`` of ``a`` (the gradient of ``det``), exact also
+    for singular matrices: ``det(U) det(Vh) conj(U) diag(prod of the other singular values)
+    conj(Vh)`` from ``a = U diag(s) Vh``."""
+    a = np.asarray(a)
+    u, s, vt = np.linalg.svd(a)
+    sign = np.linalg.det(u) * np.linalg.det(vt)
+    return np.expand_dims(sign, (-2, -1)) * (np.conjugate(u) * np.expand_dims(prod_others(s, -1), -2)) @ np.conjugate(vt)
+
+
+def on_triangle(g, UPLO="L"):
+    """The gradient of a function of a symmetric matrix that reads only its lower (``'L'``) or
+    upper (``'U'``) triangle, from the gradient ``g`` it would have on a full matrix: the
+    diagonal of ``g`` plus both off-diagonal halves folded onto the triangle read (for a
+    Hermitian input the other half is conjugated, and only the diagonal's real part is read)."""
+    folded = g + np.conjugate(np.swapaxes(g, -1, -2))
+    part = np.tril(folded, -1) if UPLO in ("L", "l") else np.triu(folded, 1)
+    return part + np.real(g) * np.eye(g.shape[-1], dtype=np.real(g).dtype)
 
 
 def matrix_power_grad(g, a, n):
@@ -795,13 +893,14 @@ def matrix_power_grad(g, a, n):
     return out
 
 
-def clip_bound_grad(g, a, bound, side):
-    """Gradient of ``np.clip`` for one bound (``side`` -1: lower, +1: upper):
-    the adjoint of the elements clipped to it; None when there is no bound."""
+def clip_bound_grad(g, y, bound, other=None):
+    """Gradient of ``np.clip`` for one bound: the adjoint of the elements that came out equal
+    to it (also at a tie with ``a``, as autograd gives ``a`` none there), unless they equal
+    ``other`` (the upper bound, which wins when the bounds meet); None when there is no bound."""
     if bound is None:
         return None
-    clipped = a < bound if side < 0 else a > bound
-    return unbroadcast(g * clipped, np.shape(bound))
+    won = (y == bound) & (y != other) if other is not None else y == bound
+    return unbroadcast(g * won, np.shape(bound))
 
 
 def setitem(x, index, value):
@@ -809,6 +908,20 @@ def setitem(x, index, value):
     out = np.array(x, copy=True)
     out[index] = value
     return out
+
+
+def setitem_value_grad(g, index, value_shape):
+    """Gradient of ``value`` in ``x[index] = value``: each written element takes the adjoint of
+    its slot, except where a repeated index is overwritten by a later element (NumPy keeps the
+    last write), which gets zero."""
+    g = np.asarray(g)
+    picked = g[index]
+    if not _is_basic_index(index):
+        slot = np.arange(picked.size).reshape(picked.shape)
+        writer = np.full(g.shape, -1)
+        writer[index] = slot
+        picked = np.where(writer[index] == slot, picked, np.zeros((), dtype=g.dtype))
+    return unbroadcast(picked, tuple(value_shape))
 
 
 def stack_items(*items):

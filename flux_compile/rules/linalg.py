@@ -3,9 +3,11 @@
 Products whose gradient depends on the operands' ``ndim`` (dot, matmul with
 1-D or batched operands, tensordot, einsum, kron) call a helper; the matrix
 functions are written out as the math, batched over leading axes
-(``np.swapaxes(m, -1, -2)`` is the transpose). Rules for functions that read
-only one triangle of a symmetric input (cholesky, eigh) return the symmetric
-gradient, as autograd, JAX and PyTorch do.
+(``np.swapaxes(m, -1, -2)`` is the transpose). ``eigh`` and ``eigvalsh`` read one
+triangle of their input (``UPLO``): their gradient lives on that triangle, the
+off-diagonal part doubled, as autograd's (for a symmetric perturbation it equals
+the symmetric gradient). ``cholesky`` returns the symmetric gradient, as autograd
+and PyTorch do.
 """
 import numpy as np
 
@@ -14,7 +16,7 @@ from .helpers import (as_columns, cross_grad_a, cross_grad_b, dot_grad_a,
                       dot_grad_b, einsum_grads, fill_none, from_columns,
                       inner_grad_a, inner_grad_b, kron_grad_a, kron_grad_b,
                       matmul_grad_a, matmul_grad_b, matrix_power_grad,
-                      multi_dot_grads, norm_grad, sum_grad, tensordot_grad_a,
+                      multi_dot_grads, norm_grad, on_triangle, cofactor, sum_grad, tensordot_grad_a,
                       tensordot_grad_b, unbroadcast, vector_norm_grad)
 
 
@@ -57,8 +59,8 @@ def _(dy, y, a, b, *, axes=2):
 
 @diffrule(np.einsum)
 def _(dy, y, *operands, optimize=False):
-    # operands[0] is the subscripts string (explicit or implicit, no ellipsis);
-    # the helper returns (None, one gradient per array operand)
+    # operands: a subscripts string then the arrays, or each array followed by its axis list;
+    # the helper returns one gradient per operand (None for subscripts)
     return einsum_grads(dy, operands)
 
 
@@ -118,7 +120,8 @@ def _(dy, y, a):
 
 @diffrule(np.linalg.det)
 def _(dy, y, a):
-    return np.expand_dims(dy * y, (-2, -1)) * np.swapaxes(np.linalg.inv(a), -1, -2)
+    # the cofactor matrix: det * inv(a)^T, also where a is singular
+    return np.expand_dims(dy, (-2, -1)) * cofactor(a)
 
 
 @diffrule(np.linalg.slogdet)
@@ -168,19 +171,20 @@ def _(dy, y, a, *, upper=False):
 def _(dy, y, a, *, UPLO='L'):
     # y = (w, v); F[i, j] = 1 / (w[j] - w[i]) off the diagonal, 0 on it
     w, v = y
-    dw = fill_none(dy[0], w)
+    dw = np.real(fill_none(dy[0], w))       # eigenvalues are real
     dv = fill_none(dy[1], v)
     vT = np.swapaxes(v, -1, -2)
-    eye = np.eye(a.shape[-1], dtype=a.dtype)
-    F = 1 / (np.expand_dims(w, -2) - np.expand_dims(w, -1) + eye) - eye
-    g = v @ (np.expand_dims(dw, -1) * eye + F * (vT @ dv)) @ vT
-    return 0.5 * (g + np.swapaxes(g, -1, -2))
+    eye = np.eye(a.shape[-1], dtype=w.dtype)
+    gap = np.expand_dims(w, -2) - np.expand_dims(w, -1)
+    F = np.where(gap == 0, 0, 1 / np.where(gap == 0, 1, gap))     # 0 for repeated eigenvalues
+    g = np.conjugate(v) @ (np.expand_dims(dw, -1) * eye + F * (vT @ dv)) @ vT
+    return on_triangle(g, UPLO)
 
 
 @diffrule(np.linalg.eigvalsh)
 def _(dy, y, a, *, UPLO='L'):
     w, v = np.linalg.eigh(a, UPLO)
-    return (v * np.expand_dims(dy, -2)) @ np.swapaxes(v, -1, -2)
+    return on_triangle((np.conjugate(v) * np.expand_dims(np.real(dy), -2)) @ np.swapaxes(v, -1, -2), UPLO)
 
 
 if hasattr(np.linalg, "svdvals"):       # NumPy >= 2.0
@@ -194,8 +198,8 @@ if hasattr(np.linalg, "svdvals"):       # NumPy >= 2.0
 
 @diffrule(np.linalg.norm)
 def _(dy, y, x, *, ord=None, axis=None, keepdims=False):
-    if ord is None or ord == 'fro':
-        return sum_grad(dy / y, x.shape, axis, keepdims) * x
+    if ord is None or ord == 'fro':       # at a zero norm x is 0 too: gradient 0, no 0/0
+        return sum_grad(np.real(dy) / np.where(y > 0, y, 1), x.shape, axis, keepdims) * np.conjugate(x)
     return norm_grad(dy, x, y, ord, axis, keepdims)
 
 
@@ -203,11 +207,11 @@ if hasattr(np.linalg, "vector_norm"):   # NumPy >= 2.0
     @diffrule(np.linalg.vector_norm)
     def _(dy, y, x, *, axis=None, keepdims=False, ord=2):
         if ord == 2:
-            return sum_grad(dy / y, x.shape, axis, keepdims) * x
+            return sum_grad(np.real(dy) / np.where(y > 0, y, 1), x.shape, axis, keepdims) * np.conjugate(x)
         return vector_norm_grad(dy, x, y, ord, axis, keepdims)
 
     @diffrule(np.linalg.matrix_norm)
     def _(dy, y, x, *, keepdims=False, ord='fro'):
         if ord == 'fro':
-            return sum_grad(dy / y, x.shape, (-2, -1), keepdims) * x
+            return sum_grad(np.real(dy) / np.where(y > 0, y, 1), x.shape, (-2, -1), keepdims) * np.conjugate(x)
         return norm_grad(dy, x, y, ord, (-2, -1), keepdims)

@@ -66,14 +66,15 @@ def _(dy, y, a, *, axis=None, keepdims=False):
 
 @diffrule(np.var)
 def _(dy, y, a, *, axis=None, dtype=None, ddof=0, keepdims=False):
-    centred = a - np.mean(a, axis=axis, keepdims=True)
-    return sum_grad(dy, a.shape, axis, keepdims) * 2 * centred / (reduced_size(a.shape, axis) - ddof)
+    centred = np.conjugate(a - np.mean(a, axis=axis, keepdims=True))     # conj: complex a
+    return sum_grad(np.real(dy), a.shape, axis, keepdims) * 2 * centred / (reduced_size(a.shape, axis) - ddof)
 
 
 @diffrule(np.std)
 def _(dy, y, a, *, axis=None, dtype=None, ddof=0, keepdims=False):
-    centred = a - np.mean(a, axis=axis, keepdims=True)
-    return sum_grad(dy / y, a.shape, axis, keepdims) * centred / (reduced_size(a.shape, axis) - ddof)
+    # zero spread (all values equal, or one value): gradient 0, as autograd and central differences
+    centred = np.conjugate(a - np.mean(a, axis=axis, keepdims=True))     # conj: complex a
+    return sum_grad(np.real(dy) / np.where(y > 0, y, 1), a.shape, axis, keepdims) * centred / (reduced_size(a.shape, axis) - ddof)
 
 
 # ---------------------------------------------------------------- scans and differences

@@ -8,7 +8,8 @@ list (``np.split``) arrives as a list ``dy`` whose entries may be None (zero).
 import numpy as np
 
 from . import diffrule
-from .helpers import (getitem, getitem_grad, inverse_permutation, reshape_each, setitem, stack_items,
+from .helpers import (getitem, getitem_grad, inverse_permutation, reshape_each, setitem, setitem_value_grad,
+                      stack_items,
                       unpartition, unrollaxis,
                       restack, take_along_axis_grad, take_grad, unbroadcast,
                       uncolumn_stack, unconcatenate, undiag, undiagonal,
@@ -181,7 +182,7 @@ def _(dy, y, ary, indices_or_sections):
 if hasattr(np, "unstack"):              # NumPy >= 2.1
     @diffrule(np.unstack)
     def _(dy, y, x, *, axis=0):
-        return restack(dy, y, axis)
+        return restack(dy, y, axis, x)
 
 
 # ---------------------------------------------------------------- repeating and padding
@@ -257,7 +258,7 @@ def _(dy, y, arr, indices, *, axis=-1):
 
 @diffrule(setitem)
 def _(dy, y, x, index, value):
-    return setitem(dy, index, 0.0), None, unbroadcast(getitem(dy, index), np.shape(value))
+    return setitem(dy, index, 0.0), None, setitem_value_grad(dy, index, np.shape(value))
 
 
 @diffrule(stack_items)
