@@ -154,7 +154,7 @@ def forward_function(c, f, args):
 
     def call(variant):
         try:
-            return variant.forward_train(*args)
+            return variant.forward_train(*args, *variant.read_free(f, args))
         except Retrace:
             raise
         except Exception as e:
@@ -215,7 +215,7 @@ def shapes(m, *inputs):
         c = c.rebuild()
     snap = snapshot_states(m)
     try:
-        values = run_graph(c.graph, m, inputs)
+        values = run_graph(c.graph, m, tuple(inputs) + tuple(c.read_free(m, ())))
     finally:
         restore_states(snap)
     ann = {}

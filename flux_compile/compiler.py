@@ -12,6 +12,8 @@ import hashlib
 import inspect
 import sys
 import types
+import weakref
+from collections import OrderedDict
 
 import numpy as np
 
@@ -20,8 +22,17 @@ from ._version import __version__
 from .autodiff import differentiate
 from .errors import CompileError, ModelError, model_error_type
 from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source
+from .guards import compile_checks, compile_reader
 from .ir import Graph, Node
 from .params import Param, is_model
+
+
+def _always(root, args):
+    return True
+
+
+def _nothing(root, args):
+    return ()
 
 
 class Compiled:
@@ -44,12 +55,26 @@ class Compiled:
         self.alternatives = [self]
         self.rebuild = None        # re-runs the pipeline (for the graph of a disk-cache hit)
         self.deps = []             # (namespace, name, function) looked up while compiling
-
-    def current(self):
-        """False once a function the code was built from has been redefined."""
-        return all(ns.get(name) is fn for ns, name, fn in self.deps)
         self.input_names = []
         self.state_names = []      # recurrent state: extra inputs after the user's, extra outputs after
+        self.guards = []           # (path, kind, expected): see guards.py
+        self.free_paths = []       # paths of the arrays read at run time (extra inputs, in order)
+        self.check = _always
+        self.read_free = _nothing  # read_free(root, args) -> the values of the extra inputs
+
+    def set_guards(self, baked, free_paths):
+        """Guards as ``{(path, kind): expected}``; arrays at ``free_paths`` are extra inputs."""
+        self.guards = [(path, kind, expected) for (path, kind), expected in baked.items()]
+        self.free_paths = list(free_paths)
+        self.check = compile_checks(self.guards)
+        self.read_free = compile_reader(self.free_paths)
+
+    def current(self, root=None, args=()):
+        """False once a function the code was built from has been redefined, or (given the
+        root: the model instance or the function) once a value it baked in has changed."""
+        if not all(ns.get(name) is fn for ns, name, fn in self.deps):
+            return False
+        return root is None or self.check(root, args)
 
     # -- errors inside generated code -------------------------------------------
     def translate(self, exc, direction="forward"):
@@ -94,10 +119,13 @@ def _outputs(b, out):
     return [b.as_node(out)], None
 
 
-def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None, values=None):
+def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None, values=None,
+           free_names=None):
     g = Graph(label)
     ctx = Context(g, "forward")
     ctx.generic_cls = generic_cls
+    ctx.free_names = dict(free_names or {})
+    ctx.arg_index = {name: i for i, (kind, name, _) in enumerate(inputs) if kind == "model"}
     if values is not None:
         from .concrete import Concrete
         ctx.concrete = Concrete(selfval.obj if selfval is not None else None, values)
@@ -125,7 +153,11 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     if selfval is None and (rules.get_rule(fn) is not None or rules.is_nondiff(fn)):
         out = b.call_primitive(fn, args, {}, None)      # fc.grad of a primitive itself
     else:
-        out = b.call_function(fn, args, {}, selfval=selfval)
+        root = () if selfval is None else (("attr", "forward"),) if generic_cls is not None \
+            else (("cls",), ("attr", "forward"))
+        if selfval is not None:
+            ctx.guard(root, "code", fn.__code__)    # Class.forward reassigned: not this code
+        out = b.call_function(fn, args, {}, selfval=selfval, path=root)
     outs, arity = _outputs(b, out)
     for i, o in enumerate(outs):
         if o.name is None and o.op not in ("input", "param", "const", "attr"):
@@ -192,7 +224,8 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
     if len(joint.seeds) > 1:
         head.append(ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=s.name, ctx=ast.Store()) for s in joint.seeds],
                                                   ctx=ast.Store())], value=ast.Name(id="dy", ctx=ast.Load())))
-    grads = joint.resolved_grads
+    pairs = [(inp, x) for inp, x in zip(joint.graph.inputs, joint.resolved_grads) if "free" not in inp.meta]
+    grads = [x for _, x in pairs]         # one per user input and state (arrays read at run time get none)
     keep = {x.id for x in grads if x is not None}
     body = em2.statements(split.backward, keep)
     rets = [em2.expr(x) if x is not None else ast.Constant(None) for x in grads]
@@ -201,7 +234,7 @@ def _emit(label, owner, infer_g, joint, split, input_names, params_in_sig, state
     fs.defs.append(codegen.make_function("backward", bparams, head + body, ret))
     # the same backward when the caller needs no input gradients (only Params, and recurrent
     # state, which carries gradients between steps): the input-gradient work is dead code
-    state_grads = [x if inp.meta.get("state") else None for inp, x in zip(joint.graph.inputs, grads)]
+    state_grads = [x if inp.meta.get("state") else None for inp, x in pairs]
     alive = passes.live([x for x in state_grads if x is not None] +
                         [n for n in split.backward if n.op in ("accum", "model_back")])
     em3 = codegen.FunctionEmitter(ns, names, fs.locs, "backward", namer, back_names)
@@ -241,11 +274,14 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     infer_g.outputs = [r(o) for o in infer_g.outputs]
     state2 = state_factory() if state_factory else None
     train_g, _, ctx2 = _trace(label, fn, selfval, input_specs, True, state2, _arity_of, generic_cls,
-                                values)
+                              values, ctx1.free_names)
     joint = differentiate(train_g)
     r2 = passes.optimize(train_g)
     joint.resolved_grads = [r2(x) if x is not None else None for x in joint.input_grads]
     sp = passes.split(joint, r2)
+    free_paths = list(dict.fromkeys(list(ctx1.free) + list(ctx2.free)))
+    free_names = {**ctx1.free_names, **ctx2.free_names}
+    params_in_sig = list(params_in_sig) + [free_names[p] for p in free_paths]
     input_names = [n.name for n in infer_g.inputs]
     source, namespace, linemap, filename, objects = _emit(label, owner, infer_g, joint, sp, input_names,
                                                           params_in_sig)
@@ -267,13 +303,77 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     c.state_names = list(state.names) if state is not None else []
     c.guarded = ctx1.guards > 0 or ctx2.guards > 0
     c.alternatives = [c]
+    c.set_guards({**ctx1.baked, **ctx2.baked}, free_paths)
+    for graph in (infer_g, train_g):      # the cache must not keep the first instance alive
+        for n in graph.nodes:
+            n.meta.pop("obj", None)
     return c
 
 
 # ------------------------------------------------------------------------------
-# models
+# the in-memory caches: bounded, and never keeping alive what the user dropped
 
-_cache = {}
+MAX_VARIANTS = 32       # per model class or per function; the least recently used go first
+
+
+class VariantCache:
+    """Compiled variants by key, each valid while its guards hold; at most ``limit`` in all."""
+
+    def __init__(self, limit=None):
+        self.entries = OrderedDict()        # key -> [Compiled], most recent first
+        self.limit = limit
+        self.count = 0
+
+    def find(self, key, root, args=()):
+        for c in self.entries.get(key, ()):
+            if c.current(root, args):
+                self.entries.move_to_end(key)
+                return c
+        return None
+
+    def add(self, key, c):
+        variants = self.entries.setdefault(key, [])
+        if c in variants:
+            variants.remove(c)
+            self.count -= 1
+        variants.insert(0, c)
+        self.entries.move_to_end(key)
+        self.count += 1
+        limit = self.limit or MAX_VARIANTS
+        while self.count > limit:
+            oldest_key, oldest = next(iter(self.entries.items()))
+            oldest.pop()
+            self.count -= 1
+            if not oldest:
+                del self.entries[oldest_key]
+
+
+_class_caches = weakref.WeakKeyDictionary()      # model class -> VariantCache
+_function_caches = weakref.WeakKeyDictionary()   # code object -> VariantCache
+_primitive_caches = {}                           # fc.grad of a primitive without __code__ (a ufunc)
+
+
+def _cache_of(table, owner):
+    cache = table.get(owner)
+    if cache is None:
+        cache = table[owner] = VariantCache()
+    return cache
+
+
+def _function_cache(fn):
+    code = getattr(fn, "__code__", None)
+    return _cache_of(_function_caches, code) if code is not None else _cache_of(_primitive_caches, fn)
+
+
+def _link_alternative(new, old):
+    """``new`` is another variant (another path through data-dependent control flow) of ``old``."""
+    new.alternatives = old.alternatives
+    new.alternatives.insert(0, new)
+    del new.alternatives[MAX_VARIANTS:]
+
+
+# ------------------------------------------------------------------------------
+# models
 
 
 def _class_sources(cls):
@@ -342,9 +442,9 @@ def compile_model(m_or_cls, args=None, fresh=False):
         if variants is not None and not fresh:
             if args is None:
                 last = inst.__dict__.get("_fc_last")
-                if last is not None and last in variants and variants[last].current():
+                if last is not None and last in variants and variants[last].current(inst):
                     return variants[last]
-            elif ikey in variants and variants[ikey].current():
+            elif ikey in variants and variants[ikey].current(inst):
                 return variants[ikey]
     if not hasattr(cls, "forward"):
         raise TypeError(f"{cls.__name__} has no forward method")
@@ -353,9 +453,8 @@ def compile_model(m_or_cls, args=None, fresh=False):
     text = _class_sources(cls)
     sig = model_signature(inst) if inst is not None else ("generic",)
     key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey, GENERATION[0])
-    c = _cache.get(key)
-    if c is not None and not c.current():
-        c = None
+    cache = _cache_of(_class_caches, cls)
+    c = cache.find(key[1:], inst if inst is not None else cls)
     if c is None or fresh:
         values = None
         if inst is not None and args is not None:
@@ -365,9 +464,9 @@ def compile_model(m_or_cls, args=None, fresh=False):
         new = _from_disk(cls, key, lambda: _compile_model(cls, inst, text, ikey, values)) if not fresh \
             else _compile_model(cls, inst, text, ikey, values)
         if c is not None:
-            new.alternatives = c.alternatives
-            new.alternatives.insert(0, new)
-        c = _cache[key] = new
+            _link_alternative(new, c)
+        c = new
+        cache.add(key[1:], c)
     return _remember(inst, ikey, c) if inst is not None else c
 
 
@@ -375,7 +474,11 @@ def _remember(inst, ikey, c):
     d = inst.__dict__
     if "_fc_compiled" not in d:
         object.__setattr__(inst, "_fc_compiled", {})
-    d["_fc_compiled"][ikey] = c
+    mine = d["_fc_compiled"]
+    mine.pop(ikey, None)
+    mine[ikey] = c
+    while len(mine) > MAX_VARIANTS:             # one per input kind: bounded like the class's
+        del mine[next(iter(mine))]
     if ikey is not None:
         d["_fc_last"] = ikey
     return c
@@ -444,9 +547,6 @@ def _compile_model(cls, inst, text, ikey=None, values=None):
 # ------------------------------------------------------------------------------
 # plain functions (fc.grad)
 
-_fcache = {}
-
-
 def _arg_spec(name, value):
     if is_model(value):
         return ("model", name, value)
@@ -503,10 +603,7 @@ def _walk_tokens(m, prefix=()):
             yield from _walk_tokens(v, prefix + (k,))
 
 
-_ffast = {}
-
-
-def _fast_key(fn, args):
+def _fast_key(args):
     """A cheap key for the common call (arrays and constants, no models), or None."""
     from .rules import GENERATION
     parts = []
@@ -517,22 +614,28 @@ def _fast_key(fn, args):
             parts.append((type(a), a))
         else:
             return None
-    return (fn, GENERATION[0], tuple(parts))
+    return ("fast", GENERATION[0], tuple(parts))
 
 
 def compile_function(fn, args, fresh=False):
-    """Compile a plain function for these argument kinds (arrays, models, constants)."""
-    fast = _fast_key(fn, args) if not fresh else None
-    if fast is not None and fast in _ffast and _ffast[fast].current():
-        return _ffast[fast]
-    c = _compile_function(fn, args, fresh)
-    fast = _fast_key(fn, args)
+    """Compile a plain function for these argument kinds (arrays, models, constants).
+
+    Cached per code object, so every closure of one ``def`` or lambda shares the code: the
+    arrays it captures are read at run time (``c.read_free(fn, args)``), and anything else it
+    was built from is checked by its guards (``c.current(fn, args)``)."""
+    cache = _function_cache(fn)
+    fast = _fast_key(args)
+    if fast is not None and not fresh:
+        c = cache.find(fast, fn, args)
+        if c is not None:
+            return c
+    c = _compile_function(fn, args, cache, fresh)
     if fast is not None:
-        _ffast[fast] = c
+        cache.add(fast, c)
     return c
 
 
-def _compile_function(fn, args, fresh=False):
+def _compile_function(fn, args, cache, fresh=False):
     if not isinstance(fn, types.FunctionType):
         raise TypeError(f"fc.grad needs a Python function or a @net model, got {type(fn).__name__}")
     try:
@@ -547,20 +650,19 @@ def _compile_function(fn, args, fresh=False):
     specs = [_arg_spec(n, a) for n, a in zip(names, args)]
     from . import rules
     primitive = rules.get_rule(fn) is not None or rules.is_nondiff(fn)
-    text = repr(fn) if primitive else get_source(fn).text
+    if not primitive:
+        get_source(fn)              # the source matches the code (or a clear error)
     from .rules import GENERATION
-    key = (fn.__code__, hashlib.sha256(text.encode()).hexdigest(), tuple(_spec_token(s) for s in specs),
-           GENERATION[0])
-    c = _fcache.get(key)
-    if c is not None and not c.current():
-        c = None
+    key = (tuple(_spec_token(s) for s in specs), GENERATION[0])
+    c = cache.find(key, fn, args)
     if c is None or fresh:
         values = {n: a for n, a in zip(names, args)}
         new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, names or ["_"], values=values)
+        new.inlined = []            # holds no function: closures (and what they capture) stay free
         if c is not None:
-            new.alternatives = c.alternatives
-            new.alternatives.insert(0, new)
-        c = _fcache[key] = new
+            _link_alternative(new, c)
+        c = new
+        cache.add(key, c)
     return c
 
 

@@ -31,7 +31,7 @@ import types
 
 import numpy as np
 
-from . import rules, shapeinfer
+from . import guards, rules, shapeinfer
 from .errors import CompileError
 from .ir import Graph, Loc, Node, path_expr
 from .params import Param, is_model
@@ -41,11 +41,13 @@ from .params import Param, is_model
 
 
 class Static:
-    """A compile-time constant."""
-    __slots__ = ("value",)
+    """A compile-time constant; ``src`` is the guards path it was read from (None: a literal
+    or a value computed from other constants)."""
+    __slots__ = ("value", "src")
 
-    def __init__(self, value):
+    def __init__(self, value, src=None):
         self.value = value
+        self.src = src
 
     def __repr__(self):
         return f"Static({self.value!r})"
@@ -90,10 +92,10 @@ class BoundMethod:
 
 class UserMethod:
     """``self.helper`` where ``helper`` is an ordinary method of the model's class."""
-    __slots__ = ("selfval", "fn")
+    __slots__ = ("selfval", "fn", "path")
 
-    def __init__(self, selfval, fn):
-        self.selfval, self.fn = selfval, fn
+    def __init__(self, selfval, fn, path=None):
+        self.selfval, self.fn, self.path = selfval, fn, path
 
 
 # --------------------------------------------------------------------------
@@ -303,6 +305,50 @@ class Context:
         self.concrete = None           # concrete.Concrete when the real arguments are known
         self.guards = 0
         self.arity_of = None           # sub-model -> number of outputs (None: one)
+        self.baked = {}                # (path, kind) -> expected: what the code was built from
+        self.free = {}                 # path -> input node: arrays read at run time
+        self.free_names = {}           # path -> name, to name them alike in both traces
+        self.arg_index = {}            # input name -> position, for paths through a model argument
+
+    def guard(self, path, kind, expected):
+        """Record that the code is valid while the value at ``path`` passes ``kind``/``expected``."""
+        self.baked.setdefault((path, kind), expected)
+
+    def guard_list(self):
+        return [(path, kind, expected) for (path, kind), expected in self.baked.items()]
+
+    def field_path(self, base, fields):
+        """The guards path of ``base.<fields>`` (``self.cfg``, ``m.layers[0]``), or None."""
+        if base == "self":
+            head = ()
+        elif base in self.arg_index:
+            head = (("arg", self.arg_index[base]),)
+        else:
+            return None
+        return head + tuple(("item", f) if isinstance(f, int) else ("attr", f) for f in fields)
+
+    def free_input(self, path, value, hint):
+        """The input node through which generated code reads the array at ``path`` at run time."""
+        n = self.free.get(path)
+        if n is not None:
+            return n
+        name = self.free_names.get(path)
+        if name is None:
+            taken = {i.name for i in self.graph.inputs} | set(self.free_names.values()) | {"self"}
+            base = hint if isinstance(hint, str) and hint.isidentifier() else "captured"
+            name, i = base, 1
+            while name in taken:
+                name, i = f"{base}_{i}", i + 1
+            self.free_names[path] = name
+        n = self.graph.add(Node("input", name=name, diff=False))
+        n.meta["free"] = path
+        n.meta["shape"] = tuple(1 if d == 1 else shapeinfer.Sym(f"{name}.{i}", nonone=True)
+                                for i, d in enumerate(value.shape))
+        self.free[path] = n
+        self.guard(path, "array", guards.array_token(value))
+        if self.concrete is not None:
+            self.concrete.inputs[name] = value
+        return n
 
     def depend(self, namespace, name, value):
         """Remember that ``namespace[name]`` was the function ``value`` when compiling, so the
@@ -316,7 +362,7 @@ class Context:
 
 
 class Frame:
-    def __init__(self, source, env, glob, selfval=None, module_globals=None):
+    def __init__(self, source, env, glob, selfval=None, module_globals=None, fn=None, fn_path=None):
         self.source = source
         self.env = env
         self.glob = glob
@@ -325,6 +371,25 @@ class Frame:
         self.returned = False
         self.retval = None
         self.outer = None          # the enclosing frame, for nested functions
+        self.fn = fn               # the function whose names ``glob`` holds
+        self.fn_path = fn_path     # its guards path (None: not re-readable)
+
+    def nested(self, source, env):
+        """A frame sharing this one's globals (a nested def, a comprehension)."""
+        fr = Frame(source, env, self.glob, self.selfval, self.module_globals, self.fn, self.fn_path)
+        fr.outer = self
+        return fr
+
+    def name_path(self, name):
+        """The guards path of a free name of this function: its closure cell or global."""
+        if self.fn_path is None or self.fn is None:
+            return None
+        code = getattr(self.fn, "__code__", None)
+        if code is not None and name in code.co_freevars:
+            return self.fn_path + (("cell", code.co_freevars.index(name), name),)
+        if name in getattr(self.fn, "__globals__", {}):
+            return self.fn_path + (("global", name),)
+        return None
 
 
 class Builder:
@@ -347,9 +412,39 @@ class Builder:
         raise CompileError(msg, loc.filename if loc else None, loc.lineno if loc else None,
                            loc.col if loc else None, text, hint=hint)
 
+    # -- values from outside the traced code ---------------------------------
+    def outside(self, value, path, name=None):
+        """A value read from a closure cell, global, default or attribute at ``path``: an array
+        becomes an input read at run time; anything else a constant with a guard."""
+        if path is None or guards.stable(value):
+            return Static(value)
+        if isinstance(value, np.ndarray):
+            return self.ctx.free_input(path, value, name)
+        g = guards.guard_for(value)
+        if g is not None:
+            self.ctx.guard(path, *g)
+        if isinstance(value, np.generic):
+            value = value.item()
+        return Static(value, path)
+
+    def structure(self, v):
+        """The code depends on how many items (or which keys) the container ``v`` has."""
+        if isinstance(v, Static) and v.src is not None:
+            g = guards.structure_guard(v.value)
+            if g is not None:
+                self.ctx.guard(v.src, *g)
+
+    def items_of(self, v):
+        """The items of a constant list or tuple, each with its own path."""
+        self.structure(v)
+        if v.src is None or not isinstance(v.value, (list, tuple)):
+            return [x if isinstance(x, Static) else Static(x) for x in v.value]
+        return [self.outside(x, v.src + (("item", i),)) for i, x in enumerate(v.value)]
+
     # -- entry points ------------------------------------------------------
-    def call_function(self, fn, args, kwargs, selfval=None, node=None):
-        """Inline ``fn(*args, **kwargs)``; returns its value."""
+    def call_function(self, fn, args, kwargs, selfval=None, node=None, path=None):
+        """Inline ``fn(*args, **kwargs)``; returns its value. ``path``: where ``fn`` was read
+        from (its cells, globals and defaults are then guarded or read at run time)."""
         src = get_source(fn)
         code = getattr(fn, "__code__", None)
         if code in self.ctx.stack:
@@ -357,7 +452,7 @@ class Builder:
                        hint="rewrite it without recursion, or register it as a primitive with @fc.diffrule")
         self.ctx.inlined.append(fn)
         fdef = src.tree
-        env = self._bind(fdef.args, fn, args, kwargs, node, selfval)
+        env = self._bind(fdef.args, fn, args, kwargs, node, selfval, path=path)
         glob = dict(getattr(fn, "__globals__", {}))
         if getattr(fn, "__closure__", None):
             for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
@@ -365,7 +460,7 @@ class Builder:
                     glob[name] = cell.cell_contents
                 except ValueError:
                     pass
-        frame = Frame(src, env, glob, selfval, getattr(fn, "__globals__", None))
+        frame = Frame(src, env, glob, selfval, getattr(fn, "__globals__", None), fn, path)
         outer, self.frame = self.frame, frame
         saved_loc = self.ctx.loc
         self.ctx.stack.append(code)
@@ -384,8 +479,7 @@ class Builder:
         fake = types.SimpleNamespace(__defaults__=None, __kwdefaults__=None, __qualname__=lf.fdef.name)
         env = self._bind(lf.fdef.args, fake, args, kwargs, node, None,
                          defaults=lf.defaults, kwdefaults=lf.kwdefaults)
-        frame = Frame(lf.frame.source, env, lf.frame.glob, lf.frame.selfval)
-        frame.outer = lf.frame
+        frame = lf.frame.nested(lf.frame.source, env)
         outer, self.frame = self.frame, frame
         saved_loc = self.ctx.loc
         self.ctx.stack.append(key)
@@ -397,15 +491,21 @@ class Builder:
             self.ctx.loc = saved_loc
         return frame.retval if frame.returned else Static(None)
 
-    def _bind(self, a, fn, args, kwargs, node, selfval, defaults=None, kwdefaults=None):
+    def _bind(self, a, fn, args, kwargs, node, selfval, defaults=None, kwdefaults=None, path=None):
         env = {}
         params = [p.arg for p in a.posonlyargs + a.args]
         args = list(args)
         if selfval is not None:
             args = [selfval] + args
         if defaults is None:
-            defaults = [Static(d) for d in (getattr(fn, "__defaults__", None) or ())]
-            kwdefaults = {k: Static(v) for k, v in (getattr(fn, "__kwdefaults__", None) or {}).items()}
+            def step(*s):
+                return None if path is None else path + (s,)
+            raw = getattr(fn, "__defaults__", None) or ()
+            names = params[len(params) - len(raw):]
+            defaults = [self.outside(d, step("default", i), names[i] if i < len(names) else None)
+                        for i, d in enumerate(raw)]
+            kwdefaults = {k: self.outside(v, step("kwdefault", k), k)
+                          for k, v in (getattr(fn, "__kwdefaults__", None) or {}).items()}
         ndef = len(defaults)
         if len(args) > len(params) and a.vararg is None:
             self.error(f"{get_source(fn).owner}() takes {len(params)} positional arguments "
@@ -579,7 +679,7 @@ class Builder:
             return [self.call_primitive(getitem, [it, Static(i)], {}, node) for i in range(n)]
         if isinstance(it, Static):
             try:
-                return [Static(v) if not isinstance(v, Static) else v for v in it.value]
+                return self.items_of(it)
             except TypeError:
                 self.error(f"cannot iterate over {type(it.value).__name__}", node)
         self.error("'for' over an array or a run-time value cannot be compiled", node,
@@ -633,12 +733,12 @@ class Builder:
             return value.items
         if isinstance(value, Static):
             try:
-                items = list(value.value)
+                items = self.items_of(value)
             except TypeError:
                 self.error(f"cannot unpack {type(value.value).__name__}", node)
             if len(items) != n:
                 self.error(f"cannot unpack {len(items)} values into {n} names", node)
-            return [Static(v) for v in items]
+            return items
         if isinstance(value, Node):
             if value.arity is not None and value.arity != n:
                 self.error(f"cannot unpack {value.arity} values into {n} names", node)
@@ -670,7 +770,7 @@ class Builder:
             value = fr.glob[e.id]
             if fr.module_globals is not None and fr.module_globals.get(e.id, _MISSING) is value:
                 self.ctx.depend(fr.module_globals, e.id, value)
-            return Static(value)
+            return self.outside(value, fr.name_path(e.id), e.id)
         if hasattr(builtins, e.id):
             return Static(getattr(builtins, e.id))
         self.error(f"name {e.id!r} is not defined", e)
@@ -698,7 +798,9 @@ class Builder:
             if value is not _MISSING:
                 if isinstance(base.value, types.ModuleType):
                     self.ctx.depend(vars(base.value), name, value)
-                return Static(value)
+                if guards.stable(base.value) or base.src is None:
+                    return Static(value)
+                return self.outside(value, base.src + (("attr", name),), name)
             self.error(f"{type(base.value).__name__!s} has no attribute {name!r}", e)
         if isinstance(base, ModelRef):
             return self.model_attr(base, name, e)
@@ -755,12 +857,18 @@ class Builder:
             return self.classify(ref, name, vars(obj)[name], e)
         raw = inspect.getattr_static(cls, name, _MISSING) if cls is not None else _MISSING
         if raw is not _MISSING:
+            base = self.ctx.field_path(ref.base, ref.path)
             if isinstance(raw, staticmethod):
-                return Static(raw.__func__)
+                return self.outside(raw.__func__, None if base is None else base + (("attr", name),), name)
             if isinstance(raw, classmethod):
                 self.error("classmethods are not supported inside forward", e)
             if isinstance(raw, types.FunctionType):
-                return UserMethod(ref, raw)
+                path = None
+                if base is not None:
+                    on_class = obj is None and ref.base == "self" and not ref.path
+                    path = base + ((("attr", name),) if on_class else (("cls",), ("attr", name)))
+                    self.ctx.guard(path, "code", raw.__code__)
+                return UserMethod(ref, raw, path)
             if isinstance(raw, property):
                 self.error(f"property {name!r} is not supported inside forward", e,
                            hint="compute the value in forward or store it in __init__")
@@ -790,9 +898,13 @@ class Builder:
         index = self.eval_index(e.slice)
         if isinstance(base, Static) and isinstance(index, Static):
             try:
-                return _static(base.value[index.value])
+                got = base.value[index.value]
             except Exception as err:
                 self.error(f"indexing failed at compile time: {err}", e)
+            if base.src is not None and guards.value_token(index.value) is not None:
+                return self.outside(got, base.src + (("item", index.value),),
+                                    index.value if isinstance(index.value, str) else None)
+            return _static(got)
         if isinstance(base, Seq):
             if not isinstance(index, Static):
                 self.error("a tuple can only be indexed by a constant", e)
@@ -912,9 +1024,7 @@ class Builder:
         """``[f(x) for x in xs if c]``: unrolled at compile time (xs known, or guarded by length)."""
         items = []
         outer = self.frame
-        frame = Frame(outer.source, {}, outer.glob, outer.selfval)
-        frame.outer = outer
-        self.frame = frame
+        self.frame = outer.nested(outer.source, {})
         try:
             self._comprehend(e.generators, 0, lambda: items.append(self.eval(e.elt)))
         finally:
@@ -948,7 +1058,7 @@ class Builder:
                 if isinstance(v, Seq):
                     args.extend(v.items)
                 elif isinstance(v, Static) and isinstance(v.value, (tuple, list)):
-                    args.extend(Static(x) for x in v.value)
+                    args.extend(self.items_of(v))
                 elif isinstance(v, Node) and v.arity is not None:
                     args.extend(self.unpack(v, v.arity, a))
                 else:
@@ -960,7 +1070,9 @@ class Builder:
             if k.arg is None:
                 v = self.eval(k.value)
                 if isinstance(v, Static) and isinstance(v.value, dict):
-                    kwargs.update({kk: Static(vv) for kk, vv in v.value.items()})
+                    self.structure(v)
+                    kwargs.update({kk: self.outside(vv, None if v.src is None else v.src + (("item", kk),), kk)
+                                   for kk, vv in v.value.items()})
                 else:
                     self.error("**kwargs needs a dict known at compile time", k)
             else:
@@ -971,7 +1083,7 @@ class Builder:
         if isinstance(f, BoundMethod):
             return self.call_method(f, args, kwargs, e)
         if isinstance(f, UserMethod):
-            return self.call_function(f.fn, args, kwargs, selfval=f.selfval, node=e)
+            return self.call_function(f.fn, args, kwargs, selfval=f.selfval, node=e, path=f.path)
         if isinstance(f, ModelRef):
             return self.call_model(f, args, kwargs, e)
         if isinstance(f, LocalFunction):
@@ -985,9 +1097,9 @@ class Builder:
             self.error("calling a run-time value is not supported", e,
                        hint="store functions and sub-models as attributes set in __init__")
         fn = f.value
-        return self.call_static(fn, args, kwargs, e)
+        return self.call_static(fn, args, kwargs, e, f.src)
 
-    def call_static(self, fn, args, kwargs, e):
+    def call_static(self, fn, args, kwargs, e, path=None):
         if fn is print:
             self.error("print is not supported inside forward", e,
                        hint="use fc.shapes(model, x) to see every value's shape")
@@ -1039,6 +1151,8 @@ class Builder:
         if fn is range and any(isinstance(a, Node) for a in args):
             args = [Static(self.concrete_int(a, e, "range(...)")) for a in args]
         if fn in STATIC_BUILTINS or fn is np.shape:
+            for a in list(args) + list(kwargs.values()):
+                self.structure(a)
             if all(isinstance(a, Static) for a in args) and all(isinstance(v, Static) for v in kwargs.values()):
                 try:
                     return _static(fn(*[a.value for a in args], **{k: v.value for k, v in kwargs.items()}))
@@ -1059,7 +1173,7 @@ class Builder:
                 return self.eval_Attribute_value(args[0], args[1].value, e)
             self.error(f"{fn.__name__}() needs arguments known at compile time here", e)
         if _inlinable(fn):
-            return self.call_function(fn, args, kwargs, node=e)
+            return self.call_function(fn, args, kwargs, node=e, path=path)
         if isinstance(fn, type) and issubclass(fn, BaseException):
             if all(isinstance(a, Static) for a in args) and not kwargs:
                 return Static(fn(*[a.value for a in args]))
@@ -1176,6 +1290,8 @@ class Builder:
         if isinstance(v, Node):
             return v
         if isinstance(v, Static):
+            if v.src is not None and guards.value_token(v.value) is None:
+                self.ctx.guard(v.src, "is", guards._ref(v.value))   # this very object is baked in
             return self.ctx.add(Node("const", value=v.value))
         if isinstance(v, Seq):
             items = [self.as_node(x, e) for x in v.items]
@@ -1267,8 +1383,11 @@ def classify_value(b, base, path, value, e):
         return n
     if is_model(value):
         return ModelRef(base, path, value)
+    src = b.ctx.field_path(base, path)
     if isinstance(value, (list, tuple)):
         items = [classify_value(b, base, path + (i,), v, e) for i, v in enumerate(value)]
+        if src is not None:
+            b.ctx.guard(src, *guards.structure_guard(value))
         if all(isinstance(i, Static) for i in items):
             return Static(type(value)(i.value for i in items))
         return Seq(items)
@@ -1276,7 +1395,7 @@ def classify_value(b, base, path, value, e):
         n = b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
         n.meta["shape"] = tuple(np.shape(value))
         return n
-    return Static(value)
+    return b.outside(value, src, str(path[-1]) if path else None)
 
 
 def attr_token(value):

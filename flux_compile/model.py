@@ -19,6 +19,8 @@ array([[4., 4.]])
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from .compiler import compile_model, run_guarded
@@ -167,15 +169,16 @@ class Model:
 
 
 _MISSING = object()
-_signatures = {}
+_signatures = weakref.WeakKeyDictionary()      # class -> (forward, its signature); classes may be dropped
 
 
 def _forward_signature(cls):
+    fn = cls.forward
     sig = _signatures.get(cls)
-    if sig is None:
+    if sig is None or sig[0] is not fn:             # Class.forward reassigned
         import inspect
-        sig = _signatures[cls] = inspect.signature(cls.forward)
-    return sig
+        sig = _signatures[cls] = (fn, inspect.signature(fn))
+    return sig[1]
 
 
 def _arity(cls):
@@ -200,7 +203,7 @@ def _run(model, c, args, method):
     """Run a generated function; with guards, the variant for this call's path."""
     def call(variant):
         try:
-            return getattr(variant, method)(model, *args)
+            return getattr(variant, method)(model, *args, *variant.read_free(model, ()))
         except Retrace:
             raise
         except Exception as e:

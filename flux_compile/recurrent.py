@@ -22,6 +22,7 @@ time; gradients reach the initial state when a sequence began from it.
 from __future__ import annotations
 
 import ast
+import weakref
 
 import numpy as np
 
@@ -35,16 +36,19 @@ from .params import Param, is_model, submodels
 # the compiler's side: state attributes become inputs and outputs
 
 
-_names_cache = {}
+_names_cache = weakref.WeakKeyDictionary()     # class -> {code of forward: names}
 
 
 def state_names(cls):
     """Attributes assigned as ``self.NAME = ...`` (or ``+=``) in ``forward``, in order."""
     fn = getattr(cls, "forward", None)
-    key = (cls, getattr(fn, "__code__", None))
-    if key not in _names_cache:
-        _names_cache[key] = _scan_state_names(fn)
-    return _names_cache[key]
+    code = getattr(fn, "__code__", None)
+    per_class = _names_cache.get(cls)
+    if per_class is None:
+        per_class = _names_cache[cls] = {}
+    if code not in per_class:
+        per_class[code] = _scan_state_names(fn)
+    return per_class[code]
 
 
 def _scan_state_names(fn):
