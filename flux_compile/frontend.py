@@ -28,6 +28,7 @@ import inspect
 import operator
 import textwrap
 import types
+import weakref
 
 import numpy as np
 
@@ -195,6 +196,12 @@ class Source:
         self.offset = start - 1
         self.text = text
         self.owner = getattr(fn, "__qualname__", getattr(fn, "__name__", "?"))
+        if not _compiles_to(fn, filename):
+            raise CompileError(
+                f"the source of {self.owner} was edited after it was imported: the file no longer "
+                "matches the code that runs", filename, start, text=lines[0].rstrip("\n") if lines else None,
+                hint="reload the module (importlib.reload) or restart Python, so that the code that "
+                     "runs is the code in the file")
         if getattr(fn, "__name__", "") == "<lambda>":
             self.tree = _find_lambda(text, fn, filename, start)
         else:
@@ -222,6 +229,56 @@ class Source:
             seg = f"for {target} in {it}:" if target and it else seg
         text = " ".join(seg.split()) if seg else ""
         return Loc(self.filename, lineno, col, text, owner or self.owner)
+
+
+_FUTURE_FLAGS = 0
+for _name in __import__("__future__").all_feature_names:
+    _FUTURE_FLAGS |= getattr(__import__("__future__"), _name).compiler_flag
+_compiled_files = {}     # filename -> (text, its module code), the last one read
+
+
+def _compiles_to(fn, filename):
+    """Does the file, as it reads now, define the code that runs? False when it was edited
+    after the module was imported (compiling it would compile text that never ran)."""
+    import linecache
+    try:
+        code = inspect.unwrap(fn).__code__
+    except (AttributeError, ValueError):
+        return True
+    text = "".join(linecache.getlines(filename))
+    if not text:
+        return True
+    cached = _compiled_files.get(filename)
+    if cached is None or cached[0] != text:
+        try:
+            module = compile(text, code.co_filename, "exec", flags=code.co_flags & _FUTURE_FLAGS,
+                             dont_inherit=True)
+        except (SyntaxError, ValueError):
+            module = None
+        if len(_compiled_files) > 64:
+            _compiled_files.clear()
+        cached = _compiled_files[filename] = (text, module)
+    module = cached[1]
+    if module is None:
+        return False
+    return any(_same_bytecode(c, code) for c in _codes_at(module, code.co_name, code.co_firstlineno))
+
+
+def _codes_at(code, name, line):
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            if c.co_name == name and c.co_firstlineno == line:
+                yield c
+            yield from _codes_at(c, name, line)
+
+
+def _same_bytecode(a, b):
+    if (a.co_code, a.co_names, a.co_varnames, a.co_freevars) != (b.co_code, b.co_names, b.co_varnames, b.co_freevars):
+        return False
+    ca = [c for c in a.co_consts if isinstance(c, types.CodeType)]
+    cb = [c for c in b.co_consts if isinstance(c, types.CodeType)]
+    plain = [[(type(c), repr(c)) for c in x.co_consts if not isinstance(c, types.CodeType)] for x in (a, b)]
+    return plain[0] == plain[1] and len(ca) == len(cb) and all(_same_bytecode(x, y) for x, y in zip(ca, cb))
 
 
 def _find_lambda(text, fn, filename, start):
@@ -272,16 +329,17 @@ def _same_code(lam, fn, exact=True):
         and a.co_consts == b.co_consts
 
 
-_sources = {}
+_sources = weakref.WeakKeyDictionary()      # code object -> Source (dropped with the code)
 
 
 def get_source(fn):
-    key = getattr(fn, "__code__", fn)
-    try:
-        return _sources[key]
-    except KeyError:
-        s = _sources[key] = Source(fn)
-        return s
+    key = getattr(fn, "__code__", None)
+    s = _sources.get(key) if key is not None else None
+    if s is None:
+        s = Source(fn)
+        if key is not None:
+            _sources[key] = s
+    return s
 
 
 # --------------------------------------------------------------------------
@@ -1414,8 +1472,11 @@ def attr_token(value):
         return ("value", value)
     if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, np.ufunc, type)):
         return ("fn", getattr(value, "__module__", None), getattr(value, "__qualname__", repr(value)))
-    from .compiler import freeze
-    return ("object", type(value).__qualname__, freeze(value))
+    token = guards.value_token(value)
+    if token is not None:
+        return ("object", token)
+    # dicts and other objects: what forward reads of them is guarded field by field (guards.py)
+    return ("object", type(value).__module__, type(value).__qualname__)
 
 
 # --------------------------------------------------------------------------
