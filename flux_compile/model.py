@@ -175,10 +175,10 @@ _signatures = weakref.WeakKeyDictionary()      # class -> (forward, its signatur
 def _forward_signature(cls):
     fn = cls.forward
     sig = _signatures.get(cls)
-    if sig is None or sig[0] is not fn:             # Class.forward reassigned
-        import inspect
-        sig = _signatures[cls] = (fn, inspect.signature(fn))
-    return sig[1]
+    if sig is None or sig[0] is not fn or sig[1] is not getattr(fn, "__defaults__", None):
+        import inspect                              # Class.forward or its defaults reassigned
+        sig = _signatures[cls] = (fn, getattr(fn, "__defaults__", None), inspect.signature(fn))
+    return sig[2]
 
 
 def _arity(cls):
