@@ -72,8 +72,9 @@ class Compiled:
     def current(self, root=None, args=()):
         """False once a function the code was built from has been redefined, or (given the
         root: the model instance or the function) once a value it baked in has changed."""
-        if not all(ns.get(name) is fn for ns, name, fn in self.deps):
-            return False
+        for ns, name, fn in self.deps:
+            if ns.get(name) is not fn:
+                return False
         return root is None or self.check(root, args)
 
     # -- errors inside generated code -------------------------------------------

@@ -393,7 +393,9 @@ class Context:
         name = self.free_names.get(path)
         if name is None:
             taken = {i.name for i in self.graph.inputs} | set(self.free_names.values()) | {"self"}
-            base = hint if isinstance(hint, str) and hint.isidentifier() else "captured"
+            base = guards.name_hint(path)
+            if base == "captured" and isinstance(hint, str) and hint.isidentifier():
+                base = hint
             name, i = base, 1
             while name in taken:
                 name, i = f"{base}_{i}", i + 1

@@ -197,6 +197,23 @@ def compile_reader(paths):
     return rd.env["read"]
 
 
+def name_hint(path):
+    """A variable name for the value at ``path``: ``xb`` for a cell or global, ``cfg_b`` for
+    ``self.cfg["b"]``, ``consts_V`` for ``consts.V``."""
+    parts = []
+    for step in reversed(path):
+        k = step[0]
+        if k in ("attr", "item"):
+            parts.append(str(step[1]))
+        elif k in ("cell", "global", "kwdefault"):
+            parts.append(str(step[-1]))
+            break
+        else:
+            break
+    name = "_".join(reversed(parts))
+    return name if name.isidentifier() else "captured"
+
+
 def describe(path):
     """``forward.__closure__['scale']``-style text for messages and the guard list."""
     out = []

@@ -19,8 +19,6 @@ array([[4., 4.]])
 """
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 
 from .compiler import compile_model, run_guarded
@@ -169,15 +167,17 @@ class Model:
 
 
 _MISSING = object()
-_signatures = weakref.WeakKeyDictionary()      # class -> (forward, its signature); classes may be dropped
 
 
 def _forward_signature(cls):
+    """``inspect.signature(cls.forward)``, kept on the class (so it goes when the class goes)
+    and taken again when ``forward`` or its defaults are reassigned."""
     fn = cls.forward
-    sig = _signatures.get(cls)
+    sig = cls.__dict__.get("_fc_signature")
     if sig is None or sig[0] is not fn or sig[1] is not getattr(fn, "__defaults__", None):
-        import inspect                              # Class.forward or its defaults reassigned
-        sig = _signatures[cls] = (fn, getattr(fn, "__defaults__", None), inspect.signature(fn))
+        import inspect
+        sig = (fn, getattr(fn, "__defaults__", None), inspect.signature(fn))
+        type.__setattr__(cls, "_fc_signature", sig)
     return sig[2]
 
 
@@ -203,7 +203,9 @@ def _run(model, c, args, method):
     """Run a generated function; with guards, the variant for this call's path."""
     def call(variant):
         try:
-            return getattr(variant, method)(model, *args, *variant.read_free(model, ()))
+            if variant.free_paths:          # arrays the code reads at run time (guards.py)
+                return getattr(variant, method)(model, *args, *variant.read_free(model, ()))
+            return getattr(variant, method)(model, *args)
         except Retrace:
             raise
         except Exception as e:

@@ -22,7 +22,6 @@ time; gradients reach the initial state when a sequence began from it.
 from __future__ import annotations
 
 import ast
-import weakref
 
 import numpy as np
 
@@ -36,19 +35,16 @@ from .params import Param, is_model, submodels
 # the compiler's side: state attributes become inputs and outputs
 
 
-_names_cache = weakref.WeakKeyDictionary()     # class -> {code of forward: names}
-
-
 def state_names(cls):
-    """Attributes assigned as ``self.NAME = ...`` (or ``+=``) in ``forward``, in order."""
+    """Attributes assigned as ``self.NAME = ...`` (or ``+=``) in ``forward``, in order.
+    Kept on the class (it goes when the class goes), per code of ``forward``."""
     fn = getattr(cls, "forward", None)
     code = getattr(fn, "__code__", None)
-    per_class = _names_cache.get(cls)
-    if per_class is None:
-        per_class = _names_cache[cls] = {}
-    if code not in per_class:
-        per_class[code] = _scan_state_names(fn)
-    return per_class[code]
+    known = cls.__dict__.get("_fc_state_names")
+    if known is None or known[0] is not code:
+        known = (code, _scan_state_names(fn))
+        type.__setattr__(cls, "_fc_state_names", known)
+    return known[1]
 
 
 def _scan_state_names(fn):
