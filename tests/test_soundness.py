@@ -771,3 +771,95 @@ def test_guards_are_a_plain_list():
     assert isinstance(c.guards, list)
     assert all(isinstance(p, tuple) and isinstance(k, str) for p, k, _ in c.guards)
     assert c.free_paths == [(("cell", 0, "a"),)]
+
+
+# ---------------------------------------------------------------------------
+# more shapes of the same classes
+
+
+def test_captured_array_decides_a_branch():
+    x = rng.normal(size=3)
+    for sign in (1.0, -1.0, 1.0, -1.0):
+        a = sign * np.abs(rng.normal(size=3))
+
+        def f(x):
+            if np.sum(a) > 0:
+                return np.sum(np.sin(x) * a)
+            return np.sum(np.cos(x) * a)
+        check_grad(f, x)
+
+
+def test_captured_list_of_arrays():
+    x = rng.normal(size=3)
+    for n in (2, 3, 3, 1):
+        ws = [rng.normal(size=3) for _ in range(n)]
+        check_grad(lambda x: sum(np.sum(np.tanh(x * w)) for w in ws), x)
+
+
+def test_captured_shape_tuple():
+    x = rng.normal(size=6)
+    for shape in ((2, 3), (3, 2), (6, 1)):
+        check_grad(lambda x: np.sum(np.tanh(x.reshape(shape))[0]), x)
+
+
+def test_global_helper_closure_rebound(gmod):
+    def make(a):
+        def scaled(z):
+            return z * a
+        return scaled
+    gmod.act = make(np.array([1.0, -2.0, 3.0]))
+    x = rng.normal(size=3)
+    check_grad(gmod.f_fn, x)
+    gmod.act = make(np.array([0.5, 0.5, -7.0]))
+    check_grad(gmod.f_fn, x)
+
+
+def test_dict_of_functions_mutated():
+    acts = {"a": np.tanh}
+    x = rng.normal(size=3)
+    f = lambda x: np.sum(acts["a"](x))      # noqa: E731
+    check_grad(f, x)
+    acts["a"] = np.sin
+    check_grad(f, x)
+
+
+def test_sub_model_dict_read_by_the_parent():
+    @fc.net
+    class Parent:
+        def __init__(self):
+            self.child = Configured()
+
+        def forward(self, x):
+            return self.child(x) * self.child.cfg["s"]
+    m = Parent()
+    x = rng.normal(size=(2, 3))
+    assert np.allclose(m(x), configured_numpy(m.child, x) * m.child.cfg["s"])
+    m.child.cfg["s"] = -0.75
+    assert np.allclose(m(x), configured_numpy(m.child, x) * -0.75)
+
+
+def test_recurrent_model_with_a_dict_array_attribute():
+    @fc.net
+    class Acc:
+        def __init__(self):
+            self.cfg = {"g": np.array([1.0, 2.0, 3.0])}
+            self.h = np.zeros((1, 3))
+
+        def forward(self, x):
+            self.h = np.tanh(self.h + x * self.cfg["g"])
+            return self.h
+    m = Acc()
+    xs = [rng.normal(size=(1, 3)) for _ in range(3)]
+
+    def ref(g):
+        h = np.zeros((1, 3))
+        out = []
+        for x in xs:
+            h = np.tanh(h + x * g)
+            out.append(h)
+        return out
+    for g in (np.array([1.0, 2.0, 3.0]), np.array([-1.0, 0.5, 0.0])):
+        m.cfg["g"] = g
+        m.reset()
+        for y, want in zip([m(x) for x in xs], ref(g)):
+            assert np.allclose(y, want)
