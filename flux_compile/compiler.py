@@ -276,12 +276,13 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     state2 = state_factory() if state_factory else None
     train_g, _, ctx2 = _trace(label, fn, selfval, input_specs, True, state2, _arity_of, generic_cls,
                               values, ctx1.free_names)
-    joint = differentiate(train_g)
+    joint = differentiate(train_g, traced=ctx2)
     r2 = passes.optimize(train_g)
     joint.resolved_grads = [r2(x) if x is not None else None for x in joint.input_grads]
     sp = passes.split(joint, r2)
-    free_paths = list(dict.fromkeys(list(ctx1.free) + list(ctx2.free)))
-    free_names = {**ctx1.free_names, **ctx2.free_names}
+    ctx3 = joint.ctx
+    free_paths = list(dict.fromkeys(list(ctx1.free) + list(ctx2.free) + list(ctx3.free)))
+    free_names = {**ctx1.free_names, **ctx2.free_names, **ctx3.free_names}
     params_in_sig = list(params_in_sig) + [free_names[p] for p in free_paths]
     input_names = [n.name for n in infer_g.inputs]
     source, namespace, linemap, filename, objects = _emit(label, owner, infer_g, joint, sp, input_names,
@@ -304,7 +305,7 @@ def build(label, owner, fn, selfval, input_specs, params_in_sig, state_factory=N
     c.state_names = list(state.names) if state is not None else []
     c.guarded = ctx1.guards > 0 or ctx2.guards > 0
     c.alternatives = [c]
-    c.set_guards({**ctx1.baked, **ctx2.baked}, free_paths)
+    c.set_guards({**ctx1.baked, **ctx2.baked, **ctx3.baked}, free_paths)
     for graph in (infer_g, train_g):      # the cache must not keep the first instance alive
         for n in graph.nodes:
             n.meta.pop("obj", None)

@@ -487,6 +487,11 @@ class Builder:
             value = value.item()
         return Static(value, path)
 
+    def baked_callee(self, fn, path):
+        """``fn`` is called by the generated code itself (not inlined): that very object."""
+        if path is not None and isinstance(fn, types.FunctionType):
+            self.ctx.guard(path, "is", guards._ref(fn))
+
     def structure(self, v):
         """The code depends on how many items (or which keys) the container ``v`` has."""
         if isinstance(v, Static) and v.src is not None:
@@ -1184,6 +1189,7 @@ class Builder:
             if summed is not None:
                 return summed
         if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
+            self.baked_callee(fn, path)
             return self.call_primitive(fn, args, kwargs, e)
         if fn is len:
             (x,) = args
@@ -1242,6 +1248,7 @@ class Builder:
             self.error(f"{type(fn).__name__} object is not callable", e)
         # any other callable (NumPy without a rule, math, ...) is an opaque primitive;
         # autodiff complains only if a gradient has to flow through it.
+        self.baked_callee(fn, path)
         return self.call_primitive(fn, args, kwargs, e)
 
     def _static_unbroadcast(self, g, target, e):

@@ -6,6 +6,7 @@ to read it again from the *root* of the compile (the function given to ``fc.grad
 or the model instance). A path is a tuple of steps::
 
     ("arg", i)          the i-th argument (first step only)
+    ("obj", ref)        the object ``ref()`` (first step only; a derivative rule)
     ("cls",)            type(obj)
     ("attr", name)      getattr(obj, name)
     ("item", key)       obj[key]
@@ -127,6 +128,8 @@ class _Render:
             k = step[0]
             if k == "arg":
                 s = f"a[{step[1]}]"
+            elif k == "obj":
+                s = f"{self.const(step[1])}()"
             elif k == "cls":
                 s = f"type({s})"
             elif k == "attr":
@@ -219,7 +222,7 @@ def describe(path):
     out = []
     for step in path:
         k = step[0]
-        out.append({"arg": lambda s: f"arg{s[1]}", "cls": lambda s: "type()",
+        out.append({"arg": lambda s: f"arg{s[1]}", "cls": lambda s: "type()", "obj": lambda s: repr(s[1]()),
                     "attr": lambda s: f".{s[1]}", "item": lambda s: f"[{s[1]!r}]",
                     "cell": lambda s: f"<closure {s[2]}>", "global": lambda s: f"<global {s[1]}>",
                     "default": lambda s: f"<default {s[1]}>",

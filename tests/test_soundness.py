@@ -863,3 +863,54 @@ def test_recurrent_model_with_a_dict_array_attribute():
         m.reset()
         for y, want in zip([m(x) for x in xs], ref(g)):
             assert np.allclose(y, want)
+
+
+def test_user_derivative_rule_reading_globals(tmp_path):
+    mod = load_module(tmp_path, "fc_sound_rule", """
+        import numpy as np
+        import flux_compile as fc
+        K = 2.0
+        G = np.array([1.0, 1.0, 1.0])
+
+        def myfn(x):
+            return x * 3.0
+
+        @fc.diffrule(myfn)
+        def _(dy, y, x):
+            return dy * K * G        # deliberately not 3: shows which values the rule used
+
+        def f(x):
+            return np.sum(myfn(x))
+    """)
+    x = rng.normal(size=3)
+    for k, g in ((2.0, None), (5.0, None), (5.0, np.array([1.0, -2.0, 3.0]))):
+        mod.K = k
+        if g is not None:
+            mod.G = g
+        value, (dx,) = fc.grad(mod.f, x)
+        assert np.isclose(value, np.sum(x * 3.0))
+        assert np.allclose(dx, mod.K * mod.G)
+
+
+def test_primitive_rebound_to_another_closure_of_its_def(tmp_path):
+    mod = load_module(tmp_path, "fc_sound_prim", """
+        import numpy as np
+        import flux_compile as fc
+
+        def make(k):
+            def prim(x):
+                return x * k
+
+            @fc.diffrule(prim)
+            def _(dy, y, x):
+                return dy * k
+            return prim
+        P = make(2.0)
+
+        def f(x):
+            return np.sum(P(x))
+    """)
+    x = rng.normal(size=3)
+    for k in (2.0, -3.0, 0.5):
+        mod.P = mod.make(k)
+        check_grad(mod.f, x)
