@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import linecache
 import sys
 import types
 import weakref
@@ -155,7 +156,7 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
         out = b.call_primitive(fn, args, {}, None)      # fc.grad of a primitive itself
     else:
         root = () if selfval is None else (("attr", "forward"),) if generic_cls is not None \
-            else (("cls",), ("attr", "forward"))
+            else FORWARD_PATH
         if selfval is not None:
             ctx.guard(root, "code", fn.__code__)    # Class.forward reassigned: not this code
         out = b.call_function(fn, args, {}, selfval=selfval, path=root)
@@ -344,10 +345,12 @@ class VariantCache:
         limit = self.limit or MAX_VARIANTS
         while self.count > limit:
             oldest_key, oldest = next(iter(self.entries.items()))
-            oldest.pop()
+            gone = oldest.pop()
             self.count -= 1
             if not oldest:
                 del self.entries[oldest_key]
+            if not any(gone in v for v in self.entries.values()):
+                linecache.cache.pop(gone.filename, None)     # its generated text goes with it
 
 
 _class_caches = weakref.WeakKeyDictionary()      # model class -> VariantCache
@@ -509,10 +512,23 @@ def _from_disk(cls, key, make):
         c.deps = meta["deps"]
         c.from_disk = True
         c.rebuild = make
+        c.set_guards({(FORWARD_PATH, "code"): cls.forward.__code__}, [])
         return c
     c = make()
-    diskcache.store(dkey, c, c.namespace_objects, c.inlined)
+    if _disk_safe(c):
+        diskcache.store(dkey, c, c.namespace_objects, c.inlined)
     return c
+
+
+FORWARD_PATH = (("cls",), ("attr", "forward"))
+_KEYED_KINDS = ("code", "len")      # guards the disk key and its source hashes already cover
+
+
+def _disk_safe(c):
+    """Can a later process reuse ``c`` from disk? Not while it reads arrays at run time or was
+    built from values (globals, cells, fields) that only its guards check: the disk entry keeps
+    no guards yet (``c.guards`` is the list to persist)."""
+    return not c.free_paths and all(kind in _KEYED_KINDS for _, kind, _ in c.guards)
 
 
 def _compile_model(cls, inst, text, ikey=None, values=None):
