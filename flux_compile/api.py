@@ -159,7 +159,7 @@ def forward_function(c, f, args):
             raise
         except Exception as e:
             _reraise(variant, e, "forward")
-    return run_guarded(c, call, lambda: compile_function(f, args, fresh=True))
+    return run_guarded(c, call, lambda: compile_function(f, args, fresh=True), f, args)
 
 
 def _reraise(c, e, direction):

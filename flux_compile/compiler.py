@@ -684,16 +684,16 @@ def _compile_function(fn, args, cache, fresh=False):
     return c
 
 
-def run_guarded(c, call, recompile):
-    """``call(c)``; when a guard fails, try the other variants, then compile a new one.
-    Returns ``(variant, result)``."""
+def run_guarded(c, call, recompile, root=None, args=()):
+    """``call(c)``; when a guard fails, try the other variants (those still valid for ``root``:
+    each may have baked in other values), then compile a new one. Returns ``(variant, result)``."""
     from .errors import Retrace
     try:
         return c, call(c)
     except Retrace:
         pass
     for alt in list(c.alternatives):
-        if alt is c:
+        if alt is c or not alt.current(root, args):
             continue
         try:
             return alt, call(alt)

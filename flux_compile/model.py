@@ -220,7 +220,7 @@ def _run(model, c, args, method):
         except Retrace:
             restore_states(snap)
             raise
-    c2, result = run_guarded(c, attempt, lambda: compile_model(model, args, fresh=True))
+    c2, result = run_guarded(c, attempt, lambda: compile_model(model, args, fresh=True), model)
     if c2 is not c:
         from .compiler import _remember, input_key
         _remember(model, input_key(args), c2)

@@ -221,6 +221,11 @@ def helper(x, k=2.0):
 
 def f_helper_default(x):
     return np.sum(helper(x) ** 2)
+
+def f_branch(x):
+    if np.sum(x) > 0:
+        return np.sum(x ** 2) * S
+    return np.sum(x)
 """
 
 
@@ -914,3 +919,13 @@ def test_primitive_rebound_to_another_closure_of_its_def(tmp_path):
     for k in (2.0, -3.0, 0.5):
         mod.P = mod.make(k)
         check_grad(mod.f, x)
+
+
+def test_branch_variants_each_check_their_own_guards(gmod):
+    """A variant for the other branch read a global the first one did not: switching branches
+    after the global changed must not reuse it."""
+    pos, neg = np.abs(rng.normal(size=3)), -np.abs(rng.normal(size=3))
+    for s in (2.0, 3.0, -1.0):
+        gmod.S = s
+        for x in (neg, pos, neg, pos):
+            check_grad(gmod.f_branch, x)
