@@ -65,7 +65,9 @@ class Compiled:
 
     def set_guards(self, baked, free_paths):
         """Guards as ``{(path, kind): expected}``; arrays at ``free_paths`` are extra inputs."""
-        self.guards = [(path, kind, expected) for (path, kind), expected in baked.items()]
+        identity = {path for path, kind in baked if kind == "is"}     # implies the same code
+        self.guards = [(path, kind, expected) for (path, kind), expected in baked.items()
+                       if not (kind == "code" and path in identity)]
         self.free_paths = list(free_paths)
         self.check = compile_checks(self.guards)
         self.read_free = compile_reader(self.free_paths)

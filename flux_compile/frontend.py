@@ -516,6 +516,8 @@ class Builder:
             self.error(f"recursive call of {src.owner} cannot be inlined", node,
                        hint="rewrite it without recursion, or register it as a primitive with @fc.diffrule")
         self.ctx.inlined.append(fn)
+        if (getattr(fn, "__module__", "") or "").startswith("flux_compile"):
+            path = None                 # the library's own globals and defaults are not guarded
         fdef = src.tree
         env = self._bind(fdef.args, fn, args, kwargs, node, selfval, path=path)
         glob = dict(getattr(fn, "__globals__", {}))
@@ -919,7 +921,11 @@ class Builder:
             if v is not None:
                 return v
         if obj is not None and name in vars(obj):
-            return self.classify(ref, name, vars(obj)[name], e)
+            value = vars(obj)[name]
+            if ref.base == "self" and not ref.path and isinstance(value, KEYED_ATTRS) \
+                    and self.ctx.generic_cls is None:
+                return Static(value)    # in the cache key (model_signature); reassigning recompiles
+            return self.classify(ref, name, value, e)
         raw = inspect.getattr_static(cls, name, _MISSING) if cls is not None else _MISSING
         if raw is not _MISSING:
             base = self.ctx.field_path(ref.base, ref.path)
@@ -1372,6 +1378,7 @@ class Builder:
 
 
 _NOT_CONST = object()
+KEYED_ATTRS = (bool, int, str, type(None), np.dtype)    # attr_token keeps their value
 
 
 def _unbroadcast():

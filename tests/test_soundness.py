@@ -929,3 +929,40 @@ def test_branch_variants_each_check_their_own_guards(gmod):
         gmod.S = s
         for x in (neg, pos, neg, pos):
             check_grad(gmod.f_branch, x)
+
+
+def test_int_attributes_of_the_model_its_class_and_its_child():
+    @fc.net
+    class Child:
+        def __init__(self):
+            self.k = 2
+
+        def forward(self, x):
+            return x * self.k
+
+    @fc.net
+    class Reps:
+        N = 2
+
+        def __init__(self):
+            self.m = 1
+            self.child = Child()
+
+        def forward(self, x):
+            for _ in range(self.N + self.m + self.child.k):
+                x = np.sin(x)
+            return self.child(x)
+
+    def ref(r, x):
+        for _ in range(Reps.N + r.m + r.child.k):
+            x = np.sin(x)
+        return x * r.child.k
+    r = Reps()
+    x = rng.normal(size=(2, 3))
+    assert np.allclose(r(x), ref(r, x))
+    r.m = 3                                   # the instance's own attribute
+    assert np.allclose(r(x), ref(r, x))
+    Reps.N = 0                                # the class's
+    assert np.allclose(r(x), ref(r, x))
+    r.child.k = 4                             # a child's, read by the parent
+    assert np.allclose(r(x), ref(r, x))
