@@ -649,13 +649,10 @@ def compile_function(fn, args, fresh=False):
         c = cache.find(fast, fn, args)
         if c is not None:
             return c
-    c = _compile_function(fn, args, cache, fresh)
-    if fast is not None:
-        cache.add(fast, c)
-    return c
+    return _compile_function(fn, args, cache, fresh, fast)
 
 
-def _compile_function(fn, args, cache, fresh=False):
+def _compile_function(fn, args, cache, fresh=False, fast=None):
     if not isinstance(fn, types.FunctionType):
         raise TypeError(f"fc.grad needs a Python function or a @net model, got {type(fn).__name__}")
     try:
@@ -673,8 +670,8 @@ def _compile_function(fn, args, cache, fresh=False):
     if not primitive:
         get_source(fn)              # the source matches the code (or a clear error)
     from .rules import GENERATION
-    key = (tuple(_spec_token(s) for s in specs), GENERATION[0])
-    c = cache.find(key, fn, args)
+    key = fast if fast is not None else (tuple(_spec_token(s) for s in specs), GENERATION[0])
+    c = cache.find(key, fn, args) if fast is None or fresh else None     # (compile_function looked)
     if c is None or fresh:
         values = {n: a for n, a in zip(names, args)}
         new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, names or ["_"], values=values)

@@ -245,6 +245,9 @@ def _compiles_to(fn, filename):
         code = inspect.unwrap(fn).__code__
     except (AttributeError, ValueError):
         return True
+    import os
+    if not os.path.isfile(filename):       # a notebook cell or an exec'd string cannot be edited
+        return True
     text = "".join(linecache.getlines(filename))
     if not text:
         return True

@@ -966,3 +966,37 @@ def test_int_attributes_of_the_model_its_class_and_its_child():
     assert np.allclose(r(x), ref(r, x))
     r.child.k = 4                             # a child's, read by the parent
     assert np.allclose(r(x), ref(r, x))
+
+
+def test_list_of_closure_layers_replaced():
+    def scale(k):
+        return lambda z: z * k
+
+    def shift(b):
+        return lambda z: z + b
+
+    @fc.net
+    class Pipe:
+        def __init__(self, *fns):
+            self.fns = list(fns)
+
+        def forward(self, x):
+            for f in self.fns:
+                x = f(x)
+            return np.tanh(x)
+
+    def ref(m, x):
+        for f in m.fns:
+            x = f(x)
+        return np.tanh(x)
+    m = Pipe(scale(2.0), shift(rng.normal(size=3)))
+    x = rng.normal(size=(2, 3))
+    assert np.allclose(m(x), ref(m, x))
+    m.fns[0] = scale(-1.0)
+    assert np.allclose(m(x), ref(m, x))
+    m.fns[1] = shift(rng.normal(size=3))         # same code, another captured array
+    assert np.allclose(m(x), ref(m, x))
+    m.fns.append(scale(0.5))
+    assert np.allclose(m(x), ref(m, x))
+    _, back = m.pullback(x)
+    assert np.allclose(back(np.ones((2, 3))), numgrad(lambda z: np.sum(ref(m, z)), x), atol=1e-6)
