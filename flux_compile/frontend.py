@@ -44,11 +44,12 @@ from .params import Param, is_model
 class Static:
     """A compile-time constant; ``src`` is the guards path it was read from (None: a literal
     or a value computed from other constants)."""
-    __slots__ = ("value", "src")
+    __slots__ = ("value", "src", "parts")
 
-    def __init__(self, value, src=None):
+    def __init__(self, value, src=None, parts=None):
         self.value = value
         self.src = src
+        self.parts = parts      # a tuple literal's items, when some were read from outside
 
     def __repr__(self):
         return f"Static({self.value!r})"
@@ -504,6 +505,8 @@ class Builder:
 
     def items_of(self, v):
         """The items of a constant list or tuple, each with its own path."""
+        if v.parts is not None:
+            return list(v.parts)
         self.structure(v)
         if v.src is None or not isinstance(v.value, (list, tuple)):
             return [x if isinstance(x, Static) else Static(x) for x in v.value]
@@ -850,7 +853,8 @@ class Builder:
         if any(isinstance(x, ast.Starred) for x in e.elts):
             self.error("starred expressions are not supported", e)
         if all(isinstance(v, Static) for v in items):
-            return Static(tuple(v.value for v in items))
+            outside = any(v.src is not None or v.parts is not None for v in items)
+            return Static(tuple(v.value for v in items), parts=items if outside else None)
         return Seq(items)
 
     eval_List = eval_Tuple
@@ -1466,7 +1470,7 @@ def classify_value(b, base, path, value, e):
         if src is not None:
             b.ctx.guard(src, *guards.structure_guard(value))
         if all(isinstance(i, Static) for i in items):
-            return Static(type(value)(i.value for i in items))
+            return Static(type(value)(i.value for i in items), src)
         return Seq(items)
     if isinstance(value, (np.ndarray, float)) and not isinstance(value, bool):
         n = b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))

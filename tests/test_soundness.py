@@ -1000,3 +1000,28 @@ def test_list_of_closure_layers_replaced():
     assert np.allclose(m(x), ref(m, x))
     _, back = m.pullback(x)
     assert np.allclose(back(np.ones((2, 3))), numgrad(lambda z: np.sum(ref(m, z)), x), atol=1e-6)
+
+
+def test_tuple_literal_of_closure_attributes():
+    def scale(k):
+        return lambda z: z * k
+
+    @fc.net
+    class Two:
+        def __init__(self):
+            self.f, self.g = scale(2.0), scale(3.0)
+
+        def forward(self, x):
+            for h in (self.f, self.g):
+                x = np.sin(h(x))
+            return x
+
+    def ref(m, x):
+        for h in (m.f, m.g):
+            x = np.sin(h(x))
+        return x
+    m = Two()
+    x = rng.normal(size=(2, 3))
+    assert np.allclose(m(x), ref(m, x))
+    m.g = scale(-0.5)
+    assert np.allclose(m(x), ref(m, x))
