@@ -496,6 +496,10 @@ class Builder:
         if path is not None and isinstance(fn, types.FunctionType):
             self.ctx.guard(path, "is", guards._ref(fn))
 
+    def seq_items(self, v):
+        """The items of a tuple value (a Seq, or a constant whose items keep their paths)."""
+        return list(v.items) if isinstance(v, Seq) else self.items_of(v)
+
     def structure(self, v):
         """The code depends on how many items (or which keys) the container ``v`` has."""
         if isinstance(v, Static) and v.src is not None:
@@ -1029,7 +1033,7 @@ class Builder:
                 self.error(f"constant expression failed: {err}", e)
         if isinstance(a, Seq) or isinstance(b, Seq):
             if isinstance(op, ast.Add) and isinstance(a, (Seq, Static)) and isinstance(b, (Seq, Static)):
-                return Seq(_seq_items(a) + _seq_items(b))
+                return Seq(self.seq_items(a) + self.seq_items(b))
             self.error("arithmetic on tuples is not supported", e)
         fn = BINOPS.get(type(op)) or BITWISE.get(type(op))
         if fn is None:
@@ -1238,7 +1242,7 @@ class Builder:
                 except Exception as err:
                     self.error(f"{getattr(fn, '__name__', fn)}(...) failed at compile time: {err}", e)
             if fn in (zip, enumerate, reversed, tuple, list) and all(isinstance(a, (Seq, Static)) for a in args):
-                lists = [_seq_items(a) for a in args]
+                lists = [self.seq_items(a) for a in args]
                 if fn is zip:
                     return Seq([Seq(list(t)) for t in zip(*lists)])
                 if fn is enumerate:
@@ -1435,12 +1439,6 @@ def _static(v):
     if isinstance(v, np.generic) and not isinstance(v, np.ndarray):
         v = v.item()
     return Static(v)
-
-
-def _seq_items(v):
-    if isinstance(v, Seq):
-        return list(v.items)
-    return [Static(x) for x in v.value]
 
 
 def _foldable(fn):

@@ -99,6 +99,8 @@ def guard_for(value):
         return "code", value.__code__
     if isinstance(value, types.MethodType):
         return "method", (value.__func__, _ref(value.__self__))
+    if isinstance(value, types.BuiltinMethodType) and not isinstance(value.__self__, types.ModuleType):
+        return "bound", (_ref(value.__self__), value.__name__)      # d.get: a new object each time
     if callable(value) or isinstance(value, types.ModuleType):
         return "is", _ref(value)
     return "type", _ref(type(value))
@@ -166,6 +168,8 @@ class _Render:
             return f"type(v) is {e}()"
         if kind == "method":
             return f"v.__func__ is {e}[0] and v.__self__ is {e}[1]()"
+        if kind == "bound":
+            return f"v.__self__ is {e}[0]() and v.__name__ == {e}[1]"
         if kind == "array":
             return f"array_token(v) == {e}"
         if kind == "keys":

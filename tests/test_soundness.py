@@ -1025,3 +1025,47 @@ def test_tuple_literal_of_closure_attributes():
     assert np.allclose(m(x), ref(m, x))
     m.g = scale(-0.5)
     assert np.allclose(m(x), ref(m, x))
+
+
+def test_zip_and_enumerate_over_closure_attributes():
+    def scale(k):
+        return lambda z: z * k
+
+    @fc.net
+    class Zipped:
+        def __init__(self):
+            self.fns = [scale(2.0), scale(3.0)]
+            self.ws = (1.0, -1.0)
+
+        def forward(self, x):
+            for i, (f, w) in enumerate(zip(self.fns, self.ws)):
+                x = np.sin(f(x)) * w + i
+            return x
+
+    def ref(m, x):
+        for i, (f, w) in enumerate(zip(m.fns, m.ws)):
+            x = np.sin(f(x)) * w + i
+        return x
+    m = Zipped()
+    x = rng.normal(size=(2, 3))
+    assert np.allclose(m(x), ref(m, x))
+    m.fns[1] = scale(-4.0)
+    assert np.allclose(m(x), ref(m, x))
+
+
+def test_dict_get_on_a_model_attribute():
+    @fc.net
+    class Getter:
+        def __init__(self):
+            self.cfg = {"s": 2.0}
+
+        def forward(self, x):
+            return x * self.cfg.get("s", 1.0)
+    m = Getter()
+    x = rng.normal(size=(2, 3))
+    assert np.allclose(m(x), 2.0 * x)
+    m.cfg["s"] = -3.0
+    assert np.allclose(m(x), -3.0 * x)
+    c1 = compiler.compile_model(m, (x,))
+    m(x)
+    assert compiler.compile_model(m, (x,)) is c1          # the guard holds between calls
