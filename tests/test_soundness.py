@@ -1069,3 +1069,13 @@ def test_dict_get_on_a_model_attribute():
     c1 = compiler.compile_model(m, (x,))
     m(x)
     assert compiler.compile_model(m, (x,)) is c1          # the guard holds between calls
+
+
+def test_captured_arrays_are_named_inputs_in_the_generated_source():
+    xb, yb = rng.normal(size=(4, 3)), rng.normal(size=4)
+    w = rng.normal(size=3)
+    text = fc.source(lambda w: loss(w, xb, yb), "forward", args=(w,))
+    assert "def forward(w, xb, yb):" in text
+    m = Configured()
+    m(rng.normal(size=(2, 3)))
+    assert "cfg_shift" in fc.source(m, "forward") and "opts_bias" in fc.source(m, "forward")
