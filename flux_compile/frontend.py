@@ -477,18 +477,18 @@ class Builder:
                            loc.col if loc else None, text, hint=hint)
 
     # -- values from outside the traced code ---------------------------------
-    def outside(self, value, path, name=None):
+    def outside(self, value, path, name=None, scalar=False):
         """A value read from a closure cell, global, default or attribute at ``path``: an array
         becomes an input read at run time; anything else a constant with a guard."""
         if path is None or guards.stable(value):
-            return Static(value)
+            return _static(value) if scalar else Static(value)
         if isinstance(value, np.ndarray):
             return self.ctx.free_input(path, value, name)
         g = guards.guard_for(value)
         if g is not None:
             self.ctx.guard(path, *g)
-        if isinstance(value, np.generic):
-            value = value.item()
+        if scalar and isinstance(value, np.generic):
+            value = value.item()        # as _static: an item of a constant is a Python number
         return Static(value, path)
 
     def baked_callee(self, fn, path):
@@ -985,7 +985,7 @@ class Builder:
                 self.error(f"indexing failed at compile time: {err}", e)
             if base.src is not None and guards.value_token(index.value) is not None:
                 return self.outside(got, base.src + (("item", index.value),),
-                                    index.value if isinstance(index.value, str) else None)
+                                    index.value if isinstance(index.value, str) else None, scalar=True)
             return _static(got)
         if isinstance(base, Seq):
             if not isinstance(index, Static):

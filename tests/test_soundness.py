@@ -1079,3 +1079,19 @@ def test_captured_arrays_are_named_inputs_in_the_generated_source():
     m = Configured()
     m(rng.normal(size=(2, 3)))
     assert "cfg_shift" in fc.source(m, "forward") and "opts_bias" in fc.source(m, "forward")
+
+
+def test_numpy_scalar_global_keeps_its_dtype_and_is_guarded(tmp_path):
+    mod = load_module(tmp_path, "fc_sound_npscalar", """
+        import numpy as np
+        C = np.float32(2.0)
+
+        def f(x):
+            return np.sum(x * C)
+    """)
+    x = rng.normal(size=3).astype(np.float32)
+    value, (g,) = fc.grad(mod.f, x)
+    assert g.dtype == np.float32 and np.allclose(g, 2.0)
+    mod.C = np.float32(-0.5)
+    value, (g,) = fc.grad(mod.f, x)
+    assert np.isclose(value, np.sum(x * np.float32(-0.5)), rtol=1e-6) and np.allclose(g, -0.5)
