@@ -407,7 +407,7 @@ class Context:
         n = self.graph.add(Node("input", name=name, diff=False))
         n.meta["free"] = path
         n.meta["shape"] = tuple(1 if d == 1 else shapeinfer.Sym(f"{name}.{i}", nonone=True)
-                                for i, d in enumerate(value.shape))
+                                for i, d in enumerate(np.shape(value)))
         self.free[path] = n
         self.guard(path, "array", guards.array_token(value))
         if self.concrete is not None:
@@ -482,8 +482,8 @@ class Builder:
         becomes an input read at run time; anything else a constant with a guard."""
         if path is None or guards.stable(value):
             return _static(value) if scalar else Static(value)
-        if isinstance(value, np.ndarray):
-            return self.ctx.free_input(path, value, name)
+        if isinstance(value, np.ndarray) or type(value) is float:
+            return self.ctx.free_input(path, value, name)      # data: read at run time
         g = guards.guard_for(value)
         if g is not None:
             self.ctx.guard(path, *g)

@@ -63,8 +63,12 @@ def value_token(v):
 
 
 def array_token(v):
-    """What compiled code is specialised to for an array read at run time."""
-    return (np.ndim(v), v.dtype.kind, tuple(d == 1 for d in np.shape(v)))
+    """What compiled code is specialised to for an array (or Python float) read at run time."""
+    if type(v) is float:
+        return (float,)
+    if not isinstance(v, np.ndarray):
+        return None
+    return (v.ndim, v.dtype.kind, tuple(d == 1 for d in v.shape))
 
 
 def _ref(obj):

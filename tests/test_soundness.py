@@ -1095,3 +1095,26 @@ def test_numpy_scalar_global_keeps_its_dtype_and_is_guarded(tmp_path):
     mod.C = np.float32(-0.5)
     value, (g,) = fc.grad(mod.f, x)
     assert np.isclose(value, np.sum(x * np.float32(-0.5)), rtol=1e-6) and np.allclose(g, -0.5)
+
+
+def test_captured_python_floats_are_read_at_run_time():
+    w = rng.normal(size=3)
+    xb, yb = rng.normal(size=(5, 3)), rng.normal(size=5)
+    compiled = set()
+    for lam in (0.1, 0.01, 0.5, 2.0):
+        f = lambda w: loss(w, xb, yb) + lam * np.sum(w ** 2)      # noqa: E731
+        check_grad(f, w)
+        compiled.add(id(compiler.compile_function(f, (w,))))
+    assert len(compiled) == 1
+
+
+def test_captured_float_deciding_a_branch_and_a_loop():
+    x = rng.normal(size=3)
+    for t in (0.7, -0.2, 2.9, 0.3, -1.0):
+        def f(x):
+            if t > 0:
+                for _ in range(int(t) + 1):
+                    x = np.sin(x) * t
+                return np.sum(x)
+            return np.sum(np.cos(x)) * t
+        check_grad(f, x)
