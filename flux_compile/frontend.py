@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import ast
 import builtins
+import __future__
 import inspect
+import linecache
 import operator
+import os
 import textwrap
 import types
 import weakref
@@ -233,20 +236,18 @@ class Source:
 
 
 _FUTURE_FLAGS = 0
-for _name in __import__("__future__").all_feature_names:
-    _FUTURE_FLAGS |= getattr(__import__("__future__"), _name).compiler_flag
+for _name in __future__.all_feature_names:
+    _FUTURE_FLAGS |= getattr(__future__, _name).compiler_flag
 _compiled_files = {}     # filename -> (text, its module code), the last one read
 
 
 def _compiles_to(fn, filename):
     """Does the file, as it reads now, define the code that runs? False when it was edited
     after the module was imported (compiling it would compile text that never ran)."""
-    import linecache
     try:
         code = inspect.unwrap(fn).__code__
     except (AttributeError, ValueError):
         return True
-    import os
     if not os.path.isfile(filename):       # a notebook cell or an exec'd string cannot be edited
         return True
     text = "".join(linecache.getlines(filename))
@@ -277,7 +278,9 @@ def _codes_at(code, name, line):
 
 
 def _same_bytecode(a, b):
-    if (a.co_code, a.co_names, a.co_varnames, a.co_freevars) != (b.co_code, b.co_names, b.co_varnames, b.co_freevars):
+    """Same instructions, names and constants (nested functions compared alike)."""
+    parts = ("co_code", "co_names", "co_varnames", "co_freevars")
+    if any(getattr(a, p) != getattr(b, p) for p in parts):
         return False
     ca = [c for c in a.co_consts if isinstance(c, types.CodeType)]
     cb = [c for c in b.co_consts if isinstance(c, types.CodeType)]
