@@ -494,6 +494,18 @@ class Builder:
             value = value.item()        # as _static: an item of a constant is a Python number
         return Static(value, path)
 
+    def look_up(self, fn, args, e):
+        """``hasattr(obj, name)`` / ``getattr(obj, name[, default])`` on an object read from
+        outside: whether it has the attribute is guarded too."""
+        base, name = args[0], args[1].value
+        present = hasattr(base.value, name)
+        self.ctx.guard(base.src + (("attr", name),), "has", (name, present))
+        if fn is hasattr:
+            return Static(present)
+        if present or len(args) == 2:
+            return self.eval_Attribute_value(base, name, e)
+        return args[2]
+
     def baked_callee(self, fn, path):
         """``fn`` is called by the generated code itself (not inlined): that very object."""
         if path is not None and isinstance(fn, types.FunctionType):
@@ -1236,6 +1248,9 @@ class Builder:
                 return self.call_primitive(astype, [x, kwargs["dtype"]], {}, e)
         if fn is range and any(isinstance(a, Node) for a in args):
             args = [Static(self.concrete_int(a, e, "range(...)")) for a in args]
+        if fn in (hasattr, getattr) and 2 <= len(args) <= 3 and not kwargs and isinstance(args[0], Static) \
+                and args[0].src is not None and isinstance(args[1], Static) and isinstance(args[1].value, str):
+            return self.look_up(fn, args, e)
         if fn in STATIC_BUILTINS or fn is np.shape:
             for a in list(args) + list(kwargs.values()):
                 self.structure(a)

@@ -172,6 +172,8 @@ class _Render:
             return f"type(v) is {e}()"
         if kind == "method":
             return f"v.__func__ is {e}[0] and v.__self__ is {e}[1]()"
+        if kind == "has":           # the path ends in the attribute; v is its owner
+            return f"hasattr(v, {e}[0]) is {e}[1]"
         if kind == "bound":
             return f"v.__self__ is {e}[0]() and v.__name__ == {e}[1]"
         if kind == "array":
@@ -190,7 +192,7 @@ def compile_checks(guards):
     rd = _Render()
     lines = ["def check(r, a):", "    try:"]
     for path, kind, expected in guards:
-        lines.append(f"        v = {rd.path(path)}")
+        lines.append(f"        v = {rd.path(path[:-1] if kind == 'has' else path)}")
         lines.append(f"        if not ({rd.test(kind, expected)}):")
         lines.append("            return False")
     lines += ["    except Exception:", "        return False", "    return True"]

@@ -1118,3 +1118,29 @@ def test_captured_float_deciding_a_branch_and_a_loop():
                 return np.sum(x)
             return np.sum(np.cos(x)) * t
         check_grad(f, x)
+
+
+def test_hasattr_and_getattr_default_on_an_object_attribute():
+    @fc.net
+    class Opt:
+        def __init__(self):
+            self.opts = types.SimpleNamespace()
+
+        def forward(self, x):
+            if hasattr(self.opts, "shift"):
+                x = x + self.opts.shift
+            return x * getattr(self.opts, "scale", 1.0)
+
+    def ref(m, x):
+        if hasattr(m.opts, "shift"):
+            x = x + m.opts.shift
+        return x * getattr(m.opts, "scale", 1.0)
+    m = Opt()
+    x = rng.normal(size=(2, 3))
+    assert np.allclose(m(x), ref(m, x))
+    m.opts.scale = -2.0
+    assert np.allclose(m(x), ref(m, x))
+    m.opts.shift = rng.normal(size=3)
+    assert np.allclose(m(x), ref(m, x))
+    del m.opts.scale
+    assert np.allclose(m(x), ref(m, x))
