@@ -15,9 +15,22 @@ or the model instance). A path is a tuple of steps::
     ("default", i)      obj.__defaults__[i]
     ("kwdefault", name) obj.__kwdefaults__[name]
 
-A guard is ``(path, kind, expected)``; :func:`compile_checks` turns a list of them
-into one small generated function ``check(root, args) -> bool``. Arrays are not
-guarded by value: compiled code reads them at run time (:func:`compile_reader`).
+A guard is ``(path, kind, expected)`` (``Compiled.guards`` is a list of them)::
+
+    "eq"      value_token(value) == expected       constants (ints, strings, tuples, ...)
+    "code"    value.__code__ is expected           an inlined function
+    "is"      value is expected()                  what the code calls or holds (a weakref)
+    "method"  (__func__, ref to __self__)          a bound method called opaquely
+    "bound"   (ref to __self__, __name__)          a builtin bound method (``cfg.get``)
+    "type"    type(value) is expected()            a plain object whose fields are read
+    "keys"    the dict's keys, in order            a dict iterated or expanded
+    "len"     (type, len)                          a list or tuple iterated or unpacked
+    "has"     (name, present)                      hasattr / getattr with a default
+    "array"   array_token(value) == expected       an array (or float) read at run time
+
+:func:`compile_checks` turns a list of them into one small generated function
+``check(root, args) -> bool``. Arrays and Python floats are not guarded by value:
+compiled code reads them at run time (:func:`compile_reader`), as extra inputs.
 
 >>> def f(x, s=2.0):
 ...     return x * s
