@@ -170,12 +170,12 @@ def forward_function(c, f, args, flat=None):
 
     def call(variant):
         try:
-            return variant.forward_train(*flat)
+            return variant.forward_train(*flat, *variant.read_free(f, args))
         except Retrace:
             raise
         except Exception as e:
             _reraise(variant, e, "forward")
-    return run_guarded(c, call, lambda: compile_function(f, args, fresh=True))
+    return run_guarded(c, call, lambda: compile_function(f, args, fresh=True), f, args)
 
 
 def _reraise(c, e, direction):
@@ -229,7 +229,7 @@ def shapes(m, *inputs):
         c = c.rebuild()
     snap = snapshot_states(m)
     try:
-        values = run_graph(c.graph, m, pytree.split_args(inputs)[0])
+        values = run_graph(c.graph, m, tuple(pytree.split_args(inputs)[0]) + tuple(c.read_free(m, ())))
     finally:
         restore_states(snap)
     ann = {}

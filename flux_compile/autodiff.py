@@ -159,10 +159,13 @@ def _adj_name(node):
     return naming.adjoint(node.name)
 
 
-def differentiate(graph, n_inputs_diff=None):
-    """Append the backward of ``graph`` to it; returns a :class:`Joint`."""
+def differentiate(graph, n_inputs_diff=None, traced=None):
+    """Append the backward of ``graph`` to it; returns a :class:`Joint`. ``traced``: the
+    context that built ``graph`` (its arrays read at run time are shared with the rules)."""
     n_forward = len(graph.nodes)
     ctx = Context(graph, mode="rule")
+    if traced is not None:
+        ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
     ctx.arity_of = None
     b = Builder(ctx)
     adj = Adjoints()
@@ -200,7 +203,9 @@ def differentiate(graph, n_inputs_diff=None):
     for inp in graph.inputs:
         parts = adj.parts.get(inp.id)
         input_grads.append(parts[0] if parts else None)
-    return Joint(graph, seeds, input_grads, n_forward)
+    joint = Joint(graph, seeds, input_grads, n_forward)
+    joint.ctx = ctx             # what the rules baked in (ctx.baked) and read at run time (ctx.free)
+    return joint
 
 
 def _pack_with_none(elems, b):
@@ -310,6 +315,18 @@ def _as_rule_value(n):
     return n
 
 
+def rule_path(rule):
+    """Guards path of a user's derivative rule (its globals and cells are guarded or read at
+    run time like forward's); None for the library's own rules."""
+    if (getattr(rule, "__module__", "") or "").startswith("flux_compile"):
+        return None
+    import weakref
+    try:
+        return (("obj", weakref.ref(rule)),)
+    except TypeError:
+        return None
+
+
 def _backprop_call(node, g, b, adj):
     fn = node.fn
     if rules.is_nondiff(fn):
@@ -325,7 +342,7 @@ def _backprop_call(node, g, b, adj):
     rkw = {k: _as_rule_value(v) for k, v in kw.items()}
     saved_loc = b.ctx.loc
     try:
-        result = b.call_function(rule, rargs, rkw)
+        result = b.call_function(rule, rargs, rkw, path=rule_path(rule))
     except CompileError as e:
         _err(node, f"while inlining the derivative rule of {describe_fn(fn)}: {e.msg} "
                    f"(rule at {e.filename}:{e.lineno})")

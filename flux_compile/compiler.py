@@ -10,8 +10,11 @@ from __future__ import annotations
 import ast
 import hashlib
 import inspect
+import linecache
 import sys
 import types
+import weakref
+from collections import OrderedDict
 
 import numpy as np
 
@@ -20,8 +23,17 @@ from ._version import __version__
 from .autodiff import differentiate
 from .errors import CompileError, ModelError, model_error_type
 from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source, structured
+from .guards import compile_checks, compile_reader
 from .ir import Graph, Node
 from .params import Param, cycle_error, is_model, named_params
+
+
+def _always(root, args):
+    return True
+
+
+def _nothing(root, args):
+    return ()
 
 
 class Compiled:
@@ -44,12 +56,29 @@ class Compiled:
         self.alternatives = [self]
         self.rebuild = None        # re-runs the pipeline (for the graph of a disk-cache hit)
         self.deps = []             # (namespace, name, function) looked up while compiling
-
-    def current(self):
-        """False once a function the code was built from has been redefined."""
-        return all(ns.get(name) is fn for ns, name, fn in self.deps)
         self.input_names = []
         self.state_names = []      # recurrent state: extra inputs after the user's, extra outputs after
+        self.guards = []           # (path, kind, expected): see guards.py
+        self.free_paths = []       # paths of the arrays read at run time (extra inputs, in order)
+        self.check = _always
+        self.read_free = _nothing  # read_free(root, args) -> the values of the extra inputs
+
+    def set_guards(self, baked, free_paths):
+        """Guards as ``{(path, kind): expected}``; arrays at ``free_paths`` are extra inputs."""
+        identity = {path for path, kind in baked if kind == "is"}     # implies the same code
+        self.guards = [(path, kind, expected) for (path, kind), expected in baked.items()
+                       if not (kind == "code" and path in identity)]
+        self.free_paths = list(free_paths)
+        self.check = compile_checks(self.guards)
+        self.read_free = compile_reader(self.free_paths)
+
+    def current(self, root=None, args=()):
+        """False once a function the code was built from has been redefined, or (given the
+        root: the model instance or the function) once a value it baked in has changed."""
+        for ns, name, fn in self.deps:
+            if ns.get(name) is not fn:
+                return False
+        return root is None or self.check(root, args)
 
     # -- errors inside generated code -------------------------------------------
     def translate(self, exc, direction="forward"):
@@ -94,10 +123,13 @@ def _outputs(b, out):
     return [b.as_node(out)], None
 
 
-def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None, values=None):
+def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None, values=None,
+           free_names=None):
     g = Graph(label)
     ctx = Context(g, "forward")
     ctx.generic_cls = generic_cls
+    ctx.free_names = dict(free_names or {})
+    ctx.arg_index = {name: i for i, (kind, name, _) in enumerate(inputs) if kind == "model"}
     if values is not None:
         from .concrete import Concrete
         ctx.concrete = Concrete(selfval.obj if selfval is not None else None, values)
@@ -119,7 +151,11 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     if selfval is None and (rules.get_rule(fn) is not None or rules.is_nondiff(fn)):
         out = b.call_primitive(fn, args, {}, None)      # fc.grad of a primitive itself
     else:
-        out = b.call_function(fn, args, {}, selfval=selfval)
+        root = () if selfval is None else (("attr", "forward"),) if generic_cls is not None \
+            else FORWARD_PATH
+        if selfval is not None:
+            ctx.guard(root, "code", fn.__code__)    # Class.forward reassigned: not this code
+        out = b.call_function(fn, args, {}, selfval=selfval, path=root)
     outs, arity = _outputs(b, out)
     for i, o in enumerate(outs):
         if o.name is None and o.op not in ("input", "param", "const", "attr"):
@@ -157,7 +193,7 @@ def _arity_of(obj, nargs, args=None):
         return None
 
 
-def _emit(label, owner, infer_g, joint, split, has_self):
+def _emit(label, owner, infer_g, joint, split, has_self, free=()):
     """Generate the module: forward, forward_train, backward, backward_params. Every name
     comes from one :class:`naming.ModuleNames`: the inference forward is one scope, the
     training forward and both backwards another (saved values keep their names)."""
@@ -165,11 +201,12 @@ def _emit(label, owner, infer_g, joint, split, has_self):
     ns = codegen.Namespace(module)
     fs = codegen.FuncSet()
     hints = [naming.SELF] if has_self else []
-    hints += [n.name for n in infer_g.inputs]
+    hints += [n.name for n in infer_g.inputs if "free" not in n.meta]
+    hints += [name for _, name in free]       # arrays read at run time: last, in read_free's order
     # inference forward
     scope = module.scope()
     sig = scope.params(hints)
-    names, bases = _bind_inputs(infer_g.inputs, sig, has_self)
+    names, bases = _bind_inputs(infer_g.inputs, sig, has_self, free)
     em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
     outs = infer_g.outputs
     roots = list(outs) + [n for n in infer_g.nodes if n.op in ("state", "guard")]
@@ -186,7 +223,7 @@ def _emit(label, owner, infer_g, joint, split, has_self):
     bsig = sig[:1] if has_self else []          # the backward's self is the forward's
     bsig = bsig + scope.params([naming.SAVED, naming.SEEDS])
     saved_param, seeds_param = bsig[-2], bsig[-1]
-    names, bases = _bind_inputs(g.inputs, sig, has_self)
+    names, bases = _bind_inputs(g.inputs, sig, has_self, free)
     if len(joint.seeds) == 1:
         names[joint.seeds[0].id] = seeds_param
     else:
@@ -219,7 +256,8 @@ def _emit(label, owner, infer_g, joint, split, has_self):
         head.append(ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=names[s.id], ctx=ast.Store())
                                                         for s in joint.seeds], ctx=ast.Store())],
                                value=ast.Name(id=seeds_param, ctx=ast.Load())))
-    grads = joint.resolved_grads
+    pairs = [(inp, x) for inp, x in zip(joint.graph.inputs, joint.resolved_grads) if "free" not in inp.meta]
+    grads = [x for _, x in pairs]         # one per user input and state (arrays read at run time get none)
     keep = {x.id for x in grads if x is not None}
     body = em2.statements(split.backward, keep)
     rets = [em2.expr(x) if x is not None else ast.Constant(None) for x in grads]
@@ -227,7 +265,7 @@ def _emit(label, owner, infer_g, joint, split, has_self):
     fs.defs.append(codegen.make_function("backward", bsig, head + body, ret))
     # the same backward when the caller needs no input gradients (only Params, and recurrent
     # state, which carries gradients between steps): the input-gradient work is dead code
-    state_grads = [x if inp.meta.get("state") else None for inp, x in zip(joint.graph.inputs, grads)]
+    state_grads = [x if inp.meta.get("state") else None for inp, x in pairs]
     alive = passes.live([x for x in state_grads if x is not None] +
                         [n for n in split.backward if n.op in ("accum", "model_back")])
     em3 = codegen.FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
@@ -241,11 +279,17 @@ def _emit(label, owner, infer_g, joint, split, has_self):
     return source, namespace, linemap, filename, dict(ns.objects)
 
 
-def _bind_inputs(inputs, sig, has_self):
-    """(node id -> parameter name, field-path base -> parameter name) for one signature."""
+def _bind_inputs(inputs, sig, has_self, free=()):
+    """(node id -> parameter name, field-path base -> parameter name) for one signature: the
+    user's inputs first, in order, then the arrays read at run time (``free``: their paths in
+    signature order)."""
     params = sig[1:] if has_self else sig
-    names = {n.id: p for n, p in zip(inputs, params)}
-    bases = {n.name: p for n, p in zip(inputs, params)}
+    user = [n for n in inputs if "free" not in n.meta]
+    pairs = list(zip(user, params))
+    slot = {path: len(user) + i for i, (path, _) in enumerate(free)}
+    pairs += [(n, params[slot[n.meta["free"]]]) for n in inputs if "free" in n.meta]
+    names = {n.id: p for n, p in pairs}
+    bases = {n.name: p for n, p in pairs}
     if has_self:
         bases[naming.SELF] = sig[0]
     return names, bases
@@ -277,13 +321,17 @@ def build(label, owner, fn, selfval, input_specs, state_factory=None, generic_cl
     infer_g.outputs = [r(o) for o in infer_g.outputs]
     state2 = state_factory() if state_factory else None
     train_g, _, ctx2 = _trace(label, fn, selfval, input_specs, True, state2, _arity_of, generic_cls,
-                                values)
-    joint = differentiate(train_g)
+                              values, ctx1.free_names)
+    joint = differentiate(train_g, traced=ctx2)
     r2 = passes.optimize(train_g)
     joint.resolved_grads = [r2(x) if x is not None else None for x in joint.input_grads]
     sp = passes.split(joint, r2)
+    ctx3 = joint.ctx
+    free_paths = list(dict.fromkeys(list(ctx1.free) + list(ctx2.free) + list(ctx3.free)))
+    free_names = {**ctx1.free_names, **ctx2.free_names, **ctx3.free_names}
     input_names = [n.name for n in infer_g.inputs]
-    source, namespace, linemap, filename, objects = _emit(label, owner, infer_g, joint, sp, selfval is not None)
+    source, namespace, linemap, filename, objects = _emit(label, owner, infer_g, joint, sp, selfval is not None,
+                                                          [(p, free_names[p]) for p in free_paths])
     c.namespace_objects = objects
     c.inlined = list(dict.fromkeys(ctx1.inlined + ctx2.inlined))
     c.deps = list({(id(ns), name): (ns, name, fn) for ns, name, fn in ctx1.deps + ctx2.deps}.values())
@@ -302,13 +350,79 @@ def build(label, owner, fn, selfval, input_specs, state_factory=None, generic_cl
     c.state_names = list(state.names) if state is not None else []
     c.guarded = ctx1.guards > 0 or ctx2.guards > 0
     c.alternatives = [c]
+    c.set_guards({**ctx1.baked, **ctx2.baked, **ctx3.baked}, free_paths)
+    for graph in (infer_g, train_g):      # the cache must not keep the first instance alive
+        for n in graph.nodes:
+            n.meta.pop("obj", None)
     return c
 
 
 # ------------------------------------------------------------------------------
-# models
+# the in-memory caches: bounded, and never keeping alive what the user dropped
 
-_cache = {}
+MAX_VARIANTS = 32       # per model class or per function; the least recently used go first
+
+
+class VariantCache:
+    """Compiled variants by key, each valid while its guards hold; at most ``limit`` in all."""
+
+    def __init__(self, limit=None):
+        self.entries = OrderedDict()        # key -> [Compiled], most recent first
+        self.limit = limit
+        self.count = 0
+
+    def find(self, key, root, args=()):
+        for c in self.entries.get(key, ()):
+            if c.current(root, args):
+                self.entries.move_to_end(key)
+                return c
+        return None
+
+    def add(self, key, c):
+        variants = self.entries.setdefault(key, [])
+        if c in variants:
+            variants.remove(c)
+            self.count -= 1
+        variants.insert(0, c)
+        self.entries.move_to_end(key)
+        self.count += 1
+        limit = self.limit or MAX_VARIANTS
+        while self.count > limit:
+            oldest_key, oldest = next(iter(self.entries.items()))
+            gone = oldest.pop()
+            self.count -= 1
+            if not oldest:
+                del self.entries[oldest_key]
+            if not any(gone in v for v in self.entries.values()):
+                linecache.cache.pop(gone.filename, None)     # its generated text goes with it
+
+
+_class_caches = weakref.WeakKeyDictionary()      # model class -> VariantCache
+_function_caches = weakref.WeakKeyDictionary()   # code object -> VariantCache
+_primitive_caches = {}                           # fc.grad of a primitive without __code__ (a ufunc)
+
+
+def _cache_of(table, owner):
+    cache = table.get(owner)
+    if cache is None:
+        cache = table[owner] = VariantCache()
+    return cache
+
+
+def _function_cache(fn):
+    code = getattr(fn, "__code__", None)
+    return _cache_of(_function_caches, code) if code is not None else _cache_of(_primitive_caches, fn)
+
+
+def _link_alternative(new, old):
+    """``new`` is another variant (another path through data-dependent control flow) of ``old``."""
+    new.alternatives = old.alternatives
+    new.alternatives.insert(0, new)
+    del new.alternatives[MAX_VARIANTS:]
+
+
+# ------------------------------------------------------------------------------
+# models
 
 
 def _class_sources(cls):
@@ -380,9 +494,9 @@ def compile_model(m_or_cls, args=None, fresh=False):
         if variants is not None and not fresh:
             if args is None:
                 last = inst.__dict__.get("_fc_last")
-                if last is not None and last in variants and variants[last].current():
+                if last is not None and last in variants and variants[last].current(inst):
                     return variants[last]
-            elif ikey in variants and variants[ikey].current():
+            elif ikey in variants and variants[ikey].current(inst):
                 return variants[ikey]
     if not hasattr(cls, "forward"):
         raise TypeError(f"{cls.__name__} has no forward method")
@@ -391,9 +505,8 @@ def compile_model(m_or_cls, args=None, fresh=False):
     text = _class_sources(cls)
     sig = model_signature(inst) if inst is not None else ("generic",)
     key = (cls, hashlib.sha256(text.encode()).hexdigest(), sig, ikey, GENERATION[0])
-    c = _cache.get(key)
-    if c is not None and not c.current():
-        c = None
+    cache = _cache_of(_class_caches, cls)
+    c = cache.find(key[1:], inst if inst is not None else cls)
     if c is None or fresh:
         values = None
         if inst is not None and args is not None:
@@ -403,9 +516,9 @@ def compile_model(m_or_cls, args=None, fresh=False):
         new = _from_disk(cls, key, lambda: _compile_model(cls, inst, text, ikey, values)) if not fresh \
             else _compile_model(cls, inst, text, ikey, values)
         if c is not None:
-            new.alternatives = c.alternatives
-            new.alternatives.insert(0, new)
-        c = _cache[key] = new
+            _link_alternative(new, c)
+        c = new
+        cache.add(key[1:], c)
     return _remember(inst, ikey, c) if inst is not None else c
 
 
@@ -413,7 +526,11 @@ def _remember(inst, ikey, c):
     d = inst.__dict__
     if "_fc_compiled" not in d:
         object.__setattr__(inst, "_fc_compiled", {})
-    d["_fc_compiled"][ikey] = c
+    mine = d["_fc_compiled"]
+    mine.pop(ikey, None)
+    mine[ikey] = c
+    while len(mine) > MAX_VARIANTS:             # one per input kind: bounded like the class's
+        del mine[next(iter(mine))]
     if ikey is not None:
         d["_fc_last"] = ikey
     return c
@@ -433,7 +550,8 @@ def _from_disk(cls, key, make):
     if hit is not None:
         return _from_entry(cls, make, *hit)
     c = make()
-    diskcache.store(where, dkey, cls, key[1:], c)
+    if _disk_safe(c):
+        diskcache.store(where, dkey, cls, key[1:], c)
     return c
 
 
@@ -451,7 +569,19 @@ def _from_entry(cls, make, source, objects, meta):
     c.guarded = meta.get("guarded", False)
     c.from_disk = True
     c.rebuild = make
+    c.set_guards({(FORWARD_PATH, "code"): cls.forward.__code__}, [])
     return c
+
+
+FORWARD_PATH = (("cls",), ("attr", "forward"))
+_KEYED_KINDS = ("code", "len")      # guards the disk key and its source hashes already cover
+
+
+def _disk_safe(c):
+    """Can a later process reuse ``c`` from disk? Not while it reads arrays at run time or was
+    built from values (globals, cells, fields) that only its guards check: the disk entry keeps
+    no guards yet (``c.guards`` is the list to persist)."""
+    return not c.free_paths and all(kind in _KEYED_KINDS for _, kind, _ in c.guards)
 
 
 def _compile_model(cls, inst, text, ikey=None, values=None):
@@ -511,9 +641,6 @@ def _tree_spec(name, k, value, taken):
 
 # ------------------------------------------------------------------------------
 # plain functions (fc.grad)
-
-_fcache = {}
-
 
 def _arg_specs(names, args):
     """One spec per argument; a structured one is ``("tree", name, (treedef, leaf specs))``
@@ -610,10 +737,7 @@ def _walk_tokens(m, prefix=(), ancestors=None, root=None):
             del ancestors[id(v)]
 
 
-_ffast = {}
-
-
-def _fast_key(fn, args):
+def _fast_key(args):
     """A cheap key for the common call (arrays and constants, no models), or None."""
     from .rules import GENERATION
     parts = []
@@ -624,28 +748,31 @@ def _fast_key(fn, args):
             parts.append((type(a), a))
         elif pytree.is_structured(a):
             leaves, tree = pytree.flatten(a)
-            inner = _fast_key(fn, leaves)
+            inner = _fast_key(leaves)
             if inner is None:
                 return None
             parts.append(("tree", tree, inner[2]))
         else:
             return None
-    return (fn, GENERATION[0], tuple(parts))
+    return ("fast", GENERATION[0], tuple(parts))
 
 
 def compile_function(fn, args, fresh=False):
-    """Compile a plain function for these argument kinds (arrays, models, constants)."""
-    fast = _fast_key(fn, args) if not fresh else None
-    if fast is not None and fast in _ffast and _ffast[fast].current():
-        return _ffast[fast]
-    c = _compile_function(fn, args, fresh)
-    fast = _fast_key(fn, args)
-    if fast is not None:
-        _ffast[fast] = c
-    return c
+    """Compile a plain function for these argument kinds (arrays, models, constants).
+
+    Cached per code object, so every closure of one ``def`` or lambda shares the code: the
+    arrays it captures are read at run time (``c.read_free(fn, args)``), and anything else it
+    was built from is checked by its guards (``c.current(fn, args)``)."""
+    cache = _function_cache(fn)
+    fast = _fast_key(args)
+    if fast is not None and not fresh:
+        c = cache.find(fast, fn, args)
+        if c is not None:
+            return c
+    return _compile_function(fn, args, cache, fresh, fast)
 
 
-def _compile_function(fn, args, fresh=False):
+def _compile_function(fn, args, cache, fresh=False, fast=None):
     if not isinstance(fn, types.FunctionType):
         raise TypeError(f"fc.grad needs a Python function or a @net model, got {type(fn).__name__}")
     try:
@@ -660,33 +787,32 @@ def _compile_function(fn, args, fresh=False):
     specs = _arg_specs(names, args)
     from . import rules
     primitive = rules.get_rule(fn) is not None or rules.is_nondiff(fn)
-    text = repr(fn) if primitive else get_source(fn).text
+    if not primitive:
+        get_source(fn)              # the source matches the code (or a clear error)
     from .rules import GENERATION
-    key = (fn.__code__, hashlib.sha256(text.encode()).hexdigest(), tuple(_spec_token(s) for s in specs),
-           GENERATION[0])
-    c = _fcache.get(key)
-    if c is not None and not c.current():
-        c = None
+    key = fast if fast is not None else (tuple(_spec_token(s) for s in specs), GENERATION[0])
+    c = cache.find(key, fn, args) if fast is None or fresh else None     # (compile_function looked)
     if c is None or fresh:
         values = flat_inputs(specs, args)
         new = build(fn.__qualname__, fn.__qualname__, fn, None, specs, values=values)
+        new.inlined = []            # holds no function: closures (and what they capture) stay free
         if c is not None:
-            new.alternatives = c.alternatives
-            new.alternatives.insert(0, new)
-        c = _fcache[key] = new
+            _link_alternative(new, c)
+        c = new
+        cache.add(key, c)
     return c
 
 
-def run_guarded(c, call, recompile):
-    """``call(c)``; when a guard fails, try the other variants, then compile a new one.
-    Returns ``(variant, result)``."""
+def run_guarded(c, call, recompile, root=None, args=()):
+    """``call(c)``; when a guard fails, try the other variants (those still valid for ``root``:
+    each may have baked in other values), then compile a new one. Returns ``(variant, result)``."""
     from .errors import Retrace
     try:
         return c, call(c)
     except Retrace:
         pass
     for alt in list(c.alternatives):
-        if alt is c:
+        if alt is c or not alt.current(root, args):
             continue
         try:
             return alt, call(alt)

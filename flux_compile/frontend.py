@@ -25,14 +25,18 @@ from __future__ import annotations
 
 import ast
 import builtins
+import __future__
 import inspect
+import linecache
 import operator
+import os
 import textwrap
 import types
+import weakref
 
 import numpy as np
 
-from . import rules, shapeinfer
+from . import guards, rules, shapeinfer
 from .errors import CompileError
 from .ir import Graph, Loc, Node, path_expr
 from .params import Param, is_model
@@ -42,11 +46,14 @@ from .params import Param, is_model
 
 
 class Static:
-    """A compile-time constant."""
-    __slots__ = ("value",)
+    """A compile-time constant; ``src`` is the guards path it was read from (None: a literal
+    or a value computed from other constants)."""
+    __slots__ = ("value", "src", "parts")
 
-    def __init__(self, value):
+    def __init__(self, value, src=None, parts=None):
         self.value = value
+        self.src = src
+        self.parts = parts      # a tuple literal's items, when some were read from outside
 
     def __repr__(self):
         return f"Static({self.value!r})"
@@ -125,10 +132,10 @@ class BoundMethod:
 
 class UserMethod:
     """``self.helper`` where ``helper`` is an ordinary method of the model's class."""
-    __slots__ = ("selfval", "fn")
+    __slots__ = ("selfval", "fn", "path")
 
-    def __init__(self, selfval, fn):
-        self.selfval, self.fn = selfval, fn
+    def __init__(self, selfval, fn, path=None):
+        self.selfval, self.fn, self.path = selfval, fn, path
 
 
 # --------------------------------------------------------------------------
@@ -228,6 +235,12 @@ class Source:
         self.offset = start - 1
         self.text = text
         self.owner = getattr(fn, "__qualname__", getattr(fn, "__name__", "?"))
+        if not _compiles_to(fn, filename):
+            raise CompileError(
+                f"the source of {self.owner} was edited after it was imported: the file no longer "
+                "matches the code that runs", filename, start, text=lines[0].rstrip("\n") if lines else None,
+                hint="reload the module (importlib.reload) or restart Python, so that the code that "
+                     "runs is the code in the file")
         if getattr(fn, "__name__", "") == "<lambda>":
             self.tree = _find_lambda(text, fn, filename, start)
         else:
@@ -255,6 +268,59 @@ class Source:
             seg = f"for {target} in {it}:" if target and it else seg
         text = " ".join(seg.split()) if seg else ""
         return Loc(self.filename, lineno, col, text, owner or self.owner)
+
+
+_FUTURE_FLAGS = 0
+for _name in __future__.all_feature_names:
+    _FUTURE_FLAGS |= getattr(__future__, _name).compiler_flag
+_compiled_files = {}     # filename -> (text, its module code), the last one read
+
+
+def _compiles_to(fn, filename):
+    """Does the file, as it reads now, define the code that runs? False when it was edited
+    after the module was imported (compiling it would compile text that never ran)."""
+    try:
+        code = inspect.unwrap(fn).__code__
+    except (AttributeError, ValueError):
+        return True
+    if not os.path.isfile(filename):       # a notebook cell or an exec'd string cannot be edited
+        return True
+    text = "".join(linecache.getlines(filename))
+    if not text:
+        return True
+    cached = _compiled_files.get(filename)
+    if cached is None or cached[0] != text:
+        try:
+            module = compile(text, code.co_filename, "exec", flags=code.co_flags & _FUTURE_FLAGS,
+                             dont_inherit=True)
+        except (SyntaxError, ValueError):
+            module = None
+        if len(_compiled_files) > 64:
+            _compiled_files.clear()
+        cached = _compiled_files[filename] = (text, module)
+    module = cached[1]
+    if module is None:
+        return False
+    return any(_same_bytecode(c, code) for c in _codes_at(module, code.co_name, code.co_firstlineno))
+
+
+def _codes_at(code, name, line):
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            if c.co_name == name and c.co_firstlineno == line:
+                yield c
+            yield from _codes_at(c, name, line)
+
+
+def _same_bytecode(a, b):
+    """Same instructions, names and constants (nested functions compared alike)."""
+    parts = ("co_code", "co_names", "co_varnames", "co_freevars")
+    if any(getattr(a, p) != getattr(b, p) for p in parts):
+        return False
+    ca = [c for c in a.co_consts if isinstance(c, types.CodeType)]
+    cb = [c for c in b.co_consts if isinstance(c, types.CodeType)]
+    plain = [[(type(c), repr(c)) for c in x.co_consts if not isinstance(c, types.CodeType)] for x in (a, b)]
+    return plain[0] == plain[1] and len(ca) == len(cb) and all(_same_bytecode(x, y) for x, y in zip(ca, cb))
 
 
 def _find_lambda(text, fn, filename, start):
@@ -305,16 +371,17 @@ def _same_code(lam, fn, exact=True):
         and a.co_consts == b.co_consts
 
 
-_sources = {}
+_sources = weakref.WeakKeyDictionary()      # code object -> Source (dropped with the code)
 
 
 def get_source(fn):
-    key = getattr(fn, "__code__", fn)
-    try:
-        return _sources[key]
-    except KeyError:
-        s = _sources[key] = Source(fn)
-        return s
+    key = getattr(fn, "__code__", None)
+    s = _sources.get(key) if key is not None else None
+    if s is None:
+        s = Source(fn)
+        if key is not None:
+            _sources[key] = s
+    return s
 
 
 # --------------------------------------------------------------------------
@@ -338,6 +405,52 @@ class Context:
         self.concrete = None           # concrete.Concrete when the real arguments are known
         self.guards = 0
         self.arity_of = None           # sub-model -> number of outputs (None: one)
+        self.baked = {}                # (path, kind) -> expected: what the code was built from
+        self.free = {}                 # path -> input node: arrays read at run time
+        self.free_names = {}           # path -> name, to name them alike in both traces
+        self.arg_index = {}            # input name -> position, for paths through a model argument
+
+    def guard(self, path, kind, expected):
+        """Record that the code is valid while the value at ``path`` passes ``kind``/``expected``."""
+        self.baked.setdefault((path, kind), expected)
+
+    def guard_list(self):
+        return [(path, kind, expected) for (path, kind), expected in self.baked.items()]
+
+    def field_path(self, base, fields):
+        """The guards path of ``base.<fields>`` (``self.cfg``, ``m.layers[0]``), or None."""
+        if base == "self":
+            head = ()
+        elif base in self.arg_index:
+            head = (("arg", self.arg_index[base]),)
+        else:
+            return None
+        return head + tuple(("item", f) if isinstance(f, int) else ("attr", f) for f in fields)
+
+    def free_input(self, path, value, hint):
+        """The input node through which generated code reads the array at ``path`` at run time."""
+        n = self.free.get(path)
+        if n is not None:
+            return n
+        name = self.free_names.get(path)
+        if name is None:
+            taken = {i.name for i in self.graph.inputs} | set(self.free_names.values()) | {"self"}
+            base = guards.name_hint(path)
+            if base == "captured" and isinstance(hint, str) and hint.isidentifier():
+                base = hint
+            name, i = base, 1
+            while name in taken:
+                name, i = f"{base}_{i}", i + 1
+            self.free_names[path] = name
+        n = self.graph.add(Node("input", name=name, diff=False))
+        n.meta["free"] = path
+        n.meta["shape"] = tuple(1 if d == 1 else shapeinfer.Sym(f"{name}.{i}", nonone=True)
+                                for i, d in enumerate(np.shape(value)))
+        self.free[path] = n
+        self.guard(path, "array", guards.array_token(value))
+        if self.concrete is not None:
+            self.concrete.inputs[name] = value
+        return n
 
     def depend(self, namespace, name, value):
         """Remember that ``namespace[name]`` was the function ``value`` when compiling, so the
@@ -351,7 +464,7 @@ class Context:
 
 
 class Frame:
-    def __init__(self, source, env, glob, selfval=None, module_globals=None):
+    def __init__(self, source, env, glob, selfval=None, module_globals=None, fn=None, fn_path=None):
         self.source = source
         self.env = env
         self.glob = glob
@@ -360,6 +473,25 @@ class Frame:
         self.returned = False
         self.retval = None
         self.outer = None          # the enclosing frame, for nested functions
+        self.fn = fn               # the function whose names ``glob`` holds
+        self.fn_path = fn_path     # its guards path (None: not re-readable)
+
+    def nested(self, source, env):
+        """A frame sharing this one's globals (a nested def, a comprehension)."""
+        fr = Frame(source, env, self.glob, self.selfval, self.module_globals, self.fn, self.fn_path)
+        fr.outer = self
+        return fr
+
+    def name_path(self, name):
+        """The guards path of a free name of this function: its closure cell or global."""
+        if self.fn_path is None or self.fn is None:
+            return None
+        code = getattr(self.fn, "__code__", None)
+        if code is not None and name in code.co_freevars:
+            return self.fn_path + (("cell", code.co_freevars.index(name), name),)
+        if name in getattr(self.fn, "__globals__", {}):
+            return self.fn_path + (("global", name),)
+        return None
 
 
 class Builder:
@@ -382,17 +514,72 @@ class Builder:
         raise CompileError(msg, loc.filename if loc else None, loc.lineno if loc else None,
                            loc.col if loc else None, text, hint=hint)
 
+    # -- values from outside the traced code ---------------------------------
+    def outside(self, value, path, name=None, scalar=False):
+        """A value read from a closure cell, global, default or attribute at ``path``: an array
+        becomes an input read at run time; anything else a constant with a guard."""
+        if path is None or guards.stable(value):
+            return _static(value) if scalar else Static(value)
+        if isinstance(value, np.ndarray) or type(value) is float:
+            return self.ctx.free_input(path, value, name)      # data: read at run time
+        g = guards.guard_for(value)
+        if g is not None:
+            self.ctx.guard(path, *g)
+        if scalar and isinstance(value, np.generic):
+            value = value.item()        # as _static: an item of a constant is a Python number
+        return Static(value, path)
+
+    def look_up(self, fn, args, e):
+        """``hasattr(obj, name)`` / ``getattr(obj, name[, default])`` on an object read from
+        outside: whether it has the attribute is guarded too."""
+        base, name = args[0], args[1].value
+        present = hasattr(base.value, name)
+        self.ctx.guard(base.src + (("attr", name),), "has", (name, present))
+        if fn is hasattr:
+            return Static(present)
+        if present or len(args) == 2:
+            return self.eval_Attribute_value(base, name, e)
+        return args[2]
+
+    def baked_callee(self, fn, path):
+        """``fn`` is called by the generated code itself (not inlined): that very object."""
+        if path is not None and isinstance(fn, types.FunctionType):
+            self.ctx.guard(path, "is", guards._ref(fn))
+
+    def seq_items(self, v):
+        """The items of a tuple value (a Seq, or a constant whose items keep their paths)."""
+        return list(v.items) if isinstance(v, Seq) else self.items_of(v)
+
+    def structure(self, v):
+        """The code depends on how many items (or which keys) the container ``v`` has."""
+        if isinstance(v, Static) and v.src is not None:
+            g = guards.structure_guard(v.value)
+            if g is not None:
+                self.ctx.guard(v.src, *g)
+
+    def items_of(self, v):
+        """The items of a constant list or tuple, each with its own path."""
+        if v.parts is not None:
+            return list(v.parts)
+        self.structure(v)
+        if v.src is None or not isinstance(v.value, (list, tuple)):
+            return [x if isinstance(x, Static) else Static(x) for x in v.value]
+        return [self.outside(x, v.src + (("item", i),)) for i, x in enumerate(v.value)]
+
     # -- entry points ------------------------------------------------------
-    def call_function(self, fn, args, kwargs, selfval=None, node=None):
-        """Inline ``fn(*args, **kwargs)``; returns its value."""
+    def call_function(self, fn, args, kwargs, selfval=None, node=None, path=None):
+        """Inline ``fn(*args, **kwargs)``; returns its value. ``path``: where ``fn`` was read
+        from (its cells, globals and defaults are then guarded or read at run time)."""
         src = get_source(fn)
         code = getattr(fn, "__code__", None)
         if code in self.ctx.stack:
             self.error(f"recursive call of {src.owner} cannot be inlined", node,
                        hint="rewrite it without recursion, or register it as a primitive with @fc.diffrule")
         self.ctx.inlined.append(fn)
+        if (getattr(fn, "__module__", "") or "").startswith("flux_compile"):
+            path = None                 # the library's own globals and defaults are not guarded
         fdef = src.tree
-        env = self._bind(fdef.args, fn, args, kwargs, node, selfval)
+        env = self._bind(fdef.args, fn, args, kwargs, node, selfval, path=path)
         glob = dict(getattr(fn, "__globals__", {}))
         if getattr(fn, "__closure__", None):
             for name, cell in zip(fn.__code__.co_freevars, fn.__closure__):
@@ -400,7 +587,7 @@ class Builder:
                     glob[name] = cell.cell_contents
                 except ValueError:
                     pass
-        frame = Frame(src, env, glob, selfval, getattr(fn, "__globals__", None))
+        frame = Frame(src, env, glob, selfval, getattr(fn, "__globals__", None), fn, path)
         outer, self.frame = self.frame, frame
         saved_loc = self.ctx.loc
         self.ctx.stack.append(code)
@@ -419,8 +606,7 @@ class Builder:
         fake = types.SimpleNamespace(__defaults__=None, __kwdefaults__=None, __qualname__=lf.fdef.name)
         env = self._bind(lf.fdef.args, fake, args, kwargs, node, None,
                          defaults=lf.defaults, kwdefaults=lf.kwdefaults)
-        frame = Frame(lf.frame.source, env, lf.frame.glob, lf.frame.selfval)
-        frame.outer = lf.frame
+        frame = lf.frame.nested(lf.frame.source, env)
         outer, self.frame = self.frame, frame
         saved_loc = self.ctx.loc
         self.ctx.stack.append(key)
@@ -432,15 +618,21 @@ class Builder:
             self.ctx.loc = saved_loc
         return frame.retval if frame.returned else Static(None)
 
-    def _bind(self, a, fn, args, kwargs, node, selfval, defaults=None, kwdefaults=None):
+    def _bind(self, a, fn, args, kwargs, node, selfval, defaults=None, kwdefaults=None, path=None):
         env = {}
         params = [p.arg for p in a.posonlyargs + a.args]
         args = list(args)
         if selfval is not None:
             args = [selfval] + args
         if defaults is None:
-            defaults = [Static(d) for d in (getattr(fn, "__defaults__", None) or ())]
-            kwdefaults = {k: Static(v) for k, v in (getattr(fn, "__kwdefaults__", None) or {}).items()}
+            def step(*s):
+                return None if path is None else path + (s,)
+            raw = getattr(fn, "__defaults__", None) or ()
+            names = params[len(params) - len(raw):]
+            defaults = [self.outside(d, step("default", i), names[i] if i < len(names) else None)
+                        for i, d in enumerate(raw)]
+            kwdefaults = {k: self.outside(v, step("kwdefault", k), k)
+                          for k, v in (getattr(fn, "__kwdefaults__", None) or {}).items()}
         ndef = len(defaults)
         if len(args) > len(params) and a.vararg is None:
             self.error(f"{get_source(fn).owner}() takes {len(params)} positional arguments "
@@ -605,7 +797,7 @@ class Builder:
         self.ctx.guards += 1
         return value
 
-    def items_of(self, node):
+    def node_items(self, node):
         """The outputs of a multi-output node (``np.split``, ``np.linalg.eigh``, ...), one value each."""
         if node.op == "pack":
             return list(node.args)
@@ -617,14 +809,14 @@ class Builder:
         if isinstance(it, SymDict):
             return [Static(k) for k in it.items]
         if isinstance(it, Node) and it.arity is not None:
-            return self.items_of(it)
+            return self.node_items(it)
         if isinstance(it, Node) and it.arity is None:
             n = self.concrete_int(self.call_primitive(len, [it], {}, node), node, "'for' over an array")
             from .rules.helpers import getitem
             return [self.call_primitive(getitem, [it, Static(i)], {}, node) for i in range(n)]
         if isinstance(it, Static):
             try:
-                return [Static(v) if not isinstance(v, Static) else v for v in it.value]
+                return self.items_of(it)
             except TypeError:
                 self.error(f"cannot iterate over {type(it.value).__name__}", node)
         self.error("'for' over an array or a run-time value cannot be compiled", node,
@@ -680,12 +872,12 @@ class Builder:
             return value.items
         if isinstance(value, Static):
             try:
-                items = list(value.value)
+                items = self.items_of(value)
             except TypeError:
                 self.error(f"cannot unpack {type(value.value).__name__}", node)
             if len(items) != n:
                 self.error(f"cannot unpack {len(items)} values into {n} names", node)
-            return [Static(v) for v in items]
+            return items
         if isinstance(value, Node):
             if value.arity is not None and value.arity != n:
                 self.error(f"cannot unpack {value.arity} values into {n} names", node)
@@ -717,7 +909,7 @@ class Builder:
             value = fr.glob[e.id]
             if fr.module_globals is not None and fr.module_globals.get(e.id, _MISSING) is value:
                 self.ctx.depend(fr.module_globals, e.id, value)
-            return Static(value)
+            return self.outside(value, fr.name_path(e.id), e.id)
         if hasattr(builtins, e.id):
             return Static(getattr(builtins, e.id))
         self.error(f"name {e.id!r} is not defined", e)
@@ -727,7 +919,8 @@ class Builder:
         if any(isinstance(x, ast.Starred) for x in e.elts):
             self.error("starred expressions are not supported", e)
         if all(isinstance(v, Static) for v in items):
-            return Static(tuple(v.value for v in items))
+            outside = any(v.src is not None or v.parts is not None for v in items)
+            return Static(tuple(v.value for v in items), parts=items if outside else None)
         return Seq(items)
 
     eval_List = eval_Tuple
@@ -745,7 +938,9 @@ class Builder:
             if value is not _MISSING:
                 if isinstance(base.value, types.ModuleType):
                     self.ctx.depend(vars(base.value), name, value)
-                return Static(value)
+                if guards.stable(base.value) or base.src is None:
+                    return Static(value)
+                return self.outside(value, base.src + (("attr", name),), name)
             self.error(f"{type(base.value).__name__!s} has no attribute {name!r}", e)
         if isinstance(base, ModelRef):
             return self.model_attr(base, name, e)
@@ -806,15 +1001,25 @@ class Builder:
             if v is not None:
                 return v
         if obj is not None and name in vars(obj):
-            return self.classify(ref, name, vars(obj)[name], e)
+            value = vars(obj)[name]
+            if ref.base == "self" and not ref.path and isinstance(value, KEYED_ATTRS) \
+                    and self.ctx.generic_cls is None:
+                return Static(value)    # in the cache key (model_signature); reassigning recompiles
+            return self.classify(ref, name, value, e)
         raw = inspect.getattr_static(cls, name, _MISSING) if cls is not None else _MISSING
         if raw is not _MISSING:
+            base = self.ctx.field_path(ref.base, ref.path)
             if isinstance(raw, staticmethod):
-                return Static(raw.__func__)
+                return self.outside(raw.__func__, None if base is None else base + (("attr", name),), name)
             if isinstance(raw, classmethod):
                 self.error("classmethods are not supported inside forward", e)
             if isinstance(raw, types.FunctionType):
-                return UserMethod(ref, raw)
+                path = None
+                if base is not None:
+                    on_class = obj is None and ref.base == "self" and not ref.path
+                    path = base + ((("attr", name),) if on_class else (("cls",), ("attr", name)))
+                    self.ctx.guard(path, "code", raw.__code__)
+                return UserMethod(ref, raw, path)
             if isinstance(raw, property):
                 self.error(f"property {name!r} is not supported inside forward", e,
                            hint="compute the value in forward or store it in __init__")
@@ -844,9 +1049,13 @@ class Builder:
         index = self.eval_index(e.slice)
         if isinstance(base, Static) and isinstance(index, Static):
             try:
-                return _static(base.value[index.value])
+                got = base.value[index.value]
             except Exception as err:
                 self.error(f"indexing failed at compile time: {err}", e)
+            if base.src is not None and guards.value_token(index.value) is not None:
+                return self.outside(got, base.src + (("item", index.value),),
+                                    index.value if isinstance(index.value, str) else None, scalar=True)
+            return _static(got)
         if isinstance(base, SymDict):
             if not isinstance(index, Static):
                 self.error("a dict can only be indexed by a key known at compile time", e)
@@ -867,7 +1076,7 @@ class Builder:
                     return base.args[index.value]
                 return self.ctx.add(Node("item", (base,), index=index.value % base.arity, diff=base.diff))
             if base.arity is not None and isinstance(index, Static) and isinstance(index.value, slice):
-                return Seq(self.items_of(base)[index.value])
+                return Seq(self.node_items(base)[index.value])
             from .rules.helpers import getitem
             return self.call_primitive(getitem, [base, index], {}, e)
         if isinstance(base, Static) and isinstance(index, Node):
@@ -912,7 +1121,7 @@ class Builder:
                 self.error(f"constant expression failed: {err}", e)
         if isinstance(a, Seq) or isinstance(b, Seq):
             if isinstance(op, ast.Add) and isinstance(a, (Seq, Static)) and isinstance(b, (Seq, Static)):
-                return Seq(_seq_items(a) + _seq_items(b))
+                return Seq(self.seq_items(a) + self.seq_items(b))
             self.error("arithmetic on tuples is not supported", e)
         fn = BINOPS.get(type(op)) or BITWISE.get(type(op))
         if fn is None:
@@ -988,9 +1197,7 @@ class Builder:
         """``[f(x) for x in xs if c]``: unrolled at compile time (xs known, or guarded by length)."""
         items = []
         outer = self.frame
-        frame = Frame(outer.source, {}, outer.glob, outer.selfval)
-        frame.outer = outer
-        self.frame = frame
+        self.frame = outer.nested(outer.source, {})
         try:
             self._comprehend(e.generators, 0, lambda: items.append(self.eval(e.elt)))
         finally:
@@ -1024,7 +1231,7 @@ class Builder:
                 if isinstance(v, Seq):
                     args.extend(v.items)
                 elif isinstance(v, Static) and isinstance(v.value, (tuple, list)):
-                    args.extend(Static(x) for x in v.value)
+                    args.extend(self.items_of(v))
                 elif isinstance(v, Node) and v.arity is not None:
                     args.extend(self.unpack(v, v.arity, a))
                 else:
@@ -1036,7 +1243,9 @@ class Builder:
             if k.arg is None:
                 v = self.eval(k.value)
                 if isinstance(v, Static) and isinstance(v.value, dict):
-                    kwargs.update({kk: Static(vv) for kk, vv in v.value.items()})
+                    self.structure(v)
+                    kwargs.update({kk: self.outside(vv, None if v.src is None else v.src + (("item", kk),), kk)
+                                   for kk, vv in v.value.items()})
                 elif isinstance(v, SymDict) and all(isinstance(kk, str) for kk in v.items):
                     kwargs.update(v.items)
                 else:
@@ -1049,7 +1258,7 @@ class Builder:
         if isinstance(f, BoundMethod):
             return self.call_method(f, args, kwargs, e)
         if isinstance(f, UserMethod):
-            return self.call_function(f.fn, args, kwargs, selfval=f.selfval, node=e)
+            return self.call_function(f.fn, args, kwargs, selfval=f.selfval, node=e, path=f.path)
         if isinstance(f, ModelRef):
             return self.call_model(f, args, kwargs, e)
         if isinstance(f, LocalFunction):
@@ -1063,9 +1272,9 @@ class Builder:
             self.error("calling a run-time value is not supported", e,
                        hint="store functions and sub-models as attributes set in __init__")
         fn = f.value
-        return self.call_static(fn, args, kwargs, e)
+        return self.call_static(fn, args, kwargs, e, f.src)
 
-    def call_static(self, fn, args, kwargs, e):
+    def call_static(self, fn, args, kwargs, e, path=None):
         if fn is print:
             self.error("print is not supported inside forward", e,
                        hint="use fc.shapes(model, x) to see every value's shape")
@@ -1100,6 +1309,7 @@ class Builder:
             if summed is not None:
                 return summed
         if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
+            self.baked_callee(fn, path)
             return self.call_primitive(fn, args, kwargs, e)
         if fn is len:
             (x,) = args
@@ -1128,14 +1338,19 @@ class Builder:
                 return self.call_primitive(astype, [x, kwargs["dtype"]], {}, e)
         if fn is range and any(isinstance(a, Node) for a in args):
             args = [Static(self.concrete_int(a, e, "range(...)")) for a in args]
+        if fn in (hasattr, getattr) and 2 <= len(args) <= 3 and not kwargs and isinstance(args[0], Static) \
+                and args[0].src is not None and isinstance(args[1], Static) and isinstance(args[1].value, str):
+            return self.look_up(fn, args, e)
         if fn in STATIC_BUILTINS or fn is np.shape:
+            for a in list(args) + list(kwargs.values()):
+                self.structure(a)
             if all(isinstance(a, Static) for a in args) and all(isinstance(v, Static) for v in kwargs.values()):
                 try:
                     return _static(fn(*[a.value for a in args], **{k: v.value for k, v in kwargs.items()}))
                 except Exception as err:
                     self.error(f"{getattr(fn, '__name__', fn)}(...) failed at compile time: {err}", e)
             if fn in (zip, enumerate, reversed, tuple, list) and all(isinstance(a, (Seq, Static)) for a in args):
-                lists = [_seq_items(a) for a in args]
+                lists = [self.seq_items(a) for a in args]
                 if fn is zip:
                     return Seq([Seq(list(t)) for t in zip(*lists)])
                 if fn is enumerate:
@@ -1149,7 +1364,7 @@ class Builder:
                 return self.eval_Attribute_value(args[0], args[1].value, e)
             self.error(f"{fn.__name__}() needs arguments known at compile time here", e)
         if _inlinable(fn):
-            return self.call_function(fn, args, kwargs, node=e)
+            return self.call_function(fn, args, kwargs, node=e, path=path)
         if isinstance(fn, type) and issubclass(fn, BaseException):
             if all(isinstance(a, Static) for a in args) and not kwargs:
                 return Static(fn(*[a.value for a in args]))
@@ -1158,6 +1373,7 @@ class Builder:
             self.error(f"{type(fn).__name__} object is not callable", e)
         # any other callable (NumPy without a rule, math, ...) is an opaque primitive;
         # autodiff complains only if a gradient has to flow through it.
+        self.baked_callee(fn, path)
         return self.call_primitive(fn, args, kwargs, e)
 
     @staticmethod
@@ -1315,6 +1531,8 @@ class Builder:
         if isinstance(v, Node):
             return v
         if isinstance(v, Static):
+            if v.src is not None and guards.value_token(v.value) is None:
+                self.ctx.guard(v.src, "is", guards._ref(v.value))   # this very object is baked in
             return self.ctx.add(Node("const", value=v.value))
         if isinstance(v, Seq):
             items = [self.as_node(x, e) for x in v.items]
@@ -1331,6 +1549,7 @@ class Builder:
 
 
 _NOT_CONST = object()
+KEYED_ATTRS = (bool, int, str, type(None), np.dtype)    # attr_token keeps their value
 
 
 def _unbroadcast():
@@ -1448,17 +1667,20 @@ def classify_value(b, base, path, value, e):
         return n
     if is_model(value):
         return ModelRef(base, path, value)
+    src = b.ctx.field_path(base, path)
     if isinstance(value, (list, tuple)):
         items = [classify_value(b, base, path + (i,), v, e) for i, v in enumerate(value)]
+        if src is not None:
+            b.ctx.guard(src, *guards.structure_guard(value))
         if all(isinstance(i, Static) for i in items):
-            return Static(type(value)(i.value for i in items))
+            return Static(type(value)(i.value for i in items), src)
         return Seq(items)
     if isinstance(value, (np.ndarray, float)) and not isinstance(value, bool):
         n = b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
         n.meta["shape"] = tuple(np.shape(value))
         n.meta["complex"] = np.iscomplexobj(value)
         return n
-    return Static(value)
+    return b.outside(value, src, str(path[-1]) if path else None)
 
 
 def attr_token(value):
@@ -1477,8 +1699,11 @@ def attr_token(value):
         return ("value", value)
     if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, np.ufunc, type)):
         return ("fn", getattr(value, "__module__", None), getattr(value, "__qualname__", repr(value)))
-    from .compiler import freeze
-    return ("object", type(value).__qualname__, freeze(value))
+    token = guards.value_token(value)
+    if token is not None:
+        return ("object", token)
+    # dicts and other objects: what forward reads of them is guarded field by field (guards.py)
+    return ("object", type(value).__module__, type(value).__qualname__)
 
 
 # --------------------------------------------------------------------------

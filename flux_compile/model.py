@@ -203,7 +203,6 @@ class Model:
 
 
 _MISSING = object()
-_signatures = {}
 
 # Gradient accumulation (every backward), updates and zeroing run one at a time, so that
 # threads sharing a model lose no gradient; forward passes run in parallel. Compiling
@@ -244,11 +243,15 @@ def _check_not_held(model):
 
 
 def _forward_signature(cls):
-    sig = _signatures.get(cls)
-    if sig is None:
+    """``inspect.signature(cls.forward)``, kept on the class (so it goes when the class goes)
+    and taken again when ``forward`` or its defaults are reassigned."""
+    fn = cls.forward
+    sig = cls.__dict__.get("_fc_signature")
+    if sig is None or sig[0] is not fn or sig[1] is not getattr(fn, "__defaults__", None):
         import inspect
-        sig = _signatures[cls] = inspect.signature(cls.forward)
-    return sig
+        sig = (fn, getattr(fn, "__defaults__", None), inspect.signature(fn))
+        type.__setattr__(cls, "_fc_signature", sig)
+    return sig[2]
 
 
 def _arity(cls):
@@ -275,6 +278,8 @@ def _run(model, c, args, method):
 
     def call(variant):
         try:
+            if variant.free_paths:          # arrays the code reads at run time (guards.py)
+                return getattr(variant, method)(model, *flat, *variant.read_free(model, ()))
             return getattr(variant, method)(model, *flat)
         except Retrace:
             raise
@@ -290,7 +295,7 @@ def _run(model, c, args, method):
         except Retrace:
             restore_states(snap)
             raise
-    c2, result = run_guarded(c, attempt, lambda: _compile(model, args, fresh=True))
+    c2, result = run_guarded(c, attempt, lambda: _compile(model, args, fresh=True), model)
     if c2 is not c:
         from .compiler import _remember, input_key
         with COMPILE_LOCK:

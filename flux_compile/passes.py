@@ -162,7 +162,9 @@ def split(joint, resolve):
             dep_seed.add(n.id)
     in_forward = set()
     for n in g.nodes:
-        if n.id >= nf:
+        if n.op == "input":         # an array a derivative rule reads at run time is an input too
+            in_forward.add(n.id)
+        elif n.id >= nf:
             if n.id not in dep_seed and n.op == "getattr" and n.attr in METADATA_ATTRS \
                     and n.args[0].op not in FREE_OPS:
                 in_forward.add(n.id)

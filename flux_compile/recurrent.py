@@ -37,16 +37,16 @@ from .params import Param, is_model, submodels
 # the compiler's side: state attributes become inputs and outputs
 
 
-_names_cache = {}
-
-
 def state_names(cls):
-    """Attributes assigned as ``self.NAME = ...`` (or ``+=``) in ``forward``, in order."""
+    """Attributes assigned as ``self.NAME = ...`` (or ``+=``) in ``forward``, in order.
+    Kept on the class (it goes when the class goes), per code of ``forward``."""
     fn = getattr(cls, "forward", None)
-    key = (cls, getattr(fn, "__code__", None))
-    if key not in _names_cache:
-        _names_cache[key] = _scan_state_names(fn)
-    return _names_cache[key]
+    code = getattr(fn, "__code__", None)
+    known = cls.__dict__.get("_fc_state_names")
+    if known is None or known[0] is not code:
+        known = (code, _scan_state_names(fn))
+        type.__setattr__(cls, "_fc_state_names", known)
+    return known[1]
 
 
 def _scan_state_names(fn):
