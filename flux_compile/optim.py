@@ -101,8 +101,18 @@ class ParamState:
         return id(p), (self._ref(p), entry)
 
     def install(self, record):
+        """Store ``record``; returns the record it replaced (to put back), ``(key, None)`` if none."""
         key, value = record
+        old = self._entries.get(key)
         self._entries[key] = value
+        return key, old
+
+    def restore(self, old):
+        key, value = old
+        if value is None:
+            self._entries.pop(key, None)
+        else:
+            self._entries[key] = value
 
     def get(self, p, default=None):
         held = self._entries.get(id(p))
@@ -172,16 +182,16 @@ def interrupts_held():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
+    received, previous = [], False
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    except (ValueError, OSError):           # e.g. a sub-interpreter
-        yield
-        return
-    try:
+        try:
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        except (ValueError, OSError):       # e.g. a sub-interpreter
+            pass
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if previous is not False:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
         if received:
             signal.raise_signal(signal.SIGINT)      # the original handler runs now
 
@@ -450,21 +460,33 @@ class PendingUpdate:
 
     def __init__(self, opt, values, records, grads):
         self.opt, self.values, self.records, self.grads = opt, values, records, grads
+        self.done = False
 
     def commit(self):
         """Install every new value and state and zero every gradient, with Ctrl-C held back.
 
-        Only assignments and zero fills (checked ahead to be possible): nothing here can fail
-        half way, and an interrupt arrives after the last of them.
+        Only assignments and zero fills (checked ahead to be possible), so nothing should
+        fail here; if something does anyway, what was installed is put back before it
+        propagates. ``done`` is set with the last assignment.
         """
         state = self.opt.state
+        old_values, old_records = [], []
         with interrupts_held():
-            for p, value in self.values:
-                p.value = value
-            for record in self.records:
-                state.install(record)
+            try:
+                for p, value in self.values:
+                    old_values.append((p, p.value))
+                    p.value = value
+                for record in self.records:
+                    old_records.append(state.install(record))
+            except BaseException:
+                for old in reversed(old_records):
+                    state.restore(old)
+                for p, value in reversed(old_values):
+                    p.value = value
+                raise
             for g in self.grads:
                 g[...] = 0
+            self.done = True
 
 
 def check_gradients(trainable):
