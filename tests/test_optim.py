@@ -246,3 +246,26 @@ def test_cast_to_float32():
     m = fc.cast(fc.LSTM(3, 4), np.float32)
     assert all(p.dtype == np.float32 and p.grad.dtype == np.float32 for p in fc.params(m))
     assert fc.unroll(m, 2)(np.ones((2, 2, 3), np.float32)).dtype == np.float32
+
+
+class InPlaceSGD(SGD):
+    """A user's optimiser written the old way, updating in place."""
+    def block(self):
+        return ["p -= lr * g"]
+
+
+class WritesIntoAnElement(SGD):
+    def block(self):
+        return ["p[0] = 0.0"]
+
+
+def test_an_in_place_block_is_rewritten_so_the_old_arrays_stay_intact():
+    m = Toy(w=Param(np.array([1.0, 2.0])))
+    old = m.w.value
+    m.w.grad[...] = [1.0, 1.0]
+    assert "p = p - lr * g" in update_source(m, InPlaceSGD(0.5))
+    apply_update(m, InPlaceSGD(0.5))
+    np.testing.assert_array_equal(m.w.value, [0.5, 1.5])
+    np.testing.assert_array_equal(old, [1.0, 2.0])          # computed into a new array
+    with pytest.raises(TypeError, match=r"writes into an array \(p\[0\] = 0.0\)"):
+        update_source(m, WritesIntoAnElement(0.5))
