@@ -20,6 +20,15 @@ from flux_compile.params import named_params
 from flux_compile.recurrent import snapshot_states
 from flux_compile.train import GradientError, TrainingError
 
+@pytest.fixture(autouse=True)
+def python_handles_ctrl_c():
+    """Ctrl-C raises KeyboardInterrupt here even when the suite runs in the background (where
+    the shell starts it with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 OPTIMISERS = {
     "SGD": lambda: optim.SGD(0.1), "Momentum": lambda: optim.Momentum(0.05),
     "Nesterov": lambda: optim.Nesterov(0.05), "Adam": lambda: optim.Adam(0.01),
