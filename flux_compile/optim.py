@@ -531,7 +531,7 @@ def _like(new, old, path):
     if new.shape != old.shape:
         raise ValueError(f"the update of {path_str(path)} has shape {new.shape}, "
                          f"the parameter {old.shape}")
-    if new is old or np.shares_memory(new, old):
+    if new is old or np.may_share_memory(new, old):
         new = new.copy()
     return new.astype(old.dtype, copy=False)
 
