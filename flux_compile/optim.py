@@ -555,7 +555,9 @@ def update_with(model, grads, fn):
     string ``"first.W"``) to gradients, as ``fc.grad`` returns them. Frozen
     Params are left alone. If ``fn`` returns ``None`` it is taken to have
     changed ``value`` in place. A path that names no Param is a ``KeyError``
-    listing every such path; nothing is changed then.
+    listing every such path; nothing is changed then. The new values are
+    installed only once ``fn`` has returned for every Param, so an error in
+    ``fn`` or a wrong shape changes nothing (unless ``fn`` writes in place).
 
     >>> from flux_compile.params import Param
     >>> class Toy:
@@ -574,6 +576,7 @@ def update_with(model, grads, fn):
     if unknown:
         known = ", ".join(path_str(q) for q, _ in named_params(model))
         raise KeyError(f"no parameter at {', '.join(map(repr, unknown))}; the model has: {known}")
+    values = []                 # every new value first, then all of them at once
     for key, g in grads.items():
         p = by_path[key]
         if g is None or not p.trainable:
@@ -585,7 +588,10 @@ def update_with(model, grads, fn):
                 raise ValueError(f"update of {path_str(key) if isinstance(key, tuple) else key} "
                                  f"has shape {new.shape}, the parameter {p.value.shape}")
             if new is not p.value:
-                p.value[...] = new
+                values.append((p, new.astype(p.value.dtype, copy=not np.may_share_memory(new, p.value))))
+    with interrupts_held():
+        for p, new in values:
+            p.value = new
 
 
 def clip_grad_norm(model, max_norm):

@@ -269,3 +269,19 @@ def test_an_in_place_block_is_rewritten_so_the_old_arrays_stay_intact():
     np.testing.assert_array_equal(old, [1.0, 2.0])          # computed into a new array
     with pytest.raises(TypeError, match=r"writes into an array \(p\[0\] = 0.0\)"):
         update_source(m, WritesIntoAnElement(0.5))
+
+
+def test_update_with_changes_nothing_when_fn_fails_for_a_later_param():
+    m = Toy(a=Param(np.ones(2)), b=Param(np.ones(2)))
+
+    def fn(w, g):
+        if g[0] == 2.0:
+            raise RuntimeError("no")
+        return w - g
+    with pytest.raises(RuntimeError):
+        update_with(m, {"a": np.ones(2), "b": np.full(2, 2.0)}, fn)
+    np.testing.assert_array_equal(m.a.value, np.ones(2))
+    with pytest.raises(ValueError, match="update of b has shape"):
+        update_with(m, {"a": np.ones(2), "b": np.full(2, 2.0)},
+                    lambda w, g: np.ones(3) if g[0] == 2.0 else w - g)
+    np.testing.assert_array_equal(m.a.value, np.ones(2))
