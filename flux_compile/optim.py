@@ -16,26 +16,184 @@ a block per Param commented with its field path, compiles it once per
 def update(params, state, steps, lr):
     # W
     p, g = params[0].value, params[0].grad
-    p -= lr * g
-    g[...] = 0
+    p = p - lr * g
+    new_0 = p, ()
+    return [new_0]
 <BLANKLINE>
 >>> apply_update(m, SGD(0.1)); m.W.value, m.W.grad
 (array([0.9, 1.2]), array([0., 0.]))
 
-Every step zeroes the gradients of *all* Params, frozen ones included;
-frozen Params (``trainable=False``) are not updated.
+A step is all or nothing. The generated function only *computes*: it
+returns a new value and new state for every Param and changes nothing.
+Only when all of them exist are they committed, by assigning references,
+with Ctrl-C held back for those few assignments (:func:`interrupts_held`).
+A gradient that is NaN or infinite stops the step before anything is
+computed (:class:`NonFiniteGradient`). Every step zeroes the gradients of
+*all* Params, frozen ones included; frozen Params (``trainable=False``) are
+not updated.
 """
 from __future__ import annotations
 
+import ast
+import contextlib
+import signal
+import threading
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 
 from .params import named_params, params, path_str
 from .sourcecache import compile_source, unique_filename
 
-__all__ = ["Optimiser", "SGD", "Momentum", "Nesterov", "Adam", "AdamW", "RMSProp",
-           "apply_update", "update_source", "update_with"]
+__all__ = ["Optimiser", "SGD", "Momentum", "Nesterov", "Adam", "AdamW", "RMSProp", "ParamState",
+           "NonFiniteGradient", "apply_update", "prepare_update", "update_source", "update_with",
+           "interrupts_held"]
+
+
+class NonFiniteGradient(FloatingPointError):
+    """A trainable Param's gradient holds NaN or inf; ``.path`` names the first such Param.
+
+    Raised before anything is computed: values, gradients and optimiser state are unchanged.
+    """
+
+    def __init__(self, path, grad):
+        self.path = path
+        nan, inf = int(np.isnan(grad).sum()), int(np.isinf(grad).sum())
+        super().__init__(f"the gradient of {path} is not finite ({nan} NaN and {inf} inf of "
+                         f"{grad.size} entries); nothing was updated. Look for a log or division "
+                         f"of zero, an overflow, or NaN in the data")
+
+
+class Entry(NamedTuple):
+    """One Param's optimiser state: the number of steps taken and the slot arrays."""
+    step: int
+    slots: tuple
+
+
+class ParamState:
+    """Optimiser state per Param, keyed by the Param object itself (by identity).
+
+    The Params are held weakly: a Param that is no longer used anywhere else
+    is freed, and its state with it. Entries are immutable and replaced whole
+    (one assignment each), so a step's state is never half written. Pickled
+    together with the model that owns the Params, the state is restored for
+    those same Params (pickle keeps object identity within one dump).
+    """
+
+    def __init__(self):
+        self._entries = {}          # id(param) -> (weakref to param, Entry)
+
+    def _ref(self, p):
+        held = self._entries.get(id(p))
+        if held is not None and held[0]() is p:
+            return held[0]
+        me = weakref.ref(self)
+
+        def forget(ref, key=id(p)):
+            owner = me()
+            if owner is not None and owner._entries.get(key, (None,))[0] is ref:
+                del owner._entries[key]
+        return weakref.ref(p, forget)
+
+    def record(self, p, entry):
+        """``(key, value)`` that :meth:`install` stores: made ahead, so a commit only assigns."""
+        return id(p), (self._ref(p), entry)
+
+    def install(self, record):
+        """Store ``record``; returns the record it replaced (to put back), ``(key, None)`` if none."""
+        key, value = record
+        old = self._entries.get(key)
+        self._entries[key] = value
+        return key, old
+
+    def restore(self, old):
+        key, value = old
+        if value is None:
+            self._entries.pop(key, None)
+        else:
+            self._entries[key] = value
+
+    def get(self, p, default=None):
+        held = self._entries.get(id(p))
+        return held[1] if held is not None and held[0]() is p else default
+
+    def __getitem__(self, p):
+        entry = self.get(p)
+        if entry is None:
+            raise KeyError(f"no optimiser state for {p!r}")
+        return entry
+
+    def __setitem__(self, p, entry):
+        self.install(self.record(p, Entry(int(entry[0]), tuple(entry[1]))))
+
+    def __delitem__(self, p):
+        if self.get(p) is None:
+            raise KeyError(f"no optimiser state for {p!r}")
+        del self._entries[id(p)]
+
+    def pop(self, p, default=None):
+        entry = self.get(p)
+        if entry is not None:
+            del self._entries[id(p)]
+        return default if entry is None else entry
+
+    def __contains__(self, p):
+        return self.get(p) is not None
+
+    def items(self):
+        """``[(param, Entry)]`` for the Params still alive."""
+        out = []
+        for ref, entry in list(self._entries.values()):
+            p = ref()
+            if p is not None:
+                out.append((p, entry))
+        return out
+
+    def __iter__(self):
+        return iter([p for p, _ in self.items()])
+
+    def __len__(self):
+        return len(self.items())
+
+    def clear(self):
+        self._entries.clear()
+
+    def __getstate__(self):
+        return {"entries": [(p, e.step, e.slots) for p, e in self.items()]}
+
+    def __setstate__(self, state):
+        self._entries = {}
+        for p, step, slots in state["entries"]:
+            self[p] = (step, slots)
+
+    def __repr__(self):
+        return f"<ParamState of {len(self)} Params>"
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Hold Ctrl-C (SIGINT) back while the block runs; deliver it right after.
+
+    For the few assignments that commit a step: either all of them happen or,
+    if the interrupt came earlier, none. Outside the main thread (where Python
+    delivers no KeyboardInterrupt) it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received, previous = [], False
+    try:
+        try:
+            previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+        except (ValueError, OSError):       # e.g. a sub-interpreter
+            pass
+        yield
+    finally:
+        if previous is not False:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if received:
+            signal.raise_signal(signal.SIGINT)      # the original handler runs now
 
 
 class Optimiser:
@@ -50,14 +208,19 @@ class Optimiser:
     uses_t = False          # does the math need the step number ``t``?
 
     def __init__(self):
-        self.state = {}     # id(param) -> [param, step count, slot arrays]
+        self.state = ParamState()       # Param -> Entry(step count, slot arrays), Params held weakly
 
     def hyperparams(self):
         """Hyper-parameter values as Python floats, in ``hyper`` order."""
         return [float(getattr(self, name)) for name in self.hyper]
 
     def block(self):
-        """Lines of math updating ``p`` in place, from ``g`` and the slots."""
+        """Lines of math giving the new ``p`` and slots from ``g`` and the old ones.
+
+        Write new arrays (``p = p - lr * g``), never into the old ones: the
+        old values must stay intact until every Param's new value exists.
+        (``p -= x`` is rewritten to ``p = p - (x)``; writing into an element
+        or an attribute is an error.)"""
         raise NotImplementedError
 
     def step(self, model):
@@ -69,12 +232,16 @@ class Optimiser:
         self.state.clear()
 
     def _state_for(self, p):
-        entry = self.state.get(id(p))
-        if entry is None or entry[0] is not p or any(
-                s.shape != p.value.shape or s.dtype != p.value.dtype for s in entry[2]):
-            entry = [p, 0, tuple(np.zeros_like(p.value) for _ in self.slots)]
-            self.state[id(p)] = entry
+        """The state ``p`` starts this step from (zeros at its first step); stores nothing."""
+        entry = self.state.get(p)
+        if entry is None or len(entry.slots) != len(self.slots) or any(
+                s.shape != p.value.shape or s.dtype != p.value.dtype for s in entry.slots):
+            entry = Entry(0, tuple(np.zeros_like(p.value) for _ in self.slots))
         return entry
+
+    def settings(self):
+        """``{name: value}`` of the hyper-parameters (what a checkpoint compares on load)."""
+        return dict(zip(self.hyper, self.hyperparams()))
 
     def __repr__(self):
         args = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._repr_names())
@@ -94,7 +261,7 @@ class SGD(Optimiser):
         self.lr = lr
 
     def block(self):
-        return ["p -= lr * g"]
+        return ["p = p - lr * g"]
 
 
 class Momentum(Optimiser):
@@ -112,8 +279,8 @@ class Momentum(Optimiser):
         self.lr, self.rho = lr, rho
 
     def block(self):
-        return ["v *= rho; v += g",
-                "p -= lr * v"]
+        return ["v = rho * v + g",
+                "p = p - lr * v"]
 
 
 class Nesterov(Momentum):
@@ -127,8 +294,8 @@ class Nesterov(Momentum):
         super().__init__(lr, rho)
 
     def block(self):
-        return ["v *= rho; v += g",
-                "p -= lr * (g + rho * v)"]
+        return ["v = rho * v + g",
+                "p = p - lr * (g + rho * v)"]
 
 
 class Adam(Optimiser):
@@ -154,11 +321,11 @@ class Adam(Optimiser):
         return ("lr", "betas", "eps")
 
     def block(self):
-        return ["m *= beta1; m += (1 - beta1) * g",
-                "v *= beta2; v += (1 - beta2) * g * g",
+        return ["m = beta1 * m + (1 - beta1) * g",
+                "v = beta2 * v + (1 - beta2) * g * g",
                 "mhat = m / (1 - beta1 ** t)",
                 "vhat = v / (1 - beta2 ** t)",
-                "p -= lr * mhat / (np.sqrt(vhat) + eps)"]
+                "p = p - lr * mhat / (np.sqrt(vhat) + eps)"]
 
 
 class AdamW(Adam):
@@ -175,7 +342,7 @@ class AdamW(Adam):
         return ("lr", "betas", "eps", "weight_decay")
 
     def block(self):
-        return ["p *= 1 - lr * weight_decay"] + super().block()
+        return ["p = p * (1 - lr * weight_decay)"] + super().block()
 
 
 class RMSProp(Optimiser):
@@ -193,8 +360,8 @@ class RMSProp(Optimiser):
         self.lr, self.rho, self.eps = lr, rho, eps
 
     def block(self):
-        return ["v *= rho; v += (1 - rho) * g * g",
-                "p -= lr * g / (np.sqrt(v) + eps)"]
+        return ["v = rho * v + (1 - rho) * g * g",
+                "p = p - lr * g / (np.sqrt(v) + eps)"]
 
 
 # -- source generation ---------------------------------------------------------
@@ -214,24 +381,43 @@ def _layout(model):
             [(q, p) for q, p in everything if not p.trainable])
 
 
+def _functional(opt, lines):
+    """``opt.block()`` with ``x op= e`` rewritten to ``x = x op (e)``: the old arrays stay intact."""
+    out = []
+    for line in lines:
+        for stmt in ast.parse(line).body:
+            if isinstance(stmt, ast.AugAssign) and isinstance(stmt.target, ast.Name):
+                load = ast.Name(stmt.target.id, ast.Load())
+                stmt = ast.Assign([stmt.target], ast.BinOp(load, stmt.op, stmt.value), lineno=1)
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else \
+                [stmt.target] if isinstance(stmt, (ast.AugAssign, ast.AnnAssign)) else []
+            if any(not isinstance(n, (ast.Name, ast.Tuple, ast.List, ast.Store)) and
+                   isinstance(n, (ast.Subscript, ast.Attribute))
+                   for t in targets for n in ast.walk(t)):
+                raise TypeError(f"{type(opt).__name__}.block() writes into an array "
+                                f"({ast.unparse(stmt)}): write a new array instead "
+                                f"(p = p - lr * g), so that a step is all or nothing")
+            out.append(ast.unparse(ast.fix_missing_locations(stmt)))
+    return out
+
+
 def _source(opt, trainable_paths, frozen_paths):
     lines = [f"def update(params, state, steps, {', '.join(opt.hyper)}):"]
+    block = _functional(opt, opt.block())
+    slots = "(" + ", ".join(opt.slots) + ("," if len(opt.slots) == 1 else "") + ")"
     for i, path in enumerate(trainable_paths):
         lines.append(f"    # {path_str(path) or '<model>'}")
         head = f"    p, g = params[{i}].value, params[{i}].grad"
         if opt.slots:
-            names = ", ".join(opt.slots) + ("," if len(opt.slots) == 1 else "")
-            head = f"    p, g, ({names}) = params[{i}].value, params[{i}].grad, state[{i}]"
+            head = f"    p, g, {slots} = params[{i}].value, params[{i}].grad, state[{i}]"
         lines.append(head)
         if opt.uses_t:
             lines.append(f"    t = steps[{i}]")
-        lines += ["    " + line for line in opt.block()]
-        lines.append("    g[...] = 0")
-    for j, path in enumerate(frozen_paths, start=len(trainable_paths)):
+        lines += ["    " + line for line in block]
+        lines.append(f"    new_{i} = p, {slots if opt.slots else '()'}")
+    for path in frozen_paths:
         lines.append(f"    # {path_str(path)} (frozen: no update)")
-        lines.append(f"    params[{j}].grad[...] = 0")
-    if not trainable_paths and not frozen_paths:
-        lines.append("    pass")
+    lines.append(f"    return [{', '.join(f'new_{i}' for i in range(len(trainable_paths)))}]")
     return "\n".join(lines) + "\n"
 
 
@@ -269,11 +455,52 @@ def update_source(model, opt=None):
     return _compiled(model, opt, trainable, frozen)[0]
 
 
-def apply_update(model, lr_or_opt):
-    """One optimiser step on ``model``: a number means ``SGD(lr)``.
+class PendingUpdate:
+    """One optimiser step, computed but not applied yet. :meth:`commit` applies all of it."""
 
-    Updates every trainable Param from its ``.grad``, then zeroes the
-    gradients of all Params, frozen ones included.
+    def __init__(self, opt, values, records, grads):
+        self.opt, self.values, self.records, self.grads = opt, values, records, grads
+        self.done = False
+
+    def commit(self):
+        """Install every new value and state and zero every gradient, with Ctrl-C held back.
+
+        Only assignments and zero fills (checked ahead to be possible), so nothing should
+        fail here; if something does anyway, what was installed is put back before it
+        propagates. ``done`` is set with the last assignment.
+        """
+        state = self.opt.state
+        old_values, old_records = [], []
+        with interrupts_held():
+            try:
+                for p, value in self.values:
+                    old_values.append((p, p.value))
+                    p.value = value
+                for record in self.records:
+                    old_records.append(state.install(record))
+            except BaseException:
+                for old in reversed(old_records):
+                    state.restore(old)
+                for p, value in reversed(old_values):
+                    p.value = value
+                raise
+            for g in self.grads:
+                g[...] = 0
+            self.done = True
+
+
+def check_gradients(trainable):
+    """Raise :class:`NonFiniteGradient` for the first trainable Param whose gradient is not finite."""
+    for path, p in trainable:
+        if not np.isfinite(p.grad).all():
+            raise NonFiniteGradient(path_str(path) or "<model>", p.grad)
+
+
+def prepare_update(model, lr_or_opt):
+    """Compute one optimiser step on ``model`` and return it uncommitted; changes nothing.
+
+    Checks first that every trainable gradient is finite (else
+    :class:`NonFiniteGradient`).
     """
     opt = _as_optimiser(lr_or_opt)
     trainable, frozen = _layout(model)
@@ -282,13 +509,43 @@ def apply_update(model, lr_or_opt):
         _LAST[model] = opt
     except TypeError:
         pass
-    state, steps = [], []
-    for _, p in trainable:
-        entry = opt._state_for(p)
-        entry[1] += 1
-        state.append(entry[2])
-        steps.append(entry[1])
-    fn([p for _, p in trainable] + [p for _, p in frozen], state, steps, *opt.hyperparams())
+    check_gradients(trainable)
+    grads = [p.grad for _, p in trainable + frozen]
+    for (path, p), g in zip(trainable + frozen, grads):
+        if not g.flags.writeable:
+            raise ValueError(f"the gradient of {path_str(path)} is read-only: it cannot be zeroed")
+    old = [opt._state_for(p) for _, p in trainable]
+    new = fn([p for _, p in trainable], [e.slots for e in old], [e.step + 1 for e in old],
+             *opt.hyperparams())
+    values, records = [], []
+    for (path, p), before, (value, slots) in zip(trainable, old, new):
+        values.append((p, _like(value, p.value, path)))
+        slots = tuple(_like(s, p.value, path) for s in slots)
+        records.append(opt.state.record(p, Entry(before.step + 1, slots)))
+    return PendingUpdate(opt, values, records, grads)
+
+
+def _like(new, old, path):
+    """``new`` as a fresh array of ``old``'s shape and dtype (never ``old`` itself)."""
+    new = np.asarray(new)
+    if new.shape != old.shape:
+        raise ValueError(f"the update of {path_str(path)} has shape {new.shape}, "
+                         f"the parameter {old.shape}")
+    if new is old or np.may_share_memory(new, old):
+        new = new.copy()
+    return new.astype(old.dtype, copy=False)
+
+
+def apply_update(model, lr_or_opt):
+    """One optimiser step on ``model``: a number means ``SGD(lr)``.
+
+    Updates every trainable Param from its ``.grad``, then zeroes the
+    gradients of all Params, frozen ones included. All or nothing: a
+    non-finite gradient (:class:`NonFiniteGradient`) or an error while
+    computing leaves values, gradients and state as they were, and Ctrl-C
+    during the step either stops it before anything changed or after all of it.
+    """
+    prepare_update(model, lr_or_opt).commit()
 
 
 def update_with(model, grads, fn):
@@ -298,7 +555,9 @@ def update_with(model, grads, fn):
     string ``"first.W"``) to gradients, as ``fc.grad`` returns them. Frozen
     Params are left alone. If ``fn`` returns ``None`` it is taken to have
     changed ``value`` in place. A path that names no Param is a ``KeyError``
-    listing every such path; nothing is changed then.
+    listing every such path; nothing is changed then. The new values are
+    installed only once ``fn`` has returned for every Param, so an error in
+    ``fn`` or a wrong shape changes nothing (unless ``fn`` writes in place).
 
     >>> from flux_compile.params import Param
     >>> class Toy:
@@ -317,6 +576,7 @@ def update_with(model, grads, fn):
     if unknown:
         known = ", ".join(path_str(q) for q, _ in named_params(model))
         raise KeyError(f"no parameter at {', '.join(map(repr, unknown))}; the model has: {known}")
+    values = []                 # every new value first, then all of them at once
     for key, g in grads.items():
         p = by_path[key]
         if g is None or not p.trainable:
@@ -328,7 +588,10 @@ def update_with(model, grads, fn):
                 raise ValueError(f"update of {path_str(key) if isinstance(key, tuple) else key} "
                                  f"has shape {new.shape}, the parameter {p.value.shape}")
             if new is not p.value:
-                p.value[...] = new
+                values.append((p, new.astype(p.value.dtype, copy=not np.may_share_memory(new, p.value))))
+    with interrupts_held():
+        for p, new in values:
+            p.value = new
 
 
 def clip_grad_norm(model, max_norm):

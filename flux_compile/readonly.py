@@ -32,7 +32,8 @@ import numpy as np
 from .params import Param, children, is_model, path_str
 
 EDITS = [0]         # public attributes set on any model so far (Model.__setattr__ counts)
-_mutex = threading.Lock()
+_mutex = threading.RLock()   # re-entrant: a Hold dropped by the garbage collector (or a Ctrl-C
+                            # between acquire and release) may release from inside _hold
 _held = {}          # id(array) -> [array, number of pending backs holding it]
 _stuck = {}         # id(array) -> array released while its base was still held
 

@@ -7,8 +7,16 @@ Per batch ``(x, y)``::
     back(dl)                                # accumulate every Param.grad
     model.update(opt)                       # optimiser step, gradients zeroed
 
+A step is all or nothing: every step starts from zero gradients, and if it
+stops part way (Ctrl-C, an error in the model or the loss, a NaN) the model
+is left as it was before the step: parameters, optimiser state and recurrent
+state unchanged, gradients zero. Once the update is committed the step is
+complete. So ``fc.train`` can simply be called again to go on.
+
 A NaN or infinite loss stops training with :class:`TrainingError` (a
-``FloatingPointError``) naming the epoch and step, before that batch's update.
+``FloatingPointError``) naming the epoch and step, before that batch's update;
+a NaN or infinite gradient with :class:`GradientError` (a ``TrainingError``),
+which also names the first Param whose gradient is not finite.
 
 >>> import numpy as np, flux_compile as fc                   # doctest: +SKIP
 >>> m = fc.Dense(4, 1)                                        # doctest: +SKIP
@@ -20,10 +28,16 @@ A NaN or infinite loss stops training with :class:`TrainingError` (a
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 
-__all__ = ["train", "History", "TrainingError", "ProgressBar"]
+from .optim import NonFiniteGradient, prepare_update
+from .params import named_params
+from .recurrent import restore_states, snapshot_states
+
+__all__ = ["train", "History", "TrainingError", "GradientError", "ProgressBar"]
 
 
 class TrainingError(FloatingPointError):
@@ -36,6 +50,22 @@ class TrainingError(FloatingPointError):
             f"training stopped before updating on this batch. Try a lower learning rate, "
             f"check the data for NaN or inf, or compute the loss from logits "
             f"(fc.logitcrossentropy) rather than from probabilities")
+
+
+class GradientError(TrainingError):
+    """A gradient became NaN or infinite; ``.path`` names the first such Param.
+
+    Raised before the update: parameters and optimiser state are as before
+    the step, gradients zeroed.
+    """
+
+    def __init__(self, epoch, step, loss, total_step, path, detail):
+        self.epoch, self.step, self.loss, self.total_step = epoch, step, loss, total_step
+        self.path = path
+        FloatingPointError.__init__(
+            self, f"at epoch {epoch}, step {step} (step {total_step} overall; loss {loss}): {detail}. "
+                  f"Training stopped before updating on this batch: the parameters and the "
+                  f"optimiser state are as before this step, the gradients zeroed")
 
 
 class History(list):
@@ -134,19 +164,23 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
     except TypeError:
         total = None
     show = _show_progress(progress)
+    guard = InterruptGuard().install()
+    try:
+        return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
+                       flux_compile.grad)
+    finally:
+        guard.remove()
+
+
+def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad):
     history = History()
     for epoch in range(1, epochs + 1):
         bar = ProgressBar(total, epoch, epochs) if show else None
         epoch_total, epoch_steps = 0.0, 0
         try:
             for step, (x, y) in enumerate(data, start=1):
-                yhat, back = model.pullback(*x) if isinstance(x, tuple) else model.pullback(x)
-                value, grads = flux_compile.grad(loss, yhat, y)
-                value = float(value)
-                if not math.isfinite(value):
-                    raise TrainingError(epoch, step, value, len(history) + 1)
-                back(grads[0], input_grads=False)       # only the parameters are trained
-                model.update(opt)
+                value = train_one_step(model, loss, x, y, opt, (epoch, step, len(history) + 1),
+                                       grad, guard)
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
                 if bar is not None:
@@ -162,6 +196,123 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
         if history.stopped:
             break
     return history
+
+
+class InterruptGuard:
+    """Ctrl-C while ``fc.train`` runs: delivered at once while a step can still be
+    undone; held back while a step is being committed or undone, and delivered
+    right after. Installed in the main thread only (where Python raises
+    ``KeyboardInterrupt``), and only over a Python-level SIGINT handler, which
+    it calls to deliver the interrupt. A guard whose ``train`` call has ended
+    without removing it (Ctrl-C in the last lines of its cleanup) removes
+    itself at the next SIGINT and passes it on."""
+
+    def __init__(self):
+        self.critical = False
+        self.held = False
+        self.previous = None
+        self.owner = None           # the frame of the call that installed the guard
+
+    def install(self):
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        try:
+            previous = signal.getsignal(signal.SIGINT)
+            if callable(previous):
+                self.previous = previous                # before the handler that calls it
+                self.owner = sys._getframe(1)
+                signal.signal(signal.SIGINT, self._handle)
+        except (ValueError, OSError):           # e.g. a sub-interpreter
+            self.previous = self.owner = None
+        except BaseException:                   # Ctrl-C right here: leave no handler behind
+            self.remove()
+            raise
+        return self
+
+    def remove(self):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        self.owner = None
+
+    def _stale(self):
+        frame = sys._getframe(2)
+        while frame is not None:
+            if frame is self.owner:
+                return False
+            frame = frame.f_back
+        return True
+
+    def _handle(self, signum, frame):
+        if self._stale():
+            self.remove()
+            self.critical = False
+        if self.critical:
+            self.held = (signum, frame)
+            return
+        self.critical = True            # the undo that follows must not be interrupted
+        (self.previous or signal.default_int_handler)(signum, frame)
+        self.critical = False           # the previous handler chose not to raise
+
+    def enter_critical(self):
+        self.critical = True
+
+    def release(self):
+        """Leave the critical part; deliver an interrupt held back meanwhile."""
+        self.critical = False
+        held, self.held = self.held, False
+        if held and self.previous is not None:
+            self.previous(*held)
+
+
+def train_one_step(model, loss, x, y, opt, where, grad, guard=None):
+    """One step, all or nothing; returns the loss. ``where`` is (epoch, step, overall step).
+
+    Gradients are zeroed first. Until the update is committed nothing outside
+    this step's own work has changed; if anything stops it there (an error,
+    a NaN, Ctrl-C) the gradients are zeroed again and the recurrent state put
+    back, so the model is exactly as before the step. With ``guard`` (an
+    :class:`InterruptGuard`), Ctrl-C during the commit or the undo waits for it.
+    """
+    guard = guard or InterruptGuard()
+    snapshot = snapshot_states(model)
+    value, pending = float("nan"), None
+    try:
+        _zero_grads(model)
+        # the internal pullback: nothing but this step runs between forward and backward,
+        # so the inputs and Params need no read-only hold (readonly.py)
+        yhat, back = model._pullback(*x) if isinstance(x, tuple) else model._pullback(x)
+        value, grads = grad(loss, yhat, y)
+        value = float(value)
+        if not math.isfinite(value):
+            raise TrainingError(*where[:2], value, where[2])
+        back(grads[0], input_grads=False)       # only the parameters are trained
+        pending = prepare_update(model, opt)    # checks the gradients; changes nothing
+        guard.enter_critical()                  # from here on the step completes
+        pending.commit()
+    except NonFiniteGradient as e:
+        guard.enter_critical()
+        _undo(model, snapshot)
+        guard.release()
+        raise GradientError(*where[:2], value, where[2], e.path, str(e).split(";")[0]) from None
+    except BaseException:
+        guard.enter_critical()
+        if pending is None or not pending.done:
+            _undo(model, snapshot)
+        guard.release()
+        raise
+    guard.release()
+    return value
+
+
+def _zero_grads(model):
+    for _, p in named_params(model):
+        p.grad[...] = 0
+
+
+def _undo(model, snapshot):
+    """Back to the state before the step: zero gradients, the recurrent state as it was."""
+    _zero_grads(model)
+    restore_states(snapshot)
 
 
 def _run_callbacks(callbacks, epoch, step, value):
