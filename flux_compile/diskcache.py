@@ -326,8 +326,8 @@ def _class_digest(cls, memo):
             parts.append(getattr(klass, "__qualname__", "?"))
             continue
         for name, value in sorted(vars(klass).items()):
-            if name.startswith("__") and name.endswith("__"):
-                continue
+            if name.startswith("__") and name.endswith("__") or name.startswith("_fc_"):
+                continue            # _fc_*: flux_compile's own memos of forward (its signature)
             if isinstance(value, (staticmethod, classmethod)):
                 value = value.__func__
             if isinstance(value, property):
@@ -466,8 +466,9 @@ def _deps(compiled):
     return out
 
 
-def store(where, dkey, cls, key_parts, compiled):
-    """Write the entry for ``compiled``; False when it cannot be cached (or the write failed)."""
+def store(where, dkey, cls, key_parts, compiled, extra=None):
+    """Write the entry for ``compiled`` (``extra``: JSON kept, authenticated, as
+    ``meta["extra"]``); False when it cannot be cached (or the write failed)."""
     d, secret = where
     try:
         meta = {
@@ -477,6 +478,7 @@ def store(where, dkey, cls, key_parts, compiled):
             "guarded": bool(getattr(compiled, "guarded", False)),
             "linemap": {str(k): [v.filename, v.lineno, v.col, v.text, v.owner]
                         for k, v in compiled.linemap.items()},
+            "extra": extra,
         }
         meta_line = json.dumps(meta, separators=(",", ":"))
     except (Uncacheable, TypeError, ValueError, AttributeError):
