@@ -548,9 +548,9 @@ def _from_disk(cls, key, make, root):
         dkey = diskcache.entry_key(cls, key[1:])
     except diskcache.Uncacheable:
         return make()
-    hit = diskcache.load(where, dkey, cls)
+    hit = diskcache.load(where, dkey, cls, lambda meta: _run_time_values(meta, root))
     if hit is not None:
-        c = _from_entry(cls, make, *hit)
+        c = _from_entry(cls, make, root, *hit)
         if c is not None and c.current(root):
             return c
     c = make()
@@ -563,17 +563,29 @@ def _store(where, dkey, cls, key, c, root):
     from . import diskcache, diskguards
     try:
         extra = diskguards.encode(c, root)
-    except diskcache.Uncacheable:
+        run_time = c.read_free(root, ())
+    except Exception:               # Uncacheable, or a value no longer readable: store nothing
         return
-    diskcache.store(where, dkey, cls, key[1:], c, extra)
+    diskcache.store(where, dkey, cls, key[1:], c, extra, run_time)
 
 
-def _from_entry(cls, make, source, objects, meta):
+def _run_time_values(meta, root):
+    """The values an entry's code would read at run time from ``root`` (for its manifest)."""
+    from . import diskcache, diskguards
+    try:
+        return compile_reader(diskguards.decode_paths(meta["extra"]["free"]))(root, ())
+    except diskcache.Uncacheable:
+        raise
+    except Exception:
+        raise diskcache.Uncacheable("a run-time input cannot be read") from None
+
+
+def _from_entry(cls, make, root, source, objects, meta):
     """The variant of a verified entry, or None when its guards cannot be bound again."""
     from . import diskcache, diskguards
     from .sourcecache import compile_source, unique_filename
     try:
-        baked, free_paths = diskguards.decode(meta["extra"])
+        baked, free_paths = diskguards.decode(meta["extra"], _run_time_values(meta, root))
     except (diskcache.Uncacheable, KeyError, TypeError):
         return None
     c = Compiled(cls.__qualname__, cls.__name__)

@@ -27,7 +27,7 @@ import types
 import numpy as np
 
 from .diskcache import SAFE_BUILTINS, Uncacheable, _is_library, _is_numpy, _user_module, digest, locate, \
-    resolve
+    resolve, run_time_memo
 from .guards import _ref
 
 _SCALAR_TYPES = {"NoneType": type(None), "bool": bool, "int": int, "str": str, "bytes": bytes,
@@ -46,7 +46,7 @@ _OBJECT_KINDS = ("code", "is", "type")
 def encode(compiled, root, args=()):
     """``{"guards": [...], "free": [...]}`` for ``compiled``; raises :class:`Uncacheable`."""
     from .guards import compile_reader
-    memo = {}
+    memo = run_time_memo(compiled.read_free(root, args))
     guards = []
     for path, kind, expected in compiled.guards:
         value = None
@@ -151,10 +151,11 @@ def _is_safe_builtin(mod, qual):
 # ------------------------------------------------------------------------------
 # reading
 
-def decode(data):
+def decode(data, run_time=()):
     """``({(path, kind): expected}, free_paths)`` from :func:`encode`'s output, with live
-    objects bound through the allowlist; raises :class:`Uncacheable` (a miss)."""
-    memo = {}
+    objects bound through the allowlist (``run_time``: the values the code reads at run time,
+    digested by kind as in :func:`encode`); raises :class:`Uncacheable` (a miss)."""
+    memo = run_time_memo(run_time)
     baked = {}
     try:
         for path, kind, expected in data["guards"]:
@@ -163,6 +164,13 @@ def decode(data):
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise Uncacheable(f"malformed guards ({e})") from None
     return baked, free
+
+
+def decode_paths(paths):
+    try:
+        return [decode_path(p) for p in paths]
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
+        raise Uncacheable(f"malformed paths ({e})") from None
 
 
 def decode_path(steps):

@@ -246,10 +246,21 @@ def test_an_entry_written_with_another_key_is_refused(project):
 
 # -- staleness (issue 8) --------------------------------------------------------------------
 
-def test_an_edited_module_constant_is_noticed(project):
+def test_an_edited_module_float_is_a_run_time_input_of_the_entry(project):
+    """A float the code reads at run time (SCALE) is an input, not part of the code: the
+    entry is still used, with the new value."""
     check(project.run())
     assert project.run()["from_disk"] is True
     project.edit_module("SCALE = 2.0", "SCALE = 3.0")
+    out = project.run()
+    assert out["from_disk"] is True
+    check(out, scale=3.0)
+
+
+def test_a_module_constant_that_changes_kind_is_noticed(project):
+    """SCALE = 3 (an int) is baked into the code: the entry made for a float is not used."""
+    check(project.run())
+    project.edit_module("SCALE = 2.0", "SCALE = 3")
     out = project.run()
     assert out["from_disk"] is False
     check(out, scale=3.0)
@@ -258,13 +269,24 @@ def test_an_edited_module_constant_is_noticed(project):
     check(again, scale=3.0)
 
 
-def test_an_edited_constant_in_another_module_is_noticed(project):
+def test_an_edited_float_in_another_module_is_a_run_time_input(project):
     check(project.run())
     project.edit_module("SHIFT = 0.0", "SHIFT = 0.25", module="dcconf")       # read as dcconf.SHIFT
     out = project.run()
-    assert out["from_disk"] is False
+    assert out["from_disk"] is True
     check(out, shift=0.25)
-    assert project.run()["from_disk"] is True
+
+
+def test_an_edited_constant_in_another_module_is_noticed(project):
+    """dcconf.SHIFT = 1 (an int) is baked into the code: a miss, then a hit."""
+    check(project.run())
+    project.edit_module("SHIFT = 0.0", "SHIFT = 1", module="dcconf")
+    out = project.run()
+    assert out["from_disk"] is False
+    check(out, shift=1.0)
+    again = project.run()
+    assert again["from_disk"] is True
+    check(again, shift=1.0)
 
 
 def test_an_edited_diffrule_body_is_noticed(project):
@@ -291,7 +313,8 @@ WORKER = textwrap.dedent('''
     import os, sys, time
     sys.path.insert(0, {path!r})
     import numpy as np, flux_compile as fc
-    from flux_compile import diskcache
+    from flux_compile import diskcache, diskguards
+    from flux_compile.compiler import _run_time_values
     from dcmod import Net
     role, dkey, flag = sys.argv[1], sys.argv[2], sys.argv[3]
     where = diskcache.usable_directory()
@@ -300,16 +323,18 @@ WORKER = textwrap.dedent('''
     if role == "writer":
         os.environ.pop("FLUX_COMPILE_CACHE_DIR")
         from flux_compile.compiler import compile_model
-        c = compile_model(Net(), (np.ones((2, 3)),))
+        m = Net()
+        c = compile_model(m, (np.ones((2, 3)),))
         assert c.source == want
+        extra, run_time = diskguards.encode(c, m), c.read_free(m, ())
         for i in range({writes}):
-            assert diskcache.store(where, dkey, Net, (), c)
+            assert diskcache.store(where, dkey, Net, (), c, extra, run_time)
         os.unlink(flag)
         print("wrote", {writes})
     else:
         good = bad = 0
         while good + bad < {loads} or any(f.startswith("writing") for f in os.listdir({path!r})):
-            hit = diskcache.load(where, dkey, Net)
+            hit = diskcache.load(where, dkey, Net, lambda meta: _run_time_values(meta, Net()))
             if hit is not None and hit[0] == want:
                 good += 1
             else:
