@@ -585,7 +585,7 @@ def _from_entry(cls, make, root, source, objects, meta):
     from . import diskcache, diskguards
     from .sourcecache import compile_source, unique_filename
     try:
-        baked, free_paths = diskguards.decode(meta["extra"], _run_time_values(meta, root))
+        baked, free_paths = diskguards.decode(meta["extra"], _run_time_values(meta, root), root)
     except (diskcache.Uncacheable, KeyError, TypeError):
         return None
     c = Compiled(cls.__qualname__, cls.__name__)

@@ -422,13 +422,24 @@ def _manifest(cls, key_parts, compiled, run_time=()):
     """What the compile read, located and digested: ``[[module, qualname, digest], ...]``
     (``run_time``: the values read at run time, digested by kind)."""
     roots = {id(cls): cls}
+    guarded_code = {id(e) for _, kind, e in getattr(compiled, "guards", ()) if kind == "code"}
     for fn in getattr(compiled, "inlined", ()):
-        roots.setdefault(id(fn), fn)
+        if _has_name(fn) or id(fn.__code__) not in guarded_code:
+            roots.setdefault(id(fn), fn)
+        # else (made by a call: ``make_scaler(0.5)``): its code guard keeps its digest (diskguards)
     for mod, qual in _models_in(tuple(key_parts)):
         obj = resolve(mod, qual)
         roots.setdefault(id(obj), obj)
     memo = run_time_memo(run_time)
     return [locate(obj) + [digest(obj, memo)] for obj in roots.values() if not _is_library(obj)]
+
+
+def _has_name(obj):
+    try:
+        locate(obj)
+    except Uncacheable:
+        return False
+    return True
 
 
 def _names(compiled):

@@ -12,7 +12,10 @@ plain JSON that is read without running code:
 * ``"len"``, ``"keys"``, ``"has"``, ``"array"`` are written by value;
 * ``"code"``, ``"is"``, ``"type"`` refer to objects: written as ``[module, qualname,
   digest]`` and bound again only among NumPy, flux_compile, a few builtins and user
-  modules already imported, a user object only when its content digest matches;
+  modules already imported, a user object only when its content digest matches; an
+  inlined function without a name (``HALF = make_scaler(0.5)``) is ``["@path", "",
+  digest]``: the user's function read at the guard's own path, when its digest matches;
+* values read at run time (floats, arrays at free paths) enter every digest by kind only;
 * ``"method"`` and ``"bound"`` (a method bound to a particular object) cannot be written.
 
 Anything that cannot be written raises :class:`Uncacheable` (the variant is not stored);
@@ -26,9 +29,11 @@ import types
 
 import numpy as np
 
-from .diskcache import SAFE_BUILTINS, Uncacheable, _is_library, _is_numpy, _user_module, digest, locate, \
-    resolve, run_time_memo
-from .guards import _ref
+from .diskcache import SAFE_BUILTINS, Uncacheable, _is_library, _is_numpy, _has_name, _user_module, digest, \
+    locate, resolve, run_time_memo
+from .guards import _ref, compile_reader
+
+AT_PATH = "@path"       # an inlined function with no name (a closure made by a call): its guard's path
 
 _SCALAR_TYPES = {"NoneType": type(None), "bool": bool, "int": int, "str": str, "bytes": bytes,
                  "complex": complex, "float": float}
@@ -45,7 +50,6 @@ _OBJECT_KINDS = ("code", "is", "type")
 
 def encode(compiled, root, args=()):
     """``{"guards": [...], "free": [...]}`` for ``compiled``; raises :class:`Uncacheable`."""
-    from .guards import compile_reader
     memo = run_time_memo(compiled.read_free(root, args))
     guards = []
     for path, kind, expected in compiled.guards:
@@ -118,6 +122,8 @@ def _encode_expected(kind, expected, value, memo):
     if kind == "code":
         if not isinstance(value, types.FunctionType) or value.__code__ is not expected:
             raise Uncacheable("an inlined function that is no longer where it was read")
+        if not _has_name(value) and _user_module(value.__module__):
+            return [AT_PATH, "", digest(value, memo)]       # made by a call: found by its path
         return _encode_object(value, memo)
     if kind == "is":
         if value is not expected():
@@ -151,15 +157,20 @@ def _is_safe_builtin(mod, qual):
 # ------------------------------------------------------------------------------
 # reading
 
-def decode(data, run_time=()):
+def decode(data, run_time=(), root=None):
     """``({(path, kind): expected}, free_paths)`` from :func:`encode`'s output, with live
     objects bound through the allowlist (``run_time``: the values the code reads at run time,
-    digested by kind as in :func:`encode`); raises :class:`Uncacheable` (a miss)."""
+    digested by kind as in :func:`encode`; ``root``: the instance, for functions found by
+    their path); raises :class:`Uncacheable` (a miss)."""
     memo = run_time_memo(run_time)
     baked = {}
     try:
         for path, kind, expected in data["guards"]:
-            baked[(decode_path(path), kind)] = _decode_expected(kind, expected, memo)
+            path = decode_path(path)
+            if kind == "code" and expected[0] == AT_PATH:
+                baked[(path, kind)] = _function_at(path, root, expected, memo).__code__
+            else:
+                baked[(path, kind)] = _decode_expected(kind, expected, memo)
         free = [decode_path(p) for p in data["free"]]
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
         raise Uncacheable(f"malformed guards ({e})") from None
@@ -250,6 +261,20 @@ def _decode_expected(kind, e, memo):
             raise Uncacheable("a type guard on something else")
         return _ref(obj)
     raise Uncacheable(f"a bad {kind!r} guard")
+
+
+def _function_at(path, root, e, memo):
+    """The user's function at ``path`` from ``root``, when its content digest is ``e[2]``."""
+    if root is None or e[1] != "" or type(e[2]) is not str:
+        raise Uncacheable("a function by path without a root")
+    try:
+        fn = compile_reader([path])(root, ())[0]
+    except Exception:
+        raise Uncacheable("an inlined function that is gone") from None
+    if not isinstance(fn, types.FunctionType) or not _user_module(fn.__module__) or \
+            digest(fn, memo) != e[2]:
+        raise Uncacheable("an inlined function that changed")
+    return fn
 
 
 def _bind(e, memo):

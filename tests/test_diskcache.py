@@ -672,16 +672,23 @@ def test_a_tampered_guard_section_is_a_miss(guarded, tamper):
     assert guarded.run_mixed()["from_disk"] is True
 
 
-def test_a_closure_over_a_float_in_a_helper(guarded):
-    """HALF = make_scaler(0.5): a function made by a call has no importable name, so the
-    variant is not written to disk (see diskguards); every run is still correct."""
-    guarded.write(closing="HALF(h)")
-    for half in (0.5, 0.5, -2.0):
+def test_a_closure_over_a_float_in_a_helper_is_cached_and_read_at_run_time(guarded):
+    """HALF = make_scaler(0.5): the helper has no importable name; its entry finds it again
+    by its path (when its content digest matches) and reads the closure's float at run time."""
+    for i, half in enumerate((0.5, 0.5, -2.0)):
         guarded.write(half=half, closing="HALF(h)")
         out = guarded.run_mixed()
         check_mixed(out, half=half)
-        assert out["from_disk"] is False
-    assert guarded.entries() == []
+        assert out["from_disk"] is (i > 0)
+    guarded.write(half=-2.0, closing="HALF(HALF(h))")      # forward edited: a miss
+    out = guarded.run_mixed()
+    assert out["from_disk"] is False
+    check_mixed(out, half=4.0)
+    guarded.edit_module("return z * s", "return z * s * s", module="dgmod")      # the helper edited
+    out = guarded.run_mixed()
+    assert out["from_disk"] is False
+    check_mixed(out, half=16.0)
+    assert guarded.run_mixed()["from_disk"] is True
 
 
 def _tokens():
@@ -733,6 +740,7 @@ BAD_GUARD_SECTIONS = [
     {"guards": [[[["attr", "a"]], "len", ["dict", 2]]], "free": []},
     {"guards": [[[["attr", "a"]], "array", ["2", "f", []]]], "free": []},
     {"guards": [], "free": [[["global", 3]]]},
+    {"guards": [[[["attr", "f"]], "code", ["@path", "", "abc"]]], "free": []},     # no root given
     {"guards": "x", "free": []},
     None,
 ]
