@@ -400,8 +400,19 @@ def test_concurrent_compiles_get_distinct_source_files(monkeypatch):
             return v
 
     monkeypatch.setattr(sourcecache, "_counter", SlowDict())
+
+    @fc.net
+    class Fresh:                # not fc.Dense: its variants from other tests would be found in the cache
+        def __init__(self, act):
+            self.W = rng.standard_normal((3, 2))
+            self.act = act
+
+        def forward(self, x):
+            y = x @ self.W
+            return y if self.act is None else self.act(y)
+
     acts = [None, fc.relu, np.tanh, fc.sigmoid]
-    models = [fc.Dense(3, 2, act=a) for a in acts]
+    models = [Fresh(a) for a in acts]
     compiled = [None] * len(models)
     barrier = threading.Barrier(len(models))
 
