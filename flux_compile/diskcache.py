@@ -8,8 +8,10 @@ structure, input specs, compile-time settings, by value) and every derivative
 rule the user registered (by content). The metadata lists, with a content digest
 each, what the compile read besides: the class (all its methods and class
 constants), every function it inlined, and through them every global, default
-and closure value they name (arrays by their bytes). Before an entry is used,
-each digest is recomputed from the live objects; any difference is a miss.
+and closure value they name (arrays by their bytes, except the values the generated code
+reads at run time: by kind, see :func:`run_time_memo`). Before an entry is used,
+each digest is recomputed from the live objects; any difference is a miss. The
+variant's guards are kept in the metadata too (``meta["extra"]``, see diskguards.py).
 
 Threat model. Someone who can write the cache directory but cannot read the
 per-user secret key (``$XDG_CONFIG_HOME/flux_compile/cache.key``, else
