@@ -540,17 +540,25 @@ def make_scaler(s):
 
 HALF = make_scaler({half!r})
 
+class Opts:
+    def __init__(self, n):
+        self.n = n
+
 @fc.net
 class Mixed:
-    def __init__(self, depth, shift):
+    def __init__(self, depth, shift, n, alpha):
         self.W = np.linspace(-1, 1, 6).reshape(3, 2)
         self.cfg = {{"shift": shift, "name": "mixed"}}
         self.depth = depth
+        self.opts = Opts(n)         # a plain object: only its type is in the key, its field is guarded
+        self.alpha = alpha          # a float attribute: read at run time
 
     def forward(self, x):
         h = x @ self.W * GAIN + OFFSET + self.cfg["shift"]
         for _ in range(self.depth):
             h = np.tanh(h)
+        for _ in range(self.opts.n):
+            h = h * self.alpha
         return {closing}
 '''
 
@@ -560,7 +568,7 @@ GUARDED_RUN = textwrap.dedent('''
     import numpy as np
     from flux_compile.compiler import compile_model
     from dgmod import Mixed
-    m = Mixed({depth!r}, {shift!r})
+    m = Mixed({depth!r}, {shift!r}, {n!r}, {alpha!r})
     x = np.linspace(-1, 1, 6).reshape(2, 3)
     y, back = m.pullback(x)
     dx = back(np.ones_like(y))
@@ -570,17 +578,18 @@ GUARDED_RUN = textwrap.dedent('''
 ''')
 
 
-def mixed_expected(gain, offset, shift, depth, half=None):
-    """y = tanh^depth(x W gain + offset + shift) (times half) and its gradients, by hand."""
+def mixed_expected(gain, offset, shift, depth, half=None, n=1, alpha=0.5):
+    """y = tanh^depth(x W gain + offset + shift) alpha^n (times half) and its gradients, by hand."""
+    half = (1.0 if half is None else half) * alpha ** n
     x = np.linspace(-1, 1, 6).reshape(2, 3)
     W = np.linspace(-1, 1, 6).reshape(3, 2)
     hs = [x @ W * gain + np.array(offset) + shift]
     for _ in range(depth):
         hs.append(np.tanh(hs[-1]))
-    dh = np.ones_like(hs[-1]) * (1.0 if half is None else half)
+    dh = np.ones_like(hs[-1]) * half
     for h in reversed(hs[1:]):
         dh = dh * (1 - h * h)
-    y = hs[-1] if half is None else hs[-1] * half
+    y = hs[-1] * half
     return {"y": y, "dx": (dh * gain) @ W.T, "gW": x.T @ (dh * gain)}
 
 
@@ -589,15 +598,15 @@ class GuardedProject(Project):
         (self.root / "dgmod.py").write_text(GUARDED.format(gain=gain, offset=list(offset), half=half,
                                                            closing=closing))
 
-    def run_mixed(self, depth=2, shift=0.5):
-        code = GUARDED_RUN.format(path=str(self.root), depth=depth, shift=shift)
+    def run_mixed(self, depth=2, shift=0.5, n=1, alpha=0.5):
+        code = GUARDED_RUN.format(path=str(self.root), depth=depth, shift=shift, n=n, alpha=alpha)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env())
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout.splitlines()[-1])
 
 
-def check_mixed(out, gain=1.5, offset=(0.1, -0.2), shift=0.5, depth=2, half=None):
-    want = mixed_expected(gain, offset, shift, depth, half)
+def check_mixed(out, gain=1.5, offset=(0.1, -0.2), shift=0.5, depth=2, half=None, n=1, alpha=0.5):
+    want = mixed_expected(gain, offset, shift, depth, half, n, alpha)
     for name in ("y", "dx", "gW"):
         np.testing.assert_allclose(np.array(out[name]), want[name], rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(np.array(out["y_infer"]), want["y"], rtol=1e-12, atol=1e-14)
@@ -635,6 +644,19 @@ def test_a_changed_int_or_field_compiles_again_and_is_correct(guarded):
         check_mixed(out, depth=depth, shift=shift)
         assert guarded.run_mixed(depth=depth, shift=shift)["from_disk"] is True
     assert guarded.run_mixed()["from_disk"] is True
+
+
+def test_a_changed_object_field_fails_the_loaded_entrys_guard(guarded):
+    """opts.n is in no key and no digest: only the guard kept in the entry tells that the
+    code made for n=1 does not fit n=3. A float attribute (alpha) is read at run time."""
+    guarded.run_mixed()
+    out = guarded.run_mixed(alpha=-1.5)
+    assert out["from_disk"] is True
+    check_mixed(out, alpha=-1.5)
+    for n in (3, 0, 3):
+        out = guarded.run_mixed(n=n, alpha=-1.5)
+        assert out["from_disk"] is False           # the entry (last written for the other n) does not fit
+        check_mixed(out, n=n, alpha=-1.5)
 
 
 def test_an_array_of_another_rank_is_not_read_by_code_made_for_a_vector(guarded):
