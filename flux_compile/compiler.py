@@ -513,7 +513,8 @@ def compile_model(m_or_cls, args=None, fresh=False):
             from . import recurrent
             names = _forward_inputs(cls) + recurrent.state_names(cls)
             values = dict(zip(names, args))
-        new = _from_disk(cls, key, lambda: _compile_model(cls, inst, text, ikey, values)) if not fresh \
+        new = _from_disk(cls, key, lambda: _compile_model(cls, inst, text, ikey, values),
+                         inst if inst is not None else cls) if not fresh \
             else _compile_model(cls, inst, text, ikey, values)
         if c is not None:
             _link_alternative(new, c)
@@ -536,8 +537,9 @@ def _remember(inst, ikey, c):
     return c
 
 
-def _from_disk(cls, key, make):
-    """The compiled model from FLUX_COMPILE_CACHE_DIR when valid; else ``make()`` (and store it)."""
+def _from_disk(cls, key, make, root):
+    """The compiled model from FLUX_COMPILE_CACHE_DIR when valid and its guards hold for
+    ``root`` (the instance, or the class); else ``make()`` (and store it)."""
     from . import diskcache
     where = diskcache.usable_directory()
     if where is None:
@@ -546,17 +548,48 @@ def _from_disk(cls, key, make):
         dkey = diskcache.entry_key(cls, key[1:])
     except diskcache.Uncacheable:
         return make()
-    hit = diskcache.load(where, dkey, cls)
+    hit = diskcache.load(where, dkey, cls, lambda meta: _run_time_values(meta, root))
     if hit is not None:
-        return _from_entry(cls, make, *hit)
+        c = _from_entry(cls, make, root, *hit)
+        if c is not None and c.current(root):
+            return c
+        if c is not None:               # its guards fail for this root: not used
+            linecache.cache.pop(c.filename, None)
     c = make()
-    if _disk_safe(c):
-        diskcache.store(where, dkey, cls, key[1:], c)
+    _store(where, dkey, cls, key, c, root)
     return c
 
 
-def _from_entry(cls, make, source, objects, meta):
+def _store(where, dkey, cls, key, c, root):
+    """Write ``c`` with its guards and run-time reads; nothing when one cannot be written."""
+    from . import diskcache, diskguards
+    try:
+        extra = diskguards.encode(c, root)
+        run_time = c.read_free(root, ())
+    except Exception:               # Uncacheable, or a value no longer readable: store nothing
+        return
+    diskcache.store(where, dkey, cls, key[1:], c, extra, run_time)
+
+
+def _run_time_values(meta, root):
+    """The values an entry's code would read at run time from ``root`` (for its manifest)."""
+    from . import diskcache, diskguards
+    try:
+        return compile_reader(diskguards.decode_paths(meta["extra"]["free"]))(root, ())
+    except diskcache.Uncacheable:
+        raise
+    except Exception:
+        raise diskcache.Uncacheable("a run-time input cannot be read") from None
+
+
+def _from_entry(cls, make, root, source, objects, meta):
+    """The variant of a verified entry, or None when its guards cannot be bound again."""
+    from . import diskcache, diskguards
     from .sourcecache import compile_source, unique_filename
+    try:
+        baked, free_paths = diskguards.decode(meta["extra"], _run_time_values(meta, root), root)
+    except (diskcache.Uncacheable, KeyError, TypeError):
+        return None
     c = Compiled(cls.__qualname__, cls.__name__)
     filename = unique_filename(cls.__qualname__)
     ns = compile_source(source, filename, dict(objects, np=np, fc=sys.modules["flux_compile"]))
@@ -569,19 +602,12 @@ def _from_entry(cls, make, source, objects, meta):
     c.guarded = meta.get("guarded", False)
     c.from_disk = True
     c.rebuild = make
-    c.set_guards({(FORWARD_PATH, "code"): cls.forward.__code__}, [])
+    baked[(FORWARD_PATH, "code")] = cls.forward.__code__
+    c.set_guards(baked, free_paths)
     return c
 
 
 FORWARD_PATH = (("cls",), ("attr", "forward"))
-_KEYED_KINDS = ("code", "len")      # guards the disk key and its source hashes already cover
-
-
-def _disk_safe(c):
-    """Can a later process reuse ``c`` from disk? Not while it reads arrays at run time or was
-    built from values (globals, cells, fields) that only its guards check: the disk entry keeps
-    no guards yet (``c.guards`` is the list to persist)."""
-    return not c.free_paths and all(kind in _KEYED_KINDS for _, kind, _ in c.guards)
 
 
 def _compile_model(cls, inst, text, ikey=None, values=None):

@@ -8,8 +8,10 @@ structure, input specs, compile-time settings, by value) and every derivative
 rule the user registered (by content). The metadata lists, with a content digest
 each, what the compile read besides: the class (all its methods and class
 constants), every function it inlined, and through them every global, default
-and closure value they name (arrays by their bytes). Before an entry is used,
-each digest is recomputed from the live objects; any difference is a miss.
+and closure value they name (arrays by their bytes, except the values the generated code
+reads at run time: by kind, see :func:`run_time_memo`). Before an entry is used,
+each digest is recomputed from the live objects; any difference is a miss. The
+variant's guards are kept in the metadata too (``meta["extra"]``, see diskguards.py).
 
 Threat model. Someone who can write the cache directory but cannot read the
 per-user secret key (``$XDG_CONFIG_HOME/flux_compile/cache.key``, else
@@ -326,8 +328,8 @@ def _class_digest(cls, memo):
             parts.append(getattr(klass, "__qualname__", "?"))
             continue
         for name, value in sorted(vars(klass).items()):
-            if name.startswith("__") and name.endswith("__"):
-                continue
+            if name.startswith("__") and name.endswith("__") or name.startswith("_fc_"):
+                continue            # _fc_*: flux_compile's own memos of forward (its signature)
             if isinstance(value, (staticmethod, classmethod)):
                 value = value.__func__
             if isinstance(value, property):
@@ -405,16 +407,41 @@ def _models_in(token):
             yield from _models_in(t)
 
 
-def _manifest(cls, key_parts, compiled):
-    """What the compile read, located and digested: ``[[module, qualname, digest], ...]``."""
+def run_time_memo(values):
+    """A digest memo in which the values compiled code reads at run time (arrays and floats at
+    its free paths) stand for their kind only: a new value is an input, not a change of code."""
+    memo = {"_keep": []}
+    for v in values:
+        if type(v) is not float and not (isinstance(v, np.ndarray) and not v.dtype.hasobject):
+            raise Uncacheable(f"a run-time input is a {type(v).__qualname__}")
+        kind = "float" if type(v) is float else f"{v.dtype.str}:{v.ndim}:{[d == 1 for d in v.shape]}"
+        memo[id(v)] = "run-time " + kind
+        memo["_keep"].append(v)
+    return memo
+
+
+def _manifest(cls, key_parts, compiled, run_time=()):
+    """What the compile read, located and digested: ``[[module, qualname, digest], ...]``
+    (``run_time``: the values read at run time, digested by kind)."""
     roots = {id(cls): cls}
+    guarded_code = {id(e) for _, kind, e in getattr(compiled, "guards", ()) if kind == "code"}
     for fn in getattr(compiled, "inlined", ()):
-        roots.setdefault(id(fn), fn)
+        if _has_name(fn) or id(fn.__code__) not in guarded_code:
+            roots.setdefault(id(fn), fn)
+        # else (made by a call: ``make_scaler(0.5)``): its code guard keeps its digest (diskguards)
     for mod, qual in _models_in(tuple(key_parts)):
         obj = resolve(mod, qual)
         roots.setdefault(id(obj), obj)
-    memo = {}
+    memo = run_time_memo(run_time)
     return [locate(obj) + [digest(obj, memo)] for obj in roots.values() if not _is_library(obj)]
+
+
+def _has_name(obj):
+    try:
+        locate(obj)
+    except Uncacheable:
+        return False
+    return True
 
 
 def _names(compiled):
@@ -466,17 +493,20 @@ def _deps(compiled):
     return out
 
 
-def store(where, dkey, cls, key_parts, compiled):
-    """Write the entry for ``compiled``; False when it cannot be cached (or the write failed)."""
+def store(where, dkey, cls, key_parts, compiled, extra=None, run_time=()):
+    """Write the entry for ``compiled`` (``extra``: JSON kept, authenticated, as
+    ``meta["extra"]``; ``run_time``: the values its code reads at run time, see
+    :func:`run_time_memo`); False when it cannot be cached (or the write failed)."""
     d, secret = where
     try:
         meta = {
-            "key": dkey, "manifest": _manifest(cls, key_parts, compiled), "names": _names(compiled),
+            "key": dkey, "manifest": _manifest(cls, key_parts, compiled, run_time), "names": _names(compiled),
             "deps": _deps(compiled), "n_outputs": compiled.n_outputs,
             "input_names": compiled.input_names, "state_names": compiled.state_names,
             "guarded": bool(getattr(compiled, "guarded", False)),
             "linemap": {str(k): [v.filename, v.lineno, v.col, v.text, v.owner]
                         for k, v in compiled.linemap.items()},
+            "extra": extra,
         }
         meta_line = json.dumps(meta, separators=(",", ":"))
     except (Uncacheable, TypeError, ValueError, AttributeError):
@@ -544,8 +574,10 @@ def _unlink(path):
         pass
 
 
-def load(where, dkey, cls):
-    """``(source, namespace objects, meta)`` for a valid entry, else None (a miss)."""
+def load(where, dkey, cls, run_time=None):
+    """``(source, namespace objects, meta)`` for a valid entry, else None (a miss).
+    ``run_time(meta)``: the live values the entry's code would read at run time (raises
+    :class:`Uncacheable` when they cannot be read)."""
     d, secret = where
     path = os.path.join(d, dkey + ".py")
     try:
@@ -555,7 +587,7 @@ def load(where, dkey, cls):
         return None
     try:
         meta, source = _verified(text, secret, dkey)
-        objects = _check(meta, cls)
+        objects = _check(meta, cls, run_time(meta) if run_time is not None else ())
     except (Uncacheable, ValueError, KeyError, TypeError, IndexError):
         return None
     try:
@@ -580,9 +612,9 @@ def _verified(text, secret, dkey):
     return meta, source
 
 
-def _check(meta, cls):
+def _check(meta, cls, run_time=()):
     """The namespace objects, after checking every digest against the live objects."""
-    memo = {}
+    memo = run_time_memo(run_time)
     for mod, qual, want in meta["manifest"]:
         obj = cls if [mod, qual] == [cls.__module__, cls.__qualname__] else resolve(mod, qual)
         if digest(obj, memo) != want:

@@ -246,10 +246,21 @@ def test_an_entry_written_with_another_key_is_refused(project):
 
 # -- staleness (issue 8) --------------------------------------------------------------------
 
-def test_an_edited_module_constant_is_noticed(project):
+def test_an_edited_module_float_is_a_run_time_input_of_the_entry(project):
+    """A float the code reads at run time (SCALE) is an input, not part of the code: the
+    entry is still used, with the new value."""
     check(project.run())
     assert project.run()["from_disk"] is True
     project.edit_module("SCALE = 2.0", "SCALE = 3.0")
+    out = project.run()
+    assert out["from_disk"] is True
+    check(out, scale=3.0)
+
+
+def test_a_module_constant_that_changes_kind_is_noticed(project):
+    """SCALE = 3 (an int) is baked into the code: the entry made for a float is not used."""
+    check(project.run())
+    project.edit_module("SCALE = 2.0", "SCALE = 3")
     out = project.run()
     assert out["from_disk"] is False
     check(out, scale=3.0)
@@ -258,13 +269,24 @@ def test_an_edited_module_constant_is_noticed(project):
     check(again, scale=3.0)
 
 
-def test_an_edited_constant_in_another_module_is_noticed(project):
+def test_an_edited_float_in_another_module_is_a_run_time_input(project):
     check(project.run())
     project.edit_module("SHIFT = 0.0", "SHIFT = 0.25", module="dcconf")       # read as dcconf.SHIFT
     out = project.run()
-    assert out["from_disk"] is False
+    assert out["from_disk"] is True
     check(out, shift=0.25)
-    assert project.run()["from_disk"] is True
+
+
+def test_an_edited_constant_in_another_module_is_noticed(project):
+    """dcconf.SHIFT = 1 (an int) is baked into the code: a miss, then a hit."""
+    check(project.run())
+    project.edit_module("SHIFT = 0.0", "SHIFT = 1", module="dcconf")
+    out = project.run()
+    assert out["from_disk"] is False
+    check(out, shift=1.0)
+    again = project.run()
+    assert again["from_disk"] is True
+    check(again, shift=1.0)
 
 
 def test_an_edited_diffrule_body_is_noticed(project):
@@ -291,7 +313,8 @@ WORKER = textwrap.dedent('''
     import os, sys, time
     sys.path.insert(0, {path!r})
     import numpy as np, flux_compile as fc
-    from flux_compile import diskcache
+    from flux_compile import diskcache, diskguards
+    from flux_compile.compiler import _run_time_values
     from dcmod import Net
     role, dkey, flag = sys.argv[1], sys.argv[2], sys.argv[3]
     where = diskcache.usable_directory()
@@ -300,16 +323,18 @@ WORKER = textwrap.dedent('''
     if role == "writer":
         os.environ.pop("FLUX_COMPILE_CACHE_DIR")
         from flux_compile.compiler import compile_model
-        c = compile_model(Net(), (np.ones((2, 3)),))
+        m = Net()
+        c = compile_model(m, (np.ones((2, 3)),))
         assert c.source == want
+        extra, run_time = diskguards.encode(c, m), c.read_free(m, ())
         for i in range({writes}):
-            assert diskcache.store(where, dkey, Net, (), c)
+            assert diskcache.store(where, dkey, Net, (), c, extra, run_time)
         os.unlink(flag)
         print("wrote", {writes})
     else:
         good = bad = 0
         while good + bad < {loads} or any(f.startswith("writing") for f in os.listdir({path!r})):
-            hit = diskcache.load(where, dkey, Net)
+            hit = diskcache.load(where, dkey, Net, lambda meta: _run_time_values(meta, Net()))
             if hit is not None and hit[0] == want:
                 good += 1
             else:
@@ -499,3 +524,275 @@ def test_an_object_that_cannot_be_digested_stays_undigestable_in_one_pass():
     dc.digest(Holder, memo)                       # helper is opaque inside the class digest
     with pytest.raises(dc.Uncacheable):
         dc.digest(Holder.helper, memo)
+
+
+# -- guards and run-time reads kept in the entry ----------------------------------------------
+
+GUARDED = '''
+import numpy as np, flux_compile as fc
+GAIN = {gain!r}
+OFFSET = np.array({offset!r})
+
+def make_scaler(s):
+    def scaled(z):
+        return z * s
+    return scaled
+
+HALF = make_scaler({half!r})
+
+class Opts:
+    def __init__(self, n):
+        self.n = n
+
+@fc.net
+class Mixed:
+    def __init__(self, depth, shift, n, alpha):
+        self.W = np.linspace(-1, 1, 6).reshape(3, 2)
+        self.cfg = {{"shift": shift, "name": "mixed"}}
+        self.depth = depth
+        self.opts = Opts(n)         # a plain object: only its type is in the key, its field is guarded
+        self.alpha = alpha          # a float attribute: read at run time
+
+    def forward(self, x):
+        h = x @ self.W * GAIN + OFFSET + self.cfg["shift"]
+        for _ in range(self.depth):
+            h = np.tanh(h)
+        for _ in range(self.opts.n):
+            h = h * self.alpha
+        return {closing}
+'''
+
+GUARDED_RUN = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, {path!r})
+    import numpy as np
+    from flux_compile.compiler import compile_model
+    from dgmod import Mixed
+    m = Mixed({depth!r}, {shift!r}, {n!r}, {alpha!r})
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    y, back = m.pullback(x)
+    dx = back(np.ones_like(y))
+    c = compile_model(m, (x,))
+    print(json.dumps(dict(from_disk=c.from_disk, y=y.tolist(), dx=dx.tolist(), gW=m.W.grad.tolist(),
+                          y_infer=m(x).tolist(), kinds=sorted({{k for _, k, _ in c.guards}}))))
+''')
+
+
+def mixed_expected(gain, offset, shift, depth, half=None, n=1, alpha=0.5):
+    """y = tanh^depth(x W gain + offset + shift) alpha^n (times half) and its gradients, by hand."""
+    half = (1.0 if half is None else half) * alpha ** n
+    x = np.linspace(-1, 1, 6).reshape(2, 3)
+    W = np.linspace(-1, 1, 6).reshape(3, 2)
+    hs = [x @ W * gain + np.array(offset) + shift]
+    for _ in range(depth):
+        hs.append(np.tanh(hs[-1]))
+    dh = np.ones_like(hs[-1]) * half
+    for h in reversed(hs[1:]):
+        dh = dh * (1 - h * h)
+    y = hs[-1] * half
+    return {"y": y, "dx": (dh * gain) @ W.T, "gW": x.T @ (dh * gain)}
+
+
+class GuardedProject(Project):
+    def write(self, gain=1.5, offset=(0.1, -0.2), half=0.5, closing="h"):
+        (self.root / "dgmod.py").write_text(GUARDED.format(gain=gain, offset=list(offset), half=half,
+                                                           closing=closing))
+
+    def run_mixed(self, depth=2, shift=0.5, n=1, alpha=0.5):
+        code = GUARDED_RUN.format(path=str(self.root), depth=depth, shift=shift, n=n, alpha=alpha)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=self.env())
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.splitlines()[-1])
+
+
+def check_mixed(out, gain=1.5, offset=(0.1, -0.2), shift=0.5, depth=2, half=None, n=1, alpha=0.5):
+    want = mixed_expected(gain, offset, shift, depth, half, n, alpha)
+    for name in ("y", "dx", "gW"):
+        np.testing.assert_allclose(np.array(out[name]), want[name], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.array(out["y_infer"]), want["y"], rtol=1e-12, atol=1e-14)
+
+
+@pytest.fixture
+def guarded(tmp_path):
+    p = GuardedProject(tmp_path)
+    p.write()
+    return p
+
+
+def test_a_model_reading_floats_arrays_fields_and_an_int_is_cached_with_its_guards(guarded):
+    first = guarded.run_mixed()
+    assert first["from_disk"] is False
+    assert {"array", "eq", "code"} <= set(first["kinds"])      # what the entry must keep
+    check_mixed(first)
+    second = guarded.run_mixed()
+    assert second["from_disk"] is True and second["kinds"] == first["kinds"]
+    check_mixed(second)
+
+
+def test_changed_module_float_and_array_are_read_by_the_cached_code(guarded):
+    guarded.run_mixed()
+    guarded.write(gain=-0.75, offset=(2.0, -3.5))
+    out = guarded.run_mixed()
+    assert out["from_disk"] is True              # read at run time: the same code
+    check_mixed(out, gain=-0.75, offset=(2.0, -3.5))
+
+
+def test_a_changed_int_or_field_compiles_again_and_is_correct(guarded):
+    guarded.run_mixed()
+    for depth, shift in ((3, 0.5), (2, -1.25), (0, 0.5), (2, 0.5)):
+        out = guarded.run_mixed(depth=depth, shift=shift)
+        check_mixed(out, depth=depth, shift=shift)
+        assert guarded.run_mixed(depth=depth, shift=shift)["from_disk"] is True
+    assert guarded.run_mixed()["from_disk"] is True
+
+
+def test_a_changed_object_field_fails_the_loaded_entrys_guard(guarded):
+    """opts.n is in no key and no digest: only the guard kept in the entry tells that the
+    code made for n=1 does not fit n=3. A float attribute (alpha) is read at run time."""
+    guarded.run_mixed()
+    out = guarded.run_mixed(alpha=-1.5)
+    assert out["from_disk"] is True
+    check_mixed(out, alpha=-1.5)
+    for n in (3, 0, 3):
+        out = guarded.run_mixed(n=n, alpha=-1.5)
+        assert out["from_disk"] is False           # the entry (last written for the other n) does not fit
+        check_mixed(out, n=n, alpha=-1.5)
+
+
+def test_an_array_of_another_rank_is_not_read_by_code_made_for_a_vector(guarded):
+    guarded.run_mixed()
+    guarded.write(offset=[[0.1, -0.2], [0.3, 0.4]])         # (2, 2): another rank, the array guard fails
+    out = guarded.run_mixed()
+    assert out["from_disk"] is False
+    check_mixed(out, offset=[[0.1, -0.2], [0.3, 0.4]])
+    assert guarded.run_mixed()["from_disk"] is True
+
+
+def _edit_guard_section(entry, marker):
+    """Weaken a guard (OFFSET's rank) without the key: the MAC no longer matches."""
+    text = entry.read_text()
+    new = text.replace('[1,"f",[false]]', '[2,"f",[false,false]]', 1)
+    assert new != text
+    entry.write_text(new)
+
+
+def _drop_guard_section(entry, marker):
+    text = entry.read_text()
+    new = re.sub(r'"extra":\{.*\}\}\n', '"extra":{"guards":[],"free":[]}}\n', text, count=1)
+    assert new != text
+    entry.write_text(new)
+
+
+@pytest.mark.parametrize("tamper", [_edit_guard_section, _drop_guard_section])
+def test_a_tampered_guard_section_is_a_miss(guarded, tamper):
+    check_mixed(guarded.run_mixed())
+    entry, = guarded.entries()
+    tamper(entry, guarded.marker)
+    out = guarded.run_mixed()
+    assert out["from_disk"] is False
+    check_mixed(out)
+    assert guarded.run_mixed()["from_disk"] is True
+
+
+def test_a_closure_over_a_float_in_a_helper_is_cached_and_read_at_run_time(guarded):
+    """HALF = make_scaler(0.5): the helper has no importable name; its entry finds it again
+    by its path (when its content digest matches) and reads the closure's float at run time."""
+    for i, half in enumerate((0.5, 0.5, -2.0)):
+        guarded.write(half=half, closing="HALF(h)")
+        out = guarded.run_mixed()
+        check_mixed(out, half=half)
+        assert out["from_disk"] is (i > 0)
+    guarded.write(half=-2.0, closing="HALF(HALF(h))")      # forward edited: a miss
+    out = guarded.run_mixed()
+    assert out["from_disk"] is False
+    check_mixed(out, half=4.0)
+    guarded.edit_module("return z * s", "return z * s * s", module="dgmod")      # the helper edited
+    out = guarded.run_mixed()
+    assert out["from_disk"] is False
+    check_mixed(out, half=16.0)
+    assert guarded.run_mixed()["from_disk"] is True
+
+
+def _tokens():
+    from hypothesis import strategies as st
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-2 ** 70, 2 ** 70), st.text(max_size=4),
+                        st.binary(max_size=4), st.floats(allow_nan=True), st.complex_numbers(allow_nan=True),
+                        st.sampled_from([np.float32(-0.0), np.float64(np.nan), np.int8(-3), np.uint64(2 ** 63),
+                                         np.bool_(True), np.complex64(1 - 2j), np.dtype("f4"), np.dtype(">i2"),
+                                         Ellipsis, slice(None, 3, -1)]))
+    return st.recursive(scalars, lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.lists(inner, max_size=3).map(tuple),
+        st.frozensets(st.one_of(st.integers(), st.text(max_size=3)), max_size=3),
+        st.dictionaries(st.one_of(st.integers(), st.text(max_size=3)), inner, max_size=3)), max_leaves=8)
+
+
+def test_constant_tokens_survive_json_exactly():
+    """encode/decode of guards.value_token through JSON gives the very token, nan, -0.0,
+    numpy scalar types and big ints included."""
+    from hypothesis import given, settings
+    from flux_compile import diskguards
+    from flux_compile.guards import value_token
+
+    @settings(max_examples=300, deadline=None)
+    @given(_tokens())
+    def roundtrip(v):
+        tok = value_token(v)
+        assert tok is not None
+        back = diskguards.decode_token(json.loads(json.dumps(diskguards.encode_token(tok))))
+        assert repr(back) == repr(tok)          # floats are reprs: nan and -0.0 compare
+
+    roundtrip()
+
+
+BAD_GUARD_SECTIONS = [
+    {"guards": [[[["cell", "0].__class__; import os #", "x"]], "eq", ["int", "1"]]], "free": []},
+    {"guards": [[[["default", True]], "eq", ["int", "1"]]], "free": []},
+    {"guards": [[[["obj", "x"]], "eq", ["int", "1"]]], "free": []},
+    {"guards": [[[["attr", "a"], ["arg", 0]], "eq", ["int", "1"]]], "free": []},
+    {"guards": [[[["item", "s", 3]], "eq", ["int", "1"]]], "free": []},
+    {"guards": [[[["attr", "a"]], "eq", ["os.system", "ls"]]], "free": []},
+    {"guards": [[[["attr", "a"]], "eq", ["np.ndarray", "1"]]], "free": []},
+    {"guards": [[[["attr", "a"]], "is", ["os", "system", ""]]], "free": []},
+    {"guards": [[[["attr", "a"]], "is", ["subprocess", "", "module"]]], "free": []},
+    {"guards": [[[["attr", "a"]], "is", ["builtins", "eval", ""]]], "free": []},
+    {"guards": [[[["attr", "a"]], "is", ["not_imported_module_xyz", "f", "abc"]]], "free": []},
+    {"guards": [[[["attr", "a"]], "code", ["numpy", "sum", ""]]], "free": []},
+    {"guards": [[[["attr", "a"]], "type", ["flux_compile", "np", ""]]], "free": []},
+    {"guards": [[[["attr", "a"]], "method", ["numpy", "sum", ""]]], "free": []},
+    {"guards": [[[["attr", "a"]], "len", ["dict", 2]]], "free": []},
+    {"guards": [[[["attr", "a"]], "array", ["2", "f", []]]], "free": []},
+    {"guards": [], "free": [[["global", 3]]]},
+    {"guards": [[[["attr", "f"]], "code", ["@path", "", "abc"]]], "free": []},     # no root given
+    {"guards": "x", "free": []},
+    None,
+]
+
+
+@pytest.mark.parametrize("data", BAD_GUARD_SECTIONS)
+def test_a_guard_section_binds_nothing_outside_the_allowlist(data):
+    """The MAC is the first line of defence; without it, a hostile guard section is still
+    refused: no code in a path, no type or object outside the fixed tables and allowlist."""
+    from flux_compile import diskguards
+    from flux_compile.diskcache import Uncacheable
+    with pytest.raises(Uncacheable):
+        diskguards.decode(data)
+    assert "not_imported_module_xyz" not in sys.modules
+
+
+def test_a_guard_section_that_is_fine_binds_live_objects():
+    from flux_compile import diskguards
+    from flux_compile.guards import compile_checks
+    baked, free = diskguards.decode({"guards": [
+        [[["attr", "f"]], "is", ["numpy", "tanh", ""]], [[["attr", "m"]], "is", ["numpy", "", "module"]],
+        [[["attr", "n"]], "eq", ["int", "3"]], [[["attr", "t"]], "len", ["tuple", 2]],
+        [[["attr", "w"]], "array", [2, "f", [False, True]]]], "free": [[["attr", "w"]]]})
+    check = compile_checks([(p, k, e) for (p, k), e in baked.items()])
+
+    class Obj:
+        f, m, n, t, w = np.tanh, np, 3, (1, 2), np.ones((3, 1))
+    assert check(Obj(), ()) is True
+    for name, bad in (("f", np.sin), ("n", 4), ("n", 3.0), ("t", [1, 2]), ("w", np.ones((3, 2)))):
+        o = Obj()
+        setattr(o, name, bad)
+        assert check(o, ()) is False, name
+    assert free == [(("attr", "w"),)]

@@ -391,6 +391,7 @@ def test_concurrent_compiles_get_distinct_source_files(monkeypatch):
     import time
 
     from flux_compile import sourcecache
+    from flux_compile.compiler import compile_model
 
     class SlowDict(dict):
         def get(self, *a):
@@ -399,15 +400,25 @@ def test_concurrent_compiles_get_distinct_source_files(monkeypatch):
             return v
 
     monkeypatch.setattr(sourcecache, "_counter", SlowDict())
+
+    @fc.net
+    class Fresh:                # not fc.Dense: its variants from other tests would be found in the cache
+        def __init__(self, act):
+            self.W = rng.standard_normal((3, 2))
+            self.act = act
+
+        def forward(self, x):
+            y = x @ self.W
+            return y if self.act is None else self.act(y)
+
     acts = [None, fc.relu, np.tanh, fc.sigmoid]
-    models = [fc.Dense(3, 2, act=a) for a in acts]
+    models = [Fresh(a) for a in acts]
     compiled = [None] * len(models)
     barrier = threading.Barrier(len(models))
 
-    def work(i):
+    def work(i):                # compile_model itself: calling the model would hold COMPILE_LOCK
         barrier.wait()
-        models[i](np.ones((2, 3)))
-        compiled[i] = models[i]._fc_compiled[models[i]._fc_last]
+        compiled[i] = compile_model(models[i], (np.ones((2, 3)),))
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(models))]
     for t in threads:
@@ -453,7 +464,7 @@ def test_concurrent_function_compiles_get_distinct_source_files(monkeypatch):
         t.join()
     for k, g in zip(ks, grads):
         np.testing.assert_allclose(g, k * (1 - np.tanh(x) ** 2), rtol=1e-12)
-    compiled = [c for key, c in compiler._fcache.items() if key[0] is f.__code__]
+    compiled = [c for variants in compiler._function_cache(f).entries.values() for c in variants]
     assert len({c.filename for c in compiled}) == len(compiled) == len(ks)
     for c in compiled:
         assert "".join(linecache.getlines(c.filename)) == c.source
