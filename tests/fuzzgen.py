@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 FEATURES = ("names", "helpers", "defaults", "closure", "globals", "submodel", "pytree", "control", "shapes")
+# switches that leave out constructs of a known bug class, to look past it: "no_listindex", "no_pyfloat"
+AVOID = ("no_listindex", "no_pyfloat")
 GROUPS = {
     "core": ("shapes",),
     "names": ("names", "shapes"),
@@ -55,7 +57,7 @@ GENERATED_NAMES = [
     "h", "out", "loss", "grad", "value", "shape", "i", "k", "a", "b_1", "d", "dt", "dt_1", "value_1",
     "fc_1", "unbroadcast", "sum_grad", "getitem_grad", "restore_axes", "extremum_mask", "unconcatenate",
     "matmul_grad_a", "matmul_grad_b", "fill_none", "normalize_axis", "reduced_size", "identity", "astype",
-    "getitem", "inverse_permutation", "unstack", "Retrace", "guard",
+    "getitem", "inverse_permutation", "unstack", "Retrace", "guard", "slice", "tuple", "list", "dict", "zip",
 ]
 RESERVED = {"np", "fc", "net", "range", "len", "float", "sum", "max", "min", "abs", "print", "None", "True",
             "False", "autograd", "self_1"}
@@ -73,6 +75,7 @@ def _runtime_helper_names():
 
 NAME_POOL = sorted(set(GENERATED_NAMES + _runtime_helper_names()) - RESERVED)
 
+LIST_INDEX = re.compile(r"\[\[|\[:, \[")
 ENV = {"B": 3, "N": 4, "K": 2}
 REBATCH_ENV = {"B": 5, "N": 4, "K": 2}
 SHAPES = [(), ("1",), ("N",), ("B", "1"), ("1", "N"), ("B", "N"), ("B", "N"), ("B", "N"), ("K", "B", "N"),
@@ -203,7 +206,7 @@ class Program:
     params: list = dataclasses.field(default_factory=list)     # [(path, spec)] of a model's Params
     attrs: list = dataclasses.field(default_factory=list)      # [(path, spec)] float attributes
     model_return: bool = False         # forward returns a non-scalar array
-    shape_env_free: bool = True        # the program runs for any batch size
+    wrapper: list = dataclasses.field(default_factory=list)    # lines opening the factory / classes
 
     def describe(self):
         """One line per input kind: what the fuzzer passes for each name."""
@@ -241,16 +244,11 @@ class Program:
         out = ["import numpy as np", "import flux_compile as fc", "", ""]
         out += self.header
         if self.kind == "model" or self.factory:
-            out += self.main_wrapper_open()
+            out += self.wrapper
         out.append(ind[:-4] + self.signature)
         out += [ind + line for line in self.body_lines()]
         out += self.footer
         return "\n".join(out) + "\n"
-
-    def main_wrapper_open(self):
-        return self.wrapper
-
-    wrapper: list = dataclasses.field(default_factory=list)
 
 
 class Names:
@@ -377,6 +375,8 @@ class Body:
             options += [(f"{a}[:, 1:]", (s[0], f"{s[1]}-1") + s[2:]), (f"{a}[:, -1]", (s[0],) + s[2:]),
                         (f"{a}[:, [1, 0, 1]]", (s[0], "3") + s[2:]), (f"{a}[..., 0]", s[:-1]),
                         (f"{a}[:, None]", (s[0], "1") + s[1:])]
+        if "no_listindex" in self.features:
+            options = [o for o in options if not LIST_INDEX.search(o[0])]
         return r.choice(options)
 
     def e_shape_op(self):
@@ -492,9 +492,12 @@ def _leaf_atoms(expr, spec):
 
 
 class Generator:
-    def __init__(self, seed, features):
+    """Random programs; every choice comes from ``r`` (by default seeded from ``seed`` and the
+    features; hypothesis passes its own ``random.Random`` so that it can shrink the choices)."""
+
+    def __init__(self, seed, features, r=None):
         self.seed, self.features = seed, tuple(sorted(features))
-        self.r = random.Random(f"{seed}:{','.join(self.features)}")
+        self.r = r if r is not None else random.Random(f"{seed}:{','.join(self.features)}")
         self.top = Names(self.r, NAME_POOL if "names" in features else None)
 
     def has(self, f):
@@ -502,7 +505,7 @@ class Generator:
 
     def leaf(self, python_float_ok=True):
         r = self.r
-        if python_float_ok and r.random() < 0.1:
+        if python_float_ok and r.random() < 0.1 and not self.has("no_pyfloat"):
             return Leaf((), python_float=True)
         return Leaf(r.choice(SHAPES if self.has("shapes") else PLAIN_SHAPES))
 
@@ -636,8 +639,9 @@ class Generator:
         r = self.r
         inner_cls, outer_cls = self.top.fresh("Inner"), self.top.fresh("Outer")
         iW, ib = "W", "b"
+        avoid = tuple(f for f in self.features if f in AVOID)
         inner_body = Body(r, Names(r, None, taken={"self", "x"}), {"x": ("B", "N"), f"self.{iW}": ("N", "N"),
-                                                                    f"self.{ib}": ("N",)}, (), helpers)
+                                                                    f"self.{ib}": ("N",)}, avoid, helpers)
         inner_body.generate(r.randint(1, 3))
         keep = [k for k in inner_body.locals if inner_body.vars[k] == ("B", "N")]
         ret = keep[-1] if keep else "x"
@@ -782,20 +786,22 @@ def _set_module_state(mod, prog, inst):
         getattr(mod, owner).__defaults__ = tuple(values)
 
 
-def _callable(mod, prog, inst, for_fc):
+def _callable(mod, prog, inst):
     """The function under test, or a fresh model from ``build``."""
     if prog.kind == "function":
         if prog.factory:
             return getattr(mod, prog.factory)(*inst.closure)
         return getattr(mod, prog.entry)
-    p = list(inst.params)
+    return build_model(mod, inst.params, inst.attrs)
+
+
+def build_model(mod, params, attrs):
+    """The module's ``build(first_W, first_b, second_W, second_b, V, scale)``; with three
+    Params the second sub-model is the first one (shared)."""
+    p = list(params)
     if len(p) == 3:
         p = p[:2] + [None, None] + p[2:]
-    return mod.build(*p, *inst.attrs)
-
-
-def _model_out(model, args):
-    return model.forward(*args)
+    return mod.build(*p, *attrs)
 
 
 def _close(a, b, rtol, atol_scale):
@@ -848,11 +854,11 @@ class Run:
         """(output, loss function of the flat leaves, the flat leaves, dy) by plain NumPy."""
         prog, mod = self.prog, self.mods["np"]
         _set_module_state(mod, prog, inst)
-        f = _callable(mod, prog, inst, False)
+        f = _callable(mod, prog, inst)
         args = copy_tree(inst.args)
         with np.errstate(all="raise"):
             try:
-                out = _model_out(f, args) if prog.kind == "model" else f(*args)
+                out = f.forward(*args) if prog.kind == "model" else f(*args)
             except Exception as e:
                 raise Failure("invalid", "reference", f"{type(e).__name__}: {e}")
         if not np.all(np.isfinite(out)) or np.max(np.abs(out)) > 1e6:
@@ -866,15 +872,11 @@ class Run:
         _set_module_state(mod, prog, inst)
         args = inst.args
         if prog.kind == "function":
-            f = _callable(mod, prog, inst, False)
+            f = _callable(mod, prog, inst)
             return [autograd.grad(f, i)(*args) if _differentiable(a) else None for i, a in enumerate(args)], []
 
         def loss(params, *xs):
-            p = list(params)
-            if len(p) == 3:
-                p = p[:2] + [None, None] + p[2:]
-            m = mod.build(*p, *inst.attrs)
-            return mod.np.sum(m.forward(*xs) * dy)
+            return mod.np.sum(build_model(mod, params, inst.attrs).forward(*xs) * dy)
         g = autograd.grad(loss, tuple(range(len(args) + 1)))(list(inst.params), *args)
         return list(g[1:]), list(g[0])
 
@@ -885,14 +887,10 @@ class Run:
         rng = np.random.default_rng(1)
 
         def loss(args, params):
-            i2 = inst
-            saved = i2.params
-            i2.params = params
-            try:
-                f = _callable(mod, prog, i2, False)
-                out = _model_out(f, args) if prog.kind == "model" else f(*args)
-            finally:
-                i2.params = saved
+            if prog.kind == "model":
+                out = build_model(mod, params, inst.attrs).forward(*args)
+            else:
+                out = _callable(mod, prog, inst)(*args)
             return float(np.sum(np.asarray(out) * dy))
         targets = []              # (which, flat index of leaf, probes)
         flat_args = leaves(inst.args)
@@ -925,11 +923,11 @@ class Run:
         args = copy_tree(inst.args)
         before = copy_tree(args)
         if prog.kind == "function":
-            f = _callable(mod, prog, inst, True)
+            f = _callable(mod, prog, inst)
             out, grads = fc.grad(f, *args)
             pgrads = []
         else:
-            m = model if model is not None else _callable(mod, prog, inst, True)
+            m = model if model is not None else _callable(mod, prog, inst)
             m.zero_grad()
             out, back = m.pullback(*args)
             grads = back(dy.astype(np.asarray(out).dtype) if isinstance(out, np.ndarray) else dy)
@@ -964,8 +962,15 @@ class Run:
         for i, (g, r) in enumerate(zip(grads, ag)):
             if r is None:
                 continue
+            if any(np.shape(x) != np.shape(a) for x, a in zip(leaves(r), leaves(inst.args[i]))):
+                # autograd's own bug: np.where does not undo broadcasting; finite differences decide
+                self.check_fd(inst, grads, pgrads, dy, phase)
+                continue
             try:
-                _compare_trees(g, r, 1e-6, 1e-8, f"{phase}_grad")
+                try:
+                    _compare_trees(g, r, 1e-6, 1e-8, f"{phase}_grad")
+                except Failure as e:
+                    raise Failure(e.outcome, e.check, f"{e.message} (argument {i}, {self.prog.args[i][0]})")
             except Failure as e:
                 if fd and self.fd_agrees(inst, dy, "arg", i, g):
                     raise Failure("wrong", f"{phase}_grad_vs_autograd_only", e.message)
@@ -1123,11 +1128,8 @@ BUG_CLASSES = {
                       "names the generated code uses (dy, self, saved, getitem, unbroadcast, restore_axes, ...)",
     "list-index": "x[[i, j]] / x[:, [i, j]] compiled as the tuple index x[i, j]: wrong values, IndexError, "
                   "AxisError, bogus CompileErrors",
-    "where-broadcast-grad": "np.where(c, a, b) with operands of different shapes: the gradient of the larger "
-                            "operand comes back with the smaller one's shape",
     "pytree": "tuple / list / dict arguments: gradients None, or AttributeError in backward",
 }
-LIST_INDEX = re.compile(r"\[\[|\[:, \[")
 
 
 def classify(prog, result):
@@ -1145,8 +1147,6 @@ def classify(prog, result):
     source = prog.source()
     if LIST_INDEX.search(source):
         return "list-index"
-    if "np.where(" in source and "has shape" in result.message:
-        return "where-broadcast-grad"
     if any(not isinstance(spec, Leaf) for _, spec in prog.args):
         return "pytree"
     return "other:" + result.key
@@ -1178,6 +1178,13 @@ def renamed(prog):
 # shrinking
 
 
+def _without_arg(prog, i):
+    name = prog.args[i][0]
+    head, params = prog.signature.split("(", 1)
+    kept = [p for p in params.rstrip("):").split(", ") if p.split("=")[0] != name]
+    return dataclasses.replace(prog, args=prog.args[:i] + prog.args[i + 1:], signature=f"{head}({', '.join(kept)}):")
+
+
 def shrink(prog, result, checks, budget=60):
     """A smaller program failing the same way: drop body blocks and return terms."""
     key = result.key
@@ -1188,6 +1195,10 @@ def shrink(prog, result, checks, budget=60):
         candidates = []
         for i in range(len(best.blocks)):
             candidates.append(dataclasses.replace(best, blocks=best.blocks[:i] + best.blocks[i + 1:]))
+        for i, (name, _) in enumerate(best.args):
+            used = re.compile(rf"(?<![\w.]){re.escape(name)}(?!\w)")
+            if not any(used.search(line) for line in best.body_lines()):
+                candidates.append(_without_arg(best, i))
         if len(best.returns) > 1:
             for i in range(len(best.returns)):
                 candidates.append(dataclasses.replace(best, returns=best.returns[:i] + best.returns[i + 1:]))
@@ -1250,11 +1261,13 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--group", default="all", choices=sorted(GROUPS))
     ap.add_argument("--features", default=None, help="comma-separated features (overrides --group)")
+    ap.add_argument("--avoid", default="", help=f"comma-separated, from {', '.join(AVOID)}")
     ap.add_argument("--out", default="fuzz_failures")
     ap.add_argument("--no-shrink", action="store_true")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     features = tuple(a.features.split(",")) if a.features else GROUPS[a.group]
+    features += tuple(x for x in a.avoid.split(",") if x)
     counts, classes = run_many(a.count, a.seed, features, a.out, shrink_each=not a.no_shrink, verbose=a.verbose)
     print(f"features {','.join(features)}: {a.count} programs from seed {a.seed}: "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
