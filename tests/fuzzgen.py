@@ -1149,10 +1149,12 @@ def classify(prog, result):
         return "float32-promotion"
     if "names" in prog.features and check(renamed(prog)).key != result.key:
         return "name-collision"
-    source = prog.source()
-    if LIST_INDEX.search(source):
+    pytree = any(not isinstance(spec, Leaf) for _, spec in prog.args)
+    if pytree and re.search(r"'(list|tuple|dict)' object|structure|gradients for|leaves instead", result.message):
+        return "pytree"
+    if LIST_INDEX.search(prog.source()):
         return "list-index"
-    if any(not isinstance(spec, Leaf) for _, spec in prog.args):
+    if pytree:
         return "pytree"
     return "other:" + result.key
 
