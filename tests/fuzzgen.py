@@ -197,7 +197,7 @@ class Program:
     blocks: list                       # list of lists of body lines (indented relative to the body)
     returns: list                      # terms summed by the return statement
     args: list                         # [(name, spec)] passed positionally
-    defaults: list = dataclasses.field(default_factory=list)   # [(owner, n_defaults, [spec])]
+    defaults: list = dataclasses.field(default_factory=list)   # [(function name, number of defaults)]
     globals: list = dataclasses.field(default_factory=list)    # [(name, spec)]
     closure: list = dataclasses.field(default_factory=list)    # [(name, spec)] factory arguments
     factory: str = ""                  # name of the closure factory ("" when none)
