@@ -1162,9 +1162,18 @@ def classify(prog, result):
 _IDENT = re.compile(r"(?<![\w.'\"])([A-Za-z_]\w*)(?![\w'\"])")
 
 
-def renamed(prog):
-    """The same program with every identifier from the collision pool renamed to ``zN_``."""
+def collision_culprits(prog, result):
+    """The identifiers whose renaming alone makes the failure go away."""
+    used = set(_IDENT.findall(prog.source())) & set(NAME_POOL)
+    return sorted(name for name in used if check(renamed(prog, {name})).key != result.key)
+
+
+def renamed(prog, only=None):
+    """The same program with every identifier from the collision pool (or those in ``only``)
+    renamed to ``zN_``."""
     pool = set(NAME_POOL) - ({"self", "forward"} if prog.kind == "model" else set())
+    if only is not None:
+        pool &= set(only)
     mapping = {name: f"z{i}_" for i, name in enumerate(sorted(pool))}
 
     def text(line):
@@ -1244,7 +1253,7 @@ def shrink(prog, result, checks, budget=100):
 # the command line
 
 
-def run_many(count, seed, features, out_dir=None, checks=CHECKS, shrink_each=True, verbose=False):
+def run_many(count, seed, features, out_dir=None, checks=CHECKS, shrink_each=True, verbose=False, culprits=False):
     """Check ``count`` programs from ``seed`` on. Returns ``{outcome: n}`` and
     ``{bug class: [n, first Result, its Program, {failure key: n}]}``; with ``out_dir``, one shrunk
     program per bug class and failure key is written there."""
@@ -1262,6 +1271,9 @@ def run_many(count, seed, features, out_dir=None, checks=CHECKS, shrink_each=Tru
         entry = classes.setdefault(cls, [0, r, prog, {}])
         entry[0] += 1
         entry[3].setdefault(r.key, [0, r, prog])[0] += 1
+        if cls == "name-collision" and culprits:
+            for name in collision_culprits(prog, r) or ["(several together)"]:
+                entry[3].setdefault(f"identifier {name}", [0, r, prog])[0] += 1
         if verbose:
             print(f"seed {s}: {cls}: {r.key}", flush=True)
     if out_dir is not None:
@@ -1291,11 +1303,13 @@ def main(argv=None):
     ap.add_argument("--avoid", default="", help=f"comma-separated, from {', '.join(AVOID)}")
     ap.add_argument("--out", default="fuzz_failures")
     ap.add_argument("--no-shrink", action="store_true")
+    ap.add_argument("--culprits", action="store_true", help="name the identifiers behind each name collision")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     features = tuple(a.features.split(",")) if a.features else GROUPS[a.group]
     features += tuple(x for x in a.avoid.split(",") if x)
-    counts, classes = run_many(a.count, a.seed, features, a.out, shrink_each=not a.no_shrink, verbose=a.verbose)
+    counts, classes = run_many(a.count, a.seed, features, a.out, shrink_each=not a.no_shrink, verbose=a.verbose,
+                               culprits=a.culprits)
     print(f"features {','.join(features)}: {a.count} programs from seed {a.seed}: "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     for cls, (n, r, prog, keys) in sorted(classes.items(), key=lambda kv: -kv[1][0]):
