@@ -1034,6 +1034,7 @@ def _differentiable(a):
 
 
 CHECKS = ("fd", "double", "float32", "fresh", "rebatch")
+MUTABLE = ("closure", "globals", "defaults", "attrs")     # what the fresh phase changes
 
 
 def check(prog, checks=CHECKS):
@@ -1078,6 +1079,9 @@ def _check_all(run, prog, checks, phase):
         phase[0] = "fresh"
         inst2 = Instance(prog, ENV, seed + 1)
         inst2.args, inst2.params = inst.args, inst.params
+        for kind in MUTABLE:                    # "fresh:closure" in checks: change only the closure
+            if any(c.startswith("fresh:") for c in checks) and f"fresh:{kind}" not in checks:
+                setattr(inst2, kind, getattr(inst, kind))
         if prog.kind == "model":
             for (path, _), v in zip(prog.attrs, inst2.attrs):
                 setattr(model, path[0], v)
@@ -1162,6 +1166,12 @@ def classify(prog, result):
 
 
 _IDENT = re.compile(r"(?<![\w.'\"])([A-Za-z_]\w*)(?![\w'\"])")
+
+
+def stale_culprits(prog):
+    """Which of closure cells, globals, __defaults__, attributes alone give a stale result."""
+    present = [k for k in MUTABLE if getattr(prog, k)]
+    return [k for k in present if check(prog, ("fresh", f"fresh:{k}")).check.startswith("fresh")]
 
 
 def collision_culprits(prog, result):
@@ -1273,6 +1283,9 @@ def run_many(count, seed, features, out_dir=None, checks=CHECKS, shrink_each=Tru
         entry = classes.setdefault(cls, [0, r, prog, {}])
         entry[0] += 1
         entry[3].setdefault(r.key, [0, r, prog])[0] += 1
+        if cls == "stale-values" and culprits:
+            for kind in stale_culprits(prog):
+                entry[3].setdefault(f"stale {kind}", [0, r, prog])[0] += 1
         if cls == "name-collision" and culprits:
             for name in collision_culprits(prog, r) or ["(several together)"]:
                 entry[3].setdefault(f"identifier {name}", [0, r, prog])[0] += 1
