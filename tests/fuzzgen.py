@@ -59,6 +59,7 @@ GENERATED_NAMES = [
     "matmul_grad_a", "matmul_grad_b", "fill_none", "normalize_axis", "reduced_size", "identity", "astype",
     "getitem", "inverse_permutation", "unstack", "Retrace", "guard", "slice", "tuple", "list", "dict", "zip",
 ]
+MODEL_METHODS = {"forward", "backward", "update", "pullback", "back", "zero_grad", "reset"}
 RESERVED = {"np", "fc", "net", "range", "len", "float", "sum", "max", "min", "abs", "print", "None", "True",
             "False", "autograd", "self_1"}
 
@@ -294,6 +295,8 @@ class Body:
         name = self.names.fresh()
         self.vars[name] = shape
         self.locals.append(name)
+        if shape == ():                 # may be a Python float (arithmetic on one): no methods
+            self.scalars.add(name)
         return name, f"{indent}{name} = {expr}"
 
     def expr(self):
@@ -426,7 +429,7 @@ class Body:
 
     def e_model(self):
         call = self.r.choice(self.model_calls)
-        a = self.pick(lambda s: len(s) >= 1 and s[-1] == "N")
+        a = self.pick(lambda s: s == ("B", "N"))      # the shape the sub-model's body was written for
         if a is None:
             return None
         return f"{call}({a})", self.vars[a]
@@ -498,7 +501,8 @@ class Generator:
     def __init__(self, seed, features, r=None):
         self.seed, self.features = seed, tuple(sorted(features))
         self.r = r if r is not None else random.Random(f"{seed}:{','.join(self.features)}")
-        self.top = Names(self.r, NAME_POOL if "names" in features else None)
+        self.top = Names(self.r, NAME_POOL if "names" in features else None,
+                         taken={"self", "first", "second", "scale", "build", "u", "x"} | MODEL_METHODS)
 
     def has(self, f):
         return f in self.features
