@@ -45,6 +45,7 @@ GROUPS = {
     "submodel": ("submodel",),
     "pytree": ("pytree",),
     "control": ("control", "shapes"),
+    "ops": ("more_ops", "shapes", "control"),
     "all": FEATURES,
 }
 
@@ -94,6 +95,15 @@ BINARY = ["({a}) + ({b})", "({a}) - ({b})", "({a}) * ({b})", "({a}) / (1.5 + np.
           "np.multiply({a}, np.tanh({b}))", "({a}) * 2.0 - ({b}) / 3.0"]
 REDUCTIONS = ["np.sum", "np.mean", "np.max", "np.min", "np.prod"]
 METHOD_REDUCTIONS = ["sum", "mean", "max"]
+# feature "more_ops": further NumPy functions, in-place updates, einsum, split
+MORE_UNARY = ["np.clip({a}, -0.6, 0.7)", "np.log2(1.0 + ({a}) ** 2)", "np.exp2(np.tanh({a}))",
+              "np.power(np.abs({a}) + 0.5, 1.5)", "np.negative({a})", "np.tan(np.tanh({a}) * 0.5)",
+              "np.arcsinh({a})", "np.arctanh(np.tanh({a}) * 0.5)", "np.cbrt(({a}) ** 2 + 1.0)", "np.fabs({a})",
+              "np.where({a} > 0, {a}, 0.1 * {a})", "np.sign({a}) * ({a}) ** 2", "np.log10(1.5 + np.sin({a}))"]
+AXIS_UNARY = ["np.cumsum({a}, axis=-1)", "np.flip({a}, axis=-1)", "np.roll({a}, 1, axis=-1)",
+              "np.cumprod(1.0 + 0.1 * np.tanh({a}), axis=-1)", "np.diff({a}, prepend=0.0, axis=-1)",
+              "{a} - np.mean({a}, axis=-1, keepdims=True)", "np.sort({a}, axis=-1)"]
+MORE_REDUCTIONS = ["np.var", "np.std", "np.amax", "np.nansum", "np.average"]
 
 
 def dim(sym, env):
@@ -318,6 +328,10 @@ class Body:
 
     def e_unary(self):
         a = self.pick()
+        if "more_ops" in self.features and self.r.random() < 0.5:
+            if self.vars[a] and a not in self.scalars and self.r.random() < 0.5:
+                return self.r.choice(AXIS_UNARY).format(a=a), self.vars[a]
+            return self.r.choice(MORE_UNARY).format(a=a), self.vars[a]
         return self.r.choice(UNARY).format(a=a), self.vars[a]
 
     def e_binary(self):
@@ -335,7 +349,7 @@ class Body:
         a = self.pick(avoid=self.scalars)
         shape = self.vars[a]
         nd = len(shape)
-        fn = r.choice(REDUCTIONS)
+        fn = r.choice(REDUCTIONS + (MORE_REDUCTIONS if "more_ops" in self.features else []))
         if nd == 0 or r.random() < 0.2:
             return f"{fn}({a})", ()
         axis = r.randrange(-nd, nd)
@@ -360,7 +374,11 @@ class Body:
             if v is None or len(self.vars[a]) < 1:
                 return None
             return f"{a} @ {v}", self.vars[a][:-1]
-        form = r.choice(["{a} @ {m}", "np.matmul({a}, {m})", "{a} @ {m}.T", "np.tanh({a} @ {m})"])
+        forms = ["{a} @ {m}", "np.matmul({a}, {m})", "{a} @ {m}.T", "np.tanh({a} @ {m})"]
+        if "more_ops" in self.features:
+            forms += ["np.einsum('...i,ij->...j', {a}, {m})", "np.tensordot({a}, {m}, axes=1)",
+                      "np.inner({a}, {m})"]
+        form = r.choice(forms)
         if len(self.vars[a]) == 2 and r.random() < 0.2:
             form = "np.dot({a}, {m})"
         return form.format(a=a, m=m), self.vars[a]
@@ -436,13 +454,32 @@ class Body:
 
     # -- statements ------------------------------------------------------------------------
     def statement(self, indent=""):
+        if "more_ops" in self.features and self.r.random() < 0.15:
+            block = self.inplace_block(indent)
+            if block:
+                return block
         for _ in range(20):
             e = self.expr()
             if e is not None and len(e[1]) <= 4:
                 name, line = self.assign(*e, indent=indent)
                 return [line]
-        name, line = self.assign(self.pick(), self.vars[self.pick()], indent=indent)
+        a = self.pick()
+        name, line = self.assign(a, self.vars[a], indent=indent)
         return [line]
+
+    def inplace_block(self, indent):
+        """A fresh array updated in place: ``v = np.tanh(a)``, then ``v += b`` / ``v *= b`` / ``v[0] = ...``."""
+        a = self.pick(lambda s: len(s) >= 1)
+        if a is None:
+            return None
+        shape = self.vars[a]
+        b = self.pick(lambda s: broadcast(shape, s) == shape, avoid=(a,)) or "0.5"
+        name, line = self.assign(f"np.tanh({a})", shape, indent=indent)
+        op = self.r.choice(["+=", "-=", "*="])
+        lines = [line, f"{indent}{name} {op} {b}"]
+        if self.r.random() < 0.3:
+            lines.append(f"{indent}{name}[0] = {name}[-1] * 2.0")
+        return lines
 
     def control_block(self):
         r = self.r
@@ -1144,6 +1181,8 @@ BUG_CLASSES = {
     "list-index": "x[[i, j]] / x[:, [i, j]] compiled as the tuple index x[i, j]: wrong values, IndexError, "
                   "AxisError, bogus CompileErrors",
     "pytree": "tuple / list / dict arguments: gradients None, or AttributeError in backward",
+    "late-rejection": "an unsupported construct raises NotImplementedError when backward runs instead of "
+                      "fc.CompileError at compile time (np.einsum with '...')",
 }
 
 
@@ -1159,6 +1198,8 @@ def classify(prog, result):
         return "float32-promotion"
     if "names" in prog.features and check(renamed(prog)).key != result.key:
         return "name-collision"
+    if "NotImplementedError" in result.message:
+        return "late-rejection"
     pytree = any(not isinstance(spec, Leaf) for _, spec in prog.args)
     if pytree and re.search(r"'(list|tuple|dict)' object|structure|gradients for|leaves instead", result.message):
         return "pytree"
