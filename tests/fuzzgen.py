@@ -14,9 +14,14 @@ compares flux_compile against them:
 
 A program flux_compile refuses must be refused with ``fc.CompileError``: that is
 counted as ``rejected``, apart from ``wrong`` (a wrong number) and ``crash`` (any
-other exception). Everything is deterministic from the seed.
+other exception). Failures are put in bug classes (``BUG_CLASSES``, ``classify``) and
+shrunk (``shrink``: statements, helpers and unused inputs dropped while the failure
+stays the same). Everything is deterministic from the seed.
 
-Run many: ``python tools/fuzz.py --count 2000 --seed 0 --features closure``.
+Run many: ``python tools/fuzz.py --count 2000 --group closure --out DIR`` (groups of
+features in ``GROUPS``; ``--avoid no_listindex,no_pyfloat`` leaves out constructs of known
+bug classes to look past them; ``--culprits`` names the identifiers behind each name
+collision and the kind of value behind each stale result).
 """
 from __future__ import annotations
 
@@ -1356,14 +1361,14 @@ def write_failures(out, classes, checks, shrink_each):
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(description="Differential fuzzing of flux_compile")
-    ap.add_argument("--count", type=int, default=200)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--count", type=int, default=200, help="how many programs")
+    ap.add_argument("--seed", type=int, default=0, help="the first seed (seeds seed .. seed+count-1)")
     ap.add_argument("--group", default="all", choices=sorted(GROUPS))
     ap.add_argument("--features", default=None, help="comma-separated features (overrides --group)")
     ap.add_argument("--avoid", default="", help=f"comma-separated, from {', '.join(AVOID)}")
-    ap.add_argument("--out", default="fuzz_failures")
-    ap.add_argument("--no-shrink", action="store_true")
-    ap.add_argument("--culprits", action="store_true", help="name the identifiers behind each name collision")
+    ap.add_argument("--out", default="fuzz_failures", help="directory for one shrunk program per failure kind")
+    ap.add_argument("--no-shrink", action="store_true", help="write failing programs as generated")
+    ap.add_argument("--culprits", action="store_true", help="name the identifiers behind each name collision, the values behind each stale result")
     ap.add_argument("-v", "--verbose", action="store_true")
     a = ap.parse_args(argv)
     features = tuple(a.features.split(",")) if a.features else GROUPS[a.group]
