@@ -600,7 +600,9 @@ class Generator:
         r = self.r
         self.defaults_owner = []
         header = []
-        prog = Program(self.seed, self.features, "model" if self.has("submodel") else "function",
+        # with closures too ("all"), half the programs are functions: closures only exist there
+        model = self.has("submodel") and (not self.has("closure") or r.random() < 0.5)
+        prog = Program(self.seed, self.features, "model" if model else "function",
                        header, "", [], [], [])
         helpers = self.helpers(header) if self.has("helpers") else []
         atoms = {}
@@ -663,7 +665,7 @@ class Generator:
                 helpers = helpers + [(lam, 1, 0)]
             prog.footer = [f"    return {name}", ""]
         sig_args = [a for a, _ in prog.args]
-        if self.has("defaults"):
+        if self.has("defaults") and not prog.factory:     # __defaults__ of a module-level function
             d = self.top.fresh("s")
             sig_args.append(f"{d}=0.5")
             atoms[d] = ()
