@@ -1,0 +1,215 @@
+"""Differential fuzzing in CI: generated programs (tests/fuzzgen.py) checked against NumPy,
+autograd on the same source and finite differences; stale-cache, dtype, double-back and
+input-mutation checks included.
+
+A program may pass, or be refused with ``fc.CompileError``; a wrong number or any other
+exception fails - unless its bug class is in KNOWN_BROKEN, where it is an expected failure.
+When a class is fixed, ``test_bug_class_fixed[<class>]`` XPASSes: delete the class from
+KNOWN_BROKEN, and every program of that class must pass from then on.
+
+Thousands of programs: ``python tools/fuzz.py --count 2000 --group closure``.
+"""
+import functools
+import re
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import flux_compile as fc
+import fuzzgen
+from fuzzgen import GROUPS, check, classify, generate
+
+# bug class (fuzzgen.BUG_CLASSES) -> who is fixing it; delete an entry once it is fixed
+KNOWN_BROKEN = {
+    "stale-values": "soundness: closure cells, globals, __defaults__, attributes changed between calls",
+    "float32-promotion": "semantics: a Python float promotes float32 to float64",
+    "name-collision": "naming: user identifiers equal to generated ones (dy, self, getitem, unbroadcast...)",
+    "list-index": "semantics: x[[i, j]] compiled as x[i, j]",
+    "pytree": "pytrees: tuple / list / dict arguments",
+    "late-rejection": "semantics: np.einsum with '...' fails in backward instead of raising fc.CompileError",
+}
+
+SEEDS_PER_GROUP = 5
+# plus seeds that hit each known bug class, so that test_bug_class_fixed XPASSes only on a fix
+CLASS_SEEDS = [("core", 11), ("core", 38), ("core", 36), ("names", 0), ("pytree", 1), ("ops", 36)]
+CI_CASES = [(group, seed) for group in sorted(GROUPS) for seed in range(SEEDS_PER_GROUP)] + CLASS_SEEDS
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@functools.lru_cache(maxsize=None)
+def outcome(group, seed):
+    prog = generate(seed, GROUPS[group])
+    result = check(prog)
+    return prog, result, classify(prog, result)
+
+
+def expect_correct(prog, result, cls):
+    assert result.outcome != "invalid", f"the generator wrote an invalid program: {result.message}\n{result.source}"
+    if result.outcome in ("ok", "rejected"):
+        return
+    if cls in KNOWN_BROKEN:
+        pytest.xfail(f"known bug class {cls}: {result.message.splitlines()[0]}")
+    pytest.fail(f"bug class {cls}: {result.message}\n{result.source}", pytrace=False)
+
+
+@pytest.mark.parametrize("group,seed", CI_CASES)
+def test_fuzz_program(group, seed):
+    expect_correct(*outcome(group, seed))
+
+
+@pytest.mark.parametrize("cls", sorted(KNOWN_BROKEN))
+@pytest.mark.xfail(strict=False, reason="a known bug class; XPASS means it is fixed: delete it from KNOWN_BROKEN")
+def test_bug_class_fixed(cls):
+    seen = [(g, s) for g, s in CI_CASES if outcome(g, s)[2] == cls]
+    assert not seen, f"{cls} still fails for {seen}"
+
+
+@settings(max_examples=20, derandomize=True, deadline=None, database=None,
+          suppress_health_check=list(HealthCheck))
+@given(r=st.randoms(use_true_random=False), group=st.sampled_from(sorted(GROUPS)))
+def test_fuzz_hypothesis(r, group):
+    """Hypothesis draws every choice of the generator (and shrinks them on a failure)."""
+    prog = fuzzgen.Generator(7, GROUPS[group], r=r).generate()
+    result = check(prog)
+    assert result.outcome != "invalid", result.message + "\n" + result.source
+    if result.outcome in ("ok", "rejected"):
+        return
+    cls = classify(prog, result)
+    assert cls in KNOWN_BROKEN, f"bug class {cls}: {result.message}\n{result.source}"
+
+
+# --------------------------------------------------------------------------------------------
+# the fuzzer's own checks catch what they claim to: a broken fc.grad is reported as wrong
+
+
+def _first_ok(group, start=0):
+    for seed in range(start, start + 200):
+        prog = generate(seed, GROUPS[group])
+        if check(prog).outcome == "ok":
+            return prog
+    raise AssertionError(f"no passing program in group {group}")
+
+
+def _wrap_grad(monkeypatch, change):
+    real = fc.grad
+
+    def grad(f, *args):
+        return change(f, args, *real(f, *args))
+    monkeypatch.setattr(fc, "grad", grad)
+
+
+def test_checker_catches_a_wrong_gradient(monkeypatch):
+    prog = _first_ok("core")
+    _wrap_grad(monkeypatch, lambda f, args, v, g: (v, tuple(x * 1.001 for x in g)))
+    r = check(prog)
+    assert (r.outcome, r.check) == ("wrong", "first_grad"), r
+
+
+def test_checker_catches_a_wrong_value(monkeypatch):
+    prog = _first_ok("core")
+    _wrap_grad(monkeypatch, lambda f, args, v, g: (v + 1e-6, g))
+    r = check(prog)
+    assert (r.outcome, r.check) == ("wrong", "first_value"), r
+
+
+def test_checker_catches_stale_results(monkeypatch):
+    """A 'compiler' that returns its first answer for every later call of the same code."""
+    prog = _first_ok("globals")
+    memo = {}
+    _wrap_grad(monkeypatch, lambda f, args, v, g: memo.setdefault(f.__code__, (v, g)))
+    r = check(prog)
+    assert r.outcome == "wrong" and r.check.startswith(("fresh", "rebatch")), r
+    assert classify(prog, r) == "stale-values"
+
+
+def test_checker_catches_modified_inputs(monkeypatch):
+    prog = _first_ok("core")
+
+    def mutate(f, args, v, g):
+        args[0][...] = 0
+        return v, g
+    _wrap_grad(monkeypatch, mutate)
+    r = check(prog)
+    assert (r.outcome, r.check) == ("wrong", "inputs_modified"), r
+
+
+def test_checker_catches_float64_gradients_for_float32(monkeypatch):
+    prog = _first_ok("core")
+    _wrap_grad(monkeypatch, lambda f, args, v, g: (v, tuple(np.asarray(x, np.float64) for x in g)))
+    r = check(prog)
+    assert (r.outcome, r.check) == ("wrong", "float32_grad_dtype"), r
+
+
+def test_compile_error_counts_as_rejected_other_errors_as_crash(monkeypatch):
+    prog = _first_ok("core")
+
+    def refuse(f, *args):
+        raise fc.CompileError("not supported here")
+    monkeypatch.setattr(fc, "grad", refuse)
+    assert check(prog).outcome == "rejected"
+
+    def crash(f, *args):
+        raise KeyError("boom")
+    monkeypatch.setattr(fc, "grad", crash)
+    assert check(prog).outcome == "crash"
+
+
+def test_checker_catches_a_model_whose_second_back_does_not_accumulate(monkeypatch):
+    prog = _first_ok("submodel")
+    from flux_compile.model import Model
+    real = Model.pullback
+
+    def pullback(self, *args, **kwargs):
+        out, back = real(self, *args, **kwargs)
+
+        def back_resetting(dy=None, input_grads=True):
+            self.zero_grad()
+            return back(dy, input_grads)
+        return out, back_resetting
+    monkeypatch.setattr(Model, "pullback", pullback)
+    r = check(prog)
+    assert (r.outcome, r.check) == ("wrong", "double_back"), r
+
+
+# --------------------------------------------------------------------------------------------
+# the generator
+
+
+def test_generation_is_deterministic():
+    for group in GROUPS:
+        assert generate(3, GROUPS[group]).source() == generate(3, GROUPS[group]).source()
+    assert generate(3, GROUPS["all"]).source() != generate(4, GROUPS["all"]).source()
+
+
+def test_name_pool_holds_the_names_generated_code_uses():
+    """Every function the generated code calls (runtime helpers) and the names it binds in its
+    headers (saved, dy, self) are in the pool the generator draws user identifiers from."""
+    called, bound = set(), set()
+    for seed in range(12):
+        prog = generate(seed, GROUPS["core"])
+        with fuzzgen.Run(prog) as run:
+            inst = fuzzgen.Instance(prog, fuzzgen.ENV, seed)
+            fuzzgen._set_module_state(run.mods["fc"], prog, inst)
+            f = getattr(run.mods["fc"], prog.entry)
+            try:
+                text = fc.source(f, "all", args=tuple(inst.args))
+            except Exception:
+                continue
+        called |= set(re.findall(r"(?<![\w.])([A-Za-z_]\w*)\(", text)) - {"def", "forward", "backward",
+                                                                            "forward_train", "backward_params"}
+        bound |= set(re.findall(r"def \w+\(([^)]*)\)", text)[0].replace(" ", "").split(","))
+    assert called, "no generated source was read"
+    assert called <= set(fuzzgen.NAME_POOL), sorted(called - set(fuzzgen.NAME_POOL))
+    assert {"dy", "saved", "self", "unbroadcast", "sum_grad", "getitem_grad"} <= set(fuzzgen.NAME_POOL)
+
+
+def test_shrinking_keeps_the_failure_and_drops_the_rest(monkeypatch):
+    prog = _first_ok("core")
+    _wrap_grad(monkeypatch, lambda f, args, v, g: (v + 1.0, g))
+    r = check(prog)
+    small = fuzzgen.shrink(prog, r, fuzzgen.CHECKS)
+    assert check(small).key == r.key
+    assert sum(map(len, small.blocks)) <= sum(map(len, prog.blocks))
+    assert len(small.blocks) == 0 and len(small.returns) == 1
