@@ -126,7 +126,7 @@ def grad(f, *args):
             gin = (gin,) if len(args) == 1 else tuple(gin)
             grads = (cap.collect(f),) + tuple(_arg_grad(a, g, cap) for a, g in zip(args, gin))
         return out, grads
-    args = tuple(as_numpy_scalars(a) for a in args)
+    args = as_numpy_scalars(args)
     c = compile_function(f, args)
     flat, trees = pytree.split_args(args)
     with _GradCapture(_models_in(args)) as cap:
@@ -151,14 +151,15 @@ def _models_in(args):
     return [x for a in args for x in (pytree.flatten(a)[0] if pytree.is_container(a) else [a]) if is_model(x)]
 
 
-def as_numpy_scalars(a):
-    """Python floats become NumPy float64 scalars (which have ``.shape`` and ``.dtype``),
-    also inside tuples, lists and dicts."""
-    if type(a) is float:
-        return np.float64(a)
-    if pytree.is_structured(a):
-        return pytree.tree_map(lambda x: np.float64(x) if type(x) is float else x, a)
-    return a
+def as_numpy_scalars(args):
+    """The Python floats among ``args`` (also inside tuples, lists and dicts) as NumPy scalars,
+    which have ``.shape`` and ``.dtype``, of the dtype the float arrays among ``args`` promote to
+    (float64 when there are none). NumPy treats a Python float as "weak" (``float32 array * 0.5``
+    stays float32); a float64 scalar would not be, so a float32 program would turn float64."""
+    leaves = pytree.flatten(args)[0]
+    floats = [x.dtype for x in leaves if isinstance(x, (np.ndarray, np.floating)) and x.dtype.kind == "f"]
+    dtype = np.result_type(*floats) if floats else np.dtype(np.float64)
+    return pytree.tree_map(lambda x: dtype.type(x) if type(x) is float else x, tuple(args))
 
 
 def forward_function(c, f, args, flat=None):

@@ -63,7 +63,7 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
     from .api import grad
     rng = np.random.default_rng(seed)
     from .api import as_numpy_scalars
-    inputs = [as_numpy_scalars(pytree.tree_map(_as64, x)) for x in inputs]
+    inputs = list(as_numpy_scalars([pytree.tree_map(_as64, x) for x in inputs]))
     model = m_or_f if is_model(m_or_f) else None
     models = ([model] if model else []) + [x for x in inputs if is_model(x)]
     params = []
