@@ -140,12 +140,14 @@ class Model:
         ``Param.grad`` and returns the input gradients (a tuple for several inputs).
         ``dy`` defaults to ones (the gradient of ``y.sum()``).
 
-        Until ``back`` has run, the arrays it may read (the inputs given here, the
-        outputs, every Param value and array attribute) are read-only, so that a write
-        cannot change the gradient silently; ``back`` runs once unless called with
-        ``retain=True``."""
-        out, back = self._pullback(*args, **kwargs)
-        hold = [Hold(self, (args, kwargs, out))]
+        ``back`` reads the inputs as they were at ``pullback``: they are copied, so the
+        caller may change them in between. Until ``back`` has run, the other arrays it
+        reads (the outputs, every Param value and array attribute) are read-only, so that
+        a write cannot change the gradient silently; ``back`` runs once unless called
+        with ``retain=True``."""
+        private = _private_copies(args), {k: _private_copies(v) for k, v in kwargs.items()}
+        out, back = self._pullback(*private[0], **private[1])
+        hold = [Hold(self, (out,))]
         model = self
         public = _public_back(self, back, args, kwargs)
 
@@ -163,7 +165,7 @@ class Model:
             return grads
         public_back.__doc__ = ("back(dy, input_grads=True, retain=False) -> input gradients; accumulates "
                                "Param.grad. input_grads=False skips the input gradients (returns None): "
-                               "faster when only the parameters are trained. retain=True keeps the inputs "
+                               "faster when only the parameters are trained. retain=True keeps the outputs "
                                "and parameters read-only so that back can run again")
         return out, public_back
 
@@ -229,6 +231,11 @@ def _public_back(model, back, args, kwargs):
             return _public_grad(args[0], grads)
         return tuple(_public_grad(a, g) for g, a in zip(grads, args))
     return public
+
+
+def _private_copies(value):
+    """``value`` with every array in it (also inside tuples, lists and dicts) copied."""
+    return pytree.tree_map(lambda a: a.copy() if isinstance(a, np.ndarray) else a, value)
 
 
 def _check_not_held(model):

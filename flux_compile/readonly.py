@@ -1,12 +1,13 @@
 """Between ``pullback`` and ``back``: the arrays the backward pass reads are held read-only.
 
-The generated backward reads what forward saw by reference, not by copy: the inputs,
-Param values, views of them and results it also returned (``tanh``'s derivative reads
-``y``). So that a write in between cannot silently change the gradient, ``m.pullback(x)``
-marks ``x`` (every array among the inputs), the outputs, every Param value and every
-constant array attribute (masks, indices) in the tree of ``m`` read-only (NumPy's
-``writeable`` flag, so a write raises ``ValueError: assignment destination is read-only``),
-and ``back`` releases them when it has run; so does dropping ``back`` unused. A Param,
+The generated backward reads what forward saw by reference, not by copy: Param values,
+views of them and results it also returned (``tanh``'s derivative reads ``y``). The
+inputs are the caller's: ``m.pullback(x)`` runs on a private copy of them, so the caller
+may change ``x`` at any time. So that a write in between cannot silently change the
+gradient, ``m.pullback(x)`` marks the outputs, every Param value and every constant
+array attribute (masks, indices) in the tree of ``m`` read-only (NumPy's ``writeable``
+flag, so a write raises ``ValueError: assignment destination is read-only``), and
+``back`` releases them when it has run; so does dropping ``back`` unused. A Param,
 Param value or array attribute *replaced* in the meantime is found when ``back`` runs.
 Holding costs one flag per array, no copy.
 
@@ -17,10 +18,10 @@ Not caught: writes through another view of the same memory made before ``pullbac
 >>> m = fc.Affine(2, 1)
 >>> x = np.ones((3, 2))
 >>> y, back = m.pullback(x)
->>> x.flags.writeable
-False
+>>> x.flags.writeable, m.W.value.flags.writeable
+(True, False)
 >>> _ = back(np.ones((3, 1)))
->>> x.flags.writeable
+>>> m.W.value.flags.writeable
 True
 """
 from __future__ import annotations
