@@ -44,7 +44,7 @@ import zipfile
 import numpy as np
 
 from .optim import Entry, interrupts_held
-from .params import is_model, named_params
+from .params import is_model, named_params, walk
 from .recurrent import restore_states, snapshot_states, state_names
 
 __all__ = ["save", "load", "LoadError", "field_name"]
@@ -94,26 +94,7 @@ def _literal(key):
 
 def _named_models(m):
     """``[(name, model)]`` of every model in the tree of ``m``, each once, ``m`` first."""
-    seen, out = set(), []
-
-    def walk(obj, path):
-        if is_model(obj):
-            if id(obj) in seen:
-                return
-            seen.add(id(obj))
-            out.append((field_name(path), obj))
-            for name, value in vars(obj).items():
-                if not name.startswith("_"):
-                    walk(value, path + (name,))
-        elif isinstance(obj, (list, tuple)):
-            for i, value in enumerate(obj):
-                walk(value, path + (i,))
-        elif isinstance(obj, dict):
-            for k, value in obj.items():
-                walk(value, path + (k,))
-
-    walk(m, ())
-    return out
+    return [(field_name(path), x) for path, x in walk(m) if is_model(x)]
 
 
 def _params_by_name(m):

@@ -123,36 +123,49 @@ def cycle_error(root, path, ancestors):
         f"which flux_compile does not walk.")
 
 
+def walk(m):
+    """Every model and Param in the tree of ``m`` as ``(field_path, obj)``: depth first, in
+    field order, through lists, tuples and dicts, each object once (under its first path), ``m``
+    first. A model that contains itself raises :class:`ModelCycleError` naming the path.
+
+    >>> import flux_compile as fc
+    >>> [path for path, _ in walk(fc.Chain(fc.Affine(2, 3)))]
+    [(), ('layers', 0), ('layers', 0, 'W'), ('layers', 0, 'b')]
+    """
+    seen, ancestors = set(), {}
+
+    def visit(obj, path):
+        if isinstance(obj, Param) or is_model(obj):
+            if is_model(obj) and id(obj) in ancestors:
+                raise cycle_error(m, path, ancestors)
+            if id(obj) in seen:
+                return
+            seen.add(id(obj))
+            yield path, obj
+            if isinstance(obj, Param):
+                return
+            ancestors[id(obj)] = path
+            for name, value in children(obj):
+                yield from visit(value, path + (name,))
+            del ancestors[id(obj)]
+        elif isinstance(obj, (list, tuple)):
+            for i, value in enumerate(obj):
+                yield from visit(value, path + (i,))
+        elif isinstance(obj, dict):
+            for k, value in obj.items():
+                yield from visit(value, path + (k,))
+
+    return list(visit(m, ()))
+
+
 def named_params(m, trainable_only=False):
     """Unique Params of ``m`` as ``[(field_path, Param)]``, depth first, in field order.
 
     A Param shared by two sub-models appears once, under its first path. A model that
     contains itself raises :class:`ModelCycleError` naming the attribute path.
     """
-    seen, out, ancestors = set(), [], {}
-
-    def walk(obj, path):
-        if isinstance(obj, Param):
-            if id(obj) not in seen:
-                seen.add(id(obj))
-                if obj.trainable or not trainable_only:
-                    out.append((path, obj))
-        elif is_model(obj):
-            if id(obj) in ancestors:
-                raise cycle_error(m, path, ancestors)
-            ancestors[id(obj)] = path
-            for name, value in children(obj):
-                walk(value, path + (name,))
-            del ancestors[id(obj)]
-        elif isinstance(obj, (list, tuple)):
-            for i, value in enumerate(obj):
-                walk(value, path + (i,))
-        elif isinstance(obj, dict):
-            for k, value in obj.items():
-                walk(value, path + (k,))
-
-    walk(m, ())
-    return out
+    return [(path, p) for path, p in walk(m)
+            if isinstance(p, Param) and (p.trainable or not trainable_only)]
 
 
 def params(m):
@@ -162,25 +175,7 @@ def params(m):
 
 def submodels(m):
     """Every model in the tree of ``m`` (``m`` first), each once."""
-    seen, out = set(), []
-
-    def walk(obj):
-        if is_model(obj):
-            if id(obj) in seen:
-                return
-            seen.add(id(obj))
-            out.append(obj)
-            for _, value in children(obj):
-                walk(value)
-        elif isinstance(obj, (list, tuple)):
-            for v in obj:
-                walk(v)
-        elif isinstance(obj, dict):
-            for v in obj.values():
-                walk(v)
-
-    walk(m)
-    return out
+    return [x for _, x in walk(m) if is_model(x)]
 
 
 def get_path(m, path):
