@@ -45,6 +45,7 @@ import numpy as np
 
 from .optim import Entry, interrupts_held
 from .params import is_model, named_params, walk
+from .readonly import refuse_if_held
 from .recurrent import restore_states, snapshot_states, state_names
 
 __all__ = ["save", "load", "LoadError", "field_name"]
@@ -217,6 +218,7 @@ def load(path, m, opt=None):
     ``opt`` its state for ``m``'s Params becomes the saved one. ``path`` may
     omit ``.npz``.
     """
+    refuse_if_held(m, "fc.load", trainable_only=False)
     path = os.fspath(path)
     if not os.path.exists(path) and os.path.exists(_npz(path)):
         path = _npz(path)

@@ -44,6 +44,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .params import named_params, params, path_str
+from .readonly import refuse_if_held
 from .sourcecache import compile_source, unique_filename
 
 __all__ = ["Optimiser", "SGD", "Momentum", "Nesterov", "Adam", "AdamW", "RMSProp", "ParamState",
@@ -568,6 +569,7 @@ def update_with(model, grads, fn):
     >>> m.W.value
     array([0.5, 0. ])
     """
+    refuse_if_held(model, "fc.update")
     by_path = {}
     for q, p in named_params(model):
         by_path[q] = p

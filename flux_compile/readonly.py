@@ -30,7 +30,7 @@ import threading
 
 import numpy as np
 
-from .params import Param, children, is_model, path_str
+from .params import Param, children, is_model, named_params, path_str
 
 EDITS = [0]         # public attributes set on any model so far (Model.__setattr__ counts)
 _mutex = threading.RLock()   # re-entrant: a Hold dropped by the garbage collector (or a Ctrl-C
@@ -135,6 +135,18 @@ def held(array):
 
 def any_held():
     return bool(_held)
+
+
+def refuse_if_held(model, action, trainable_only=True):
+    """Raise before ``action`` replaces a Param value that a pending ``back`` still reads
+    (it would make that ``back`` fail later, after the change was made)."""
+    if not any_held():
+        return
+    for path, p in named_params(model, trainable_only=trainable_only):
+        if held(p.value):
+            raise RuntimeError(f"{action} on {type(model).__name__} while a pullback still waits for "
+                               f"back(dy): its backward reads {path_str(path)} as forward saw it. "
+                               f"Call back(dy) first (or drop the unused back function)")
 
 
 def _arrays_in(obj):

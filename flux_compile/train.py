@@ -35,6 +35,7 @@ import time
 
 from .optim import NonFiniteGradient, prepare_update
 from .params import named_params
+from .readonly import refuse_if_held
 from .recurrent import restore_states, snapshot_states
 
 __all__ = ["train", "History", "TrainingError", "GradientError", "ProgressBar"]
@@ -163,6 +164,7 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
         total = len(data)
     except TypeError:
         total = None
+    refuse_if_held(model, "fc.train")
     show = _show_progress(progress)
     guard = InterruptGuard().install()
     try:
