@@ -214,8 +214,13 @@ class FunctionEmitter:
                             args=[self.const(v.start), self.const(v.stop), self.const(v.step)], keywords=[])
         if isinstance(v, np.dtype):
             return ast.Call(func=_parse_expr("np.dtype"), args=[ast.Constant(v.name)], keywords=[])
-        if isinstance(v, np.generic) and not isinstance(v, np.ndarray):
+        if isinstance(v, np.bool_):
             return self.const(v.item())
+        if isinstance(v, np.generic):
+            # a NumPy scalar keeps its type (np.float32(0.5), np.float64(0.5)): under NumPy's
+            # promotion rules it is not a "weak" Python number, so float32 * it is not float32
+            return ast.Call(func=_parse_expr(f"np.{v.dtype.type.__name__}"), args=[self.const(v.item())],
+                            keywords=[])
         if isinstance(v, np.ndarray) and v.ndim <= 1 and v.size <= 8:
             return ast.Call(func=_parse_expr("np.array"), args=[self.const(v.tolist())],
                             keywords=[ast.keyword(arg="dtype", value=self.const(v.dtype))])

@@ -22,7 +22,8 @@ from . import codegen, naming, passes, pytree
 from ._version import __version__
 from .autodiff import differentiate
 from .errors import CompileError, ModelError, model_error_type
-from .frontend import Builder, Context, ModelRef, Seq, Static, attr_token, get_source, structured
+from .frontend import (Builder, Context, IdentityTable, ModelRef, Seq, Static, attr_token, get_source,
+                       structured)
 from .guards import compile_checks, compile_reader
 from .ir import Graph, Node
 from .params import Param, cycle_error, is_model, named_params
@@ -398,7 +399,7 @@ class VariantCache:
 
 
 _class_caches = weakref.WeakKeyDictionary()      # model class -> VariantCache
-_function_caches = weakref.WeakKeyDictionary()   # code object -> VariantCache
+_function_caches = IdentityTable()              # code object -> VariantCache
 _primitive_caches = {}                           # fc.grad of a primitive without __code__ (a ufunc)
 
 

@@ -371,11 +371,34 @@ def _same_code(lam, fn, exact=True):
         and a.co_consts == b.co_consts
 
 
-_sources = weakref.WeakKeyDictionary()      # code object -> Source (dropped with the code)
+
+
+class IdentityTable:
+    """A weak table keyed by object identity. Code objects of two files compare equal (code
+    equality ignores ``co_filename``), so they must not share an entry: the source, line map
+    and compiled code of one file would serve the other."""
+
+    def __init__(self):
+        self._entries = {}
+
+    def get(self, obj):
+        entry = self._entries.get(id(obj))
+        return entry[1] if entry is not None and entry[0]() is obj else None
+
+    def __setitem__(self, obj, value):
+        key, entries = id(obj), self._entries
+        entries[key] = (weakref.ref(obj, lambda _, key=key: entries.pop(key, None)), value)
+
+    def __len__(self):
+        return len(self._entries)
+
+
+_sources = IdentityTable()      # code object -> Source (dropped with the code)
 
 
 def get_source(fn):
-    key = getattr(fn, "__code__", None)
+    code = getattr(fn, "__code__", None)
+    key = code
     s = _sources.get(key) if key is not None else None
     if s is None:
         s = Source(fn)
@@ -1628,7 +1651,10 @@ def _as_list(v):
 
 
 def _static(v):
-    if isinstance(v, np.generic) and not isinstance(v, np.ndarray):
+    """A compile-time constant. NumPy integers and booleans become Python ones (shapes, indices,
+    loop bounds); NumPy float and complex scalars keep their type, because NumPy's promotion
+    treats them unlike Python numbers (float32 * np.float64(2) is float64, float32 * 2.0 is not)."""
+    if isinstance(v, (np.integer, np.bool_)):
         v = v.item()
     return Static(v)
 
