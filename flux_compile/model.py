@@ -19,13 +19,12 @@ array([[4., 4.]])
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from . import pytree
 from .compiler import compile_model, run_guarded
 from .errors import Retrace
+from .locks import InterruptSafeLock
 from .params import Const, Param, is_model, named_params, path_str, submodels
 from .readonly import EDITS, Hold, any_held, held
 from .recurrent import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
@@ -209,8 +208,8 @@ _MISSING = object()
 # Gradient accumulation (every backward), updates and zeroing run one at a time, so that
 # threads sharing a model lose no gradient; forward passes run in parallel. Compiling
 # (rare) is serialised too. Both are re-entrant: a backward runs its sub-models' backwards.
-GRAD_LOCK = threading.RLock()
-COMPILE_LOCK = threading.RLock()
+GRAD_LOCK = InterruptSafeLock()
+COMPILE_LOCK = InterruptSafeLock()
 
 
 def _compile(model, args, fresh=False):

@@ -1,0 +1,73 @@
+"""A re-entrant lock that Ctrl-C cannot leave held.
+
+CPython may deliver a signal between a ``with`` block's last line and the call of its
+``__exit__``: a ``KeyboardInterrupt`` raised there skips the release, and the main thread
+keeps the lock for good, so every other thread that needs it waits forever. While this lock
+is held by the main thread, SIGINT is only recorded; it is delivered as soon as the lock is
+released (so Ctrl-C still stops a long backward pass, right after it).
+
+>>> lock = InterruptSafeLock()
+>>> with lock:
+...     with lock:                  # re-entrant
+...         pass
+>>> lock.held_by_anyone()
+False
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+
+class InterruptSafeLock:
+    """``with lock:`` runs one thread at a time (re-entrant); see the module docstring."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+        self._local = threading.local()
+
+    def __enter__(self):
+        deferred = _defer_sigint()
+        try:
+            self._lock.acquire()
+        except BaseException:
+            _deliver(deferred)
+            raise
+        self._local.__dict__.setdefault("deferred", []).append(deferred)
+        return self
+
+    def __exit__(self, *exc):
+        deferred = self._local.deferred.pop()
+        self._lock.release()
+        _deliver(deferred)              # a Ctrl-C that came while held is raised here
+        return False
+
+    def held_by_anyone(self):
+        """True while some thread holds the lock (for tests and diagnostics)."""
+        if self._lock.acquire(blocking=False):
+            owned_before = bool(getattr(self._local, "deferred", None))
+            self._lock.release()
+            return owned_before
+        return True
+
+
+def _defer_sigint():
+    """Record SIGINT instead of raising it; None where Python delivers none (other threads)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    received = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    except (ValueError, OSError):       # e.g. a sub-interpreter
+        return None
+    return previous, received
+
+
+def _deliver(deferred):
+    """Put the previous SIGINT handler back, then run it for a SIGINT recorded meanwhile."""
+    if deferred is None:
+        return
+    previous, received = deferred
+    signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    if received:
+        signal.raise_signal(signal.SIGINT)
