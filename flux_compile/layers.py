@@ -119,16 +119,24 @@ class Dropout:
 
 def _set_trainable(m, flag):
     for _, p in named_params(m):
-        p.trainable = flag
+        _set_flag(p, flag)
     for sub in submodels(m):
         sub.__dict__.pop("_fc_compiled", None)
     return m
 
 
+def _set_flag(p, flag):
+    """A Param whose flag changes starts from a zero gradient: a frozen Param has none, and
+    nothing accumulated before (or by a backward pending since) is applied after unfreezing."""
+    if p.trainable != flag:
+        p.trainable = flag
+        p.grad[...] = 0
+
+
 def freeze(m):
     """Stop training every Param of ``m``: no update, left out of ``fc.params``, no gradient computed."""
     if isinstance(m, Param):
-        m.trainable = False
+        _set_flag(m, False)
         return m
     return _set_trainable(m, False)
 
@@ -136,6 +144,6 @@ def freeze(m):
 def unfreeze(m):
     """Undo :func:`freeze`."""
     if isinstance(m, Param):
-        m.trainable = True
+        _set_flag(m, True)
         return m
     return _set_trainable(m, True)

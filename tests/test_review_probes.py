@@ -280,3 +280,21 @@ def test_train_interrupted_by_callback_exception_then_resumed(make):
     fc.train(b, fc.mse, data[3:], opt_b, progress=False)      # the rest of epoch 1
     fc.train(b, fc.mse, data, opt_b, progress=False)          # epoch 2
     assert same_params(a, b)
+
+
+def test_freezing_while_a_back_is_pending_leaves_no_stale_gradient():
+    """pullback, freeze, back, unfreeze, update: the update uses no gradient from before the
+    freeze (the Param's gradient restarts at zero whenever its flag changes)."""
+    m = fc.Chain(fc.Dense(3, 4), fc.Dense(4, 2))
+    x = np.linspace(-1, 1, 15).reshape(5, 3)
+    first = m.layers[0]
+    before = first.W.value.copy()
+    y, back = m.pullback(x)
+    fc.freeze(first)
+    assert not first.W.grad.any()
+    back(np.ones_like(y))
+    fc.unfreeze(first)
+    assert not first.W.grad.any() and not first.b.grad.any()
+    m.update(0.1)
+    np.testing.assert_array_equal(first.W.value, before)
+    assert m.layers[1].W.grad.sum() == 0            # the trained layer was updated and zeroed
