@@ -26,7 +26,7 @@ from .compiler import compile_model, run_guarded
 from .errors import Retrace
 from .locks import InterruptSafeLock
 from .params import Const, Param, is_model, named_params, path_str, submodels
-from .readonly import EDITS, Hold, any_held, held
+from .readonly import EDITS, Hold, refuse_if_held
 from .recurrent import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
                         set_state, snapshot_states, state_names)
 
@@ -239,13 +239,7 @@ def _private_copies(value):
 
 def _check_not_held(model):
     """A clear error instead of NumPy's read-only one, before any parameter is changed."""
-    if not any_held():
-        return
-    for path, p in named_params(model, trainable_only=True):
-        if held(p.value):
-            raise RuntimeError(f"{type(model).__name__}.update() while a pullback still waits for "
-                               f"back(dy): its backward reads {path_str(path)} as forward saw it. Call "
-                               f"back(dy) first (or drop the unused back function)")
+    refuse_if_held(model, "update()")
 
 
 def _forward_signature(cls):
