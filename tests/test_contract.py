@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import flux_compile as fc
+from numeric import numgrad
 from flux_compile.cli import main as cli_main
 
 
@@ -54,21 +55,6 @@ class Counter:
 
 def rng(seed=0):
     return np.random.default_rng(seed)
-
-
-def numgrad(f, x, eps=1e-6):
-    """Central finite differences of scalar f at float64 array x."""
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        fp = f(x.copy())
-        x[i] = old - eps
-        fm = f(x.copy())
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def param_numgrad(m, p, loss_of_model, eps=1e-6):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import flux_compile as fc
+from numeric import numgrad
 
 
 def rng(seed=0):
@@ -32,20 +33,6 @@ def chain(dtype=np.float64):
 
 def same_params(a, b):
     return all(np.array_equal(p.value, q.value) for p, q in zip(fc.params(a), fc.params(b)))
-
-
-def numgrad(f, x, eps=1e-6):
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        fp = f(x.copy())
-        x[i] = old - eps
-        fm = f(x.copy())
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 # ------------------------------------------------------------ pullback and back

@@ -19,17 +19,7 @@ import pytest
 
 import flux_compile as fc
 from flux_compile import compiler
-
-
-def numgrad(f, x, eps=1e-6):
-    """Central finite differences of a scalar function, float64."""
-    x = np.array(x, dtype=np.float64)
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (f(x + e) - f(x - e)) / (2 * eps)
-    return g
+from numeric import numgrad
 
 
 def check_grad(f, x, rtol=1e-5, atol=1e-7):

@@ -1,0 +1,17 @@
+"""Shared numerical references for the tests."""
+import numpy as np
+
+
+def numgrad(f, x, eps=1e-6):
+    """Central finite differences of the scalar function ``f`` at ``x``, in float64."""
+    x = np.array(x, dtype=np.float64)
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        fp = f(x.copy())
+        x[i] = old - eps
+        fm = f(x.copy())
+        x[i] = old
+        g[i] = (fp - fm) / (2 * eps)
+    return g
