@@ -491,14 +491,9 @@ def compile_model(m_or_cls, args=None, fresh=False):
         if inst.__dict__.get("_fc_gen") != GENERATION[0]:          # a rule was (re)registered
             inst.__dict__.pop("_fc_compiled", None)
             inst.__dict__["_fc_gen"] = GENERATION[0]
-        variants = inst.__dict__.get("_fc_compiled")
-        if variants is not None and not fresh:
-            if args is None:
-                last = inst.__dict__.get("_fc_last")
-                if last is not None and last in variants and variants[last].current(inst):
-                    return variants[last]
-            elif ikey in variants and variants[ikey].current(inst):
-                return variants[ikey]
+        c = None if fresh else cached_variant(inst, ikey, args is None)
+        if c is not None:
+            return c
     if not hasattr(cls, "forward"):
         raise TypeError(f"{cls.__name__} has no forward method")
     if inst is not None and hasattr(cls, "_fc_template"):
@@ -522,6 +517,22 @@ def compile_model(m_or_cls, args=None, fresh=False):
         c = new
         cache.add(key[1:], c)
     return _remember(inst, ikey, c) if inst is not None else c
+
+
+def cached_variant(inst, ikey, last=False):
+    """The instance's compiled variant for input key ``ikey`` (with ``last``: the one that ran
+    last) while it is still valid, else None. It only reads, so callers need no lock."""
+    from .rules import GENERATION
+    d = inst.__dict__
+    variants = d.get("_fc_compiled")
+    if variants is None or d.get("_fc_gen") != GENERATION[0]:
+        return None
+    if last:
+        ikey = d.get("_fc_last")
+        if ikey is None:
+            return None
+    c = variants.get(ikey)
+    return c if c is not None and c.current(inst) else None
 
 
 def _remember(inst, ikey, c):

@@ -27,13 +27,18 @@ class InterruptSafeLock:
         self._local = threading.local()
 
     def __enter__(self):
+        stack = self._local.__dict__.setdefault("deferred", [])
+        if stack:                       # re-entered: the outermost entry already defers SIGINT
+            self._lock.acquire()
+            stack.append(None)
+            return self
         deferred = _defer_sigint()
         try:
             self._lock.acquire()
         except BaseException:
             _deliver(deferred)
             raise
-        self._local.__dict__.setdefault("deferred", []).append(deferred)
+        stack.append(deferred)
         return self
 
     def __exit__(self, *exc):

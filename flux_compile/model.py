@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import pytree
-from .compiler import compile_model, run_guarded
+from .compiler import cached_variant, compile_model, input_key, run_guarded
 from .errors import Retrace
 from .locks import InterruptSafeLock
 from .params import Const, Param, is_model, named_params, path_str, submodels
@@ -91,7 +91,6 @@ class Model:
             passed = _passed(type(self), args, kwargs)
             args = _complete(self, args, kwargs)
         names = state_names(type(self))
-        nin = len(args)
         flat, trees = pytree.split_args(args)
         nflat = len(flat)
         user_args = args
@@ -154,7 +153,7 @@ class Model:
             h = hold[0]
             if h is None:
                 raise RuntimeError(f"back() already ran for this {type(model).__name__}.pullback and released "
-                                   f"its inputs and parameters for writing; pass retain=True to every call "
+                                   f"its outputs and parameters for writing; pass retain=True to every call "
                                    f"but the last to run it again, or call pullback again")
             h.check(model)
             grads = public(dy, input_grads)
@@ -177,7 +176,7 @@ class Model:
         """Flux's ``update!``: one optimiser step (a number is an SGD learning rate), then zero grads."""
         from .optim import apply_update
         with GRAD_LOCK:
-            _check_not_held(self)
+            refuse_if_held(self, "update()")
             apply_update(self, opt)
 
     def zero_grad(self):
@@ -213,6 +212,10 @@ COMPILE_LOCK = InterruptSafeLock()
 
 
 def _compile(model, args, fresh=False):
+    """The variant for ``args``: a lookup without the lock when it is compiled already."""
+    c = None if fresh else cached_variant(model, input_key(args))
+    if c is not None:
+        return c
     with COMPILE_LOCK:
         return compile_model(model, args, fresh=fresh)
 
@@ -235,11 +238,6 @@ def _public_back(model, back, args, kwargs):
 def _private_copies(value):
     """``value`` with every array in it (also inside tuples, lists and dicts) copied."""
     return pytree.tree_map(lambda a: a.copy() if isinstance(a, np.ndarray) else a, value)
-
-
-def _check_not_held(model):
-    """A clear error instead of NumPy's read-only one, before any parameter is changed."""
-    refuse_if_held(model, "update()")
 
 
 def _forward_signature(cls):
@@ -297,7 +295,7 @@ def _run(model, c, args, method):
             raise
     c2, result = run_guarded(c, attempt, lambda: _compile(model, args, fresh=True), model)
     if c2 is not c:
-        from .compiler import _remember, input_key
+        from .compiler import _remember
         with COMPILE_LOCK:
             _remember(model, input_key(args), c2)
     return c2, result
