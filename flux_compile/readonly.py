@@ -31,6 +31,7 @@ import threading
 import numpy as np
 
 from .params import Param, children, is_model, named_params, path_str
+from .pytree import flatten
 
 EDITS = [0]         # public attributes set on any model so far (Model.__setattr__ counts)
 _mutex = threading.RLock()   # re-entrant: a Hold dropped by the garbage collector (or a Ctrl-C
@@ -48,7 +49,7 @@ class Hold:
         self.edits = EDITS[0]
         self.fields, self.lists = _cached_arrays(model, self.edits)
         self.values = [_value(leaf) for _, leaf in self.fields]
-        self.arrays = _hold(self.values + list(_arrays_in(args)))
+        self.arrays = _hold(self.values + [_value(x) for x in flatten(args)[0] if isinstance(x, (Param, np.ndarray))])
         self.released = False
 
     def check(self, model):
@@ -147,19 +148,6 @@ def refuse_if_held(model, action, trainable_only=True):
             raise RuntimeError(f"{action} on {type(model).__name__} while a pullback still waits for "
                                f"back(dy): its backward reads {path_str(path)} as forward saw it. "
                                f"Call back(dy) first (or drop the unused back function)")
-
-
-def _arrays_in(obj):
-    if isinstance(obj, np.ndarray):
-        yield obj
-    elif isinstance(obj, Param):
-        yield obj.value
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _arrays_in(v)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _arrays_in(v)
 
 
 def _hold(arrays):
