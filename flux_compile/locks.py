@@ -15,6 +15,7 @@ False
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -54,6 +55,21 @@ class InterruptSafeLock:
             self._lock.release()
             return owned_before
         return True
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Hold Ctrl-C (SIGINT) back while the block runs; deliver it right after.
+
+    For the few assignments that commit a step: either all of them happen or,
+    if the interrupt came earlier, none. Outside the main thread (where Python
+    delivers no KeyboardInterrupt) it does nothing.
+    """
+    deferred = _defer_sigint()
+    try:
+        yield
+    finally:
+        _deliver(deferred)
 
 
 def _defer_sigint():

@@ -35,14 +35,12 @@ not updated.
 from __future__ import annotations
 
 import ast
-import contextlib
-import signal
-import threading
 import weakref
 from typing import NamedTuple
 
 import numpy as np
 
+from .locks import interrupts_held
 from .params import named_params, params, path_str
 from .readonly import refuse_if_held
 from .sourcecache import compile_source, unique_filename
@@ -170,31 +168,6 @@ class ParamState:
 
     def __repr__(self):
         return f"<ParamState of {len(self)} Params>"
-
-
-@contextlib.contextmanager
-def interrupts_held():
-    """Hold Ctrl-C (SIGINT) back while the block runs; deliver it right after.
-
-    For the few assignments that commit a step: either all of them happen or,
-    if the interrupt came earlier, none. Outside the main thread (where Python
-    delivers no KeyboardInterrupt) it does nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received, previous = [], False
-    try:
-        try:
-            previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-        except (ValueError, OSError):       # e.g. a sub-interpreter
-            pass
-        yield
-    finally:
-        if previous is not False:
-            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
-        if received:
-            signal.raise_signal(signal.SIGINT)      # the original handler runs now
 
 
 class Optimiser:
