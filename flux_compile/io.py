@@ -43,7 +43,8 @@ import zipfile
 
 import numpy as np
 
-from .optim import Entry, interrupts_held
+from .locks import interrupts_held
+from .optim import Entry
 from .params import is_model, named_params, walk
 from .readonly import refuse_if_held
 from .recurrent import restore_states, snapshot_states, state_names
