@@ -1665,12 +1665,6 @@ def _container_types(cls):
     return bool(classes) and all(c in (tuple, list, dict) for c in classes)
 
 
-def _seq_items(v):
-    if isinstance(v, Seq):
-        return list(v.items)
-    return [Static(x) for x in v.value]
-
-
 def _foldable(fn):
     mod = getattr(fn, "__module__", "") or ""
     return (type(fn).__name__ == "ufunc" or mod.startswith("numpy") or fn in (float, int, len)) \
