@@ -38,7 +38,7 @@ import numpy as np
 
 from . import guards, rules, shapeinfer
 from .errors import CompileError
-from .ir import Graph, Loc, Node, path_expr
+from .ir import Graph, Loc, Node, is_leaf, path_expr
 from .params import Param, is_model
 
 # --------------------------------------------------------------------------
@@ -849,8 +849,7 @@ class Builder:
     def assign(self, target, value, stmt):
         t = type(target)
         if t is ast.Name:
-            if isinstance(value, Node) and value.name is None and value.op not in ("input", "param", "attr",
-                                                                                     "const"):
+            if isinstance(value, Node) and value.name is None and not is_leaf(value):
                 value.name = target.id
             self.frame.env[target.id] = value
         elif t in (ast.Tuple, ast.List):
