@@ -306,3 +306,29 @@ def test_graph_html_and_source_text_live_below_display():
     html = g._repr_html_()
     assert "np.sum" in html
     assert isinstance(fc.source(fc.Affine(2, 3)), richtext.SourceText)
+
+
+@fc.net
+class _Gate:
+    def __init__(self, cell):
+        self.cell = cell
+
+    def forward(self, x):
+        h = self.cell(x)
+        if h.sum() > 0:           # decided on the real arguments: tracing evaluates self.cell(x)
+            return h * 2.0
+        return h - 1.0
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_deciding_on_a_recurrent_sub_model_advances_its_state_once_per_call(sign):
+    fc.init.seed(7)
+    cell = fc.RNN(3, 4)
+    fc.init.seed(7)
+    reference = fc.RNN(3, 4)
+    m = _Gate(cell)
+    xs = sign * np.random.default_rng(3).standard_normal((3, 2, 3))
+    for x in xs:
+        h = reference(x)
+        want = h * 2.0 if h.sum() > 0 else h - 1.0
+        np.testing.assert_allclose(m(x), want, rtol=1e-12, atol=1e-14)
