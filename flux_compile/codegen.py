@@ -9,9 +9,11 @@ read like the math.
 from __future__ import annotations
 
 import ast
+import inspect
 import math
 import os
 import re
+import sys
 
 import astor
 import numpy as np
@@ -50,10 +52,9 @@ class Namespace:
     under a module name from ``names`` (a :class:`naming.ModuleNames`)."""
 
     def __init__(self, names=None):
-        import flux_compile
-        self.fc = flux_compile
+        self.fc = _package()
         self.names = names if names is not None else naming.ModuleNames()
-        self.objects = {"np": np, "fc": flux_compile, "Retrace": Retrace}
+        self.objects = {"np": np, "fc": self.fc, "Retrace": Retrace}
         self.by_id = {id(obj): name for name, obj in self.objects.items()}
 
     def name_of(self, obj):
@@ -93,6 +94,26 @@ class Namespace:
         if getattr(builtins, name, None) is obj:
             return name
         return None
+
+
+def _flags_as_keywords(fn, args):
+    """``(n, names)``: keep the first ``n`` arguments positional and pass the rest by the
+    parameter ``names``, so that a boolean flag reads ``keepdims=True``, never a bare
+    ``True``. Only Python functions whose parameters can be named are rewritten."""
+    first = next((i for i, a in enumerate(args) if a.op == "const" and isinstance(a.value, bool)), None)
+    if first is None or not inspect.isfunction(fn):
+        return len(args), []
+    params = list(inspect.signature(fn).parameters.values())[:len(args)]
+    if len(params) < len(args) or any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in params[first:]):
+        return len(args), []
+    return first, [p.name for p in params[first:]]
+
+
+def _package():
+    """The ``flux_compile`` package the generated code calls ``fc``, without importing it:
+    a submodule is only ever imported after its package, so the package is loaded already
+    (importing it here would make the bottom of the pipeline depend on its top)."""
+    return sys.modules[__name__.rpartition(".")[0]]
 
 
 def _object_hint(obj):
@@ -170,8 +191,10 @@ class FunctionEmitter:
             return ast.Call(func=ast.Attribute(value=self.expr(args[0]), attr="astype", ctx=ast.Load()),
                             args=[self.expr(args[1])], keywords=[])
         func = self.ns.name_ast(fn)
-        return ast.Call(func=func, args=[self.expr(a) for a in args],
-                        keywords=[ast.keyword(arg=k, value=self.expr(v)) for k, v in n.kwargs.items()])
+        npos, names = _flags_as_keywords(fn, args)
+        return ast.Call(func=func, args=[self.expr(a) for a in args[:npos]],
+                        keywords=[ast.keyword(arg=k, value=self.expr(v)) for k, v in zip(names, args[npos:])]
+                        + [ast.keyword(arg=k, value=self.expr(v)) for k, v in n.kwargs.items()])
 
     def index(self, n):
         if n.op == "const":
@@ -293,7 +316,7 @@ class FunctionEmitter:
         value = self.expr_body(n)
         if name is None:
             if n.op == "model_back":       # its input gradient is not needed here
-                value.args.append(ast.Constant(False))
+                value.keywords.append(ast.keyword(arg="input_grads", value=ast.Constant(False)))
             out.append(ast.Expr(value=value))
         else:
             out.append(ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=value))
