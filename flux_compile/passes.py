@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import rules
+from . import naming, rules
 from .ir import Node
 
 PURE_OPS = {"call", "getattr", "item", "pack", "const", "param", "attr"}
@@ -77,11 +77,19 @@ def simplify(graph):
                 new = a
         elif n.op == "call" and n.fn is helpers.identity and len(n.args) == 1:
             new = n.args[0]
-        if new is not None and n.name and not new.name and new.op not in ("input", "param", "const", "attr",
-                                                                            "seed"):
-            new.name = n.name
+        _keep_name(n, new)
         return new
     return rewrite(graph, visit)
+
+
+def _keep_name(old, new):
+    """A value replaced by an unnamed one lends it the user's name (``dprobs`` stays ``dprobs``)."""
+    if new is None or not old.name or new.op in ("input", "param", "const", "attr", "seed"):
+        return
+    if not new.name or (new.meta.get("anon") and new.name == naming.adjoint(None)):
+        new.name = old.name
+        if old.meta.get("anon"):
+            new.meta["anon"] = True
 
 
 def _const_key(v):
@@ -123,12 +131,112 @@ def live(nodes_roots):
     return out
 
 
+class ShapeClasses:
+    """Which values certainly share one run-time shape, without knowing it.
+
+    A value's class is its inferred shape when every dimension is known (an int or a
+    symbolic size), else derived from how it was made: an elementwise ufunc of values of
+    one class (and Python scalars) is of that class; a shape-keeping function of its first
+    argument; a kernel that builds an array of ``x.shape`` (``sum_grad``, ``unbroadcast``...)
+    of ``x``'s class; a sub-model's input gradient of its input's class. Anything else is
+    a class of its own."""
+
+    def __init__(self):
+        self.key = {}
+
+    def of(self, n):
+        return self.key.get(n.id, ("node", n.id))
+
+    def visit(self, n):
+        self.key[n.id] = self._derive(n)
+
+    def _derive(self, n):
+        static = _static_key(n.meta.get("shape"))
+        if static is not None:
+            return static
+        if n.op == "model_back" and len(n.meta["model"].args) == 1:
+            return self.of(n.meta["model"].args[0])
+        if n.op == "item" and n.args[0].op == "model_back":
+            model = n.args[0].meta["model"]
+            return self.of(model.args[n.index]) if n.index < len(model.args) else ("node", n.id)
+        if n.op != "call":
+            return ("node", n.id)
+        from .rules import helpers
+        if n.fn in _SHAPED_BY and len(n.args) > _SHAPED_BY[n.fn] \
+                and _shape_source(n.args[_SHAPED_BY[n.fn]]) is not None:
+            return self.of(_shape_source(n.args[_SHAPED_BY[n.fn]]))
+        if not n.args or n.kwargs.keys() - {"dtype"}:
+            return ("node", n.id)
+        if n.fn in (np.real, np.imag, helpers.identity) and len(n.args) == 1:
+            return self.of(n.args[0])
+        if isinstance(n.fn, np.ufunc) and n.fn.nout == 1 and n.fn.nin == len(n.args):
+            arrays = {self.of(a) for a in n.args if not _is_scalar(a)}
+            if len(arrays) == 1:
+                return arrays.pop()
+        return ("node", n.id)
+
+
+def _static_key(shape):
+    """A hashable key for a shape whose every dimension is known (int or symbolic)."""
+    from .shapeinfer import Sym, find
+    if not isinstance(shape, tuple):
+        return None
+    dims = [find(d) for d in shape]
+    if not all(isinstance(d, int) or isinstance(d, Sym) for d in dims):
+        return None
+    return ("shape",) + tuple(d if isinstance(d, int) else ("sym", id(d)) for d in dims)
+
+
+def _is_scalar(n):
+    """A Python number or NumPy scalar constant, or a value inferred 0-d."""
+    if n.op == "const":
+        return isinstance(n.value, (bool, int, float, complex, np.generic))
+    return n.meta.get("shape") == ()
+
+
+def _shape_source(n):
+    """``x`` when ``n`` is ``x.shape``, else None."""
+    return n.args[0] if n.op == "getattr" and n.attr == "shape" else None
+
+
+def _shaped_by():
+    """Kernels whose result has the shape passed as argument ``i``: {kernel: i}."""
+    from .rules import helpers
+    return {helpers.sum_grad: 1, helpers.unbroadcast: 1, helpers.getitem_grad: 1,
+            helpers.matmul_grad_a: 1, helpers.matmul_grad_b: 2}
+
+
+_SHAPED_BY = _shaped_by()
+
+
+def same_shapes(graph):
+    """Drop what shape equality makes redundant: ``unbroadcast(g, x.shape)`` when ``g`` is of
+    ``x``'s shape class is ``g``; ``y.shape`` when an earlier ``x.shape`` has the same class
+    is that one (so the training forward saves one shape per class, not one per value)."""
+    from .rules import helpers
+    classes, first_shape = ShapeClasses(), {}
+
+    def visit(n):
+        classes.visit(n)
+        if n.op == "call" and n.fn is helpers.unbroadcast and len(n.args) == 2 and not n.kwargs:
+            x = _shape_source(n.args[1])
+            if x is not None and classes.of(n.args[0]) == classes.of(x):
+                _keep_name(n, n.args[0])
+                return n.args[0]
+        if _shape_source(n) is not None:
+            return first_shape.setdefault(classes.of(n.args[0]), n)
+        return None
+    return rewrite(graph, visit)
+
+
 def optimize(graph):
-    """The standard pipeline: simplify, then CSE (which may expose more), then simplify again."""
+    """The standard pipeline: simplify, then CSE (which may expose more), shape classes,
+    then simplify again."""
     r1 = simplify(graph)
     r2 = cse(graph)
-    r3 = simplify(graph)
-    return lambda n: r3(r2(r1(n))) if n is not None else None
+    r3 = same_shapes(graph)
+    r4 = simplify(graph)
+    return lambda n: r4(r3(r2(r1(n)))) if n is not None else None
 
 
 class Split:
