@@ -39,10 +39,23 @@ def _err(node, msg, hint=None):
 class Adjoints:
     """Contributions per node (per item for tuple-valued nodes)."""
 
-    def __init__(self):
+    def __init__(self, n_forward=None, fed=None):
         self.parts = {}        # node id -> [node]
         self.items = {}        # node id -> {index: [node]}
         self.complex_in_play = False   # complex values may reach real Params' gradients
+        self.n_forward = n_forward     # nodes from here on are the backward's
+        self.fed = fed or {}           # unnamed forward node id -> the user variable it feeds
+
+    def name_of(self, node):
+        """The adjoint's hint for ``node``: ``dh``; ``dfc1_out``, ``dt_h`` for unnamed values."""
+        return naming.adjoint(value_hint(node, self.fed))
+
+    def _name_partial(self, node, grad):
+        """An unnamed backward value added to ``node``'s adjoint is a part of it: ``dh_part``."""
+        if isinstance(grad, Node) and not grad.name and self.n_forward is not None \
+                and grad.id >= self.n_forward and grad.op not in ("seed", "const", "input", "param", "attr"):
+            grad.name = naming.partial(self.name_of(node))
+            grad.meta["anon"] = True
 
     def add(self, node, grad, builder):
         if grad is None or (isinstance(grad, Static) and grad.value is None):
@@ -68,6 +81,7 @@ class Adjoints:
             grad = builder.as_node(grad)
         elif isinstance(grad, Static):
             grad = builder.as_node(grad)
+        self._name_partial(node, grad)
         self.parts.setdefault(node.id, []).append(grad)
 
     def add_item(self, node, index, grad):
@@ -126,7 +140,10 @@ def _static_dim(shape, axis):
     return None
 
 
-def _sum(parts, builder, name):
+def _sum(parts, builder, name, adjoint=True, weak=False):
+    """The adjoint ``name`` as the sum of its ``parts`` (``adjoint=False``: one item of a
+    tuple's adjoint, whose name yields to the adjoint of the value it is passed on to;
+    ``weak``: the name is not made from a user's variable, so a pass may give a better one)."""
     if len(parts) > 1:
         joined = _slices_to_concatenate(parts, builder)
         if joined is not None:
@@ -134,9 +151,12 @@ def _sum(parts, builder, name):
     total = parts[0]
     for p in parts[1:]:
         total = builder.ctx.add(Node("call", (total, p), fn=np.add, diff=True))
-    if total.name is None or len(parts) > 1 or total.meta.get("anon"):
+    if total.name is None or len(parts) > 1 or (total.meta.get("anon") and not total.meta.get("adjoint")):
+        # an adjoint passed on unchanged (``z = a + b``: ``da`` is ``dz``) keeps its first name
         total.name = name
         total.meta["anon"] = True
+        total.meta["adjoint"] = adjoint
+        total.meta["weak"] = weak
     return total
 
 
@@ -155,8 +175,14 @@ def _is_complex(node):
     return bool(node.meta.get("complex"))
 
 
-def _adj_name(node):
-    return naming.adjoint(node.name)
+def value_hint(node, fed):
+    """What a forward value is called, for naming its adjoint: the user's name; a sub-model's
+    output from its attribute (``fc1_out``); an unnamed value from the variable it feeds."""
+    if node.name:
+        return node.name
+    if node.op == "model":
+        return naming.model_output(node.path[-1] if node.path else node.base)
+    return naming.temporary(fed[node.id]) if node.id in fed else None
 
 
 def differentiate(graph, n_inputs_diff=None, traced=None):
@@ -168,7 +194,7 @@ def differentiate(graph, n_inputs_diff=None, traced=None):
         ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
     ctx.arity_of = None
     b = Builder(ctx)
-    adj = Adjoints()
+    adj = Adjoints(n_forward, naming.fed_variables(graph.nodes[:n_forward]))
     adj.complex_in_play = any(_is_complex(n) for n in graph.nodes[:n_forward])
     seeds = []
     for i, out in enumerate(graph.outputs):
@@ -186,14 +212,14 @@ def differentiate(graph, n_inputs_diff=None, traced=None):
             elems = []
             for i in range(node.arity if node.arity is not None else max(per) + 1):
                 parts = per.get(i)
-                elems.append(_sum(parts, b, naming.part(_adj_name(node), i)) if parts else None)
+                elems.append(_sum(parts, b, naming.part(adj.name_of(node), i), adjoint=False) if parts else None)
             g = _pack_with_none(elems, b)
             adj.parts.setdefault(node.id, []).insert(0, g)
         parts = adj.parts.get(node.id)
         if not parts or not node.diff:
             continue
         ctx.loc = node.loc
-        g = _sum(parts, b, _adj_name(node)) if node.arity is None else parts[0]
+        g = _sum(parts, b, adj.name_of(node), weak=not node.name) if node.arity is None else parts[0]
         if g.meta.get("shape") is None and node.meta.get("shape") is not None:
             g.meta["shape"] = node.meta["shape"]
         adj.parts[node.id] = [g]

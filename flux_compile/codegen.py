@@ -260,6 +260,7 @@ class FunctionEmitter:
         for n in nodes:
             for a in n.inputs():
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
+        fed = naming.fed_variables(nodes)
         body = []
         for n in nodes:
             if n.op in ALWAYS_INLINE:
@@ -275,7 +276,7 @@ class FunctionEmitter:
                 self.inline.add(n.id)
                 continue
             if n.id not in self.names and (uses.get(n.id, 0) > 0 or n.id in keep or n.op == "model"):
-                self.names[n.id] = self.scope.fresh(_hint(n, self.names))
+                self.names[n.id] = self.scope.fresh(_hint(n, self.names, fed))
             if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
                 self.back_names[n.id] = self.scope.fresh(naming.pullback(_model_hint(n)))
             body.extend(self.statement(n, uses, unused=uses.get(n.id, 0) == 0 and n.id not in keep))
@@ -342,8 +343,9 @@ class FunctionEmitter:
         return ast.Expr(value=ast.Constant(f"@@LOC {len(self.locs) - 1}@@"))
 
 
-def _hint(n, names=None):
-    """What to call node ``n``: the user's name, else one derived by :mod:`naming`."""
+def _hint(n, names=None, fed=None):
+    """What to call node ``n``: the user's name, else one derived by :mod:`naming` (an unnamed
+    value after the user variable it feeds, ``fed``: node id -> name)."""
     if n.name:
         return n.name
     if n.op == "getattr" and names and n.args[0].id in names:
@@ -354,7 +356,7 @@ def _hint(n, names=None):
         return naming.attribute(n.args[0].name, n.attr)
     if n.op == "model_back":
         return naming.adjoint(None)
-    return naming.TEMP
+    return naming.temporary((fed or {}).get(n.id))
 
 
 def _model_hint(n):

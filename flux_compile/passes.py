@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import naming, rules
+from . import rules
 from .ir import Node
 
 PURE_OPS = {"call", "getattr", "item", "pack", "const", "param", "attr"}
@@ -86,10 +86,10 @@ def _keep_name(old, new):
     """A value replaced by an unnamed one lends it the user's name (``dprobs`` stays ``dprobs``)."""
     if new is None or not old.name or new.op in ("input", "param", "const", "attr", "seed"):
         return
-    if not new.name or (new.meta.get("anon") and new.name == naming.adjoint(None)):
+    if not new.name or (new.meta.get("weak") and not old.meta.get("weak")):
         new.name = old.name
-        if old.meta.get("anon"):
-            new.meta["anon"] = True
+        for flag in ("anon", "adjoint", "weak"):
+            new.meta[flag] = old.meta.get(flag, False)
 
 
 def _const_key(v):

@@ -96,3 +96,45 @@ def test_shown_source_runs_as_shown(name):
     for a, b in zip(shown, compiled):
         if b is not None:
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_no_numbered_anonymous_adjoints(name):
+    """``dz_3`` says nothing: adjoints are named for their value (``dfc1_out``, ``dt_h``)."""
+    import re
+    assert not re.findall(r"\bdz_\d+\b", _source(name)[0])
+
+
+@pytest.mark.parametrize("name", ["encoder", "lstm", "tanh_cell", "shared_param"])
+def test_no_numbered_temporaries_where_a_variable_is_fed(name):
+    """``t_5`` says nothing: an unnamed value feeding a variable is named for it (``t_h``), a
+    part of an adjoint for the adjoint (``dh_part``). (Values feeding only the returned value,
+    as inside ``crossentropy``, keep ``t``, ``t_1``...: they feed no variable.)"""
+    import re
+    assert not re.findall(r"\bt_\d+\b", _source(name)[0])
+
+
+def test_encoder_names_read_like_the_model():
+    text = _source("encoder")[0]
+    for piece in ("t_h = 1.0 + np.absolute(fc1_out)", "dh = fc2_back(dy_part + dy_part)",
+                  "dfc1_out_part = dh / t_h", "dx = fc1_back(dfc1_out_part + dfc1_out_part_1)"):
+        assert piece in text, piece
+
+
+def test_fed_variables_follows_unnamed_chains_to_the_earliest_user_variable():
+    from flux_compile import naming
+    from flux_compile.ir import Graph, Node
+    g = Graph("t")
+    x = g.add(Node("input", name="x"))
+    a = g.add(Node("call", (x,), fn=np.abs))
+    b = g.add(Node("call", (a,), fn=np.tanh))
+    h = g.add(Node("call", (b,), fn=np.exp, name="h"))
+    k = g.add(Node("call", (a,), fn=np.exp, name="k"))
+    anon = g.add(Node("call", (h,), fn=np.exp, name="y"))
+    anon.meta["anon"] = True         # an output's made-up name
+    c = g.add(Node("call", (k,), fn=np.exp))
+    g.add(Node("call", (c,), fn=np.exp, name="y_1")).meta["anon"] = True
+    fed = naming.fed_variables(g.nodes)
+    assert fed[b.id] == "h" and fed[a.id] == "h"       # the earliest consumer decides
+    assert c.id not in fed                             # feeds only a made-up name
+    assert naming.temporary(fed[a.id]) == "t_h" and naming.partial("dh") == "dh_part"
