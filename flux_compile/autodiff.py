@@ -1,5 +1,8 @@
 """Reverse mode over the IR: inline each primitive's rule, sum adjoints, split the result.
 
+``split(joint, resolve)`` (after the passes) says what the training forward computes
+and saves and what the backward computes.
+
 ``differentiate(graph)`` appends the backward nodes to the forward graph (one
 *joint* graph) and returns a :class:`Joint` that says which nodes the training
 forward computes, which it saves, and which the backward computes.
@@ -16,6 +19,7 @@ from . import naming, rules
 from .errors import CompileError
 from .frontend import Builder, Context, Seq, Static
 from .ir import Node, describe_fn, path_expr
+from .passes import live
 
 class Joint:
     """The joint graph, split: ``forward`` nodes, ``saved`` values, ``backward`` nodes."""
@@ -88,66 +92,10 @@ class Adjoints:
         self.items.setdefault(node.id, {}).setdefault(index, []).append(grad)
 
 
-def _slices_to_concatenate(parts, builder):
-    """Adjoints of ``z[:, :n]``, ``z[:, n:2n]``, ... that tile one axis of ``z`` exactly are
-    one ``np.concatenate`` of the pieces (instead of zero-filled arrays added up)."""
-    from .rules.helpers import getitem_grad
-    pieces = []
-    for p in parts:
-        if p.op != "call" or p.fn is not getitem_grad or len(p.args) != 3 or p.kwargs \
-                or p.args[2].op != "const":
-            return None
-        index = p.args[2].value
-        index = index if isinstance(index, tuple) else (index,)
-        axes = [i for i, s in enumerate(index) if s != slice(None)]
-        if len(axes) != 1 or not isinstance(index[axes[0]], slice) or index[axes[0]].step not in (None, 1):
-            return None
-        pieces.append((axes[0], index[axes[0]], p))
-    axis = pieces[0][0]
-    n = _static_dim(parts[0].args[1], axis)
-    if any(a != axis for a, _, _ in pieces) or not isinstance(n, int) \
-            or any(_static_dim(p.args[1], axis) != n for p in parts) \
-            or len({_rank(p.args[1]) for p in parts}) != 1:
-        return None
-    spans = sorted(((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces),
-                   key=lambda span: (span[0], span[1], span[2].id))   # Nodes have no order: tie by id
-    at = 0
-    for start, length, _ in spans:
-        if start != at or length == 0:
-            return None
-        at += length
-    if at != n:
-        return None
-    items = [p.args[0] for _, _, p in spans]
-    pack = builder.ctx.add(Node("pack", items, diff=True, arity=len(items)))
-    return builder.ctx.add(Node("call", (pack,), {"axis": builder.as_node(Static(axis))},
-                                fn=np.concatenate, diff=True))
-
-
-def _rank(shape):
-    """Length of a shape given as a constant tuple or a pack of dims, else None."""
-    if shape.op == "const" and isinstance(shape.value, tuple):
-        return len(shape.value)
-    return len(shape.args) if shape.op == "pack" else None
-
-
-def _static_dim(shape, axis):
-    """The size along ``axis`` when it is a compile-time int, else None."""
-    if shape.op == "const" and isinstance(shape.value, tuple) and axis < len(shape.value):
-        return shape.value[axis]
-    if shape.op == "pack" and axis < len(shape.args) and shape.args[axis].op == "const":
-        return shape.args[axis].value
-    return None
-
-
 def _sum(parts, builder, name, adjoint=True, weak=False):
     """The adjoint ``name`` as the sum of its ``parts`` (``adjoint=False``: one item of a
     tuple's adjoint, whose name yields to the adjoint of the value it is passed on to;
     ``weak``: the name is not made from a user's variable, so a pass may give a better one)."""
-    if len(parts) > 1:
-        joined = _slices_to_concatenate(parts, builder)
-        if joined is not None:
-            parts = [joined]
     total = parts[0]
     for p in parts[1:]:
         total = builder.ctx.add(Node("call", (total, p), fn=np.add, diff=True))
@@ -406,3 +354,72 @@ def _backprop_call(node, g, b, adj):
         if x.op == "pack" and x.arity is None:
             x.arity = len(x.args)
         adj.add(x, gx, b)
+
+
+METADATA_ATTRS = {"shape", "ndim", "dtype", "size"}
+
+
+class Split:
+    """Which joint-graph nodes each generated function computes."""
+
+    def __init__(self, forward, saved, backward):
+        self.forward = forward      # nodes of the training forward, in order
+        self.saved = saved          # (node, "value" | "back") pairs the forward hands to the backward
+        self.backward = backward    # nodes of the backward, in order
+
+
+FREE_OPS = {"const", "param", "attr", "input", "seed"}
+
+
+def split(joint, resolve):
+    """Partition the joint graph (after the passes; ``resolve`` maps its nodes to what they
+    became) into training forward, saved values and backward.
+
+    Backward-phase nodes that depend only on forward values run in the backward
+    (recomputed from what is saved) except metadata (``x.shape``), which the
+    forward computes and saves so ``x`` itself need not be kept.
+    """
+    g = joint.graph
+    nf = joint.n_forward
+    outs = [resolve(o) for o in g.outputs]
+    grads = [resolve(x) if x is not None else None for x in joint.input_grads]
+    effects = [n for n in g.nodes[nf:] if n.op in ("accum", "model_back")]
+    bwd_live = live([x for x in grads if x is not None] + effects)
+    dep_seed = set()
+    for n in g.nodes:
+        if n.op == "seed" or any(a.id in dep_seed for a in n.inputs()):
+            dep_seed.add(n.id)
+    in_forward = set()
+    for n in g.nodes:
+        if n.op == "input":         # an array a derivative rule reads at run time is an input too
+            in_forward.add(n.id)
+        elif n.id >= nf:
+            if n.id not in dep_seed and n.op == "getattr" and n.attr in METADATA_ATTRS \
+                    and n.args[0].op not in FREE_OPS:
+                in_forward.add(n.id)
+            elif n.id not in dep_seed and n.op == "item" and n.args[0].id in in_forward:
+                in_forward.add(n.id)
+        elif n.op not in ("seed",):
+            in_forward.add(n.id)
+    states = [n for n in g.nodes[:nf] if n.op in ("state", "guard")]
+    # values the backward reads from the forward
+    bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != "seed"]
+    saved, seen = [], set()
+
+    def save(a, kind):
+        if a.id in in_forward and a.op not in ("const", "param", "attr") and (a.id, kind) not in seen:
+            seen.add((a.id, kind))
+            saved.append((a, kind))
+
+    for n in bwd_nodes:
+        for a in n.inputs():
+            save(a, "value")
+        if n.op == "model_back":
+            save(n.meta["model"], "back")
+    for x in grads:
+        if x is not None:
+            save(x, "value")
+    fwd_live = live(outs + [a for a, _ in saved] + states)
+    forward = [n for n in g.nodes if n.id in in_forward and n.id in fwd_live]
+    saved.sort(key=lambda p: (p[0].id, p[1] == "back"))
+    return Split(forward, saved, bwd_nodes)

@@ -1,6 +1,7 @@
-"""Graph passes: algebraic simplification, constant folding, CSE, DCE and the forward/backward split.
+"""Graph passes: algebraic simplification, CSE, shape classes, slices to concatenate, liveness.
 
-Each pass rewrites the graph in place and keeps SSA order.
+Each pass rewrites the graph in place and keeps SSA order. (The split of the joint graph
+into training forward, saved values and backward is autodiff's: :func:`autodiff.split`.)
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from .ir import Node
 
 PURE_OPS = {"call", "getattr", "item", "pack", "const", "param", "attr"}
 IMPURE_FN_MODULES = ("numpy.random",)
-METADATA_ATTRS = {"shape", "ndim", "dtype", "size"}
 
 
 def rewrite(graph, visit):
@@ -229,76 +229,98 @@ def same_shapes(graph):
     return rewrite(graph, visit)
 
 
+def slices_to_concatenate(graph):
+    """A sum of ``getitem_grad(g_i, shape, index_i)`` whose slices tile one axis of ``shape``
+    exactly (the adjoint of ``z[:, :n]``, ``z[:, n:2n]``, ...) is one ``np.concatenate`` of the
+    ``g_i``, not zero-filled arrays added up."""
+    inserts = []
+
+    def visit(n):
+        if not (n.op == "call" and n.fn is np.add and len(n.args) == 2 and not n.kwargs):
+            return None
+        joined = _concatenate_tiles(_summands(n))
+        if joined is None:
+            return None
+        for node in joined:
+            node.loc = n.loc
+        inserts.append((n, joined))
+        _keep_name(n, joined[-1])
+        return joined[-1]
+    resolve = rewrite(graph, visit)
+    for before, new in inserts:
+        at = graph.nodes.index(before)
+        for node in new:
+            node.id = max(m.id for m in graph.nodes) + 1
+            graph.nodes.insert(at, node)
+            at += 1
+    return resolve
+
+
+def _summands(n):
+    """The terms of a tree of ``np.add`` calls."""
+    if n.op == "call" and n.fn is np.add and len(n.args) == 2 and not n.kwargs:
+        return _summands(n.args[0]) + _summands(n.args[1])
+    return [n]
+
+
+def _concatenate_tiles(parts):
+    """``[pack, axis, concatenate]`` nodes joining ``parts`` when they tile one axis, else None."""
+    from .rules.helpers import getitem_grad
+    pieces = []
+    for p in parts:
+        if p.op != "call" or p.fn is not getitem_grad or len(p.args) != 3 or p.kwargs \
+                or p.args[2].op != "const":
+            return None
+        index = p.args[2].value
+        index = index if isinstance(index, tuple) else (index,)
+        axes = [i for i, s in enumerate(index) if s != slice(None)]
+        if len(axes) != 1 or not isinstance(index[axes[0]], slice) or index[axes[0]].step not in (None, 1):
+            return None
+        pieces.append((axes[0], index[axes[0]], p))
+    axis = pieces[0][0]
+    n = _static_dim(parts[0].args[1], axis)
+    if any(a != axis for a, _, _ in pieces) or not isinstance(n, int) \
+            or any(_static_dim(p.args[1], axis) != n for p in parts) \
+            or len({_rank(p.args[1]) for p in parts}) != 1:
+        return None
+    spans = sorted(((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces),
+                   key=lambda span: (span[0], span[1], span[2].id))   # Nodes have no order: tie by id
+    at = 0
+    for start, length, _ in spans:
+        if start != at or length == 0:
+            return None
+        at += length
+    if at != n:
+        return None
+    items = [p.args[0] for _, _, p in spans]
+    pack = Node("pack", items, diff=True, arity=len(items))
+    axis_node = Node("const", value=axis)
+    return [pack, axis_node, Node("call", (pack,), {"axis": axis_node}, fn=np.concatenate, diff=True)]
+
+
+def _rank(shape):
+    """Length of a shape given as a constant tuple or a pack of dims, else None."""
+    if shape.op == "const" and isinstance(shape.value, tuple):
+        return len(shape.value)
+    return len(shape.args) if shape.op == "pack" else None
+
+
+def _static_dim(shape, axis):
+    """The size along ``axis`` when it is a compile-time int, else None."""
+    if shape.op == "const" and isinstance(shape.value, tuple) and axis < len(shape.value):
+        return shape.value[axis]
+    if shape.op == "pack" and axis < len(shape.args) and shape.args[axis].op == "const":
+        return shape.args[axis].value
+    return None
+
+
 def optimize(graph):
-    """The standard pipeline: simplify, then CSE (which may expose more), shape classes,
-    then simplify again."""
-    r1 = simplify(graph)
-    r2 = cse(graph)
-    r3 = same_shapes(graph)
-    r4 = simplify(graph)
-    return lambda n: r4(r3(r2(r1(n)))) if n is not None else None
+    """The standard pipeline: simplify, then CSE (which may expose more), slices to
+    concatenate, shape classes, then simplify again. Returns the resolver old -> new node."""
+    steps = [simplify(graph), cse(graph), slices_to_concatenate(graph), same_shapes(graph), simplify(graph)]
 
-
-class Split:
-    """Which joint-graph nodes each generated function computes."""
-
-    def __init__(self, forward, saved, backward):
-        self.forward = forward      # nodes of the training forward, in order
-        self.saved = saved          # (node, "value" | "back") pairs the forward hands to the backward
-        self.backward = backward    # nodes of the backward, in order
-
-
-FREE_OPS = {"const", "param", "attr", "input", "seed"}
-
-
-def split(joint, resolve):
-    """Partition the joint graph into training forward, saved values and backward.
-
-    Backward-phase nodes that depend only on forward values run in the backward
-    (recomputed from what is saved) except metadata (``x.shape``), which the
-    forward computes and saves so ``x`` itself need not be kept.
-    """
-    g = joint.graph
-    nf = joint.n_forward
-    outs = [resolve(o) for o in g.outputs]
-    grads = [resolve(x) if x is not None else None for x in joint.input_grads]
-    effects = [n for n in g.nodes[nf:] if n.op in ("accum", "model_back")]
-    bwd_live = live([x for x in grads if x is not None] + effects)
-    dep_seed = set()
-    for n in g.nodes:
-        if n.op == "seed" or any(a.id in dep_seed for a in n.inputs()):
-            dep_seed.add(n.id)
-    in_forward = set()
-    for n in g.nodes:
-        if n.op == "input":         # an array a derivative rule reads at run time is an input too
-            in_forward.add(n.id)
-        elif n.id >= nf:
-            if n.id not in dep_seed and n.op == "getattr" and n.attr in METADATA_ATTRS \
-                    and n.args[0].op not in FREE_OPS:
-                in_forward.add(n.id)
-            elif n.id not in dep_seed and n.op == "item" and n.args[0].id in in_forward:
-                in_forward.add(n.id)
-        elif n.op not in ("seed",):
-            in_forward.add(n.id)
-    states = [n for n in g.nodes[:nf] if n.op in ("state", "guard")]
-    # values the backward reads from the forward
-    bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != "seed"]
-    saved, seen = [], set()
-
-    def save(a, kind):
-        if a.id in in_forward and a.op not in ("const", "param", "attr") and (a.id, kind) not in seen:
-            seen.add((a.id, kind))
-            saved.append((a, kind))
-
-    for n in bwd_nodes:
-        for a in n.inputs():
-            save(a, "value")
-        if n.op == "model_back":
-            save(n.meta["model"], "back")
-    for x in grads:
-        if x is not None:
-            save(x, "value")
-    fwd_live = live(outs + [a for a, _ in saved] + states)
-    forward = [n for n in g.nodes if n.id in in_forward and n.id in fwd_live]
-    saved.sort(key=lambda p: (p[0].id, p[1] == "back"))
-    return Split(forward, saved, bwd_nodes)
+    def resolve(n):
+        for step in steps:
+            n = step(n) if n is not None else None
+        return n
+    return resolve

@@ -149,3 +149,65 @@ def test_broadcasting_submodels_match_autograd(batch):
         np.testing.assert_allclose(p.grad, w, rtol=1e-9, atol=1e-12)
     src = fc.source(m)
     assert "unbroadcast(" in src      # b (n, 1) meets a (n, 4): that sum must stay
+
+
+# -- slices_to_concatenate -----------------------------------------------------------
+def _tile(add, g, shape, index):
+    return _call(add, helpers.getitem_grad, g, shape, add("const", value=index))
+
+
+def test_slices_tiling_an_axis_become_one_concatenate():
+    g, add = _graph()
+    a, b, c = (add("input", name=n) for n in "abc")
+    shape = add("const", value=(2, 5))
+    total = _call(add, np.add, _call(add, np.add, _tile(add, c, shape, (slice(None), slice(3, 5))),
+                                     _tile(add, a, shape, (slice(None), slice(0, 1)))),
+                  _tile(add, b, shape, (slice(None), slice(1, 3))))
+    total.name = "dz"
+    g.outputs = [total]
+    passes.slices_to_concatenate(g)
+    out = g.outputs[0]
+    assert out.fn is np.concatenate and out.args[0].args == (a, b, c) and out.kwargs["axis"].value == 1
+    assert out.name == "dz"
+    order = [n.id for n in g.nodes]
+    assert g.nodes.index(out.args[0]) < g.nodes.index(out) and len(set(order)) == len(order)
+
+
+@pytest.mark.parametrize("indices", [
+    [(slice(None), slice(0, 2)), (slice(None), slice(3, 5))],          # a gap
+    [(slice(None), slice(0, 3)), (slice(None), slice(2, 5))],          # an overlap
+    [(slice(None), slice(0, 2)), (slice(0, 1), slice(2, 5))],          # two axes
+    [(slice(None), slice(0, 5, 2)), (slice(None), slice(1, 5, 2))],    # strided
+])
+def test_slices_that_do_not_tile_stay_a_sum(indices):
+    g, add = _graph()
+    a, b = add("input", name="a"), add("input", name="b")
+    shape = add("const", value=(2, 5))
+    total = _call(add, np.add, _tile(add, a, shape, indices[0]), _tile(add, b, shape, indices[1]))
+    g.outputs = [total]
+    passes.slices_to_concatenate(g)
+    assert g.outputs[0] is total
+
+
+# -- autodiff.split (the save/backward split, after the passes) ------------------
+def test_split_saves_values_and_shapes_the_backward_reads():
+    from flux_compile.autodiff import Joint, split
+    g, add = _graph()
+    x = add("input", name="x")
+    W = add("param", base="self", path=("W",))
+    z = _call(add, np.matmul, x, W)
+    y = _call(add, np.tanh, z)
+    g.outputs = [y]
+    nf = len(g.nodes)
+    seed = add("seed", name="dy", index=0)
+    dz = _call(add, np.multiply, seed, _call(add, np.subtract, add("const", value=1),
+                                             _call(add, np.multiply, y, y)))
+    dz = _call(add, helpers.unbroadcast, dz, add("getattr", z, attr="shape"))
+    add("accum", _call(add, np.matmul, _call(add, np.transpose, x), dz), base="self", path=("W",))
+    dx = _call(add, np.matmul, dz, _call(add, np.transpose, W))
+    sp = split(Joint(g, [seed], [dx], nf), lambda n: n)
+    saved = [(n.op, n.attr or n.name) for n, _ in sp.saved]
+    assert saved == [("input", "x"), ("call", None), ("getattr", "shape")]
+    assert sp.saved[1][0] is y                          # y, not z: z's shape is all it needs
+    assert z not in [n for n, _ in sp.saved] and any(n.op == "getattr" for n in sp.forward)
+    assert all(n.id >= nf for n in sp.backward)
