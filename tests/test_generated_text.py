@@ -138,3 +138,32 @@ def test_fed_variables_follows_unnamed_chains_to_the_earliest_user_variable():
     assert fed[b.id] == "h" and fed[a.id] == "h"       # the earliest consumer decides
     assert c.id not in fed                             # feeds only a made-up name
     assert naming.temporary(fed[a.id]) == "t_h" and naming.partial("dh") == "dh_part"
+
+
+@fc.net
+class Hostile:
+    """A user's variables named like the kernels the backward calls."""
+
+    def __init__(self):
+        self.W = np.linspace(-1, 1, 12).reshape(3, 4)
+
+    def forward(self, x):
+        sum_grad = x @ self.W
+        unbroadcast = np.sum(sum_grad * sum_grad, axis=1, keepdims=True)
+        return unbroadcast + 1.0
+
+
+def test_shown_source_runs_when_kernels_are_renamed():
+    m, x = Hostile(), np.linspace(-2, 2, 6).reshape(2, 3)
+    y = m(x)
+    text = str(fc.source(m, "all"))
+    assert "import sum_grad as sum_grad_1" in text
+    ns = {}
+    exec(compile(text, "<hostile>", "exec"), ns)
+    out, saved = ns["forward_train"](m, x)
+    np.testing.assert_allclose(out, y)
+    m.zero_grad()
+    dx = ns["backward"](m, saved, np.ones_like(y))
+    W = np.asarray(m.W.value)
+    np.testing.assert_allclose(dx, 2 * (x @ W) @ W.T, rtol=1e-12)
+    np.testing.assert_allclose(m.W.grad, x.T @ (2 * (x @ W)), rtol=1e-12)
