@@ -1,5 +1,8 @@
 """Reverse mode over the IR: inline each primitive's rule, sum adjoints, split the result.
 
+``split(joint, resolve)`` (after the passes) says what the training forward computes
+and saves and what the backward computes.
+
 ``differentiate(graph)`` appends the backward nodes to the forward graph (one
 *joint* graph) and returns a :class:`Joint` that says which nodes the training
 forward computes, which it saves, and which the backward computes.
@@ -15,7 +18,8 @@ import numpy as np
 from . import naming, rules
 from .errors import CompileError
 from .frontend import Builder, Context, Seq, Static
-from .ir import PARAM, Node, describe_fn, is_leaf, path_expr
+from .ir import PARAM, Node, describe_fn, is_leaf, is_reread, path_expr
+from .passes import live
 
 class Joint:
     """The joint graph, split: ``forward`` nodes, ``saved`` values, ``backward`` nodes."""
@@ -39,10 +43,23 @@ def _err(node, msg, hint=None):
 class Adjoints:
     """Contributions per node (per item for tuple-valued nodes)."""
 
-    def __init__(self):
+    def __init__(self, n_forward=None, fed=None):
         self.parts = {}        # node id -> [node]
         self.items = {}        # node id -> {index: [node]}
         self.complex_in_play = False   # complex values may reach real Params' gradients
+        self.n_forward = n_forward     # nodes from here on are the backward's
+        self.fed = fed or {}           # unnamed forward node id -> the user variable it feeds
+
+    def name_of(self, node):
+        """The adjoint's hint for ``node``: ``dh``; ``dfc1_out``, ``dt_h`` for unnamed values."""
+        return naming.adjoint(value_hint(node, self.fed))
+
+    def _name_partial(self, node, grad):
+        """An unnamed backward value added to ``node``'s adjoint is a part of it: ``dh_part``."""
+        if isinstance(grad, Node) and not grad.name and self.n_forward is not None \
+                and grad.id >= self.n_forward and not is_leaf(grad):
+            grad.name = naming.partial(self.name_of(node))
+            grad.meta["anon"] = True
 
     def add(self, node, grad, builder):
         if grad is None or (isinstance(grad, Static) and grad.value is None):
@@ -68,75 +85,26 @@ class Adjoints:
             grad = builder.as_node(grad)
         elif isinstance(grad, Static):
             grad = builder.as_node(grad)
+        self._name_partial(node, grad)
         self.parts.setdefault(node.id, []).append(grad)
 
     def add_item(self, node, index, grad):
         self.items.setdefault(node.id, {}).setdefault(index, []).append(grad)
 
 
-def _slices_to_concatenate(parts, builder):
-    """Adjoints of ``z[:, :n]``, ``z[:, n:2n]``, ... that tile one axis of ``z`` exactly are
-    one ``np.concatenate`` of the pieces (instead of zero-filled arrays added up)."""
-    from .rules.helpers import getitem_grad
-    pieces = []
-    for p in parts:
-        if p.op != "call" or p.fn is not getitem_grad or len(p.args) != 3 or p.kwargs \
-                or p.args[2].op != "const":
-            return None
-        index = p.args[2].value
-        index = index if isinstance(index, tuple) else (index,)
-        axes = [i for i, s in enumerate(index) if s != slice(None)]
-        if len(axes) != 1 or not isinstance(index[axes[0]], slice) or index[axes[0]].step not in (None, 1):
-            return None
-        pieces.append((axes[0], index[axes[0]], p))
-    axis = pieces[0][0]
-    n = _static_dim(parts[0].args[1], axis)
-    if any(a != axis for a, _, _ in pieces) or not isinstance(n, int) \
-            or any(_static_dim(p.args[1], axis) != n for p in parts) \
-            or len({_rank(p.args[1]) for p in parts}) != 1:
-        return None
-    spans = sorted(((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces),
-                   key=lambda span: (span[0], span[1], span[2].id))   # Nodes have no order: tie by id
-    at = 0
-    for start, length, _ in spans:
-        if start != at or length == 0:
-            return None
-        at += length
-    if at != n:
-        return None
-    items = [p.args[0] for _, _, p in spans]
-    pack = builder.ctx.add(Node("pack", items, diff=True, arity=len(items)))
-    return builder.ctx.add(Node("call", (pack,), {"axis": builder.as_node(Static(axis))},
-                                fn=np.concatenate, diff=True))
-
-
-def _rank(shape):
-    """Length of a shape given as a constant tuple or a pack of dims, else None."""
-    if shape.op == "const" and isinstance(shape.value, tuple):
-        return len(shape.value)
-    return len(shape.args) if shape.op == "pack" else None
-
-
-def _static_dim(shape, axis):
-    """The size along ``axis`` when it is a compile-time int, else None."""
-    if shape.op == "const" and isinstance(shape.value, tuple) and axis < len(shape.value):
-        return shape.value[axis]
-    if shape.op == "pack" and axis < len(shape.args) and shape.args[axis].op == "const":
-        return shape.args[axis].value
-    return None
-
-
-def _sum(parts, builder, name):
-    if len(parts) > 1:
-        joined = _slices_to_concatenate(parts, builder)
-        if joined is not None:
-            parts = [joined]
+def _sum(parts, builder, name, adjoint=True, weak=False):
+    """The adjoint ``name`` as the sum of its ``parts`` (``adjoint=False``: one item of a
+    tuple's adjoint, whose name yields to the adjoint of the value it is passed on to;
+    ``weak``: the name is not made from a user's variable, so a pass may give a better one)."""
     total = parts[0]
     for p in parts[1:]:
         total = builder.ctx.add(Node("call", (total, p), fn=np.add, diff=True))
-    if total.name is None or len(parts) > 1 or total.meta.get("anon"):
+    if total.name is None or len(parts) > 1 or (total.meta.get("anon") and not total.meta.get("adjoint")):
+        # an adjoint passed on unchanged (``z = a + b``: ``da`` is ``dz``) keeps its first name
         total.name = name
         total.meta["anon"] = True
+        total.meta["adjoint"] = adjoint
+        total.meta["weak"] = weak
     return total
 
 
@@ -155,8 +123,14 @@ def _is_complex(node):
     return bool(node.meta.get("complex"))
 
 
-def _adj_name(node):
-    return naming.adjoint(node.name)
+def value_hint(node, fed):
+    """What a forward value is called, for naming its adjoint: the user's name; a sub-model's
+    output from its attribute (``fc1_out``); an unnamed value from the variable it feeds."""
+    if node.name:
+        return node.name
+    if node.op == "model":
+        return naming.model_output(node.path[-1] if node.path else node.base)
+    return naming.temporary(fed[node.id]) if node.id in fed else None
 
 
 def differentiate(graph, n_inputs_diff=None, traced=None):
@@ -168,7 +142,7 @@ def differentiate(graph, n_inputs_diff=None, traced=None):
         ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
     ctx.arity_of = None
     b = Builder(ctx)
-    adj = Adjoints()
+    adj = Adjoints(n_forward, naming.fed_variables(graph.nodes[:n_forward]))
     adj.complex_in_play = any(_is_complex(n) for n in graph.nodes[:n_forward])
     seeds = []
     for i, out in enumerate(graph.outputs):
@@ -186,14 +160,14 @@ def differentiate(graph, n_inputs_diff=None, traced=None):
             elems = []
             for i in range(node.arity if node.arity is not None else max(per) + 1):
                 parts = per.get(i)
-                elems.append(_sum(parts, b, naming.part(_adj_name(node), i)) if parts else None)
+                elems.append(_sum(parts, b, naming.part(adj.name_of(node), i), adjoint=False) if parts else None)
             g = _pack_with_none(elems, b)
             adj.parts.setdefault(node.id, []).insert(0, g)
         parts = adj.parts.get(node.id)
         if not parts or not node.diff:
             continue
         ctx.loc = node.loc
-        g = _sum(parts, b, _adj_name(node)) if node.arity is None else parts[0]
+        g = _sum(parts, b, adj.name_of(node), weak=not node.name) if node.arity is None else parts[0]
         if g.meta.get("shape") is None and node.meta.get("shape") is not None:
             g.meta["shape"] = node.meta["shape"]
         adj.parts[node.id] = [g]
@@ -380,3 +354,71 @@ def _backprop_call(node, g, b, adj):
         if x.op == "pack" and x.arity is None:
             x.arity = len(x.args)
         adj.add(x, gx, b)
+
+
+METADATA_ATTRS = {"shape", "ndim", "dtype", "size"}
+
+
+class Split:
+    """Which joint-graph nodes each generated function computes."""
+
+    def __init__(self, forward, saved, backward):
+        self.forward = forward      # nodes of the training forward, in order
+        self.saved = saved          # (node, "value" | "back") pairs the forward hands to the backward
+        self.backward = backward    # nodes of the backward, in order
+
+
+
+
+def split(joint, resolve):
+    """Partition the joint graph (after the passes; ``resolve`` maps its nodes to what they
+    became) into training forward, saved values and backward.
+
+    Backward-phase nodes that depend only on forward values run in the backward
+    (recomputed from what is saved) except metadata (``x.shape``), which the
+    forward computes and saves so ``x`` itself need not be kept.
+    """
+    g = joint.graph
+    nf = joint.n_forward
+    outs = [resolve(o) for o in g.outputs]
+    grads = [resolve(x) if x is not None else None for x in joint.input_grads]
+    effects = [n for n in g.nodes[nf:] if n.op in ("accum", "model_back")]
+    bwd_live = live([x for x in grads if x is not None] + effects)
+    dep_seed = set()
+    for n in g.nodes:
+        if n.op == "seed" or any(a.id in dep_seed for a in n.inputs()):
+            dep_seed.add(n.id)
+    in_forward = set()
+    for n in g.nodes:
+        if n.op == "input":         # an array a derivative rule reads at run time is an input too
+            in_forward.add(n.id)
+        elif n.id >= nf:
+            if n.id not in dep_seed and n.op == "getattr" and n.attr in METADATA_ATTRS \
+                    and not is_leaf(n.args[0]):
+                in_forward.add(n.id)
+            elif n.id not in dep_seed and n.op == "item" and n.args[0].id in in_forward:
+                in_forward.add(n.id)
+        elif n.op not in ("seed",):
+            in_forward.add(n.id)
+    states = [n for n in g.nodes[:nf] if n.op in ("state", "guard")]
+    # values the backward reads from the forward
+    bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != "seed"]
+    saved, seen = [], set()
+
+    def save(a, kind):
+        if a.id in in_forward and not is_reread(a) and (a.id, kind) not in seen:
+            seen.add((a.id, kind))
+            saved.append((a, kind))
+
+    for n in bwd_nodes:
+        for a in n.inputs():
+            save(a, "value")
+        if n.op == "model_back":
+            save(n.meta["model"], "back")
+    for x in grads:
+        if x is not None:
+            save(x, "value")
+    fwd_live = live(outs + [a for a, _ in saved] + states)
+    forward = [n for n in g.nodes if n.id in in_forward and n.id in fwd_live]
+    saved.sort(key=lambda p: (p[0].id, p[1] == "back"))
+    return Split(forward, saved, bwd_nodes)

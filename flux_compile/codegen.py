@@ -9,9 +9,11 @@ read like the math.
 from __future__ import annotations
 
 import ast
+import inspect
 import math
 import os
 import re
+import sys
 
 import astor
 import numpy as np
@@ -19,7 +21,7 @@ import numpy as np
 from . import naming
 from ._version import __version__
 from .errors import Retrace
-from .ir import LEAF_OPS, Loc, Node, path_expr
+from .ir import LEAF_OPS, STATEMENT_OPS, Loc, Node, path_expr
 from .sourcecache import compile_source, unique_filename
 
 OPERATORS = {
@@ -33,7 +35,6 @@ COMPARISONS = {
 }
 UNARY = {np.negative: ast.USub, np.positive: ast.UAdd}
 ALWAYS_INLINE = LEAF_OPS
-STATEMENT_OPS = {"model", "accum", "model_back", "state", "guard"}
 MARK = re.compile(r"""^(\s*)(?:'|"|\"\"\")@@LOC (\d+)@@(?:'|"|\"\"\")\s*$""")
 
 
@@ -50,10 +51,9 @@ class Namespace:
     under a module name from ``names`` (a :class:`naming.ModuleNames`)."""
 
     def __init__(self, names=None):
-        import flux_compile
-        self.fc = flux_compile
+        self.fc = _package()
         self.names = names if names is not None else naming.ModuleNames()
-        self.objects = {"np": np, "fc": flux_compile, "Retrace": Retrace}
+        self.objects = {"np": np, "fc": self.fc, "Retrace": Retrace}
         self.by_id = {id(obj): name for name, obj in self.objects.items()}
 
     def name_of(self, obj):
@@ -93,6 +93,26 @@ class Namespace:
         if getattr(builtins, name, None) is obj:
             return name
         return None
+
+
+def _flags_as_keywords(fn, args):
+    """``(n, names)``: keep the first ``n`` arguments positional and pass the rest by the
+    parameter ``names``, so that a boolean flag reads ``keepdims=True``, never a bare
+    ``True``. Only Python functions whose parameters can be named are rewritten."""
+    first = next((i for i, a in enumerate(args) if a.op == "const" and isinstance(a.value, bool)), None)
+    if first is None or not inspect.isfunction(fn):
+        return len(args), []
+    params = list(inspect.signature(fn).parameters.values())[:len(args)]
+    if len(params) < len(args) or any(p.kind is not p.POSITIONAL_OR_KEYWORD for p in params[first:]):
+        return len(args), []
+    return first, [p.name for p in params[first:]]
+
+
+def _package():
+    """The ``flux_compile`` package the generated code calls ``fc``, without importing it:
+    a submodule is only ever imported after its package, so the package is loaded already
+    (importing it here would make the bottom of the pipeline depend on its top)."""
+    return sys.modules[__name__.rpartition(".")[0]]
 
 
 def _object_hint(obj):
@@ -170,8 +190,10 @@ class FunctionEmitter:
             return ast.Call(func=ast.Attribute(value=self.expr(args[0]), attr="astype", ctx=ast.Load()),
                             args=[self.expr(args[1])], keywords=[])
         func = self.ns.name_ast(fn)
-        return ast.Call(func=func, args=[self.expr(a) for a in args],
-                        keywords=[ast.keyword(arg=k, value=self.expr(v)) for k, v in n.kwargs.items()])
+        npos, names = _flags_as_keywords(fn, args)
+        return ast.Call(func=func, args=[self.expr(a) for a in args[:npos]],
+                        keywords=[ast.keyword(arg=k, value=self.expr(v)) for k, v in zip(names, args[npos:])]
+                        + [ast.keyword(arg=k, value=self.expr(v)) for k, v in n.kwargs.items()])
 
     def index(self, n):
         if n.op == "const":
@@ -237,6 +259,7 @@ class FunctionEmitter:
         for n in nodes:
             for a in n.inputs():
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
+        fed = naming.fed_variables(nodes)
         body = []
         for n in nodes:
             if n.op in ALWAYS_INLINE:
@@ -252,9 +275,9 @@ class FunctionEmitter:
                 self.inline.add(n.id)
                 continue
             if n.id not in self.names and (uses.get(n.id, 0) > 0 or n.id in keep or n.op == "model"):
-                self.names[n.id] = self.scope.fresh(_hint(n, self.names))
+                self.names[n.id] = self.scope.fresh(_hint(n, self.names, fed))
             if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
-                self.back_names[n.id] = self.scope.fresh(naming.pullback(self.names[n.id]))
+                self.back_names[n.id] = self.scope.fresh(naming.pullback(_model_hint(n)))
             body.extend(self.statement(n, uses, unused=uses.get(n.id, 0) == 0 and n.id not in keep))
         return body
 
@@ -293,7 +316,7 @@ class FunctionEmitter:
         value = self.expr_body(n)
         if name is None:
             if n.op == "model_back":       # its input gradient is not needed here
-                value.args.append(ast.Constant(False))
+                value.keywords.append(ast.keyword(arg="input_grads", value=ast.Constant(False)))
             out.append(ast.Expr(value=value))
         else:
             out.append(ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())], value=value))
@@ -319,22 +342,28 @@ class FunctionEmitter:
         return ast.Expr(value=ast.Constant(f"@@LOC {len(self.locs) - 1}@@"))
 
 
-def _hint(n, names=None):
-    """What to call node ``n``: the user's name, else one derived by :mod:`naming`."""
+def _hint(n, names=None, fed=None):
+    """What to call node ``n``: the user's name, else one derived by :mod:`naming` (an unnamed
+    value after the user variable it feeds, ``fed``: node id -> name)."""
     if n.name:
         return n.name
     if n.op == "getattr" and names and n.args[0].id in names:
         return naming.attribute(names[n.args[0].id], n.attr)
     if n.op == "model":
-        return naming.model_output(n.path[-1] if n.path else n.base)
+        return _model_hint(n)
     if n.op == "getattr" and n.args and n.args[0].name:
         return naming.attribute(n.args[0].name, n.attr)
     if n.op == "model_back":
         return naming.adjoint(None)
-    return naming.TEMP
+    return naming.temporary((fed or {}).get(n.id))
 
 
-def render(defs, locs, header):
+def _model_hint(n):
+    """A sub-model call's output hint from its attribute: ``self.fc2(h)`` -> ``fc2_out``."""
+    return naming.model_output(n.path[-1] if n.path else n.base)
+
+
+def render(defs, locs, header, home=None):
     """Module text from function ASTs; the ``@@LOC n@@`` markers become ``# line N: ...``
     comments. Returns the text and a map from generated line number to the user's Loc."""
     src = astor.to_source(ast.Module(body=list(defs), type_ignores=[]))
@@ -343,7 +372,7 @@ def render(defs, locs, header):
         m = MARK.match(line)
         if m:
             current = locs[int(m.group(2))]
-            out.append(f"{m.group(1)}# {describe_loc(current)}")
+            out.append(f"{m.group(1)}# {describe_loc(current, home)}")
             continue
         if line.startswith("def "):
             current = None
@@ -355,19 +384,70 @@ def render(defs, locs, header):
     return "\n".join(out) + "\n", linemap
 
 
-def describe_loc(loc):
-    """``line 9: h = np.tanh(x @ self.W + self.b)`` (long statements shortened)."""
+def describe_loc(loc, home=None):
+    """``line 9: h = np.tanh(x @ self.W + self.b)`` (long statements shortened); a line of
+    an inlined helper says whose it is: ``line 4 (in squash, util.py): return ...``.
+    ``home``: the qualified name of the compiled class or function, whose lines need no
+    such note."""
     text = loc.text if len(loc.text) <= 100 else loc.text[:97] + "..."
-    return f"line {loc.lineno}: {text}"
+    owner = getattr(loc, "owner", "") or ""
+    if home is None or not owner or owner in (home, home + ".forward"):
+        return f"line {loc.lineno}: {text}"
+    return f"line {loc.lineno} (in {owner.rpartition('<locals>.')[2]}, {basename(loc.filename)}): {text}"
 
 
 def build_module(label, funcs, ns):
     """Compile a :class:`FuncSet`; returns (source, namespace, linemap, filename)."""
     header = f"# generated by flux_compile {__version__} for {label}; do not edit\n"
-    source, linemap = render(funcs.defs, funcs.locs, header)
+    imports = import_lines(ns.objects, _names_read(funcs.defs))
+    if imports:
+        header += "".join(line + "\n" for line in imports)
+    source, linemap = render(funcs.defs, funcs.locs, header, home=label)
     filename = unique_filename(label)
     namespace = compile_source(source, filename, dict(ns.objects))
     return source, namespace, linemap, filename
+
+
+def _names_read(defs):
+    """Every name the functions read (the module globals among them are what they need)."""
+    return {n.id for d in defs for n in ast.walk(d) if isinstance(n, ast.Name)}
+
+
+def import_lines(objects, used):
+    """The lines that bind the module names ``used`` reads, so the shown source runs as
+    shown: ``import numpy as np``, ``from flux_compile.rules.helpers import sum_grad``.
+    A value with no import path (an array, a user's closure) is named in a comment."""
+    lines, froms, bound = [], {}, []
+    for name in sorted(used & set(objects)):
+        obj = objects[name]
+        if obj is np:
+            lines.append("import numpy as np" if name == "np" else f"import numpy as {name}")
+        elif obj is _package():
+            lines.append(f"import flux_compile as {name}")
+        elif _library_path(obj) is not None:
+            module, qualname = _library_path(obj)
+            froms.setdefault(module, []).append(qualname if qualname == name else f"{qualname} as {name}")
+        elif _is_builtin(obj, name):
+            continue
+        else:
+            bound.append(f"{name} ({type(obj).__name__})")
+    lines += [f"from {module} import {', '.join(names)}" for module, names in sorted(froms.items())]
+    if bound:
+        lines.append(f"# bound by flux_compile when compiled: {', '.join(bound)}")
+    return lines
+
+
+def _library_path(obj):
+    """``(module, name)`` of a flux_compile function or class importable by that name."""
+    module, name = getattr(obj, "__module__", None), getattr(obj, "__name__", None)
+    if not isinstance(module, str) or not isinstance(name, str) or not module.startswith("flux_compile"):
+        return None
+    return (module, name) if getattr(sys.modules.get(module), name, None) is obj else None
+
+
+def _is_builtin(obj, name):
+    import builtins
+    return getattr(builtins, name, None) is obj
 
 
 class FuncSet:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import codegen, naming, passes, pytree
 from ._version import __version__
-from .autodiff import differentiate
+from .autodiff import differentiate, split
 from .errors import CompileError, ModelError, model_error_type
 from .frontend import (Builder, Context, IdentityTable, ModelRef, Seq, Static, attr_token, get_source,
                        structured)
@@ -327,7 +327,7 @@ def build(label, owner, fn, selfval, input_specs, state_factory=None, generic_cl
     joint = differentiate(train_g, traced=ctx2)
     r2 = passes.optimize(train_g)
     joint.resolved_grads = [r2(x) if x is not None else None for x in joint.input_grads]
-    sp = passes.split(joint, r2)
+    sp = split(joint, r2)
     ctx3 = joint.ctx
     free_paths = list(dict.fromkeys(list(ctx1.free) + list(ctx2.free) + list(ctx3.free)))
     free_names = {**ctx1.free_names, **ctx2.free_names, **ctx3.free_names}

@@ -48,7 +48,10 @@ Invariants (tests/test_naming.py checks them on hostile programs)
    (``dy``; ``dy0``, ``dy1`` for several outputs), :func:`output` (``y``,
    ``y1``...), :func:`model_output` (``first_out``, ``layer0_out``),
    :func:`pullback` (``first_out`` -> ``first_back``), :func:`attribute`
-   (``x_shape``), :func:`part` (``dz_0``), :data:`TEMP` (``t``).
+   (``x_shape``), :func:`part` (``dz_0``), :func:`temporary` (``t_h``: an unnamed
+   value feeding ``h``, see :func:`fed_variables`), :func:`partial` (``dh_part``: one
+   contribution to ``dh``), :data:`TEMP` (``t``). An unnamed value's adjoint is the
+   adjoint of its hint (``dfc1_out``, ``dt_h``).
    They are hints: invariants 1-4 still decide the final name.
 
 >>> module = ModuleNames()
@@ -85,6 +88,34 @@ def identifier(hint):
 def adjoint(hint):
     """The adjoint's hint: ``d`` + the value's hint (Tangent's convention); ``dz`` if unnamed."""
     return "d" + hint if hint else "dz"
+
+
+def temporary(fed):
+    """Hint of an unnamed value that feeds the user's variable ``fed``: ``t_h`` (``t`` when it
+    feeds none)."""
+    return f"{TEMP}_{fed}" if fed else TEMP
+
+
+def partial(adjoint_hint):
+    """Hint of one contribution to an adjoint that is summed from several: ``dh_part``."""
+    return f"{adjoint_hint}_part"
+
+
+def fed_variables(nodes):
+    """``{node id: name}``: for each unnamed node of ``nodes`` (in program order), the name
+    of the variable it feeds, through other unnamed nodes; the earliest consumer decides.
+    Variables are the user's (``h``) and adjoints (``dh``), not names the compiler made up
+    for anything else (``meta["anon"]``: an output's ``y``, a partial's ``dh_part``)."""
+    fed = {}
+    for n in reversed(nodes):
+        named = n.name and (not n.meta.get("anon") or n.meta.get("adjoint"))
+        mine = n.name if named else fed.get(n.id)
+        if mine is None:
+            continue
+        for a in n.inputs():
+            if not a.name:
+                fed[a.id] = mine
+    return fed
 
 
 def part(hint, i):

@@ -1,17 +1,16 @@
-"""Graph passes: algebraic simplification, constant folding, CSE, DCE and the forward/backward split.
+"""Graph passes: algebraic simplification, CSE, shape classes, slices to concatenate, liveness.
 
-Each pass rewrites the graph in place and keeps SSA order.
+Each pass rewrites the graph in place and keeps SSA order. (The split of the joint graph
+into training forward, saved values and backward is autodiff's: :func:`autodiff.split`.)
 """
 from __future__ import annotations
 
 import numpy as np
 
 from . import rules
-from .ir import LEAF_OPS, Node, is_leaf, is_reread
+from .ir import PURE_OPS, Node, is_leaf
 
-PURE_OPS = {"call", "getattr", "item", "pack", "const", "param", "attr"}
 IMPURE_FN_MODULES = ("numpy.random",)
-METADATA_ATTRS = {"shape", "ndim", "dtype", "size"}
 
 
 def rewrite(graph, visit):
@@ -77,10 +76,19 @@ def simplify(graph):
                 new = a
         elif n.op == "call" and n.fn is helpers.identity and len(n.args) == 1:
             new = n.args[0]
-        if new is not None and n.name and not new.name and not is_leaf(new):
-            new.name = n.name
+        _keep_name(n, new)
         return new
     return rewrite(graph, visit)
+
+
+def _keep_name(old, new):
+    """A value replaced by an unnamed one lends it the user's name (``dprobs`` stays ``dprobs``)."""
+    if new is None or not old.name or is_leaf(new):
+        return
+    if not new.name or (new.meta.get("weak") and not old.meta.get("weak")):
+        new.name = old.name
+        for flag in ("anon", "adjoint", "weak"):
+            new.meta[flag] = old.meta.get(flag, False)
 
 
 def _const_key(v):
@@ -122,74 +130,196 @@ def live(nodes_roots):
     return out
 
 
+class ShapeClasses:
+    """Which values certainly share one run-time shape, without knowing it.
+
+    A value's class is its inferred shape when every dimension is known (an int or a
+    symbolic size), else derived from how it was made: an elementwise ufunc of values of
+    one class (and Python scalars) is of that class; a shape-keeping function of its first
+    argument; a kernel that builds an array of ``x.shape`` (``sum_grad``, ``unbroadcast``...)
+    of ``x``'s class; a sub-model's input gradient of its input's class. Anything else is
+    a class of its own."""
+
+    def __init__(self):
+        self.key = {}
+
+    def of(self, n):
+        return self.key.get(n.id, ("node", n.id))
+
+    def visit(self, n):
+        self.key[n.id] = self._derive(n)
+
+    def _derive(self, n):
+        static = _static_key(n.meta.get("shape"))
+        if static is not None:
+            return static
+        if n.op == "model_back" and len(n.meta["model"].args) == 1:
+            return self.of(n.meta["model"].args[0])
+        if n.op == "item" and n.args[0].op == "model_back":
+            model = n.args[0].meta["model"]
+            return self.of(model.args[n.index]) if n.index < len(model.args) else ("node", n.id)
+        if n.op != "call":
+            return ("node", n.id)
+        from .rules import helpers
+        if n.fn in _SHAPED_BY and len(n.args) > _SHAPED_BY[n.fn] \
+                and _shape_source(n.args[_SHAPED_BY[n.fn]]) is not None:
+            return self.of(_shape_source(n.args[_SHAPED_BY[n.fn]]))
+        if not n.args or n.kwargs.keys() - {"dtype"}:
+            return ("node", n.id)
+        if n.fn in (np.real, np.imag, helpers.identity) and len(n.args) == 1:
+            return self.of(n.args[0])
+        if isinstance(n.fn, np.ufunc) and n.fn.nout == 1 and n.fn.nin == len(n.args):
+            arrays = {self.of(a) for a in n.args if not _is_scalar(a)}
+            if len(arrays) == 1:
+                return arrays.pop()
+        return ("node", n.id)
+
+
+def _static_key(shape):
+    """A hashable key for a shape whose every dimension is known (int or symbolic)."""
+    from .shapeinfer import Sym, find
+    if not isinstance(shape, tuple):
+        return None
+    dims = [find(d) for d in shape]
+    if not all(isinstance(d, int) or isinstance(d, Sym) for d in dims):
+        return None
+    return ("shape",) + tuple(d if isinstance(d, int) else ("sym", id(d)) for d in dims)
+
+
+def _is_scalar(n):
+    """A Python number or NumPy scalar constant, or a value inferred 0-d."""
+    if n.op == "const":
+        return isinstance(n.value, (bool, int, float, complex, np.generic))
+    return n.meta.get("shape") == ()
+
+
+def _shape_source(n):
+    """``x`` when ``n`` is ``x.shape``, else None."""
+    return n.args[0] if n.op == "getattr" and n.attr == "shape" else None
+
+
+def _shaped_by():
+    """Kernels whose result has the shape passed as argument ``i``: {kernel: i}."""
+    from .rules import helpers
+    return {helpers.sum_grad: 1, helpers.unbroadcast: 1, helpers.getitem_grad: 1,
+            helpers.matmul_grad_a: 1, helpers.matmul_grad_b: 2}
+
+
+_SHAPED_BY = _shaped_by()
+
+
+def same_shapes(graph):
+    """Drop what shape equality makes redundant: ``unbroadcast(g, x.shape)`` when ``g`` is of
+    ``x``'s shape class is ``g``; ``y.shape`` when an earlier ``x.shape`` has the same class
+    is that one (so the training forward saves one shape per class, not one per value)."""
+    from .rules import helpers
+    classes, first_shape = ShapeClasses(), {}
+
+    def visit(n):
+        classes.visit(n)
+        if n.op == "call" and n.fn is helpers.unbroadcast and len(n.args) == 2 and not n.kwargs:
+            x = _shape_source(n.args[1])
+            if x is not None and classes.of(n.args[0]) == classes.of(x):
+                _keep_name(n, n.args[0])
+                return n.args[0]
+        if _shape_source(n) is not None:
+            return first_shape.setdefault(classes.of(n.args[0]), n)
+        return None
+    return rewrite(graph, visit)
+
+
+def slices_to_concatenate(graph):
+    """A sum of ``getitem_grad(g_i, shape, index_i)`` whose slices tile one axis of ``shape``
+    exactly (the adjoint of ``z[:, :n]``, ``z[:, n:2n]``, ...) is one ``np.concatenate`` of the
+    ``g_i``, not zero-filled arrays added up."""
+    inserts = []
+
+    def visit(n):
+        if not (n.op == "call" and n.fn is np.add and len(n.args) == 2 and not n.kwargs):
+            return None
+        joined = _concatenate_tiles(_summands(n))
+        if joined is None:
+            return None
+        for node in joined:
+            node.loc = n.loc
+        inserts.append((n, joined))
+        _keep_name(n, joined[-1])
+        return joined[-1]
+    resolve = rewrite(graph, visit)
+    for before, new in inserts:
+        at = graph.nodes.index(before)
+        for node in new:
+            node.id = max(m.id for m in graph.nodes) + 1
+            graph.nodes.insert(at, node)
+            at += 1
+    return resolve
+
+
+def _summands(n):
+    """The terms of a tree of ``np.add`` calls."""
+    if n.op == "call" and n.fn is np.add and len(n.args) == 2 and not n.kwargs:
+        return _summands(n.args[0]) + _summands(n.args[1])
+    return [n]
+
+
+def _concatenate_tiles(parts):
+    """``[pack, axis, concatenate]`` nodes joining ``parts`` when they tile one axis, else None."""
+    from .rules.helpers import getitem_grad
+    pieces = []
+    for p in parts:
+        if p.op != "call" or p.fn is not getitem_grad or len(p.args) != 3 or p.kwargs \
+                or p.args[2].op != "const":
+            return None
+        index = p.args[2].value
+        index = index if isinstance(index, tuple) else (index,)
+        axes = [i for i, s in enumerate(index) if s != slice(None)]
+        if len(axes) != 1 or not isinstance(index[axes[0]], slice) or index[axes[0]].step not in (None, 1):
+            return None
+        pieces.append((axes[0], index[axes[0]], p))
+    axis = pieces[0][0]
+    n = _static_dim(parts[0].args[1], axis)
+    if any(a != axis for a, _, _ in pieces) or not isinstance(n, int) \
+            or any(_static_dim(p.args[1], axis) != n for p in parts) \
+            or len({_rank(p.args[1]) for p in parts}) != 1:
+        return None
+    spans = sorted(((range(n)[s].start if len(range(n)[s]) else 0, len(range(n)[s]), p) for _, s, p in pieces),
+                   key=lambda span: (span[0], span[1], span[2].id))   # Nodes have no order: tie by id
+    at = 0
+    for start, length, _ in spans:
+        if start != at or length == 0:
+            return None
+        at += length
+    if at != n:
+        return None
+    items = [p.args[0] for _, _, p in spans]
+    pack = Node("pack", items, diff=True, arity=len(items))
+    axis_node = Node("const", value=axis)
+    return [pack, axis_node, Node("call", (pack,), {"axis": axis_node}, fn=np.concatenate, diff=True)]
+
+
+def _rank(shape):
+    """Length of a shape given as a constant tuple or a pack of dims, else None."""
+    if shape.op == "const" and isinstance(shape.value, tuple):
+        return len(shape.value)
+    return len(shape.args) if shape.op == "pack" else None
+
+
+def _static_dim(shape, axis):
+    """The size along ``axis`` when it is a compile-time int, else None."""
+    if shape.op == "const" and isinstance(shape.value, tuple) and axis < len(shape.value):
+        return shape.value[axis]
+    if shape.op == "pack" and axis < len(shape.args) and shape.args[axis].op == "const":
+        return shape.args[axis].value
+    return None
+
+
 def optimize(graph):
-    """The standard pipeline: simplify, then CSE (which may expose more), then simplify again."""
-    r1 = simplify(graph)
-    r2 = cse(graph)
-    r3 = simplify(graph)
-    return lambda n: r3(r2(r1(n))) if n is not None else None
+    """The standard pipeline: simplify, then CSE (which may expose more), slices to
+    concatenate, shape classes, then simplify again. Returns the resolver old -> new node."""
+    steps = [simplify(graph), cse(graph), slices_to_concatenate(graph), same_shapes(graph), simplify(graph)]
 
-
-class Split:
-    """Which joint-graph nodes each generated function computes."""
-
-    def __init__(self, forward, saved, backward):
-        self.forward = forward      # nodes of the training forward, in order
-        self.saved = saved          # (node, "value" | "back") pairs the forward hands to the backward
-        self.backward = backward    # nodes of the backward, in order
-
-
-FREE_OPS = LEAF_OPS
-
-
-def split(joint, resolve):
-    """Partition the joint graph into training forward, saved values and backward.
-
-    Backward-phase nodes that depend only on forward values run in the backward
-    (recomputed from what is saved) except metadata (``x.shape``), which the
-    forward computes and saves so ``x`` itself need not be kept.
-    """
-    g = joint.graph
-    nf = joint.n_forward
-    outs = [resolve(o) for o in g.outputs]
-    grads = [resolve(x) if x is not None else None for x in joint.input_grads]
-    effects = [n for n in g.nodes[nf:] if n.op in ("accum", "model_back")]
-    bwd_live = live([x for x in grads if x is not None] + effects)
-    dep_seed = set()
-    for n in g.nodes:
-        if n.op == "seed" or any(a.id in dep_seed for a in n.inputs()):
-            dep_seed.add(n.id)
-    in_forward = set()
-    for n in g.nodes:
-        if n.op == "input":         # an array a derivative rule reads at run time is an input too
-            in_forward.add(n.id)
-        elif n.id >= nf:
-            if n.id not in dep_seed and n.op == "getattr" and n.attr in METADATA_ATTRS \
-                    and n.args[0].op not in FREE_OPS:
-                in_forward.add(n.id)
-            elif n.id not in dep_seed and n.op == "item" and n.args[0].id in in_forward:
-                in_forward.add(n.id)
-        elif n.op not in ("seed",):
-            in_forward.add(n.id)
-    states = [n for n in g.nodes[:nf] if n.op in ("state", "guard")]
-    # values the backward reads from the forward
-    bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != "seed"]
-    saved, seen = [], set()
-
-    def save(a, kind):
-        if a.id in in_forward and not is_reread(a) and (a.id, kind) not in seen:
-            seen.add((a.id, kind))
-            saved.append((a, kind))
-
-    for n in bwd_nodes:
-        for a in n.inputs():
-            save(a, "value")
-        if n.op == "model_back":
-            save(n.meta["model"], "back")
-    for x in grads:
-        if x is not None:
-            save(x, "value")
-    fwd_live = live(outs + [a for a, _ in saved] + states)
-    forward = [n for n in g.nodes if n.id in in_forward and n.id in fwd_live]
-    saved.sort(key=lambda p: (p[0].id, p[1] == "back"))
-    return Split(forward, saved, bwd_nodes)
+    def resolve(n):
+        for step in steps:
+            n = step(n) if n is not None else None
+        return n
+    return resolve
