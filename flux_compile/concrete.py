@@ -64,7 +64,7 @@ class Concrete:
             if op == "item":
                 return args[0][n.index]
             if op == "model":
-                from .recurrent import restore_states, snapshot_states
+                from .params import restore_states, snapshot_states
                 target = get_path(self._base(n.base), n.path)
                 if not is_model(target):
                     return target(*args)

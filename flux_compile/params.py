@@ -205,3 +205,29 @@ def cast(m, dtype):
         p.value = p.value.astype(dtype)
         p.grad = p.grad.astype(dtype)
     return m
+
+
+# ------------------------------------------------------------------------------
+# recurrent state kept on a model (see runstate.py): saved and put back around a trial run
+
+STATE_KEYS = ("_fc_state", "_fc_link", "_fc_batch")      # the state, its backprop link, its batch
+
+
+def snapshot_states(m):
+    """The recurrent state of every model in the tree of ``m``, to restore later."""
+    if not is_model(m):
+        return []
+    return [(x, dict(x.__dict__["_fc_state"]) if "_fc_state" in x.__dict__ else None,
+             x.__dict__.get("_fc_link"), x.__dict__.get("_fc_batch")) for x in submodels(m)]
+
+
+def restore_states(snapshot):
+    """Put back the state ``snapshot_states`` saved (a model without state then has none)."""
+    for x, st, link, batch in snapshot:
+        if st is None:
+            for key in STATE_KEYS:
+                x.__dict__.pop(key, None)
+        else:
+            x.__dict__["_fc_state"] = dict(st)
+            x.__dict__["_fc_link"] = link
+            x.__dict__["_fc_batch"] = batch
