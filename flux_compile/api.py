@@ -39,7 +39,7 @@ def source(m_or_cls, which="backward", args=None):
     if which == "update":
         if isinstance(m_or_cls, type):
             raise TypeError("the update step is generated per model instance: pass an instance")
-        from .optim import update_source
+        from .updatestep import update_source
         return SourceText(update_source(m_or_cls))
     c = _compiled(m_or_cls, args)
     if c.guarded and args is not None and not is_model(m_or_cls):
@@ -47,7 +47,7 @@ def source(m_or_cls, which="backward", args=None):
     if which == "all":
         text = c.source
         if not isinstance(m_or_cls, type) and is_model(m_or_cls):
-            from .optim import update_source
+            from .updatestep import update_source
             text = text.rstrip("\n") + "\n\n" + update_source(m_or_cls)
         return SourceText(text)
     text = c.sections[which]
@@ -206,7 +206,7 @@ def _arg_grad(a, g, cap):
 
 def update(m, grads, fn):
     """Apply ``fn(value, grad) -> new value`` to every field path in ``grads`` (Yota's ``update!``)."""
-    from .optim import update_with
+    from .updatestep import update_with
     return update_with(m, grads, fn)
 
 

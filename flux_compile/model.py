@@ -175,7 +175,7 @@ class Model:
 
     def update(self, opt=0.1):
         """Flux's ``update!``: one optimiser step (a number is an SGD learning rate), then zero grads."""
-        from .optim import apply_update
+        from .updatestep import apply_update
         with GRAD_LOCK:
             refuse_if_held(self, "update()")
             apply_update(self, opt)

@@ -19,7 +19,7 @@ LAYERS = {
           rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete""",
     2: "frontend autodiff forward passes codegen emitters statehooks",
     3: "compiler compiled",
-    4: "cache diskcache diskguards runstate readonly",
+    4: "cache diskcache diskguards runstate readonly updatestep",
     5: "model api display",
     6: """layers rnn sequences recurrent optim train data io losses init gradcheck
           distributed datasets transforms backends""",
@@ -30,8 +30,8 @@ LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names.spl
 # Known debt: (importer, imported) pairs that break the table today. The list
 # only shrinks; the architecture issue is done when it is empty.
 KNOWN_VIOLATIONS = {
-    ("api", "optim"), ("codegen", "flux_compile"),
-    ("ir", "display"), ("model", "optim"),
+    ("codegen", "flux_compile"),
+    ("ir", "display"),
     ("train", "flux_compile"),
     # the tables import the registry through the package that imports them
     ("rules.elementwise", "rules"), ("rules.linalg", "rules"), ("rules.nn", "rules"),
