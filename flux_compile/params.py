@@ -123,10 +123,12 @@ def cycle_error(root, path, ancestors):
         f"which flux_compile does not walk.")
 
 
-def walk(m):
+def walk(m, arrays=False, containers=None):
     """Every model and Param in the tree of ``m`` as ``(field_path, obj)``: depth first, in
     field order, through lists, tuples and dicts, each object once (under its first path), ``m``
     first. A model that contains itself raises :class:`ModelCycleError` naming the path.
+    With ``arrays`` plain arrays (constants such as masks) come too; a ``containers`` list
+    receives the path of every list and dict met (they change without an attribute set).
 
     >>> import flux_compile as fc
     >>> [path for path, _ in walk(fc.Chain(fc.Affine(2, 3)))]
@@ -135,23 +137,27 @@ def walk(m):
     seen, ancestors = set(), {}
 
     def visit(obj, path):
-        if isinstance(obj, Param) or is_model(obj):
+        if isinstance(obj, Param) or is_model(obj) or arrays and isinstance(obj, np.ndarray):
             if is_model(obj) and id(obj) in ancestors:
                 raise cycle_error(m, path, ancestors)
             if id(obj) in seen:
                 return
             seen.add(id(obj))
             yield path, obj
-            if isinstance(obj, Param):
+            if not is_model(obj):
                 return
             ancestors[id(obj)] = path
             for name, value in children(obj):
                 yield from visit(value, path + (name,))
             del ancestors[id(obj)]
         elif isinstance(obj, (list, tuple)):
+            if containers is not None and isinstance(obj, list):
+                containers.append(path)
             for i, value in enumerate(obj):
                 yield from visit(value, path + (i,))
         elif isinstance(obj, dict):
+            if containers is not None:
+                containers.append(path)
             for k, value in obj.items():
                 yield from visit(value, path + (k,))
 
