@@ -351,6 +351,8 @@ def canonical(obj):
 
 def _disk_leaf(obj):
     """The disk policy's token of a value outside the constant vocabulary."""
+    if isinstance(obj, (bool, int, float, str, bytes, complex)):    # a subclass: an IntEnum member
+        return ("scalar", type(obj).__module__, type(obj).__qualname__, repr(obj))
     if isinstance(obj, set):
         return ("set",) + tuple(sorted((token(v, False, _disk_leaf) for v in obj), key=repr))
     if isinstance(obj, TreeDef):
