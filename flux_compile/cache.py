@@ -20,7 +20,7 @@ import numpy as np
 from . import pytree
 from .compiled import Compiled
 from .compiler import FORWARD_PATH, build_function, build_model, forward_inputs, function_specs, input_key, \
-    source_hash
+    source_hash, trace_function
 from .errors import CompileError
 from .frontend import IdentityTable, attr_token, get_source
 from .guards import compile_reader
@@ -309,6 +309,28 @@ def _compile_function(fn, args, cache, fresh=False, fast=None):
             _link_alternative(new, c)
         c = new
         cache.add(key, c)
+    return c
+
+
+def compile_transform(fn, args, kind, make, fresh=False):
+    """The cached ``kind`` variant (``"jvp"``, ...) of the plain function ``fn`` for these
+    argument kinds, or a new one: ``make(label, graph, arity, ctx, specs)`` returns the
+    :class:`Compiled` made from the traced inference graph, with its guards and run-time reads
+    from the trace (``ctx.baked``, ``ctx.free``), as ``fc.grad``'s."""
+    specs = function_specs(fn, args, f"fc.{kind}")
+    cache = _function_cache(fn)
+    fast = _fast_key(args)
+    from .rules import GENERATION
+    key = (kind, fast) if fast is not None else (kind, tuple(_spec_token(s) for s in specs), GENERATION[0])
+    old = cache.find(key, fn, args)
+    if old is not None and not fresh:
+        return old
+    get_source(fn)
+    label = f"{kind} of {fn.__qualname__}"
+    c = make(label, *trace_function(label, fn, args, f"fc.{kind}"))
+    if old is not None:
+        _link_alternative(c, old)
+    cache.add(key, c)
     return c
 
 

@@ -40,8 +40,8 @@ def sections(source):
 class Compiled:
     """Generated functions of one model class (or function) for one structure.
 
-    ``namespace`` is the executed module (it holds ``forward``, ``forward_train``,
-    ``backward`` and ``backward_params``); ``source`` its text, ``filename`` the name it
+    ``namespace`` is the executed module (it holds ``forward`` and, for a model or
+    ``fc.grad``, ``forward_train``, ``backward`` and ``backward_params``); ``source`` its text, ``filename`` the name it
     was compiled under and ``linemap`` its line -> user statement map."""
 
     def __init__(self, label, owner, namespace, source, filename, *, linemap=None, n_outputs=None,
@@ -51,9 +51,9 @@ class Compiled:
         self.label = label
         self.owner = owner
         self.forward = namespace["forward"]
-        self.forward_train = namespace["forward_train"]
-        self.backward = namespace["backward"]
-        self.backward_params = namespace["backward_params"]   # the backward without input gradients
+        self.forward_train = namespace.get("forward_train")   # a transform's module (fc.jvp) has
+        self.backward = namespace.get("backward")             # only the function it is for
+        self.backward_params = namespace.get("backward_params")   # the backward without input gradients
         self.source = source
         self.sections = sections(source)
         self.filename = filename

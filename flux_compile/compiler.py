@@ -292,10 +292,19 @@ def build_function(fn, args, arity_of=None):
     return new
 
 
-def function_specs(fn, args):
+def trace_function(label, fn, args, who="fc.grad"):
+    """The inference graph of the plain function ``fn`` for these arguments, for a transform
+    that derives its own code from it (``fc.jvp``): ``(graph, arity, ctx, specs)``."""
+    specs = function_specs(fn, args, who)
+    graph, arity, ctx = _trace(label, fn, None, specs, False, values=flat_inputs(specs, args))
+    return graph, arity, ctx, specs
+
+
+def function_specs(fn, args, who="fc.grad"):
     """One spec per argument of ``fn``; a clear error for a call it cannot take."""
     if not isinstance(fn, types.FunctionType):
-        raise TypeError(f"fc.grad needs a Python function or a @net model, got {type(fn).__name__}")
+        what = "a Python function or a @net model" if who == "fc.grad" else "a Python function"
+        raise TypeError(f"{who} needs {what}, got {type(fn).__name__}")
     try:
         sig = inspect.signature(fn)
         names = [p.name for p in sig.parameters.values()

@@ -412,3 +412,40 @@ def test_module_and_class_sizes(name):
         if isinstance(node, ast.ClassDef):
             size = node.end_lineno - node.lineno + 1
             assert size <= 300, f"{name}.{node.name} has {size} lines"
+
+
+# ------------------------------------------------------------------------------
+# the hook for transforms (fc.jvp): trace, make one Compiled, cache it like fc.grad's
+
+
+def _interpreting(label, graph, arity, ctx, specs):
+    """A transform that runs the traced graph itself (its 'generated code' is the interpreter)."""
+    from flux_compile.interp import run_graph
+
+    def forward(*xs):
+        values = run_graph(graph, None, xs)
+        return values[graph.outputs[0].id]
+    c = compiled.Compiled(label, label, {"forward": forward}, "def forward(*xs):\n    ...\n", label,
+                          n_outputs=arity, graph=graph, deps=ctx.deps, guarded=ctx.guards > 0)
+    c.set_guards(ctx.baked, ctx.free)
+    return c
+
+
+def test_compile_transform_caches_and_guards_like_grad():
+    scale = {"k": 3}
+
+    def f(x):
+        return np.sin(x) * scale["k"]
+    x = np.linspace(-1.0, 1.0, 5)
+    c = cache.compile_transform(f, (x,), "probe", _interpreting)
+    assert cache.compile_transform(f, (x,), "probe", _interpreting) is c
+    np.testing.assert_allclose(c.forward(x, *c.read_free(f, (x,))), np.sin(x) * 3)
+    assert c.backward is None and c.label == "probe of " + f.__qualname__
+    scale["k"] = 5                       # a baked constant changed: the guard sends it to a new build
+    assert not c.current(f, (x,))
+    c2 = cache.compile_transform(f, (x,), "probe", _interpreting)
+    assert c2 is not c and c2 in c2.alternatives
+    np.testing.assert_allclose(c2.forward(x, *c2.read_free(f, (x,))), np.sin(x) * 5)
+    assert cache.compile_function(f, (x,)) is not c2       # another kind: another key
+    with pytest.raises(TypeError, match="fc.probe needs a Python function"):
+        cache.compile_transform(np.sin, (x,), "probe", _interpreting)
