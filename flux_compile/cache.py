@@ -29,6 +29,9 @@ from .statehooks import state_names
 from .tokens import freeze
 
 
+# ------------------------------------------------------------------------------
+# the in-memory caches: bounded, and never keeping alive what the user dropped
+
 MAX_VARIANTS = 32       # per model class or per function; the least recently used go first
 
 
@@ -89,6 +92,9 @@ def _link_alternative(new, old):
     new.alternatives.insert(0, new)
     del new.alternatives[MAX_VARIANTS:]
 
+
+# ------------------------------------------------------------------------------
+# models
 
 def model_signature(m):
     return tuple((k, attr_token(v)) for k, v in vars(m).items() if not k.startswith("_"))
@@ -162,6 +168,9 @@ def _remember(inst, ikey, c):
         d["_fc_last"] = ikey
     return c
 
+
+# ------------------------------------------------------------------------------
+# the disk cache (FLUX_COMPILE_CACHE_DIR): diskcache.py stores, diskguards.py encodes the guards
 
 def _from_disk(cls, key, make, root):
     """The compiled model from FLUX_COMPILE_CACHE_DIR when valid and its guards hold for
@@ -333,6 +342,9 @@ def compile_transform(fn, args, kind, make, fresh=False):
     cache.add(key, c)
     return c
 
+
+# ------------------------------------------------------------------------------
+# running a guarded variant
 
 def run_guarded(c, call, recompile, root=None, args=()):
     """``call(c)``; when a guard fails, try the other variants (those still valid for ``root``:
