@@ -11,16 +11,17 @@ user                   ``ordered``  ``other`` (a value outside the vocabulary)
 =====================  ===========  =================================================
 ``value_token``        True         ``not_constant``: None (guards: "not a constant")
 (guards, frontend)
-``freeze``             False        ``by_identity``: ``(type, value)`` when hashable,
+``freeze``             True         ``by_identity``: ``(type, value)`` when hashable,
 (in-memory cache keys)              else :data:`UNEQUAL` parts (never reused)
 ``diskcache.canonical``False        a digest of arrays, functions and classes; raises
 (disk cache keys)                   ``Uncacheable`` for the rest
 =====================  ===========  =================================================
 
-``ordered=False`` makes dicts and frozensets equal whatever their insertion order
-(a key: the guards check the order where the code depends on it). Floats are
-compared by ``repr`` everywhere, so ``-0.0`` and ``0.0`` differ and ``nan`` equals
-``nan``.
+``ordered=False`` makes dicts and frozensets equal whatever their insertion order: the
+disk key, whose entry carries guards on the order where the code depends on it. The
+in-memory key keeps the order, as the guards do: ``for k in d`` over a dict argument of
+``fc.grad`` is unrolled in that order, and no guard checks a key's own parts. Floats are
+compared by ``repr`` everywhere, so ``-0.0`` and ``0.0`` differ and ``nan`` equals ``nan``.
 
 >>> token({"b": 1, "a": 2}) == token({"a": 2, "b": 1})
 False
@@ -28,6 +29,8 @@ False
 True
 >>> value_token(object()) is None, freeze(-0.0) == freeze(0.0), freeze(float("nan")) == freeze(float("nan"))
 (True, False, True)
+>>> freeze({"b": 1, "a": 2}) == freeze({"a": 2, "b": 1})
+False
 """
 from __future__ import annotations
 
@@ -100,6 +103,6 @@ def value_token(v):
 
 def freeze(obj):
     """A hashable stand-in for a compile-time constant in an in-memory cache key: equal
-    exactly when the values are (dicts in any order); never equal when it holds an
+    exactly when the values are (dicts in the same order); never equal when it holds an
     unhashable object."""
-    return token(obj, ordered=False, other=by_identity)
+    return token(obj, other=by_identity)

@@ -253,6 +253,10 @@ def _signed_zero_differs(a, b):
     return repr(a).replace("-0.0", "0.0") == repr(b).replace("-0.0", "0.0") and repr(a) != repr(b)
 
 
+def _dict_order_differs(a, b):
+    return type(a) is dict and type(b) is dict and a == b and list(a) != list(b)
+
+
 def test_value_token_is_unchanged_exactly():
     for v in hostile_values():
         assert value_token(v) == old_value_token(v), v
@@ -264,11 +268,11 @@ def test_freeze_equates_what_it_did_and_now_tells_signed_zeros_apart():
     for a in values:
         for b in values:
             new, old = tokens.freeze(a) == tokens.freeze(b), old_freeze(a) == old_freeze(b)
-            if new != old:      # signed zeros now differ; equal slices (unhashable) now agree
-                assert old and not new and _signed_zero_differs(a, b) or \
+            if new != old:      # signed zeros and dict orders now differ; equal slices now agree
+                assert old and not new and (_signed_zero_differs(a, b) or _dict_order_differs(a, b)) or \
                     new and not old and type(a) is slice and a == b, (a, b)
     assert tokens.freeze((0.0, 1)) != tokens.freeze((-0.0, 1))
-    assert tokens.freeze({"a": 1, "b": 2}) == tokens.freeze({"b": 2, "a": 1})
+    assert tokens.freeze({"a": 1, "b": 2}) != tokens.freeze({"b": 2, "a": 1})
     assert tokens.freeze([ARRAY]) != tokens.freeze([ARRAY])
     for v in values:
         hash(tokens.freeze(v))
@@ -449,3 +453,29 @@ def test_compile_transform_caches_and_guards_like_grad():
     assert cache.compile_function(f, (x,)) is not c2       # another kind: another key
     with pytest.raises(TypeError, match="fc.probe needs a Python function"):
         cache.compile_transform(np.sin, (x,), "probe", _interpreting)
+
+
+def test_a_dict_argument_in_another_order_is_another_compile():
+    """Was a bug: the key sorted a dict argument, so ``for k in d`` ran in the first call's order."""
+    def weighted(x, d):
+        out = 0.0
+        for k in d:
+            out = out * 2.0 + np.sum(x * d[k])
+        return out
+    x = np.random.default_rng(4).normal(size=3)
+    for d in ({"a": 3, "b": -2}, {"b": -2, "a": 3}, {"a": 3, "b": -2}):     # ints: a constant argument
+        value, (grad, _) = fc.grad(weighted, x, d)
+        weights = list(d.values())
+        expected = weights[0] * 2.0 + weights[1]
+        np.testing.assert_allclose(value, expected * x.sum())
+        np.testing.assert_allclose(grad, np.full(3, expected))
+
+
+def test_a_signed_zero_in_a_constant_argument_is_kept():
+    def f(x, c):
+        return np.sum(x * np.arctan2(c[1], -1.0))
+    x = np.ones(3)
+    for c in ((1, 0.0), (1, -0.0), (1, 0.0)):
+        value, (grad, _) = fc.grad(f, x, c)
+        np.testing.assert_allclose(grad, np.full(3, np.arctan2(c[1], -1.0)))
+        np.testing.assert_allclose(value, 3 * np.arctan2(c[1], -1.0))
