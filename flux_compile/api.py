@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import pytree
-from .compiler import compile_function, compile_model
+from .cache import compile_function, compile_model
 from .richtext import SourceText
 from .params import Param, is_model, named_params, path_str
-from .recurrent import restore_states, snapshot_states
+from .runstate import restore_states, snapshot_states
 
 WHICH = ("forward", "backward", "update", "all", "forward_train")
 
@@ -39,7 +39,7 @@ def source(m_or_cls, which="backward", args=None):
     if which == "update":
         if isinstance(m_or_cls, type):
             raise TypeError("the update step is generated per model instance: pass an instance")
-        from .optim import update_source
+        from .updatestep import update_source
         return SourceText(update_source(m_or_cls))
     c = _compiled(m_or_cls, args)
     if c.guarded and args is not None and not is_model(m_or_cls):
@@ -47,7 +47,7 @@ def source(m_or_cls, which="backward", args=None):
     if which == "all":
         text = c.source
         if not isinstance(m_or_cls, type) and is_model(m_or_cls):
-            from .optim import update_source
+            from .updatestep import update_source
             text = text.rstrip("\n") + "\n\n" + update_source(m_or_cls)
         return SourceText(text)
     text = c.sections[which]
@@ -165,7 +165,7 @@ def as_numpy_scalars(args):
 def forward_function(c, f, args, flat=None):
     """Run a compiled function's training forward (the variant for this call's path);
     ``flat``: ``args`` with structured ones replaced by their leaves, when known."""
-    from .compiler import run_guarded
+    from .cache import run_guarded
     from .errors import Retrace
     flat = pytree.split_args(args)[0] if flat is None else flat
 
@@ -206,7 +206,7 @@ def _arg_grad(a, g, cap):
 
 def update(m, grads, fn):
     """Apply ``fn(value, grad) -> new value`` to every field path in ``grads`` (Yota's ``update!``)."""
-    from .optim import update_with
+    from .updatestep import update_with
     return update_with(m, grads, fn)
 
 
@@ -217,7 +217,8 @@ def update(m, grads, fn):
 def shapes(m, *inputs):
     """The model's inference graph with every value's shape and dtype (early Flux's ``@shapes``)."""
     from .interp import run_graph
-    from .recurrent import current_state, state_names
+    from .runstate import current_state
+    from .statehooks import state_names
     step = getattr(m, "model", None) if hasattr(type(m), "_fc_template") else None
     if step is not None:            # an unrolled model: the step's graph for the first time index
         first = tuple(np.asarray(x)[:, 0] for x in inputs)

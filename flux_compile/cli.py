@@ -212,7 +212,7 @@ def _model_and_inputs(a):
 def cmd_shapes(a):
     import flux_compile as fc
     from .params import is_model
-    from .recurrent import restore_states, snapshot_states
+    from .runstate import restore_states, snapshot_states
     m, xs = _model_and_inputs(a)
     if not is_model(m):
         raise UsageError(f"{a.expr!r} gave a {type(m).__name__}, not a @fc.net model")

@@ -52,6 +52,7 @@ import numpy as np
 from ._version import __version__
 from .ir import Loc
 from .pytree import TreeDef
+from .tokens import token
 
 FORMAT = "1"
 DEFAULT_MAX_MB = 256.0
@@ -342,31 +343,27 @@ def _class_digest(cls, memo):
 
 
 def canonical(obj):
-    """A text equal for two values exactly when the compiler would treat them alike."""
-    if obj is None or obj is Ellipsis or isinstance(obj, (bool, int, str, bytes, complex)):
-        return f"{type(obj).__name__}:{obj!r}"
-    if isinstance(obj, float):
-        return "float:" + repr(obj)
-    if isinstance(obj, (tuple, list)):
-        return f"{type(obj).__name__}({','.join(canonical(v) for v in obj)})"
-    if isinstance(obj, dict):
-        return "dict(" + ",".join(sorted(canonical(k) + ":" + canonical(v) for k, v in obj.items())) + ")"
-    if isinstance(obj, (frozenset, set)):
-        return f"{type(obj).__name__}(" + ",".join(sorted(canonical(v) for v in obj)) + ")"
-    if isinstance(obj, slice):
-        return f"slice({canonical(obj.start)},{canonical(obj.stop)},{canonical(obj.step)})"
-    if isinstance(obj, np.dtype):
-        return "dtype:" + repr(obj)
+    """A text equal for two values exactly when the compiler would treat them alike: the
+    tokens' walker (tokens.py) with the disk policy, dicts and sets in any order, arrays by
+    content, functions and classes by where they live; anything else is :class:`Uncacheable`."""
+    return repr(token(obj, ordered=False, other=_disk_leaf))
+
+
+def _disk_leaf(obj):
+    """The disk policy's token of a value outside the constant vocabulary."""
+    if isinstance(obj, (bool, int, float, str, bytes, complex)):    # a subclass: an IntEnum member
+        return ("scalar", type(obj).__module__, type(obj).__qualname__, repr(obj))
+    if isinstance(obj, set):
+        return ("set",) + tuple(sorted((token(v, False, _disk_leaf) for v in obj), key=repr))
     if isinstance(obj, TreeDef):
-        cls = canonical(obj.cls) if obj.cls is not None else ""
-        return (f"tree:{obj.kind}:{cls}:[{','.join(canonical(k) for k in obj.keys)}]"
-                f"({','.join(canonical(c) for c in obj.children)})")
-    if isinstance(obj, (np.ndarray, np.generic)):
-        a = np.asarray(obj)
-        if a.dtype.hasobject:
+        return ("tree", obj.kind, token(obj.cls, False, _disk_leaf),
+                tuple(token(k, False, _disk_leaf) for k in obj.keys),
+                tuple(token(c, False, _disk_leaf) for c in obj.children))
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
             raise Uncacheable("an object array")
-        return f"{type(obj).__name__}:{a.dtype!r}:{a.shape}:" + \
-            hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+        return ("ndarray", repr(obj.dtype), obj.shape,
+                hashlib.sha256(np.ascontiguousarray(obj).tobytes()).hexdigest())
     if isinstance(obj, type) or callable(obj):
         return "ref:" + ".".join(locate(obj))
     raise Uncacheable(f"cannot digest a {type(obj).__qualname__}")

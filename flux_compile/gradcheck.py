@@ -15,7 +15,7 @@ from . import pytree
 from .errors import GradcheckError
 from .params import is_model, named_params, path_str
 from .layers import seed_dropout
-from .recurrent import restore_states, snapshot_states
+from .runstate import restore_states, snapshot_states
 
 
 class Row:
@@ -153,7 +153,7 @@ def _analytic(f, model, inputs, dys, params):
         gin = back(dys)
         gin = [gin] if len(inputs) == 1 else list(gin)
         return gin, [p.grad.copy() for _, p in params]
-    from .compiler import compile_function
+    from .cache import compile_function
     from .api import forward_function
     c = compile_function(f, inputs)
     for _, p in params:

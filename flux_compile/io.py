@@ -47,7 +47,8 @@ from .locks import interrupts_held
 from .optim import Entry
 from .params import is_model, named_params, walk
 from .readonly import refuse_if_held
-from .recurrent import restore_states, snapshot_states, state_names
+from .runstate import restore_states, snapshot_states
+from .statehooks import state_names
 
 __all__ = ["save", "load", "LoadError", "field_name"]
 

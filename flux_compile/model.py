@@ -22,13 +22,14 @@ from __future__ import annotations
 import numpy as np
 
 from . import pytree
-from .compiler import cached_variant, compile_model, input_key, run_guarded
+from .cache import cached_variant, compile_model, input_key, run_guarded
 from .errors import Retrace
 from .locks import InterruptSafeLock
 from .params import Const, Param, is_model, named_params, path_str, submodels
 from .readonly import EDITS, Hold, refuse_if_held
-from .recurrent import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
-                        set_state, snapshot_states, state_names)
+from .runstate import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
+                        set_state, snapshot_states)
+from .statehooks import state_names
 
 # not pickled; the recurrent state (_fc_state, _fc_batch) is kept
 _INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen", "_fc_arrays")
@@ -174,7 +175,7 @@ class Model:
 
     def update(self, opt=0.1):
         """Flux's ``update!``: one optimiser step (a number is an SGD learning rate), then zero grads."""
-        from .optim import apply_update
+        from .updatestep import apply_update
         with GRAD_LOCK:
             refuse_if_held(self, "update()")
             apply_update(self, opt)
@@ -295,7 +296,7 @@ def _run(model, c, args, method):
             raise
     c2, result = run_guarded(c, attempt, lambda: _compile(model, args, fresh=True), model)
     if c2 is not c:
-        from .compiler import _remember
+        from .cache import _remember
         with COMPILE_LOCK:
             _remember(model, input_key(args), c2)
     return c2, result

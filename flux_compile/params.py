@@ -123,10 +123,12 @@ def cycle_error(root, path, ancestors):
         f"which flux_compile does not walk.")
 
 
-def walk(m):
+def walk(m, arrays=False, containers=None):
     """Every model and Param in the tree of ``m`` as ``(field_path, obj)``: depth first, in
     field order, through lists, tuples and dicts, each object once (under its first path), ``m``
     first. A model that contains itself raises :class:`ModelCycleError` naming the path.
+    With ``arrays`` plain arrays (constants such as masks) come too; a ``containers`` list
+    receives the path of every list and dict met (they change without an attribute set).
 
     >>> import flux_compile as fc
     >>> [path for path, _ in walk(fc.Chain(fc.Affine(2, 3)))]
@@ -135,23 +137,27 @@ def walk(m):
     seen, ancestors = set(), {}
 
     def visit(obj, path):
-        if isinstance(obj, Param) or is_model(obj):
+        if isinstance(obj, Param) or is_model(obj) or arrays and isinstance(obj, np.ndarray):
             if is_model(obj) and id(obj) in ancestors:
                 raise cycle_error(m, path, ancestors)
             if id(obj) in seen:
                 return
             seen.add(id(obj))
             yield path, obj
-            if isinstance(obj, Param):
+            if not is_model(obj):
                 return
             ancestors[id(obj)] = path
             for name, value in children(obj):
                 yield from visit(value, path + (name,))
             del ancestors[id(obj)]
         elif isinstance(obj, (list, tuple)):
+            if containers is not None and isinstance(obj, list):
+                containers.append(path)
             for i, value in enumerate(obj):
                 yield from visit(value, path + (i,))
         elif isinstance(obj, dict):
+            if containers is not None:
+                containers.append(path)
             for k, value in obj.items():
                 yield from visit(value, path + (k,))
 
@@ -205,3 +211,41 @@ def cast(m, dtype):
         p.value = p.value.astype(dtype)
         p.grad = p.grad.astype(dtype)
     return m
+
+
+# ------------------------------------------------------------------------------
+# recurrent state kept on a model (see runstate.py): saved and put back around a trial run
+
+STATE_KEYS = ("_fc_state", "_fc_link", "_fc_batch")      # the state, its backprop link, its batch
+
+
+def snapshot_states(m):
+    """The recurrent state of every model in the tree of ``m``, to restore later."""
+    if not is_model(m):
+        return []
+    return [(x, dict(x.__dict__["_fc_state"]) if "_fc_state" in x.__dict__ else None,
+             x.__dict__.get("_fc_link"), x.__dict__.get("_fc_batch")) for x in submodels(m)]
+
+
+def restore_states(snapshot):
+    """Put back the state ``snapshot_states`` saved (a model without state then has none)."""
+    for x, st, link, batch in snapshot:
+        if st is None:
+            for key in STATE_KEYS:
+                x.__dict__.pop(key, None)
+        else:
+            x.__dict__["_fc_state"] = dict(st)
+            x.__dict__["_fc_link"] = link
+            x.__dict__["_fc_batch"] = batch
+
+
+def call_keeping_state(target, args):
+    """``target(*args)`` with the recurrent state of a model target put back afterwards
+    (how tracing evaluates a sub-model call on the real arguments)."""
+    if not is_model(target):
+        return target(*args)
+    snap = snapshot_states(target)
+    try:
+        return target(*args)
+    finally:
+        restore_states(snap)

@@ -30,7 +30,7 @@ import threading
 
 import numpy as np
 
-from .params import Param, children, is_model, named_params, path_str
+from .params import Param, is_model, named_params, path_str, walk
 from .pytree import flatten
 
 EDITS = [0]         # public attributes set on any model so far (Model.__setattr__ counts)
@@ -90,28 +90,9 @@ def model_arrays(m):
     """``[(field path, Param or array)]``: every Param and array attribute in the tree of ``m``
     (constants such as masks and index arrays too: backward reads them), each once; and
     whether the tree holds a list or dict (editable in place, unlike attributes)."""
-    seen, out, lists = set(), [], []
-
-    def walk(obj, path):
-        if isinstance(obj, (Param, np.ndarray)):
-            if id(obj) not in seen:
-                seen.add(id(obj))
-                out.append((path, obj))
-        elif is_model(obj):
-            for name, value in children(obj):
-                walk(value, path + (name,))
-        elif isinstance(obj, (list, tuple)):
-            if isinstance(obj, list):
-                lists.append(path)
-            for i, value in enumerate(obj):
-                walk(value, path + (i,))
-        elif isinstance(obj, dict):
-            lists.append(path)
-            for k, value in obj.items():
-                walk(value, path + (k,))
-
-    walk(m, ())
-    return out, bool(lists)
+    containers = []
+    found = walk(m, arrays=True, containers=containers)
+    return [(path, x) for path, x in found if not is_model(x)], bool(containers)
 
 
 def _cached_arrays(m, edits):

@@ -84,22 +84,15 @@ class Unroll:
 
     def _fc_template(self, ikey):
         """The generated time loop (a template) plus the step's own generated code."""
-        from .compiler import Compiled, _sections
+        from .compiled import Compiled
         from .sourcecache import compile_source, unique_filename
         step = type(self.model).__name__
         label = f"unroll({step}, {self.n})"
         source = TIME_LOOP.format(version=__version__, step=step, n=self.n, label=label)
-        c = Compiled(label, label)
-        c.filename = unique_filename(label)
-        ns = compile_source(source, c.filename, {"np": np, "check_length": check_length,
-                                                 "stack_grads": stack_grads})
-        c.forward, c.forward_train, c.backward = ns["forward"], ns["forward_train"], ns["backward"]
-        c.backward_params = ns["backward_params"]
-        c.source = source
-        c.sections = _sections(source)
-        c.input_names = ["xs"]
-        c.step_model = self.model
-        return c
+        filename = unique_filename(label)
+        ns = compile_source(source, filename, {"np": np, "check_length": check_length,
+                                               "stack_grads": stack_grads})
+        return Compiled(label, label, ns, source, filename, input_names=["xs"], step_model=self.model)
 
     def __repr__(self):
         return f"unroll({self.model!r}, {self.n})"

@@ -241,3 +241,11 @@ def _index(s, index):
         else:
             out.append(fresh())
     return tuple(out)
+
+
+def symbolic_shape(name, spec):
+    """``(Sym('x.0'), 3)``-style shape for an input specialised to ``spec`` (ndim, float, ones)."""
+    if spec is None or spec[0] is None:
+        return None
+    ndim, _, ones = spec[:3]
+    return tuple(1 if ones[i] else Sym(f"{name}.{i}", nonone=True) for i in range(ndim))

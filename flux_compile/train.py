@@ -36,7 +36,7 @@ import time
 from .optim import NonFiniteGradient, prepare_update
 from .params import named_params
 from .readonly import refuse_if_held
-from .recurrent import restore_states, snapshot_states
+from .runstate import restore_states, snapshot_states
 
 __all__ = ["train", "History", "TrainingError", "GradientError", "ProgressBar"]
 

@@ -316,7 +316,7 @@ def test_missing_rule_is_a_compile_error_at_the_users_line():
 
 
 def test_cache_reuse_and_structure_specialisation():
-    from flux_compile.compiler import compile_model
+    from flux_compile.cache import compile_model
     a, b = Affine(3, 2), Affine(3, 2)
     assert compile_model(a) is compile_model(b)
     c = compile_model(WithFunctions(np.tanh))
@@ -399,7 +399,7 @@ def test_generated_text_is_deterministic_across_processes():
 
 def test_tracebacks_and_inspect_work_on_generated_functions():
     import inspect
-    from flux_compile.compiler import compile_model
+    from flux_compile.cache import compile_model
     c = compile_model(Affine(2, 2))
     assert "def backward" in inspect.getsource(c.backward)
 
@@ -408,7 +408,7 @@ DISK = textwrap.dedent('''
     import sys, numpy as np, flux_compile as fc
     sys.path.insert(0, {path!r})
     from diskmod import Net
-    from flux_compile.compiler import compile_model
+    from flux_compile.cache import compile_model
     m = Net()
     x = np.ones((2, 3))
     y, back = m.pullback(x)

@@ -57,7 +57,7 @@ RUN = textwrap.dedent('''
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         import numpy as np, flux_compile as fc
-        from flux_compile.compiler import compile_model
+        from flux_compile.cache import compile_model
         from dcmod import Net, Other
         x = np.linspace(0, 1, 6).reshape(2, 3)
         out = {{}}
@@ -314,7 +314,7 @@ WORKER = textwrap.dedent('''
     sys.path.insert(0, {path!r})
     import numpy as np, flux_compile as fc
     from flux_compile import diskcache, diskguards
-    from flux_compile.compiler import _run_time_values
+    from flux_compile.cache import _run_time_values
     from dcmod import Net
     role, dkey, flag = sys.argv[1], sys.argv[2], sys.argv[3]
     where = diskcache.usable_directory()
@@ -322,7 +322,7 @@ WORKER = textwrap.dedent('''
     want = open(os.path.join(where[0], dkey + ".py")).read().split("\\n", 2)[2]
     if role == "writer":
         os.environ.pop("FLUX_COMPILE_CACHE_DIR")
-        from flux_compile.compiler import compile_model
+        from flux_compile.cache import compile_model
         m = Net()
         c = compile_model(m, (np.ones((2, 3)),))
         assert c.source == want
@@ -566,7 +566,7 @@ GUARDED_RUN = textwrap.dedent('''
     import json, sys
     sys.path.insert(0, {path!r})
     import numpy as np
-    from flux_compile.compiler import compile_model
+    from flux_compile.cache import compile_model
     from dgmod import Mixed
     m = Mixed({depth!r}, {shift!r}, {n!r}, {alpha!r})
     x = np.linspace(-1, 1, 6).reshape(2, 3)

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flux_compile as fc
-from flux_compile import compiler, naming
+from flux_compile import cache as fc_cache, naming
 
 GENERATED_FUNCTIONS = set(naming.FUNCTIONS)
 
@@ -83,7 +83,7 @@ def check_function(tmp_path, source, shapes, seed=0):
     numeric = central_differences(lambda: float(np.sum(f(*args))), args)
     for i, (g, n) in enumerate(zip(grads, numeric)):
         np.testing.assert_allclose(g, n, rtol=1e-5, atol=1e-7, err_msg=f"argument {i} vs differences\n{source}")
-    scan_generated(fc.source(f, "all", args=tuple(args)), names_bound_in(compiler.compile_function(f, tuple(args))))
+    scan_generated(fc.source(f, "all", args=tuple(args)), names_bound_in(fc_cache.compile_function(f, tuple(args))))
 
 
 def check_model(m, shapes, seed=0):
@@ -115,7 +115,7 @@ def check_model(m, shapes, seed=0):
     for label, g, n in zip(labels, grads, numeric):
         np.testing.assert_allclose(g, n, rtol=1e-5, atol=1e-7, err_msg=f"{label}\n{text}")
     m.reset()
-    scan_generated(text, names_bound_in(compiler.compile_model(m)))
+    scan_generated(text, names_bound_in(fc_cache.compile_model(m)))
 
 
 # -- the scan: invariants read off the generated text -------------------------------------
@@ -432,7 +432,7 @@ def test_fc_grad_of_a_model_argument_named_like_a_global(hostile_models, tmp_pat
     numeric_x, numeric_W = central_differences(lambda: float(f(m, x)), [x, m.W.value])
     np.testing.assert_allclose(gx, numeric_x, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(gm[("W",)], numeric_W, rtol=1e-5, atol=1e-7)
-    scan_generated(fc.source(f, "all", args=(m, x)), names_bound_in(compiler.compile_function(f, (m, x))))
+    scan_generated(fc.source(f, "all", args=(m, x)), names_bound_in(fc_cache.compile_function(f, (m, x))))
 
 
 def test_seed_keeps_its_name_when_nothing_collides(tmp_path):
@@ -472,7 +472,7 @@ def test_scan_library_models(index):
     m, shapes = _library_models()[index]
     rng = np.random.default_rng(index)
     m(*[rng.standard_normal(s) for s in shapes])
-    scan_generated(fc.source(m, "all"), names_bound_in(compiler.compile_model(m)))
+    scan_generated(fc.source(m, "all"), names_bound_in(fc_cache.compile_model(m)))
 
 
 def test_scan_catches_a_clobbered_parameter():
@@ -680,7 +680,7 @@ DISK_RUN = """\
 import sys, numpy as np
 sys.path.insert(0, {path!r})
 from naming_disk_model import Sliced
-from flux_compile.compiler import compile_model
+from flux_compile.cache import compile_model
 m = Sliced()
 x, s = np.linspace(-1, 1, 12).reshape(3, 4), np.linspace(0, 1, 4)
 y, back = m.pullback(x, s)

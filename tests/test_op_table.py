@@ -14,7 +14,8 @@ import pytest
 import flux_compile as fc
 from flux_compile import codegen, interp, ir, passes
 from flux_compile.ir import Graph, Node
-from flux_compile.recurrent import call_keeping_state, current_state, state_names
+from flux_compile.params import call_keeping_state
+from flux_compile.recurrent import current_state, state_names
 
 
 class Holder:

@@ -4,7 +4,7 @@ import inspect
 import numpy as np
 import pytest
 
-from flux_compile import optim
+from flux_compile import optim, updatestep
 from flux_compile.optim import (SGD, Adam, AdamW, Momentum, Nesterov, RMSProp, apply_update,
                                 update_source, update_with)
 from flux_compile.params import Param, named_params
@@ -167,11 +167,11 @@ def test_compiled_once_and_inspectable():
     m = Toy(W=Param(np.ones(2)))
     opt = Momentum()
     apply_update(m, opt)
-    n = len(optim._CACHE)
+    n = len(updatestep._CACHE)
     for _ in range(3):
         apply_update(m, opt)
-    assert len(optim._CACHE) == n
-    (source, fn), = [v for k, v in optim._CACHE.items() if k[0] is Momentum and k[2:] == ((("W",),), ())]
+    assert len(updatestep._CACHE) == n
+    (source, fn), = [v for k, v in updatestep._CACHE.items() if k[0] is Momentum and k[2:] == ((("W",),), ())]
     assert inspect.getsource(fn) == source
     assert "Toy.update (Momentum)" in fn.__code__.co_filename
 

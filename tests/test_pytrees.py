@@ -699,7 +699,7 @@ DISK = '''
 import sys, numpy as np, flux_compile as fc
 sys.path.insert(0, {path!r})
 from treemod import Net
-from flux_compile.compiler import compile_model
+from flux_compile.cache import compile_model
 m = Net()
 inp = {{"x": np.ones((2, 3)), "gain": (0.5, np.full(2, 2.0))}}
 y, back = m.pullback(inp)

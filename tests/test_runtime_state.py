@@ -390,7 +390,7 @@ def test_concurrent_compiles_get_distinct_source_files(monkeypatch):
     import time
 
     from flux_compile import sourcecache
-    from flux_compile.compiler import compile_model
+    from flux_compile.cache import compile_model
 
     class SlowDict(dict):
         def get(self, *a):
@@ -434,7 +434,7 @@ def test_concurrent_function_compiles_get_distinct_source_files(monkeypatch):
     import linecache
     import time
 
-    from flux_compile import compiler, sourcecache
+    from flux_compile import cache as fc_cache, sourcecache
 
     class SlowDict(dict):
         def get(self, *a):
@@ -463,7 +463,7 @@ def test_concurrent_function_compiles_get_distinct_source_files(monkeypatch):
         t.join()
     for k, g in zip(ks, grads):
         np.testing.assert_allclose(g, k * (1 - np.tanh(x) ** 2), rtol=1e-12)
-    compiled = [c for variants in compiler._function_cache(f).entries.values() for c in variants]
+    compiled = [c for variants in fc_cache._function_cache(f).entries.values() for c in variants]
     assert len({c.filename for c in compiled}) == len(compiled) == len(ks)
     for c in compiled:
         assert "".join(linecache.getlines(c.filename)) == c.source

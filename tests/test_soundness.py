@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import flux_compile as fc
-from flux_compile import compiler
+from flux_compile import cache as fc_cache
 from numeric import numgrad
 
 
@@ -65,7 +65,7 @@ def test_lambda_closures_per_minibatch_each_see_their_own_batch():
         xb, yb = rng.normal(size=(5, 3)), rng.normal(size=5)
         f = lambda w: loss(w, xb, yb)        # noqa: E731 - the ordinary per-minibatch call
         check_grad(f, w)
-        compiled.add(id(compiler.compile_function(f, (w,))))
+        compiled.add(id(fc_cache.compile_function(f, (w,))))
     assert len(compiled) == 1                # one compile serves every minibatch
 
 
@@ -715,8 +715,8 @@ def test_variants_per_function_are_bounded_and_recompiled_on_demand():
         return f
     for n in range(100):
         check_grad(make(n), x)
-    cache = compiler._function_cache(make(0))
-    assert cache.count <= compiler.MAX_VARIANTS
+    cache = fc_cache._function_cache(make(0))
+    assert cache.count <= fc_cache.MAX_VARIANTS
     check_grad(make(0), x)               # evicted long ago: compiled again, correctly
 
 
@@ -734,8 +734,8 @@ def test_variants_per_model_are_bounded():
     x = rng.normal(size=(2, 3))
     for n in range(80):
         assert np.allclose(m(x, n), x * 0.5 ** n)
-    assert len(m.__dict__["_fc_compiled"]) <= compiler.MAX_VARIANTS
-    assert compiler._class_caches[Loop].count <= compiler.MAX_VARIANTS
+    assert len(m.__dict__["_fc_compiled"]) <= fc_cache.MAX_VARIANTS
+    assert fc_cache._class_caches[Loop].count <= fc_cache.MAX_VARIANTS
     assert np.allclose(m(x, 1), x * 0.5)
 
 
@@ -754,15 +754,15 @@ def test_branch_variants_are_bounded():
         value, (g, _) = fc.grad(f, x, 6)
         assert np.isclose(value, f(x, 6))
         assert np.allclose(g, numgrad(lambda z: f(z, 6), x), atol=1e-5)
-        c = compiler.compile_function(f, (x, 6))
-    assert len(c.alternatives) <= compiler.MAX_VARIANTS
+        c = fc_cache.compile_function(f, (x, 6))
+    assert len(c.alternatives) <= fc_cache.MAX_VARIANTS
 
 
 def test_guards_are_a_plain_list():
     """``c.guards`` is a list of (path, kind, expected), for the disk cache to persist."""
     a = np.ones(3)
     f = lambda x: np.sum(x * a) * 2.0          # noqa: E731
-    c = compiler.compile_function(f, (np.ones(3),))
+    c = fc_cache.compile_function(f, (np.ones(3),))
     assert isinstance(c.guards, list)
     assert all(isinstance(p, tuple) and isinstance(k, str) for p, k, _ in c.guards)
     assert c.free_paths == [(("cell", 0, "a"),)]
@@ -1056,9 +1056,9 @@ def test_dict_get_on_a_model_attribute():
     assert np.allclose(m(x), 2.0 * x)
     m.cfg["s"] = -3.0
     assert np.allclose(m(x), -3.0 * x)
-    c1 = compiler.compile_model(m, (x,))
+    c1 = fc_cache.compile_model(m, (x,))
     m(x)
-    assert compiler.compile_model(m, (x,)) is c1          # the guard holds between calls
+    assert fc_cache.compile_model(m, (x,)) is c1          # the guard holds between calls
 
 
 def test_captured_arrays_are_named_inputs_in_the_generated_source():
@@ -1094,7 +1094,7 @@ def test_captured_python_floats_are_read_at_run_time():
     for lam in (0.1, 0.01, 0.5, 2.0):
         f = lambda w: loss(w, xb, yb) + lam * np.sum(w ** 2)      # noqa: E731
         check_grad(f, w)
-        compiled.add(id(compiler.compile_function(f, (w,))))
+        compiled.add(id(fc_cache.compile_function(f, (w,))))
     assert len(compiled) == 1
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import flux_compile as fc
-from flux_compile import optim
+from flux_compile import optim, updatestep
 from flux_compile.params import named_params
 from flux_compile.recurrent import snapshot_states
 from flux_compile.train import GradientError, TrainingError
@@ -193,8 +193,9 @@ def test_sigint_anywhere_in_training(name, kind):
 @pytest.mark.parametrize("name, kind", [("Adam", "dense"), ("SGD", "rnn")] + (
     [("Adam", "rnn"), ("SGD", "dense"), ("RMSProp", "frozen")] if os.environ.get("FC_EXHAUSTIVE") else []))
 def test_sigint_at_every_line_of_the_update_and_commit(name, kind):
-    """Every line of optim.py and of the generated update function, in both steps."""
-    for where in ("optim.py", ".update ("):
+    """Every line of the update machinery (updatestep.py) and of the generated update function,
+    in both steps."""
+    for where in ("updatestep.py", ".update ("):
         tried, before, after, total = check_interrupt_points(MODELS[kind], OPTIMISERS[name],
                                                              batches(2), where=where)
         assert tried == total > 10 and before > 0
@@ -249,7 +250,7 @@ STAGES = {
     "forward": lambda mp, m: mp.setattr(type(m), "_pullback", raise_after(type(m)._pullback)),
     "loss": lambda mp, m: mp.setattr(fc, "grad", raise_after(fc.grad)),
     "backward": lambda mp, m: mp.setattr(type(m), "_pullback", backward_then_interrupt(type(m)._pullback)),
-    "gradient check": lambda mp, m: mp.setattr(optim, "check_gradients", raise_after(optim.check_gradients)),
+    "gradient check": lambda mp, m: mp.setattr(updatestep, "check_gradients", raise_after(updatestep.check_gradients)),
 }
 
 
@@ -278,7 +279,7 @@ def test_interrupt_while_computing_any_params_new_value(monkeypatch, name):
     n_arrays = len(fc.params(dense_model())) * (1 + len(OPTIMISERS[name]().slots))
     for n in range(1, n_arrays + 1):
         got, before, _ = interrupted_run(monkeypatch, "dense", name,
-                                         lambda mp: mp.setattr(optim, "_like", nth_call_raises(optim._like, n)))
+                                         lambda mp: mp.setattr(updatestep, "_like", nth_call_raises(updatestep._like, n)))
         assert same(got, before), n
 
 

@@ -1,0 +1,100 @@
+"""Recurrent state at compile time: state attributes become inputs and outputs.
+
+An attribute assigned inside ``forward`` (``self.h = ...``) is state. While one step is
+traced, :class:`StateHooks` turns each state attribute into an extra input of the step
+(the state before it) and an extra output (the state after it). The run-time side
+(current state, links between steps) is :mod:`flux_compile.runstate`.
+"""
+from __future__ import annotations
+
+import ast
+
+from .errors import CompileError
+from .frontend import Seq, Static, get_source
+from .ir import Node, is_leaf
+from .shapeinfer import symbolic_shape
+
+
+def state_names(cls):
+    """Attributes assigned as ``self.NAME = ...`` (or ``+=``) in ``forward``, in order.
+    Kept on the class (it goes when the class goes), per code of ``forward``."""
+    fn = getattr(cls, "forward", None)
+    code = getattr(fn, "__code__", None)
+    known = cls.__dict__.get("_fc_state_names")
+    if known is None or known[0] is not code:
+        known = (code, _scan_state_names(fn))
+        type.__setattr__(cls, "_fc_state_names", known)
+    return known[1]
+
+
+def _scan_state_names(fn):
+    if fn is None:
+        return []
+    try:
+        tree = get_source(fn).tree
+    except CompileError:
+        return []
+    selfname = tree.args.args[0].arg if tree.args.args else "self"
+    names = []
+    for node in ast.walk(tree):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)):
+            targets = [node.target]
+        for t in targets:
+            for sub in ast.walk(t):
+                if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) \
+                        and sub.value.id == selfname and sub.attr not in names:
+                    names.append(sub.attr)
+    return names
+
+
+class StateHooks:
+    """Reads and writes of state attributes while one step is being traced."""
+
+    def __init__(self, names, inst, specs=None):
+        self.names = names
+        self.inst = inst
+        self.specs = specs
+        self.inputs = {}
+        self.current = {}
+
+    def begin(self, b):
+        g = b.ctx.graph
+        for i, name in enumerate(self.names):
+            n = g.add(Node("input", name=name, diff=True))
+            n.meta["shape"] = symbolic_shape(name, self.specs[i]) if self.specs else None
+            n.meta["state"] = name
+            self.inputs[name] = n
+
+    def read(self, b, name, e):
+        if name in self.current:
+            return self.current[name]
+        if name in self.inputs:
+            return self.inputs[name]
+        return None
+
+    def write(self, b, name, value, e):
+        if isinstance(value, Seq) or not isinstance(value, (Node, Static)):
+            b.error(f"state attribute self.{name} must hold one array", e,
+                    hint="keep one array per state attribute (self.h = ..., self.c = ...)")
+        node = b.as_node(value, e)
+        if not is_leaf(node) and (node.name is None or node.meta.get("anon")):
+            node.name = name
+            node.meta.pop("anon", None)
+        self.current[name] = node
+
+    def end(self, b):
+        outs = []
+        for name in self.names:
+            out = self.current.get(name, self.inputs[name])
+            outs.append(out)
+        return outs
+
+
+def state_factory(cls, inst, specs=None):
+    names = state_names(cls)
+    if not names:
+        return None
+    return lambda: StateHooks(names, inst, specs)
