@@ -109,6 +109,28 @@ def _sorted_items(t, fn, args, kwargs, e):
     return NOT_HANDLED
 
 
+@register(BEFORE_RULES, super)
+def _super(t, fn, args, kwargs, e):
+    """``super().forward(x)``: not traced; say how to call the parent's method instead."""
+    cls = _defining_class(t.frame)
+    parent = next((c.__name__ for c in cls.__mro__[1:] if "forward" in vars(c)), None) if cls else None
+    call = f"{parent}.forward(self, x)" if parent else "ParentClass.forward(self, x)"
+    t.error("super() is not supported inside a compiled function", e,
+            hint=f"call the parent's method by its class instead: {call}")
+
+
+def _defining_class(frame):
+    """The class whose method ``frame`` runs (the ``__class__`` cell of a method using super)."""
+    fn = getattr(frame, "fn", None)
+    code = getattr(fn, "__code__", None)
+    if code is None or "__class__" not in code.co_freevars or not fn.__closure__:
+        return None
+    try:
+        return fn.__closure__[code.co_freevars.index("__class__")].cell_contents
+    except ValueError:
+        return None
+
+
 @register(BEFORE_RULES, rules.known)
 def _known(t, fn, args, kwargs, e):
     return Static(len(args) == 1 and isinstance(args[0], Static) and bool(args[0].value))

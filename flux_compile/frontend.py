@@ -18,12 +18,17 @@ graph f(x, W):
 """
 from __future__ import annotations
 
+import ast
 import inspect
+import linecache
+import os
+import sys
 import types
 
 import numpy as np
 
 from . import guards, passes, tracecore
+from .errors import CompileError
 from .ir import Graph, Node, path_expr
 from .params import Param, is_model
 from .parsing import IdentityTable, get_source  # noqa: F401  (re-exported for compiler, recurrent)
@@ -150,7 +155,27 @@ class Builder(Tracer):
         if isinstance(f, Node) and f.op == "param" and self.ctx.generic_cls is not None:
             # no instance (fc.source on a class): an attribute that is called is a sub-model
             return self.call_model(ModelRef(f.base, f.path, None), args, kwargs, e)
+        if isinstance(f, Static):
+            self.reject_unmarked_model(f.value, e)
         return super().call(f, args, kwargs, e)
+
+    def reject_unmarked_model(self, value, e):
+        """``self.inner(x)`` where ``inner``'s class has a ``forward`` but no ``@fc.net``."""
+        obj = value.__self__ if inspect.ismethod(value) else value
+        if isinstance(obj, type) or is_model(obj) or not callable(getattr(type(obj), "forward", None)):
+            return
+        cls = type(obj).__name__
+        self.error(f"{ast.unparse(e.func)} is a {cls}, which is not an @fc.net model", e,
+                   hint=f"decorate its class with @fc.net (class {cls} in {type(obj).__module__}) "
+                        "so it is compiled as a sub-model, then call it as self.name(x)")
+
+    def call_function(self, fn, args, kwargs, selfval=None, node=None, path=None):
+        if self.frame is None and isinstance(selfval, ModelRef):
+            code = fn.__code__
+            for name, value in zip(code.co_varnames[1:code.co_argcount], args):
+                if _holds_python_floats(value):
+                    _reject_list_input(fn, name)
+        return super().call_function(fn, args, kwargs, selfval, node, path)
 
     def call_model(self, ref, args, kwargs, e):
         if any(isinstance(a, SymDict) for a in args):
@@ -202,6 +227,46 @@ class Builder(Tracer):
         if plan is None:
             return None
         return self.call_primitive(np.sum, [args[0]], {k: Static(v) for k, v in plan.items()}, e)
+
+
+def _holds_python_floats(v):
+    """Is ``v`` a list (nested lists or tuples) of Python numbers, some of them floats?"""
+    def leaves(x):
+        if isinstance(x, Seq):
+            for item in x.items:
+                yield from leaves(item)
+        elif isinstance(x, Static) and isinstance(x.value, (list, tuple)):
+            for item in x.value:
+                yield from leaves(Static(item))
+        else:
+            yield x
+    if not (isinstance(v, Seq) and v.kind is list or isinstance(v, Static) and type(v.value) is list):
+        return False
+    found = list(leaves(v))
+    scalar = [x for x in found if isinstance(x, Node) and x.op == "input" and x.meta.get("shape") == ()
+              or isinstance(x, Static) and isinstance(x.value, (int, float)) and not isinstance(x.value, bool)]
+    return bool(found) and len(scalar) == len(found) and any(
+        isinstance(x, Node) or type(x.value) is float for x in found)
+
+
+def _reject_list_input(fn, name):
+    """A model called with a Python list of numbers: say so at the caller's line."""
+    filename, lineno, text = _caller_outside_package()
+    raise CompileError(f"input {name!r} of {fn.__qualname__} is a Python list of numbers, not an array",
+                       filename, lineno, None, text,
+                       hint=f"pass a NumPy array: np.asarray({name}) (a model's inputs are batch-first arrays)")
+
+
+def _caller_outside_package():
+    """file, line and text of the innermost frame outside flux_compile (the user's call)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame = sys._getframe(1)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package + os.sep):
+        frame = frame.f_back
+    if frame is None:
+        return None, None, None
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).rstrip("\n") or None
+    return frame.f_code.co_filename, frame.f_lineno, line
 
 
 KEYED_ATTRS = (bool, int, str, type(None), np.dtype)    # attr_token keeps their value

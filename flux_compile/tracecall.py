@@ -10,7 +10,7 @@ from . import builtins as builtin_table
 from . import guards, rules, shapeinfer
 from .ir import Node
 from .params import is_model
-from .tracecore import (LIST_PARAMS, METHODS, MULTI_OUTPUT, VARARG_SHAPE_METHODS, _NOT_CONST,
+from .tracecore import (ARRAY_ATTRS, LIST_PARAMS, METHODS, MULTI_OUTPUT, VARARG_SHAPE_METHODS, _NOT_CONST,
                         BoundMethod, LocalFunction, Seq, Static, SymDict, UserMethod, _casts_to_non_float,
                         _inlinable, shape_of)
 
@@ -59,11 +59,24 @@ class Calls:
             return self.call_local(f, args, kwargs, e)
         if isinstance(f, Seq):
             self.error("a tuple is not callable", e)
+        self.reject_array_attribute_call(f, e)
         if isinstance(f, Node):
             self.error("calling a run-time value is not supported", e,
                        hint="store functions and sub-models as attributes set in __init__")
         fn = f.value
         return self.call_static(fn, args, kwargs, e, f.src)
+
+    def reject_array_attribute_call(self, f, e):
+        """``x.size(0)`` / ``x.shape()`` (PyTorch habits): in NumPy these are attributes."""
+        func = getattr(e, "func", None)
+        if not isinstance(func, ast.Attribute) or func.attr not in ARRAY_ATTRS:
+            return
+        if isinstance(f, Node) or isinstance(f, (Static, Seq)) and not callable(getattr(f, "value", None)):
+            what = {"size": "the number of elements", "shape": "a tuple", "ndim": "an int",
+                    "dtype": "a dtype"}[func.attr]
+            self.error(f"x.{func.attr} is an attribute in NumPy ({what}), not a method", e,
+                       hint="use x.shape[0] for the size of one dimension (PyTorch's x.size(0)), "
+                            "x.size for the number of elements")
 
     def call_static(self, fn, args, kwargs, e, path=None):
         """Call a function known at compile time: a builtin (see builtins.py), a primitive with
@@ -97,6 +110,7 @@ class Calls:
                 return Static(fn(*[a.value for a in args]))
             self.error("exceptions can only be built from constants inside forward", e)
         if not callable(fn):
+            self.reject_array_attribute_call(Static(fn), e)
             self.error(f"{type(fn).__name__} object is not callable", e)
         # any other callable (NumPy without a rule, math, ...) is an opaque primitive;
         # autodiff complains only if a gradient has to flow through it.

@@ -271,13 +271,17 @@ class Statements:
         pass
 
     def exec_Assert(self, s):
+        """An assert on values known when compiling (constants, shapes) is checked then; on
+        shapes, for these inputs with a guard (other shapes recompile and check again)."""
         test = self.eval(s.test)
-        if not isinstance(test, Static):
-            self.error("assert on an array value cannot be compiled", s,
-                       hint="check inputs before calling the model")
-        if not test.value:
+        if isinstance(test, Node) and _reads_array_data(test):
+            self.error("assert on array data cannot be compiled", s,
+                       hint="an assert in forward may test what is known when compiling, such as shapes "
+                            "(assert x.shape[1] == 3); check data before calling the model")
+        if not self.decide(test, s.test, "assert"):
             msg = self.eval(s.msg).value if s.msg is not None else "assertion failed"
-            self.error(f"assertion failed at compile time: {msg}", s)
+            self.error(f"assertion failed at compile time: {msg}", s,
+                       hint="the inputs given do not satisfy this assert in forward")
 
     def exec_Raise(self, s):
         exc = self.eval(s.exc) if s.exc is not None else None
@@ -415,3 +419,20 @@ class Statements:
             return [self.ctx.add(Node("item", (value,), index=i, diff=value.diff)) for i in range(n)]
         self.error("cannot unpack this value", node)
 
+
+
+SHAPE_ATTRS = ("shape", "ndim", "size", "dtype")
+
+
+def _reads_array_data(node, seen=None):
+    """Does ``node`` depend on the contents of an array (not only on shapes and constants)?"""
+    seen = set() if seen is None else seen
+    if node.id in seen:
+        return False
+    seen.add(node.id)
+    if node.op == "getattr" and node.attr in SHAPE_ATTRS:
+        return False
+    if node.op == "const":
+        return False
+    args = node.inputs()
+    return not args or any(_reads_array_data(a, seen) for a in args)
