@@ -27,7 +27,7 @@ import types
 
 import numpy as np
 
-from . import guards, passes, tracecore
+from . import guards, passes, rules, tracecore
 from .errors import CompileError
 from .ir import Graph, Node, path_expr
 from .params import Param, is_model
@@ -156,18 +156,26 @@ class Builder(Tracer):
             # no instance (fc.source on a class): an attribute that is called is a sub-model
             return self.call_model(ModelRef(f.base, f.path, None), args, kwargs, e)
         if isinstance(f, Static):
-            self.reject_unmarked_model(f.value, e)
+            self.reject_unmarked_model(f.value, args, e)
         return super().call(f, args, kwargs, e)
 
-    def reject_unmarked_model(self, value, e):
-        """``self.inner(x)`` where ``inner``'s class has a ``forward`` but no ``@fc.net``."""
-        obj = value.__self__ if inspect.ismethod(value) else value
-        if isinstance(obj, type) or is_model(obj) or not callable(getattr(type(obj), "forward", None)):
+    def reject_unmarked_model(self, value, args, e):
+        """``self.inner(x)`` where ``inner``'s class has a ``forward`` (or a Python ``__call__``
+        that a gradient would have to go through) but no ``@fc.net``."""
+        obj = value.__self__ if inspect.ismethod(value) and value.__name__ in ("forward", "__call__") \
+            else value
+        if isinstance(obj, (type, types.FunctionType, types.MethodType)) or is_model(obj) or _has_rule(obj):
+            return
+        has_forward = callable(getattr(type(obj), "forward", None))
+        python_call = isinstance(getattr(type(obj), "__call__", None), types.FunctionType) and any(
+            isinstance(a, Node) and a.diff for a in args)
+        if not (has_forward or python_call):
             return
         cls = type(obj).__name__
         self.error(f"{ast.unparse(e.func)} is a {cls}, which is not an @fc.net model", e,
-                   hint=f"decorate its class with @fc.net (class {cls} in {type(obj).__module__}) "
-                        "so it is compiled as a sub-model, then call it as self.name(x)")
+                   hint=f"decorate class {cls} ({type(obj).__module__}) with @fc.net, its computation in "
+                        "a method named forward, so it is compiled as a sub-model; or register a "
+                        "derivative for it with @fc.diffrule")
 
     def call_function(self, fn, args, kwargs, selfval=None, node=None, path=None):
         if self.frame is None and isinstance(selfval, ModelRef):
@@ -227,6 +235,13 @@ class Builder(Tracer):
         if plan is None:
             return None
         return self.call_primitive(np.sum, [args[0]], {k: Static(v) for k, v in plan.items()}, e)
+
+
+def _has_rule(obj):
+    try:
+        return rules.get_rule(obj) is not None or rules.is_nondiff(obj)
+    except TypeError:           # unhashable: no rule can be registered for it
+        return False
 
 
 def _holds_python_floats(v):
