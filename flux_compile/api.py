@@ -13,7 +13,7 @@ import numpy as np
 
 from . import pytree
 from .compiler import compile_function, compile_model
-from .display import SourceText
+from .richtext import SourceText
 from .params import Param, is_model, named_params, path_str
 from .recurrent import restore_states, snapshot_states
 

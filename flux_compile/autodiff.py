@@ -15,7 +15,7 @@ import numpy as np
 from . import naming, rules
 from .errors import CompileError
 from .frontend import Builder, Context, Seq, Static
-from .ir import Node, describe_fn, path_expr
+from .ir import PARAM, Node, describe_fn, is_leaf, path_expr
 
 class Joint:
     """The joint graph, split: ``forward`` nodes, ``saved`` values, ``backward`` nodes."""
@@ -215,7 +215,7 @@ def _pack_with_none(elems, b):
 
 def _backprop(node, g, b, adj):
     op = node.op
-    if op in ("input", "const", "attr", "seed"):
+    if is_leaf(node) and op != PARAM:
         return
     if op == "param":
         if adj.complex_in_play and not node.meta.get("complex"):

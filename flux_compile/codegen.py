@@ -19,7 +19,7 @@ import numpy as np
 from . import naming
 from ._version import __version__
 from .errors import Retrace
-from .ir import Loc, Node, path_expr
+from .ir import LEAF_OPS, Loc, Node, path_expr
 from .sourcecache import compile_source, unique_filename
 
 OPERATORS = {
@@ -32,7 +32,7 @@ COMPARISONS = {
     np.equal: ast.Eq, np.not_equal: ast.NotEq,
 }
 UNARY = {np.negative: ast.USub, np.positive: ast.UAdd}
-ALWAYS_INLINE = {"input", "const", "param", "attr", "seed"}
+ALWAYS_INLINE = LEAF_OPS
 STATEMENT_OPS = {"model", "accum", "model_back", "state", "guard"}
 MARK = re.compile(r"""^(\s*)(?:'|"|\"\"\")@@LOC (\d+)@@(?:'|"|\"\"\")\s*$""")
 

@@ -25,7 +25,7 @@ from .errors import CompileError, ModelError, model_error_type
 from .frontend import (Builder, Context, IdentityTable, ModelRef, Seq, Static, attr_token, get_source,
                        structured)
 from .guards import compile_checks, compile_reader
-from .ir import Graph, Node
+from .ir import Graph, Node, is_leaf
 from .params import Param, cycle_error, is_model, named_params
 
 
@@ -133,7 +133,8 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.arg_index = {name: i for i, (kind, name, _) in enumerate(inputs) if kind == "model"}
     if values is not None:
         from .concrete import Concrete
-        ctx.concrete = Concrete(selfval.obj if selfval is not None else None, values)
+        from .recurrent import call_keeping_state
+        ctx.concrete = Concrete(selfval.obj if selfval is not None else None, values, call_keeping_state)
     ctx.training = training
     ctx.arity_of = arity_of
     ctx.state = state
@@ -159,7 +160,7 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
         out = b.call_function(fn, args, {}, selfval=selfval, path=root)
     outs, arity = _outputs(b, out)
     for i, o in enumerate(outs):
-        if o.name is None and o.op not in ("input", "param", "const", "attr"):
+        if o.name is None and not is_leaf(o):
             o.name = naming.output(i, len(outs))
             o.meta["anon"] = True
     if state is not None:

@@ -1,4 +1,8 @@
-"""How models, generated source and graphs show themselves (terminal and Jupyter)."""
+"""How models, generated source and graphs show themselves (terminal and Jupyter).
+
+The pieces lower layers need (:class:`SourceText`, ``highlight_html``, ``graph_html``)
+live in :mod:`flux_compile.richtext`; they are importable from here as well.
+"""
 from __future__ import annotations
 
 import html
@@ -6,6 +10,7 @@ import html
 import numpy as np
 
 from .params import Param, children, is_model
+from .richtext import SourceText, graph_html, highlight_html  # noqa: F401 - shown from here too
 
 
 def _short(value):
@@ -31,17 +36,6 @@ def model_repr(m):
         return text
     inner = ",\n".join("  " + p.replace("\n", "\n  ") for p in parts)
     return f"{type(m).__name__}(\n{inner})"
-
-
-def highlight_html(code):
-    """Code as HTML, highlighted by pygments when it is installed."""
-    try:
-        from pygments import highlight
-        from pygments.formatters import HtmlFormatter
-        from pygments.lexers import PythonLexer
-        return highlight(code, PythonLexer(), HtmlFormatter(noclasses=True, nowrap=False))
-    except ImportError:
-        return f"<pre>{html.escape(code)}</pre>"
 
 
 def params_table_html(m):
@@ -73,22 +67,3 @@ def model_html(m):
             code = f"# could not compile: {e}"
         parts.append(f"<details><summary>generated {which}</summary>{highlight_html(code)}</details>")
     return "".join(parts) + "</div>"
-
-
-def graph_html(g):
-    try:
-        import graphviz
-        svg = graphviz.Source(g.to_dot()).pipe(format="svg").decode()
-        return svg
-    except Exception:  # noqa: BLE001 - no graphviz package or binary: text
-        return f"<pre>{html.escape(str(g))}</pre>"
-
-
-class SourceText(str):
-    """A ``str`` of generated code that Jupyter shows highlighted."""
-
-    def _repr_html_(self):
-        return highlight_html(str(self))
-
-    def _repr_pretty_(self, p, cycle):
-        p.text(str(self))

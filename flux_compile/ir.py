@@ -1,20 +1,28 @@
 """The IR: a ``Graph`` of ``Node``s in SSA order that prints itself as a tape.
 
-Node kinds (``node.op``):
+Node kinds (``node.op``) are the entries of :data:`OPS`, the one op table: each
+entry says how the op prints (tape and DOT), how it evaluates (the one interpreter,
+:mod:`flux_compile.interp`, dispatches on it), what shape it has when the op alone
+decides, and its flags (leaf, re-read, pure, statement). Modules spell op names with
+the constants below (``ir.CALL``); they are plain strings, so ``node.op == "call"``
+still holds.
 
-========== ====================================================================
-input      an argument of the compiled function (``x``)
-const      a compile-time constant (``node.value``)
-param      a Param's value, ``self.W.value`` (``node.base`` + ``node.path``)
-attr       any other attribute read at run time, ``self.alpha``
-call       a primitive call ``fn(*args, **kwargs)``; ``node.fn`` is the callable
-getattr    ``x.shape``, ``x.ndim``, ``x.dtype`` (``node.attr``)
-model      a sub-model call ``self.first(x)`` (``node.target`` is its path)
-pack       a tuple built from nodes ``(a, b)``
-item       ``t[i]`` of a tuple-valued node (unpacking)
-accum      ``target.grad += value`` (backward only; a statement)
-state      ``self.h = value`` (a recurrent state write; a statement)
-========== ====================================================================
+=========== ===================================================================
+input       an argument of the compiled function (``x``)
+const       a compile-time constant (``node.value``)
+param       a Param's value, ``self.W.value`` (``node.base`` + ``node.path``)
+attr        any other attribute read at run time, ``self.alpha``
+seed        the adjoint of an output, an argument of the backward (``dy``)
+call        a primitive call ``fn(*args, **kwargs)``; ``node.fn`` is the callable
+getattr     ``x.shape``, ``x.ndim``, ``x.dtype`` (``node.attr``)
+model       a sub-model call ``self.first(x)`` (``node.target`` is its path)
+model_back  the backward of a sub-model call (``node.meta["model"]``)
+pack        a tuple built from nodes ``(a, b)``
+item        ``t[i]`` of a tuple-valued node (unpacking)
+accum       ``target.grad += value`` (backward only; a statement)
+state       ``self.h = value`` (a recurrent state write; a statement)
+guard       the generated code checks ``bool(arg) == node.value`` (a statement)
+=========== ===================================================================
 
 >>> g = Graph("demo")
 >>> x = g.add(Node("input", name="x"))
@@ -29,6 +37,11 @@ graph demo(x):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from .richtext import graph_html
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,142 @@ def describe_fn(fn):
     return name
 
 
+# -- the op table ---------------------------------------------------------------
+# Op names: plain strings, named once here.
+INPUT, CONST, PARAM, ATTR, SEED = "input", "const", "param", "attr", "seed"
+CALL, GETATTR, MODEL, MODEL_BACK = "call", "getattr", "model", "model_back"
+PACK, ITEM, ACCUM, STATE, GUARD = "pack", "item", "accum", "state", "guard"
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """One IR op: how it prints, evaluates and behaves. The one place that knows it.
+
+    ``text(node, args)`` is the right-hand side of the tape line (``args`` the
+    formatted inputs); ``label(node)`` the DOT box text; ``evaluate(node, args,
+    kwargs, env)`` its value from its inputs' values (``env`` answers ``input(name)``,
+    ``read(base, path)`` and ``call_model(node, args)``), or ``None`` when the op has
+    no value outside generated code; ``shape(node)`` the symbolic shape when the op
+    alone decides it, else ``None``.
+    """
+    name: str
+    doc: str
+    text: Callable
+    label: Callable
+    evaluate: Optional[Callable] = None
+    shape: Optional[Callable] = None
+    leaf: bool = False        # no graph inputs: its value comes from outside the graph
+    reread: bool = False      # a leaf generated code reads afresh at every use: never saved
+    pure: bool = False        # no effect: CSE may merge it, DCE may drop it (calls: see passes)
+    statement: bool = False   # generated as a statement of its own
+
+
+def value_shape(v):
+    """The shape of a compile-time constant (a tuple), or ``None`` for a non-array value."""
+    if isinstance(v, (int, float, complex, bool, np.generic, np.ndarray)):
+        return tuple(np.shape(v))
+    return None
+
+
+def _generic_text(n, args):
+    return f"{n.op}({args})"
+
+
+def _op_label(n):
+    return n.op
+
+
+def _read_param(n, args, kwargs, env):
+    return env.read(n.base, n.path).value
+
+
+def _read_attr(n, args, kwargs, env):
+    return env.read(n.base, n.path)
+
+
+def _getattr_shape(n):
+    if n.attr in ("ndim", "size"):
+        return ()
+    return None
+
+
+OPS = {spec.name: spec for spec in (
+    OpSpec(INPUT, "an argument of the compiled function",
+           text=lambda n, a: f"input {n.name}", label=lambda n: f"input {n.name}",
+           evaluate=lambda n, a, k, env: env.input(n.name), leaf=True),
+    OpSpec(CONST, "a compile-time constant, node.value",
+           text=lambda n, a: f"const {n.value!r}", label=lambda n: repr(n.value),
+           evaluate=lambda n, a, k, env: n.value, shape=lambda n: value_shape(n.value),
+           leaf=True, reread=True, pure=True),
+    OpSpec(PARAM, "a Param's value, read at run time",
+           text=lambda n, a: f"param {path_expr(n.base, n.path)}", label=lambda n: path_expr(n.base, n.path),
+           evaluate=_read_param, leaf=True, reread=True, pure=True),
+    OpSpec(ATTR, "any other attribute, read at run time",
+           text=lambda n, a: f"attr {path_expr(n.base, n.path)}", label=lambda n: path_expr(n.base, n.path),
+           evaluate=_read_attr, leaf=True, reread=True, pure=True),
+    OpSpec(SEED, "the adjoint of an output: an argument of the backward",
+           text=_generic_text, label=_op_label, leaf=True),
+    OpSpec(CALL, "a primitive call fn(*args, **kwargs)",
+           text=lambda n, a: f"{describe_fn(n.fn)}({a})", label=lambda n: describe_fn(n.fn),
+           evaluate=lambda n, a, k, env: n.fn(*a, **k), pure=True),
+    OpSpec(GETATTR, "x.shape, x.ndim, x.dtype (node.attr)",
+           text=lambda n, a: f"{n.args[0]!r}.{n.attr}", label=lambda n: f".{n.attr}",
+           evaluate=lambda n, a, k, env: getattr(a[0], n.attr), shape=_getattr_shape, pure=True),
+    OpSpec(MODEL, "a sub-model call self.first(x)",
+           text=lambda n, a: f"model {n.target}({a})", label=lambda n: f"{n.target}(…)",
+           evaluate=lambda n, a, k, env: env.call_model(n, a), statement=True),
+    OpSpec(MODEL_BACK, "the backward of a sub-model call (node.meta['model'])",
+           text=_generic_text, label=_op_label, statement=True),
+    OpSpec(PACK, "a tuple of nodes (a, b)",
+           text=lambda n, a: f"({a}{',' if len(n.args) == 1 else ''})", label=_op_label,
+           evaluate=lambda n, a, k, env: tuple(a), pure=True),
+    OpSpec(ITEM, "t[i] of a tuple-valued node",
+           text=lambda n, a: f"{n.args[0]!r}[{n.index}]", label=lambda n: f"[{n.index}]",
+           evaluate=lambda n, a, k, env: a[0][n.index], pure=True),
+    OpSpec(ACCUM, "target.grad += value (backward only)",
+           text=lambda n, a: f"{n.target}.grad += {a}", label=_op_label, statement=True),
+    OpSpec(STATE, "self.h = value, a recurrent state write",
+           text=lambda n, a: f"{n.target} <- {a}", label=_op_label,
+           evaluate=lambda n, a, k, env: a[0], statement=True),
+    OpSpec(GUARD, "generated code checks bool(arg) == node.value",
+           text=_generic_text, label=_op_label, statement=True),
+)}
+
+LEAF_OPS = frozenset(name for name, spec in OPS.items() if spec.leaf)
+STATEMENT_OPS = frozenset(name for name, spec in OPS.items() if spec.statement)
+PURE_OPS = frozenset(name for name, spec in OPS.items() if spec.pure)
+
+
+def op_spec(op):
+    """The table entry of ``op`` (a name). An op not in the table (one being added on a
+    branch) prints as ``op(args)`` and has no value; ``tests/test_op_table.py`` fails until
+    it has an entry."""
+    spec = OPS.get(op)
+    return spec if spec is not None else OpSpec(op, "not in the op table", _generic_text, _op_label)
+
+
+def _op_of(x):
+    return x.op if isinstance(x, Node) else x
+
+
+def is_leaf(x):
+    """A node (or op name) without graph inputs whose value comes from outside the graph:
+    an input, a constant, a Param, an attribute or a seed. Leaves keep their own names."""
+    return _op_of(x) in LEAF_OPS
+
+
+def is_reread(x):
+    """A leaf that generated code reads afresh wherever it is used (constant, Param,
+    attribute): a backward never saves it from the forward."""
+    spec = OPS.get(_op_of(x))
+    return spec is not None and spec.reread
+
+
+def is_statement(x):
+    """An op generated as a statement of its own (sub-model calls and effects)."""
+    return _op_of(x) in STATEMENT_OPS
+
+
 class Graph:
     """Nodes in SSA order, plus inputs and outputs."""
 
@@ -111,36 +260,15 @@ class Graph:
     def add(self, node):
         node.id = len(self.nodes)
         self.nodes.append(node)
-        if node.op == "input":
+        if node.op == INPUT:
             self.inputs.append(node)
         return node
 
     # -- printing -------------------------------------------------------
     def format_node(self, n, shapes=None):
-        def ref(a):
-            return repr(a)
-        kw = ", ".join(f"{k}={ref(v)}" for k, v in n.kwargs.items())
-        args = ", ".join(ref(a) for a in n.args) + (", " + kw if kw and n.args else kw)
-        if n.op == "call":
-            rhs = f"{describe_fn(n.fn)}({args})"
-        elif n.op == "const":
-            rhs = f"const {n.value!r}"
-        elif n.op in ("param", "attr"):
-            rhs = f"{n.op} {path_expr(n.base, n.path)}"
-        elif n.op == "getattr":
-            rhs = f"{ref(n.args[0])}.{n.attr}"
-        elif n.op == "model":
-            rhs = f"model {n.target}({args})"
-        elif n.op == "pack":
-            rhs = f"({args}{',' if len(n.args) == 1 else ''})"
-        elif n.op == "item":
-            rhs = f"{ref(n.args[0])}[{n.index}]"
-        elif n.op == "accum":
-            rhs = f"{n.target}.grad += {args}"
-        elif n.op == "state":
-            rhs = f"{n.target} <- {args}"
-        else:
-            rhs = f"{n.op}({args})"
+        kw = ", ".join(f"{k}={v!r}" for k, v in n.kwargs.items())
+        args = ", ".join(repr(a) for a in n.args) + (", " + kw if kw and n.args else kw)
+        rhs = op_spec(n.op).text(n, args)
         line = f"  {n!r} = {rhs}"
         if shapes is not None and n.id in shapes:
             line = f"{line:<52} # {shapes[n.id]}"
@@ -155,7 +283,7 @@ class Graph:
         lines = [f"graph {self.name}({ins}):"]
         last = None
         for n in self.nodes:
-            if n.op == "input":
+            if n.op == INPUT:
                 continue
             if n.loc is not None and n.loc != last and n.loc.text:
                 lines.append(f"  # line {n.loc.lineno}: {n.loc.text}")
@@ -168,33 +296,17 @@ class Graph:
         return f"<Graph {self.name}: {len(self.nodes)} nodes>"
 
     def _repr_html_(self):
-        from .display import graph_html
         return graph_html(self)
 
     def to_dot(self):
         """Graphviz DOT text: one box per node, edges from inputs to users."""
         out = [f'digraph "{self.name}" {{', "  rankdir=TB;", '  node [shape=box, fontname="monospace"];']
         for n in self.nodes:
-            if n.op == "call":
-                label = describe_fn(n.fn)
-            elif n.op == "input":
-                label = f"input {n.name}"
-            elif n.op in ("param", "attr"):
-                label = path_expr(n.base, n.path)
-            elif n.op == "const":
-                label = repr(n.value)
-            elif n.op == "model":
-                label = f"{n.target}(…)"
-            elif n.op == "getattr":
-                label = f".{n.attr}"
-            elif n.op == "item":
-                label = f"[{n.index}]"
-            else:
-                label = n.op
+            label = op_spec(n.op).label(n)
             if n.name:
                 label = f"{n.name} = {label}"
             label = label.replace("\\", "\\\\").replace('"', '\\"')
-            style = ', style=filled, fillcolor="#e8f0fe"' if n.op in ("input", "param") else ""
+            style = ', style=filled, fillcolor="#e8f0fe"' if n.op in (INPUT, PARAM) else ""
             out.append(f'  n{n.id} [label="{label}"{style}];')
             for a in n.inputs():
                 out.append(f"  n{a.id} -> n{n.id};")

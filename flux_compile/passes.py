@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules
-from .ir import Node
+from .ir import LEAF_OPS, Node, is_leaf, is_reread
 
 PURE_OPS = {"call", "getattr", "item", "pack", "const", "param", "attr"}
 IMPURE_FN_MODULES = ("numpy.random",)
@@ -77,8 +77,7 @@ def simplify(graph):
                 new = a
         elif n.op == "call" and n.fn is helpers.identity and len(n.args) == 1:
             new = n.args[0]
-        if new is not None and n.name and not new.name and new.op not in ("input", "param", "const", "attr",
-                                                                            "seed"):
+        if new is not None and n.name and not new.name and not is_leaf(new):
             new.name = n.name
         return new
     return rewrite(graph, visit)
@@ -140,7 +139,7 @@ class Split:
         self.backward = backward    # nodes of the backward, in order
 
 
-FREE_OPS = {"const", "param", "attr", "input", "seed"}
+FREE_OPS = LEAF_OPS
 
 
 def split(joint, resolve):
@@ -178,7 +177,7 @@ def split(joint, resolve):
     saved, seen = [], set()
 
     def save(a, kind):
-        if a.id in in_forward and a.op not in ("const", "param", "attr") and (a.id, kind) not in seen:
+        if a.id in in_forward and not is_reread(a) and (a.id, kind) not in seen:
             seen.add((a.id, kind))
             saved.append((a, kind))
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from .errors import CompileError
 from .frontend import Seq, Static, get_source
-from .ir import Node
+from .ir import Node, is_leaf
 from .params import Param, is_model, submodels
 
 
@@ -103,7 +103,7 @@ class StateHooks:
             b.error(f"state attribute self.{name} must hold one array", e,
                     hint="keep one array per state attribute (self.h = ..., self.c = ...)")
         node = b.as_node(value, e)
-        if node.op not in ("input", "param", "const", "attr") and (node.name is None or node.meta.get("anon")):
+        if not is_leaf(node) and (node.name is None or node.meta.get("anon")):
             node.name = name
             node.meta.pop("anon", None)
         self.current[name] = node
@@ -235,3 +235,15 @@ def restore_states(snapshot):
             x.__dict__["_fc_state"] = dict(st)
             x.__dict__["_fc_link"] = link
             x.__dict__["_fc_batch"] = batch
+
+
+def call_keeping_state(target, args):
+    """``target(*args)`` with the recurrent state of a model target put back afterwards
+    (how tracing evaluates a sub-model call on the real arguments)."""
+    if not is_model(target):
+        return target(*args)
+    snap = snapshot_states(target)
+    try:
+        return target(*args)
+    finally:
+        restore_states(snap)

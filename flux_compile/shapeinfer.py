@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ir import value_shape
+
 
 class Sym:
     """A run-time size. ``nonone`` says it is known not to be 1 (the compiled code is
@@ -91,10 +93,7 @@ def static_shape(s):
     return s if all(isinstance(d, int) for d in s) else None
 
 
-def of_value(v):
-    if isinstance(v, (int, float, complex, bool, np.generic, np.ndarray)):
-        return tuple(np.shape(v))
-    return None
+of_value = value_shape      # the shape of a constant: the op table's rule for ``const``
 
 
 def _axis_tuple(axis, ndim):

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import guards
 from .errors import CompileError
-from .ir import Node
+from .ir import Node, is_leaf
 from .parsing import get_source
 from .tracecore import (FORBIDDEN_HINTS, MAX_UNROLL, Frame, LocalFunction, Seq, Static, SymDict,
                         _as_load, _static, _stmt_name)
@@ -363,8 +363,7 @@ class Statements:
     def assign(self, target, value, stmt):
         t = type(target)
         if t is ast.Name:
-            if isinstance(value, Node) and value.name is None and value.op not in ("input", "param", "attr",
-                                                                                     "const"):
+            if isinstance(value, Node) and value.name is None and not is_leaf(value):
                 value.name = target.id
             self.frame.env[target.id] = value
         elif t in (ast.Tuple, ast.List):

@@ -21,83 +21,8 @@ generated code calls by name.
 """
 from __future__ import annotations
 
-import inspect
-
-import numpy as np
-
-RULES: dict = {}        # primitive -> rule function
-NONDIFF: set = set()    # primitives known to have no gradient
-GENERATION = [0]        # bumped on every registration: compiled code made before is stale
-
-
-def _key(primitive):
-    return primitive
-
-
-def diffrule(primitive):
-    """Register the decorated function as the derivative rule of ``primitive``.
-
-    >>> import numpy as np, flux_compile as fc
-    >>> def cube(x): return x ** 3
-    >>> @fc.diffrule(cube)
-    ... def _(dy, y, x):
-    ...     return dy * 3 * x ** 2
-    """
-    def register(rule):
-        RULES[_key(primitive)] = rule
-        NONDIFF.discard(_key(primitive))
-        GENERATION[0] += 1
-        rule.__flux_primitive__ = primitive
-        return rule
-    return register
-
-
-def nondiff_primitive(*primitives):
-    """Declare primitives whose outputs carry no gradient (argmax, floor, ...)."""
-    for p in primitives:
-        NONDIFF.add(_key(p))
-    GENERATION[0] += 1
-    return primitives[0] if len(primitives) == 1 else primitives
-
-
-def known(condition):
-    """In a rule body: true when ``condition`` is known to hold at compile time.
-
-    ``if known(a.ndim == 2): return dy @ b.T`` picks the plain form when the
-    compiler knows the rank, and falls through to a general helper otherwise.
-    Called outside the compiler (a rule run as plain Python) it is ``bool`` of a scalar
-    condition, and false for an array one (not known to hold everywhere).
-    """
-    return bool(condition) if np.ndim(condition) == 0 else False
-
-
-def get_rule(primitive):
-    """The rule function for ``primitive``, or ``None``."""
-    try:
-        return RULES.get(_key(primitive))
-    except TypeError:       # unhashable
-        return None
-
-
-def is_nondiff(primitive):
-    try:
-        return _key(primitive) in NONDIFF
-    except TypeError:
-        return False
-
-
-def rule_signature(rule):
-    """(positional input names, keyword-only defaults) of a rule, minus dy and y."""
-    sig = inspect.signature(rule)
-    pos, kw = [], {}
-    for p in list(sig.parameters.values())[2:]:
-        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
-            pos.append(p.name)
-        elif p.kind is p.VAR_POSITIONAL:
-            pos.append("*" + p.name)
-        elif p.kind is p.KEYWORD_ONLY:
-            kw[p.name] = p.default
-    return pos, kw
+from .registry import (GENERATION, NONDIFF, RULES, _key, diffrule, get_rule, is_nondiff, known,  # noqa: F401
+                       nondiff_primitive, rule_signature)
 
 
 def _load_tables():

@@ -5,7 +5,7 @@ floats so float32 stays float32 (NEP 50).
 """
 import numpy as np
 
-from . import diffrule, known, nondiff_primitive
+from .registry import diffrule, known, nondiff_primitive
 from .helpers import astype, cast_grad, clip_bound_grad, identity, imag_grad, linspace_grad, unbroadcast
 
 # Constants are written as literals (ln 2, ln 10, pi/180): rules are inlined

@@ -11,7 +11,7 @@ and PyTorch do.
 """
 import numpy as np
 
-from . import diffrule, known
+from .registry import diffrule, known
 from .helpers import (as_columns, cross_grad_a, cross_grad_b, dot_grad_a,
                       dot_grad_b, einsum_grads, fill_none, from_columns,
                       inner_grad_a, inner_grad_b, kron_grad_a, kron_grad_b,

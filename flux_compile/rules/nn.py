@@ -4,7 +4,7 @@ Most are cheapest in terms of the output ``y``, which the forward pass keeps.
 """
 import numpy as np
 
-from . import diffrule, nondiff_primitive
+from .registry import diffrule, nondiff_primitive
 from ..functions import (elu, flatten, gelu, leakyrelu, logsoftmax, logsumexp,
                          nodiff, relu, sigmoid, softmax, softplus)
 from .helpers import restore_axes

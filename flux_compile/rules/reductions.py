@@ -5,7 +5,7 @@ of a reduction is spread back over the reduced axes by ``sum_grad``.
 """
 import numpy as np
 
-from . import diffrule
+from .registry import diffrule
 from .helpers import (cumprod_grad, diff_grad, extremum_mask, prod_others,
                       reduced_size, sum_grad)
 

@@ -7,7 +7,7 @@ list (``np.split``) arrives as a list ``dy`` whose entries may be None (zero).
 """
 import numpy as np
 
-from . import diffrule
+from .registry import diffrule
 from .helpers import (getitem, getitem_grad, inverse_permutation, reshape_each, setitem, setitem_value_grad,
                       stack_items,
                       unpartition, unrollaxis,
