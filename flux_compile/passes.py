@@ -323,3 +323,59 @@ def optimize(graph):
             n = step(n) if n is not None else None
         return n
     return resolve
+
+
+# --------------------------------------------------------------------------
+# Folding and unbroadcast specialisation. The frontend applies them to each call as it is
+# traced (a folded value is a compile-time constant the rest of the trace can branch on).
+
+NOT_FOLDED = object()
+KEEP_AS_IS = "keep"
+MAX_FOLDED_ARRAY = 8        # a folded array this small or smaller is written as a literal
+
+
+def foldable(fn):
+    """May ``fn`` run at compile time on constants? NumPy (not its random module), ``float``,
+    ``int`` and ``len``."""
+    mod = getattr(fn, "__module__", "") or ""
+    return (type(fn).__name__ == "ufunc" or mod.startswith("numpy") or fn in (float, int, len)) \
+        and not mod.startswith("numpy.random")
+
+
+def fold_constant_call(fn, args, kwargs):
+    """``fn(*args, **kwargs)`` computed now, for constant arguments: a scalar, or a 0-d or 1-d
+    array of at most ``MAX_FOLDED_ARRAY`` items; ``NOT_FOLDED`` when the call must stay."""
+    if not foldable(fn):
+        return NOT_FOLDED
+    try:
+        r = fn(*args, **kwargs)
+    except Exception:
+        return NOT_FOLDED
+    if isinstance(r, (int, float, bool, np.generic)) and not isinstance(r, np.ndarray):
+        return r
+    if isinstance(r, np.ndarray) and r.ndim <= 1 and r.size <= MAX_FOLDED_ARRAY:
+        return r
+    return NOT_FOLDED
+
+
+def unbroadcast_plan(have, want):
+    """How ``unbroadcast(g, want)`` reduces a ``g`` of symbolic shape ``have``: ``KEEP_AS_IS``
+    when the shapes are the same, the keywords of one ``np.sum`` when the ranks are known and
+    ``want`` is a tuple of ints, None when only the generic ``unbroadcast`` can tell."""
+    from . import shapeinfer
+    if isinstance(want, tuple) and shapeinfer.same(have, want):
+        return KEEP_AS_IS
+    if have is None or not isinstance(want, tuple) or not all(isinstance(d, int) for d in want):
+        return None
+    lead = len(have) - len(want)
+    if lead < 0:
+        return None
+    keep = tuple(lead + i for i, d in enumerate(want) if d == 1 and not
+                 (isinstance(have[lead + i], int) and have[lead + i] == 1))
+    if lead and keep:
+        return None
+    if lead:
+        return {"axis": 0 if lead == 1 else tuple(range(lead))}
+    if keep:
+        return {"axis": keep[0] if len(keep) == 1 else keep, "keepdims": True}
+    return None

@@ -166,6 +166,8 @@ def infer(fn, shapes, consts, kwargs):
     from .rules import helpers
     axis = kwargs.get("axis")
     keepdims = kwargs.get("keepdims", False)
+    if fn in (float, int, bool, complex) and len(shapes) == 1:
+        return ()           # a Python scalar
     if isinstance(fn, np.ufunc) and fn.signature is None and fn.nout == 1 and not kwargs.keys() - {"dtype"}:
         return broadcast(*shapes) if len(shapes) == fn.nin else None
     if fn in (np.sum, np.mean, np.max, np.min, np.prod, np.var, np.std, np.amax, np.amin, np.any, np.all):

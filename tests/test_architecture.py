@@ -16,7 +16,8 @@ LAYERS = {
     0: """errors params functions ir primitives rules.registry naming pytree
           locks sourcecache _version guards richtext tokens""",
     1: """shapeinfer rules rules.helpers rules.elementwise rules.linalg rules.nn
-          rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete""",
+          rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
+          parsing tracecore tracestmt traceexpr tracecall""",
     2: "frontend autodiff forward passes codegen emitters statehooks",
     3: "compiler compiled",
     4: "cache diskcache diskguards runstate readonly updatestep",
