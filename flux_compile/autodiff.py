@@ -152,6 +152,8 @@ def _is_complex(node):
             except TypeError:
                 return False
         return v in ("complex", "complex64", "complex128") if isinstance(v, str) else False
+    if node.op == "call" and rules.makes_complex(node.fn):     # np.fft.fft(x) of a real x
+        return True
     return bool(node.meta.get("complex"))
 
 

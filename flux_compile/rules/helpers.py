@@ -951,3 +951,67 @@ def imag_grad(g, val):
     if np.iscomplexobj(val):
         return -1j * np.asarray(g)
     return np.zeros_like(np.real(g))
+
+
+# --------------------------------------------------------------------------
+# discrete Fourier transforms (rules/fft.py)
+
+__all__ += ["match_input", "fft_axes", "rfft_grad", "irfft_grad", "swap_norm"]
+
+
+def match_input(g, x):
+    """``g`` as the gradient of ``x``: truncated or zero-padded on every axis to ``x``'s
+    shape (the adjoint of an FFT's ``n=``/``s=``), real for a real ``x`` (autograd's
+    convention), in ``x``'s precision."""
+    g = np.asarray(g)
+    shape = np.shape(x)
+    if g.shape != shape:
+        g = np.pad(g, [(0, max(0, n - m)) for m, n in zip(g.shape, shape)])
+        g = g[tuple(slice(0, n) for n in shape)]
+    if not np.iscomplexobj(x):
+        g = np.real(g)
+    kind = np.asarray(x).dtype
+    if kind.kind not in "fc":
+        return g
+    if kind.kind == "f" and g.dtype.kind == "c":
+        kind = np.result_type(kind, np.complex64)
+    return g.astype(kind, copy=False)
+
+
+def fft_axes(ndim, s=None, axes=None):
+    """The axes an n-dimensional FFT transforms (NumPy's defaults), non-negative."""
+    if axes is None:
+        axes = range(ndim) if s is None else range(ndim - len(s), ndim)
+    return [a % ndim for a in axes]
+
+
+def swap_norm(norm):
+    """``hfft``/``ihfft`` run the opposite direction's normalisation."""
+    return {None: "forward", "backward": "forward", "ortho": "ortho", "forward": "backward"}[norm]
+
+
+def rfft_grad(g, x, s, axes, norm=None):
+    """Gradient of ``np.fft.rfftn(x, s, axes, norm)`` (and rfft, rfft2): the half spectrum
+    zero-padded to full length and transformed forward, any length even or odd."""
+    axes = fft_axes(np.ndim(x), s, axes)
+    full = [np.shape(x)[a] for a in axes] if s is None else list(s)
+    return match_input(np.fft.fftn(g, s=full, axes=axes, norm=norm), x)
+
+
+def irfft_grad(g, x, s, axes, norm=None):
+    """Gradient of ``np.fft.irfftn(x, s, axes, norm)`` (and irfft, irfft2) for the
+    half spectrum ``x``: the conjugate real transform of ``g``, doubled where a bin stands
+    for itself and its mirror image (not the zero bin, nor the Nyquist bin of an even length)."""
+    axes = fft_axes(np.ndim(x), s, axes)
+    if s is None:
+        s = [np.shape(x)[a] for a in axes[:-1]] + [2 * (np.shape(x)[axes[-1]] - 1)]
+    n, total = s[-1], float(np.prod(s))
+    scale = {None: 1 / total, "backward": 1 / total, "ortho": total ** -0.5, "forward": 1.0}[norm]
+    weights = np.full(n // 2 + 1, 2.0)
+    weights[0] = 1.0
+    if n % 2 == 0:
+        weights[-1] = 1.0
+    shape = [1] * np.ndim(g)
+    shape[axes[-1]] = n // 2 + 1
+    spectrum = np.conjugate(np.fft.rfftn(g, axes=axes)) * (scale * weights).reshape(shape)
+    return match_input(spectrum, x)
