@@ -296,6 +296,8 @@ def bind_rule_args(node, rule):
     for name in pos_names:
         if name in bound:
             pos.append(bound.pop(name))
+        elif name.startswith("*"):      # f, *varargs (np.gradient's spacings): each an input
+            pos.extend(bound.pop(name[1:], ()))
         else:
             pos.append(None)
     kw = {}

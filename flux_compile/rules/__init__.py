@@ -117,6 +117,9 @@ def rule_signature(rule):
 
 def _load_tables():
     from . import elementwise, reductions, shape, linalg, nn, fft  # noqa: F401
+    for primitive, rule in fft.TABLE.items():
+        diffrule(primitive)(rule)
+    complex_output(*fft.COMPLEX_OUTPUT)
 
 
 _load_tables()

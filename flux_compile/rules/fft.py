@@ -6,11 +6,23 @@ zero-padded back to ``a``'s shape where ``n=``/``s=`` padded or cut the input, a
 for a real ``a``. The real transforms (``rfft*``, ``irfft*``, ``hfft``, ``ihfft``) have
 helpers in :mod:`flux_compile.rules.helpers`; unlike autograd's, they take odd lengths too.
 Axes repeated in ``axes=`` are not supported (as in autograd).
+
+The table is registered by :mod:`flux_compile.rules` (``TABLE``, ``COMPLEX_OUTPUT``), so this
+module imports only the helpers below it, not the registry's package.
 """
 import numpy as np
 
-from . import complex_output, diffrule
 from .helpers import fft_axes, irfft_grad, match_input, rfft_grad, swap_norm
+
+TABLE = {}      # primitive -> rule, registered by flux_compile.rules
+
+
+def diffrule(primitive):
+    """Keep the decorated rule in ``TABLE`` for ``primitive``."""
+    def keep(rule):
+        TABLE[primitive] = rule
+        return rule
+    return keep
 
 
 # ---------------------------------------------------------------- complex transforms
@@ -101,5 +113,6 @@ def _(dy, y, x, *, axes=None):
     return np.fft.fftshift(dy, axes=axes)
 
 
-complex_output(np.fft.fft, np.fft.ifft, np.fft.fft2, np.fft.ifft2, np.fft.fftn, np.fft.ifftn,
-               np.fft.rfft, np.fft.rfft2, np.fft.rfftn, np.fft.ihfft)
+# complex results of real inputs: gradients of real values downstream take the real part
+COMPLEX_OUTPUT = (np.fft.fft, np.fft.ifft, np.fft.fft2, np.fft.ifft2, np.fft.fftn, np.fft.ifftn,
+                  np.fft.rfft, np.fft.rfft2, np.fft.rfftn, np.fft.ihfft)

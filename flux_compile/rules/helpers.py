@@ -188,8 +188,11 @@ def fill_none(g, like):
 
 
 def diff_grad(g, n=1, axis=-1):
-    """Adjoint of ``np.diff(a, n, axis)``: ``-diff`` of ``g`` padded with zeros."""
+    """Adjoint of ``np.diff(a, n, axis)``: ``-diff`` of ``g`` padded with zeros (``None``:
+    NumPy's defaults, for a rule whose optional positional inputs were not passed)."""
     g = np.asarray(g)
+    n = 1 if n is None else n
+    axis = -1 if axis is None else axis
     width = [(0, 0)] * g.ndim
     width[axis] = (1, 1)
     for _ in range(n):
@@ -1035,6 +1038,8 @@ def svd_grad(gu, gs, gvh, a, u, s, vh, full_matrices=True):
     meaningless there, as in autograd; through ``s`` alone it is fine."""
     m, n = a.shape[-2:]
     k = min(m, n)
+    if np.size(a) == 0:
+        return np.zeros_like(a)
     if full_matrices and m != n:
         extra_u = gu is not None and np.any(gu[..., :, k:])
         extra_v = gvh is not None and np.any(gvh[..., k:, :])
@@ -1100,7 +1105,8 @@ def _gradient_matrix(n, spacing, edge_order):
 def gradient_grads(g, f, varargs, axis=None, edge_order=1):
     """Gradients of ``np.gradient(f, *varargs, axis=, edge_order=)``: for ``f``, the
     transposed difference matrix of each axis applied to its adjoint (one output per axis,
-    ``None`` where unused); the spacings get none (they are treated as constants)."""
+    ``None`` where unused); the spacings get none (they are treated as constants). One
+    gradient alone without spacings, else a tuple (f's, then None per spacing)."""
     f = np.asarray(f)
     axes = list(range(f.ndim)) if axis is None else [axis] if np.ndim(axis) == 0 else list(axis)
     axes = [ax % f.ndim for ax in axes]
@@ -1115,6 +1121,8 @@ def gradient_grads(g, f, varargs, axis=None, edge_order=1):
         spacing = varargs[k] if varargs else None
         d = _gradient_matrix(f.shape[ax], spacing, edge_order).astype(total.dtype, copy=False)
         total = total + np.moveaxis(np.tensordot(d, np.asarray(gk), axes=([0], [ax])), 0, ax)
+    if not varargs:
+        return match_input(total, f)
     return (match_input(total, f),) + (None,) * len(varargs)
 
 
@@ -1186,6 +1194,7 @@ def diff_parts_grads(g, a, n=1, axis=-1, prepend=None, append=None):
     ``append`` (``None`` for ``n`` and ``axis``): the adjoint of the difference of the
     concatenation, cut into its parts (a scalar part is summed, it was broadcast)."""
     a = np.asarray(a)
+    axis = -1 if axis is None else axis
     full = diff_grad(g, n, axis)
     ax = axis % max(a.ndim, 1)
 
@@ -1194,6 +1203,8 @@ def diff_parts_grads(g, a, n=1, axis=-1, prepend=None, append=None):
             return 0
         return 1 if np.ndim(part) == 0 else np.shape(part)[ax]
     lo, hi = width(prepend), width(append)
+    if full.shape[ax] != lo + a.shape[ax] + hi:     # n >= the length: an empty result, no gradient
+        full = np.zeros(a.shape[:ax] + (lo + a.shape[ax] + hi,) + a.shape[ax + 1:], dtype=full.dtype)
     stop = full.shape[ax] - hi
     pieces = np.split(full, [lo, stop], axis=ax)
 
