@@ -1526,10 +1526,10 @@ class Builder:
             node.meta["shape"] = None
         arity = MULTI_OUTPUT.get(fn)
         if callable(arity):
-            arity = arity(nodes, kw)
-        node.arity = arity
+            arity = arity(nodes, kw)    # False: one array after all (svd without compute_uv)
+        node.arity = arity or None
         node = self.ctx.add(node)
-        if fn in MULTI_OUTPUT and node.arity is None and self.ctx.concrete is not None:
+        if fn in MULTI_OUTPUT and arity is None and self.ctx.concrete is not None:
             # how many pieces depends on a run-time size: compiled for this count, with a guard
             node.arity = self.concrete_int(self.call_primitive(len, [node], {}, e), e, "the number of pieces")
         return node
@@ -1609,6 +1609,31 @@ MULTI_OUTPUT = {np.linalg.slogdet: 2, np.linalg.eigh: 2, np.split: _split_arity,
                 np.dsplit: _split_arity, np.linalg.qr: 2}
 if hasattr(np, "unstack"):
     MULTI_OUTPUT[np.unstack] = _unstack_arity
+
+
+def _svd_arity(nodes, kw):
+    uv = kw.get("compute_uv")
+    return 3 if uv is None or uv.op != "const" or uv.value else False
+
+
+def _gradient_arity(nodes, kw):
+    """``np.gradient`` gives one array per differentiated axis (a list when more than one)."""
+    axis = kw.get("axis")
+    if axis is not None and axis.op == "const" and axis.value is not None:
+        count = 1 if isinstance(axis.value, int) else len(axis.value)
+    else:
+        shape = shape_of(nodes[0])
+        count = None if shape is None else len(shape)
+    return False if count == 1 else count
+
+
+def _atleast_arity(nodes, kw):
+    return len(nodes) if len(nodes) > 1 else False     # np.atleast_1d(a, b) gives a list
+
+
+MULTI_OUTPUT.update({np.linalg.svd: _svd_arity, np.linalg.eig: 2, np.gradient: _gradient_arity,
+                     np.atleast_1d: _atleast_arity, np.atleast_2d: _atleast_arity,
+                     np.atleast_3d: _atleast_arity})
 
 
 _MISSING = object()

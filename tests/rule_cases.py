@@ -594,6 +594,7 @@ for f in (_FFT.rfft2, _FFT.rfftn):
     case(f, r(2, 3, 4), axes=(2, 0), name="axes")
 for f in (_FFT.irfft2, _FFT.irfftn):
     case(f, cplx(4, 4), name="default-s")
+    case(f, r(3, 4), name="real-input", f32=False)
     case(f, cplx(3, 4), s=(4, 7), axes=(0, 1), norm="ortho", name="s-odd-ortho")
     case(f, cplx(2, 3, 4), axes=(2, 0), norm="forward", name="axes-forward",
          autograd=False)             # autograd scales norm="forward" as "backward"
