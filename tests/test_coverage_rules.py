@@ -203,3 +203,28 @@ def test_average_diff_and_select_through_compiled_code_match_differences(f, shap
             a[i] = x
             return f(*a)
         np.testing.assert_allclose(g, central(fi, args[i]), rtol=1e-5, atol=1e-7)
+
+
+def _r_and_c(a, b):
+    return np.sum(np.r_[a, b, 2.0] * np.arange(1.0, 9.0)) + np.sum(np.c_[a, b[:3]] ** 2 * np.sin(a)[:, None])
+
+
+def test_np_r_and_np_c_lower_to_concatenate_and_column_stack():
+    a, b = rng.standard_normal(3), rng.standard_normal(4)
+    value, grads = fc.grad(_r_and_c, a, b)
+    assert value == pytest.approx(_r_and_c(a, b), rel=1e-12)
+    for i, g in enumerate(grads):
+        np.testing.assert_allclose(g, central(lambda x, i=i: _r_and_c(*[x if k == i else v for k, v in enumerate((a, b))]),
+                                              (a, b)[i]), rtol=1e-6, atol=1e-8)
+    source = fc.source(_r_and_c, "forward", args=(a, b))
+    assert "concatenate(" in source and "column_stack(" in source     # (astor may break the line after "np.")
+
+
+def _r_with_slice(a):
+    return np.sum(np.r_[a, 0:3])
+
+
+def test_np_r_with_a_slice_is_a_compile_error_saying_what_to_do():
+    with pytest.raises(fc.CompileError, match="slices") as info:
+        fc.grad(_r_with_slice, np.ones(2))
+    assert "np.arange" in info.value.hint
