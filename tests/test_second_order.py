@@ -39,8 +39,9 @@ NOT_TWICE_DIFFERENTIABLE = {
     "np.max[tie]": "a tie: the gradient jumps there",
     "np.min[tie]": "a tie: the gradient jumps there",
     "np.prod[two-zeros]": "the gradient of a product with two zeros is a kink of prod_others",
-    # not a function of a float array
-    "float": "float(x) of a 0-d array: a cast, its gradient is the constant 1",
+    # a compiler limitation, not the rule's: in compiled code w * float(x) (a 0-d w) fails in the
+    # forward, the Python float has no .shape for the multiply's unbroadcast (reported)
+    "float": "compiled w * float(x) fails in the forward (Python float has no .shape)",
     "np.fmax[nan]": "a NaN input: no second derivative to difference",
     "np.fmin[nan]": "a NaN input: no second derivative to difference",
     "np.nansum[nan]": "a NaN input: no second derivative to difference",
