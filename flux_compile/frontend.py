@@ -173,7 +173,7 @@ METHODS = {
     "any": np.any, "all": np.all, "copy": np.copy, "conj": np.conjugate,
 }
 VARARG_SHAPE_METHODS = {"reshape", "transpose"}
-LIST_PARAMS = {"arrays", "tup", "arys", "xs", "operands", "ary", "seq"}
+LIST_PARAMS = {"arrays", "tup", "arys", "xs", "operands", "ary", "seq", "condlist", "choicelist"}
 ARRAY_ATTRS = {"shape", "ndim", "dtype", "size"}
 
 SIMPLE_BUILTINS = {abs: np.abs}

@@ -228,3 +228,15 @@ def test_np_r_with_a_slice_is_a_compile_error_saying_what_to_do():
     with pytest.raises(fc.CompileError, match="slices") as info:
         fc.grad(_r_with_slice, np.ones(2))
     assert "np.arange" in info.value.hint
+
+
+def _select_broadcast(a, b):
+    return np.sum(np.select([a > 0, a < -0.5], [a * 2.0, b], 0.1) ** 2)
+
+
+def test_select_with_choices_of_different_shapes_keeps_its_lists():
+    """Before: the compiler stacked the choice list into one array, which fails to broadcast."""
+    a, b = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    _, (ga, gb) = fc.grad(_select_broadcast, a, b)
+    np.testing.assert_allclose(ga, central(lambda x: _select_broadcast(x, b), a), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gb, central(lambda x: _select_broadcast(a, x), b), rtol=1e-6, atol=1e-8)

@@ -153,9 +153,24 @@ def list4(fn, kw, w, a, b, c, d):
     return np.sum(w * fn([a, b, c, d], **kw))
 
 
+def select2(fn, kw, w, c0, c1, a, b, d):
+    return np.sum(w * fn([c0, c1], [a, b], d, **kw))
+
+
+def sym1(fn, kw, w, a):
+    """A rule that reads a symmetric input: differentiated through a + a^T."""
+    return np.sum(w * fn(a + np.swapaxes(a, -1, -2), **kw))
+
+
 def _layout(case):
-    """(flat arguments, rebuild): a single list argument is passed item by item."""
+    """(flat arguments, rebuild): a single list argument is passed item by item, np.select's
+    two lists too; a symmetric input is s with a = s + s^T (taken at s = a / 2)."""
     args = case.args
+    if case.primitive is np.select:
+        return list(args[0]) + list(args[1]) + [args[2]], lambda f: ([f[0], f[1]], [f[2], f[3]], f[4])
+    if case.sym:
+        return [a / 2 if i in case.sym else a for i, a in enumerate(args)], \
+            lambda f: tuple(x + np.swapaxes(x, -1, -2) if i in case.sym else x for i, x in enumerate(f))
     if len(args) == 1 and isinstance(args[0], list):
         return list(args[0]), lambda flat: (list(flat),)
     return list(args), tuple
@@ -164,6 +179,11 @@ def _layout(case):
 def _compiled(case):
     """(compiled objective, output index or None), or None when the layout does not fit."""
     args = case.args
+    if case.primitive is np.select:
+        return (select2, None) if len(args[0]) == 2 and len(args[1]) == 2 else None
+    if case.sym:
+        y = case.primitive(*args, **case.kwargs)
+        return (sym1, None) if len(args) == 1 and isinstance(y, np.ndarray) else None
     listed = len(args) == 1 and isinstance(args[0], list)
     if not listed and any(isinstance(a, list) and any(isinstance(x, np.ndarray) for x in a) for a in args):
         return None
@@ -185,13 +205,15 @@ def _compiled(case):
 def _float_inputs(case):
     flat, _ = _layout(case)
     diff = range(len(flat)) if len(case.args) == 1 and isinstance(case.args[0], list) else case.diff
+    if case.primitive is np.select:
+        diff = (2, 3, 4)
     return [i for i in diff if isinstance(flat[i], np.ndarray) and flat[i].dtype.kind == "f" and flat[i].size]
 
 
 def _checkable(case):
     if case.id in NOT_TWICE_DIFFERENTIABLE or primitive_name(case.primitive) in NOT_TWICE_DIFFERENTIABLE:
         return False
-    if case.sym or not _float_inputs(case):
+    if not _float_inputs(case):
         return False
     made = _compiled(case)
     return made is not None and made[0] is not None
@@ -247,9 +269,4 @@ def test_every_rule_is_checked_to_second_order_or_listed():
 
 # primitives whose cases all take list inputs or give list/tuple outputs the objective wrappers
 # above do not project (checked to first order in test_rules_direct and test_rules_compiled)
-LIST_ONLY = {
-    np.select: "lists of boolean conditions beside the choices; linear in each choice (second "
-               "derivative 0), first order in test_rules_direct",
-    np.linalg.cholesky: "reads one triangle of a symmetric input: the symmetric projection is "
-                        "checked to first order in test_rules_direct",
-}
+LIST_ONLY = {}
