@@ -120,6 +120,8 @@ def _is_complex(node):
             except TypeError:
                 return False
         return v in ("complex", "complex64", "complex128") if isinstance(v, str) else False
+    if node.op == "call" and rules.makes_complex(node.fn):     # np.fft.fft(x) of a real x
+        return True
     return bool(node.meta.get("complex"))
 
 
@@ -268,6 +270,8 @@ def bind_rule_args(node, rule):
     for name in pos_names:
         if name in bound:
             pos.append(bound.pop(name))
+        elif name.startswith("*"):      # f, *varargs (np.gradient's spacings): each an input
+            pos.extend(bound.pop(name[1:], ()))
         else:
             pos.append(None)
     kw = {}

@@ -177,10 +177,10 @@ class Calls:
             node.meta["shape"] = None
         arity = MULTI_OUTPUT.get(fn)
         if callable(arity):
-            arity = arity(nodes, kw)
-        node.arity = arity
+            arity = arity(nodes, kw)    # False: one array after all (svd without compute_uv)
+        node.arity = arity or None
         node = self.ctx.add(node)
-        if fn in MULTI_OUTPUT and node.arity is None and self.ctx.concrete is not None:
+        if fn in MULTI_OUTPUT and arity is None and self.ctx.concrete is not None:
             # how many pieces depends on a run-time size: compiled for this count, with a guard
             node.arity = self.concrete_int(self.call_primitive(len, [node], {}, e), e, "the number of pieces")
         return node

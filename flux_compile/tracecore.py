@@ -140,7 +140,7 @@ METHODS = {
     "any": np.any, "all": np.all, "copy": np.copy, "conj": np.conjugate,
 }
 VARARG_SHAPE_METHODS = {"reshape", "transpose"}
-LIST_PARAMS = {"arrays", "tup", "arys", "xs", "operands", "ary", "seq"}
+LIST_PARAMS = {"arrays", "tup", "arys", "xs", "operands", "ary", "seq", "condlist", "choicelist"}
 ARRAY_ATTRS = {"shape", "ndim", "dtype", "size"}
 
 OPAQUE_MODULE_PREFIXES = ("numpy", "scipy", "math", "builtins", "flux_compile.rules",
@@ -208,6 +208,31 @@ MULTI_OUTPUT = {np.linalg.slogdet: 2, np.linalg.eigh: 2, np.split: _split_arity,
                 np.dsplit: _split_arity, np.linalg.qr: 2}
 if hasattr(np, "unstack"):
     MULTI_OUTPUT[np.unstack] = _unstack_arity
+
+
+def _svd_arity(nodes, kw):
+    uv = kw.get("compute_uv")
+    return 3 if uv is None or uv.op != "const" or uv.value else False
+
+
+def _gradient_arity(nodes, kw):
+    """``np.gradient`` gives one array per differentiated axis (a list when more than one)."""
+    axis = kw.get("axis")
+    if axis is not None and axis.op == "const" and axis.value is not None:
+        count = 1 if isinstance(axis.value, int) else len(axis.value)
+    else:
+        shape = shape_of(nodes[0])
+        count = None if shape is None else len(shape)
+    return False if count == 1 else count
+
+
+def _atleast_arity(nodes, kw):
+    return len(nodes) if len(nodes) > 1 else False     # np.atleast_1d(a, b) gives a list
+
+
+MULTI_OUTPUT.update({np.linalg.svd: _svd_arity, np.linalg.eig: 2, np.gradient: _gradient_arity,
+                     np.atleast_1d: _atleast_arity, np.atleast_2d: _atleast_arity,
+                     np.atleast_3d: _atleast_arity})
 
 
 def _stmt_name(s):

@@ -154,9 +154,25 @@ class Expressions:
                 return Seq(self.node_items(base)[index.value])
             from .rules.helpers import getitem
             return self.call_primitive(getitem, [base, index], {}, e)
+        if isinstance(base, Static) and (base.value is np.r_ or base.value is np.c_):
+            return self.concatenate_trick(base.value, index, e)
         if isinstance(base, Static) and isinstance(index, Node):
             self.error("indexing a constant with a run-time value is not supported", e)
         self.error("cannot index this value", e)
+
+    def concatenate_trick(self, trick, index, e):
+        """``np.r_[a, b, 2.0]`` is ``np.concatenate`` of the items made at least 1-D;
+        ``np.c_[a, b]`` is ``np.column_stack`` (arrays, scalars; no slices or directives)."""
+        items = index.items if isinstance(index, Seq) else \
+            list(index.args) if isinstance(index, Node) and index.op == "pack" else [index]
+        if any(isinstance(i, Static) and isinstance(i.value, (slice, str)) for i in items):
+            self.error(f"np.{'r_' if trick is np.r_ else 'c_'}[...] with slices or string directives "
+                       "is not supported in compiled code", e,
+                       hint="build the pieces with np.arange / np.linspace and call np.concatenate")
+        if trick is np.c_:
+            return self.call_primitive(np.column_stack, [Seq(items, list)], {}, e)
+        parts = [self.call_primitive(np.atleast_1d, [i], {}, e) for i in items]
+        return self.call_primitive(np.concatenate, [Seq(parts, list)], {}, e)
 
     def eval_index(self, s):
         if isinstance(s, ast.Slice):

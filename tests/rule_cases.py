@@ -45,6 +45,8 @@ def primitive_name(p):
         return f"np.{name}"
     if getattr(np.linalg, name, None) is p:
         return f"np.linalg.{name}"
+    if getattr(np.fft, name, None) is p:
+        return f"np.fft.{name}"
     if getattr(F, name, None) is p:
         return f"fc.{name}"
     module = getattr(p, "__module__", None) or "?"
@@ -553,3 +555,101 @@ case(np.take_along_axis, r(1, 4), np.array([[0, 3], [1, 1], [2, 0]]), axis=1, na
      autograd=False)
 case(np.take_along_axis, r(2, 3, 4), np.array([[[1], [0], [2]]]), axis=2, name="3-d-broadcast",
      autograd=False)
+
+
+# ================================================================ coverage of autograd's primitives (issue 13)
+# complex inputs and outputs: the objective is Re(sum(dy * y)) with complex dy, a complex
+# input's gradient d/dRe - i d/dIm (autograd's convention); see test_rules_direct._fd
+
+def cplx(*shape):
+    return r(*shape) + 1j * r(*shape)
+
+
+_FFT = np.fft
+for f in (_FFT.fft, _FFT.ifft):
+    case(f, r(3, 6), name="real")
+    case(f, cplx(3, 5), name="complex-odd")
+    case(f, cplx(4, 3), n=6, axis=0, norm="ortho", name="pad-axis0-ortho")
+    case(f, r(3, 6), n=4, norm="forward", name="truncate-forward")
+for f in (_FFT.fft2, _FFT.ifft2, _FFT.fftn, _FFT.ifftn):
+    case(f, r(3, 4), name="real")
+    case(f, cplx(2, 3, 5), axes=(0, 2), norm="ortho", name="axes-ortho")
+    case(f, cplx(3, 4), s=(5, 2), axes=(1, 0), name="s-pad-truncate")
+for f in (_FFT.rfft, _FFT.ihfft):
+    case(f, r(3, 6), name="even")
+    case(f, r(3, 5), norm="ortho", name="odd-ortho")
+    # autograd's rfft factors assume n equals the input length: central differences decide
+    case(f, r(4, 3), n=7, axis=0, norm="forward", name="pad-odd-axis0", autograd=False)
+    case(f, r(3, 6), n=4, name="truncate", autograd=False)
+for f in (_FFT.irfft, _FFT.hfft):
+    case(f, cplx(3, 4), name="default-n")
+    case(f, cplx(3, 4), n=7, norm="ortho", name="odd-n-ortho")
+    case(f, cplx(3, 4), n=4, norm="forward", name="truncate-forward",
+         autograd=False)             # autograd scales norm="forward" as "backward"
+    case(f, cplx(5, 2), n=10, axis=0, name="pad-axis0")
+    case(f, r(3, 4), name="real-input", f32=False)
+for f in (_FFT.rfft2, _FFT.rfftn):
+    case(f, r(4, 6), name="even")
+    case(f, r(3, 5), s=(4, 7), axes=(0, 1), norm="ortho", name="s-odd-ortho")
+    case(f, r(2, 3, 4), axes=(2, 0), name="axes")
+for f in (_FFT.irfft2, _FFT.irfftn):
+    case(f, cplx(4, 4), name="default-s")
+    case(f, r(3, 4), name="real-input", f32=False)
+    case(f, cplx(3, 4), s=(4, 7), axes=(0, 1), norm="ortho", name="s-odd-ortho")
+    case(f, cplx(2, 3, 4), axes=(2, 0), norm="forward", name="axes-forward",
+         autograd=False)             # autograd scales norm="forward" as "backward"
+for f in (_FFT.fftshift, _FFT.ifftshift):
+    case(f, r(3, 5), name="all")
+    case(f, cplx(4, 5), axes=1, name="complex-axis1")
+
+_svd_in = {"tall": r(4, 3), "wide": r(3, 5), "square": wellcond(3), "batched": r(2, 4, 3)}
+for label, a in _svd_in.items():
+    case(np.linalg.svd, a, full_matrices=False, name=label)
+    case(np.linalg.svd, a, compute_uv=False, name=label + "-values")
+case(np.linalg.svd, wellcond(3), dy_none=(0, 2), full_matrices=False, name="s-only")
+case(np.linalg.svd, r(4, 3) + 1j * r(4, 3), compute_uv=False, name="complex-values")
+case(np.linalg.svd, wellcond(3), name="full-matrices-square")
+_P = wellcond(4)
+case(np.linalg.eig, _P @ np.diag([3.0, 1.0, -1.0, -3.0]) @ np.linalg.inv(_P), name="real-spectrum")
+case(np.linalg.eig, wellcond(3), dy_none=(1,), name="values-only")
+# complex eigenvectors: their phase is LAPACK's choice, not a function central differences can
+# follow; the values here, the vectors against autograd and through |v| in test_coverage_rules
+case(np.linalg.eig, cplx(3, 3) + np.diag([3.0, 0.0, -3.0]), dy_none=(1,), name="complex-values")
+case(np.linalg.eigvals, r(4, 4), name="real", autograd=False)
+case(np.linalg.eigvals, cplx(3, 3), name="complex", autograd=False)
+
+case(np.angle, cplx(5), name="complex")
+case(np.angle, cplx(2, 3), deg=True, name="deg")
+case(np.angle, away(5), name="real")
+case(np.real_if_close, cplx(4), name="complex")
+case(np.real_if_close, r(4) + 1e-20j, name="close-to-real")
+case(np.real_if_close, r(2, 3), name="real")
+
+case(np.gradient, r(5, 6), name="all-axes", autograd=False)
+case(np.gradient, r(5, 6), axis=1, edge_order=2, name="axis1-edge2")
+case(np.gradient, r(7), 0.5, name="spacing", autograd=False)
+case(np.gradient, r(4, 6), 0.5, np.linspace(0.0, 1.0, 6) ** 2, name="coordinates", autograd=False)
+case(np.gradient, r(3, 4, 5), axis=(0, 2), dy_none=(1,), name="axes-one-unused", autograd=False)
+case(np.gradient, r(3, 3), name="short-edge2", edge_order=2, autograd=False)
+
+case(np.average, r(4, 5), name="all")
+case(np.average, r(4, 5), 1, name="axis1")
+case(np.average, r(4, 5), 1, pos(5), diff=(0, 2), name="weights-axis1")
+case(np.average, r(4, 5), None, pos(4, 5), diff=(0, 2), name="weights-full")
+case(np.average, r(4, 5), 0, pos(4), diff=(0, 2), returned=True, name="returned", autograd=False)
+case(np.average, r(4, 5), 0, pos(4, 5), diff=(0, 2), keepdims=True, name="keepdims", autograd=False)
+
+case(np.diff, r(3, 5), 1, -1, r(3, 2), diff=(0, 3), name="prepend", autograd=False)
+case(np.diff, r(3, 5), 2, 0, s(0.5), r(2, 5), diff=(0, 3, 4), name="scalar-prepend-append", autograd=False)
+case(np.diff, r(4), 1, 0, r(2), r(1), diff=(0, 3, 4), name="1-d-both", autograd=False)
+
+_cond = [np.array([True, False, True, False]), np.array([True, True, False, False])]
+case(np.select, _cond, [r(4), r(4)], s(0.5), diff=(1, 2), name="overlapping", autograd=False)
+case(np.select, [_x > 0.5, _x < -0.5], [r(4, 5), r(5)], s(0.0), diff=(1,), name="broadcast",
+     autograd=False)
+
+_swv = np.lib.stride_tricks.sliding_window_view
+case(_swv, r(6), 3, name="1-d", autograd=False)
+case(_swv, r(4, 5), (2, 3), name="2-d", autograd=False)
+case(_swv, r(4, 5), 2, 0, name="axis0", autograd=False)
+case(_swv, r(4, 5), (2, 2), (1, 1), name="repeated-axis", autograd=False)

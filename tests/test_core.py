@@ -304,15 +304,12 @@ def test_diffrule_and_nodiff():
 
 
 def test_missing_rule_is_a_compile_error_at_the_users_line():
-    def mystery(x):
-        return np.fft.fft(x).real
-
     def f(x):
-        return np.sum(np.sinc(x) + np.fft.fft(x).real)
+        return np.sum(np.sinc(x) + np.i0(x))
 
     with pytest.raises(fc.CompileError) as e:
         fc.grad(f, randn(4))
-    assert "np.fft.fft" in str(e.value) and e.value.lineno == f.__code__.co_firstlineno + 1
+    assert "np.i0" in str(e.value) and e.value.lineno == f.__code__.co_firstlineno + 1
 
 
 def test_cache_reuse_and_structure_specialisation():

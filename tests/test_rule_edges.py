@@ -67,6 +67,12 @@ SINGULAR = {
     ("np.cbrt", "zeros"), ("np.divide", "zeros"), ("np.arctan2", "zeros"), ("np.remainder", "zeros"),
     ("np.fmod", "zeros"), ("np.linalg.slogdet", "zeros"), ("np.linalg.slogdet", "ties"),
     ("np.linalg.slogdet", "singular"),
+    # repeated (or zero) singular values / eigenvalues: the singular vectors and eigenvectors are
+    # not unique, their gradient does not exist (autograd's documented limitation, shared)
+    ("np.linalg.svd", "zeros"), ("np.linalg.svd", "ties"), ("np.linalg.svd", "singular"),
+    ("np.linalg.eig", "ties"), ("np.linalg.eig", "zeros"),
+    # a defective matrix (all entries equal): eigenvalues move like a square root, no derivative
+    ("np.linalg.eigvals", "ties"),
 }
 
 # kinks: one-sided derivatives differ, central differences average them; the rule follows the
@@ -89,6 +95,7 @@ KINKS = {
     "fc.elu": "torch: alpha at 0",
     "np.float_power": "as np.power (autograd): d(0**p)/dp is 0 at p = 0",
     "np.linalg.eigh": "repeated eigenvalues: any eigenbasis (a 0 where their gap is 0)",
+    "np.angle": "the jump of the angle at 0: the zero subgradient (autograd: NaN)",
 }
 
 # where the rule deliberately differs from autograd (autograd's value is also a subgradient)

@@ -21,12 +21,15 @@ generated code calls by name.
 """
 from __future__ import annotations
 
-from .registry import (GENERATION, NONDIFF, RULES, _key, diffrule, get_rule, is_nondiff, known,  # noqa: F401
-                       nondiff_primitive, rule_signature)
+from .registry import (COMPLEX_OUTPUT, GENERATION, NONDIFF, RULES, _key, complex_output, diffrule,  # noqa: F401
+                       get_rule, is_nondiff, known, makes_complex, nondiff_primitive, rule_signature)
 
 
 def _load_tables():
-    from . import elementwise, reductions, shape, linalg, nn  # noqa: F401
+    from . import elementwise, reductions, shape, linalg, nn, fft  # noqa: F401
+    for primitive, rule in fft.TABLE.items():
+        diffrule(primitive)(rule)
+    complex_output(*fft.COMPLEX_OUTPUT)
 
 
 _load_tables()

@@ -6,7 +6,8 @@ floats so float32 stays float32 (NEP 50).
 import numpy as np
 
 from .registry import diffrule, known, nondiff_primitive
-from .helpers import astype, cast_grad, clip_bound_grad, identity, imag_grad, linspace_grad, unbroadcast
+from .helpers import (astype, cast_grad, clip_bound_grad, identity, imag_grad, linspace_grad,
+                      match_input, unbroadcast)
 
 # Constants are written as literals (ln 2, ln 10, pi/180): rules are inlined
 # into generated code, which has no access to this module's globals.
@@ -376,3 +377,17 @@ if hasattr(np, "astype"):           # NumPy 2: np.astype(x, dtype)
     @diffrule(np.astype)
     def _(dy, y, x, dtype, *, copy=True, device=None):
         return cast_grad(dy, x.dtype, dtype), None
+
+
+@diffrule(np.angle)
+def _(dy, y, z, *, deg=False):
+    # d angle = Im(dz / z): conj(i z) / |z|^2 (autograd's); 0 for a real z, and 0 at z = 0
+    # (the angle jumps there: the zero subgradient, where autograd gives NaN)
+    scale = 57.29577951308232 if deg else 1.0
+    safe = np.where(z == 0, 1, z)
+    return match_input(np.where(z == 0, 0, np.real(dy) * scale * np.conjugate(safe * 1j) / np.abs(safe) ** 2), z)
+
+
+@diffrule(np.real_if_close)
+def _(dy, y, a, *, tol=100):
+    return match_input(dy, a)

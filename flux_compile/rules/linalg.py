@@ -7,12 +7,17 @@ functions are written out as the math, batched over leading axes
 triangle of their input (``UPLO``): their gradient lives on that triangle, the
 off-diagonal part doubled, as autograd's (for a symmetric perturbation it equals
 the symmetric gradient). ``cholesky`` returns the symmetric gradient, as autograd
-and PyTorch do.
+and PyTorch do. ``svd`` and ``eig`` follow autograd's formulas: where singular values or
+eigenvalues repeat (or a singular value is zero) the singular vectors or eigenvectors are
+not unique and their gradient does not exist (it comes out infinite or NaN, as autograd's);
+the gradient of the values alone (``compute_uv=False``, ``eigvals``) is fine there.
+``full_matrices=True`` with a non-square input is differentiable only through the first
+``min(m, n)`` columns of ``u`` and rows of ``vh``.
 """
 import numpy as np
 
-from .registry import diffrule, known
-from .helpers import (as_columns, cross_grad_a, cross_grad_b, dot_grad_a,
+from .registry import complex_output, diffrule, known
+from .helpers import (eig_grad, svd_grad, as_columns, cross_grad_a, cross_grad_b, dot_grad_a,
                       dot_grad_b, einsum_grads, fill_none, from_columns,
                       inner_grad_a, inner_grad_b, kron_grad_a, kron_grad_b,
                       matmul_grad_a, matmul_grad_b, matrix_power_grad,
@@ -185,6 +190,30 @@ def _(dy, y, a, *, UPLO='L'):
 def _(dy, y, a, *, UPLO='L'):
     w, v = np.linalg.eigh(a, UPLO)
     return on_triangle((np.conjugate(v) * np.expand_dims(np.real(dy), -2)) @ np.swapaxes(v, -1, -2), UPLO)
+
+
+@diffrule(np.linalg.svd)
+def _(dy, y, a, *, full_matrices=True, compute_uv=True, hermitian=False):
+    # y = (u, s, vh), or s alone without compute_uv
+    if compute_uv:
+        return svd_grad(dy[0], dy[1], dy[2], a, y[0], y[1], y[2], full_matrices)
+    u, s, vh = np.linalg.svd(a, full_matrices=False)
+    return svd_grad(None, dy, None, a, u, s, vh, False)
+
+
+@diffrule(np.linalg.eig)
+def _(dy, y, a):
+    # y = (w, v); complex in general, also for a real a
+    return eig_grad(dy[0], dy[1], a, y[0], y[1])
+
+
+@diffrule(np.linalg.eigvals)
+def _(dy, y, a):
+    w, v = np.linalg.eig(a)
+    return eig_grad(dy, None, a, w, v)
+
+
+complex_output(np.linalg.eig, np.linalg.eigvals)
 
 
 if hasattr(np.linalg, "svdvals"):       # NumPy >= 2.0

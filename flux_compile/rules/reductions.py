@@ -5,9 +5,9 @@ of a reduction is spread back over the reduced axes by ``sum_grad``.
 """
 import numpy as np
 
-from .registry import diffrule
-from .helpers import (cumprod_grad, diff_grad, extremum_mask, prod_others,
-                      reduced_size, sum_grad)
+from .registry import diffrule, known
+from .helpers import (average_grads, cumprod_grad, diff_grad, diff_parts_grads, extremum_mask,
+                      gradient_grads, prod_others, reduced_size, sum_grad)
 
 
 # ---------------------------------------------------------------- sums and products
@@ -106,8 +106,22 @@ if hasattr(np, "cumulative_prod"):      # NumPy >= 2.1
 
 
 @diffrule(np.diff)
-def _(dy, y, a, *, n=1, axis=-1):
-    return diff_grad(dy, n, axis)
+def _(dy, y, a, n=1, axis=-1, prepend=None, append=None):
+    # prepend and append are concatenated before differencing; they get their share
+    if known(prepend is None) and known(append is None):
+        return diff_grad(dy, n, axis), None, None, None, None
+    return diff_parts_grads(dy, a, n, axis, prepend, append)
+
+
+@diffrule(np.gradient)
+def _(dy, y, f, *varargs, axis=None, edge_order=1):
+    # y: one array per differentiated axis (a list), or one array; the spacings are constants
+    return gradient_grads(dy, f, varargs, axis, edge_order)
+
+
+@diffrule(np.average)
+def _(dy, y, a, axis=None, weights=None, *, returned=False, keepdims=False):
+    return average_grads(dy, a, axis, weights, returned, keepdims)
 
 
 # ---------------------------------------------------------------- traces

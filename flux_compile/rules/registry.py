@@ -13,6 +13,7 @@ import numpy as np
 RULES: dict = {}        # primitive -> rule function
 NONDIFF: set = set()    # primitives known to have no gradient
 GENERATION = [0]        # bumped on every registration: compiled code made before is stale
+COMPLEX_OUTPUT: set = set()     # primitives whose output may be complex for real inputs (np.fft.fft, eig)
 
 
 def _key(primitive):
@@ -43,6 +44,21 @@ def nondiff_primitive(*primitives):
         NONDIFF.add(_key(p))
     GENERATION[0] += 1
     return primitives[0] if len(primitives) == 1 else primitives
+
+
+
+def complex_output(*primitives):
+    """Declare primitives that may return complex values for real inputs, so gradients
+    reaching real values take the real part (autograd's convention)."""
+    COMPLEX_OUTPUT.update(_key(p) for p in primitives)
+    GENERATION[0] += 1
+
+
+def makes_complex(primitive):
+    try:
+        return _key(primitive) in COMPLEX_OUTPUT
+    except TypeError:
+        return False
 
 
 def known(condition):

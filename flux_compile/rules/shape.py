@@ -8,6 +8,7 @@ list (``np.split``) arrives as a list ``dy`` whose entries may be None (zero).
 import numpy as np
 
 from .registry import diffrule
+from .helpers import select_grads, unwindow
 from .helpers import (getitem, getitem_grad, inverse_permutation, reshape_each, setitem, setitem_value_grad,
                       stack_items,
                       unpartition, unrollaxis,
@@ -274,3 +275,15 @@ def _(dy, y, a, kth, *, axis=-1, kind="introselect", order=None):
 @diffrule(np.rollaxis)
 def _(dy, y, a, axis, *, start=0):
     return unrollaxis(dy, a.ndim, axis, start), None
+
+
+@diffrule(np.select)
+def _(dy, y, condlist, choicelist, default=0):
+    # each choice where its condition is the first true one; default where none is
+    return select_grads(dy, condlist, choicelist, default)
+
+
+@diffrule(np.lib.stride_tricks.sliding_window_view)
+def _(dy, y, x, window_shape, axis=None, *, subok=False, writeable=False):
+    # every window adds its adjoint back where it read x
+    return unwindow(dy, x.shape, window_shape, axis), None, None
