@@ -101,7 +101,9 @@ def rule_signature(rule):
 
 
 def _load_tables():
-    from . import elementwise, reductions, shape, linalg, nn  # noqa: F401
+    from . import elementwise, reductions, shape, linalg, nn, conv  # noqa: F401
+    for primitive, rule in conv.TABLE:      # a table that does not import this package
+        diffrule(primitive)(rule)
 
 
 _load_tables()
