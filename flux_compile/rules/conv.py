@@ -5,9 +5,10 @@ Layout as in PyTorch: ``x`` is (N, C, H, W), a filter bank ``W`` is (O, C, kH, k
 are (N, O, H_out, W_out) with ``H_out = (H + 2 * padding - kH) // stride + 1`` (the last
 rows that do not fill a window are dropped, as ``torch.nn.functional`` does).
 
-im2col is a view (``sliding_window_view``) contracted with the filters in one GEMM
-(``np.tensordot``); col2im, in the backward, accumulates the kH * kW window offsets with
-strided slices (kH * kW vectorised adds, no ``np.add.at``). Every kernel keeps the dtype of
+im2col is a view (``sliding_window_view``) copied once into per-image column matrices and
+multiplied by the filters in one (batched) GEMM (``np.matmul``); col2im, in the backward, accumulates the kH * kW window offsets with
+strided slices (kH * kW vectorised adds, no ``np.add.at``); pooling works the same way,
+one strided slice per window offset. Every kernel keeps the dtype of
 its inputs (float32 in, float32 out).
 
 >>> x = np.arange(16.0).reshape(1, 1, 4, 4)
@@ -49,6 +50,19 @@ def windows(x, k, stride):
     return sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
+def columns(x, k, stride):
+    """im2col for the GEMM: (N, kH * kW * C, H_out * W_out), the windows copied so that each
+    image's columns are one matrix (rows of the copy run along rows of the image)."""
+    cols = windows(x, k, stride)
+    n, c, ho, wo, kh, kw = cols.shape
+    return np.ascontiguousarray(cols.transpose(0, 4, 5, 1, 2, 3)).reshape(n, kh * kw * c, ho * wo)
+
+
+def filters(W):
+    """(O, C, kH, kW) filters as the (O, kH * kW * C) matrix that multiplies :func:`columns`."""
+    return W.transpose(0, 2, 3, 1).reshape(W.shape[0], -1)
+
+
 def pad_hw(x, padding):
     """Zero padding on the two spatial axes."""
     ph, pw = pair(padding)
@@ -58,20 +72,26 @@ def pad_hw(x, padding):
 
 
 def col2im(cols, shape, stride):
-    """The adjoint of :func:`windows`: ``cols`` is (N, C, kH, kW, H_out, W_out); every window
+    """The adjoint of :func:`windows`: ``cols`` is (N, kH, kW, C, H_out, W_out); every window
     offset (i, j) is added into a strided slice of a zero (N, C, H, W) array."""
     sh, sw = pair(stride)
-    kh, kw, ho, wo = cols.shape[2:]
+    kh, kw, _, ho, wo = cols.shape[1:]
     out = np.zeros(shape, dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
-            out[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += cols[:, :, i, j]
+            out[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += cols[:, i, j]
     return out
 
 
 def unpad_hw(x, padding):
     ph, pw = pair(padding)
     return x[:, :, ph:x.shape[2] - ph, pw:x.shape[3] - pw]
+
+
+def offsets(k):
+    """The window offsets (i, j) in row-major order."""
+    kh, kw = pair(k)
+    return [(i, j) for i in range(kh) for j in range(kw)]
 
 
 # ------------------------------------------------------------------ primitives
@@ -85,22 +105,31 @@ def conv2d(x, W, stride=1, padding=0):
     if np.ndim(W) != 4 or W.shape[1] != x.shape[1]:
         raise ValueError(f"conv2d needs W of shape (O, {x.shape[1]}, kH, kW) for {x.shape[1]} input "
                          f"channels, got shape {np.shape(W)}")
-    cols = windows(pad_hw(x, padding), W.shape[2:], stride)
-    y = np.tensordot(cols, W, axes=([1, 4, 5], [1, 2, 3]))         # N, H_out, W_out, O
-    return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+    xp = pad_hw(x, padding)
+    cols = columns(xp, W.shape[2:], stride)
+    (kh, kw), (sh, sw) = W.shape[2:], pair(stride)
+    ho, wo = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
+    return np.matmul(filters(W), cols).reshape(x.shape[0], W.shape[0], ho, wo)
 
 
 def maxpool2d(x, k, stride=None):
     """Max over each k x k window (``stride`` defaults to ``k``), as ``F.max_pool2d``."""
     _check_input(x, "maxpool2d")
-    return windows(x, k, k if stride is None else stride).max(axis=(4, 5))
+    win = windows(x, k, k if stride is None else stride)
+    y = win[..., 0, 0].copy()
+    for i, j in offsets(k)[1:]:
+        np.maximum(y, win[..., i, j], out=y)
+    return y
 
 
 def avgpool2d(x, k, stride=None):
     """Mean over each k x k window (``stride`` defaults to ``k``), as ``F.avg_pool2d``."""
     _check_input(x, "avgpool2d")
     kh, kw = pair(k)
-    s = windows(x, k, k if stride is None else stride).sum(axis=(4, 5))
+    win = windows(x, k, k if stride is None else stride)
+    s = win[..., 0, 0].copy()
+    for i, j in offsets(k)[1:]:
+        s += win[..., i, j]
     return s / np.asarray(kh * kw, dtype=s.dtype)
 
 
@@ -109,38 +138,51 @@ def avgpool2d(x, k, stride=None):
 def conv2d_grad_x(dy, W, shape, stride, padding):
     """Gradient of :func:`conv2d` for ``x`` of ``shape``: one GEMM to columns, then col2im."""
     ph, pw = pair(padding)
-    padded = (shape[0], shape[1], shape[2] + 2 * ph, shape[3] + 2 * pw)
-    cols = np.tensordot(W, dy, axes=([0], [1]))                   # C, kH, kW, N, H_out, W_out
-    return unpad_hw(col2im(cols.transpose(3, 0, 1, 2, 4, 5), padded, stride), padding)
+    n, c = shape[0], shape[1]
+    o, _, kh, kw = W.shape
+    ho, wo = dy.shape[2:]
+    padded = (n, c, shape[2] + 2 * ph, shape[3] + 2 * pw)
+    cols = np.matmul(filters(W).T, dy.reshape(n, o, ho * wo))           # N, kH*kW*C, H_out*W_out
+    return unpad_hw(col2im(cols.reshape(n, kh, kw, c, ho, wo), padded, stride), padding)
 
 
 def conv2d_grad_w(dy, x, shape, stride, padding):
     """Gradient of :func:`conv2d` for the filters ``W`` of ``shape``: one GEMM."""
-    cols = windows(pad_hw(x, padding), shape[2:], stride)         # N, C, H_out, W_out, kH, kW
-    return np.tensordot(dy, cols, axes=([0, 2, 3], [0, 2, 3]))
+    o, c, kh, kw = shape
+    cols = columns(pad_hw(x, padding), (kh, kw), stride)               # N, kH*kW*C, P
+    n, k, p = cols.shape
+    g = np.matmul(cols, dy.reshape(n, o, p).transpose(0, 2, 1)).sum(axis=0)     # kH*kW*C, O
+    return np.ascontiguousarray(g.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
 
 
 def maxpool2d_grad(dy, x, k, stride):
     """Gradient of :func:`maxpool2d`: each window's adjoint goes to its first maximum (in
     row-major order within the window), the element PyTorch picks on ties."""
-    kh, kw = pair(k)
     stride = k if stride is None else stride
-    cols = windows(x, k, stride)
-    n, c, ho, wo = cols.shape[:4]
-    first = np.argmax(cols.reshape(n, c, ho, wo, kh * kw), axis=-1)
-    hit = first[..., None] == np.arange(kh * kw)
-    spread = np.where(hit, dy[..., None], np.zeros((), dtype=dy.dtype))
-    spread = spread.reshape(n, c, ho, wo, kh, kw).transpose(0, 1, 4, 5, 2, 3)
-    return col2im(spread, x.shape, stride)
+    sh, sw = pair(stride)
+    win = windows(x, k, stride)
+    y = maxpool2d(x, k, stride)
+    ho, wo = y.shape[2:]
+    out = np.zeros(x.shape, dtype=dy.dtype)
+    free = np.ones(y.shape, dtype=bool)             # windows whose maximum is not found yet
+    zero = np.zeros((), dtype=dy.dtype)
+    for i, j in offsets(k):
+        hit = (win[..., i, j] == y) & free
+        free &= ~hit
+        out[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += np.where(hit, dy, zero)
+    return out
 
 
 def avgpool2d_grad(dy, shape, k, stride):
     """Gradient of :func:`avgpool2d`: ``dy / (kH * kW)`` spread over each window."""
     kh, kw = pair(k)
+    sh, sw = pair(k if stride is None else stride)
     share = dy / np.asarray(kh * kw, dtype=dy.dtype)
-    n, c, ho, wo = dy.shape
-    cols = np.broadcast_to(share[:, :, None, None], (n, c, kh, kw, ho, wo))
-    return col2im(cols, tuple(shape), k if stride is None else stride)
+    ho, wo = dy.shape[2:]
+    out = np.zeros(tuple(shape), dtype=dy.dtype)
+    for i, j in offsets(k):
+        out[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += share
+    return out
 
 
 # ------------------------------------------------------------------ rules
