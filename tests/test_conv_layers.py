@@ -346,3 +346,14 @@ def test_affine_and_dense_share_the_default_init():
     assert not a.b.value.any()
     small = fc.Affine(30, 20, init=fc.initn)
     assert np.abs(small.W.value).max() < 0.1 and small.b.value.any()
+
+
+def test_gelu_and_its_rule_use_no_power():
+    """``x ** 3`` runs libm pow (hundreds of times slower than ``x * x * x`` on negative inputs):
+    neither fc.gelu nor its rule may use it (issue 12; benchmarks/transformer.py measures it)."""
+    import ast
+    import inspect
+    from flux_compile import rules
+    for fn in (fc.gelu, rules.get_rule(fc.gelu)):
+        tree = ast.parse(inspect.getsource(fn))
+        assert not any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(tree)), fn
