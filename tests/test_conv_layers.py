@@ -322,9 +322,11 @@ def test_float32_model_stays_float32(index):
         assert all(p.grad.dtype == np.float32 for p in fc.params(m))
         m.update(opt)
         assert all(p.value.dtype == np.float32 for p in fc.params(m))
-    for sub in fc.params(m):
-        assert sub.value.dtype == np.float32
     assert m(x).dtype == np.float32
+    from flux_compile.params import submodels
+    for sub in submodels(m):                          # recurrent state and running statistics
+        for name, value in sub.__dict__.get("_fc_state", {}).items():
+            assert np.asarray(value).dtype == np.float32, f"{type(sub).__name__}.{name}"
 
 
 @pytest.mark.parametrize("cls", [fc.Dense, fc.Affine, fc.LSTM, fc.GRU, fc.RNN])
@@ -357,3 +359,15 @@ def test_gelu_and_its_rule_use_no_power():
     for fn in (fc.gelu, rules.get_rule(fc.gelu)):
         tree = ast.parse(inspect.getsource(fn))
         assert not any(isinstance(n, ast.BinOp) and isinstance(n.op, ast.Pow) for n in ast.walk(tree)), fn
+
+
+def test_fc_train_moves_batchnorm_statistics_across_a_ragged_last_batch():
+    m = fc.Chain(fc.Conv2d(1, 3, 3, padding=1, act=fc.relu), fc.BatchNorm(3), fc.MaxPool2d(2),
+                 fc.flatten, fc.Dense(3 * 3 * 3, 4))
+    x = rng.standard_normal((10, 1, 6, 6)) + 3
+    labels = rng.integers(0, 4, 10)
+    data = fc.data.batches(x, labels, 4, rng=0)               # batches of 4, 4 and 2
+    history = fc.train(m, fc.logitcrossentropy, data, fc.optim.Adam(1e-2), epochs=2)
+    assert len(history) == 6 and np.all(np.isfinite(list(history)))
+    mean, var = m[1].statistics()
+    assert np.all(mean != 0) and np.all(var != 1)
