@@ -371,3 +371,21 @@ def test_fc_train_moves_batchnorm_statistics_across_a_ragged_last_batch():
     assert len(history) == 6 and np.all(np.isfinite(list(history)))
     mean, var = m[1].statistics()
     assert np.all(mean != 0) and np.all(var != 1)
+
+
+def _sum_of_squares(m, x):
+    return np.sum(m(x) ** 2)
+
+
+def test_fc_grad_follows_the_mode_of_a_model_argument():
+    bn = fc.BatchNorm(3)
+    x = rng.standard_normal((6, 3)) * 3 + 1
+    train_value, _ = fc.grad(_sum_of_squares, bn, x)
+    np.testing.assert_allclose(train_value, 18.0, rtol=1e-4)     # batch-normalised: 6 * 3 unit squares
+    fc.testmode(bn)
+    test_value, _ = fc.grad(_sum_of_squares, bn, x)
+    mean, var = bn.statistics()
+    np.testing.assert_allclose(test_value, np.sum((x - mean) ** 2 / (var + 1e-5)), rtol=1e-12)
+    fc.trainmode(bn)
+    again, _ = fc.grad(_sum_of_squares, bn, x)
+    np.testing.assert_allclose(again, train_value, rtol=1e-12)
