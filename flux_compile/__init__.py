@@ -16,7 +16,9 @@ from .gradcheck import gradcheck
 from . import optim, data
 from .init import initn, glorot_uniform, glorot_normal, zeros
 from .losses import mse, crossentropy, logitcrossentropy, binarycrossentropy
-from .layers import Affine, Dense, Chain, Dropout, dropout, freeze, unfreeze
+from .layers import Affine, Dense, Chain, Dropout, dropout, freeze, unfreeze, Conv2d, MaxPool2d, AvgPool2d, \
+    LayerNorm, Embedding, BatchNorm, testmode, trainmode
+from .rules.conv import conv2d, maxpool2d, avgpool2d
 from .recurrent import reset
 from .sequences import unroll, unroll1, flip
 from .rnn import RNN, GRU, LSTM
@@ -30,5 +32,6 @@ __all__ = [
     "update", "shapes", "gradcheck", "optim", "data", "initn", "glorot_uniform", "glorot_normal", "zeros",
     "mse", "crossentropy", "logitcrossentropy", "binarycrossentropy", "Affine", "Dense", "Chain", "Dropout",
     "dropout", "freeze", "unfreeze", "unroll", "unroll1", "flip", "reset", "RNN", "GRU", "LSTM", "train",
-    "save", "load",
+    "save", "load", "conv2d", "maxpool2d", "avgpool2d", "Conv2d", "MaxPool2d", "AvgPool2d", "LayerNorm",
+    "Embedding", "BatchNorm", "testmode", "trainmode",
 ]

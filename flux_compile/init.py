@@ -83,6 +83,23 @@ def glorot_normal(*shape, rng=None, dtype=np.float64):
     return (as_rng(rng).standard_normal(shape) * std).astype(dtype)
 
 
+def weights(init, *shape, dtype=None):
+    """``init(*shape)`` as an array of ``dtype``; ``dtype=None`` keeps the dtype ``init`` made.
+
+    The library layers make every Param through this, then their biases and state in the
+    weights' dtype, so a float32 ``init`` (or ``dtype=np.float32``) gives a float32 layer.
+
+    >>> weights(glorot_uniform, 2, 3, dtype=np.float32).dtype.name
+    'float32'
+    """
+    w = np.asarray(init(*shape))
+    if dtype is not None:
+        w = w.astype(dtype, copy=False)
+    elif w.dtype.kind not in "fc":
+        w = w.astype(np.float64)
+    return w
+
+
 def zeros(*shape, rng=None, dtype=np.float64):
     """All zeros (``rng`` is accepted and ignored, so every initialiser is interchangeable)."""
     return np.zeros(_shape(shape), dtype=dtype)

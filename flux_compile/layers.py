@@ -13,19 +13,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from .init import glorot_uniform, initn, zeros
+from .functions import nodiff
+from .init import as_rng, glorot_uniform, weights, zeros
 from .model import net
-from .params import Param, named_params, submodels
+from .params import Param, const, named_params, submodels
 from .rules import nondiff_primitive
+from .rules.conv import avgpool2d, conv2d, maxpool2d, pair
 
 
 @net
 class Affine:
-    """``x @ W + b`` for batch-first ``x`` of shape (batch, n_in)."""
+    """``x @ W + b`` for batch-first ``x`` of shape (batch, n_in). Glorot-uniform weights and
+    zero bias as :class:`Dense`; ``init=fc.initn`` gives early Flux's small normal noise (bias too);
+    ``dtype`` (default: the dtype ``init`` makes, float64 for the library's) for every Param."""
 
-    def __init__(self, n_in, n_out, init=initn):
-        self.W = init(n_in, n_out)
-        self.b = init(1, n_out)
+    def __init__(self, n_in, n_out, init=glorot_uniform, dtype=None):
+        self.W = weights(init, n_in, n_out, dtype=dtype)
+        if init is glorot_uniform:
+            self.b = zeros(1, n_out, dtype=self.W.dtype)
+        else:
+            self.b = weights(init, 1, n_out, dtype=self.W.dtype)
 
     def forward(self, x):
         return x @ self.W + self.b
@@ -33,11 +40,12 @@ class Affine:
 
 @net
 class Dense:
-    """``act(x @ W + b)``; ``act=None`` is the identity. Glorot-uniform weights, zero bias."""
+    """``act(x @ W + b)``; ``act=None`` is the identity. Glorot-uniform weights, zero bias,
+    both in ``dtype`` (default: the dtype ``init`` makes, float64 for the library's)."""
 
-    def __init__(self, n_in, n_out, act=None, init=glorot_uniform):
-        self.W = init(n_in, n_out)
-        self.b = zeros(1, n_out)
+    def __init__(self, n_in, n_out, act=None, init=glorot_uniform, dtype=None):
+        self.W = weights(init, n_in, n_out, dtype=dtype)
+        self.b = zeros(1, n_out, dtype=self.W.dtype)
         self.act = act
 
     def forward(self, x):
@@ -106,15 +114,17 @@ dropout.__flux_inference_identity__ = True
 
 @net
 class Dropout:
-    """``fc.Dropout(p)``: zero each entry with probability ``p`` while training."""
+    """``fc.Dropout(p)``: zero each entry with probability ``p`` while training (in ``pullback``,
+    ``back`` and ``fc.train``; ``m(x)`` is the identity); after ``fc.testmode(m)`` always the identity."""
 
     def __init__(self, p=0.5):
         if not 0 <= p < 1:
             raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
         self.p = float(p)
+        self.training = True
 
     def forward(self, x):
-        return dropout(x, self.p)
+        return dropout(x, self.p) if self.training else x
 
 
 def _set_trainable(m, flag):
@@ -147,3 +157,150 @@ def unfreeze(m):
         _set_flag(m, True)
         return m
     return _set_trainable(m, True)
+
+
+# ------------------------------------------------------------------ convolution and normalisation
+
+def _conv_init(c_out, c_in, kh, kw, *, rng=None, dtype=np.float64):
+    """Glorot uniform with a kernel's fans: ``(c_in + c_out) * kh * kw``."""
+    limit = np.sqrt(6.0 / ((c_in + c_out) * kh * kw))
+    return as_rng(rng).uniform(-limit, limit, size=(c_out, c_in, kh, kw)).astype(dtype)
+
+
+@net
+class Conv2d:
+    """``act(conv2d(x, W, stride, padding) + b)`` for ``x`` of shape (N, c_in, H, W).
+
+    ``W`` is (c_out, c_in, kH, kW) as in ``torch.nn.Conv2d`` (``k`` an int or a pair),
+    ``b`` is (1, c_out, 1, 1); Glorot-uniform weights, zero bias, in ``dtype``.
+    """
+
+    def __init__(self, c_in, c_out, k, stride=1, padding=0, act=None, init=_conv_init, dtype=None):
+        kh, kw = pair(k)
+        self.W = weights(init, c_out, c_in, kh, kw, dtype=dtype)
+        self.b = zeros(1, c_out, 1, 1, dtype=self.W.dtype)
+        self.stride = pair(stride)
+        self.padding = pair(padding)
+        self.act = act
+
+    def forward(self, x):
+        y = conv2d(x, self.W, self.stride, self.padding) + self.b
+        return y if self.act is None else self.act(y)
+
+
+@net
+class MaxPool2d:
+    """Max over each k x k window, stride ``k`` unless given (``F.max_pool2d``)."""
+
+    def __init__(self, k, stride=None):
+        self.k = pair(k)
+        self.stride = self.k if stride is None else pair(stride)
+
+    def forward(self, x):
+        return maxpool2d(x, self.k, self.stride)
+
+
+@net
+class AvgPool2d:
+    """Mean over each k x k window, stride ``k`` unless given (``F.avg_pool2d``)."""
+
+    def __init__(self, k, stride=None):
+        self.k = pair(k)
+        self.stride = self.k if stride is None else pair(stride)
+
+    def forward(self, x):
+        return avgpool2d(x, self.k, self.stride)
+
+
+@net
+class LayerNorm:
+    """Normalise over the last ``len(n)`` axes (``n`` an int or a shape), then scale by ``g``
+    and shift by ``b`` (ones and zeros, in ``dtype``), as ``torch.nn.LayerNorm(n, eps)``."""
+
+    def __init__(self, n, eps=1e-5, dtype=np.float64):
+        shape = tuple(n) if isinstance(n, (tuple, list)) else (int(n),)
+        self.g = np.ones(shape, dtype=dtype)
+        self.b = np.zeros(shape, dtype=dtype)
+        self.axes = tuple(range(-len(shape), 0))
+        self.eps = float(eps)
+
+    def forward(self, x):
+        mu = np.mean(x, axis=self.axes, keepdims=True)
+        xc = x - mu
+        var = np.mean(xc * xc, axis=self.axes, keepdims=True)
+        return xc / np.sqrt(var + self.eps) * self.g + self.b
+
+
+@net
+class Embedding:
+    """A table of ``n`` rows of width ``d``; ``m(idx)`` with an integer array ``idx`` gives
+    ``W[idx]`` (shape ``idx.shape + (d,)``), as ``torch.nn.Embedding`` (standard normal rows)."""
+
+    def __init__(self, n, d, init=None, dtype=None):
+        if init is None:
+            self.W = as_rng().standard_normal((n, d)).astype(dtype or np.float64)
+        else:
+            self.W = weights(init, n, d, dtype=dtype)
+
+    def forward(self, idx):
+        return self.W[idx]
+
+
+@net
+class BatchNorm:
+    """Batch normalisation over (N, C) or (N, C, H, W) inputs, as ``torch.nn.BatchNorm1d/2d``.
+
+    Training (the default): normalise with the batch's mean and biased variance, and move
+    the running statistics (state, not Params) by ``momentum`` towards the batch's mean and
+    unbiased variance. After ``fc.testmode(m)``: normalise with the running statistics.
+    """
+
+    def __init__(self, n, eps=1e-5, momentum=0.1, dtype=np.float64):
+        self.g = np.ones(n, dtype=dtype)
+        self.b = np.zeros(n, dtype=dtype)
+        self.running_mean = const(np.zeros(n, dtype=dtype))
+        self.running_var = const(np.ones(n, dtype=dtype))
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.training = True
+
+    def forward(self, x):
+        axes = (0,) if x.ndim == 2 else (0, 2, 3)
+        shape = (1, -1) if x.ndim == 2 else (1, -1, 1, 1)
+        if self.training:
+            mean = np.mean(x, axis=axes, keepdims=True)
+            xc = x - mean
+            var = np.mean(xc * xc, axis=axes, keepdims=True)
+            count = x.size // x.shape[1]
+            m = self.momentum
+            self.running_mean = (1 - m) * self.running_mean + m * nodiff(np.reshape(mean, (-1,)))
+            self.running_var = (1 - m) * self.running_var + m * nodiff(np.reshape(var, (-1,))) * (count / (count - 1))
+        else:
+            xc = x - np.reshape(self.running_mean, shape)
+            var = np.reshape(self.running_var, shape)
+        return xc / np.sqrt(var + self.eps) * np.reshape(self.g, shape) + np.reshape(self.b, shape)
+
+    def statistics(self):
+        """``(running_mean, running_var)`` now (the state after the last step)."""
+        from .recurrent import current_state
+        values, _ = current_state(self, ["running_mean", "running_var"])
+        return tuple(np.asarray(v) for v in values)
+
+
+def _set_training(m, flag):
+    """Set ``training`` on every model in the tree that has the flag (BatchNorm, Dropout, user
+    layers that follow the convention); the flag is a compile-time constant of each model."""
+    for sub in submodels(m):
+        if isinstance(sub.__dict__.get("training"), bool):
+            sub.training = flag
+    return m
+
+
+def testmode(m):
+    """Switch every BatchNorm and Dropout in ``m`` to inference: running statistics, no dropout."""
+    return _set_training(m, False)
+
+
+def trainmode(m):
+    """Undo :func:`testmode`: batch statistics (updating the running ones) and dropout."""
+    return _set_training(m, True)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .functions import sigmoid
-from .init import glorot_uniform, zeros
+from .init import glorot_uniform, weights, zeros
 from .model import net
 
 
@@ -65,13 +65,14 @@ def _check_torch(module, kind):
 
 @net
 class RNN:
-    """Elman RNN: ``h = act(x @ Wx + h @ Wh + b)``; returns ``h``."""
+    """Elman RNN: ``h = act(x @ Wx + h @ Wh + b)``; returns ``h``. Params and state in ``dtype``
+    (default: the dtype ``init`` makes, float64 for the library's), as every recurrent layer here."""
 
-    def __init__(self, n_in, n_h, act=np.tanh, init=glorot_uniform):
-        self.Wx = init(n_in, n_h)
-        self.Wh = init(n_h, n_h)
-        self.b = zeros(1, n_h)
-        self.h = zeros(1, n_h)
+    def __init__(self, n_in, n_h, act=np.tanh, init=glorot_uniform, dtype=None):
+        self.Wx = weights(init, n_in, n_h, dtype=dtype)
+        self.Wh = weights(init, n_h, n_h, dtype=self.Wx.dtype)
+        self.b = zeros(1, n_h, dtype=self.Wx.dtype)
+        self.h = zeros(1, n_h, dtype=self.Wx.dtype)
         self.act = act
 
     def forward(self, x):
@@ -97,13 +98,13 @@ class RNN:
 class LSTM:
     """Long short-term memory, gates (i, f, g, o) as in PyTorch; returns ``h``."""
 
-    def __init__(self, n_in, n_h, init=glorot_uniform):
-        self.Wx = init(n_in, 4 * n_h)
-        self.Wh = init(n_h, 4 * n_h)
-        self.b = zeros(1, 4 * n_h)
+    def __init__(self, n_in, n_h, init=glorot_uniform, dtype=None):
+        self.Wx = weights(init, n_in, 4 * n_h, dtype=dtype)
+        self.Wh = weights(init, n_h, 4 * n_h, dtype=self.Wx.dtype)
+        self.b = zeros(1, 4 * n_h, dtype=self.Wx.dtype)
         self.b.value[:, n_h:2 * n_h] = 1.0        # forget-gate bias 1: remember by default
-        self.h = zeros(1, n_h)
-        self.c = zeros(1, n_h)
+        self.h = zeros(1, n_h, dtype=self.Wx.dtype)
+        self.c = zeros(1, n_h, dtype=self.Wx.dtype)
         self.n_h = n_h
 
     def forward(self, x):
@@ -135,12 +136,12 @@ class LSTM:
 class GRU:
     """Gated recurrent unit, gates (r, z, n) as in PyTorch; returns ``h``."""
 
-    def __init__(self, n_in, n_h, init=glorot_uniform):
-        self.Wx = init(n_in, 3 * n_h)
-        self.Wh = init(n_h, 3 * n_h)
-        self.bx = zeros(1, 3 * n_h)
-        self.bh = zeros(1, 3 * n_h)
-        self.h = zeros(1, n_h)
+    def __init__(self, n_in, n_h, init=glorot_uniform, dtype=None):
+        self.Wx = weights(init, n_in, 3 * n_h, dtype=dtype)
+        self.Wh = weights(init, n_h, 3 * n_h, dtype=self.Wx.dtype)
+        self.bx = zeros(1, 3 * n_h, dtype=self.Wx.dtype)
+        self.bh = zeros(1, 3 * n_h, dtype=self.Wx.dtype)
+        self.h = zeros(1, n_h, dtype=self.Wx.dtype)
         self.n_h = n_h
 
     def forward(self, x):

@@ -463,6 +463,20 @@ case(F.logsumexp, r(3, 4), axis=1, name="axis1")
 case(F.logsumexp, r(2, 3, 4), axis=(0, 2), keepdims=True, name="axes02-keepdims")
 case(F.flatten, r(2, 3, 4))
 
+# ================================================================ convolution and pooling
+
+from flux_compile.rules import conv as C  # noqa: E402
+
+case(C.conv2d, r(2, 3, 5, 6), r(4, 3, 3, 2), diff=(0, 1), autograd=False, name="plain")
+case(C.conv2d, r(1, 1, 7, 6), r(2, 1, 3, 3), stride=2, padding=1, diff=(0, 1), autograd=False, name="stride2-pad1-c1")
+case(C.conv2d, r(2, 2, 6, 7), r(3, 2, 2, 3), diff=(0, 1), stride=(2, 3), padding=(1, 2),
+     autograd=False, name="pairs")
+case(C.maxpool2d, sep(2, 3, 4, 6), 2, autograd=False, name="k2")
+case(C.maxpool2d, sep(1, 2, 7, 5), 3, stride=2, autograd=False, name="k3-stride2-overlap-floor")
+case(C.maxpool2d, sep(2, 1, 6, 6), (2, 3), autograd=False, name="k2x3")
+case(C.avgpool2d, r(2, 3, 4, 6), 2, autograd=False, name="k2")
+case(C.avgpool2d, r(1, 2, 7, 5), (3, 2), stride=1, autograd=False, name="k3x2-stride1")
+
 # ================================================================ rules registered elsewhere
 
 if rules.get_rule(float) is not None:       # float(x) of a 0-d array in compiled code

@@ -22,7 +22,7 @@ def test_dense_with_every_activation(act):
 
 
 def test_affine_uses_its_initialiser():
-    m = fc.Affine(10, 20)
+    m = fc.Affine(10, 20, init=fc.initn)
     assert m.W.shape == (10, 20) and m.b.shape == (1, 20)
     assert np.abs(m.W.value).max() < 0.1          # initn: randn / 100
     x = rng.standard_normal((3, 10))

@@ -96,6 +96,8 @@ KINKS = {
     "np.float_power": "as np.power (autograd): d(0**p)/dp is 0 at p = 0",
     "np.linalg.eigh": "repeated eigenvalues: any eigenbasis (a 0 where their gap is 0)",
     "np.angle": "the jump of the angle at 0: the zero subgradient (autograd: NaN)",
+    "flux_compile.rules.conv.maxpool2d": "torch: each window's first maximum takes the adjoint "
+                                         "(test_conv_layers.py::test_maxpool_ties_go_where_torch_sends_them)",
 }
 
 # where the rule deliberately differs from autograd (autograd's value is also a subgradient)

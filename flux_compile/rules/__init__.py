@@ -26,10 +26,12 @@ from .registry import (COMPLEX_OUTPUT, GENERATION, NONDIFF, RULES, _key, complex
 
 
 def _load_tables():
-    from . import elementwise, reductions, shape, linalg, nn, fft  # noqa: F401
+    from . import elementwise, reductions, shape, linalg, nn, fft, conv  # noqa: F401
     for primitive, rule in fft.TABLE.items():
         diffrule(primitive)(rule)
     complex_output(*fft.COMPLEX_OUTPUT)
+    for primitive, rule in conv.TABLE:
+        diffrule(primitive)(rule)
 
 
 _load_tables()

@@ -1,0 +1,91 @@
+"""Handwritten digits with a small convolutional network, trained with Adam.
+
+    python examples/mnist_cnn.py                  # scikit-learn's 8x8 digits: offline, seconds
+    python examples/mnist_cnn.py --data DIR       # the real MNIST IDX files in DIR (raw or .gz)
+    python examples/mnist_cnn.py --limit 500 --epochs 3 --plot curve.png
+
+Two 3x3 convolutions with ReLU, each followed by 2x2 max pooling, then a Dense layer to
+10 logits: an ordinary ``fc.Chain`` in float32 (``dtype=np.float32`` on every layer), whose
+forward, backward and update are generated Python source (``fc.source(model, "all")``).
+Ends with ``test accuracy: 0.xxx`` (0.986 on the digits with the defaults).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+import flux_compile as fc
+import flux_compile.init
+from flux_compile.datasets import load_digits, load_mnist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mnist import accuracy, plot  # noqa: E402  (the MLP example's helpers)
+
+
+def build(side, channels=(16, 32), n_classes=10, dtype=np.float32):
+    """conv3x3-relu-pool twice, then two Dense layers to logits; ``side`` is the images' height = width."""
+    c1, c2 = channels
+    after = side // 2 // 2
+    return fc.Chain(fc.Conv2d(1, c1, 3, padding=1, act=fc.relu, dtype=dtype), fc.MaxPool2d(2),
+                    fc.Conv2d(c1, c2, 3, padding=1, act=fc.relu, dtype=dtype), fc.MaxPool2d(2),
+                    fc.flatten,
+                    fc.Dense(c2 * after * after, 64, fc.relu, dtype=dtype),
+                    fc.Dense(64, n_classes, dtype=dtype))
+
+
+def as_images(x):
+    """Flat pixel rows (N, side * side) to one-channel images (N, 1, side, side), float32."""
+    side = int(round(np.sqrt(x.shape[1])))
+    return x.reshape(len(x), 1, side, side).astype(np.float32)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", metavar="DIR", help="directory with the MNIST IDX files "
+                    "(default: scikit-learn's digits)")
+    ap.add_argument("--epochs", type=int, default=None, help="default 20 for digits, 2 for MNIST")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--limit", type=int, metavar="N", help="use only the first N training "
+                    "and N test examples")
+    ap.add_argument("--plot", default="mnist_cnn_curve.png", metavar="PATH",
+                    help="training-curve PNG (default mnist_cnn_curve.png; '' for none)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    if args.data:
+        (x_train, y_train), (x_test, y_test) = load_mnist(args.data)
+        source = f"MNIST from {args.data}"
+    else:
+        (x_train, y_train), (x_test, y_test) = load_digits(seed=args.seed)
+        source = "scikit-learn digits (8x8)"
+    if args.limit:
+        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+        x_test, y_test = x_test[:args.limit], y_test[:args.limit]
+    x_train, x_test = as_images(x_train), as_images(x_test)
+    epochs = args.epochs or (2 if args.data else 20)
+    print(f"{source}: {len(x_train)} training, {len(x_test)} test images of "
+          f"{x_train.shape[2]}x{x_train.shape[3]} pixels")
+
+    flux_compile.init.seed(args.seed)            # the layers' initial weights
+    model = build(x_train.shape[2])
+    opt = fc.optim.Adam(args.lr)
+    data = fc.data.batches(x_train, y_train, args.batch_size, rng=args.seed)
+
+    start = time.perf_counter()
+    history = fc.train(model, fc.logitcrossentropy, data, opt, epochs=epochs)
+    took = time.perf_counter() - start
+    print(f"{epochs} epochs, {len(history)} steps in {took:.1f}s; "
+          f"final epoch loss {history.epochs[-1]:.4f}, train accuracy {accuracy(model, x_train, y_train):.3f}")
+
+    if args.plot and plot(history, args.plot):
+        print(f"training curve written to {args.plot}")
+    print(f"test accuracy: {accuracy(model, x_test, y_test):.3f}")
+
+
+if __name__ == "__main__":
+    main()
