@@ -5,7 +5,7 @@ derives the backward pass symbolically and emits readable Python for forward,
 backward and update, compiled once and cached.
 """
 from ._version import __version__
-from .errors import CompileError, GradcheckError, ModelError
+from .errors import CompileError, GradcheckError, ModelError, install_error_display
 from .params import Param, param, const, params, named_params, cast
 from .rules import diffrule, nondiff_primitive
 from .functions import sigmoid, σ, relu, leakyrelu, elu, gelu, softplus, softmax, logsoftmax, logsumexp, \
@@ -32,3 +32,6 @@ __all__ = [
     "dropout", "freeze", "unfreeze", "unroll", "unroll1", "flip", "reset", "RNN", "GRU", "LSTM", "train",
     "save", "load",
 ]
+
+install_error_display()
+del install_error_display
