@@ -36,7 +36,7 @@ import time
 from .optim import NonFiniteGradient, prepare_update
 from .params import named_params
 from .readonly import refuse_if_held
-from .recurrent import restore_states, snapshot_states
+from .recurrent import reset, restore_states, snapshot_states
 
 __all__ = ["train", "History", "TrainingError", "GradientError", "ProgressBar"]
 
@@ -137,7 +137,7 @@ def _show_progress(progress):
         return False
 
 
-def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
+def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, stateful=False):
     """Train ``model`` on ``data`` for ``epochs`` passes; returns a :class:`History`.
 
     - ``loss(model_output, target)``: any function ``fc.grad`` can compile
@@ -152,6 +152,10 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
       or raises ``StopIteration`` ends training early.
     - ``progress``: ``None`` shows a progress bar on stderr only when it is a
       terminal; ``True`` always, ``False`` never.
+    - ``stateful``: recurrent models start every batch from their initial state
+      (batches are unrelated, and the last one may be smaller); ``True`` carries
+      the state from one batch to the next instead (truncated backpropagation
+      through time over consecutive chunks of long sequences, of one batch size).
     """
     import flux_compile                       # the package is loaded by the time train runs
 
@@ -169,12 +173,12 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
     guard = InterruptGuard().install()
     try:
         return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
-                       flux_compile.grad)
+                       flux_compile.grad, stateful)
     finally:
         guard.remove()
 
 
-def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad):
+def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, stateful=False):
     history = History()
     for epoch in range(1, epochs + 1):
         bar = ProgressBar(total, epoch, epochs) if show else None
@@ -182,7 +186,7 @@ def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad)
         try:
             for step, (x, y) in enumerate(data, start=1):
                 value = train_one_step(model, loss, x, y, opt, (epoch, step, len(history) + 1),
-                                       grad, guard)
+                                       grad, guard, stateful)
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
                 if bar is not None:
@@ -266,7 +270,7 @@ class InterruptGuard:
             self.previous(*held)
 
 
-def train_one_step(model, loss, x, y, opt, where, grad, guard=None):
+def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=True):
     """One step, all or nothing; returns the loss. ``where`` is (epoch, step, overall step).
 
     Gradients are zeroed first. Until the update is committed nothing outside
@@ -274,11 +278,14 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None):
     a NaN, Ctrl-C) the gradients are zeroed again and the recurrent state put
     back, so the model is exactly as before the step. With ``guard`` (an
     :class:`InterruptGuard`), Ctrl-C during the commit or the undo waits for it.
+    Unless ``stateful``, the step starts from the model's initial recurrent state.
     """
     guard = guard or InterruptGuard()
     snapshot = snapshot_states(model)
     value, pending = float("nan"), None
     try:
+        if not stateful:
+            reset(model)
         _zero_grads(model)
         # the internal pullback: nothing but this step runs between forward and backward,
         # so the inputs and Params need no read-only hold (readonly.py)
