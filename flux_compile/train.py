@@ -86,9 +86,10 @@ class History(list):
 
 
 class ProgressBar:
-    """One line on ``stream`` (stderr), redrawn with ``\\r`` at most every ``interval`` seconds::
+    """One line on ``stream`` (stderr), redrawn with ``\\r`` at most every ``interval`` seconds
+    (the bar used when tqdm is not installed)::
 
-        epoch 1/3 [##########----------]  120/240  loss 0.3121  85.2 batches/s
+        epoch 1/3 [##########----------]  120/240  loss 0.3121  85.2 batches/s  ETA 0:01
     """
 
     def __init__(self, total, epoch, epochs, stream=None, width=20, interval=0.1):
@@ -107,7 +108,13 @@ class ProgressBar:
             head += f" [{'#' * done}{'-' * (self.width - done)}]  {self.step}/{self.total}"
         else:
             head += f"  {self.step}"
-        return f"{head}  loss {self.loss:.4g}  {self.step / elapsed:.1f} batches/s"
+        rate = self.step / elapsed
+        tail = ""
+        if self.total and self.step < self.total and rate > 0:
+            tail = f"  ETA {_clock((self.total - self.step) / rate)}"
+        elif self.total and self.step >= self.total:
+            tail = f"  in {_clock(elapsed)}"
+        return f"{head}  loss {self.loss:.4g}  {rate:.1f} batches/s{tail}"
 
     def draw(self):
         line = self.text()
@@ -128,9 +135,50 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _clock(seconds):
+    """``1:05`` for 65 seconds, ``1:01:05`` past an hour."""
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TqdmBar:
+    """The same interface over a ``tqdm.auto`` bar (a widget in Jupyter, text elsewhere)."""
+
+    def __init__(self, tqdm, total, epoch, epochs):
+        self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True)
+        self.step = 0
+
+    def update(self, step, loss):
+        self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        self.bar.update(step - self.step)
+        self.step = step
+
+    def close(self):
+        self.bar.close()
+
+
+def progress_bar(total, epoch, epochs):
+    """A tqdm bar when tqdm is installed (``tqdm.auto``: a notebook widget in Jupyter),
+    else :class:`ProgressBar`."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return ProgressBar(total, epoch, epochs)
+    return TqdmBar(tqdm, total, epoch, epochs)
+
+
+def _in_notebook():
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None
+
+
 def _show_progress(progress):
     if progress is not None:
         return bool(progress)
+    if _in_notebook():
+        return True
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
@@ -150,8 +198,9 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
       every step (``epoch`` and ``step`` count from 1, ``step`` within the
       epoch, ``loss`` that step's loss). A callback that returns ``"stop"``
       or raises ``StopIteration`` ends training early.
-    - ``progress``: ``None`` shows a progress bar on stderr only when it is a
-      terminal; ``True`` always, ``False`` never.
+    - ``progress``: ``None`` shows a progress bar when stderr is a terminal or in
+      Jupyter; ``True`` always, ``False`` never. The bar is tqdm's (``tqdm.auto``)
+      when tqdm is installed, else a line with the loss, speed and ETA.
     - ``stateful``: recurrent models start every batch from their initial state
       (batches are unrelated, and the last one may be smaller); ``True`` carries
       the state from one batch to the next instead (truncated backpropagation
@@ -181,7 +230,7 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
 def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, stateful=False):
     history = History()
     for epoch in range(1, epochs + 1):
-        bar = ProgressBar(total, epoch, epochs) if show else None
+        bar = progress_bar(total, epoch, epochs) if show else None
         epoch_total, epoch_steps = 0.0, 0
         try:
             for step, (x, y) in enumerate(data, start=1):
