@@ -1290,6 +1290,7 @@ class Builder:
             self.error("a tuple is not callable", e)
         if isinstance(f, Node) and f.op == "param" and self.ctx.generic_cls is not None:
             # no instance (fc.source on a class): an attribute that is called is a sub-model
+            f.meta["submodel"] = True
             return self.call_model(ModelRef(f.base, f.path, None), args, kwargs, e)
         if isinstance(f, Node):
             self.error("calling a run-time value is not supported", e,

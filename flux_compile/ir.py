@@ -126,7 +126,7 @@ class Graph:
         elif n.op == "const":
             rhs = f"const {n.value!r}"
         elif n.op in ("param", "attr"):
-            rhs = f"{n.op} {path_expr(n.base, n.path)}"
+            rhs = f"{'submodel' if n.meta.get('submodel') else n.op} {path_expr(n.base, n.path)}"
         elif n.op == "getattr":
             rhs = f"{ref(n.args[0])}.{n.attr}"
         elif n.op == "model":
@@ -180,7 +180,7 @@ class Graph:
             elif n.op == "input":
                 label = f"input {n.name}"
             elif n.op in ("param", "attr"):
-                label = path_expr(n.base, n.path)
+                label = ("submodel " if n.meta.get("submodel") else "") + path_expr(n.base, n.path)
             elif n.op == "const":
                 label = repr(n.value)
             elif n.op == "model":
@@ -195,6 +195,8 @@ class Graph:
                 label = f"{n.name} = {label}"
             label = label.replace("\\", "\\\\").replace('"', '\\"')
             style = ', style=filled, fillcolor="#e8f0fe"' if n.op in ("input", "param") else ""
+            if n.meta.get("submodel"):
+                style = ', shape=component'
             out.append(f'  n{n.id} [label="{label}"{style}];')
             for a in n.inputs():
                 out.append(f"  n{a.id} -> n{n.id};")
