@@ -56,6 +56,10 @@ def load_file(path):
         raise
     except SyntaxError as e:
         raise UsageError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from e
+    except SystemExit as e:
+        raise UsageError(f"running {path} to load it called sys.exit({e.code!r}); put the script's "
+                         f"own code under `if __name__ == \"__main__\":` so that loading it only "
+                         f"defines the models") from None
     except Exception as e:
         raise UsageError(f"running {path} failed: {type(e).__name__}: {e}") from e
     return module

@@ -115,6 +115,17 @@ def error_message(exc):
     return str(exc)
 
 
+def bad_call_message(owner, sig, kwargs, error):
+    """Why a call of a model does not fit ``forward``'s signature ``sig``, naming the keyword
+    that fits no input before any missing one (Python names the missing one first)."""
+    inputs = [name for name in sig.parameters][1:]
+    takes = f"{owner}.forward takes ({', '.join(inputs)})"
+    unknown = [k for k in kwargs if k not in inputs]
+    if unknown:
+        return f"{owner}(...) got no input named {', '.join(map(repr, unknown))}: {takes}"
+    return f"{owner}(...): {error}: {takes}"
+
+
 _CALL = re.compile(r"\bself((?:\.\w+|\[\d+\])+)\(")
 
 

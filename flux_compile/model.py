@@ -23,7 +23,7 @@ import numpy as np
 
 from . import pytree
 from .compiler import cached_variant, compile_model, input_key, run_guarded
-from .errors import Retrace
+from .errors import Retrace, bad_call_message
 from .locks import InterruptSafeLock
 from .params import Const, Param, is_model, named_params, path_str, submodels
 from .readonly import EDITS, Hold, refuse_if_held
@@ -266,7 +266,11 @@ def _passed(cls, args, kwargs):
 
 def _complete(model, args, kwargs):
     """Positional inputs for ``forward``: keywords placed, defaults filled in."""
-    bound = _forward_signature(type(model)).bind(model, *args, **kwargs)
+    sig = _forward_signature(type(model))
+    try:
+        bound = sig.bind(model, *args, **kwargs)
+    except TypeError as e:
+        raise TypeError(bad_call_message(type(model).__name__, sig, kwargs, e)) from None
     bound.apply_defaults()
     return tuple(bound.args[1:])
 
