@@ -142,7 +142,15 @@ class Model:
         caller may change them in between. Until ``back`` has run, the other arrays it
         reads (the outputs, every Param value and array attribute) are read-only, so that
         a write cannot change the gradient silently; ``back`` runs once unless called
-        with ``retain=True``."""
+        with ``retain=True``. ``back(dy, input_grads=False)`` accumulates the Param
+        gradients only and returns None (what ``fc.train`` does).
+
+        >>> import numpy as np, flux_compile as fc
+        >>> m = fc.Dense(3, 2)
+        >>> y, back = m.pullback(np.ones((4, 3)))
+        >>> back().shape, m.W.grad.shape           # dx, and W's accumulated gradient
+        ((4, 3), (3, 2))
+        """
         private = _private_copies(args), {k: _private_copies(v) for k, v in kwargs.items()}
         out, back = self._pullback(*private[0], **private[1])
         hold = [Hold(self, (out,))]
