@@ -18,8 +18,9 @@ RULE_COUNT = "{{ rule_count }}"
 
 
 def rule_count():
+    """The derivative rules the package registers (a user's ``fc.diffrule`` not counted)."""
     from flux_compile.rules import RULES
-    return len(RULES)
+    return sum(1 for rule in RULES.values() if getattr(rule, "__module__", "").startswith("flux_compile"))
 
 
 def public_names():
