@@ -14,6 +14,7 @@ import numpy as np
 from . import pytree
 from .compiler import compile_function, compile_model
 from .display import SourceText
+from .errors import CompileError
 from .params import Param, is_model, named_params, path_str
 from .recurrent import restore_states, snapshot_states
 
@@ -84,7 +85,13 @@ def _model_variant(m, inputs):
     last. ``note`` names the variant when the model has or may have several, else None."""
     from .compiler import cached_variant, compile_model, input_key
     if inputs is None:
-        c = compile_model(m)
+        try:
+            c = compile_model(m)
+        except CompileError as e:
+            if "needs example inputs" in str(e.msg):
+                e.hint = f"{e.hint}\nfc.source(m, which, inputs=(x,)) shows the code for inputs x" \
+                    if e.hint else "fc.source(m, which, inputs=(x,)) shows the code for inputs x"
+            raise
         ikey = m.__dict__.get("_fc_last") if cached_variant(m, None, last=True) is c else None
         several = c.guarded or len(m.__dict__.get("_fc_compiled") or ()) > 1
         if not several:

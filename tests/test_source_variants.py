@@ -58,6 +58,13 @@ def test_inputs_show_the_path_those_values_take_before_any_call():
     assert body(fc.source(m, "forward")) == body(shown_big)
 
 
+def test_data_dependent_model_before_a_call_points_at_inputs():
+    with pytest.raises(fc.CompileError) as info:
+        fc.source(Loop(), "forward")
+    assert info.value.hint.endswith("fc.source(m, which, inputs=(x,)) shows the code for inputs x")
+    assert info.value.__notes__[-1].endswith("shows the code for inputs x")
+
+
 def test_args_is_an_alias_of_inputs():
     m, x = Loop(), np.full((2, 3), 5.0)
     assert fc.source(m, "backward", args=(x,)) == fc.source(m, "backward", inputs=(x,))
