@@ -5,7 +5,7 @@ derives the backward pass symbolically and emits readable Python for forward,
 backward and update, compiled once and cached.
 """
 from ._version import __version__
-from .errors import CompileError, GradcheckError, ModelError
+from .errors import CompileError, GradcheckError, ModelError, install_error_display
 from .params import Param, param, const, params, named_params, cast
 from .rules import diffrule, nondiff_primitive
 from .functions import sigmoid, σ, relu, leakyrelu, elu, gelu, softplus, softmax, logsoftmax, logsumexp, \
@@ -35,3 +35,6 @@ __all__ = [
     "save", "load", "conv2d", "maxpool2d", "avgpool2d", "Conv2d", "MaxPool2d", "AvgPool2d", "LayerNorm",
     "Embedding", "BatchNorm", "testmode", "trainmode",
 ]
+
+install_error_display()
+del install_error_display
