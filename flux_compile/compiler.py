@@ -858,3 +858,37 @@ def run_guarded(c, call, recompile, root=None, args=()):
             continue
     new = recompile()
     return new, call(new)
+
+
+# ------------------------------------------------------------------------------
+# transforms (fc.jvp, ...): a hook that traces a plain function and caches what is made of it
+
+def compile_transform(fn, args, kind, make, fresh=False):
+    """The cached ``kind`` variant of plain function ``fn`` for these argument kinds, or a new
+    one: ``make(c, graph, arity, ctx, specs)`` fills :class:`Compiled` ``c`` from the traced
+    inference graph; its guards and run-time reads come from the trace, as ``fc.grad``'s."""
+    if not isinstance(fn, types.FunctionType):
+        raise TypeError(f"fc.{kind} needs a Python function, got {type(fn).__name__}")
+    cache = _function_cache(fn)
+    fast = _fast_key(args)
+    names = [p.name for p in inspect.signature(fn).parameters.values()
+             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(args) > len(names):
+        raise TypeError(f"{fn.__name__}() takes {len(names)} arguments but {len(args)} were given")
+    specs = _arg_specs(names[:len(args)], args)
+    from .rules import GENERATION
+    key = (kind, fast) if fast is not None else (kind, tuple(_spec_token(s) for s in specs), GENERATION[0])
+    old = cache.find(key, fn, args)
+    if old is not None and not fresh:
+        return old
+    get_source(fn)
+    label = f"{kind} of {fn.__qualname__}"
+    graph, arity, ctx = _trace(label, fn, None, specs, False, values=flat_inputs(specs, args))
+    c = Compiled(label, fn.__qualname__)
+    make(c, graph, arity, ctx, specs)
+    c.deps = list(ctx.deps)
+    c.guarded = ctx.guards > 0
+    if old is not None:
+        _link_alternative(c, old)
+    cache.add(key, c)
+    return c

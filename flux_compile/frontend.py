@@ -1331,7 +1331,8 @@ class Builder:
             summed = self._static_unbroadcast(args[0], want, e)
             if summed is not None:
                 return summed
-        if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
+        if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule" \
+                and not getattr(fn, "__flux_inline__", False):      # rule-time helpers: inlined
             self.baked_callee(fn, path)
             return self.call_primitive(fn, args, kwargs, e)
         if fn is len:
@@ -1675,7 +1676,7 @@ def _inlinable(fn):
     if not isinstance(fn, types.FunctionType):
         return False
     mod = getattr(fn, "__module__", "") or ""
-    return not mod.startswith(OPAQUE_MODULE_PREFIXES)
+    return not mod.startswith(OPAQUE_MODULE_PREFIXES) or getattr(fn, "__flux_inline__", False)
 
 
 def classify_value(b, base, path, value, e):

@@ -68,7 +68,7 @@ import keyword
 import re
 
 FIXED = ("np", "fc", "Retrace")
-FUNCTIONS = ("forward", "forward_train", "backward", "backward_params")
+FUNCTIONS = ("forward", "forward_train", "backward", "backward_params", "jvp")
 TEMP = "t"
 
 
@@ -85,6 +85,12 @@ def identifier(hint):
 def adjoint(hint):
     """The adjoint's hint: ``d`` + the value's hint (Tangent's convention); ``dz`` if unnamed."""
     return "d" + hint if hint else "dz"
+
+
+def tangent(hint):
+    """The tangent's hint (forward mode): ``x`` -> ``x_dot`` (JAX's convention); ``z_dot`` if
+    unnamed. Not ``tx``: ``t`` is the temporary's hint, and ``dx`` is the adjoint."""
+    return f"{hint}_dot" if hint else "z_dot"
 
 
 def part(hint, i):

@@ -16,7 +16,8 @@ LAYERS = {
     0: """errors params functions ir primitives rules.registry naming pytree
           locks sourcecache _version guards""",
     1: """shapeinfer rules rules.helpers rules.elementwise rules.linalg rules.nn
-          rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete""",
+          rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
+          rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape""",
     2: "frontend autodiff forward passes codegen emitters",
     3: "compiler compiled",
     4: "cache diskcache diskguards runstate readonly",
