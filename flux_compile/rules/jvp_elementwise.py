@@ -31,7 +31,15 @@ def broadcast_like(t, y):
     return np.broadcast_to(t, np.shape(y)).copy()
 
 
-linear_jvp(broadcast_like)
+def cast_tangent(dx, dtype):
+    """Tangent ``dx`` cast like its value to ``dtype``; zero (float64) for an integer or
+    boolean ``dtype``, whose values do not vary smoothly."""
+    if np.dtype(dtype).kind in "fc":
+        return dx.astype(dtype, copy=False)
+    return np.zeros(np.shape(dx))
+
+
+linear_jvp(broadcast_like, cast_tangent)
 
 # ---------------------------------------------------------------- linear ones
 
@@ -304,7 +312,7 @@ def _(da, da_min, da_max, y, a, a_min, a_max):
 
 @jvprule(astype)
 def _(dx, ddtype, y, x, dtype):
-    return astype(dx, y.dtype)
+    return cast_tangent(dx, y.dtype)
 
 
 @jvprule(np.full)
@@ -328,4 +336,4 @@ def _(dx, y, x, *, copy=True, nan=0.0, posinf=None, neginf=None):
 if hasattr(np, "astype"):           # NumPy 2: np.astype(x, dtype)
     @jvprule(np.astype)
     def _(dx, ddtype, y, x, dtype, *, copy=True, device=None):
-        return astype(dx, y.dtype)
+        return cast_tangent(dx, y.dtype)
