@@ -48,10 +48,12 @@ class Tangents:
         self.ctx = None
 
 
-def tangent_graph(graph, wrt=None, traced=None):
+def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
     """Append the tangent computation of ``graph`` for perturbations of ``wrt`` (input nodes;
     default: every differentiable input). Returns :class:`Tangents`; ``graph.outputs`` is left
-    to the caller (primal outputs, then :attr:`Tangents.tangents`)."""
+    to the caller (primal outputs, then :attr:`Tangents.tangents`). ``model_jvp(model, inputs,
+    tangents) -> (value, tangent)``: the run-time function a sub-model call's tangent is
+    computed by (the sub-model's own compiled jvp); without it, sub-model calls are an error."""
     n_primal = len(graph.nodes)
     wrt = [n for n in graph.inputs if n.diff] if wrt is None else list(wrt)
     ctx = Context(graph, mode="rule")
@@ -59,6 +61,7 @@ def tangent_graph(graph, wrt=None, traced=None):
         ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
     ctx.arity_of = None
     b = Builder(ctx)
+    b.model_jvp = model_jvp
     tan = {}                            # node id -> tangent node
     tangent_inputs = []
     for x in wrt:
@@ -66,6 +69,7 @@ def tangent_graph(graph, wrt=None, traced=None):
         t.meta["shape"] = x.meta.get("shape")
         t.meta["complex"] = x.meta.get("complex")
         t.meta["tangent_of"] = x.id
+        t.meta["after"] = x.id
         tangent_inputs.append(t)
         tan[x.id] = t
     for node in graph.nodes[:n_primal]:
@@ -104,9 +108,23 @@ def _tangent_of(node, tan, b):
     if op in ("state", "accum", "guard"):
         return None
     if op == "model":
-        _err(node, "forward mode (fc.jvp) does not go through sub-model calls yet",
-             hint="call the sub-model's layers in a plain function, or use fc.grad")
+        return _tangent_of_model(node, tan, b)
     _err(node, f"no tangent for node kind {op!r}")
+
+
+def _tangent_of_model(node, tan, b):
+    """A sub-model call: ``model_jvp(self.first, (x,), (x_dot,))[1]``, the sub-model's own
+    compiled tangent code (its Params held fixed)."""
+    if b.model_jvp is None:
+        _err(node, "forward mode does not go through sub-model calls here",
+             hint="use fc.jvp, which compiles each sub-model's own tangent code")
+    model = b.ctx.add(Node("attr", base=node.base, path=node.path))
+    inputs = b.ctx.add(Node("pack", node.args, arity=len(node.args)))
+    tangents = _pack(node.args, [tan.get(a.id) for a in node.args], b, fill=True)
+    call = b.ctx.add(Node("call", (model, inputs, tangents), fn=b.model_jvp, diff=True, arity=2))
+    call.meta["effect"] = True          # runs the sub-model: never merged or moved by the passes
+    call.name = f"{node.name or 'out'}_jvp"
+    return b.ctx.add(Node("item", (call,), index=1, diff=True, arity=node.arity))
 
 
 def _none_if_zero(n):

@@ -37,7 +37,7 @@ def jvp(f, primals, tangents):
         raise ValueError(f"fc.jvp: {len(primals)} primals but {len(tangents)} tangents")
     if is_model(f):
         model = f
-        f = _model_function(type(model))
+        f = _model_function(type(model), len(primals))
         primals, tangents = (model,) + primals, (None,) + tangents
     primals = as_numpy_scalars(primals)
     flat, trees = pytree.split_args(primals)
@@ -52,20 +52,19 @@ def jvp(f, primals, tangents):
 def jvp_source(f, primals):
     """The generated ``jvp`` source of plain function ``f`` for arguments like ``primals``."""
     if is_model(f):
-        return SourceText(compile_jvp(_model_function(type(f)), (f,) + tuple(primals)).source)
+        return SourceText(compile_jvp(_model_function(type(f), len(primals)), (f,) + tuple(primals)).source)
     return SourceText(compile_jvp(f, as_numpy_scalars(tuple(primals))).source)
 
 
-def _model_function(cls):
-    fn = _MODEL_FUNCTIONS.get(cls)
-    if fn is None:
-        def call_model(model, *inputs):
-            return model(*inputs)
-        fn = _MODEL_FUNCTIONS[cls] = call_model
-    return fn
+def model_jvp(model, inputs, tangents):
+    """``(value, tangent)`` of a sub-model call, by the sub-model's own compiled jvp (called
+    from generated tangent code)."""
+    return jvp(model, inputs, tangents)
 
 
-_MODEL_FUNCTIONS = {}
+def _model_function(cls, n):
+    """The model's ``forward``, traced as a plain function whose first argument is the model."""
+    return cls.forward
 
 
 def _is_float(x):
@@ -115,7 +114,7 @@ def compile_jvp(f, primals, fresh=False):
 
 def _make_jvp(c, graph, arity, ctx, specs):
     wrt = [n for n in graph.inputs if n.diff and "free" not in n.meta]
-    result = tangent_graph(graph, wrt, traced=ctx)
+    result = tangent_graph(graph, wrt, traced=ctx, model_jvp=model_jvp)
     resolve = passes.optimize(graph)
     graph.outputs = [resolve(o) for o in graph.outputs]
     result.tangents = [resolve(t) for t in result.tangents]
