@@ -37,6 +37,9 @@ from .ir import Node, describe_fn
 from .rules import jvp_elementwise, jvp_linalg, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401 (the tables)
 
 
+JVP = "jvp"         # the generated function's name
+
+
 class Tangents:
     """The result: the tangent input per perturbed input, the tangent per output (None: zero)."""
 
@@ -271,6 +274,7 @@ def jvp_module(label, graph, tangents, free=(), n_outputs=None):
     ``free``: (path, name) of the arrays read at run time. Returns what
     :func:`codegen.build_module` returns."""
     module = naming.ModuleNames()
+    function_name = module.module_name(JVP)       # reserved: no local or helper takes it
     ns = codegen.Namespace(module)
     fs = codegen.FuncSet()
     scope = module.scope()
@@ -292,7 +296,7 @@ def jvp_module(label, graph, tangents, free=(), n_outputs=None):
     value = _value_expr([em.expr(o) for o in outs], n_outputs)
     tangent = _value_expr([em.expr(t) for t in touts], n_outputs)
     ret = ast.Tuple(elts=[value, tangent], ctx=ast.Load())
-    fs.defs.append(codegen.make_function("jvp", sig, body, ret))
+    fs.defs.append(codegen.make_function(function_name, sig, body, ret))
     return codegen.build_module(label, fs, ns) + (dict(ns.objects),)
 
 

@@ -68,7 +68,7 @@ import keyword
 import re
 
 FIXED = ("np", "fc", "Retrace")
-FUNCTIONS = ("forward", "forward_train", "backward", "backward_params", "jvp")
+FUNCTIONS = ("forward", "forward_train", "backward", "backward_params")
 TEMP = "t"
 
 
