@@ -34,7 +34,7 @@ from .autodiff import _as_rule_value, _err, bind_rule_args, rule_path
 from .errors import CompileError
 from .frontend import Builder, Context, Seq, Static
 from .ir import Node, describe_fn
-from .rules import jvp_elementwise, jvp_linalg, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401 (the tables)
+from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
 
 
 JVP = "jvp"         # the generated function's name

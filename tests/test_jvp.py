@@ -188,3 +188,47 @@ def test_mismatched_tangents_are_errors():
         fc.jvp(lambda x: x * 2, (np.ones(3),), (np.ones(4),))
     with pytest.raises(ValueError, match="tangents"):
         fc.jvp(lambda x: x * 2, (np.ones(3),), ())
+
+
+# ---------------------------------------------------------------- forward over reverse
+
+def _hvp_by_forward_over_reverse(f, names, primals, tangents):
+    """The tangent of the generated backward graph (forward mode over reverse mode), run by
+    the IR interpreter: the Hessian-vector product."""
+    from flux_compile import compiler
+    from flux_compile.autodiff import differentiate
+    from flux_compile.forward import tangent_graph
+    from flux_compile.interp import run_graph
+    specs = compiler._arg_specs(names, primals)
+    g, _, ctx = compiler._trace("f", f, None, specs, True, values=compiler.flat_inputs(specs, primals))
+    joint = differentiate(g, traced=ctx)
+    used = {h for n in g.nodes if n.op == "call" for h in [n.fn]}
+    for s in joint.seeds:                   # a scalar function: the seed is 1
+        s.op, s.value = "const", 1.0
+    g.outputs = list(joint.input_grads)
+    t = tangent_graph(g, g.inputs[:len(primals)])
+    env = run_graph(g, None, tuple(primals) + tuple(tangents))
+    return [env[n.id] for n in t.tangents], used
+
+
+def test_forward_over_reverse_is_the_hessian_vector_product():
+    from flux_compile.rules.jvp_helpers import BILINEAR_HELPERS, LINEAR_HELPERS
+
+    def f(x, W, v):
+        h = np.tanh(x @ W) ** 2 * x[:, :1]
+        return np.sum(h @ v) + np.sum(x[:, [0, 2]] * np.mean(x, axis=0)[:2])
+
+    def fa(x, W, v):
+        h = anp.tanh(x @ W) ** 2 * x[:, :1]
+        return anp.sum(h @ v) + anp.sum(x[:, [0, 2]] * anp.mean(x, axis=0)[:2])
+    primals = (rng.standard_normal((3, 4)), rng.standard_normal((4, 2)), rng.standard_normal(2))
+    tangents = tuple(rng.standard_normal(np.shape(p)) for p in primals)
+    got, used = _hvp_by_forward_over_reverse(f, ["x", "W", "v"], primals, tangents)
+
+    def gdot(*ps):
+        return sum(anp.sum(autograd.grad(fa, i)(*ps) * t) for i, t in enumerate(tangents))
+    want = autograd.grad(gdot, (0, 1, 2))(*primals)
+    for a, b in zip(got, want):
+        close(a, b)
+    helpers = set(LINEAR_HELPERS) | set(BILINEAR_HELPERS)
+    assert len(used & helpers) >= 4, "the backward should exercise the helpers' forward rules"
