@@ -89,7 +89,8 @@ def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
         if t is not None:
             if t.name is None or t.meta.get("anon"):
                 t.name = naming.tangent(node.name)
-                t.meta["anon"] = True
+                # a user's variable gets its tangent as a statement of its own, as it has
+                t.meta["anon"] = not node.name or bool(node.meta.get("anon")) or t.op not in ("call", "item")
             tan[node.id] = t
     result = Tangents(graph, tangent_inputs, [tan.get(o.id) for o in graph.outputs], n_primal)
     result.ctx = ctx

@@ -232,3 +232,37 @@ def test_forward_over_reverse_is_the_hessian_vector_product():
         close(a, b)
     helpers = set(LINEAR_HELPERS) | set(BILINEAR_HELPERS)
     assert len(used & helpers) >= 4, "the backward should exercise the helpers' forward rules"
+
+
+# ---------------------------------------------------------------- control flow and captured arrays
+
+CAPTURED = {"W": rng.standard_normal((3, 3))}
+
+
+def test_loops_data_dependent_branches_and_captured_arrays():
+    W = CAPTURED["W"]
+
+    def f(x):
+        y = x
+        for _ in range(3):
+            y = np.tanh(y @ W)
+        if np.sum(x) > 0:
+            return np.sum(y * y)
+        return np.sum(np.sin(y))
+
+    def jf(x):
+        y = x
+        for _ in range(3):
+            y = jnp.tanh(y @ W)
+        return jnp.where(jnp.sum(x) > 0, jnp.sum(y * y), jnp.sum(jnp.sin(y)))
+    for sign in (1.0, -1.0, 1.0):
+        x, t = sign * np.abs(rng.standard_normal((2, 3))), rng.standard_normal((2, 3))
+        value, tangent = fc.jvp(f, (x,), (t,))
+        jv, jt = jax.jvp(jf, (x,), (t,))
+        close(value, jv)
+        close(tangent, jt)
+    W[...] = rng.standard_normal((3, 3))          # changed in place: read at run time
+    value, tangent = fc.jvp(f, (x,), (t,))
+    close(tangent, jax.jvp(jf, (x,), (t,))[1])
+    src = fc.jvp_source(f, (x,))
+    assert "y_dot_1 = y_dot @ W" in src           # one tangent statement per user variable
