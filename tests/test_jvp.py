@@ -266,3 +266,16 @@ def test_loops_data_dependent_branches_and_captured_arrays():
     close(tangent, jax.jvp(jf, (x,), (t,))[1])
     src = fc.jvp_source(f, (x,))
     assert "y_dot_1 = y_dot @ W" in src           # one tangent statement per user variable
+
+
+def test_outputs_that_are_inputs_constants_or_integers():
+    x, t = np.arange(3.0), np.ones(3)
+    close(fc.jvp(lambda x: x, (x,), (t,))[1], t)
+
+    def g(x, n):
+        return x ** n, np.ones(2)                 # n: a compile-time int; a constant output
+    (v, c), (tv, tc) = fc.jvp(g, (x, 3), (t, None))
+    close(tv, 3 * x ** 2 * t)
+    close(tc, np.zeros(2))
+    _, ti = fc.jvp(lambda x: np.argmax(x), (x,), (t,))
+    assert not np.any(ti)
