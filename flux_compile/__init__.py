@@ -7,7 +7,7 @@ backward and update, compiled once and cached.
 from ._version import __version__
 from .errors import CompileError, GradcheckError, ModelError, install_error_display
 from .params import Param, param, const, params, named_params, cast
-from .rules import diffrule, nondiff_primitive
+from .rules import diffrule, jvprule, nondiff_primitive
 from .functions import sigmoid, σ, relu, leakyrelu, elu, gelu, softplus, softmax, logsoftmax, logsumexp, \
     nodiff, flatten
 from .model import net
@@ -24,10 +24,11 @@ from .sequences import unroll, unroll1, flip
 from .rnn import RNN, GRU, LSTM
 from .train import train
 from .io import save, load
+from .transforms import jvp, jvp_source
 
 __all__ = [
     "__version__", "CompileError", "GradcheckError", "ModelError", "Param", "param", "const", "params",
-    "named_params", "cast", "diffrule", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
+    "named_params", "cast", "diffrule", "jvprule", "jvp", "jvp_source", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
     "softplus", "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten", "net", "source", "graph", "grad",
     "update", "shapes", "gradcheck", "optim", "data", "initn", "glorot_uniform", "glorot_normal", "zeros",
     "mse", "crossentropy", "logitcrossentropy", "binarycrossentropy", "Affine", "Dense", "Chain", "Dropout",

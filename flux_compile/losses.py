@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rules import diffrule
+from .rules import diffrule, jvprule
 
 __all__ = ["mse", "crossentropy", "logitcrossentropy", "binarycrossentropy",
            "logitcrossentropy_grad"]
@@ -141,3 +141,9 @@ def logitcrossentropy_grad(logits, labels):
 @diffrule(logitcrossentropy)
 def _(dy, y, logits, labels):
     return dy * logitcrossentropy_grad(logits, labels), None
+
+
+@jvprule(logitcrossentropy)
+def _(dlogits, dlabels, y, logits, labels):
+    # a scalar: the gradient contracted with the tangent of the logits
+    return np.sum(logitcrossentropy_grad(logits, labels) * dlogits)
