@@ -403,7 +403,8 @@ def build_module(label, funcs, ns):
     imports = import_lines(ns.objects, _names_read(funcs.defs))
     if imports:
         header += "".join(line + "\n" for line in imports)
-    source, linemap = render(funcs.defs, funcs.locs, header, home=label)
+    home = label.rpartition(" of ")[2]      # a transform's label: "jvp of f"; f's own lines need no note
+    source, linemap = render(funcs.defs, funcs.locs, header, home=home)
     filename = unique_filename(label)
     namespace = compile_source(source, filename, dict(ns.objects))
     return source, namespace, linemap, filename
