@@ -24,6 +24,7 @@ from .sequences import unroll, unroll1, flip
 from .rnn import RNN, GRU, LSTM
 from .train import train
 from .io import save, load
+from . import distributed
 
 __all__ = [
     "__version__", "CompileError", "GradcheckError", "ModelError", "Param", "param", "const", "params",

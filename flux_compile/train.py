@@ -137,7 +137,7 @@ def _show_progress(progress):
         return False
 
 
-def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
+def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, distributed=False):
     """Train ``model`` on ``data`` for ``epochs`` passes; returns a :class:`History`.
 
     - ``loss(model_output, target)``: any function ``fc.grad`` can compile
@@ -152,6 +152,10 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
       or raises ``StopIteration`` ends training early.
     - ``progress``: ``None`` shows a progress bar on stderr only when it is a
       terminal; ``True`` always, ``False`` never.
+    - ``distributed``: in a program started by ``torchrun`` after
+      ``fc.distributed.init()``, each rank trains on its share of every batch
+      with the global batch's gradient, from rank 0's parameters; rank 0
+      alone shows progress (see ``flux_compile.distributed``).
     """
     import flux_compile                       # the package is loaded by the time train runs
 
@@ -166,15 +170,20 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None):
         total = None
     refuse_if_held(model, "fc.train")
     show = _show_progress(progress)
+    parallel = None
+    if distributed:
+        from .distributed import DataParallel
+        parallel = DataParallel(model)          # rank 0's parameters on every rank
+        show = show and parallel.is_main
     guard = InterruptGuard().install()
     try:
         return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
-                       flux_compile.grad)
+                       flux_compile.grad, parallel)
     finally:
         guard.remove()
 
 
-def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad):
+def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, parallel=None):
     history = History()
     for epoch in range(1, epochs + 1):
         bar = ProgressBar(total, epoch, epochs) if show else None
@@ -182,12 +191,15 @@ def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad)
         try:
             for step, (x, y) in enumerate(data, start=1):
                 value = train_one_step(model, loss, x, y, opt, (epoch, step, len(history) + 1),
-                                       grad, guard)
+                                       grad, guard, parallel)
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
                 if bar is not None:
                     bar.update(step, epoch_total / epoch_steps)
-                if _run_callbacks(callbacks, epoch, step, value):
+                stop = _run_callbacks(callbacks, epoch, step, value)
+                if parallel is not None and callbacks:
+                    stop = parallel.agree_to_stop(stop)     # every rank stops at the same step
+                if stop:
                     history.stopped = True
                     break
         finally:
@@ -266,7 +278,7 @@ class InterruptGuard:
             self.previous(*held)
 
 
-def train_one_step(model, loss, x, y, opt, where, grad, guard=None):
+def train_one_step(model, loss, x, y, opt, where, grad, guard=None, parallel=None):
     """One step, all or nothing; returns the loss. ``where`` is (epoch, step, overall step).
 
     Gradients are zeroed first. Until the update is committed nothing outside
@@ -274,20 +286,31 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None):
     a NaN, Ctrl-C) the gradients are zeroed again and the recurrent state put
     back, so the model is exactly as before the step. With ``guard`` (an
     :class:`InterruptGuard`), Ctrl-C during the commit or the undo waits for it.
+    With ``parallel`` (a ``distributed.DataParallel``) this rank runs its share
+    of the batch and the loss and gradients become the global batch's.
     """
     guard = guard or InterruptGuard()
     snapshot = snapshot_states(model)
     value, pending = float("nan"), None
     try:
         _zero_grads(model)
-        # the internal pullback: nothing but this step runs between forward and backward,
-        # so the inputs and Params need no read-only hold (readonly.py)
-        yhat, back = model._pullback(*x) if isinstance(x, tuple) else model._pullback(x)
-        value, grads = grad(loss, yhat, y)
-        value = float(value)
+        if parallel is not None:
+            x, y = parallel.share(x, y)
+        runs = parallel is None or parallel.has_rows
+        if runs:
+            # the internal pullback: nothing but this step runs between forward and backward,
+            # so the inputs and Params need no read-only hold (readonly.py)
+            yhat, back = model._pullback(*x) if isinstance(x, tuple) else model._pullback(x)
+            value, grads = grad(loss, yhat, y)
+            value = float(value)
+        if parallel is not None:
+            value = parallel.global_loss(value)
         if not math.isfinite(value):
             raise TrainingError(*where[:2], value, where[2])
-        back(grads[0], input_grads=False)       # only the parameters are trained
+        if runs:
+            back(grads[0], input_grads=False)   # only the parameters are trained
+        if parallel is not None:
+            parallel.average_gradients()
         pending = prepare_update(model, opt)    # checks the gradients; changes nothing
         guard.enter_critical()                  # from here on the step completes
         pending.commit()
