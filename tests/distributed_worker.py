@@ -1,0 +1,141 @@
+"""One rank of tests/test_distributed.py: runs every scenario, writes ``OUT/rank{r}.pkl``.
+
+Started by the test with RANK, WORLD_SIZE, MASTER_ADDR=127.0.0.1, MASTER_PORT
+set (as torchrun would). Scenarios share these helpers with the test, which
+trains the same models in one process to compare.
+"""
+import io
+import os
+import pickle
+import sys
+
+import numpy as np
+
+import flux_compile as fc
+import flux_compile.init
+from flux_compile.train import TrainingError
+
+BATCH_SIZES = (8, 7, 1, 5)          # ragged: 4/4, 4/3, 1/0 and 3/2 rows on two ranks
+N_IN, N_OUT = 4, 3
+
+
+def mlp(seed):
+    flux_compile.init.seed(seed)
+    return fc.Chain(fc.Dense(N_IN, 8, np.tanh), fc.Dense(8, N_OUT))
+
+
+def shared(seed):
+    """Three layers, the second using the first's weight matrix: one Param in two sub-models."""
+    flux_compile.init.seed(seed)
+    m = fc.Chain(fc.Dense(N_IN, N_IN, np.tanh), fc.Dense(N_IN, N_IN, np.tanh), fc.Dense(N_IN, N_OUT))
+    m[1].W = m[0].W
+    return m
+
+
+MODELS = {"mlp": mlp, "shared": shared}
+OPTIMISERS = {"sgd": lambda: fc.optim.SGD(0.3), "adam": lambda: fc.optim.Adam(0.05)}
+
+
+def global_batches(sizes=BATCH_SIZES, seed=0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((n, N_IN)), rng.standard_normal((n, N_OUT))) for n in sizes]
+
+
+def values(m):
+    return [np.array(p.value) for p in fc.params(m)]
+
+
+def scenario_training(rank):
+    """Every model with every optimiser on ragged batches, ranks starting from different weights."""
+    out = {}
+    for name, build in MODELS.items():
+        for opt_name, make_opt in OPTIMISERS.items():
+            m = build(1000 + rank)                  # rank 0's weights must win
+            history = fc.train(m, fc.mse, global_batches(), make_opt(), epochs=3, distributed=True)
+            out[name, opt_name] = (values(m), list(history))
+    return out
+
+
+def scenario_shuffled(rank):
+    """fc.data.batches with one seed on every rank: the same global batches each epoch."""
+    x, y = global_batches(sizes=(23,), seed=5)[0]
+    m = mlp(7)
+    history = fc.train(m, fc.mse, fc.data.batches(x, y, 6, rng=3), fc.optim.Adam(0.02), epochs=2,
+                       distributed=True)
+    return values(m), list(history)
+
+
+def scenario_tensors(rank):
+    """all_reduce_sum on torch tensors (two dtypes) and NumPy arrays, tiny buckets and one big one."""
+    import torch
+    results = {}
+    for bucket_bytes in (16, 2 ** 20):
+        arrays = [torch.full((3, 2), float(rank + 1), dtype=torch.float32),
+                  torch.arange(5, dtype=torch.float64) * (rank + 1),
+                  np.arange(12.0).reshape(3, 4)[:, ::2] * (rank + 1),      # not contiguous
+                  np.full(7, rank + 1.0, dtype=np.float32)]
+        fc.distributed.all_reduce_sum(arrays, scale=0.5, bucket_bytes=bucket_bytes)
+        results[bucket_bytes] = [np.asarray(a) for a in arrays]
+    return results
+
+
+def scenario_disagreeing_batches(rank):
+    """Ranks given different data: DistributedError on every rank, not a hang or silent mix."""
+    x, y = global_batches(sizes=(6,), seed=rank)[0]
+    try:
+        fc.train(mlp(0), fc.mse, [(x, y)], 0.1, distributed=True)
+    except fc.distributed.DistributedError as e:
+        return str(e)
+    return None
+
+
+def scenario_nan_on_one_rank(rank):
+    """A NaN in rank 1's rows: both ranks stop with TrainingError, parameters unchanged."""
+    x, y = global_batches(sizes=(4,), seed=9)[0]
+    x[3, 0] = np.nan                            # row 3 belongs to rank 1
+    m = mlp(11)
+    before = values(m)
+    try:
+        fc.train(m, fc.mse, [(x, y)], 0.1, distributed=True)
+    except TrainingError as e:
+        return type(e).__name__, all(np.array_equal(a, b) for a, b in zip(before, values(m)))
+    return None, None
+
+
+def scenario_stop_and_progress(rank, out_dir):
+    """A callback stopping on rank 0 only stops every rank at the same step; rank 0 alone prints."""
+    stop_on_rank0 = (lambda epoch, step, loss: "stop" if rank == 0 and step == 2 else None)
+    err, sys.stderr = sys.stderr, io.StringIO()
+    try:
+        history = fc.train(mlp(0), fc.mse, global_batches(), 0.1, callbacks=stop_on_rank0,
+                           progress=True, distributed=True)
+        printed = sys.stderr.getvalue()
+    finally:
+        sys.stderr = err
+    m = mlp(0)
+    saved = fc.save(os.path.join(out_dir, f"saved_by_rank{rank}"), m)
+    fc.distributed.barrier()
+    return len(history), history.stopped, printed, saved
+
+
+def main(out_dir):
+    rank_before = fc.distributed.rank()
+    fc.distributed.init(timeout=60)
+    rank = fc.distributed.rank()
+    results = {
+        "before_init": rank_before,
+        "rank": rank, "world": fc.distributed.world_size(), "is_main": fc.distributed.is_main(),
+        "training": scenario_training(rank),
+        "shuffled": scenario_shuffled(rank),
+        "tensors": scenario_tensors(rank),
+        "disagree": scenario_disagreeing_batches(rank),
+        "nan": scenario_nan_on_one_rank(rank),
+        "stop": scenario_stop_and_progress(rank, out_dir),
+    }
+    fc.distributed.shutdown()
+    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:
+        pickle.dump(results, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
