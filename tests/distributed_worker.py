@@ -118,6 +118,19 @@ def scenario_stop_and_progress(rank, out_dir):
     return len(history), history.stopped, printed, saved
 
 
+def scenario_resume(rank, out_dir):
+    """One epoch, save (rank 0), load on every rank into a fresh model and optimiser, one more."""
+    path = os.path.join(out_dir, "resume.npz")
+    m, opt = mlp(20 + rank), fc.optim.Adam(0.05)
+    fc.train(m, fc.mse, global_batches(), opt, distributed=True)
+    fc.save(path, m, opt)
+    fc.distributed.barrier()
+    m, opt = mlp(30 + rank), fc.optim.Adam(0.05)
+    fc.load(path, m, opt)
+    fc.train(m, fc.mse, global_batches(), opt, distributed=True)
+    return values(m)
+
+
 def main(out_dir):
     rank_before = fc.distributed.rank()
     fc.distributed.init(timeout=60)
@@ -131,6 +144,7 @@ def main(out_dir):
         "disagree": scenario_disagreeing_batches(rank),
         "nan": scenario_nan_on_one_rank(rank),
         "stop": scenario_stop_and_progress(rank, out_dir),
+        "resume": scenario_resume(rank, out_dir),
     }
     fc.distributed.shutdown()
     with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as f:

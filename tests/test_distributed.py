@@ -166,6 +166,14 @@ def test_save_writes_on_rank0_only(ranks):
     assert rank0["stop"][3] is None and rank1["stop"][3] is None
 
 
+def test_resumed_run_equals_uninterrupted(ranks):
+    (rank0, rank1), _ = ranks
+    m = worker.mlp(20)
+    fc.train(m, fc.mse, worker.global_batches(), fc.optim.Adam(0.05), epochs=2)
+    for result in (rank0, rank1):
+        assert_same(result["resume"], worker.values(m))
+
+
 def test_rank_world_and_main(ranks):
     (rank0, rank1), _ = ranks
     assert (rank0["rank"], rank0["world"], rank0["is_main"]) == (0, 2, True)
