@@ -242,6 +242,13 @@ def _fingerprint(x, y, n_rows):
     return crc & ((1 << FINGERPRINT_BITS) - 1)
 
 
+def _own_value(p):
+    """Give ``p`` a value array torch can write into: a copy of a read-only or reversed view."""
+    value = p.value
+    if isinstance(value, np.ndarray) and (not value.flags.writeable or any(s < 0 for s in value.strides)):
+        p.value = np.array(value)
+
+
 class DataParallel:
     """The distributed part of ``fc.train``: shares, the global loss, averaged gradients.
 
@@ -257,6 +264,8 @@ class DataParallel:
         self.all_params = [p for _, p in named_params(model)]
         self.trained = [p for _, p in named_params(model, trainable_only=True)]
         self.weight, self.has_rows = 1.0, True
+        for p in self.all_params:
+            _own_value(p)
         broadcast_from_main([p.value for p in self.all_params], bucket_bytes)
         self.fingerprint = 0
 
