@@ -55,7 +55,8 @@ def main(argv=None):
                                             else load_digits(seed=args.seed))
     if args.limit:
         x_train, y_train, x_test, y_test = (a[:args.limit] for a in (x_train, y_train, x_test, y_test))
-    say(f"{world} processes, {len(x_train)} training images, global batch {args.batch_size}")
+    processes = "1 process" if world == 1 else f"{world} processes"
+    say(f"{processes}, {len(x_train)} training images, global batch {args.batch_size}")
 
     flux_compile.init.seed(args.seed + fc.distributed.rank())   # rank 0's weights are broadcast
     model = build(x_train.shape[1])
