@@ -82,6 +82,24 @@ def scenario_tensors(rank):
     return results
 
 
+def scenario_torch_params(rank):
+    """DataParallel on Params holding torch tensors (as the torch backend makes): broadcast and
+    gradients weighted by share (a batch of 5 rows: 3 on rank 0, 2 on rank 1)."""
+    import torch
+    from flux_compile.distributed import DataParallel
+    m = mlp(40 + rank)
+    for p in fc.params(m):
+        p.value, p.grad = torch.from_numpy(np.array(p.value)), torch.zeros(p.value.shape, dtype=torch.float64)
+    parallel = DataParallel(m)
+    x, y = global_batches(sizes=(5,), seed=1)[0]
+    share = parallel.share(torch.from_numpy(x), torch.from_numpy(y))
+    for p in fc.params(m):
+        p.grad.fill_(rank + 1.0)
+    parallel.average_gradients()
+    return ([p.value.numpy().copy() for p in fc.params(m)], [p.grad.numpy().copy() for p in fc.params(m)],
+            len(share[0]))
+
+
 def scenario_disagreeing_batches(rank):
     """Ranks given different data: DistributedError on every rank, not a hang or silent mix."""
     x, y = global_batches(sizes=(6,), seed=rank)[0]
@@ -144,6 +162,7 @@ def main(out_dir):
         "training": scenario_training(rank),
         "shuffled": scenario_shuffled(rank),
         "tensors": scenario_tensors(rank),
+        "torch_params": scenario_torch_params(rank),
         "disagree": scenario_disagreeing_batches(rank),
         "nan": scenario_nan_on_one_rank(rank),
         "stop": scenario_stop_and_progress(rank, out_dir),

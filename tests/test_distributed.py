@@ -137,6 +137,27 @@ def test_all_reduce_on_torch_tensors_and_numpy_arrays(ranks):
             assert_same(got, want, tol=0)
 
 
+def test_data_parallel_on_torch_tensor_params(ranks):
+    (rank0, rank1), _ = ranks
+    want_values = worker.values(worker.mlp(40))
+    assert (rank0["torch_params"][2], rank1["torch_params"][2]) == (3, 2)
+    for result in (rank0, rank1):
+        got_values, got_grads, _ = result["torch_params"]
+        assert_same(got_values, want_values, tol=0)
+        for g in got_grads:
+            np.testing.assert_allclose(g, 3 / 5 * 1.0 + 2 / 5 * 2.0, rtol=1e-15)
+
+
+def test_buckets_group_by_dtype_and_respect_the_size():
+    torch = pytest.importorskip("torch")
+    tensors = [torch.zeros(4, dtype=torch.float64), torch.zeros(3, dtype=torch.float32),
+               torch.zeros(4, dtype=torch.float64), torch.zeros(100, dtype=torch.float64),
+               torch.zeros(2, dtype=torch.float32)]
+    buckets = distributed._buckets(tensors, bucket_bytes=64)
+    assert [[t.numel() for t in b] for b in buckets] == [[4, 4], [100], [3, 2]]
+    assert all(len({t.dtype for t in b}) == 1 for b in buckets)
+
+
 def test_ranks_given_different_batches_both_stop(ranks):
     (rank0, rank1), _ = ranks
     for result in (rank0, rank1):
