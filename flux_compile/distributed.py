@@ -36,7 +36,7 @@ import numpy as np
 from .params import named_params
 
 __all__ = ["init", "shutdown", "rank", "world_size", "is_main", "barrier", "DistributedError",
-           "DataParallel", "all_reduce_sum", "broadcast_from_main", "share_bounds"]
+           "DataParallel", "all_reduce_sum", "broadcast_from_main", "share_bounds", "take_share"]
 
 TORCH_HINT = "fc.distributed needs PyTorch: pip install flux_compile[torch]"
 BUCKET_BYTES = 25 * 2 ** 20
@@ -227,6 +227,19 @@ def _rows(batch):
     return counts.pop()
 
 
+def take_share(x, y, world, rank):
+    """``(x_part, y_part, weight)``: ``rank``'s rows of the batch ``(x, y)`` and its fraction of them.
+
+    ``x`` may be a tuple of inputs; every input and ``y`` are cut by rows.
+    """
+    n_rows = _rows((x, y))
+    if n_rows == 0:
+        raise ValueError("fc.train(..., distributed=True): a batch has no rows; drop empty batches")
+    start, stop = share_bounds(n_rows, world, rank)
+    part = (lambda a: a[start:stop])
+    return (tuple(map(part, x)) if isinstance(x, tuple) else part(x)), part(y), (stop - start) / n_rows
+
+
 def _first_row_bytes(array):
     row = array[:1]
     if type(row).__module__.startswith("torch"):
@@ -271,12 +284,10 @@ class DataParallel:
 
     def share(self, x, y):
         """This rank's rows of the global batch ``(x, y)``; ``has_rows`` is False when none."""
-        n_rows = _rows((x, y))
-        start, stop = share_bounds(n_rows, self.world, self.rank)
-        self.n_rows, self.weight, self.has_rows = n_rows, (stop - start) / n_rows, stop > start
-        self.fingerprint = _fingerprint(x, y, n_rows)
-        part = (lambda a: a[start:stop])
-        return (tuple(map(part, x)) if isinstance(x, tuple) else part(x)), part(y)
+        part_x, part_y, self.weight = take_share(x, y, self.world, self.rank)
+        self.has_rows = self.weight > 0
+        self.fingerprint = _fingerprint(x, y, len(y))      # of the global batch: equal on all ranks
+        return part_x, part_y
 
     def global_loss(self, local_loss):
         """The mean loss over the global batch (same on every rank); checks the ranks agree."""

@@ -79,6 +79,11 @@ def scenario_tensors(rank):
                   np.full(7, rank + 1.0, dtype=np.float32)]
         fc.distributed.all_reduce_sum(arrays, scale=0.5, bucket_bytes=bucket_bytes)
         results[bucket_bytes] = [np.asarray(a) for a in arrays]
+    if torch.cuda.is_available():               # NCCL: tensors on this rank's GPU
+        arrays = [torch.full((3, 2), float(rank + 1), device="cuda"),
+                  torch.arange(5, dtype=torch.float64, device="cuda") * (rank + 1)]
+        fc.distributed.all_reduce_sum(arrays, scale=0.5)
+        results["cuda"] = [a.cpu().numpy() for a in arrays]
     return results
 
 

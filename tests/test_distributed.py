@@ -118,6 +118,22 @@ def test_shares_cover_the_batch_once(n, world):
     assert max(sizes) - min(sizes) <= 1
 
 
+def test_take_share_cuts_every_input_and_the_target_by_rows():
+    x1, x2, y = np.arange(10).reshape(5, 2), np.arange(5.0), [0, 1, 2, 3, 4]
+    parts = [distributed.take_share((x1, x2), y, 3, r) for r in range(3)]
+    assert [w for *_, w in parts] == [2 / 5, 2 / 5, 1 / 5]
+    assert np.array_equal(np.concatenate([p[0][0] for p in parts]), x1)
+    assert np.array_equal(np.concatenate([p[0][1] for p in parts]), x2)
+    assert sum((p[1] for p in parts), []) == y
+
+
+def test_take_share_refuses_a_ragged_or_empty_batch():
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        distributed.take_share(np.zeros((4, 2)), np.zeros(3), 2, 0)
+    with pytest.raises(ValueError, match="no rows"):
+        distributed.take_share(np.zeros((0, 2)), np.zeros(0), 2, 1)
+
+
 def test_shuffled_batches_with_one_seed(ranks):
     (rank0, rank1), _ = ranks
     x, y = worker.global_batches(sizes=(23,), seed=5)[0]
@@ -133,8 +149,8 @@ def test_all_reduce_on_torch_tensors_and_numpy_arrays(ranks):
     want = [np.full((3, 2), 1.5, dtype=np.float32), np.arange(5.0) * 1.5,
             np.arange(12.0).reshape(3, 4)[:, ::2] * 1.5, np.full(7, 1.5, dtype=np.float32)]
     for result in (rank0, rank1):
-        for bucket_bytes, got in result["tensors"].items():
-            assert_same(got, want, tol=0)
+        for bucket_bytes in (16, 2 ** 20):
+            assert_same(result["tensors"][bucket_bytes], want, tol=0)
 
 
 def test_data_parallel_on_torch_tensor_params(ranks):
@@ -267,6 +283,8 @@ def test_nccl_two_gpus(tmp_path):
     fc.train(m, fc.mse, worker.global_batches(), worker.OPTIMISERS["adam"](), epochs=3)
     for result in (rank0, rank1):
         assert_same(result["training"]["mlp", "adam"][0], worker.values(m))
+        assert_same(result["tensors"]["cuda"], [np.full((3, 2), 1.5, dtype=np.float32), np.arange(5.0) * 1.5],
+                    tol=0)
 
 
 # -- the example under torchrun ----------------------------------------------------------
