@@ -177,12 +177,12 @@ def _run_bucketed(collective, tensors, bucket_bytes, scale=None):
     for bucket in _buckets(tensors, bucket_bytes):
         if len(bucket) == 1 and bucket[0].is_contiguous():
             flat = bucket[0].view(-1)
-            if scale is not None:
+            if scale is not None and scale != 1:
                 flat.mul_(scale)
             collective(flat)
             continue
         flat = torch.cat([t.reshape(-1) for t in bucket])
-        if scale is not None:
+        if scale is not None and scale != 1:
             flat.mul_(scale)
         collective(flat)
         offset = 0
