@@ -87,6 +87,45 @@ def scenario_tensors(rank):
     return results
 
 
+def cnn(seed):
+    flux_compile.init.seed(seed)
+    return fc.Chain(fc.Conv2d(1, 2, 3, act=fc.relu), fc.MaxPool2d(2), fc.flatten, fc.Dense(8, N_OUT))
+
+
+def image_batches(sizes=(6, 5, 1), seed=2):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((n, 1, 6, 6)), rng.standard_normal((n, N_OUT))) for n in sizes]
+
+
+def scenario_cnn(rank):
+    """A convolutional model on (N, C, H, W) batches, ragged, with Adam."""
+    m = cnn(50 + rank)
+    history = fc.train(m, fc.mse, image_batches(), fc.optim.Adam(0.05), epochs=2, distributed=True)
+    return values(m), list(history)
+
+
+def last_step(hs):
+    return hs[:, -1, :]
+
+
+def lstm(seed):
+    flux_compile.init.seed(seed)
+    return fc.Chain(fc.unroll(fc.LSTM(N_IN, 5), 4), last_step, fc.Dense(5, N_OUT))
+
+
+def sequence_batches(sizes=(5, 5, 5), seed=4):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((n, 4, N_IN)), rng.standard_normal((n, N_OUT))) for n in sizes]
+
+
+def scenario_lstm(rank):
+    """An LSTM through fc.unroll (backprop through time), state carried between batches of 5
+    sequences (3 on rank 0, 2 on rank 1: each rank carries the state of its own rows)."""
+    m = lstm(60 + rank)
+    history = fc.train(m, fc.mse, sequence_batches(), fc.optim.Adam(0.05), epochs=2, distributed=True)
+    return values(m), list(history)
+
+
 def scenario_torch_params(rank):
     """DataParallel on Params holding torch tensors (as the torch backend makes): broadcast and
     gradients weighted by share (a batch of 5 rows: 3 on rank 0, 2 on rank 1)."""
@@ -166,6 +205,8 @@ def main(out_dir):
         "rank": rank, "world": fc.distributed.world_size(), "is_main": fc.distributed.is_main(),
         "training": scenario_training(rank),
         "shuffled": scenario_shuffled(rank),
+        "cnn": scenario_cnn(rank),
+        "lstm": scenario_lstm(rank),
         "tensors": scenario_tensors(rank),
         "torch_params": scenario_torch_params(rank),
         "disagree": scenario_disagreeing_batches(rank),

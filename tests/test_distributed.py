@@ -144,6 +144,24 @@ def test_shuffled_batches_with_one_seed(ranks):
         np.testing.assert_allclose(result["shuffled"][1], list(history), rtol=1e-10)
 
 
+def test_convolutional_model_on_image_batches(ranks):
+    (rank0, rank1), _ = ranks
+    m = worker.cnn(50)
+    history = fc.train(m, fc.mse, worker.image_batches(), fc.optim.Adam(0.05), epochs=2)
+    for result in (rank0, rank1):
+        assert_same(result["cnn"][0], worker.values(m))
+        np.testing.assert_allclose(result["cnn"][1], list(history), rtol=1e-10)
+
+
+def test_lstm_through_unroll_on_sequence_batches(ranks):
+    (rank0, rank1), _ = ranks
+    m = worker.lstm(60)
+    history = fc.train(m, fc.mse, worker.sequence_batches(), fc.optim.Adam(0.05), epochs=2)
+    for result in (rank0, rank1):
+        assert_same(result["lstm"][0], worker.values(m))
+        np.testing.assert_allclose(result["lstm"][1], list(history), rtol=1e-10)
+
+
 def test_all_reduce_on_torch_tensors_and_numpy_arrays(ranks):
     (rank0, rank1), _ = ranks
     want = [np.full((3, 2), 1.5, dtype=np.float32), np.arange(5.0) * 1.5,
