@@ -289,23 +289,30 @@ class DataParallel:
         self.fingerprint = _fingerprint(x, y, len(y))      # of the global batch: equal on all ranks
         return part_x, part_y
 
-    def global_loss(self, local_loss):
-        """The mean loss over the global batch (same on every rank); checks the ranks agree."""
-        contribution = self.weight * local_loss if self.has_rows else 0.0
+    def reduce(self, local_loss):
+        """The global batch's loss, returned, and gradients, in every trainable Param.grad.
+
+        One all-reduce per bucket: each rank's gradients are weighted by its
+        share of the rows and summed; the weighted loss and a fingerprint of
+        the batch ride in the last float64 bucket. Stops every rank with
+        :class:`DistributedError` when the ranks saw different batches.
+        """
+        torch = self.torch
+        grads = [_as_tensor(p.grad) for p in self.trained]
+        scale = self.weight if self.has_rows else 0.0
+        if scale != 1:
+            for g in grads:
+                g.mul_(scale)
         f = self.fingerprint
-        sums = self.torch.tensor([contribution, float(f), float(f * f)], dtype=self.torch.float64)
-        self.dist.all_reduce(sums)
+        contribution = self.weight * local_loss if self.has_rows else 0.0
+        sums = torch.tensor([contribution, float(f), float(f * f)], dtype=torch.float64)
+        _run_bucketed(self.dist.all_reduce, grads + [sums], self.bucket_bytes)
         total, f_sum, f_squares = sums.tolist()
         if self.world * int(f_squares) != int(f_sum) ** 2:       # not all fingerprints equal
             raise DistributedError(
                 "the ranks are not training on the same global batch: give every rank the same "
                 "data in the same order (fc.data.batches(..., rng=seed) with one seed for all ranks)")
         return total
-
-    def average_gradients(self):
-        """Every trainable Param.grad becomes the global batch's gradient, on every rank."""
-        scale = self.weight if self.has_rows else 0.0
-        all_reduce_sum([p.grad for p in self.trained], scale, self.bucket_bytes)
 
     def agree_to_stop(self, stop):
         """True on every rank when a callback on any rank asked to stop."""

@@ -296,21 +296,18 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None, parallel=Non
         _zero_grads(model)
         if parallel is not None:
             x, y = parallel.share(x, y)
-        runs = parallel is None or parallel.has_rows
-        if runs:
+        if parallel is None or parallel.has_rows:
             # the internal pullback: nothing but this step runs between forward and backward,
             # so the inputs and Params need no read-only hold (readonly.py)
             yhat, back = model._pullback(*x) if isinstance(x, tuple) else model._pullback(x)
             value, grads = grad(loss, yhat, y)
             value = float(value)
-        if parallel is not None:
-            value = parallel.global_loss(value)
-        if not math.isfinite(value):
-            raise TrainingError(*where[:2], value, where[2])
-        if runs:
+            if parallel is None:
+                _stop_if_not_finite(value, where)
             back(grads[0], input_grads=False)   # only the parameters are trained
         if parallel is not None:
-            parallel.average_gradients()
+            value = parallel.reduce(value)      # the global batch's loss and gradients
+            _stop_if_not_finite(value, where)
         pending = prepare_update(model, opt)    # checks the gradients; changes nothing
         guard.enter_critical()                  # from here on the step completes
         pending.commit()
@@ -327,6 +324,11 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None, parallel=Non
         raise
     guard.release()
     return value
+
+
+def _stop_if_not_finite(value, where):
+    if not math.isfinite(value):
+        raise TrainingError(*where[:2], value, where[2])
 
 
 def _zero_grads(model):

@@ -87,6 +87,22 @@ def scenario_tensors(rank):
     return results
 
 
+def mlp32(seed):
+    flux_compile.init.seed(seed)
+    return fc.Chain(fc.Dense(N_IN, 8, np.tanh, dtype=np.float32), fc.Dense(8, N_OUT, dtype=np.float32))
+
+
+def batches32():
+    return [(x.astype(np.float32), y.astype(np.float32)) for x, y in global_batches()]
+
+
+def scenario_float32(rank):
+    """float32 gradients (the loss and fingerprint then go in a float64 all-reduce of their own)."""
+    m = mlp32(70 + rank)
+    history = fc.train(m, fc.mse, batches32(), fc.optim.Adam(0.05), epochs=2, distributed=True)
+    return values(m), list(history)
+
+
 def cnn(seed):
     flux_compile.init.seed(seed)
     return fc.Chain(fc.Conv2d(1, 2, 3, act=fc.relu), fc.MaxPool2d(2), fc.flatten, fc.Dense(8, N_OUT))
@@ -139,9 +155,9 @@ def scenario_torch_params(rank):
     share = parallel.share(torch.from_numpy(x), torch.from_numpy(y))
     for p in fc.params(m):
         p.grad.fill_(rank + 1.0)
-    parallel.average_gradients()
+    loss = parallel.reduce(10.0 * (rank + 1))       # 3/5 * 10 + 2/5 * 20
     return ([p.value.numpy().copy() for p in fc.params(m)], [p.grad.numpy().copy() for p in fc.params(m)],
-            len(share[0]))
+            len(share[0]), loss)
 
 
 def scenario_disagreeing_batches(rank):
@@ -206,6 +222,7 @@ def main(out_dir):
         "training": scenario_training(rank),
         "shuffled": scenario_shuffled(rank),
         "cnn": scenario_cnn(rank),
+        "float32": scenario_float32(rank),
         "lstm": scenario_lstm(rank),
         "tensors": scenario_tensors(rank),
         "torch_params": scenario_torch_params(rank),

@@ -144,6 +144,16 @@ def test_shuffled_batches_with_one_seed(ranks):
         np.testing.assert_allclose(result["shuffled"][1], list(history), rtol=1e-10)
 
 
+def test_float32_model(ranks):
+    (rank0, rank1), _ = ranks
+    m = worker.mlp32(70)
+    history = fc.train(m, fc.mse, worker.batches32(), fc.optim.Adam(0.05), epochs=2)
+    for result in (rank0, rank1):
+        assert all(v.dtype == np.float32 for v in result["float32"][0])
+        assert_same(result["float32"][0], worker.values(m), tol=1e-5)
+        np.testing.assert_allclose(result["float32"][1], list(history), rtol=1e-5)
+
+
 def test_convolutional_model_on_image_batches(ranks):
     (rank0, rank1), _ = ranks
     m = worker.cnn(50)
@@ -176,7 +186,8 @@ def test_data_parallel_on_torch_tensor_params(ranks):
     want_values = worker.values(worker.mlp(40))
     assert (rank0["torch_params"][2], rank1["torch_params"][2]) == (3, 2)
     for result in (rank0, rank1):
-        got_values, got_grads, _ = result["torch_params"]
+        got_values, got_grads, _, loss = result["torch_params"]
+        assert loss == pytest.approx(14.0, rel=1e-15)
         assert_same(got_values, want_values, tol=0)
         for g in got_grads:
             np.testing.assert_allclose(g, 3 / 5 * 1.0 + 2 / 5 * 2.0, rtol=1e-15)
