@@ -291,7 +291,7 @@ def parse_args(argv):
     ap.add_argument("--clip", type=float, default=5.0, help="maximum global gradient norm")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--log-every", type=int, default=1, metavar="K", help="print a progress line every K steps")
+    ap.add_argument("--log-every", type=int, default=50, metavar="K", help="print a progress line every K steps")
     ap.add_argument("--save", default="char_rnn.npz", metavar="PATH", help="'' to skip saving")
     ap.add_argument("--load", metavar="PATH", help="start from a model saved by this script")
     ap.add_argument("--plot", metavar="PNG", help="write the loss curve here")

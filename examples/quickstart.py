@@ -29,6 +29,7 @@ class TLP:
 
 def main(steps=300, seed=0):
     rng = np.random.default_rng(seed)
+    fc.init.seed(seed)                  # the initial weights too: the same run every time
     # two interleaved spirals' worth of points, three classes by angle sector
     x = rng.standard_normal((512, 2))
     labels = (np.floor((np.arctan2(x[:, 1], x[:, 0]) + np.pi) / (2 * np.pi / 3)) % 3).astype(int)

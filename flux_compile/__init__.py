@@ -5,9 +5,9 @@ derives the backward pass symbolically and emits readable Python for forward,
 backward and update, compiled once and cached.
 """
 from ._version import __version__
-from .errors import CompileError, GradcheckError, ModelError
+from .errors import CompileError, GradcheckError, ModelError, install_error_display
 from .params import Param, param, const, params, named_params, cast
-from .rules import diffrule, nondiff_primitive
+from .rules import diffrule, jvprule, nondiff_primitive
 from .functions import sigmoid, σ, relu, leakyrelu, elu, gelu, softplus, softmax, logsoftmax, logsumexp, \
     nodiff, flatten
 from .model import net
@@ -24,11 +24,12 @@ from .sequences import unroll, unroll1, flip
 from .rnn import RNN, GRU, LSTM
 from .train import train
 from .io import save, load
+from .transforms import jvp, jvp_source
 from . import distributed
 
 __all__ = [
     "__version__", "CompileError", "GradcheckError", "ModelError", "Param", "param", "const", "params",
-    "named_params", "cast", "diffrule", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
+    "named_params", "cast", "diffrule", "jvprule", "jvp", "jvp_source", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
     "softplus", "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten", "net", "source", "graph", "grad",
     "update", "shapes", "gradcheck", "optim", "data", "initn", "glorot_uniform", "glorot_normal", "zeros",
     "mse", "crossentropy", "logitcrossentropy", "binarycrossentropy", "Affine", "Dense", "Chain", "Dropout",
@@ -36,3 +37,6 @@ __all__ = [
     "save", "load", "conv2d", "maxpool2d", "avgpool2d", "Conv2d", "MaxPool2d", "AvgPool2d", "LayerNorm",
     "Embedding", "BatchNorm", "testmode", "trainmode",
 ]
+
+install_error_display()
+del install_error_display

@@ -13,6 +13,7 @@ import numpy as np
 
 from . import pytree
 from .cache import compile_function, compile_model
+from .errors import CompileError
 from .richtext import SourceText
 from .params import Param, is_model, named_params, path_str
 from .runstate import restore_states, snapshot_states
@@ -29,33 +30,114 @@ def _compiled(m_or_f, args=None):
     return compile_function(m_or_f, args)
 
 
-def source(m_or_cls, which="backward", args=None):
+def source(m_or_cls, which="backward", inputs=None, args=None):
     """Generated source of a model, model class or function, as a string.
 
     ``which`` is ``"forward"``, ``"backward"``, ``"update"`` (models only) or ``"all"``.
+    ``inputs=(x, ...)``: the variant compiled for those inputs (compiled if needed; for a
+    model whose code depends on the data, the variant those values take). Without
+    ``inputs``, a model shows the variant that ran last; when it has several, the header
+    comment says which. ``args=`` is an alias of ``inputs=``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(3, 2)
+    >>> print(fc.source(m, "forward", inputs=(np.ones((4, 3)),)).splitlines()[1])
+    # the variant for inputs x: float64[4, 3]
     """
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH[:4])}, not {which!r}")
+    if inputs is None:
+        inputs = args
+    elif args is not None:
+        raise TypeError("fc.source: give inputs= (or its alias args=), not both")
+    if inputs is not None and not isinstance(inputs, (tuple, list)):
+        inputs = (inputs,)
     if which == "update":
         if isinstance(m_or_cls, type):
             raise TypeError("the update step is generated per model instance: pass an instance")
         from .updatestep import update_source
         return SourceText(update_source(m_or_cls))
-    c = _compiled(m_or_cls, args)
-    if c.guarded and args is not None and not is_model(m_or_cls):
-        c, _ = forward_function(c, m_or_cls, args)      # the variant for these arguments' path
+    instance = is_model(m_or_cls) and not isinstance(m_or_cls, type)
+    note = None
+    if instance:
+        c, note = _model_variant(m_or_cls, inputs)
+    else:
+        c = _compiled(m_or_cls, inputs)
+        if c.guarded and inputs is not None and not is_model(m_or_cls):
+            c, _ = forward_function(c, m_or_cls, inputs)      # the variant for these arguments' path
     if which == "all":
         text = c.source
-        if not isinstance(m_or_cls, type) and is_model(m_or_cls):
+        if instance:
             from .updatestep import update_source
             text = text.rstrip("\n") + "\n\n" + update_source(m_or_cls)
-        return SourceText(text)
+        return SourceText(_with_note(text, note))
     text = c.sections[which]
     step = getattr(c, "step_model", None)
     if step is not None and which in ("forward", "backward"):
         inner = source(step, which)
         text = f"{text.rstrip()}\n\n# the step, {type(step).__name__}.{which}:\n{inner}"
-    return SourceText(text)
+    return SourceText(_with_note(text, note))
+
+
+def _model_variant(m, inputs):
+    """``(compiled, note)``: the variant for ``inputs`` (run once to find the path of
+    data-dependent code; state and "last ran" left as they were), else the one that ran
+    last. ``note`` names the variant when the model has or may have several, else None."""
+    from .cache import cached_variant, compile_model
+    from .compiler import input_key
+    if inputs is None:
+        try:
+            c = compile_model(m)
+        except CompileError as e:
+            if "needs example inputs" in str(e.msg):
+                e.hint = f"{e.hint}\nfc.source(m, which, inputs=(x,)) shows the code for inputs x" \
+                    if e.hint else "fc.source(m, which, inputs=(x,)) shows the code for inputs x"
+            raise
+        ikey = m.__dict__.get("_fc_last") if cached_variant(m, None, last=True) is c else None
+        several = c.guarded or len(m.__dict__.get("_fc_compiled") or ()) > 1
+        if not several:
+            return c, None
+        if ikey is None:
+            return c, "no call yet: generic code; fc.source(m, which, inputs=(x,)) shows what runs"
+        return c, "the variant that ran last, for inputs " + _describe_key(c, ikey)
+    snap, last = snapshot_states(m), m.__dict__.get("_fc_last")
+    try:
+        from .runstate import reset
+        reset(m)
+        m(*inputs)
+        ikey = m.__dict__.get("_fc_last")
+        c = cached_variant(m, ikey) or compile_model(m, None)
+    finally:
+        restore_states(snap)
+        if last is None:
+            m.__dict__.pop("_fc_last", None)
+        else:
+            m.__dict__["_fc_last"] = last
+    names = list(c.input_names) or [f"x{i}" for i in range(len(inputs))]
+    described = ", ".join(f"{n}: {describe_value(np.asarray(x) if isinstance(x, Param) else x)}"
+                          for n, x in zip(names, inputs))
+    return c, f"the variant for inputs {described}"
+
+
+def _describe_key(c, ikey):
+    """``x: 2-d float`` for each input of an input key (rank and float-ness)."""
+    names = list(c.input_names) or [f"x{i}" for i in range(len(ikey))]
+    parts = []
+    for name, k in zip(names, ikey):
+        if isinstance(k, tuple) and len(k) >= 2 and isinstance(k[0], int):
+            parts.append(f"{name}: {k[0]}-d {'float' if k[1] else 'integer'}")
+        else:
+            parts.append(f"{name}: {k[0] if isinstance(k, tuple) else k}")
+    return ", ".join(parts)
+
+
+def _with_note(text, note):
+    """``text`` with ``# note`` in its header: after the ``# generated by`` line, or first."""
+    if not note:
+        return text
+    lines = text.split("\n")
+    at = 1 if lines and lines[0].startswith("# generated by") else 0
+    return "\n".join(lines[:at] + [f"# {note}"] + lines[at:])
 
 
 def graph(m_or_cls, args=None, which="forward"):

@@ -56,6 +56,10 @@ def load_file(path):
         raise
     except SyntaxError as e:
         raise UsageError(f"{e.filename}:{e.lineno}: syntax error: {e.msg}") from e
+    except SystemExit as e:
+        raise UsageError(f"running {path} to load it called sys.exit({e.code!r}); put the script's "
+                         f"own code under `if __name__ == \"__main__\":` so that loading it only "
+                         f"defines the models") from None
     except Exception as e:
         raise UsageError(f"running {path} failed: {type(e).__name__}: {e}") from e
     return module
@@ -178,8 +182,19 @@ def cmd_show(a):
             raise UsageError(f"the update step is generated per model instance and {cls.__name__}() "
                              f"needs arguments: add --args '...' (the constructor's arguments)")
         text = fc.source(inst, "update")
+    elif a.input:
+        inst = inst if inst is not None else _no_arg_instance(cls)
+        if inst is None:
+            raise UsageError(f"--input needs an instance and {cls.__name__}() needs arguments: "
+                             f"add --args '...' (the constructor's arguments)")
+        xs = make_inputs([parse_shape(s) for s in a.input], a.dtype, a.seed)
+        text = fc.source(inst, a.which, inputs=tuple(xs))
+        if a.which == "all" and "def update" not in text:
+            text = text.rstrip("\n") + "\n\n" + fc.source(inst, "update")
     else:
         text = _generic_or_instance(cls, inst, lambda m: fc.source(m, a.which))
+        text = ("# generic code (input shapes unknown); add --input 8x4 (one per input) for the "
+                "code that runs\n" + str(text))
         if a.which == "all":
             m = inst if inst is not None else _no_arg_instance(cls)
             if m is None:
@@ -268,6 +283,10 @@ def build_parser():
     s.add_argument("--color", "--colour", choices=("auto", "always", "never"), default="auto",
                    help="syntax colour through pygments (auto: when stdout is a terminal)")
     s.add_argument("--args", metavar="ARGS", help=args_help)
+    s.add_argument("--input", action="append", metavar="SHAPE",
+                   help="shape of one input, e.g. 8x4 (repeat per input): show the variant that runs for it")
+    s.add_argument("--dtype", default="float64", help="dtype of the --input arrays (default float64)")
+    s.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
     s.set_defaults(run=cmd_show)
 
     g = sub.add_parser("graph", parents=[common], help="print the IR graph of a @net class",

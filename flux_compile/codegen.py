@@ -366,7 +366,8 @@ def _model_hint(n):
 def render(defs, locs, header, home=None):
     """Module text from function ASTs; the ``@@LOC n@@`` markers become ``# line N: ...``
     comments. Returns the text and a map from generated line number to the user's Loc."""
-    src = astor.to_source(ast.Module(body=list(defs), type_ignores=[]))
+    # one statement a line: astor's wrapping can break inside ``self.W.value.shape``
+    src = astor.to_source(ast.Module(body=list(defs), type_ignores=[]), pretty_source="".join)
     out, linemap, current = [header.rstrip("\n")], {}, None
     for line in src.splitlines():
         m = MARK.match(line)

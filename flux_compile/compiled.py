@@ -7,7 +7,7 @@ producer assembles one by hand.
 """
 from __future__ import annotations
 
-from .errors import ModelError, model_error_type
+from .errors import ModelError, called_submodel, error_message, model_error_type
 from .guards import compile_checks, compile_reader
 
 FUNCTIONS = ("forward", "forward_train", "backward", "backward_params")
@@ -108,13 +108,14 @@ class Compiled:
         loc = self.linemap.get(lineno)
         where = f"{loc.filename}:{loc.lineno}" if loc else f"{self.filename}:{lineno}"
         text = loc.text if loc else ""
-        frame = (f"{self.owner} ({direction})", where, text)
+        callee = called_submodel(self.filename, lineno)   # which layer, when the line calls one
+        frame = (f"{self.owner} ({direction})", where, f"{text}  [{callee}]" if callee else text)
         if isinstance(exc, ModelError):
             exc.trace.append(frame)
             return exc
         cls = model_error_type(type(exc))
         try:
-            new = cls(f"{type(exc).__name__}: {exc}", [frame])
+            new = cls(error_message(exc), [frame])
         except Exception:
             new = ModelError(f"{type(exc).__name__}: {exc}", [frame])
         return new

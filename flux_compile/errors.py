@@ -8,6 +8,10 @@ exception chained.
 from __future__ import annotations
 
 import linecache
+import os
+import re
+import sys
+import types
 
 
 class CompileError(SyntaxError):
@@ -18,6 +22,18 @@ class CompileError(SyntaxError):
             text = linecache.getline(filename, lineno).rstrip("\n") or None
         super().__init__(msg, (filename, lineno, offset, text))
         self.hint = hint
+
+    @property
+    def hint(self):
+        return self._hint
+
+    @hint.setter
+    def hint(self, value):
+        """Kept as a note too: Python prints a SyntaxError from its fields, not ``str``,
+        and shows notes after it, so an uncaught error still ends with its hint."""
+        self._hint = value
+        notes = [n for n in getattr(self, "__notes__", ()) if not n.startswith("hint: ")]
+        self.__notes__ = notes + ([f"hint: {value}"] if value else [])
 
     def __str__(self):
         where = f"{self.filename}:{self.lineno}" if self.filename else "<unknown>"
@@ -30,6 +46,9 @@ class CompileError(SyntaxError):
         if self.hint:
             out += f"\nhint: {self.hint}"
         return out
+
+
+CompileError.__module__ = "flux_compile"       # its label: flux_compile.CompileError, as imported
 
 
 class Retrace(Exception):
@@ -64,6 +83,9 @@ class ModelError(Exception):
         return "\n".join(lines)
 
 
+ModelError.__module__ = "flux_compile"
+
+
 _combined = {}
 
 
@@ -75,9 +97,122 @@ def model_error_type(exc_type):
         return _combined[exc_type]
     except KeyError:
         try:
-            t = type(exc_type.__name__, (ModelError, exc_type), {"__module__": "flux_compile.errors",
+            # labelled as the original type (``ValueError: ...``) in a traceback
+            t = type(exc_type.__name__, (ModelError, exc_type), {"__module__": exc_type.__module__,
+                                                                 "__qualname__": exc_type.__qualname__,
                                                                  "__str__": ModelError.__str__})
         except TypeError:
             t = ModelError
         _combined[exc_type] = t
         return t
+
+
+def error_message(exc):
+    """The message a ModelError made from ``exc`` starts with: the text alone when the
+    error keeps ``exc``'s type (its label says the type), else ``Type: text``."""
+    if model_error_type(type(exc)) is ModelError and not isinstance(exc, ModelError):
+        return f"{type(exc).__name__}: {exc}"
+    return str(exc)
+
+
+def bad_call_message(owner, sig, kwargs, error):
+    """Why a call of a model does not fit ``forward``'s signature ``sig``, naming the keyword
+    that fits no input before any missing one (Python names the missing one first)."""
+    inputs = [name for name in sig.parameters][1:]
+    takes = f"{owner}.forward takes ({', '.join(inputs)})"
+    unknown = [k for k in kwargs if k not in inputs]
+    if unknown:
+        return f"{owner}(...) got no input named {', '.join(map(repr, unknown))}: {takes}"
+    return f"{owner}(...): {error}: {takes}"
+
+
+_CALL = re.compile(r"\bself((?:\.\w+|\[\d+\])+)\(")
+
+
+def called_submodel(filename, lineno):
+    """``self.layers[1]`` when generated line ``lineno`` calls a sub-model, else None."""
+    m = _CALL.search(linecache.getline(filename, lineno))
+    return "self" + m.group(1) if m else None
+
+
+# --------------------------------------------------------------------------------
+# uncaught errors: the user's frames only
+
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+FULL_TRACEBACK = "FLUX_COMPILE_TRACEBACK"       # =full shows the library's frames too
+
+
+def is_library_frame(frame):
+    """A frame of this package's own files or of generated code."""
+    name = frame.f_code.co_filename
+    return name.startswith("<flux_compile") or os.path.abspath(name).startswith(PACKAGE_DIR + os.sep)
+
+
+def user_traceback(tb):
+    """``tb`` rebuilt without library frames (None when no frame is the user's)."""
+    kept = []
+    while tb is not None:
+        if not is_library_frame(tb.tb_frame):
+            kept.append(tb)
+        tb = tb.tb_next
+    out = None
+    for t in reversed(kept):
+        out = types.TracebackType(out, t.tb_frame, t.tb_lasti, t.tb_lineno)
+    return out
+
+
+def _ours(value):
+    return isinstance(value, (CompileError, ModelError)) and os.environ.get(FULL_TRACEBACK) != "full"
+
+
+class _Trimmed:
+    """While shown: the error with the user's frames only and without its chained cause
+    (its text already says what the cause said); put back afterwards."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self):
+        v = self.value
+        self.saved = (v.__traceback__, v.__cause__, v.__suppress_context__)
+        v.__traceback__ = user_traceback(v.__traceback__)
+        v.__cause__, v.__suppress_context__ = None, True
+        return v.__traceback__
+
+    def __exit__(self, *exc):
+        v = self.value
+        v.__traceback__, v.__cause__, v.__suppress_context__ = self.saved
+        return False
+
+
+def _excepthook(etype, value, tb):
+    previous = _excepthook.previous
+    if not _ours(value):
+        return previous(etype, value, tb)
+    value.__traceback__ = tb
+    with _Trimmed(value) as shown:
+        previous(etype, value, shown)
+
+
+def _ipython_handler(shell, etype, value, tb, tb_offset=None):
+    if not _ours(value):
+        return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+    value.__traceback__ = tb
+    with _Trimmed(value) as shown:
+        if isinstance(value, SyntaxError):      # IPython would list the frames it came through
+            shell._showtraceback(etype, value, shell.InteractiveTB.get_exception_only(etype, value))
+        else:
+            shell.showtraceback((etype, value, shown), tb_offset=tb_offset)
+
+
+def install_error_display():
+    """An uncaught CompileError / ModelError shows the user's frames, file:line, caret, hint
+    and model trace, without the library's frames (set ``FLUX_COMPILE_TRACEBACK=full``
+    to see them). Other errors are shown as before."""
+    if sys.excepthook is not _excepthook:
+        _excepthook.previous = sys.excepthook
+        sys.excepthook = _excepthook
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is not None and not getattr(shell, "custom_exceptions", ()):
+        shell.set_custom_exc((CompileError, ModelError), _ipython_handler)

@@ -154,6 +154,7 @@ class Builder(Tracer):
             return self.call_model(f, args, kwargs, e)
         if isinstance(f, Node) and f.op == "param" and self.ctx.generic_cls is not None:
             # no instance (fc.source on a class): an attribute that is called is a sub-model
+            f.meta["submodel"] = True
             return self.call_model(ModelRef(f.base, f.path, None), args, kwargs, e)
         if isinstance(f, Static):
             self.reject_unmarked_model(f.value, args, e)

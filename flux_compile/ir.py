@@ -157,6 +157,15 @@ def _op_label(n):
     return n.op
 
 
+def _leaf_text(n, args):
+    """``param self.W``; a called attribute (a sub-model seen without an instance) says so."""
+    return f"{'submodel' if n.meta.get('submodel') else n.op} {path_expr(n.base, n.path)}"
+
+
+def _leaf_label(n):
+    return ("submodel " if n.meta.get("submodel") else "") + path_expr(n.base, n.path)
+
+
 def _read_param(n, args, kwargs, env):
     return env.read(n.base, n.path).value
 
@@ -180,10 +189,10 @@ OPS = {spec.name: spec for spec in (
            evaluate=lambda n, a, k, env: n.value, shape=lambda n: value_shape(n.value),
            leaf=True, reread=True, pure=True),
     OpSpec(PARAM, "a Param's value, read at run time",
-           text=lambda n, a: f"param {path_expr(n.base, n.path)}", label=lambda n: path_expr(n.base, n.path),
+           text=_leaf_text, label=_leaf_label,
            evaluate=_read_param, leaf=True, reread=True, pure=True),
     OpSpec(ATTR, "any other attribute, read at run time",
-           text=lambda n, a: f"attr {path_expr(n.base, n.path)}", label=lambda n: path_expr(n.base, n.path),
+           text=_leaf_text, label=_leaf_label,
            evaluate=_read_attr, leaf=True, reread=True, pure=True),
     OpSpec(SEED, "the adjoint of an output: an argument of the backward",
            text=_generic_text, label=_op_label, leaf=True),
@@ -307,6 +316,8 @@ class Graph:
                 label = f"{n.name} = {label}"
             label = label.replace("\\", "\\\\").replace('"', '\\"')
             style = ', style=filled, fillcolor="#e8f0fe"' if n.op in (INPUT, PARAM) else ""
+            if n.meta.get("submodel"):
+                style = ', shape=component'
             out.append(f'  n{n.id} [label="{label}"{style}];')
             for a in n.inputs():
                 out.append(f"  n{a.id} -> n{n.id};")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .rules import diffrule
+from .rules import diffrule, jvprule
 
 __all__ = ["mse", "crossentropy", "logitcrossentropy", "binarycrossentropy",
            "logitcrossentropy_grad"]
@@ -38,7 +38,8 @@ def mse(yhat, y):
 
 
 def crossentropy(probs, onehot, *, eps=1e-7):
-    """Cross-entropy of probabilities ``probs`` against one-hot (or soft) targets.
+    """Cross-entropy of probabilities ``probs`` against one-hot (or soft) targets,
+    or integer class indices of ``probs``' batch shape.
 
     ``-sum(onehot * log(probs + eps))`` along the last axis, averaged over the
     batch. ``eps`` keeps ``log`` finite where a probability is 0; it is added
@@ -47,7 +48,14 @@ def crossentropy(probs, onehot, *, eps=1e-7):
     >>> p = np.array([[0.5, 0.5], [0.9, 0.1]])
     >>> round(float(crossentropy(p, np.array([[1.0, 0.0], [1.0, 0.0]]))), 4)
     0.3993
+    >>> round(float(crossentropy(p, np.array([0, 0]))), 4)      # class indices
+    0.3993
     """
+    if np.issubdtype(onehot.dtype, np.integer):        # class indices: one-hot rows
+        assert onehot.ndim == probs.ndim - 1, (
+            "fc.crossentropy(probs, labels): integer labels must have probs' batch shape "
+            "(one class index per row of probs)")
+        onehot = np.eye(probs.shape[-1], dtype=probs.dtype)[onehot]
     return np.mean(-np.sum(onehot * np.log(probs + eps), axis=-1))
 
 
@@ -133,3 +141,9 @@ def logitcrossentropy_grad(logits, labels):
 @diffrule(logitcrossentropy)
 def _(dy, y, logits, labels):
     return dy * logitcrossentropy_grad(logits, labels), None
+
+
+@jvprule(logitcrossentropy)
+def _(dlogits, dlabels, y, logits, labels):
+    # a scalar: the gradient contracted with the tangent of the logits
+    return np.sum(logitcrossentropy_grad(logits, labels) * dlogits)

@@ -23,7 +23,7 @@ import numpy as np
 
 from . import pytree
 from .cache import cached_variant, compile_model, input_key, run_guarded
-from .errors import Retrace
+from .errors import Retrace, bad_call_message
 from .locks import InterruptSafeLock
 from .params import Const, Param, is_model, named_params, path_str, submodels
 from .readonly import EDITS, Hold, refuse_if_held
@@ -143,7 +143,15 @@ class Model:
         caller may change them in between. Until ``back`` has run, the other arrays it
         reads (the outputs, every Param value and array attribute) are read-only, so that
         a write cannot change the gradient silently; ``back`` runs once unless called
-        with ``retain=True``."""
+        with ``retain=True``. ``back(dy, input_grads=False)`` accumulates the Param
+        gradients only and returns None (what ``fc.train`` does).
+
+        >>> import numpy as np, flux_compile as fc
+        >>> m = fc.Dense(3, 2)
+        >>> y, back = m.pullback(np.ones((4, 3)))
+        >>> back().shape, m.W.grad.shape           # dx, and W's accumulated gradient
+        ((4, 3), (3, 2))
+        """
         private = _private_copies(args), {k: _private_copies(v) for k, v in kwargs.items()}
         out, back = self._pullback(*private[0], **private[1])
         hold = [Hold(self, (out,))]
@@ -216,6 +224,7 @@ def _compile(model, args, fresh=False):
     """The variant for ``args``: a lookup without the lock when it is compiled already."""
     c = None if fresh else cached_variant(model, input_key(args))
     if c is not None:
+        model.__dict__["_fc_last"] = input_key(args)   # fc.source shows the variant that ran last
         return c
     with COMPILE_LOCK:
         return compile_model(model, args, fresh=fresh)
@@ -266,7 +275,11 @@ def _passed(cls, args, kwargs):
 
 def _complete(model, args, kwargs):
     """Positional inputs for ``forward``: keywords placed, defaults filled in."""
-    bound = _forward_signature(type(model)).bind(model, *args, **kwargs)
+    sig = _forward_signature(type(model))
+    try:
+        bound = sig.bind(model, *args, **kwargs)
+    except TypeError as e:
+        raise TypeError(bad_call_message(type(model).__name__, sig, kwargs, e)) from None
     bound.apply_defaults()
     return tuple(bound.args[1:])
 

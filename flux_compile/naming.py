@@ -118,6 +118,12 @@ def fed_variables(nodes):
     return fed
 
 
+def tangent(hint):
+    """The tangent's hint (forward mode): ``x`` -> ``x_dot`` (JAX's convention); ``z_dot`` if
+    unnamed. Not ``tx``: ``t`` is the temporary's hint, and ``dx`` is the adjoint."""
+    return f"{hint}_dot" if hint else "z_dot"
+
+
 def part(hint, i):
     """Hint of item ``i`` of a tuple-valued value (the adjoint of ``h, c = ...``'s pack: ``dz_0``)."""
     return f"{hint}_{i}"

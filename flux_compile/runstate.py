@@ -100,8 +100,24 @@ def accumulate_initial(m, names, grads):
 
 
 def reset(m):
-    """Restore the initial state of ``m`` and every model inside it."""
+    """Restore the initial state of ``m`` and every model inside it.
+
+    State a class lists in ``persistent_state`` (BatchNorm's running statistics) is not
+    recurrent: it keeps its latest value, which becomes its new starting value."""
     for x in submodels(m):
+        _keep_persistent(x)
         for key in STATE_KEYS:
             x.__dict__.pop(key, None)
     return m
+
+
+def _keep_persistent(x):
+    """Write the current values of ``x``'s persistent state back as its attributes."""
+    names = getattr(type(x), "persistent_state", ())
+    current = x.__dict__.get("_fc_state")
+    if not names or current is None:
+        return
+    for name in names:
+        old = x.__dict__.get(name)
+        if name in current and isinstance(old, np.ndarray) and old.shape == np.shape(current[name]):
+            old[...] = current[name]        # in place: the attribute stays the same array

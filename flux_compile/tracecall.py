@@ -97,7 +97,8 @@ class Calls:
         special = self.specialised_call(fn, args, kwargs, e)
         if special is not None:
             return special
-        if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule":
+        if rules.get_rule(fn) is not None or rules.is_nondiff(fn) or self.ctx.mode == "rule" \
+                and not getattr(fn, "__flux_inline__", False):      # rule-time helpers: inlined
             self.baked_callee(fn, path)
             return self.call_primitive(fn, args, kwargs, e)
         done = builtin_table.dispatch(builtin_table.WITHOUT_RULES, self, fn, args, kwargs, e)

@@ -289,7 +289,7 @@ def _inlinable(fn):
     if not isinstance(fn, types.FunctionType):
         return False
     mod = getattr(fn, "__module__", "") or ""
-    return not mod.startswith(OPAQUE_MODULE_PREFIXES)
+    return not mod.startswith(OPAQUE_MODULE_PREFIXES) or getattr(fn, "__flux_inline__", False)
 
 
 # --------------------------------------------------------------------------

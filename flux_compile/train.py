@@ -36,7 +36,7 @@ import time
 from .optim import NonFiniteGradient, prepare_update
 from .params import named_params
 from .readonly import refuse_if_held
-from .runstate import restore_states, snapshot_states
+from .runstate import reset, restore_states, snapshot_states
 
 __all__ = ["train", "History", "TrainingError", "GradientError", "ProgressBar"]
 
@@ -86,9 +86,10 @@ class History(list):
 
 
 class ProgressBar:
-    """One line on ``stream`` (stderr), redrawn with ``\\r`` at most every ``interval`` seconds::
+    """One line on ``stream`` (stderr), redrawn with ``\\r`` at most every ``interval`` seconds
+    (the bar used when tqdm is not installed)::
 
-        epoch 1/3 [##########----------]  120/240  loss 0.3121  85.2 batches/s
+        epoch 1/3 [##########----------]  120/240  loss 0.3121  85.2 batches/s  ETA 0:01
     """
 
     def __init__(self, total, epoch, epochs, stream=None, width=20, interval=0.1):
@@ -107,7 +108,13 @@ class ProgressBar:
             head += f" [{'#' * done}{'-' * (self.width - done)}]  {self.step}/{self.total}"
         else:
             head += f"  {self.step}"
-        return f"{head}  loss {self.loss:.4g}  {self.step / elapsed:.1f} batches/s"
+        rate = self.step / elapsed
+        tail = ""
+        if self.total and self.step < self.total and rate > 0:
+            tail = f"  ETA {_clock((self.total - self.step) / rate)}"
+        elif self.total and self.step >= self.total:
+            tail = f"  in {_clock(elapsed)}"
+        return f"{head}  loss {self.loss:.4g}  {rate:.1f} batches/s{tail}"
 
     def draw(self):
         line = self.text()
@@ -128,16 +135,58 @@ class ProgressBar:
         self.stream.flush()
 
 
+def _clock(seconds):
+    """``1:05`` for 65 seconds, ``1:01:05`` past an hour."""
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TqdmBar:
+    """The same interface over a ``tqdm.auto`` bar (a widget in Jupyter, text elsewhere)."""
+
+    def __init__(self, tqdm, total, epoch, epochs):
+        self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=True)
+        self.step = 0
+
+    def update(self, step, loss):
+        self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+        self.bar.update(step - self.step)
+        self.step = step
+
+    def close(self):
+        self.bar.close()
+
+
+def progress_bar(total, epoch, epochs):
+    """A tqdm bar when tqdm is installed (``tqdm.auto``: a notebook widget in Jupyter),
+    else :class:`ProgressBar`."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return ProgressBar(total, epoch, epochs)
+    return TqdmBar(tqdm, total, epoch, epochs)
+
+
+def _in_notebook():
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    return getattr(shell, "kernel", None) is not None
+
+
 def _show_progress(progress):
     if progress is not None:
         return bool(progress)
+    if _in_notebook():
+        return True
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
         return False
 
 
-def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, distributed=False):
+def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, stateful=False,
+          distributed=False):
     """Train ``model`` on ``data`` for ``epochs`` passes; returns a :class:`History`.
 
     - ``loss(model_output, target)``: any function ``fc.grad`` can compile
@@ -150,8 +199,13 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, distrib
       every step (``epoch`` and ``step`` count from 1, ``step`` within the
       epoch, ``loss`` that step's loss). A callback that returns ``"stop"``
       or raises ``StopIteration`` ends training early.
-    - ``progress``: ``None`` shows a progress bar on stderr only when it is a
-      terminal; ``True`` always, ``False`` never.
+    - ``progress``: ``None`` shows a progress bar when stderr is a terminal or in
+      Jupyter; ``True`` always, ``False`` never. The bar is tqdm's (``tqdm.auto``)
+      when tqdm is installed, else a line with the loss, speed and ETA.
+    - ``stateful``: recurrent models start every batch from their initial state
+      (batches are unrelated, and the last one may be smaller); ``True`` carries
+      the state from one batch to the next instead (truncated backpropagation
+      through time over consecutive chunks of long sequences, of one batch size).
     - ``distributed``: in a program started by ``torchrun`` after
       ``fc.distributed.init()``, each rank trains on its share of every batch
       with the global batch's gradient, from rank 0's parameters; rank 0
@@ -178,20 +232,21 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, distrib
     guard = InterruptGuard().install()
     try:
         return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
-                       flux_compile.grad, parallel)
+                       flux_compile.grad, stateful, parallel)
     finally:
         guard.remove()
 
 
-def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, parallel=None):
+def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, stateful=False,
+            parallel=None):
     history = History()
     for epoch in range(1, epochs + 1):
-        bar = ProgressBar(total, epoch, epochs) if show else None
+        bar = progress_bar(total, epoch, epochs) if show else None
         epoch_total, epoch_steps = 0.0, 0
         try:
             for step, (x, y) in enumerate(data, start=1):
                 value = train_one_step(model, loss, x, y, opt, (epoch, step, len(history) + 1),
-                                       grad, guard, parallel)
+                                       grad, guard, stateful, parallel)
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
                 if bar is not None:
@@ -278,7 +333,7 @@ class InterruptGuard:
             self.previous(*held)
 
 
-def train_one_step(model, loss, x, y, opt, where, grad, guard=None, parallel=None):
+def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=True, parallel=None):
     """One step, all or nothing; returns the loss. ``where`` is (epoch, step, overall step).
 
     Gradients are zeroed first. Until the update is committed nothing outside
@@ -286,6 +341,7 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None, parallel=Non
     a NaN, Ctrl-C) the gradients are zeroed again and the recurrent state put
     back, so the model is exactly as before the step. With ``guard`` (an
     :class:`InterruptGuard`), Ctrl-C during the commit or the undo waits for it.
+    Unless ``stateful``, the step starts from the model's initial recurrent state.
     With ``parallel`` (a ``distributed.DataParallel``) this rank runs its share
     of the batch and the loss and gradients become the global batch's.
     """
@@ -293,6 +349,8 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None, parallel=Non
     snapshot = snapshot_states(model)
     value, pending = float("nan"), None
     try:
+        if not stateful:
+            reset(model)
         _zero_grads(model)
         if parallel is not None:
             x, y = parallel.share(x, y)

@@ -138,7 +138,8 @@ def scenario_lstm(rank):
     """An LSTM through fc.unroll (backprop through time), state carried between batches of 5
     sequences (3 on rank 0, 2 on rank 1: each rank carries the state of its own rows)."""
     m = lstm(60 + rank)
-    history = fc.train(m, fc.mse, sequence_batches(), fc.optim.Adam(0.05), epochs=2, distributed=True)
+    history = fc.train(m, fc.mse, sequence_batches(), fc.optim.Adam(0.05), epochs=2, stateful=True,
+                       distributed=True)
     return values(m), list(history)
 
 

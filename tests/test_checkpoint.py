@@ -63,16 +63,18 @@ def bitwise_equal(xs, ys):
 
 
 def straight_and_resumed(tmp_path, make, make_opt, n=8, resume=None):
+    """A run, and the same run saved half way and resumed; state carried across batches
+    (stateful=True), so a checkpoint must hold the recurrent state too."""
     data = batches(n)
     straight, opt = make(0), make_opt()
-    fc.train(straight, fc.mse, data, opt, progress=False)
+    fc.train(straight, fc.mse, data, opt, progress=False, stateful=True)
     first, opt1 = make(0), make_opt()
-    fc.train(first, fc.mse, data[:n // 2], opt1, progress=False)
+    fc.train(first, fc.mse, data[:n // 2], opt1, progress=False, stateful=True)
     fc.save(tmp_path / "ckpt", first, opt1)
     del first, opt1
     fresh, opt2 = make(7), make_opt()                   # other weights, an empty optimiser
     (resume or (lambda m, o: fc.load(tmp_path / "ckpt", m, o)))(fresh, opt2)
-    fc.train(fresh, fc.mse, data[n // 2:], opt2, progress=False)
+    fc.train(fresh, fc.mse, data[n // 2:], opt2, progress=False, stateful=True)
     return everything(straight, opt), everything(fresh, opt2)
 
 

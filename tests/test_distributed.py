@@ -166,7 +166,7 @@ def test_convolutional_model_on_image_batches(ranks):
 def test_lstm_through_unroll_on_sequence_batches(ranks):
     (rank0, rank1), _ = ranks
     m = worker.lstm(60)
-    history = fc.train(m, fc.mse, worker.sequence_batches(), fc.optim.Adam(0.05), epochs=2)
+    history = fc.train(m, fc.mse, worker.sequence_batches(), fc.optim.Adam(0.05), epochs=2, stateful=True)
     for result in (rank0, rank1):
         assert_same(result["lstm"][0], worker.values(m))
         np.testing.assert_allclose(result["lstm"][1], list(history), rtol=1e-10)

@@ -7,7 +7,9 @@ classes and functions defined in the docs. A block is skipped when its fence
 says ```python no-run or the line before it is ``<!-- no-run -->``; output is
 shown in ```text blocks.
 """
+import contextlib
 import glob
+import io
 import os
 import re
 import subprocess
@@ -35,8 +37,34 @@ def code_blocks(text):
     return out
 
 
-def run_page(path, workdir):
-    """Run the page's python blocks in one fresh module namespace; returns how many ran."""
+def shown_output(text):
+    """Output as compared: trailing spaces and blank lines at either end ignored."""
+    return "\n".join(line.rstrip() for line in text.strip("\n").splitlines()).strip("\n")
+
+
+BLOCK_FILE = re.compile(r"\S*?[\\/]\w+_line\d+\.py")
+
+
+def output_matches(expected, printed):
+    """``printed`` (with the docs' block files shown as ``/path/to/model.py``) equals
+    ``expected``, where a line ``...`` stands for any lines and ``...`` inside a line
+    for any text (doctest's ELLIPSIS)."""
+    printed = BLOCK_FILE.sub("/path/to/model.py", printed)
+    parts = []
+    for line in expected.splitlines():
+        if line.strip() == "...":
+            parts.append(r"(?:.*\n)*?")
+        else:
+            parts.append(".*".join(map(re.escape, line.split("..."))) + r"\n")
+    return re.fullmatch("".join(parts), printed + "\n") is not None
+
+
+def run_page(path, workdir, mismatches=None):
+    """Run the page's python blocks in one fresh module namespace; returns how many ran.
+
+    A block that prints, followed at once by a ```text block, must print that text
+    (see :func:`output_matches`); each difference is appended to ``mismatches`` as ``(line, expected, printed)``
+    (or raised when ``mismatches`` is None)."""
     stem = os.path.splitext(os.path.basename(path))[0]
     name = f"_docs_{re.sub(r'[^0-9a-zA-Z_]', '_', stem)}"
     module = types.ModuleType(name)
@@ -45,18 +73,28 @@ def run_page(path, workdir):
     try:
         with open(path, encoding="utf-8") as f:
             blocks = code_blocks(f.read())
-        for line, _, body, runnable in blocks:
+        for i, (line, _, body, runnable) in enumerate(blocks):
             if not runnable:
                 continue
             block_file = os.path.join(workdir, f"{stem}_line{line}.py")
             with open(block_file, "w", encoding="utf-8") as f:
                 f.write(body)
+            printed = io.StringIO()
             try:
-                exec(compile(body, block_file, "exec"), module.__dict__)
+                with contextlib.redirect_stdout(printed):
+                    exec(compile(body, block_file, "exec"), module.__dict__)
             except Exception as e:
                 raise AssertionError(f"docs/{stem}.md, the block at line {line} failed: "
                                      f"{type(e).__name__}: {e}") from e
             ran += 1
+            following = blocks[i + 1] if i + 1 < len(blocks) else None
+            if printed.getvalue() and following is not None and following[1] == "text":
+                expected, got = shown_output(following[2]), shown_output(printed.getvalue())
+                if not output_matches(expected, got):
+                    if mismatches is None:
+                        raise AssertionError(f"docs/{stem}.md, the output at line {following[0]} differs from "
+                                             f"what the block at line {line} prints:\n{got}")
+                    mismatches.append((following[0], expected, got))
     finally:
         sys.modules.pop(name, None)
     return ran
@@ -94,3 +132,30 @@ def test_mkdocs_build_strict(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (site / "index.html").exists()
+
+
+def test_readme_code_runs_and_prints_what_it_shows(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_page(os.path.join(ROOT, "README.md"), str(tmp_path)) >= 1
+
+
+def test_the_harness_compares_printed_output(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```python\nprint('a')\nprint('b')\n```\n\n```text\na\nc\n```\n")
+    mismatches = []
+    run_page(str(page), str(tmp_path), mismatches)
+    assert mismatches == [(6, "a\nc", "a\nb")]
+    with pytest.raises(AssertionError, match="the output at line 6 differs"):
+        run_page(str(page), str(tmp_path))
+
+
+@pytest.mark.parametrize("expected, printed, ok", [
+    ("a\n...\nd", "a\nb\nc\nd", True),
+    ("a\n...\nd", "a\nd", True),
+    ("x = ...e-10 yes", "x = 1.33e-10 yes", True),
+    ("x = ...e-10 yes", "x = 1.33e-09 yes", False),
+    ("/path/to/model.py:8: bad", "/tmp/abc/debugging_line40.py:8: bad", True),
+    ("a", "a\nb", False),
+])
+def test_output_matching_rules(expected, printed, ok):
+    assert output_matches(expected, printed) is ok

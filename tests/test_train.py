@@ -1,4 +1,6 @@
 """fc.train and the pieces around it, on real compiled models (needs the compiler core)."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -113,7 +115,8 @@ def test_callbacks_and_early_stop():
     assert len(h) == 1 and h.stopped
 
 
-def test_progress_bar(capsys):
+def test_progress_bar(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)      # the own bar, also where tqdm is installed
     x, y = regression(32)
     fc.train(Affine(3, 1), fc.mse, fc.data.batches(x, y, 8), 0.01, epochs=2, progress=True)
     err = capsys.readouterr().err

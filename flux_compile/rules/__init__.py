@@ -21,8 +21,10 @@ generated code calls by name.
 """
 from __future__ import annotations
 
-from .registry import (COMPLEX_OUTPUT, GENERATION, NONDIFF, RULES, _key, complex_output, diffrule,  # noqa: F401
-                       get_rule, is_nondiff, known, makes_complex, nondiff_primitive, rule_signature)
+from .registry import (COMPLEX_OUTPUT, GENERATION, JVP_RULES, LINEAR, NONDIFF, RULES, _key,  # noqa: F401
+                       complex_output, diffrule, get_jvp_rule, get_rule, is_nondiff, jvp_rule_signature,
+                       jvprule, known, linear_jvp, makes_complex, multilinear_jvp, nondiff_primitive,
+                       rule_signature)
 
 
 def _load_tables():
@@ -43,3 +45,22 @@ nondiff_primitive(len, int, bool, round, slice)
 @diffrule(float)
 def _float_rule(dy, y, x):
     return dy
+
+
+# ---------------------------------------------------------------- forward mode (JVP) rules
+#
+# A forward rule gets the tangents of the primitive's positional inputs (``None`` where an
+# input's tangent is zero), then the output, then the inputs, then the keyword constants, and
+# returns the output's tangent (a tuple for a tuple-valued output):
+#
+#     @jvprule(np.tanh)
+#     def _(dx, y, x):
+#         return dx * (1 - y * y)
+#
+# Linear primitives need no rule body: the tangent is the primitive applied to the tangents
+# (``np.sum(dx, axis=...)``), zeros filled in where one input's tangent is zero. Multilinear
+# ones (products) take the product rule: the sum over inputs of the primitive with that input
+# replaced by its tangent.
+
+# The forward tables (rules/jvp_*.py) are loaded by flux_compile.forward, which uses them.
+linear_jvp(float)

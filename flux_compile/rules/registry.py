@@ -99,3 +99,60 @@ def rule_signature(rule):
         elif p.kind is p.KEYWORD_ONLY:
             kw[p.name] = p.default
     return pos, kw
+
+
+# ---------------------------------------------------------------- forward mode (JVP) rules
+# (the rule convention is described in rules/__init__.py)
+
+JVP_RULES: dict = {}        # primitive -> forward rule function
+LINEAR: dict = {}           # primitive -> "linear" or "multilinear"
+
+
+def jvprule(primitive):
+    """Register the decorated function as the forward-mode (tangent) rule of ``primitive``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def cube(x): return x ** 3
+    >>> @fc.jvprule(cube)
+    ... def _(dx, y, x):
+    ...     return dx * 3 * x ** 2
+    """
+    def register(rule):
+        JVP_RULES[_key(primitive)] = rule
+        LINEAR.pop(_key(primitive), None)
+        GENERATION[0] += 1
+        rule.__flux_primitive__ = primitive
+        return rule
+    return register
+
+
+def linear_jvp(*primitives):
+    """Declare primitives linear in their array inputs: tangent = primitive(tangents, ...)."""
+    for p in primitives:
+        LINEAR[_key(p)] = "linear"
+    GENERATION[0] += 1
+
+
+def multilinear_jvp(*primitives):
+    """Declare primitives linear in each array input separately (products): the product rule."""
+    for p in primitives:
+        LINEAR[_key(p)] = "multilinear"
+    GENERATION[0] += 1
+
+
+def get_jvp_rule(primitive):
+    """The forward rule function, ``"linear"``, ``"multilinear"``, or ``None``."""
+    try:
+        return JVP_RULES.get(_key(primitive)) or LINEAR.get(_key(primitive))
+    except TypeError:
+        return None
+
+
+def jvp_rule_signature(rule):
+    """(positional input names, keyword-only defaults) of a forward rule: its 2k + 1
+    positional parameters are k tangents, the output, the k inputs."""
+    params = list(inspect.signature(rule).parameters.values())
+    positional = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    kw = {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+    k = (len(positional) - 1) // 2
+    return positional[k + 1:], kw

@@ -1,0 +1,316 @@
+"""Forward mode over the IR: the tangent graph, primal and tangent computed together.
+
+``tangent_graph(graph, wrt)`` appends to ``graph`` one tangent input per input listed in
+``wrt`` (``x`` -> ``x_dot``, :func:`naming.tangent`) and, after every node whose tangent
+is not zero, the nodes of its forward rule (:func:`rules.jvprule`), inlined like the
+reverse rules are into the backward. A node none of whose inputs carries a tangent gets
+none (zero tangents are pruned at compile time, never computed). The graph's outputs
+become the primal outputs followed by their tangents.
+
+It works on any graph built by the frontend, also on a joint forward + backward graph
+(``autodiff.differentiate``), which is what forward-over-reverse (Hessian-vector
+products) needs: :func:`tangent_graph` takes the graph and the inputs to perturb, and
+knows nothing of where the graph came from.
+
+>>> import numpy as np
+>>> from flux_compile.ir import Graph, Node
+>>> g = Graph("f")
+>>> x = g.add(Node("input", name="x", diff=True))
+>>> y = g.add(Node("call", (x,), fn=np.tanh, name="y", diff=True))
+>>> g.outputs = [y]
+>>> t = tangent_graph(g, [x])
+>>> [n.name for n in g.inputs], len(t.tangents)
+(['x', 'x_dot'], 1)
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+
+import numpy as np
+
+from . import codegen, naming, passes, rules
+from .autodiff import _as_rule_value, _err, bind_rule_args, rule_path
+from .errors import CompileError
+from .frontend import Builder, Context, Seq, Static
+from .ir import Node, describe_fn
+from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
+
+
+JVP = "jvp"         # the generated function's name
+
+
+class Tangents:
+    """The result: the tangent input per perturbed input, the tangent per output (None: zero)."""
+
+    def __init__(self, graph, inputs, tangents, n_primal):
+        self.graph = graph
+        self.inputs = inputs            # tangent input nodes, in the order of ``wrt``
+        self.tangents = tangents        # one per primal output: a node, or None (zero)
+        self.n_primal = n_primal        # nodes[:n_primal] are the primal computation
+        self.ctx = None
+
+
+def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
+    """Append the tangent computation of ``graph`` for perturbations of ``wrt`` (input nodes;
+    default: every differentiable input). Returns :class:`Tangents`; ``graph.outputs`` is left
+    to the caller (primal outputs, then :attr:`Tangents.tangents`). ``model_jvp(model, inputs,
+    tangents) -> (value, tangent)``: the run-time function a sub-model call's tangent is
+    computed by (the sub-model's own compiled jvp); without it, sub-model calls are an error."""
+    n_primal = len(graph.nodes)
+    wrt = [n for n in graph.inputs if n.diff] if wrt is None else list(wrt)
+    ctx = Context(graph, mode="rule")
+    if traced is not None:
+        ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
+    ctx.arity_of = None
+    b = Builder(ctx)
+    b.model_jvp = model_jvp
+    tan = {}                            # node id -> tangent node
+    tangent_inputs = []
+    for x in wrt:
+        t = graph.add(Node("input", name=naming.tangent(x.name), diff=True))
+        t.meta["shape"] = x.meta.get("shape")
+        t.meta["complex"] = x.meta.get("complex")
+        t.meta["tangent_of"] = x.id
+        t.meta["after"] = x.id
+        tangent_inputs.append(t)
+        tan[x.id] = t
+    for node in graph.nodes[:n_primal]:
+        if node.id in tan or node.op in ("input", "const", "attr", "param", "getattr", "seed"):
+            continue
+        if not any(a.id in tan for a in node.inputs()):
+            continue
+        ctx.loc = node.loc
+        start = len(graph.nodes)
+        t = _tangent_of(node, tan, b)
+        for n in graph.nodes[start:]:
+            n.loc = node.loc            # commented with the user's statement, as the backward
+            n.meta["after"] = node.id   # emitted right after its primal: computed together
+        if t is not None:
+            if t.name is None or t.meta.get("anon"):
+                t.name = naming.tangent(node.name)
+                # a user's variable gets its tangent as a statement of its own, as it has
+                t.meta["anon"] = not node.name or bool(node.meta.get("anon")) or t.op not in ("call", "item")
+            tan[node.id] = t
+    result = Tangents(graph, tangent_inputs, [tan.get(o.id) for o in graph.outputs], n_primal)
+    result.ctx = ctx
+    return result
+
+
+def _tangent_of(node, tan, b):
+    op = node.op
+    if op == "pack":
+        items = [tan.get(a.id) for a in node.args]
+        return _pack(node.args, items, b)
+    if op == "item":
+        src = tan.get(node.args[0].id)
+        if src.op == "pack":
+            return _none_if_zero(src.args[node.index])
+        return b.ctx.add(Node("item", (src,), index=node.index, diff=True))
+    if op == "call":
+        return _tangent_of_call(node, tan, b)
+    if op in ("state", "accum", "guard"):
+        return None
+    if op == "model":
+        return _tangent_of_model(node, tan, b)
+    _err(node, f"no tangent for node kind {op!r}")
+
+
+def _tangent_of_model(node, tan, b):
+    """A sub-model call: ``model_jvp(self.first, (x,), (x_dot,))[1]``, the sub-model's own
+    compiled tangent code (its Params held fixed)."""
+    if b.model_jvp is None:
+        _err(node, "forward mode does not go through sub-model calls here",
+             hint="use fc.jvp, which compiles each sub-model's own tangent code")
+    model = b.ctx.add(Node("attr", base=node.base, path=node.path))
+    inputs = b.ctx.add(Node("pack", node.args, arity=len(node.args)))
+    tangents = _pack(node.args, [tan.get(a.id) for a in node.args], b, fill=True)
+    call = b.ctx.add(Node("call", (model, inputs, tangents), fn=b.model_jvp, diff=True, arity=2))
+    call.meta["effect"] = True          # runs the sub-model: never merged or moved by the passes
+    call.name = f"{node.name or 'out'}_jvp"
+    return b.ctx.add(Node("item", (call,), index=1, diff=True, arity=node.arity))
+
+
+def _none_if_zero(n):
+    return None if n.meta.get("zero_tangent") else n
+
+
+def _zeros_like(x, b):
+    z = b.as_node(b.call_primitive(np.zeros_like, [x], {}, None))     # a constant's folds
+    z.meta["zero_tangent"] = True
+    return z
+
+
+def _filled(x, t, b):
+    """``t``, or zeros like ``x`` where ``x``'s tangent is zero (the argument of a linear map)."""
+    if isinstance(t, Node):
+        return t
+    if x.op == "pack":
+        return _pack(x.args, [None] * len(x.args), b, fill=True)
+    return _zeros_like(x, b)
+
+
+def _pack(args, items, b, fill=False):
+    """The tangent of a tuple: None when every item's is zero, else a pack with zeros filled in
+    for the differentiable items and the items themselves for the others."""
+    if not fill and all(t is None for t in items):
+        return None
+    elems = [t if t is not None else _zeros_like(a, b) if a.diff else a for a, t in zip(args, items)]
+    return b.ctx.add(Node("pack", elems, diff=True, arity=len(elems)))
+
+
+def _tangent_of_call(node, tan, b):
+    fn = node.fn
+    if rules.is_nondiff(fn) or not node.diff:
+        return None
+    rule = rules.get_jvp_rule(fn)
+    if rule is None:
+        _err(node, f"no forward-mode (jvp) rule for {describe_fn(fn)}",
+             hint=f"register one with @fc.jvprule({getattr(fn, '__name__', 'fn')}), or stop the "
+                  "tangent with fc.nodiff(...)")
+    if rule == "linear":
+        return _linear(node, tan, b)
+    if rule == "multilinear":
+        return _multilinear(node, tan, b)
+    return _inline_rule(node, rule, tan, b)
+
+
+def _tangent_arg(a, tan, b):
+    """The tangent of argument node ``a`` (a pack's is built from its items'), or None."""
+    t = tan.get(a.id)
+    if t is None and a.op == "pack" and any(x.id in tan for x in a.args):
+        t = _pack(a.args, [tan.get(x.id) for x in a.args], b)
+    return t
+
+
+def _call_like(node, args, b):
+    """``node``'s primitive called on ``args`` with its keyword arguments."""
+    n = b.ctx.add(Node("call", args, dict(node.kwargs), fn=node.fn, diff=True, arity=node.arity))
+    n.meta["shape"] = node.meta.get("shape")
+    return n
+
+
+def _linear(node, tan, b):
+    """A linear primitive: the same primitive of the tangents (zeros filled in where the
+    input carries no tangent; inputs that carry none, such as indices, stay themselves)."""
+    args = []
+    for a in node.args:
+        t = _tangent_arg(a, tan, b)
+        args.append(t if t is not None else _filled(a, None, b) if a.diff and _is_array(a) else a)
+    return _call_like(node, args, b)
+
+
+def _is_array(a):
+    return a.op != "const"
+
+
+def _multilinear(node, tan, b):
+    """A product: one term per operand with a tangent, that operand replaced by it; inside a
+    list operand (``multi_dot([a, b, c])``) one term per item with a tangent."""
+    terms = []
+    for i, a in enumerate(node.args):
+        if a.op == "pack":
+            for j, x in enumerate(a.args):
+                t = tan.get(x.id)
+                if t is not None:
+                    items = list(a.args)
+                    items[j] = t
+                    pack = b.ctx.add(Node("pack", items, diff=True, arity=len(items)))
+                    terms.append(_call_like(node, _replace(node.args, i, pack), b))
+            continue
+        t = tan.get(a.id)
+        if t is not None:
+            terms.append(_call_like(node, _replace(node.args, i, t), b))
+    total = terms[0]
+    for t in terms[1:]:
+        total = b.ctx.add(Node("call", (total, t), fn=np.add, diff=True))
+    return total
+
+
+def _replace(args, i, value):
+    args = list(args)
+    args[i] = value
+    return args
+
+
+def _jvp_shim(rule):
+    """A stand-in with a reverse rule's signature (``dy, y, inputs..., *, keywords``), so the
+    call's arguments bind to the forward rule's parameters as they would to a reverse rule."""
+    pos, kw = rules.jvp_rule_signature(rule)
+    P = inspect.Parameter
+    params = [P("dy", P.POSITIONAL_OR_KEYWORD), P("y", P.POSITIONAL_OR_KEYWORD)]
+    params += [P(n, P.POSITIONAL_OR_KEYWORD) for n in pos]
+    params += [P(k, P.KEYWORD_ONLY, default=v) for k, v in kw.items()]
+
+    def shim():
+        pass
+    shim.__signature__ = inspect.Signature(params)
+    return shim
+
+
+def _inline_rule(node, rule, tan, b):
+    pos, kw = bind_rule_args(node, _jvp_shim(rule))
+    tangents = [Static(None) if p is None else _tangent_arg(p, tan, b) or Static(None) for p in pos]
+    rargs = tangents + [node] + [_as_rule_value(p) for p in pos]
+    rkw = {k: _as_rule_value(v) for k, v in kw.items()}
+    try:
+        result = b.call_function(rule, rargs, rkw, path=rule_path(rule))
+    except CompileError as e:
+        _err(node, f"while inlining the forward-mode rule of {describe_fn(node.fn)}: {e.msg} "
+                   f"(rule at {e.filename}:{e.lineno})")
+    if isinstance(result, Static) and result.value is None:
+        return None
+    if isinstance(result, Seq):
+        items = [b.as_node(v) for v in result.items]
+        return b.ctx.add(Node("pack", items, diff=True, arity=len(items)))
+    return b.as_node(result)
+
+
+# ------------------------------------------------------------------------------
+# the generated function: def jvp(x, ..., x_dot, ..., <arrays read at run time>)
+
+def jvp_module(label, graph, tangents, free=(), n_outputs=None):
+    """Generate and compile ``jvp(inputs..., tangents..., free...) -> (value, tangent)`` from a
+    graph :func:`tangent_graph` has extended (the passes already run, outputs resolved).
+    ``free``: (path, name) of the arrays read at run time. Returns what
+    :func:`codegen.build_module` returns."""
+    module = naming.ModuleNames()
+    function_name = module.module_name(JVP)       # reserved: no local or helper takes it
+    ns = codegen.Namespace(module)
+    fs = codegen.FuncSet()
+    scope = module.scope()
+    primal = [n for n in graph.inputs if "free" not in n.meta and "tangent_of" not in n.meta]
+    sig = scope.params([n.name for n in primal] + [n.name for n in tangents.inputs] + [nm for _, nm in free])
+    names = {n.id: p for n, p in zip(primal + list(tangents.inputs), sig)}
+    slot = {path: len(names) + i for i, (path, _) in enumerate(free)}
+    names.update({n.id: sig[slot[n.meta["free"]]] for n in graph.inputs if "free" in n.meta})
+    bases = {n.name: names[n.id] for n in graph.inputs}
+    b = Builder(Context(graph, mode="rule"))
+    outs = list(graph.outputs)
+    touts = [t if t is not None else _zeros_like(o, b) for o, t in zip(outs, tangents.tangents)]
+    for o, t in zip(outs, touts):
+        if t.name is None or t.meta.get("anon"):
+            t.name = naming.tangent(o.name)
+    em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
+    alive = passes.live(outs + touts + [n for n in graph.nodes if n.op == "guard"])
+    body = em.statements(_interleaved([n for n in graph.nodes if n.id in alive]), {o.id for o in outs + touts})
+    value = _value_expr([em.expr(o) for o in outs], n_outputs)
+    tangent = _value_expr([em.expr(t) for t in touts], n_outputs)
+    ret = ast.Tuple(elts=[value, tangent], ctx=ast.Load())
+    fs.defs.append(codegen.make_function(function_name, sig, body, ret))
+    return codegen.build_module(label, fs, ns) + (dict(ns.objects),)
+
+
+def _interleaved(nodes):
+    """``nodes`` (SSA order) with each tangent computation moved up to just after its primal
+    node, never before one of its inputs."""
+    at = {}
+    for n in nodes:
+        at[n.id] = max([n.meta.get("after", n.id)] + [at.get(a.id, -1) for a in n.inputs()])
+    return sorted(nodes, key=lambda n: (at[n.id], n.id))
+
+
+def _value_expr(exprs, n_outputs):
+    if n_outputs is None:
+        return exprs[0]
+    return ast.Tuple(elts=list(exprs), ctx=ast.Load())

@@ -1,0 +1,57 @@
+"""Forward-mode rules for the library's activation functions."""
+import numpy as np
+
+from .registry import jvprule, linear_jvp
+from ..functions import (elu, flatten, gelu, leakyrelu, logsoftmax, logsumexp, relu, sigmoid,
+                         softmax, softplus)
+from .helpers import restore_axes
+
+linear_jvp(flatten)
+
+
+@jvprule(sigmoid)
+def _(dx, y, x):
+    return dx * y * (1 - y)
+
+
+@jvprule(relu)
+def _(dx, y, x):
+    return dx * (y > 0)
+
+
+@jvprule(leakyrelu)
+def _(dx, y, x, *, a=0.01):
+    return np.where(x > 0, dx, a * dx)
+
+
+@jvprule(elu)
+def _(dx, y, x, *, alpha=1.0):
+    return np.where(x > 0, dx, dx * (y + alpha))
+
+
+@jvprule(gelu)
+def _(dx, y, x):
+    t = np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))
+    dt = (1 - t * t) * 0.7978845608028654 * (1 + 0.134145 * x * x)
+    return dx * (0.5 * (1 + t) + 0.5 * x * dt)
+
+
+@jvprule(softplus)
+def _(dx, y, x):
+    return -dx * np.expm1(-y)
+
+
+@jvprule(softmax)
+def _(dx, y, x, *, axis=-1):
+    return y * (dx - np.sum(dx * y, axis=axis, keepdims=True))
+
+
+@jvprule(logsoftmax)
+def _(dx, y, x, *, axis=-1):
+    return dx - np.sum(dx * np.exp(y), axis=axis, keepdims=True)
+
+
+@jvprule(logsumexp)
+def _(dx, y, x, *, axis=None, keepdims=False):
+    weights = np.exp(x - restore_axes(y, x.shape, axis, keepdims))
+    return np.sum(dx * weights, axis=axis, keepdims=keepdims)
