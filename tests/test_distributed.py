@@ -332,3 +332,11 @@ def test_example_under_torchrun(tmp_path):
     assert sum("test accuracy" in line for line in lines) == 1, proc.stdout   # rank 0 alone
     assert "2 processes" in proc.stdout
     assert (tmp_path / "model.npz").exists()
+    alone = subprocess.run([sys.executable, str(EXAMPLE), "--limit", "300", "--epochs", "2"], cwd=tmp_path,
+                           env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
+    assert "1 process," in alone.stdout, alone.stdout + alone.stderr
+    assert final_loss(alone.stdout) == final_loss(proc.stdout)        # printed to 4 decimals
+
+
+def final_loss(stdout):
+    return [line.split("final epoch loss")[1] for line in stdout.splitlines() if "final epoch loss" in line]
