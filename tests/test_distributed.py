@@ -335,6 +335,7 @@ def test_example_under_torchrun(tmp_path):
     alone = subprocess.run([sys.executable, str(EXAMPLE), "--limit", "300", "--epochs", "2"], cwd=tmp_path,
                            env=environment(), capture_output=True, text=True, timeout=TIMEOUT)
     assert "1 process," in alone.stdout, alone.stdout + alone.stderr
+    assert len(final_loss(proc.stdout)) == 1
     assert final_loss(alone.stdout) == final_loss(proc.stdout)        # printed to 4 decimals
 
 
