@@ -43,6 +43,7 @@ import zipfile
 
 import numpy as np
 
+from .distributed import is_main
 from .locks import interrupts_held
 from .optim import Entry
 from .params import is_model, named_params, walk
@@ -120,7 +121,14 @@ def _npz(path):
 
 def save(path, m, opt=None):
     """Write every Param of ``m``, its recurrent state and, with ``opt``, the optimiser's
-    state for those Params to ``path`` (``.npz`` is added when missing)."""
+    state for those Params to ``path`` (``.npz`` is added when missing).
+
+    In a distributed run (``fc.distributed``) only rank 0 writes: on any other
+    rank ``save`` does nothing and returns None, so one script saves once.
+    Call ``fc.distributed.barrier()`` after it before other ranks read the file.
+    """
+    if not is_main():
+        return
     arrays = dict(_param_arrays(m))
     meta = {"format": FORMAT, "states": [], "optimiser": None}
     for name, names, values in _states(m):

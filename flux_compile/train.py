@@ -185,7 +185,8 @@ def _show_progress(progress):
         return False
 
 
-def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, stateful=False):
+def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, stateful=False,
+          distributed=False):
     """Train ``model`` on ``data`` for ``epochs`` passes; returns a :class:`History`.
 
     - ``loss(model_output, target)``: any function ``fc.grad`` can compile
@@ -205,6 +206,10 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
       (batches are unrelated, and the last one may be smaller); ``True`` carries
       the state from one batch to the next instead (truncated backpropagation
       through time over consecutive chunks of long sequences, of one batch size).
+    - ``distributed``: in a program started by ``torchrun`` after
+      ``fc.distributed.init()``, each rank trains on its share of every batch
+      with the global batch's gradient, from rank 0's parameters; rank 0
+      alone shows progress (see ``flux_compile.distributed``).
     """
     import flux_compile                       # the package is loaded by the time train runs
 
@@ -219,15 +224,21 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
         total = None
     refuse_if_held(model, "fc.train")
     show = _show_progress(progress)
+    parallel = None
+    if distributed:
+        from .distributed import DataParallel
+        parallel = DataParallel(model)          # rank 0's parameters on every rank
+        show = show and parallel.is_main
     guard = InterruptGuard().install()
     try:
         return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
-                       flux_compile.grad, stateful)
+                       flux_compile.grad, stateful, parallel)
     finally:
         guard.remove()
 
 
-def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, stateful=False):
+def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, stateful=False,
+            parallel=None):
     history = History()
     for epoch in range(1, epochs + 1):
         bar = progress_bar(total, epoch, epochs) if show else None
@@ -235,12 +246,15 @@ def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad,
         try:
             for step, (x, y) in enumerate(data, start=1):
                 value = train_one_step(model, loss, x, y, opt, (epoch, step, len(history) + 1),
-                                       grad, guard, stateful)
+                                       grad, guard, stateful, parallel)
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
                 if bar is not None:
                     bar.update(step, epoch_total / epoch_steps)
-                if _run_callbacks(callbacks, epoch, step, value):
+                stop = _run_callbacks(callbacks, epoch, step, value)
+                if parallel is not None and callbacks:
+                    stop = parallel.agree_to_stop(stop)     # every rank stops at the same step
+                if stop:
                     history.stopped = True
                     break
         finally:
@@ -319,7 +333,7 @@ class InterruptGuard:
             self.previous(*held)
 
 
-def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=True):
+def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=True, parallel=None):
     """One step, all or nothing; returns the loss. ``where`` is (epoch, step, overall step).
 
     Gradients are zeroed first. Until the update is committed nothing outside
@@ -328,6 +342,8 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=Tru
     back, so the model is exactly as before the step. With ``guard`` (an
     :class:`InterruptGuard`), Ctrl-C during the commit or the undo waits for it.
     Unless ``stateful``, the step starts from the model's initial recurrent state.
+    With ``parallel`` (a ``distributed.DataParallel``) this rank runs its share
+    of the batch and the loss and gradients become the global batch's.
     """
     guard = guard or InterruptGuard()
     snapshot = snapshot_states(model)
@@ -336,14 +352,20 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=Tru
         if not stateful:
             reset(model)
         _zero_grads(model)
-        # the internal pullback: nothing but this step runs between forward and backward,
-        # so the inputs and Params need no read-only hold (readonly.py)
-        yhat, back = model._pullback(*x) if isinstance(x, tuple) else model._pullback(x)
-        value, grads = grad(loss, yhat, y)
-        value = float(value)
-        if not math.isfinite(value):
-            raise TrainingError(*where[:2], value, where[2])
-        back(grads[0], input_grads=False)       # only the parameters are trained
+        if parallel is not None:
+            x, y = parallel.share(x, y)
+        if parallel is None or parallel.has_rows:
+            # the internal pullback: nothing but this step runs between forward and backward,
+            # so the inputs and Params need no read-only hold (readonly.py)
+            yhat, back = model._pullback(*x) if isinstance(x, tuple) else model._pullback(x)
+            value, grads = grad(loss, yhat, y)
+            value = float(value)
+            if parallel is None:
+                _stop_if_not_finite(value, where)
+            back(grads[0], input_grads=False)   # only the parameters are trained
+        if parallel is not None:
+            value = parallel.reduce(value)      # the global batch's loss and gradients
+            _stop_if_not_finite(value, where)
         pending = prepare_update(model, opt)    # checks the gradients; changes nothing
         guard.enter_critical()                  # from here on the step completes
         pending.commit()
@@ -360,6 +382,11 @@ def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=Tru
         raise
     guard.release()
     return value
+
+
+def _stop_if_not_finite(value, where):
+    if not math.isfinite(value):
+        raise TrainingError(*where[:2], value, where[2])
 
 
 def _zero_grads(model):
