@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 
+from . import api
 from .optim import NonFiniteGradient, prepare_update
 from .params import named_params
 from .readonly import refuse_if_held
@@ -206,8 +207,6 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
       the state from one batch to the next instead (truncated backpropagation
       through time over consecutive chunks of long sequences, of one batch size).
     """
-    import flux_compile                       # the package is loaded by the time train runs
-
     if callable(callbacks):
         callbacks = (callbacks,)
     if epochs > 1 and iter(data) is data:
@@ -222,7 +221,7 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
     guard = InterruptGuard().install()
     try:
         return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
-                       flux_compile.grad, stateful)
+                       api.grad, stateful)
     finally:
         guard.remove()
 
