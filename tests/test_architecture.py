@@ -153,3 +153,43 @@ def test_find_cycle_reports_a_cycle():
 def test_the_table_has_no_known_debt_left():
     """Issue 10 is done for imports: no exception to the table remains."""
     assert KNOWN_VIOLATIONS == set()
+
+
+def _spelled_op_names(tree):
+    """Lines where an op name is a bare string: ``n.op == "call"``, ``op in ("pack", ...)``,
+    ``Node("item", ...)``."""
+    from flux_compile.ir import OPS
+    def bare(expr):
+        elts = expr.elts if isinstance(expr, (ast.Tuple, ast.List, ast.Set)) else [expr]
+        return any(isinstance(e, ast.Constant) and e.value in OPS for e in elts)
+    lines = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            left = node.left
+            is_op = (isinstance(left, ast.Attribute) and left.attr == "op") or \
+                (isinstance(left, ast.Name) and left.id == "op")
+            if is_op and any(bare(c) for c in node.comparators):
+                lines.append(node.lineno)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Node":
+            if node.args and bare(node.args[0]):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_ops_are_spelled_with_the_ir_constants():
+    """Modules name ops with ``ir.CALL`` and friends (or ask ``ir.is_leaf``...), never as bare
+    strings: the op table in ``ir.py`` is the one place that spells them."""
+    found = {}
+    for name, path in module_files().items():
+        if name == "ir":
+            continue
+        lines = _spelled_op_names(ast.parse(path.read_text()))
+        if lines:
+            found[name] = lines
+    assert not found, f"bare op strings (use the ir constants): {found}"
+
+
+def test_the_op_spelling_check_sees_each_form():
+    tree = ast.parse('if n.op == "call": pass\nif op in ("pack", "item"): pass\nNode("const", value=1)\n'
+                     'if n.op == CALL: pass\nif kind == "model": pass\n')
+    assert _spelled_op_names(tree) == [1, 2, 3]
