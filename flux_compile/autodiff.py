@@ -17,11 +17,12 @@ import numpy as np
 
 from . import naming, rules
 from .errors import CompileError
-from .frontend import Builder, Context, Seq, Static
 from .ir import (
     ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, MODEL_BACK, PACK, PARAM, SEED,
     STATE, Node, describe_fn, is_leaf, is_reread, path_expr)
-from .passes import live
+from .passes import TracingPasses, live
+from .trace import Tracer
+from .tracecore import Context, Seq, Static
 
 class Joint:
     """The joint graph, split: ``forward`` nodes, ``saved`` values, ``backward`` nodes."""
@@ -137,6 +138,11 @@ def value_hint(node, fed):
     return naming.temporary(fed[node.id]) if node.id in fed else None
 
 
+class RuleTracer(TracingPasses, Tracer):
+    """What inlines derivative rules into a graph: the trace layer with folding and
+    unbroadcast specialisation; nothing of models (rules never see one)."""
+
+
 def differentiate(graph, n_inputs_diff=None, traced=None):
     """Append the backward of ``graph`` to it; returns a :class:`Joint`. ``traced``: the
     context that built ``graph`` (its arrays read at run time are shared with the rules)."""
@@ -144,8 +150,7 @@ def differentiate(graph, n_inputs_diff=None, traced=None):
     ctx = Context(graph, mode="rule")
     if traced is not None:
         ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
-    ctx.arity_of = None
-    b = Builder(ctx)
+    b = RuleTracer(ctx)
     adj = Adjoints(n_forward, naming.fed_variables(graph.nodes[:n_forward]))
     adj.complex_in_play = any(_is_complex(n) for n in graph.nodes[:n_forward])
     seeds = []

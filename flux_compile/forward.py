@@ -30,12 +30,12 @@ import inspect
 import numpy as np
 
 from . import codegen, naming, passes, rules
-from .autodiff import _as_rule_value, _err, bind_rule_args, rule_path
+from .autodiff import RuleTracer, _as_rule_value, _err, bind_rule_args, rule_path
 from .errors import CompileError
-from .frontend import Builder, Context, Seq, Static
 from .ir import (ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, PACK, STATE, Node, describe_fn,
                  is_leaf)
 from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
+from .tracecore import Context, Seq, Static
 
 
 JVP = "jvp"         # the generated function's name
@@ -63,8 +63,7 @@ def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
     ctx = Context(graph, mode="rule")
     if traced is not None:
         ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
-    ctx.arity_of = None
-    b = Builder(ctx)
+    b = RuleTracer(ctx)
     b.model_jvp = model_jvp
     tan = {}                            # node id -> tangent node
     tangent_inputs = []
@@ -286,7 +285,7 @@ def jvp_module(label, graph, tangents, free=(), n_outputs=None):
     slot = {path: len(names) + i for i, (path, _) in enumerate(free)}
     names.update({n.id: sig[slot[n.meta["free"]]] for n in graph.inputs if "free" in n.meta})
     bases = {n.name: names[n.id] for n in graph.inputs}
-    b = Builder(Context(graph, mode="rule"))
+    b = RuleTracer(Context(graph, mode="rule"))
     outs = list(graph.outputs)
     touts = [t if t is not None else _zeros_like(o, b) for o, t in zip(outs, tangents.tangents)]
     for o, t in zip(outs, touts):

@@ -27,10 +27,11 @@ import types
 
 import numpy as np
 
-from . import guards, passes, rules, tracecore
+from . import guards, rules, tracecore
 from .errors import CompileError
 from .ir import ATTR, INPUT, MODEL, PARAM, Graph, Node, path_expr
 from .params import Param, is_model
+from .passes import TracingPasses
 from .parsing import IdentityTable, get_source  # noqa: F401  (re-exported for compiler, recurrent)
 from .trace import Tracer
 from .tracecore import Seq, Static, SymDict, UserMethod, _MISSING, _static, shape_of, structured  # noqa: F401
@@ -71,9 +72,9 @@ class Context(tracecore.Context):
 
 
 
-class Builder(Tracer):
+class Builder(TracingPasses, Tracer):
     """The tracer of a model's code: ``self.attr`` reads, sub-model calls, recurrent state,
-    and the frontend's folding and unbroadcast specialisation (from passes.py)."""
+    with folding and unbroadcast specialisation applied as calls are traced (passes.py)."""
 
     # -- self.attr -----------------------------------------------------------
     def attribute(self, base, name, e):
@@ -216,27 +217,6 @@ class Builder(Tracer):
                        hint="call it: self.layer(x)")
         return super().as_node(v, e)
 
-    # -- passes applied while tracing -----------------------------------------
-    def folded(self, fn, nodes, kw):
-        r = passes.fold_constant_call(fn, [n.value for n in nodes], {k: v.value for k, v in kw.items()})
-        if r is passes.NOT_FOLDED:
-            return None
-        return Static(r) if isinstance(r, np.ndarray) else _static(r)
-
-    def specialised_call(self, fn, args, kwargs, e):
-        """``unbroadcast(g, shape)`` (in derivative rules) as ``g`` itself or one ``np.sum``
-        when the shapes are known at compile time."""
-        if fn is not _unbroadcast() or len(args) != 2 or kwargs or not isinstance(args[0], Node):
-            return None
-        target = args[1]
-        want = target.value if isinstance(target, Static) else getattr(target, "sym", None)
-        plan = passes.unbroadcast_plan(shape_of(args[0]), want)
-        if plan is passes.KEEP_AS_IS:
-            return args[0]
-        if plan is None:
-            return None
-        return self.call_primitive(np.sum, [args[0]], {k: Static(v) for k, v in plan.items()}, e)
-
 
 def _has_rule(obj):
     try:
@@ -286,11 +266,6 @@ def _caller_outside_package():
 
 
 KEYED_ATTRS = (bool, int, str, type(None), np.dtype)    # attr_token keeps their value
-
-
-def _unbroadcast():
-    from .rules.helpers import unbroadcast
-    return unbroadcast
 
 
 def classify_value(b, base, path, value, e):

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import rules
 from .ir import CALL, CONST, GETATTR, ITEM, MODEL_BACK, PACK, PURE_OPS, Node, is_leaf
+from .tracecore import Static, _static, shape_of
 
 IMPURE_FN_MODULES = ("numpy.random",)
 
@@ -379,3 +380,30 @@ def unbroadcast_plan(have, want):
     if keep:
         return {"axis": keep[0] if len(keep) == 1 else keep, "keepdims": True}
     return None
+
+
+class TracingPasses:
+    """Folding and unbroadcast specialisation as tracer hooks: mixed into a
+    :class:`~flux_compile.trace.Tracer` (the frontend's ``Builder``, autodiff's
+    ``RuleTracer``), they run on each call as it is traced."""
+
+    def folded(self, fn, nodes, kw):
+        r = fold_constant_call(fn, [n.value for n in nodes], {k: v.value for k, v in kw.items()})
+        if r is NOT_FOLDED:
+            return None
+        return Static(r) if isinstance(r, np.ndarray) else _static(r)
+
+    def specialised_call(self, fn, args, kwargs, e):
+        """``unbroadcast(g, shape)`` (in derivative rules) as ``g`` itself or one ``np.sum``
+        when the shapes are known at compile time."""
+        from .rules.helpers import unbroadcast
+        if fn is not unbroadcast or len(args) != 2 or kwargs or not isinstance(args[0], Node):
+            return None
+        target = args[1]
+        want = target.value if isinstance(target, Static) else getattr(target, "sym", None)
+        plan = unbroadcast_plan(shape_of(args[0]), want)
+        if plan is KEEP_AS_IS:
+            return args[0]
+        if plan is None:
+            return None
+        return self.call_primitive(np.sum, [args[0]], {k: Static(v) for k, v in plan.items()}, e)

@@ -193,3 +193,20 @@ def test_the_op_spelling_check_sees_each_form():
     tree = ast.parse('if n.op == "call": pass\nif op in ("pack", "item"): pass\nNode("const", value=1)\n'
                      'if n.op == CALL: pass\nif kind == "model": pass\n')
     assert _spelled_op_names(tree) == [1, 2, 3]
+
+
+def test_the_pipeline_module_only_builds():
+    """Function emission (``ast`` assembly, ``compile``/``exec``) lives in codegen, not in the
+    module that runs the pipeline."""
+    tree = ast.parse((PACKAGE / "compiler.py").read_text())
+    imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    assert not imports & {"ast", "astor"}
+    assert not calls & {"compile", "exec", "compile_source"}
+
+
+@pytest.mark.parametrize("stage", ["autodiff", "forward", "passes", "codegen"])
+def test_the_stages_after_tracing_do_not_use_model_facing_code(stage):
+    """Derivative and tangent rules are inlined by the trace layer (``autodiff.RuleTracer``:
+    ``Tracer`` plus the passes' tracing hooks), not by the frontend's model-facing ``Builder``."""
+    assert "frontend" not in import_graph()[stage]
