@@ -445,7 +445,13 @@ def _library_path(obj):
     module, name = getattr(obj, "__module__", None), getattr(obj, "__name__", None)
     if not isinstance(module, str) or not isinstance(name, str) or not module.startswith("flux_compile"):
         return None
+    for face in PUBLIC_FACES:           # a helper's one public face, not the part it lives in
+        if getattr(sys.modules.get(face), name, None) is obj:
+            return face, name
     return (module, name) if getattr(sys.modules.get(module), name, None) is obj else None
+
+
+PUBLIC_FACES = ("flux_compile.rules.helpers",)
 
 
 def _is_builtin(obj, name):

@@ -37,6 +37,9 @@ def sections(source):
     return {k: "".join(v).rstrip("\n") + "\n" for k, v in out.items()}
 
 
+_split_sections = sections      # the constructor's ``sections=`` keyword hides the name there
+
+
 class Compiled:
     """Generated functions of one model class (or function) for one structure.
 
@@ -47,7 +50,7 @@ class Compiled:
     def __init__(self, label, owner, namespace, source, filename, *, linemap=None, n_outputs=None,
                  input_names=(), state_names=(), graph=None, train_graph=None, deps=(),
                  guarded=False, from_disk=False, rebuild=None, inlined=(), objects=None,
-                 step_model=None, source_hash=None):
+                 step_model=None, source_hash=None, sections=None):
         self.label = label
         self.owner = owner
         self.forward = namespace["forward"]
@@ -55,7 +58,7 @@ class Compiled:
         self.backward = namespace.get("backward")             # only the function it is for
         self.backward_params = namespace.get("backward_params")   # the backward without input gradients
         self.source = source
-        self.sections = sections(source)
+        self.sections = _split_sections(source) if sections is None else dict(sections)
         self.filename = filename
         self.linemap = dict(linemap or {})
         self.n_outputs = n_outputs     # None: one output; k: a tuple of k

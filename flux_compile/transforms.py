@@ -128,8 +128,7 @@ def _make_jvp(label, graph, arity, ctx, specs):
         label, graph, result, [(p, free_names[p]) for p in free_paths], arity)
     c = Compiled(label, label.split(" of ", 1)[-1], {"forward": namespace["jvp"]}, source, filename,
                  linemap=linemap, n_outputs=arity, graph=graph, deps=list(ctx.deps),
-                 guarded=ctx.guards > 0, objects=objects)
-    c.sections = {"jvp": source}
+                 guarded=ctx.guards > 0, objects=objects, sections={"jvp": source})
     c.set_guards({**ctx.baked, **result.ctx.baked}, free_paths)
     for n in graph.nodes:
         n.meta.pop("obj", None)

@@ -15,14 +15,15 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "flux_compile"
 LAYERS = {
     0: """errors params functions ir primitives rules.registry naming pytree
           locks sourcecache _version guards richtext tokens""",
-    1: """shapeinfer rules rules.helpers rules.elementwise rules.linalg rules.nn
+    1: """shapeinfer rules rules.helpers rules.helpers_shape rules.helpers_linalg rules.helpers_coverage
+          rules.elementwise rules.linalg rules.nn
           rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
           parsing tracecore tracestmt traceexpr tracecall
           rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape
           rules.jvp_helpers""",
     2: "frontend autodiff forward passes codegen emitters statehooks",
     3: "compiler compiled",
-    4: "cache diskcache diskguards runstate readonly updatestep",
+    4: "cache diskcache diskdigest diskguards runstate readonly updatestep",
     5: "model api display",
     6: """layers rnn sequences recurrent optim train data io losses init gradcheck
           distributed datasets transforms backends""",
