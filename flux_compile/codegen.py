@@ -25,6 +25,7 @@ from .ir import (
     ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, ITEM, LEAF_OPS, MODEL, MODEL_BACK, PACK, PARAM, STATE,
     STATEMENT_OPS, Loc, Node, path_expr)
 from .sourcecache import compile_source, unique_filename
+from .sourceimports import import_lines
 
 OPERATORS = {
     np.add: ast.Add, np.subtract: ast.Sub, np.multiply: ast.Mult, np.divide: ast.Div,
@@ -414,49 +415,6 @@ def build_module(label, funcs, ns):
 def _names_read(defs):
     """Every name the functions read (the module globals among them are what they need)."""
     return {n.id for d in defs for n in ast.walk(d) if isinstance(n, ast.Name)}
-
-
-def import_lines(objects, used):
-    """The lines that bind the module names ``used`` reads, so the shown source runs as
-    shown: ``import numpy as np``, ``from flux_compile.rules.helpers import sum_grad``.
-    A value with no import path (an array, a user's closure) is named in a comment."""
-    lines, froms, bound = [], {}, []
-    for name in sorted(used & set(objects)):
-        obj = objects[name]
-        if obj is np:
-            lines.append("import numpy as np" if name == "np" else f"import numpy as {name}")
-        elif obj is _package():
-            lines.append(f"import flux_compile as {name}")
-        elif _library_path(obj) is not None:
-            module, qualname = _library_path(obj)
-            froms.setdefault(module, []).append(qualname if qualname == name else f"{qualname} as {name}")
-        elif _is_builtin(obj, name):
-            continue
-        else:
-            bound.append(f"{name} ({type(obj).__name__})")
-    lines += [f"from {module} import {', '.join(names)}" for module, names in sorted(froms.items())]
-    if bound:
-        lines.append(f"# bound by flux_compile when compiled: {', '.join(bound)}")
-    return lines
-
-
-def _library_path(obj):
-    """``(module, name)`` of a flux_compile function or class importable by that name."""
-    module, name = getattr(obj, "__module__", None), getattr(obj, "__name__", None)
-    if not isinstance(module, str) or not isinstance(name, str) or not module.startswith("flux_compile"):
-        return None
-    for face in PUBLIC_FACES:           # a helper's one public face, not the part it lives in
-        if getattr(sys.modules.get(face), name, None) is obj:
-            return face, name
-    return (module, name) if getattr(sys.modules.get(module), name, None) is obj else None
-
-
-PUBLIC_FACES = ("flux_compile.rules.helpers",)
-
-
-def _is_builtin(obj, name):
-    import builtins
-    return getattr(builtins, name, None) is obj
 
 
 class FuncSet:

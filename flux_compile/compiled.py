@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .errors import ModelError, called_submodel, error_message, model_error_type
 from .guards import compile_checks, compile_reader
+from .sourceimports import BOUND_NOTE, section_imports
 
 FUNCTIONS = ("forward", "forward_train", "backward", "backward_params")
 
@@ -22,19 +23,26 @@ def _nothing(root, args):
 
 
 def sections(source):
-    """Split the module text into its functions (for ``fc.source(m, which)``); the header
-    (comments, imports) goes with ``forward``."""
+    """Split the module text into its functions (for ``fc.source(m, which)``). Each one
+    shown alone runs as shown: it starts with the import lines of the names it reads;
+    ``forward`` also with the header's comments."""
     out, cur, header = {}, None, []
     for line in source.splitlines(True):
         if line.startswith("def "):
             cur = line[4:line.index("(")]
-            out[cur] = header + [line] if cur == "forward" else [line]
+            out[cur] = [line]
             continue
         if cur is None:
             header.append(line)
         else:
             out[cur].append(line)
-    return {k: "".join(v).rstrip("\n") + "\n" for k, v in out.items()}
+    comments = [line for line in header if line.startswith("#") and not line.startswith(BOUND_NOTE)]
+    shown = {}
+    for k, v in out.items():
+        body = "".join(v).rstrip("\n") + "\n"
+        top = (comments if k == "forward" else []) + section_imports(header, body)
+        shown[k] = "".join(top) + ("\n" if top else "") + body
+    return shown
 
 
 _split_sections = sections      # the constructor's ``sections=`` keyword hides the name there
