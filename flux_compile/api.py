@@ -14,6 +14,7 @@ import numpy as np
 from . import pytree
 from .cache import compile_function, compile_model
 from .errors import CompileError
+from .ir import CONST
 from .richtext import SourceText
 from .params import Param, is_model, named_params, path_str
 from .runstate import restore_states, snapshot_states
@@ -317,7 +318,7 @@ def shapes(m, *inputs):
     finally:
         restore_states(snap)
     ann = {}
-    consts = {n.id for n in c.graph.nodes if n.op == "const"}
+    consts = {n.id for n in c.graph.nodes if n.op == CONST}
     for nid, v in values.items():
         if nid not in consts:
             ann[nid] = describe_value(v)

@@ -17,9 +17,12 @@ import numpy as np
 
 from . import naming, rules
 from .errors import CompileError
-from .frontend import Builder, Context, Seq, Static
-from .ir import PARAM, Node, describe_fn, is_leaf, is_reread, path_expr
-from .passes import live
+from .ir import (
+    ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, MODEL_BACK, PACK, PARAM, SEED,
+    STATE, Node, describe_fn, is_leaf, is_reread, path_expr)
+from .passes import TracingPasses, live
+from .trace import Tracer
+from .tracecore import Context, Seq, Static
 
 class Joint:
     """The joint graph, split: ``forward`` nodes, ``saved`` values, ``backward`` nodes."""
@@ -66,16 +69,16 @@ class Adjoints:
             return
         if not node.diff:
             return
-        if node.op in ("const", "attr"):
+        if node.op in (CONST, ATTR):
             return
-        if node.arity is not None and node.op in ("pack", "model", "call", "item", "input"):
+        if node.arity is not None and node.op in (PACK, MODEL, CALL, ITEM, INPUT):
             items = grad.items if isinstance(grad, Seq) else None
             if items is None:
                 g = builder.as_node(grad)
-                if g.op == "pack":
+                if g.op == PACK:
                     items = list(g.args)
                 else:
-                    items = [builder.ctx.add(Node("item", (g,), index=i, diff=True)) for i in range(node.arity)]
+                    items = [builder.ctx.add(Node(ITEM, (g,), index=i, diff=True)) for i in range(node.arity)]
             for i, gi in enumerate(items):
                 if gi is None or (isinstance(gi, Static) and gi.value is None):
                     continue
@@ -98,7 +101,7 @@ def _sum(parts, builder, name, adjoint=True, weak=False):
     ``weak``: the name is not made from a user's variable, so a pass may give a better one)."""
     total = parts[0]
     for p in parts[1:]:
-        total = builder.ctx.add(Node("call", (total, p), fn=np.add, diff=True))
+        total = builder.ctx.add(Node(CALL, (total, p), fn=np.add, diff=True))
     if total.name is None or len(parts) > 1 or (total.meta.get("anon") and not total.meta.get("adjoint")):
         # an adjoint passed on unchanged (``z = a + b``: ``da`` is ``dz``) keeps its first name
         total.name = name
@@ -110,7 +113,7 @@ def _sum(parts, builder, name, adjoint=True, weak=False):
 
 def _is_complex(node):
     """A complex constant (``1j``, ``np.complex128``), input, Param or attribute."""
-    if node.op == "const":
+    if node.op == CONST:
         v = node.value
         if isinstance(v, (complex, np.complexfloating)) or isinstance(v, np.ndarray) and v.dtype.kind == "c":
             return True
@@ -120,7 +123,7 @@ def _is_complex(node):
             except TypeError:
                 return False
         return v in ("complex", "complex64", "complex128") if isinstance(v, str) else False
-    if node.op == "call" and rules.makes_complex(node.fn):     # np.fft.fft(x) of a real x
+    if node.op == CALL and rules.makes_complex(node.fn):     # np.fft.fft(x) of a real x
         return True
     return bool(node.meta.get("complex"))
 
@@ -130,9 +133,14 @@ def value_hint(node, fed):
     output from its attribute (``fc1_out``); an unnamed value from the variable it feeds."""
     if node.name:
         return node.name
-    if node.op == "model":
+    if node.op == MODEL:
         return naming.model_output(node.path[-1] if node.path else node.base)
     return naming.temporary(fed[node.id]) if node.id in fed else None
+
+
+class RuleTracer(TracingPasses, Tracer):
+    """What inlines derivative rules into a graph: the trace layer with folding and
+    unbroadcast specialisation; nothing of models (rules never see one)."""
 
 
 def differentiate(graph, n_inputs_diff=None, traced=None):
@@ -142,16 +150,15 @@ def differentiate(graph, n_inputs_diff=None, traced=None):
     ctx = Context(graph, mode="rule")
     if traced is not None:
         ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
-    ctx.arity_of = None
-    b = Builder(ctx)
+    b = RuleTracer(ctx)
     adj = Adjoints(n_forward, naming.fed_variables(graph.nodes[:n_forward]))
     adj.complex_in_play = any(_is_complex(n) for n in graph.nodes[:n_forward])
     seeds = []
     for i, out in enumerate(graph.outputs):
         name = naming.seed(i, len(graph.outputs))
-        s = graph.add(Node("seed", name=name, index=i, diff=True))
+        s = graph.add(Node(SEED, name=name, index=i, diff=True))
         s.name = name
-        s.meta["shape"] = out.meta.get("shape") if out.op != "const" else None
+        s.meta["shape"] = out.meta.get("shape") if out.op != CONST else None
         seeds.append(s)
         adj.add(out, s, b)
 
@@ -185,39 +192,39 @@ def differentiate(graph, n_inputs_diff=None, traced=None):
 
 
 def _pack_with_none(elems, b):
-    nodes = [e if e is not None else b.ctx.add(Node("const", value=None)) for e in elems]
-    return b.ctx.add(Node("pack", nodes, diff=True, arity=len(nodes)))
+    nodes = [e if e is not None else b.ctx.add(Node(CONST, value=None)) for e in elems]
+    return b.ctx.add(Node(PACK, nodes, diff=True, arity=len(nodes)))
 
 
 def _backprop(node, g, b, adj):
     op = node.op
     if is_leaf(node) and op != PARAM:
         return
-    if op == "param":
+    if op == PARAM:
         if adj.complex_in_play and not node.meta.get("complex"):
             # autograd's convention: a real value's gradient is the real part
-            g = b.ctx.add(Node("call", (g,), fn=np.real, diff=True), loc=g.loc)
-        b.ctx.add(Node("accum", (g,), base=node.base, path=node.path,
+            g = b.ctx.add(Node(CALL, (g,), fn=np.real, diff=True), loc=g.loc)
+        b.ctx.add(Node(ACCUM, (g,), base=node.base, path=node.path,
                        target=path_expr(node.base, node.path)), loc=g.loc)
         return
-    if op == "pack":
-        items = list(g.args) if g.op == "pack" else \
-            [b.ctx.add(Node("item", (g,), index=i, diff=True)) for i in range(len(node.args))]
+    if op == PACK:
+        items = list(g.args) if g.op == PACK else \
+            [b.ctx.add(Node(ITEM, (g,), index=i, diff=True)) for i in range(len(node.args))]
         for x, gi in zip(node.args, items):
-            if not (gi.op == "const" and gi.value is None):
+            if not (gi.op == CONST and gi.value is None):
                 adj.add(x, gi, b)
         return
-    if op == "item":
+    if op == ITEM:
         src = node.args[0]
         if src.arity is None:
             # unknown arity (an opaque call): grow as needed
             src.arity = max(node.index + 1, src.meta.get("max_item", 0))
         adj.add_item(src, node.index, g)
         return
-    if op == "getattr":
+    if op == GETATTR:
         return
-    if op == "model":
-        back = b.ctx.add(Node("model_back", (g,), target=node.target, diff=True))
+    if op == MODEL:
+        back = b.ctx.add(Node(MODEL_BACK, (g,), target=node.target, diff=True))
         back.meta["model"] = node
         node.meta["needs_back"] = True
         diff_args = [a for a in node.args]
@@ -226,12 +233,12 @@ def _backprop(node, g, b, adj):
         else:
             for i, a in enumerate(diff_args):
                 if a.diff:
-                    adj.add(a, b.ctx.add(Node("item", (back,), index=i, diff=True)), b)
+                    adj.add(a, b.ctx.add(Node(ITEM, (back,), index=i, diff=True)), b)
         return
-    if op == "call":
+    if op == CALL:
         _backprop_call(node, g, b, adj)
         return
-    if op in ("state",):
+    if op in (STATE,):
         return
     _err(node, f"no adjoint for node kind {op!r}")
 
@@ -277,7 +284,7 @@ def bind_rule_args(node, rule):
     kw = {}
     for name, value in bound.items():
         if name not in kw_defaults:
-            if value.op == "const" and value.value is None:
+            if value.op == CONST and value.value is None:
                 continue
             _err(node, f"the derivative rule of {describe_fn(fn)} does not support the argument {name!r}",
                  hint="drop the argument, or register your own rule with @fc.diffrule")
@@ -288,7 +295,7 @@ def bind_rule_args(node, rule):
 def _as_rule_value(n):
     if n is None:
         return Static(None)
-    if n.op == "const":
+    if n.op == CONST:
         return Static(n.value)
     return n
 
@@ -329,10 +336,10 @@ def _backprop_call(node, g, b, adj):
     b.ctx.loc = saved_loc
     variadic = rules.rule_signature(rule)[0][:1] and rules.rule_signature(rule)[0][0].startswith("*")
     if variadic and isinstance(result, Node) and len(pos) > 1:
-        grads = [b.ctx.add(Node("item", (result,), index=i, diff=True)) for i in range(len(pos))]
+        grads = [b.ctx.add(Node(ITEM, (result,), index=i, diff=True)) for i in range(len(pos))]
     elif len(pos) == 1:
         grads = [result]
-        if isinstance(result, Seq) and len(result.items) == 1 and not (pos[0] is not None and pos[0].op == "pack"
+        if isinstance(result, Seq) and len(result.items) == 1 and not (pos[0] is not None and pos[0].op == PACK
                                                                        and len(pos[0].args) != 1):
             grads = [result.items[0]]
     else:
@@ -342,7 +349,7 @@ def _backprop_call(node, g, b, adj):
             grads = [Static(v) for v in result.value]
         elif isinstance(result, Node):
             # a helper returned the gradients as one run-time tuple
-            grads = [b.ctx.add(Node("item", (result,), index=i, diff=True)) if p is not None and p.diff
+            grads = [b.ctx.add(Node(ITEM, (result,), index=i, diff=True)) if p is not None and p.diff
                      else Static(None) for i, p in enumerate(pos)]
         else:
             _err(node, f"the derivative rule of {describe_fn(fn)} must return one gradient per input "
@@ -355,7 +362,7 @@ def _backprop_call(node, g, b, adj):
             continue
         if isinstance(gx, Static) and gx.value is None:
             continue
-        if x.op == "pack" and x.arity is None:
+        if x.op == PACK and x.arity is None:
             x.arity = len(x.args)
         adj.add(x, gx, b)
 
@@ -386,27 +393,27 @@ def split(joint, resolve):
     nf = joint.n_forward
     outs = [resolve(o) for o in g.outputs]
     grads = [resolve(x) if x is not None else None for x in joint.input_grads]
-    effects = [n for n in g.nodes[nf:] if n.op in ("accum", "model_back")]
+    effects = [n for n in g.nodes[nf:] if n.op in (ACCUM, MODEL_BACK)]
     bwd_live = live([x for x in grads if x is not None] + effects)
     dep_seed = set()
     for n in g.nodes:
-        if n.op == "seed" or any(a.id in dep_seed for a in n.inputs()):
+        if n.op == SEED or any(a.id in dep_seed for a in n.inputs()):
             dep_seed.add(n.id)
     in_forward = set()
     for n in g.nodes:
-        if n.op == "input":         # an array a derivative rule reads at run time is an input too
+        if n.op == INPUT:         # an array a derivative rule reads at run time is an input too
             in_forward.add(n.id)
         elif n.id >= nf:
-            if n.id not in dep_seed and n.op == "getattr" and n.attr in METADATA_ATTRS \
+            if n.id not in dep_seed and n.op == GETATTR and n.attr in METADATA_ATTRS \
                     and not is_leaf(n.args[0]):
                 in_forward.add(n.id)
-            elif n.id not in dep_seed and n.op == "item" and n.args[0].id in in_forward:
+            elif n.id not in dep_seed and n.op == ITEM and n.args[0].id in in_forward:
                 in_forward.add(n.id)
-        elif n.op not in ("seed",):
+        elif n.op not in (SEED,):
             in_forward.add(n.id)
-    states = [n for n in g.nodes[:nf] if n.op in ("state", "guard")]
+    states = [n for n in g.nodes[:nf] if n.op in (STATE, GUARD)]
     # values the backward reads from the forward
-    bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != "seed"]
+    bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != SEED]
     saved, seen = [], set()
 
     def save(a, kind):
@@ -417,7 +424,7 @@ def split(joint, resolve):
     for n in bwd_nodes:
         for a in n.inputs():
             save(a, "value")
-        if n.op == "model_back":
+        if n.op == MODEL_BACK:
             save(n.meta["model"], "back")
     for x in grads:
         if x is not None:

@@ -21,8 +21,11 @@ import numpy as np
 from . import naming
 from ._version import __version__
 from .errors import Retrace
-from .ir import LEAF_OPS, STATEMENT_OPS, Loc, Node, path_expr
+from .ir import (
+    ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, ITEM, LEAF_OPS, MODEL, MODEL_BACK, PACK, PARAM, STATE,
+    STATEMENT_OPS, Loc, Node, path_expr)
 from .sourcecache import compile_source, unique_filename
+from .sourceimports import import_lines
 
 OPERATORS = {
     np.add: ast.Add, np.subtract: ast.Sub, np.multiply: ast.Mult, np.divide: ast.Div,
@@ -99,7 +102,7 @@ def _flags_as_keywords(fn, args):
     """``(n, names)``: keep the first ``n`` arguments positional and pass the rest by the
     parameter ``names``, so that a boolean flag reads ``keepdims=True``, never a bare
     ``True``. Only Python functions whose parameters can be named are rewritten."""
-    first = next((i for i, a in enumerate(args) if a.op == "const" and isinstance(a.value, bool)), None)
+    first = next((i for i, a in enumerate(args) if a.op == CONST and isinstance(a.value, bool)), None)
     if first is None or not inspect.isfunction(fn):
         return len(args), []
     params = list(inspect.signature(fn).parameters.values())[:len(args)]
@@ -146,23 +149,23 @@ class FunctionEmitter:
         if n.id in self.names and n.id not in self.inline:
             return ast.Name(id=self.names[n.id], ctx=ast.Load())
         op = n.op
-        if op == "const":
+        if op == CONST:
             return self.const(n.value)
-        if op == "param":
+        if op == PARAM:
             return self.path(n.base, n.path + ("value",))
-        if op == "attr":
+        if op == ATTR:
             return self.path(n.base, n.path)
-        if op == "getattr":
+        if op == GETATTR:
             return ast.Attribute(value=self.expr(n.args[0]), attr=n.attr, ctx=ast.Load())
-        if op == "item":
+        if op == ITEM:
             return ast.Subscript(value=self.expr(n.args[0]), slice=ast.Constant(n.index), ctx=ast.Load())
-        if op == "pack":
+        if op == PACK:
             return ast.Tuple(elts=[self.expr(a) for a in n.args], ctx=ast.Load())
-        if op == "call":
+        if op == CALL:
             return self.call(n)
-        if op == "model":
+        if op == MODEL:
             return ast.Call(func=self.path(n.base, n.path), args=[self.expr(a) for a in n.args], keywords=[])
-        if op == "model_back":
+        if op == MODEL_BACK:
             return ast.Call(func=ast.Name(id=self.back_names[n.meta["model"].id], ctx=ast.Load()),
                             args=[self.expr(a) for a in n.args], keywords=[])
         raise AssertionError(f"cannot render {op}")
@@ -196,12 +199,12 @@ class FunctionEmitter:
                         + [ast.keyword(arg=k, value=self.expr(v)) for k, v in n.kwargs.items()])
 
     def index(self, n):
-        if n.op == "const":
+        if n.op == CONST:
             return self.index_const(n.value)
-        if n.op == "pack" and (n.id not in self.names or n.id in self.inline):
+        if n.op == PACK and (n.id not in self.names or n.id in self.inline):
             return ast.Tuple(elts=[self.index(a) for a in n.args], ctx=ast.Load())
-        if n.op == "call" and n.fn is slice and (n.id not in self.names or n.id in self.inline):
-            parts = [None if (a.op == "const" and a.value is None) else self.expr(a) for a in n.args]
+        if n.op == CALL and n.fn is slice and (n.id not in self.names or n.id in self.inline):
+            parts = [None if (a.op == CONST and a.value is None) else self.expr(a) for a in n.args]
             return ast.Slice(lower=parts[0], upper=parts[1], step=parts[2])
         return self.expr(n)
 
@@ -274,9 +277,9 @@ class FunctionEmitter:
             else:
                 self.inline.add(n.id)
                 continue
-            if n.id not in self.names and (uses.get(n.id, 0) > 0 or n.id in keep or n.op == "model"):
+            if n.id not in self.names and (uses.get(n.id, 0) > 0 or n.id in keep or n.op == MODEL):
                 self.names[n.id] = self.scope.fresh(_hint(n, self.names, fed))
-            if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
+            if n.op == MODEL and self.mode == "train" and n.meta.get("needs_back"):
                 self.back_names[n.id] = self.scope.fresh(naming.pullback(_model_hint(n)))
             body.extend(self.statement(n, uses, unused=uses.get(n.id, 0) == 0 and n.id not in keep))
         return body
@@ -286,13 +289,13 @@ class FunctionEmitter:
         marker = self.marker(n.loc)
         if marker is not None:
             out.append(marker)
-        name = None if unused and n.op != "model" else self.names.get(n.id)
-        if n.op == "accum":
+        name = None if unused and n.op != MODEL else self.names.get(n.id)
+        if n.op == ACCUM:
             target = self.path(n.base, n.path + ("grad",))
             target.ctx = ast.Store()
             out.append(ast.AugAssign(target=target, op=ast.Add(), value=self.expr(n.args[0])))
             return out
-        if n.op == "guard":
+        if n.op == GUARD:
             cond = self.expr(n.args[0])
             test = ast.UnaryOp(op=ast.Not(), operand=cond) if n.value else cond
             where = f"line {n.loc.lineno}" if n.loc else "a guard"
@@ -300,12 +303,12 @@ class FunctionEmitter:
                 func=self.ns.name_ast(Retrace), args=[ast.Constant(where)], keywords=[]),
                 cause=None)], orelse=[]))
             return out
-        if n.op == "state":
+        if n.op == STATE:
             out.append(ast.Assign(targets=[ast.Subscript(value=ast.Name(id="state", ctx=ast.Load()),
                                                          slice=ast.Constant(n.target), ctx=ast.Store())],
                                   value=self.expr(n.args[0])))
             return out
-        if n.op == "model" and self.mode == "train" and n.meta.get("needs_back"):
+        if n.op == MODEL and self.mode == "train" and n.meta.get("needs_back"):
             back = self.back_names[n.id]
             call = ast.Call(func=ast.Attribute(value=self.path(n.base, n.path), attr="_pullback", ctx=ast.Load()),
                             args=[self.expr(a) for a in n.args], keywords=[])
@@ -315,7 +318,7 @@ class FunctionEmitter:
             return out
         value = self.expr_body(n)
         if name is None:
-            if n.op == "model_back":       # its input gradient is not needed here
+            if n.op == MODEL_BACK:       # its input gradient is not needed here
                 value.keywords.append(ast.keyword(arg="input_grads", value=ast.Constant(False)))
             out.append(ast.Expr(value=value))
         else:
@@ -347,13 +350,13 @@ def _hint(n, names=None, fed=None):
     value after the user variable it feeds, ``fed``: node id -> name)."""
     if n.name:
         return n.name
-    if n.op == "getattr" and names and n.args[0].id in names:
+    if n.op == GETATTR and names and n.args[0].id in names:
         return naming.attribute(names[n.args[0].id], n.attr)
-    if n.op == "model":
+    if n.op == MODEL:
         return _model_hint(n)
-    if n.op == "getattr" and n.args and n.args[0].name:
+    if n.op == GETATTR and n.args and n.args[0].name:
         return naming.attribute(n.args[0].name, n.attr)
-    if n.op == "model_back":
+    if n.op == MODEL_BACK:
         return naming.adjoint(None)
     return naming.temporary((fed or {}).get(n.id))
 
@@ -415,43 +418,6 @@ def _names_read(defs):
     return {n.id for d in defs for n in ast.walk(d) if isinstance(n, ast.Name)}
 
 
-def import_lines(objects, used):
-    """The lines that bind the module names ``used`` reads, so the shown source runs as
-    shown: ``import numpy as np``, ``from flux_compile.rules.helpers import sum_grad``.
-    A value with no import path (an array, a user's closure) is named in a comment."""
-    lines, froms, bound = [], {}, []
-    for name in sorted(used & set(objects)):
-        obj = objects[name]
-        if obj is np:
-            lines.append("import numpy as np" if name == "np" else f"import numpy as {name}")
-        elif obj is _package():
-            lines.append(f"import flux_compile as {name}")
-        elif _library_path(obj) is not None:
-            module, qualname = _library_path(obj)
-            froms.setdefault(module, []).append(qualname if qualname == name else f"{qualname} as {name}")
-        elif _is_builtin(obj, name):
-            continue
-        else:
-            bound.append(f"{name} ({type(obj).__name__})")
-    lines += [f"from {module} import {', '.join(names)}" for module, names in sorted(froms.items())]
-    if bound:
-        lines.append(f"# bound by flux_compile when compiled: {', '.join(bound)}")
-    return lines
-
-
-def _library_path(obj):
-    """``(module, name)`` of a flux_compile function or class importable by that name."""
-    module, name = getattr(obj, "__module__", None), getattr(obj, "__name__", None)
-    if not isinstance(module, str) or not isinstance(name, str) or not module.startswith("flux_compile"):
-        return None
-    return (module, name) if getattr(sys.modules.get(module), name, None) is obj else None
-
-
-def _is_builtin(obj, name):
-    import builtins
-    return getattr(builtins, name, None) is obj
-
-
 class FuncSet:
     def __init__(self):
         self.defs = []
@@ -501,7 +467,7 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     names, bases = bind_inputs(infer_g.inputs, sig, has_self, free)
     em = FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
     outs = infer_g.outputs
-    roots = list(outs) + [n for n in infer_g.nodes if n.op in ("state", "guard")]
+    roots = list(outs) + [n for n in infer_g.nodes if n.op in (STATE, GUARD)]
     alive = live(roots)
     nodes = [n for n in infer_g.nodes if n.id in alive]
     keep = {o.id for o in outs}
@@ -559,7 +525,7 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     # state, which carries gradients between steps): the input-gradient work is dead code
     state_grads = [x if inp.meta.get("state") else None for inp, x in pairs]
     alive = live([x for x in state_grads if x is not None] +
-                        [n for n in split.backward if n.op in ("accum", "model_back")])
+                        [n for n in split.backward if n.op in (ACCUM, MODEL_BACK)])
     em3 = FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
     em3._last_loc = None
     body = em3.statements([n for n in split.backward if n.id in alive],

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .errors import ModelError, called_submodel, error_message, model_error_type
 from .guards import compile_checks, compile_reader
+from .sourceimports import BOUND_NOTE, section_imports
 
 FUNCTIONS = ("forward", "forward_train", "backward", "backward_params")
 
@@ -22,19 +23,29 @@ def _nothing(root, args):
 
 
 def sections(source):
-    """Split the module text into its functions (for ``fc.source(m, which)``); the header
-    (comments, imports) goes with ``forward``."""
+    """Split the module text into its functions (for ``fc.source(m, which)``). Each one
+    shown alone runs as shown: it starts with the import lines of the names it reads;
+    ``forward`` also with the header's comments."""
     out, cur, header = {}, None, []
     for line in source.splitlines(True):
         if line.startswith("def "):
             cur = line[4:line.index("(")]
-            out[cur] = header + [line] if cur == "forward" else [line]
+            out[cur] = [line]
             continue
         if cur is None:
             header.append(line)
         else:
             out[cur].append(line)
-    return {k: "".join(v).rstrip("\n") + "\n" for k, v in out.items()}
+    comments = [line for line in header if line.startswith("#") and not line.startswith(BOUND_NOTE)]
+    shown = {}
+    for k, v in out.items():
+        body = "".join(v).rstrip("\n") + "\n"
+        top = (comments if k == "forward" else []) + section_imports(header, body)
+        shown[k] = "".join(top) + ("\n" if top else "") + body
+    return shown
+
+
+_split_sections = sections      # the constructor's ``sections=`` keyword hides the name there
 
 
 class Compiled:
@@ -47,7 +58,7 @@ class Compiled:
     def __init__(self, label, owner, namespace, source, filename, *, linemap=None, n_outputs=None,
                  input_names=(), state_names=(), graph=None, train_graph=None, deps=(),
                  guarded=False, from_disk=False, rebuild=None, inlined=(), objects=None,
-                 step_model=None, source_hash=None):
+                 step_model=None, source_hash=None, sections=None):
         self.label = label
         self.owner = owner
         self.forward = namespace["forward"]
@@ -55,7 +66,7 @@ class Compiled:
         self.backward = namespace.get("backward")             # only the function it is for
         self.backward_params = namespace.get("backward_params")   # the backward without input gradients
         self.source = source
-        self.sections = sections(source)
+        self.sections = _split_sections(source) if sections is None else dict(sections)
         self.filename = filename
         self.linemap = dict(linemap or {})
         self.n_outputs = n_outputs     # None: one output; k: a tuple of k

@@ -19,7 +19,7 @@ from .autodiff import differentiate, split
 from .compiled import Compiled
 from .errors import CompileError
 from .frontend import Builder, Context, ModelRef, Seq, Static, get_source, structured
-from .ir import Graph, Node, is_leaf
+from .ir import INPUT, Graph, Node, is_leaf
 from .params import Param, call_keeping_state, is_model, named_params
 from .shapeinfer import symbolic_shape
 from .statehooks import state_factory, state_names
@@ -86,11 +86,11 @@ def _input_value(g, spec):
     """Add the input node for one argument spec; the value the traced code sees for it."""
     kind, name, obj = spec
     if kind == "array":
-        n = g.add(Node("input", name=name, diff=obj[1] if obj is not None else True))
+        n = g.add(Node(INPUT, name=name, diff=obj[1] if obj is not None else True))
         n.meta["shape"] = symbolic_shape(name, obj)
         n.meta["complex"] = obj is not None and len(obj) > 3 and obj[3]
         return n
-    g.add(Node("input", name=name, diff=False))
+    g.add(Node(INPUT, name=name, diff=False))
     return ModelRef(name, (), obj) if kind == "model" else Static(obj)
 
 

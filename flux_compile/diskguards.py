@@ -29,8 +29,8 @@ import types
 
 import numpy as np
 
-from .diskcache import SAFE_BUILTINS, Uncacheable, _is_library, _is_numpy, _has_name, _user_module, digest, \
-    locate, resolve, run_time_memo
+from .diskcache import SAFE_BUILTINS, _has_name, _user_module, run_time_memo
+from .diskdigest import Uncacheable, _is_library, _is_numpy, digest, locate, resolve
 from .guards import _ref, compile_reader
 
 AT_PATH = "@path"       # an inlined function with no name (a closure made by a call): its guard's path

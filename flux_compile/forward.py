@@ -30,11 +30,12 @@ import inspect
 import numpy as np
 
 from . import codegen, naming, passes, rules
-from .autodiff import _as_rule_value, _err, bind_rule_args, rule_path
+from .autodiff import RuleTracer, _as_rule_value, _err, bind_rule_args, rule_path
 from .errors import CompileError
-from .frontend import Builder, Context, Seq, Static
-from .ir import Node, describe_fn
+from .ir import (ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, PACK, STATE, Node, describe_fn,
+                 is_leaf)
 from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
+from .tracecore import Context, Seq, Static
 
 
 JVP = "jvp"         # the generated function's name
@@ -62,13 +63,12 @@ def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
     ctx = Context(graph, mode="rule")
     if traced is not None:
         ctx.free, ctx.free_names = dict(traced.free), dict(traced.free_names)
-    ctx.arity_of = None
-    b = Builder(ctx)
+    b = RuleTracer(ctx)
     b.model_jvp = model_jvp
     tan = {}                            # node id -> tangent node
     tangent_inputs = []
     for x in wrt:
-        t = graph.add(Node("input", name=naming.tangent(x.name), diff=True))
+        t = graph.add(Node(INPUT, name=naming.tangent(x.name), diff=True))
         t.meta["shape"] = x.meta.get("shape")
         t.meta["complex"] = x.meta.get("complex")
         t.meta["tangent_of"] = x.id
@@ -76,7 +76,7 @@ def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
         tangent_inputs.append(t)
         tan[x.id] = t
     for node in graph.nodes[:n_primal]:
-        if node.id in tan or node.op in ("input", "const", "attr", "param", "getattr", "seed"):
+        if node.id in tan or is_leaf(node) or node.op == GETATTR:
             continue
         if not any(a.id in tan for a in node.inputs()):
             continue
@@ -90,7 +90,7 @@ def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
             if t.name is None or t.meta.get("anon"):
                 t.name = naming.tangent(node.name)
                 # a user's variable gets its tangent as a statement of its own, as it has
-                t.meta["anon"] = not node.name or bool(node.meta.get("anon")) or t.op not in ("call", "item")
+                t.meta["anon"] = not node.name or bool(node.meta.get("anon")) or t.op not in (CALL, ITEM)
             tan[node.id] = t
     result = Tangents(graph, tangent_inputs, [tan.get(o.id) for o in graph.outputs], n_primal)
     result.ctx = ctx
@@ -99,19 +99,19 @@ def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
 
 def _tangent_of(node, tan, b):
     op = node.op
-    if op == "pack":
+    if op == PACK:
         items = [tan.get(a.id) for a in node.args]
         return _pack(node.args, items, b)
-    if op == "item":
+    if op == ITEM:
         src = tan.get(node.args[0].id)
-        if src.op == "pack":
+        if src.op == PACK:
             return _none_if_zero(src.args[node.index])
-        return b.ctx.add(Node("item", (src,), index=node.index, diff=True))
-    if op == "call":
+        return b.ctx.add(Node(ITEM, (src,), index=node.index, diff=True))
+    if op == CALL:
         return _tangent_of_call(node, tan, b)
-    if op in ("state", "accum", "guard"):
+    if op in (STATE, ACCUM, GUARD):
         return None
-    if op == "model":
+    if op == MODEL:
         return _tangent_of_model(node, tan, b)
     _err(node, f"no tangent for node kind {op!r}")
 
@@ -122,13 +122,13 @@ def _tangent_of_model(node, tan, b):
     if b.model_jvp is None:
         _err(node, "forward mode does not go through sub-model calls here",
              hint="use fc.jvp, which compiles each sub-model's own tangent code")
-    model = b.ctx.add(Node("attr", base=node.base, path=node.path))
-    inputs = b.ctx.add(Node("pack", node.args, arity=len(node.args)))
+    model = b.ctx.add(Node(ATTR, base=node.base, path=node.path))
+    inputs = b.ctx.add(Node(PACK, node.args, arity=len(node.args)))
     tangents = _pack(node.args, [tan.get(a.id) for a in node.args], b, fill=True)
-    call = b.ctx.add(Node("call", (model, inputs, tangents), fn=b.model_jvp, diff=True, arity=2))
+    call = b.ctx.add(Node(CALL, (model, inputs, tangents), fn=b.model_jvp, diff=True, arity=2))
     call.meta["effect"] = True          # runs the sub-model: never merged or moved by the passes
     call.name = f"{node.name or 'out'}_jvp"
-    return b.ctx.add(Node("item", (call,), index=1, diff=True, arity=node.arity))
+    return b.ctx.add(Node(ITEM, (call,), index=1, diff=True, arity=node.arity))
 
 
 def _none_if_zero(n):
@@ -145,7 +145,7 @@ def _filled(x, t, b):
     """``t``, or zeros like ``x`` where ``x``'s tangent is zero (the argument of a linear map)."""
     if isinstance(t, Node):
         return t
-    if x.op == "pack":
+    if x.op == PACK:
         return _pack(x.args, [None] * len(x.args), b, fill=True)
     return _zeros_like(x, b)
 
@@ -156,7 +156,7 @@ def _pack(args, items, b, fill=False):
     if not fill and all(t is None for t in items):
         return None
     elems = [t if t is not None else _zeros_like(a, b) if a.diff else a for a, t in zip(args, items)]
-    return b.ctx.add(Node("pack", elems, diff=True, arity=len(elems)))
+    return b.ctx.add(Node(PACK, elems, diff=True, arity=len(elems)))
 
 
 def _tangent_of_call(node, tan, b):
@@ -178,14 +178,14 @@ def _tangent_of_call(node, tan, b):
 def _tangent_arg(a, tan, b):
     """The tangent of argument node ``a`` (a pack's is built from its items'), or None."""
     t = tan.get(a.id)
-    if t is None and a.op == "pack" and any(x.id in tan for x in a.args):
+    if t is None and a.op == PACK and any(x.id in tan for x in a.args):
         t = _pack(a.args, [tan.get(x.id) for x in a.args], b)
     return t
 
 
 def _call_like(node, args, b):
     """``node``'s primitive called on ``args`` with its keyword arguments."""
-    n = b.ctx.add(Node("call", args, dict(node.kwargs), fn=node.fn, diff=True, arity=node.arity))
+    n = b.ctx.add(Node(CALL, args, dict(node.kwargs), fn=node.fn, diff=True, arity=node.arity))
     n.meta["shape"] = node.meta.get("shape")
     return n
 
@@ -201,7 +201,7 @@ def _linear(node, tan, b):
 
 
 def _is_array(a):
-    return a.op != "const"
+    return a.op != CONST
 
 
 def _multilinear(node, tan, b):
@@ -209,13 +209,13 @@ def _multilinear(node, tan, b):
     list operand (``multi_dot([a, b, c])``) one term per item with a tangent."""
     terms = []
     for i, a in enumerate(node.args):
-        if a.op == "pack":
+        if a.op == PACK:
             for j, x in enumerate(a.args):
                 t = tan.get(x.id)
                 if t is not None:
                     items = list(a.args)
                     items[j] = t
-                    pack = b.ctx.add(Node("pack", items, diff=True, arity=len(items)))
+                    pack = b.ctx.add(Node(PACK, items, diff=True, arity=len(items)))
                     terms.append(_call_like(node, _replace(node.args, i, pack), b))
             continue
         t = tan.get(a.id)
@@ -223,7 +223,7 @@ def _multilinear(node, tan, b):
             terms.append(_call_like(node, _replace(node.args, i, t), b))
     total = terms[0]
     for t in terms[1:]:
-        total = b.ctx.add(Node("call", (total, t), fn=np.add, diff=True))
+        total = b.ctx.add(Node(CALL, (total, t), fn=np.add, diff=True))
     return total
 
 
@@ -262,7 +262,7 @@ def _inline_rule(node, rule, tan, b):
         return None
     if isinstance(result, Seq):
         items = [b.as_node(v) for v in result.items]
-        return b.ctx.add(Node("pack", items, diff=True, arity=len(items)))
+        return b.ctx.add(Node(PACK, items, diff=True, arity=len(items)))
     return b.as_node(result)
 
 
@@ -285,14 +285,14 @@ def jvp_module(label, graph, tangents, free=(), n_outputs=None):
     slot = {path: len(names) + i for i, (path, _) in enumerate(free)}
     names.update({n.id: sig[slot[n.meta["free"]]] for n in graph.inputs if "free" in n.meta})
     bases = {n.name: names[n.id] for n in graph.inputs}
-    b = Builder(Context(graph, mode="rule"))
+    b = RuleTracer(Context(graph, mode="rule"))
     outs = list(graph.outputs)
     touts = [t if t is not None else _zeros_like(o, b) for o, t in zip(outs, tangents.tangents)]
     for o, t in zip(outs, touts):
         if t.name is None or t.meta.get("anon"):
             t.name = naming.tangent(o.name)
     em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
-    alive = passes.live(outs + touts + [n for n in graph.nodes if n.op == "guard"])
+    alive = passes.live(outs + touts + [n for n in graph.nodes if n.op == GUARD])
     body = em.statements(_interleaved([n for n in graph.nodes if n.id in alive]), {o.id for o in outs + touts})
     value = _value_expr([em.expr(o) for o in outs], n_outputs)
     tangent = _value_expr([em.expr(t) for t in touts], n_outputs)

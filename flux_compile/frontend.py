@@ -27,10 +27,11 @@ import types
 
 import numpy as np
 
-from . import guards, passes, rules, tracecore
+from . import guards, rules, tracecore
 from .errors import CompileError
-from .ir import Graph, Node, path_expr
+from .ir import ATTR, INPUT, MODEL, PARAM, Graph, Node, path_expr
 from .params import Param, is_model
+from .passes import TracingPasses
 from .parsing import IdentityTable, get_source  # noqa: F401  (re-exported for compiler, recurrent)
 from .trace import Tracer
 from .tracecore import Seq, Static, SymDict, UserMethod, _MISSING, _static, shape_of, structured  # noqa: F401
@@ -71,9 +72,9 @@ class Context(tracecore.Context):
 
 
 
-class Builder(Tracer):
+class Builder(TracingPasses, Tracer):
     """The tracer of a model's code: ``self.attr`` reads, sub-model calls, recurrent state,
-    and the frontend's folding and unbroadcast specialisation (from passes.py)."""
+    with folding and unbroadcast specialisation applied as calls are traced (passes.py)."""
 
     # -- self.attr -----------------------------------------------------------
     def attribute(self, base, name, e):
@@ -132,7 +133,7 @@ class Builder(Tracer):
         key = (base, path)
         n = self.ctx.param_nodes.get(key)
         if n is None:
-            n = Node("param", base=base, path=path, diff=trainable, name=str(path[-1]))
+            n = Node(PARAM, base=base, path=path, diff=trainable, name=str(path[-1]))
             n = self.ctx.graph.add(n)
             n.loc = None
             self.ctx.param_nodes[key] = n
@@ -152,7 +153,7 @@ class Builder(Tracer):
     def call(self, f, args, kwargs, e):
         if isinstance(f, ModelRef):
             return self.call_model(f, args, kwargs, e)
-        if isinstance(f, Node) and f.op == "param" and self.ctx.generic_cls is not None:
+        if isinstance(f, Node) and f.op == PARAM and self.ctx.generic_cls is not None:
             # no instance (fc.source on a class): an attribute that is called is a sub-model
             f.meta["submodel"] = True
             return self.call_model(ModelRef(f.base, f.path, None), args, kwargs, e)
@@ -197,7 +198,7 @@ class Builder(Tracer):
         arity = None
         if ref.obj is not None and self.ctx.arity_of is not None:
             arity = self.ctx.arity_of(ref.obj, len(nodes), self._concrete_values(nodes))
-        n = Node("model", nodes, base=ref.base, path=ref.path, target=ref.expr, diff=True, arity=arity)
+        n = Node(MODEL, nodes, base=ref.base, path=ref.path, target=ref.expr, diff=True, arity=arity)
         n.meta["obj"] = ref.obj
         return self.ctx.add(n)
 
@@ -215,27 +216,6 @@ class Builder(Tracer):
             self.error("a model cannot be used as an array value", e,
                        hint="call it: self.layer(x)")
         return super().as_node(v, e)
-
-    # -- passes applied while tracing -----------------------------------------
-    def folded(self, fn, nodes, kw):
-        r = passes.fold_constant_call(fn, [n.value for n in nodes], {k: v.value for k, v in kw.items()})
-        if r is passes.NOT_FOLDED:
-            return None
-        return Static(r) if isinstance(r, np.ndarray) else _static(r)
-
-    def specialised_call(self, fn, args, kwargs, e):
-        """``unbroadcast(g, shape)`` (in derivative rules) as ``g`` itself or one ``np.sum``
-        when the shapes are known at compile time."""
-        if fn is not _unbroadcast() or len(args) != 2 or kwargs or not isinstance(args[0], Node):
-            return None
-        target = args[1]
-        want = target.value if isinstance(target, Static) else getattr(target, "sym", None)
-        plan = passes.unbroadcast_plan(shape_of(args[0]), want)
-        if plan is passes.KEEP_AS_IS:
-            return args[0]
-        if plan is None:
-            return None
-        return self.call_primitive(np.sum, [args[0]], {k: Static(v) for k, v in plan.items()}, e)
 
 
 def _has_rule(obj):
@@ -259,7 +239,7 @@ def _holds_python_floats(v):
     if not (isinstance(v, Seq) and v.kind is list or isinstance(v, Static) and type(v.value) is list):
         return False
     found = list(leaves(v))
-    scalar = [x for x in found if isinstance(x, Node) and x.op == "input" and x.meta.get("shape") == ()
+    scalar = [x for x in found if isinstance(x, Node) and x.op == INPUT and x.meta.get("shape") == ()
               or isinstance(x, Static) and isinstance(x.value, (int, float)) and not isinstance(x.value, bool)]
     return bool(found) and len(scalar) == len(found) and any(
         isinstance(x, Node) or type(x.value) is float for x in found)
@@ -288,11 +268,6 @@ def _caller_outside_package():
 KEYED_ATTRS = (bool, int, str, type(None), np.dtype)    # attr_token keeps their value
 
 
-def _unbroadcast():
-    from .rules.helpers import unbroadcast
-    return unbroadcast
-
-
 def classify_value(b, base, path, value, e):
     """What ``self.<path>`` is, for the compiler: a Param node, a sub-model, a constant, ..."""
     if isinstance(value, Param):
@@ -311,7 +286,7 @@ def classify_value(b, base, path, value, e):
             return Static(type(value)(i.value for i in items), src)
         return Seq(items)
     if isinstance(value, (np.ndarray, float)) and not isinstance(value, bool):
-        n = b.ctx.graph.add(Node("attr", base=base, path=path, name=str(path[-1])))
+        n = b.ctx.graph.add(Node(ATTR, base=base, path=path, name=str(path[-1])))
         n.meta["shape"] = tuple(np.shape(value))
         n.meta["complex"] = np.iscomplexobj(value)
         return n
@@ -351,7 +326,7 @@ def trace_function(fn, arg_names, mode="forward"):
     ctx = Context(g, mode)
     ctx.arity_of = None
     b = Builder(ctx)
-    ins = [g.add(Node("input", name=n, diff=True)) for n in arg_names]
+    ins = [g.add(Node(INPUT, name=n, diff=True)) for n in arg_names]
     out = b.call_function(fn, ins, {})
     g.outputs = [b.as_node(v) for v in (out.items if isinstance(out, Seq) else [out])]
     return g

@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules
-from .ir import PURE_OPS, Node, is_leaf
+from .ir import CALL, CONST, GETATTR, ITEM, MODEL_BACK, PACK, PURE_OPS, Node, is_leaf
+from .tracecore import Static, _static, shape_of
 
 IMPURE_FN_MODULES = ("numpy.random",)
 
@@ -37,7 +38,7 @@ def rewrite(graph, visit):
 def is_pure(n):
     if n.op not in PURE_OPS:
         return False
-    if n.op == "call":
+    if n.op == CALL:
         mod = getattr(n.fn, "__module__", "") or ""
         if mod.startswith(IMPURE_FN_MODULES) or getattr(n.fn, "__flux_impure__", False):
             return False
@@ -47,7 +48,7 @@ def is_pure(n):
 
 
 def _is_const(n, value=None):
-    if n.op != "const":
+    if n.op != CONST:
         return False
     if value is None:
         return True
@@ -61,20 +62,20 @@ def simplify(graph):
 
     def visit(n):
         new = None
-        if n.op == "item" and n.args[0].op == "pack":
+        if n.op == ITEM and n.args[0].op == PACK:
             new = n.args[0].args[n.index]
-        elif n.op == "call" and not n.kwargs and len(n.args) == 2:
+        elif n.op == CALL and not n.kwargs and len(n.args) == 2:
             a, b = n.args
             if n.fn is np.multiply:
-                new = a if _is_const(b, 1) and a.op != "const" else b if _is_const(a, 1) and b.op != "const" \
+                new = a if _is_const(b, 1) and a.op != CONST else b if _is_const(a, 1) and b.op != CONST \
                     else None
             elif n.fn is np.add:
-                new = a if _is_const(b, 0) and a.op != "const" else b if _is_const(a, 0) and b.op != "const" \
+                new = a if _is_const(b, 0) and a.op != CONST else b if _is_const(a, 0) and b.op != CONST \
                     else None
-            elif n.fn in (np.subtract, np.divide, np.power) and a.op != "const" \
+            elif n.fn in (np.subtract, np.divide, np.power) and a.op != CONST \
                     and _is_const(b, 0 if n.fn is np.subtract else 1):
                 new = a
-        elif n.op == "call" and n.fn is helpers.identity and len(n.args) == 1:
+        elif n.op == CALL and n.fn is helpers.identity and len(n.args) == 1:
             new = n.args[0]
         _keep_name(n, new)
         return new
@@ -108,7 +109,7 @@ def cse(graph):
             return None
         key = (n.op, id(n.fn) if n.fn is not None else None, tuple(a.id for a in n.args),
                tuple(sorted((k, v.id) for k, v in n.kwargs.items())),
-               _const_key(n.value) if n.op == "const" else None, n.attr, n.index, n.base, n.path)
+               _const_key(n.value) if n.op == CONST else None, n.attr, n.index, n.base, n.path)
         old = seen.setdefault(key, n)
         if old is not n and n.name and not old.name:
             old.name = n.name
@@ -125,7 +126,7 @@ def live(nodes_roots):
             continue
         out.add(n.id)
         stack.extend(n.inputs())
-        if n.op == "model_back":
+        if n.op == MODEL_BACK:
             stack.append(n.meta["model"])
     return out
 
@@ -153,12 +154,12 @@ class ShapeClasses:
         static = _static_key(n.meta.get("shape"))
         if static is not None:
             return static
-        if n.op == "model_back" and len(n.meta["model"].args) == 1:
+        if n.op == MODEL_BACK and len(n.meta["model"].args) == 1:
             return self.of(n.meta["model"].args[0])
-        if n.op == "item" and n.args[0].op == "model_back":
+        if n.op == ITEM and n.args[0].op == MODEL_BACK:
             model = n.args[0].meta["model"]
             return self.of(model.args[n.index]) if n.index < len(model.args) else ("node", n.id)
-        if n.op != "call":
+        if n.op != CALL:
             return ("node", n.id)
         from .rules import helpers
         if n.fn in _SHAPED_BY and len(n.args) > _SHAPED_BY[n.fn] \
@@ -188,14 +189,14 @@ def _static_key(shape):
 
 def _is_scalar(n):
     """A Python number or NumPy scalar constant, or a value inferred 0-d."""
-    if n.op == "const":
+    if n.op == CONST:
         return isinstance(n.value, (bool, int, float, complex, np.generic))
     return n.meta.get("shape") == ()
 
 
 def _shape_source(n):
     """``x`` when ``n`` is ``x.shape``, else None."""
-    return n.args[0] if n.op == "getattr" and n.attr == "shape" else None
+    return n.args[0] if n.op == GETATTR and n.attr == "shape" else None
 
 
 def _shaped_by():
@@ -217,7 +218,7 @@ def same_shapes(graph):
 
     def visit(n):
         classes.visit(n)
-        if n.op == "call" and n.fn is helpers.unbroadcast and len(n.args) == 2 and not n.kwargs:
+        if n.op == CALL and n.fn is helpers.unbroadcast and len(n.args) == 2 and not n.kwargs:
             x = _shape_source(n.args[1])
             if x is not None and classes.of(n.args[0]) == classes.of(x):
                 _keep_name(n, n.args[0])
@@ -235,7 +236,7 @@ def slices_to_concatenate(graph):
     inserts = []
 
     def visit(n):
-        if not (n.op == "call" and n.fn is np.add and len(n.args) == 2 and not n.kwargs):
+        if not (n.op == CALL and n.fn is np.add and len(n.args) == 2 and not n.kwargs):
             return None
         joined = _concatenate_tiles(_summands(n))
         if joined is None:
@@ -257,7 +258,7 @@ def slices_to_concatenate(graph):
 
 def _summands(n):
     """The terms of a tree of ``np.add`` calls."""
-    if n.op == "call" and n.fn is np.add and len(n.args) == 2 and not n.kwargs:
+    if n.op == CALL and n.fn is np.add and len(n.args) == 2 and not n.kwargs:
         return _summands(n.args[0]) + _summands(n.args[1])
     return [n]
 
@@ -267,8 +268,8 @@ def _concatenate_tiles(parts):
     from .rules.helpers import getitem_grad
     pieces = []
     for p in parts:
-        if p.op != "call" or p.fn is not getitem_grad or len(p.args) != 3 or p.kwargs \
-                or p.args[2].op != "const":
+        if p.op != CALL or p.fn is not getitem_grad or len(p.args) != 3 or p.kwargs \
+                or p.args[2].op != CONST:
             return None
         index = p.args[2].value
         index = index if isinstance(index, tuple) else (index,)
@@ -292,23 +293,23 @@ def _concatenate_tiles(parts):
     if at != n:
         return None
     items = [p.args[0] for _, _, p in spans]
-    pack = Node("pack", items, diff=True, arity=len(items))
-    axis_node = Node("const", value=axis)
-    return [pack, axis_node, Node("call", (pack,), {"axis": axis_node}, fn=np.concatenate, diff=True)]
+    pack = Node(PACK, items, diff=True, arity=len(items))
+    axis_node = Node(CONST, value=axis)
+    return [pack, axis_node, Node(CALL, (pack,), {"axis": axis_node}, fn=np.concatenate, diff=True)]
 
 
 def _rank(shape):
     """Length of a shape given as a constant tuple or a pack of dims, else None."""
-    if shape.op == "const" and isinstance(shape.value, tuple):
+    if shape.op == CONST and isinstance(shape.value, tuple):
         return len(shape.value)
-    return len(shape.args) if shape.op == "pack" else None
+    return len(shape.args) if shape.op == PACK else None
 
 
 def _static_dim(shape, axis):
     """The size along ``axis`` when it is a compile-time int, else None."""
-    if shape.op == "const" and isinstance(shape.value, tuple) and axis < len(shape.value):
+    if shape.op == CONST and isinstance(shape.value, tuple) and axis < len(shape.value):
         return shape.value[axis]
-    if shape.op == "pack" and axis < len(shape.args) and shape.args[axis].op == "const":
+    if shape.op == PACK and axis < len(shape.args) and shape.args[axis].op == CONST:
         return shape.args[axis].value
     return None
 
@@ -379,3 +380,30 @@ def unbroadcast_plan(have, want):
     if keep:
         return {"axis": keep[0] if len(keep) == 1 else keep, "keepdims": True}
     return None
+
+
+class TracingPasses:
+    """Folding and unbroadcast specialisation as tracer hooks: mixed into a
+    :class:`~flux_compile.trace.Tracer` (the frontend's ``Builder``, autodiff's
+    ``RuleTracer``), they run on each call as it is traced."""
+
+    def folded(self, fn, nodes, kw):
+        r = fold_constant_call(fn, [n.value for n in nodes], {k: v.value for k, v in kw.items()})
+        if r is NOT_FOLDED:
+            return None
+        return Static(r) if isinstance(r, np.ndarray) else _static(r)
+
+    def specialised_call(self, fn, args, kwargs, e):
+        """``unbroadcast(g, shape)`` (in derivative rules) as ``g`` itself or one ``np.sum``
+        when the shapes are known at compile time."""
+        from .rules.helpers import unbroadcast
+        if fn is not unbroadcast or len(args) != 2 or kwargs or not isinstance(args[0], Node):
+            return None
+        target = args[1]
+        want = target.value if isinstance(target, Static) else getattr(target, "sym", None)
+        plan = unbroadcast_plan(shape_of(args[0]), want)
+        if plan is KEEP_AS_IS:
+            return args[0]
+        if plan is None:
+            return None
+        return self.call_primitive(np.sum, [args[0]], {k: Static(v) for k, v in plan.items()}, e)

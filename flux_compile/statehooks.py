@@ -11,7 +11,7 @@ import ast
 
 from .errors import CompileError
 from .frontend import Seq, Static, get_source
-from .ir import Node, is_leaf
+from .ir import INPUT, Node, is_leaf
 from .shapeinfer import symbolic_shape
 
 
@@ -63,7 +63,7 @@ class StateHooks:
     def begin(self, b):
         g = b.ctx.graph
         for i, name in enumerate(self.names):
-            n = g.add(Node("input", name=name, diff=True))
+            n = g.add(Node(INPUT, name=name, diff=True))
             n.meta["shape"] = symbolic_shape(name, self.specs[i]) if self.specs else None
             n.meta["state"] = name
             self.inputs[name] = n

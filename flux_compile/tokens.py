@@ -13,7 +13,7 @@ user                   ``ordered``  ``other`` (a value outside the vocabulary)
 (guards, frontend)
 ``freeze``             True         ``by_identity``: ``(type, value)`` when hashable,
 (in-memory cache keys)              else :data:`UNEQUAL` parts (never reused)
-``diskcache.canonical``False        a digest of arrays, functions and classes; raises
+``diskdigest.canonical``False       a digest of arrays, functions and classes; raises
 (disk cache keys)                   ``Uncacheable`` for the rest
 =====================  ===========  =================================================
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from . import builtins as builtin_table
 from . import guards, rules, shapeinfer
-from .ir import Node
+from .ir import CALL, CONST, PACK, Node
 from .params import is_model
 from .tracecore import (ARRAY_ATTRS, LIST_PARAMS, METHODS, MULTI_OUTPUT, VARARG_SHAPE_METHODS, _NOT_CONST,
                         BoundMethod, LocalFunction, Seq, Static, SymDict, UserMethod, _casts_to_non_float,
@@ -162,17 +162,17 @@ class Calls:
             args = self._lists_as_arrays(fn, args, e)
         nodes = [self.as_node(a, e) for a in args]
         kw = {k: self.as_node(v, e) for k, v in kwargs.items()}
-        if all(n.op == "const" for n in nodes + list(kw.values())):
+        if all(n.op == CONST for n in nodes + list(kw.values())):
             folded = self.folded(fn, nodes, kw)
             if folded is not None:
                 return folded
         diff = (not rules.is_nondiff(fn)) and any(n.diff for n in nodes + list(kw.values())) \
             and not _casts_to_non_float(fn, nodes, kw)
-        node = Node("call", nodes, kw, fn=fn, diff=diff)
+        node = Node(CALL, nodes, kw, fn=fn, diff=diff)
         try:
             node.meta["shape"] = shapeinfer.infer(
-                fn, [shape_of(a) for a in nodes], [a.value if a.op == "const" else _NOT_CONST for a in nodes],
-                {k: v.value for k, v in kw.items() if v.op == "const"} if all(v.op == "const" for v in kw.values())
+                fn, [shape_of(a) for a in nodes], [a.value if a.op == CONST else _NOT_CONST for a in nodes],
+                {k: v.value for k, v in kw.items() if v.op == CONST} if all(v.op == CONST for v in kw.values())
                 else {"<dynamic>": True})
         except Exception:       # shape inference is best effort
             node.meta["shape"] = None
@@ -208,10 +208,10 @@ class Calls:
         if isinstance(v, Static):
             if v.src is not None and guards.value_token(v.value) is None:
                 self.ctx.guard(v.src, "is", guards._ref(v.value))   # this very object is baked in
-            return self.ctx.add(Node("const", value=v.value))
+            return self.ctx.add(Node(CONST, value=v.value))
         if isinstance(v, Seq):
             items = [self.as_node(x, e) for x in v.items]
-            return self.ctx.add(Node("pack", items, diff=any(i.diff for i in items), arity=len(items)))
+            return self.ctx.add(Node(PACK, items, diff=any(i.diff for i in items), arity=len(items)))
         if isinstance(v, SymDict):
             self.error("a dict cannot be used as an array value", e,
                        hint="take its entries: d[key], d.values()")

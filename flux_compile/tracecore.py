@@ -17,7 +17,7 @@ import types
 import numpy as np
 
 from . import guards, shapeinfer
-from .ir import Node
+from .ir import CONST, INPUT, Node
 
 # --------------------------------------------------------------------------
 # values
@@ -181,14 +181,14 @@ MAX_UNROLL = 1000
 
 def shape_of(node):
     """The symbolic shape the compiler knows for ``node`` (see shapeinfer), or None."""
-    if node.op == "const":
+    if node.op == CONST:
         return shapeinfer.of_value(node.value)
     return node.meta.get("shape")
 
 
 def _split_arity(nodes, kw):
     sections = nodes[1] if len(nodes) > 1 else kw.get("indices_or_sections")
-    if sections is not None and sections.op == "const":
+    if sections is not None and sections.op == CONST:
         v = sections.value
         return v if isinstance(v, int) else len(v) + 1
     return None
@@ -197,7 +197,7 @@ def _split_arity(nodes, kw):
 def _unstack_arity(nodes, kw):
     """``np.unstack(x, axis=a)`` gives one array per entry along ``a`` (when that size is known)."""
     shape = shape_of(nodes[0])
-    axis = kw["axis"].value if "axis" in kw and kw["axis"].op == "const" else 0
+    axis = kw["axis"].value if "axis" in kw and kw["axis"].op == CONST else 0
     if shape is None or not isinstance(axis, int) or not -len(shape) <= axis < len(shape):
         return None
     return shape[axis] if isinstance(shape[axis], int) else None
@@ -212,13 +212,13 @@ if hasattr(np, "unstack"):
 
 def _svd_arity(nodes, kw):
     uv = kw.get("compute_uv")
-    return 3 if uv is None or uv.op != "const" or uv.value else False
+    return 3 if uv is None or uv.op != CONST or uv.value else False
 
 
 def _gradient_arity(nodes, kw):
     """``np.gradient`` gives one array per differentiated axis (a list when more than one)."""
     axis = kw.get("axis")
-    if axis is not None and axis.op == "const" and axis.value is not None:
+    if axis is not None and axis.op == CONST and axis.value is not None:
         count = 1 if isinstance(axis.value, int) else len(axis.value)
     else:
         shape = shape_of(nodes[0])
@@ -257,7 +257,7 @@ def _casts_to_non_float(fn, nodes, kw):
     dtype = kw.get("dtype")
     if (fn is astype or fn is getattr(np, "astype", None)) and len(nodes) > 1:
         dtype = nodes[1]
-    if dtype is None or dtype.op != "const" or dtype.value is None:
+    if dtype is None or dtype.op != CONST or dtype.value is None:
         return False
     try:
         return np.dtype(dtype.value).kind not in "fc"
@@ -335,7 +335,7 @@ class Context:
             while name in taken:
                 name, i = f"{base}_{i}", i + 1
             self.free_names[path] = name
-        n = self.graph.add(Node("input", name=name, diff=False))
+        n = self.graph.add(Node(INPUT, name=name, diff=False))
         n.meta["free"] = path
         n.meta["shape"] = tuple(1 if d == 1 else shapeinfer.Sym(f"{name}.{i}", nonone=True)
                                 for i, d in enumerate(np.shape(value)))

@@ -10,7 +10,7 @@ import types
 import numpy as np
 
 from . import guards, shapeinfer
-from .ir import Node
+from .ir import CALL, GETATTR, ITEM, PACK, Node
 from .tracecore import (ARRAY_ATTRS, BINOPS, BITWISE, CMPOPS, DICT_METHODS, FORBIDDEN_EXPR_HINTS,
                         METHODS, PYCMP, PYOPS, _MISSING, BoundMethod, Seq, Static, SymDict, _as_list,
                         _static, shape_of)
@@ -107,17 +107,17 @@ class Expressions:
             if name == "shape":
                 if all(isinstance(d, int) for d in shp):
                     return Static(tuple(shp))
-                node = self.ctx.add(Node("getattr", (base,), attr="shape"))
+                node = self.ctx.add(Node(GETATTR, (base,), attr="shape"))
                 items = []
                 for i, d in enumerate(shp):
                     items.append(Static(d) if isinstance(d, int) else
-                                 self.ctx.add(Node("item", (node,), index=i)))
+                                 self.ctx.add(Node(ITEM, (node,), index=i)))
                 seq = Seq(items)
                 seq.sym = shp
                 return seq
             if name == "size" and all(isinstance(d, int) for d in shp):
                 return Static(int(np.prod(shp)))
-        return self.ctx.add(Node("getattr", (base,), attr=name))
+        return self.ctx.add(Node(GETATTR, (base,), attr=name))
 
     def eval_Subscript(self, e):
         base = self.eval(e.value)
@@ -147,9 +147,9 @@ class Expressions:
             return Seq(got, base.kind if base.kind in (tuple, list) else None) if isinstance(got, list) else got
         if isinstance(base, Node):
             if base.arity is not None and isinstance(index, Static) and isinstance(index.value, int):
-                if base.op == "pack":
+                if base.op == PACK:
                     return base.args[index.value]
-                return self.ctx.add(Node("item", (base,), index=index.value % base.arity, diff=base.diff))
+                return self.ctx.add(Node(ITEM, (base,), index=index.value % base.arity, diff=base.diff))
             if base.arity is not None and isinstance(index, Static) and isinstance(index.value, slice):
                 return Seq(self.node_items(base)[index.value])
             from .rules.helpers import getitem
@@ -164,7 +164,7 @@ class Expressions:
         """``np.r_[a, b, 2.0]`` is ``np.concatenate`` of the items made at least 1-D;
         ``np.c_[a, b]`` is ``np.column_stack`` (arrays, scalars; no slices or directives)."""
         items = index.items if isinstance(index, Seq) else \
-            list(index.args) if isinstance(index, Node) and index.op == "pack" else [index]
+            list(index.args) if isinstance(index, Node) and index.op == PACK else [index]
         if any(isinstance(i, Static) and isinstance(i.value, (slice, str)) for i in items):
             self.error(f"np.{'r_' if trick is np.r_ else 'c_'}[...] with slices or string directives "
                        "is not supported in compiled code", e,
@@ -179,7 +179,7 @@ class Expressions:
             parts = [self.eval(p) if p is not None else Static(None) for p in (s.lower, s.upper, s.step)]
             if all(isinstance(p, Static) for p in parts):
                 return Static(slice(*(p.value for p in parts)))
-            return self.ctx.add(Node("call", [self.as_node(p) for p in parts], fn=slice))
+            return self.ctx.add(Node(CALL, [self.as_node(p) for p in parts], fn=slice))
         if isinstance(s, ast.Tuple):
             parts = [self.eval_index(p) for p in s.elts]
             if all(isinstance(p, Static) for p in parts):

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import guards
 from .errors import CompileError
-from .ir import Node, is_leaf
+from .ir import CALL, CONST, GETATTR, GUARD, ITEM, PACK, Node, is_leaf
 from .parsing import get_source
 from .tracecore import (FORBIDDEN_HINTS, MAX_UNROLL, Frame, LocalFunction, Seq, Static, SymDict,
                         _as_load, _static, _stmt_name)
@@ -229,7 +229,7 @@ class Statements:
             self.error("print is not supported inside forward", s,
                        hint="use fc.shapes(model, x) to see every value's shape, or print outside the model")
         v = self.eval(s.value)
-        if isinstance(v, Node) and v.op == "call" and self.ctx.mode == "forward":
+        if isinstance(v, Node) and v.op == CALL and self.ctx.mode == "forward":
             v.meta["effect"] = True
 
     def exec_If(self, s):
@@ -312,7 +312,7 @@ class Statements:
         except ValueError:
             self.error(f"{what} on an array with several elements is ambiguous", node,
                        hint="reduce it first (np.any, np.all, x.sum() > 0) or use np.where(cond, a, b)")
-        g = Node("guard", (test,), value=taken)
+        g = Node(GUARD, (test,), value=taken)
         self.ctx.add(g)
         self.ctx.guards += 1
         return taken
@@ -330,15 +330,15 @@ class Statements:
                             "or call with real inputs so the trip count is compiled with a guard")
         value = int(value)
         cond = self.call_primitive(np.equal, [v, Static(value)], {}, node)
-        self.ctx.add(Node("guard", (cond,), value=True))
+        self.ctx.add(Node(GUARD, (cond,), value=True))
         self.ctx.guards += 1
         return value
 
     def node_items(self, node):
         """The outputs of a multi-output node (``np.split``, ``np.linalg.eigh``, ...), one value each."""
-        if node.op == "pack":
+        if node.op == PACK:
             return list(node.args)
-        return [self.ctx.add(Node("item", (node,), index=i, diff=node.diff)) for i in range(node.arity)]
+        return [self.ctx.add(Node(ITEM, (node,), index=i, diff=node.diff)) for i in range(node.arity)]
 
     def iter_values(self, it, node):
         if isinstance(it, Seq):
@@ -413,9 +413,9 @@ class Statements:
         if isinstance(value, Node):
             if value.arity is not None and value.arity != n:
                 self.error(f"cannot unpack {value.arity} values into {n} names", node)
-            if value.op == "pack":
+            if value.op == PACK:
                 return list(value.args)
-            return [self.ctx.add(Node("item", (value,), index=i, diff=value.diff)) for i in range(n)]
+            return [self.ctx.add(Node(ITEM, (value,), index=i, diff=value.diff)) for i in range(n)]
         self.error("cannot unpack this value", node)
 
 
@@ -429,9 +429,9 @@ def _reads_array_data(node, seen=None):
     if node.id in seen:
         return False
     seen.add(node.id)
-    if node.op == "getattr" and node.attr in SHAPE_ATTRS:
+    if node.op == GETATTR and node.attr in SHAPE_ATTRS:
         return False
-    if node.op == "const":
+    if node.op == CONST:
         return False
     args = node.inputs()
     return not args or any(_reads_array_data(a, seen) for a in args)

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 
+from . import api
 from .optim import NonFiniteGradient, prepare_update
 from .params import named_params
 from .readonly import refuse_if_held
@@ -211,8 +212,6 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
       with the global batch's gradient, from rank 0's parameters; rank 0
       alone shows progress (see ``flux_compile.distributed``).
     """
-    import flux_compile                       # the package is loaded by the time train runs
-
     if callable(callbacks):
         callbacks = (callbacks,)
     if epochs > 1 and iter(data) is data:
@@ -232,7 +231,7 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
     guard = InterruptGuard().install()
     try:
         return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
-                       flux_compile.grad, stateful, parallel)
+                       api.grad, stateful, parallel)
     finally:
         guard.remove()
 

@@ -76,8 +76,7 @@ def _runtime_helper_names():
         from flux_compile.rules import helpers
     except Exception:           # pragma: no cover - the fuzzer still runs with the static list
         return []
-    return sorted(n for n, v in vars(helpers).items() if callable(v) and not n.startswith("_")
-                  and getattr(v, "__module__", "") == helpers.__name__)
+    return sorted(n for n in helpers.__all__ if callable(getattr(helpers, n)))   # all its parts
 
 
 NAME_POOL = sorted(set(GENERATED_NAMES + _runtime_helper_names()) - RESERVED)

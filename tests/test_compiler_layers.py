@@ -404,14 +404,14 @@ def test_walk_keeps_its_default_answer():
 # sizes
 
 
-MINE = ["compiled", "compiler", "cache", "runstate", "statehooks", "tokens", "recurrent", "optim",
-        "updatestep", "params", "readonly", "codegen", "guards", "diskcache"]
+MODULES = sorted(str(p.relative_to(PACKAGE).with_suffix("")) for p in PACKAGE.rglob("*.py"))
 
 
-@pytest.mark.parametrize("name", MINE)
+@pytest.mark.parametrize("name", MODULES)
 def test_module_and_class_sizes(name):
+    """Every module of the package (rules/ too) within ~600 lines, every class within 300."""
     text = (PACKAGE / f"{name}.py").read_text()
-    assert len(text.splitlines()) <= 650, f"{name}.py has {len(text.splitlines())} lines"
+    assert len(text.splitlines()) <= 600, f"{name}.py has {len(text.splitlines())} lines"
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.ClassDef):
             size = node.end_lineno - node.lineno + 1

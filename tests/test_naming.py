@@ -440,7 +440,7 @@ def test_seed_keeps_its_name_when_nothing_collides(tmp_path):
     f = load(tmp_path, "import numpy as xp\n\n\ndef program(x):\n    h = xp.tanh(x)\n"
                        "    return xp.sum(h * h)\n").program
     text = fc.source(f, "backward", args=(np.ones(3),))
-    assert text.startswith("def backward(saved, dy):"), text
+    assert re.search(r"^def backward\(saved, dy\):", text, re.M), text
     assert re.search(r"^\s+dx = ", text, re.M), text
 
 
@@ -448,10 +448,10 @@ def test_colliding_names_get_fresh_variants(tmp_path):
     """An input y: its adjoint is dy_1, the seed stays dy. An input dy: the seed is dy_1."""
     f = load(tmp_path, "import numpy as xp\n\n\ndef program(y):\n    return xp.sum(xp.sin(y) * y)\n").program
     text = fc.source(f, "backward", args=(np.ones(3),))
-    assert text.startswith("def backward(saved, dy):") and "dy_1 = " in text, text
+    assert re.search(r"^def backward\(saved, dy\):", text, re.M) and "dy_1 = " in text, text
     g = load(tmp_path, "import numpy as xp\n\n\ndef program(dy):\n    return xp.sum(xp.sin(dy) * dy)\n").program
     text = fc.source(g, "backward", args=(np.ones(3),))
-    assert text.startswith("def backward(saved, dy_1):"), text
+    assert re.search(r"^def backward\(saved, dy_1\):", text, re.M), text
 
 
 # -- (b) the scan over ordinary and library models --------------------------------------------

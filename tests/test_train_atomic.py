@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import flux_compile as fc
-from flux_compile import optim, updatestep
+from flux_compile import api, optim, updatestep
 from flux_compile.params import named_params
 from flux_compile.recurrent import snapshot_states
 from flux_compile.train import GradientError, TrainingError
@@ -248,7 +248,7 @@ def nth_call_raises(fn, n):
 
 STAGES = {
     "forward": lambda mp, m: mp.setattr(type(m), "_pullback", raise_after(type(m)._pullback)),
-    "loss": lambda mp, m: mp.setattr(fc, "grad", raise_after(fc.grad)),
+    "loss": lambda mp, m: mp.setattr(api, "grad", raise_after(api.grad)),
     "backward": lambda mp, m: mp.setattr(type(m), "_pullback", backward_then_interrupt(type(m)._pullback)),
     "gradient check": lambda mp, m: mp.setattr(updatestep, "check_gradients", raise_after(updatestep.check_gradients)),
 }
