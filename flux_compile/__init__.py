@@ -25,6 +25,7 @@ from .rnn import RNN, GRU, LSTM
 from .train import train
 from .io import save, load
 from .transforms import jvp, jvp_source
+from .backends import to
 
 __all__ = [
     "__version__", "CompileError", "GradcheckError", "ModelError", "Param", "param", "const", "params",

@@ -208,6 +208,10 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
     """
     import flux_compile                       # the package is loaded by the time train runs
 
+    if getattr(model, "__fc_backend__", False):     # a model moved by fc.to (torch, JAX)
+        from .backends import train as train_on_backend
+        return train_on_backend(model, loss, data, opt, epochs=epochs, callbacks=callbacks)
+
     if callable(callbacks):
         callbacks = (callbacks,)
     if epochs > 1 and iter(data) is data:

@@ -1,0 +1,529 @@
+"""One emitter per array library: how generated NumPy-level code is spelled for NumPy,
+PyTorch or JAX.
+
+The rules, autodiff and passes work in NumPy terms; codegen writes NumPy source. An
+:class:`Emitter` retargets that source (:func:`retarget`): every ``np.*`` call, every
+``fc.*`` function and every kernel from ``flux_compile.rules`` is looked up in the
+backend's table and respelled (``np.tanh`` -> ``torch.tanh`` / ``jnp.tanh``). A
+primitive the table lacks is a :class:`CompileError` naming it. Functions of the
+package written in NumPy terms (``fc.softmax``, ``unbroadcast``...) without a
+backend kernel of their own are *ported*: the same function run with ``np`` bound
+to the backend's NumPy-like namespace.
+
+torch code runs torch kernels on tensors with ``requires_grad`` False (the gradient
+is the generated backward, no tape); JAX code never writes into an array: a
+gradient accumulation ``self.W.grad += g`` becomes ``self.W.grad = self.W.grad + g``.
+torch and JAX are imported only when their emitter is first used.
+"""
+from __future__ import annotations
+
+import ast
+import builtins
+import inspect
+import re
+import types
+
+import numpy as np
+
+from .errors import CompileError, Retrace
+
+BACKENDS = ("numpy", "torch", "jax")
+
+
+class BackendMissing(ImportError):
+    """The array library of a backend is not installed."""
+
+
+def _pkg_module(obj):
+    mod = getattr(obj, "__module__", None) or ""
+    return mod if mod.startswith("flux_compile") else None
+
+
+class Emitter:
+    """How one array library spells the primitives of generated code.
+
+    ``direct``: NumPy names the library has with NumPy's signature (spelled
+    ``<prefix>.name``); ``shim``: the library's NumPy-like namespace (for
+    everything else, and for ported functions); ``kernels``: the library's own
+    versions of package functions, by name; ``fc_direct``: ``fc.*`` functions with a
+    library spelling."""
+
+    name = "numpy"
+    prefix = "np"
+    pure = False                 # gradient accumulation returned, never written in place
+
+    def __init__(self):
+        self._ported = {}
+
+    # -- the tables -------------------------------------------------------------
+    def namespace(self):
+        """Module globals every generated module of this backend starts from."""
+        return {"np": np, "Retrace": Retrace}
+
+    def header(self):
+        return ["import numpy as np"]
+
+    def np_name(self, dotted):
+        """Spelling of ``np.<dotted>`` (``"linalg.inv"``), or None when the library lacks it."""
+        return "np." + dotted
+
+    def fc_name(self, name, obj):
+        return None
+
+    def kernel(self, name, obj):
+        """(spelling, object) for a package function bound in generated code under ``name``."""
+        return name, obj
+
+    def convert_constant(self, value):
+        return value
+
+    # -- porting ------------------------------------------------------------------
+    def np_namespace(self):
+        return np
+
+    def port(self, fn):
+        """``fn`` (a package function in NumPy terms) with ``np`` bound to the backend's
+        NumPy-like namespace; the package functions it calls ported the same way."""
+        if fn in self._ported:
+            return self._ported[fn]
+        if not inspect.isfunction(fn) or not _pkg_module(fn):
+            return fn
+        glob = dict(fn.__globals__)
+        ported = types.FunctionType(fn.__code__, glob, fn.__name__, fn.__defaults__, fn.__closure__)
+        ported.__kwdefaults__ = fn.__kwdefaults__
+        ported.__doc__ = fn.__doc__
+        self._ported[fn] = ported
+        glob["np"] = self.np_namespace()
+        for key, value in list(glob.items()):
+            if inspect.isfunction(value) and _pkg_module(value) and key in fn.__code__.co_names:
+                glob[key] = self.kernel(key, value)[1] if self.has_kernel(key) else self.port(value)
+        return ported
+
+    def has_kernel(self, name):
+        return False
+
+
+NUMPY = Emitter()
+
+
+# ------------------------------------------------------------------------------ torch
+
+TORCH_DIRECT = set("""tanh exp log sqrt abs sin cos tan sign sinh cosh arcsin arccos arctan
+    log1p expm1 floor ceil square reshape swapaxes stack sum mean matmul exp2 log2 log10
+    isfinite isnan cumsum""".split())
+
+
+class TorchNumpy:
+    """The NumPy functions generated and ported code calls, in torch (tensors in, tensors
+    out, ``requires_grad`` never set)."""
+
+    def __init__(self, torch, device):
+        self.torch = torch
+        self.device = device
+        self.ndarray = torch.Tensor
+        self.float32, self.float64 = float, float      # np.float32(0.5) * t: a weak scalar
+        self.newaxis = None
+        self.pi, self.e, self.inf, self.nan = np.pi, np.e, np.inf, np.nan
+
+    def __getattr__(self, name):
+        if name in TORCH_DIRECT:
+            return getattr(self.torch, name)
+        raise AttributeError(name)
+
+    def _t(self, x, like=None):
+        if isinstance(x, self.torch.Tensor):
+            return x
+        dtype = like.dtype if isinstance(like, self.torch.Tensor) else None
+        device = like.device if isinstance(like, self.torch.Tensor) else self.device
+        return self.torch.as_tensor(x, dtype=dtype, device=device)
+
+    def asarray(self, x, dtype=None):
+        x = x if isinstance(x, self.torch.Tensor) else self.torch.as_tensor(np.asarray(x), device=self.device)
+        return x if dtype is None else x.to(self.dtype(dtype))
+
+    def dtype(self, d):
+        if isinstance(d, self.torch.dtype):
+            return d
+        return getattr(self.torch, np.dtype(d).name)
+
+    def astype(self, x, d):
+        return x.to(self.dtype(d))
+
+    def shape(self, x):
+        return tuple(x.shape)
+
+    def ndim(self, x):
+        return x.ndim
+
+    def maximum(self, a, b):
+        return self.torch.maximum(self._t(a, b), self._t(b, a))
+
+    def minimum(self, a, b):
+        return self.torch.minimum(self._t(a, b), self._t(b, a))
+
+    def where(self, c, a, b):
+        return self.torch.where(c, self._t(a, b), self._t(b, a))
+
+    def max(self, x, axis=None, keepdims=False):
+        return self.torch.amax(x, dim=_dims(axis, x), keepdim=keepdims)
+
+    def min(self, x, axis=None, keepdims=False):
+        return self.torch.amin(x, dim=_dims(axis, x), keepdim=keepdims)
+
+    amax, amin = max, min
+
+    def concatenate(self, xs, axis=0):
+        return self.torch.cat(list(xs), dim=axis)
+
+    def transpose(self, x, axes=None):
+        return x.permute(*(reversed(range(x.ndim)) if axes is None else axes))
+
+    def zeros(self, shape, dtype=None):
+        return self.torch.zeros(tuple(shape), dtype=self.dtype(dtype or "float64"), device=self.device)
+
+    def zeros_like(self, x, dtype=None):
+        return self.torch.zeros_like(x, dtype=None if dtype is None else self.dtype(dtype))
+
+    def ones_like(self, x, dtype=None):
+        return self.torch.ones_like(x, dtype=None if dtype is None else self.dtype(dtype))
+
+    def broadcast_to(self, x, shape):
+        return self.torch.broadcast_to(x, tuple(shape))
+
+    def expand_dims(self, x, axis):
+        return self.torch.unsqueeze(x, axis)
+
+
+def _dims(axis, x):
+    if axis is None:
+        return tuple(range(x.ndim))
+    return axis
+
+
+class TorchEmitter(Emitter):
+    name = "torch"
+    prefix = "torch"
+
+    def __init__(self, device="cpu"):
+        super().__init__()
+        try:
+            import torch
+        except ImportError as e:
+            raise BackendMissing("the torch backend needs PyTorch: pip install flux_compile[torch]") from e
+        self.torch = torch
+        self.device = torch.device(device)
+        self.tnp = TorchNumpy(torch, self.device)
+        self.kernels = torch_kernels(torch, self.tnp)
+
+    def namespace(self):
+        return {"torch": self.torch, "tnp": self.tnp, "Retrace": Retrace}
+
+    def header(self):
+        return ["import torch",
+                "# tnp: flux_compile's NumPy-signature functions in torch (flux_compile.emitters.TorchNumpy)"]
+
+    def np_namespace(self):
+        return self.tnp
+
+    def np_name(self, dotted):
+        if dotted in TORCH_DIRECT:
+            return "torch." + dotted
+        if "." not in dotted and dotted in dir(TorchNumpy) + ["float32", "float64", "newaxis", "pi", "e",
+                                                               "inf", "nan"]:
+            return "tnp." + dotted
+        return None
+
+    def fc_name(self, name, obj):
+        return {"sigmoid": "torch.sigmoid", "relu": "torch.relu", "σ": "torch.sigmoid"}.get(name)
+
+    def has_kernel(self, name):
+        return name in self.kernels
+
+    def kernel(self, name, obj):
+        if name in self.kernels:
+            return name, self.kernels[name]
+        return name, self.port(obj)
+
+    def convert_constant(self, value):
+        if isinstance(value, np.ndarray):
+            return self.torch.as_tensor(value, device=self.device)
+        return value
+
+
+def torch_kernels(torch, tnp):
+    """torch versions of the package kernels whose NumPy code writes into arrays or calls
+    array methods torch spells differently."""
+
+    def unbroadcast(g, shape):
+        shape = tuple(shape)
+        if tuple(g.shape) == shape:
+            return g
+        extra = g.ndim - len(shape)
+        if extra > 0:
+            g = g.sum(dim=tuple(range(extra)))
+        elif extra < 0:
+            return torch.broadcast_to(g, shape).clone()
+        ones = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+        if ones:
+            g = g.sum(dim=ones, keepdim=True)
+        if tuple(g.shape) != shape:
+            g = torch.broadcast_to(g, shape).clone()
+        return g
+
+    def sum_grad(g, shape, axis=None, keepdims=False):
+        from .rules.helpers import normalize_axis
+        if not keepdims and axis is not None:
+            for a in sorted(normalize_axis(axis, len(shape))):
+                g = g.unsqueeze(a)
+        elif not keepdims:
+            g = g.reshape((1,) * len(shape))
+        return torch.broadcast_to(g, tuple(shape)).clone()
+
+    def getitem_grad(g, shape, index, dtype=None):
+        out = torch.zeros(tuple(shape), dtype=g.dtype if dtype is None else tnp.dtype(dtype), device=g.device)
+        out[index] = g
+        return out
+
+    def stack_grads(dxs, xs):
+        if any(d is None for d in dxs):
+            return None
+        return torch.stack(dxs, dim=1).to(xs.dtype) if xs.is_floating_point() else None
+
+    def conv2d(x, W, stride=1, padding=0):
+        return torch.nn.functional.conv2d(x, W, stride=stride, padding=padding)
+
+    def conv2d_grad_x(g, x_shape, W, stride=1, padding=0):
+        return torch.nn.grad.conv2d_input(tuple(x_shape), W, g, stride=stride, padding=padding)
+
+    def conv2d_grad_w(g, x, w_shape, stride=1, padding=0):
+        return torch.nn.grad.conv2d_weight(x, tuple(w_shape), g, stride=stride, padding=padding)
+
+    def maxpool2d(x, k, stride=None):
+        return torch.nn.functional.max_pool2d(x, k, stride=stride)
+
+    def maxpool2d_grad(g, x, y, k, stride=None):
+        _, idx = torch.nn.functional.max_pool2d(x, k, stride=stride, return_indices=True)
+        out = torch.zeros_like(x).flatten(2)
+        out.scatter_add_(2, idx.flatten(2), g.flatten(2))
+        return out.reshape(x.shape)
+
+    return {"unbroadcast": unbroadcast, "sum_grad": sum_grad, "getitem_grad": getitem_grad,
+            "stack_grads": stack_grads, "conv2d": conv2d, "conv2d_grad_x": conv2d_grad_x,
+            "conv2d_grad_w": conv2d_grad_w, "maxpool2d": maxpool2d, "maxpool2d_grad": maxpool2d_grad}
+
+
+# ------------------------------------------------------------------------------ JAX
+
+class JaxEmitter(Emitter):
+    name = "jax"
+    prefix = "jnp"
+    pure = True
+
+    def __init__(self):
+        super().__init__()
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as e:
+            raise BackendMissing("the JAX backend needs JAX: pip install flux_compile[jax]") from e
+        self.jax, self.jnp = jax, jnp
+        self.kernels = jax_kernels(jax, jnp)
+
+    def namespace(self):
+        return {"jnp": self.jnp, "jax": self.jax, "Retrace": Retrace}
+
+    def header(self):
+        return ["import jax", "import jax.numpy as jnp"]
+
+    def np_namespace(self):
+        return self.jnp
+
+    def np_name(self, dotted):
+        obj = self.jnp
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                return None
+        return "jnp." + dotted
+
+    def fc_name(self, name, obj):
+        return {"relu": "jax.nn.relu"}.get(name)
+
+    def has_kernel(self, name):
+        return name in self.kernels
+
+    def kernel(self, name, obj):
+        if name in self.kernels:
+            return name, self.kernels[name]
+        return name, self.port(obj)
+
+    def convert_constant(self, value):
+        if isinstance(value, np.ndarray):
+            return self.jnp.asarray(value)
+        return value
+
+
+def jax_kernels(jax, jnp):
+    """JAX versions of the package kernels whose NumPy code writes into arrays."""
+
+    def getitem_grad(g, shape, index, dtype=None):
+        return jnp.zeros(tuple(shape), dtype=g.dtype if dtype is None else dtype).at[index].add(g)
+
+    def stack_grads(dxs, xs):
+        if any(d is None for d in dxs):
+            return None
+        return jnp.stack(dxs, axis=1).astype(xs.dtype) if jnp.issubdtype(xs.dtype, jnp.floating) else None
+
+    def conv2d(x, W, stride=1, padding=0):
+        s, p = _pair(stride), _pair(padding)
+        return jax.lax.conv_general_dilated(x, W, s, [(p[0], p[0]), (p[1], p[1])])
+
+    def conv2d_grad_x(g, x_shape, W, stride=1, padding=0):
+        _, vjp = jax.vjp(lambda x: conv2d(x, W, stride, padding), jnp.zeros(tuple(x_shape), g.dtype))
+        return vjp(g)[0]
+
+    def conv2d_grad_w(g, x, w_shape, stride=1, padding=0):
+        _, vjp = jax.vjp(lambda W: conv2d(x, W, stride, padding), jnp.zeros(tuple(w_shape), g.dtype))
+        return vjp(g)[0]
+
+    return {"getitem_grad": getitem_grad, "stack_grads": stack_grads, "conv2d": conv2d,
+            "conv2d_grad_x": conv2d_grad_x, "conv2d_grad_w": conv2d_grad_w}
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+# ------------------------------------------------------------------------------ retargeting
+
+_EMITTERS = {}
+
+
+def emitter(name, device=None):
+    """The emitter of backend ``name`` ("numpy", "torch", "jax"); one per (name, device)."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    key = (name, str(device) if device is not None else None)
+    if key not in _EMITTERS:
+        _EMITTERS[key] = NUMPY if name == "numpy" else \
+            TorchEmitter(device or "cpu") if name == "torch" else JaxEmitter()
+    return _EMITTERS[key]
+
+
+def _dotted(node):
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        parts.append(node.id)
+        return ".".join(reversed(parts))
+    return None
+
+
+class _Retarget(ast.NodeTransformer):
+    def __init__(self, em, objects, label):
+        self.em, self.objects, self.label = em, objects, label
+        self.namespace = em.namespace()
+        self.missing = []
+
+    def lacks(self, what):
+        if what not in self.missing:
+            self.missing.append(what)
+        return ast.Name(id="_missing_", ctx=ast.Load())
+
+    def visit_Attribute(self, node):
+        dotted = _dotted(node)
+        if dotted and dotted.startswith("np."):
+            spelled = self.em.np_name(dotted[3:])
+            return _expr(spelled) if spelled else self.lacks(dotted)
+        if dotted and dotted.startswith("fc.") and dotted.count(".") == 1:
+            fn = getattr(self.objects.get("fc"), dotted[3:], None)
+            spelled = self.em.fc_name(dotted[3:], fn)
+            if spelled:
+                return _expr(spelled)
+            if fn is None:
+                return self.lacks(dotted)
+            name = "fc_" + dotted[3:]
+            self.namespace[name] = self.em.port(fn)
+            return ast.Name(id=name, ctx=ast.Load())
+        self.generic_visit(node)
+        return node
+
+    def visit_Name(self, node):
+        name = node.id
+        if name in self.objects and name not in ("np", "fc", "Retrace") and name not in self.namespace:
+            obj = self.objects[name]
+            if callable(obj) and _pkg_module(obj):
+                self.namespace[name] = self.em.kernel(name, obj)[1]
+            elif callable(obj) and not isinstance(obj, np.ndarray):
+                if getattr(builtins, name, None) is not obj:
+                    self.lacks(f"{name} ({getattr(obj, '__module__', '?')})")
+                    return node
+            else:
+                self.namespace[name] = self.em.convert_constant(obj)
+        return node
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        f = node.func
+        if self.em.name == "torch" and isinstance(f, ast.Attribute) and f.attr in ("astype", "copy"):
+            if f.attr == "astype":
+                return ast.Call(func=_expr("tnp.astype"), args=[f.value] + node.args, keywords=node.keywords)
+            return ast.Call(func=ast.Attribute(value=f.value, attr="clone", ctx=ast.Load()), args=[], keywords=[])
+        return node
+
+    def visit_AugAssign(self, node):
+        self.generic_visit(node)
+        if self.em.pure and isinstance(node.target, ast.Attribute):
+            load = ast.Attribute(value=node.target.value, attr=node.target.attr, ctx=ast.Load())
+            return ast.Assign(targets=[node.target], value=ast.BinOp(left=load, op=node.op, right=node.value))
+        return node
+
+
+def _expr(text):
+    return ast.parse(text, mode="eval").body
+
+
+_COMMENT = re.compile(r"^(\s+)#(.*)$")
+_MARKER = re.compile(r"""^(\s*)(?:'|\"\"\")@@C (\d+)@@(?:'|\"\"\")$""")
+
+
+def retarget(source, objects, em, label):
+    """``(source, namespace)``: NumPy generated ``source`` (whose module globals are
+    ``objects``) spelled for emitter ``em``. A primitive the backend lacks is a
+    CompileError naming it."""
+    if em is NUMPY:
+        return source, dict(objects)
+    lines = source.splitlines()
+    head = [line for line in lines if line.startswith("#") and not line.startswith("# bound by")]
+    comments, body = [], []
+    for line in lines:
+        if line.startswith(("import ", "from ", "#")):
+            continue
+        m = _COMMENT.match(line)
+        if m:                       # a comment in a body: kept through the AST as a string statement
+            comments.append(m.group(2))
+            line = f"{m.group(1)}'@@C {len(comments) - 1}@@'"
+        body.append(line)
+    tree = ast.parse("\n".join(body))
+    rt = _Retarget(em, objects, label)
+    tree = ast.fix_missing_locations(rt.visit(tree))
+    if rt.missing:
+        raise CompileError(f"the {em.name} backend has no kernel for {', '.join(rt.missing)} "
+                           f"(used by the generated code of {label})",
+                           hint=f"run this model on NumPy (fc.to(m, 'numpy')), or add the primitive to "
+                                f"flux_compile/emitters.py's {em.name} table")
+    out = []
+    for line in ast.unparse(tree).splitlines():
+        m = _MARKER.match(line)
+        if line.startswith("def ") and out:
+            out.append("")
+        out.append(f"{m.group(1)}#{comments[int(m.group(2))]}" if m else line)
+    head = [c.replace("flux_compile", f"flux_compile ({em.name} backend)", 1) if c.startswith("# generated")
+            else c for c in head]
+    text = "\n".join(head[:1] + em.header() + head[1:]) + "\n\n" + "\n".join(out) + "\n"
+    return text, rt.namespace
+
+
+__all__ = ["BACKENDS", "BackendMissing", "Emitter", "TorchEmitter", "JaxEmitter", "emitter", "retarget"]
