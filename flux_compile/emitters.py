@@ -128,6 +128,8 @@ class TorchNumpy:
     def __getattr__(self, name):
         if name in TORCH_DIRECT:
             return getattr(self.torch, name)
+        if isinstance(getattr(np, name, None), type):       # np.integer, np.floating: type tests
+            return getattr(np, name)
         raise AttributeError(name)
 
     def _t(self, x, like=None):
@@ -292,24 +294,29 @@ def torch_kernels(torch, tnp):
     def conv2d(x, W, stride=1, padding=0):
         return torch.nn.functional.conv2d(x, W, stride=stride, padding=padding)
 
-    def conv2d_grad_x(g, x_shape, W, stride=1, padding=0):
-        return torch.nn.grad.conv2d_input(tuple(x_shape), W, g, stride=stride, padding=padding)
+    def conv2d_grad_x(dy, W, shape, stride, padding):
+        return torch.nn.grad.conv2d_input(tuple(int(n) for n in shape), W, dy, stride=stride, padding=padding)
 
-    def conv2d_grad_w(g, x, w_shape, stride=1, padding=0):
-        return torch.nn.grad.conv2d_weight(x, tuple(w_shape), g, stride=stride, padding=padding)
+    def conv2d_grad_w(dy, x, shape, stride, padding):
+        return torch.nn.grad.conv2d_weight(x, tuple(int(n) for n in shape), dy, stride=stride, padding=padding)
 
     def maxpool2d(x, k, stride=None):
-        return torch.nn.functional.max_pool2d(x, k, stride=stride)
+        return torch.nn.functional.max_pool2d(x, k, stride=k if stride is None else stride)
 
-    def maxpool2d_grad(g, x, y, k, stride=None):
-        _, idx = torch.nn.functional.max_pool2d(x, k, stride=stride, return_indices=True)
+    def maxpool2d_grad(dy, x, k, stride):
+        # each window's adjoint to its first maximum, as the NumPy kernel and PyTorch
+        _, idx = torch.nn.functional.max_pool2d(x, k, stride=k if stride is None else stride, return_indices=True)
         out = torch.zeros_like(x).flatten(2)
-        out.scatter_add_(2, idx.flatten(2), g.flatten(2))
+        out.scatter_add_(2, idx.flatten(2), dy.flatten(2))
         return out.reshape(x.shape)
+
+    def avgpool2d(x, k, stride=None):
+        return torch.nn.functional.avg_pool2d(x, k, stride=k if stride is None else stride)
 
     return {"unbroadcast": unbroadcast, "sum_grad": sum_grad, "getitem_grad": getitem_grad,
             "stack_grads": stack_grads, "conv2d": conv2d, "conv2d_grad_x": conv2d_grad_x,
-            "conv2d_grad_w": conv2d_grad_w, "maxpool2d": maxpool2d, "maxpool2d_grad": maxpool2d_grad}
+            "conv2d_grad_w": conv2d_grad_w, "maxpool2d": maxpool2d, "maxpool2d_grad": maxpool2d_grad,
+            "avgpool2d": avgpool2d}
 
 
 # ------------------------------------------------------------------------------ JAX
@@ -378,16 +385,30 @@ def jax_kernels(jax, jnp):
         s, p = _pair(stride), _pair(padding)
         return jax.lax.conv_general_dilated(x, W, s, [(p[0], p[0]), (p[1], p[1])])
 
-    def conv2d_grad_x(g, x_shape, W, stride=1, padding=0):
-        _, vjp = jax.vjp(lambda x: conv2d(x, W, stride, padding), jnp.zeros(tuple(x_shape), g.dtype))
-        return vjp(g)[0]
+    def conv2d_grad_x(dy, W, shape, stride, padding):
+        _, vjp = jax.vjp(lambda x: conv2d(x, W, stride, padding), jnp.zeros(tuple(shape), dy.dtype))
+        return vjp(dy)[0]
 
-    def conv2d_grad_w(g, x, w_shape, stride=1, padding=0):
-        _, vjp = jax.vjp(lambda W: conv2d(x, W, stride, padding), jnp.zeros(tuple(w_shape), g.dtype))
-        return vjp(g)[0]
+    def conv2d_grad_w(dy, x, shape, stride, padding):
+        _, vjp = jax.vjp(lambda W: conv2d(x, W, stride, padding), jnp.zeros(tuple(shape), dy.dtype))
+        return vjp(dy)[0]
+
+    def maxpool2d(x, k, stride=None):
+        (kh, kw), (sh, sw) = _pair(k), _pair(k if stride is None else stride)
+        return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, kh, kw), (1, 1, sh, sw), "VALID")
+
+    def maxpool2d_grad(dy, x, k, stride):
+        _, vjp = jax.vjp(lambda x: maxpool2d(x, k, stride), x)
+        return vjp(dy)[0]
+
+    def avgpool2d(x, k, stride=None):
+        (kh, kw), (sh, sw) = _pair(k), _pair(k if stride is None else stride)
+        s = jax.lax.reduce_window(x, jnp.zeros((), x.dtype), jax.lax.add, (1, 1, kh, kw), (1, 1, sh, sw), "VALID")
+        return s / (kh * kw)
 
     return {"getitem_grad": getitem_grad, "stack_grads": stack_grads, "conv2d": conv2d,
-            "conv2d_grad_x": conv2d_grad_x, "conv2d_grad_w": conv2d_grad_w}
+            "conv2d_grad_x": conv2d_grad_x, "conv2d_grad_w": conv2d_grad_w, "maxpool2d": maxpool2d,
+            "maxpool2d_grad": maxpool2d_grad, "avgpool2d": avgpool2d}
 
 
 def _pair(v):
