@@ -244,6 +244,8 @@ class TorchEmitter(Emitter):
     def kernel(self, name, obj):
         if name in self.kernels:
             return name, self.kernels[name]
+        if name == "matmul_grad_b":
+            return name, _flat_matmul_grad_b(self.port(obj))
         return name, self.port(obj)
 
     def convert_constant(self, value):
@@ -362,6 +364,8 @@ class JaxEmitter(Emitter):
     def kernel(self, name, obj):
         if name in self.kernels:
             return name, self.kernels[name]
+        if name == "matmul_grad_b":
+            return name, _flat_matmul_grad_b(self.port(obj))
         return name, self.port(obj)
 
     def convert_constant(self, value):
@@ -374,6 +378,9 @@ def jax_kernels(jax, jnp):
     """JAX versions of the package kernels whose NumPy code writes into arrays."""
 
     def getitem_grad(g, shape, index, dtype=None):
+        pads = _slice_pads(index, tuple(shape))
+        if pads is not None:        # contiguous slices: a pad, which XLA fuses (a scatter it does not)
+            return jnp.pad(g.astype(g.dtype if dtype is None else dtype), pads)
         return jnp.zeros(tuple(shape), dtype=g.dtype if dtype is None else dtype).at[index].add(g)
 
     def stack_grads(dxs, xs):
@@ -409,6 +416,31 @@ def jax_kernels(jax, jnp):
     return {"getitem_grad": getitem_grad, "stack_grads": stack_grads, "conv2d": conv2d,
             "conv2d_grad_x": conv2d_grad_x, "conv2d_grad_w": conv2d_grad_w, "maxpool2d": maxpool2d,
             "maxpool2d_grad": maxpool2d_grad, "avgpool2d": avgpool2d}
+
+
+def _flat_matmul_grad_b(general):
+    """``matmul_grad_b`` with one GEMM when a batch of rows meets a matrix (``x @ W`` with
+    ``x`` (B, T, k)): ``x`` flattened to (B*T, k), instead of B products summed after."""
+    def matmul_grad_b(g, a, b_shape):
+        if len(b_shape) == 2 and a.ndim > 2 and g.ndim == a.ndim:
+            return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+        return general(g, a, b_shape)
+    return matmul_grad_b
+
+
+def _slice_pads(index, shape):
+    """``[(before, after)]`` per axis when ``index`` is contiguous slices only, else None."""
+    index = index if isinstance(index, tuple) else (index,)
+    if len(index) > len(shape) or not all(isinstance(i, slice) for i in index):
+        return None
+    pads = []
+    for i, n in enumerate(shape):
+        start, stop, step = (index[i] if i < len(index) else slice(None)).indices(n)
+        if step != 1:
+            return None
+        stop = max(stop, start)
+        pads.append((start, n - stop))
+    return pads
 
 
 def _pair(v):
