@@ -15,6 +15,7 @@ backward, optimiser); on torch it runs eagerly.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -55,6 +56,11 @@ class Backend:
                 return self.em.jnp.asarray(x)
             return x
         return np.asarray(x) if _is_array(x) else x
+
+    def no_tape(self):
+        """A context with torch's autograd recording off (the gradient is ours): even an
+        input with ``requires_grad`` builds no tape. Nothing for the other libraries."""
+        return self.em.torch.no_grad() if self.name == "torch" else contextlib.nullcontext()
 
     def zeros_like(self, x):
         if self.name == "torch":
@@ -144,7 +150,8 @@ class BackendModel:
         c, (source, ns) = self._variant(args)
         free = tuple(self._fc_backend.native(v) for v in c.read_free(self._fc_np, ())) if c.free_paths else ()
         try:
-            return c, ns[method](self, *args, *free)
+            with self._fc_backend.no_tape():
+                return c, ns[method](self, *args, *free)
         except Exception as e:
             new = c.translate(e, "forward")
             if new is None or new is e:
@@ -206,7 +213,8 @@ class BackendModel:
                 pending = link.pending or [None] * len(names)
                 dstate = [be.zeros_like(s) if g is None else g for g, s in zip(pending, new_state)]
                 dy = (tuple(dy) if c.n_outputs is not None else (dy,)) + tuple(dstate)
-            grads = ns["backward" if input_grads else "backward_params"](self, saved, dy)
+            with be.no_tape():
+                grads = ns["backward" if input_grads else "backward_params"](self, saved, dy)
             if names:
                 gin, gstate = grads[:nuser], grads[nuser:]
                 if source is _INITIAL:
@@ -254,7 +262,8 @@ class BackendModel:
         state = self._fc_opt.setdefault(id(opt), (opt, {}))[1]
         old = [state.get(id(p)) or (0, tuple(self._fc_backend.zeros_like(p.value) for _ in opt.slots))
                for _, p in trainable]
-        new = fn([p for _, p in trainable], [s for _, s in old], [t + 1 for t, _ in old], *opt.hyperparams())
+        with self._fc_backend.no_tape():
+            new = fn([p for _, p in trainable], [s for _, s in old], [t + 1 for t, _ in old], *opt.hyperparams())
         for (_, p), (t, _), (value, slots) in zip(trainable, old, new):
             p.value = value
             state[id(p)] = (t + 1, tuple(slots))
@@ -438,6 +447,10 @@ def train_step(model, loss, opt=0.1):
     lossf = LossFunction(loss, be)
 
     def eager(x, y):
+        with be.no_tape():
+            return eager_step(x, y)
+
+    def eager_step(x, y):
         model.reset()
         x, y = be.native(x), be.native(y)
         yhat, back = model._pullback(x)

@@ -87,6 +87,9 @@ def test_torch_runs_without_autograd():
     for _, p in m2.named_params():
         assert not p.value.requires_grad and not p.grad.requires_grad and p.grad.grad_fn is None
     assert torch.is_grad_enabled()                  # nothing switched off behind the user's back
+    xt = torch.tensor(x, requires_grad=True)        # even an input that asks for a tape gets none
+    y, back = m2.pullback(xt)
+    assert y.grad_fn is None and back().grad_fn is None
 
 
 def _numpy_training(m, loss, opt, batches):
