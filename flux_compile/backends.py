@@ -246,12 +246,13 @@ class BackendModel:
 
     # -- parameters -----------------------------------------------------------------
     def named_params(self):
-        """``[(path, BackendParam)]`` in the NumPy model's order, each Param once."""
-        lookup = {id(p): path for path, p in named_params(self._fc_np)}
-        out = []
-        for path, p in named_params(self._fc_np):
-            out.append((path, _get(self, path)))
-        return out if lookup else out
+        """``[(path, BackendParam)]`` in the NumPy model's order, each Param once (the
+        structure is fixed when ``fc.to`` makes the model, so the list is kept)."""
+        cached = self.__dict__.get("_fc_params")
+        if cached is None:
+            cached = self.__dict__["_fc_params"] = [(path, _get(self, path)) for path, _ in
+                                                    named_params(self._fc_np)]
+        return list(cached)
 
     def update(self, opt=0.1):
         """One optimiser step (a number is an SGD learning rate), then zero the gradients.
@@ -270,8 +271,9 @@ class BackendModel:
         self.zero_grad()
 
     def _update_fn(self, opt):
-        trainable = [q for q, p in self.named_params() if p.trainable]
-        frozen = [q for q, p in self.named_params() if not p.trainable]
+        params = self.named_params()
+        trainable = [q for q, p in params if p.trainable]
+        frozen = [q for q, p in params if not p.trainable]
         key = ("update", type(opt), tuple(trainable), tuple(frozen))
         hit = self._fc_variants.get(key)
         if hit is None:
@@ -288,7 +290,10 @@ class BackendModel:
             p.grad = self._fc_backend.zeros_like(p.value)
 
     def reset(self):
-        for m in _backend_models(self):
+        models = self.__dict__.get("_fc_models")
+        if models is None:
+            models = self.__dict__["_fc_models"] = _backend_models(self)
+        for m in models:
             m.__dict__["_fc_state"] = None
             m.__dict__["_fc_link"] = None
         return self
