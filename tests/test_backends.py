@@ -299,3 +299,38 @@ def test_torch_cuda_equals_numpy(name):
 def test_block_is_the_benchmark_block():
     """The zoo's transformer block is the one benchmarks/backends.py times."""
     assert Block(4)(np.zeros((1, 2, 4))).shape == (1, 2, 4)
+
+
+@fc.net
+class Hostile:
+    """Strided and repeated indices, a scalar Param broadcast, reductions with and without
+    keepdims, maximum ties through relu at zero, a float constant array."""
+
+    def __init__(self, dtype=np.float64):
+        rng = np.random.default_rng(4)
+        self.W = rng.standard_normal((4, 6)).astype(dtype)
+        self.s = np.array(1.5, dtype=dtype)
+        self.mask = fc.const(np.array([1.0, 0.0, 2.0], dtype=dtype))
+
+    def forward(self, x):
+        h = x @ self.W
+        a = h[:, ::2] * self.s * self.mask
+        b = h[:, [0, 2, 2]]
+        c = fc.relu(h[1:, 1:4] - h[1:, 1:4])          # relu exactly at zero
+        return np.sum(a, axis=1) + np.max(b, axis=1) + np.mean(c) + np.sum(h[:, 3:] ** 2, axis=-1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hostile_indexing_and_broadcasting(backend, dtype):
+    m = Hostile(dtype)
+    x = np.random.default_rng(5).standard_normal((5, 4)).astype(dtype)
+    m2 = fc.to(m, backend)
+    dy = np.linspace(-1, 1, 5).astype(dtype)
+    y, dx, grads = numpy_reference(m, (x,), dy)
+    y2, back = m2.pullback(x)
+    close(y2, y, dtype)
+    close(back(dy), dx, dtype)
+    for (_, g), (_, p) in zip(grads, m2.named_params()):
+        close(p.grad, g, dtype)
+    assert to_numpy(m2.s.grad).shape == ()
