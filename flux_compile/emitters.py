@@ -246,7 +246,20 @@ class TorchEmitter(Emitter):
             return name, self.kernels[name]
         if name == "matmul_grad_b":
             return name, _flat_matmul_grad_b(self.port(obj))
+        if name == "extremum_mask":
+            return name, self._extremum_mask()
         return name, self.port(obj)
+
+    def _extremum_mask(self):
+        """Where ``a`` attains its reduced extremum ``y``, ties sharing equally (torch dtypes)."""
+        from .rules.helpers import normalize_axis, restore_axes
+        restore, torch = self.port(restore_axes), self.torch
+
+        def extremum_mask(a, y, axis=None, keepdims=False):
+            hit = a == restore(y, tuple(a.shape), axis, keepdims)
+            count = torch.sum(hit, dim=tuple(normalize_axis(axis, a.ndim)), keepdim=True)
+            return (hit / count).to(a.dtype if a.is_floating_point() else torch.float64)
+        return extremum_mask
 
     def convert_constant(self, value):
         if isinstance(value, np.ndarray):
@@ -284,8 +297,15 @@ def torch_kernels(torch, tnp):
         return torch.broadcast_to(g, tuple(shape)).clone()
 
     def getitem_grad(g, shape, index, dtype=None):
+        from .rules.helpers import _is_basic_index
         out = torch.zeros(tuple(shape), dtype=g.dtype if dtype is None else tnp.dtype(dtype), device=g.device)
-        out[index] = g
+        if _is_basic_index(index):
+            out[index] = g
+            return out
+        # advanced indexing: repeated indices add up (np.add.at), by flat positions
+        where = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(tuple(shape))[index]
+        positions = torch.as_tensor(where.reshape(-1), device=g.device)
+        out.view(-1).index_add_(0, positions, torch.broadcast_to(g, where.shape).reshape(-1).to(out.dtype))
         return out
 
     def stack_grads(dxs, xs):
