@@ -317,7 +317,11 @@ class BackendModel:
         return parts[which]
 
     def __setattr__(self, name, value):
-        self.__dict__[name] = value
+        """Refused: the generated code baked in the fields of the model ``fc.to`` was given,
+        so a changed field would be silently ignored."""
+        raise AttributeError(f"cannot set {type(self._fc_np).__name__}.{name} on a {self._fc_backend.name} "
+                             f"model: fc.to made it from a snapshot of its fields; change the NumPy model "
+                             f"(fc.to(m2, 'numpy')) and call fc.to again")
 
     def __repr__(self):
         return f"{type(self._fc_np).__name__} on {self._fc_backend.name} ({len(self.named_params())} params)"

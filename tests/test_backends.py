@@ -334,3 +334,11 @@ def test_hostile_indexing_and_broadcasting(backend, dtype):
     for (_, g), (_, p) in zip(grads, m2.named_params()):
         close(p.grad, g, dtype)
     assert to_numpy(m2.s.grad).shape == ()
+
+
+def test_setting_a_field_of_a_backend_model_is_refused():
+    """The code baked the fields in: a change would be ignored silently, so it is an error."""
+    m2 = fc.to(fc.Dense(3, 2, act=np.tanh), BACKENDS[0])
+    with pytest.raises(AttributeError, match="snapshot"):
+        m2.act = None
+    m2.update(0.1)                                  # updates still replace Param values
