@@ -26,6 +26,7 @@ from .train import train
 from .io import save, load
 from .transforms import jvp, jvp_source
 from . import distributed
+from .backends import to
 
 __all__ = [
     "__version__", "CompileError", "GradcheckError", "ModelError", "Param", "param", "const", "params",

@@ -45,6 +45,8 @@ def source(m_or_cls, which="backward", inputs=None, args=None):
     >>> print(fc.source(m, "forward", inputs=(np.ones((4, 3)),)).splitlines()[1])
     # the variant for inputs x: float64[4, 3]
     """
+    if getattr(m_or_cls, "__fc_backend__", False):       # a model moved by fc.to: its torch/JAX code
+        return m_or_cls._source(which)
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH[:4])}, not {which!r}")
     if inputs is None:

@@ -212,6 +212,10 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
       with the global batch's gradient, from rank 0's parameters; rank 0
       alone shows progress (see ``flux_compile.distributed``).
     """
+    if getattr(model, "__fc_backend__", False):     # a model moved by fc.to (torch, JAX)
+        from .backends import train as train_on_backend
+        return train_on_backend(model, loss, data, opt, epochs=epochs, callbacks=callbacks)
+
     if callable(callbacks):
         callbacks = (callbacks,)
     if epochs > 1 and iter(data) is data:

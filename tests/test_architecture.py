@@ -21,7 +21,7 @@ LAYERS = {
           parsing tracecore tracestmt traceexpr tracecall
           rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape
           rules.jvp_helpers""",
-    2: "frontend autodiff forward passes codegen emitters statehooks",
+    2: "frontend autodiff forward passes codegen emitters torchnumpy statehooks",
     3: "compiler compiled",
     4: "cache diskcache diskdigest diskguards runstate readonly updatestep",
     5: "model api display",
