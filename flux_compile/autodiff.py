@@ -374,6 +374,12 @@ class Split:
 
 
 
+def _phase(n):
+    """The id that says whether ``n`` is a forward node (below ``n_forward``): its own, or for
+    a node a pass put in place of another, that one's (``meta["origin"]``)."""
+    return n.meta.get("origin", n.id)
+
+
 def split(joint, resolve):
     """Partition the joint graph (after the passes; ``resolve`` maps its nodes to what they
     became) into training forward, saved values and backward.
@@ -386,7 +392,7 @@ def split(joint, resolve):
     nf = joint.n_forward
     outs = [resolve(o) for o in g.outputs]
     grads = [resolve(x) if x is not None else None for x in joint.input_grads]
-    effects = [n for n in g.nodes[nf:] if n.op in ("accum", "model_back")]
+    effects = [n for n in g.nodes if _phase(n) >= nf and n.op in ("accum", "model_back")]
     bwd_live = live([x for x in grads if x is not None] + effects)
     dep_seed = set()
     for n in g.nodes:
@@ -396,7 +402,7 @@ def split(joint, resolve):
     for n in g.nodes:
         if n.op == "input":         # an array a derivative rule reads at run time is an input too
             in_forward.add(n.id)
-        elif n.id >= nf:
+        elif _phase(n) >= nf:
             if n.id not in dep_seed and n.op == "getattr" and n.attr in METADATA_ATTRS \
                     and not is_leaf(n.args[0]):
                 in_forward.add(n.id)
@@ -404,7 +410,7 @@ def split(joint, resolve):
                 in_forward.add(n.id)
         elif n.op not in ("seed",):
             in_forward.add(n.id)
-    states = [n for n in g.nodes[:nf] if n.op in ("state", "guard")]
+    states = [n for n in g.nodes if _phase(n) < nf and n.op in ("state", "guard")]
     # values the backward reads from the forward
     bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != "seed"]
     saved, seen = [], set()

@@ -1,4 +1,5 @@
-"""Graph passes: algebraic simplification, CSE, shape classes, slices to concatenate, liveness.
+"""Graph passes: algebraic simplification, powers as products, CSE, shape classes, slices to
+concatenate, liveness.
 
 Each pass rewrites the graph in place and keeps SSA order. (The split of the joint graph
 into training forward, saved values and backward is autodiff's: :func:`autodiff.split`.)
@@ -76,9 +77,17 @@ def simplify(graph):
                 new = a
         elif n.op == "call" and n.fn is helpers.identity and len(n.args) == 1:
             new = n.args[0]
+        elif n.op == "call" and not n.kwargs and len(n.args) == 1 and n.fn in _SELF_INVERSE:
+            inner = n.args[0]      # -(-x) and x.T.T are x
+            if inner.op == "call" and inner.fn is n.fn and len(inner.args) == 1 and not inner.kwargs \
+                    and inner.args[0].op != "const":
+                new = inner.args[0]
         _keep_name(n, new)
         return new
     return rewrite(graph, visit)
+
+
+_SELF_INVERSE = (np.negative, np.transpose)
 
 
 def _keep_name(old, new):
@@ -246,13 +255,117 @@ def slices_to_concatenate(graph):
         _keep_name(n, joined[-1])
         return joined[-1]
     resolve = rewrite(graph, visit)
+    _insert(graph, inserts)
+    return resolve
+
+
+def _insert(graph, inserts):
+    """Put each list of new nodes into the graph just before the node ``before``. A new
+    node's ``meta["origin"]`` is the id of that node, so it belongs to the same phase
+    (forward or backward: see ``autodiff.split``)."""
     for before, new in inserts:
         at = graph.nodes.index(before)
         for node in new:
             node.id = max(m.id for m in graph.nodes) + 1
+            node.meta["origin"] = before.meta.get("origin", before.id)
             graph.nodes.insert(at, node)
             at += 1
-    return resolve
+
+
+def powers_to_products(graph):
+    """``x ** k`` for a constant integer ``k`` (2 to 4) is a product of ``x`` (``x * x * x``:
+    libm's ``pow`` is far slower than multiplying), for ``-k`` (-1 to -4) the reciprocal of
+    one, written ``1.0 / (x * x)``, when ``x`` is certainly a float; ``x ** 0.5`` is
+    ``np.sqrt(x)`` and ``x ** -0.5`` is ``1.0 / np.sqrt(x)`` (what NumPy's own ``**`` does
+    for 0.5). The derivative rules' ``x ** (p - 1)`` is rewritten the same way. The power
+    node itself becomes the last step (it keeps its id and name); the steps before it are
+    inserted. Returns the identity resolver (no node is replaced)."""
+    inserts = []
+    for n in graph.nodes:
+        form = _power_form(n)
+        if form is None:
+            continue
+        *before, (fn, args) = form
+        for node in before:
+            node.loc, node.diff = n.loc, n.diff and node.op == "call"
+        n.fn, n.args = fn, tuple(args)
+        if before:
+            inserts.append((n, before))
+    _insert(graph, inserts)
+    return lambda n: n
+
+
+def _power_form(n):
+    """How to compute ``np.power(x, p)`` without ``pow``: new nodes to insert, then the
+    ``(fn, args)`` the power node becomes; None to keep it."""
+    if not (n.op == "call" and n.fn is np.power and len(n.args) == 2 and not n.kwargs):
+        return None
+    x, p = n.args
+    if p.op != "const" or x.op == "const" or isinstance(p.value, bool) \
+            or not isinstance(p.value, (int, float)):
+        return None
+    k = p.value
+    if isinstance(k, float) and abs(k) in (0.5, 1.5) and _known_inexact(x):
+        if k == 0.5:
+            return [(np.sqrt, (x,))]
+        root = Node("call", (x,), fn=np.sqrt)
+        if abs(k) == 0.5:
+            return [root] + _reciprocal(root)
+        if k > 0:
+            return [root, (np.multiply, (x, root))]
+        product = Node("call", (x, root), fn=np.multiply)
+        return [root, product] + _reciprocal(product)
+    if not (isinstance(k, int) and (2 <= abs(k) <= 4 or k == -1)):
+        return None        # x ** 2.0 of an integer x is a float: kept, like every other power
+    if k < 0 and not _known_inexact(x):
+        return None        # an integer array to a negative power is an error in NumPy: kept
+    if k > 0:
+        return _product(x, k)
+    if k == -1:
+        return _reciprocal(x)
+    *steps, (fn, args) = _product(x, -k)
+    product = Node("call", args, fn=fn)
+    return steps + [product] + _reciprocal(product)
+
+
+def _product(x, k):
+    """``x * x`` (k = 2), ``x * x * x`` (3), ``x2 * x2`` with ``x2 = x * x`` (4): the nodes
+    before the last step, then the last step's ``(fn, args)``."""
+    if k == 2:
+        return [(np.multiply, (x, x))]
+    square = Node("call", (x, x), fn=np.multiply)
+    return [square, (np.multiply, (square, x) if k == 3 else (square, square))]
+
+
+def _reciprocal(d):
+    """``1.0 / d``: the constant node, then the last step."""
+    one = Node("const", value=1.0)
+    return [one, (np.true_divide, (one, d))]
+
+
+INEXACT_UFUNCS = {np.tanh, np.exp, np.log, np.sqrt, np.sin, np.cos, np.true_divide, np.expm1,
+                  np.log1p, np.arctan, np.sinh, np.cosh, np.reciprocal}
+ARITHMETIC = {np.add, np.subtract, np.multiply, np.negative, np.matmul, np.power, np.square}
+
+
+def _known_inexact(n, depth=0):
+    """Is ``n`` certainly a float or complex value (never an integer array)? A differentiable
+    input or a Param; a float constant; a ufunc that returns floats (``np.tanh``, division);
+    arithmetic on at least one such value and otherwise numbers."""
+    if depth > 16:
+        return False
+    if n.op == "param" or n.op == "input" and n.diff:
+        return True
+    if n.op == "const":
+        return isinstance(n.value, (float, complex)) or \
+            isinstance(n.value, (np.ndarray, np.generic)) and n.value.dtype.kind in "fc"
+    if n.op != "call" or n.kwargs:
+        return False
+    if n.fn in INEXACT_UFUNCS:
+        return True
+    if n.fn in ARITHMETIC:
+        return any(_known_inexact(a, depth + 1) for a in n.args)
+    return False
 
 
 def _summands(n):
@@ -314,9 +427,11 @@ def _static_dim(shape, axis):
 
 
 def optimize(graph):
-    """The standard pipeline: simplify, then CSE (which may expose more), slices to
-    concatenate, shape classes, then simplify again. Returns the resolver old -> new node."""
-    steps = [simplify(graph), cse(graph), slices_to_concatenate(graph), same_shapes(graph), simplify(graph)]
+    """The standard pipeline: simplify, powers as products, then CSE (which may expose more),
+    slices to concatenate, shape classes, then simplify again. Returns the resolver
+    old -> new node."""
+    steps = [simplify(graph), powers_to_products(graph), cse(graph), slices_to_concatenate(graph),
+             same_shapes(graph), simplify(graph)]
 
     def resolve(n):
         for step in steps:
