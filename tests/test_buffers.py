@@ -1,0 +1,131 @@
+"""What any reuse of arrays between calls must never break: results handed to the user
+(outputs, input gradients, Param gradients, fc.grad's gradients) and values a pullback holds
+are never overwritten by a later call, whatever the order of calls. Every check holds the
+results of one call, runs others, and compares with copies and with autograd (float64) or
+with the same computation on a fresh model."""
+import autograd
+import autograd.numpy as anp
+import numpy as np
+import pytest
+
+import flux_compile as fc
+
+RNG = np.random.default_rng(3)
+
+
+@fc.net
+class Block:
+    """Broadcast bias, a cube (products after the passes), gelu, a sum of two uses of ``h``."""
+
+    def __init__(self, n_in, n_out, dtype=np.float64):
+        self.W = (RNG.normal(size=(n_in, n_out)) / n_in).astype(dtype)
+        self.b = RNG.normal(size=(1, n_out)).astype(dtype)
+
+    def forward(self, x):
+        h = np.tanh(x @ self.W + self.b)
+        return fc.gelu(h) * h + h ** 3 * 0.5 + (h * h + 1) ** -0.5
+
+
+def block_ref(W, b, x):
+    h = anp.tanh(x @ W + b)
+    g = 0.5 * h * (1 + anp.tanh(0.7978845608028654 * (h + 0.044715 * h * h * h)))
+    return g * h + h ** 3 * 0.5 + (h * h + 1) ** -0.5
+
+
+def _inputs(batch, n, dtype):
+    return [RNG.normal(size=(batch, n)).astype(dtype) for _ in range(3)]
+
+
+def _model(dtype):
+    return fc.Chain(Block(5, 4, dtype), Block(4, 3, dtype))
+
+
+def _reference_chain(m, x, dy):
+    """Output, input gradient and Param gradients of the chain by autograd, in float64."""
+    ps = [np.asarray(p.value, np.float64) for p in fc.params(m)]
+
+    def f(ps, x):
+        return block_ref(ps[2], ps[3], block_ref(ps[0], ps[1], x))
+    y = f(ps, x.astype(np.float64))
+    vjp_ps = autograd.grad(lambda ps, x: anp.sum(f(ps, x) * dy), 0)(ps, x.astype(np.float64))
+    dx = autograd.grad(lambda x: anp.sum(f(ps, x) * dy))(x.astype(np.float64))
+    return y, dx, vjp_ps
+
+
+TOL = {np.float64: 1e-10, np.float32: 2e-4}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_outputs_of_one_call_survive_later_calls(dtype, batch):
+    m = _model(dtype)
+    xs = _inputs(batch, 5, dtype)
+    first = m(xs[0])
+    kept = first.copy()
+    for x in xs[1:] + xs[:1] + xs[1:]:
+        m(x)
+        m.pullback(x)
+    np.testing.assert_array_equal(first, kept)
+    assert first.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_interleaved_pullbacks_each_give_their_own_gradients(dtype):
+    m = _model(dtype)
+    x1, x2, x3 = _inputs(4, 5, dtype)
+    dys = [RNG.normal(size=(4, 3)).astype(dtype) for _ in range(3)]
+    y1, back1 = m.pullback(x1)
+    y2, back2 = m.pullback(x2)
+    y1_kept, y2_kept = y1.copy(), y2.copy()
+    dx2 = back2(dys[1])
+    y3, back3 = m.pullback(x3)
+    dx1 = back1(dys[0], retain=True)
+    dx1_kept, dx2_kept = dx1.copy(), dx2.copy()
+    dx3 = back3(dys[2])
+    m(x3)
+    dx1_again = back1(dys[0])          # a pullback may run twice: what it holds is intact
+    for got, kept in ((y1, y1_kept), (y2, y2_kept), (dx1, dx1_kept), (dx2, dx2_kept)):
+        np.testing.assert_array_equal(got, kept)
+    np.testing.assert_array_equal(dx1_again, dx1_kept)
+    for x, y, dx, dy in ((x1, y1, dx1, dys[0]), (x2, y2, dx2, dys[1]), (x3, y3, dx3, dys[2])):
+        y_ref, dx_ref, _ = _reference_chain(m, x, dy)
+        np.testing.assert_allclose(y, y_ref, rtol=TOL[dtype], atol=TOL[dtype])
+        np.testing.assert_allclose(dx, dx_ref, rtol=TOL[dtype], atol=TOL[dtype])
+        assert dx.dtype == dtype
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_param_gradients_accumulate_exactly_over_interleaved_calls(dtype):
+    m = _model(dtype)
+    x1, x2, _ = _inputs(3, 5, dtype)
+    dy1, dy2 = (RNG.normal(size=(3, 3)).astype(dtype) for _ in range(2))
+    _, back1 = m.pullback(x1)
+    _, back2 = m.pullback(x2)
+    back2(dy2)
+    m(x1)
+    back1(dy1)
+    want = [a + b for a, b in zip(_reference_chain(m, x1, dy1)[2], _reference_chain(m, x2, dy2)[2])]
+    for p, w in zip(fc.params(m), want):
+        assert p.grad.dtype == dtype
+        np.testing.assert_allclose(p.grad, w, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def loss(W, b, x):
+    return np.sum(np.tanh(x @ W + b) ** 3) + np.sum(W ** -2 * 1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fc_grad_results_survive_later_calls(dtype):
+    W, b = RNG.normal(size=(4, 2)).astype(dtype) + 2, RNG.normal(size=(1, 2)).astype(dtype)
+    xs = _inputs(5, 4, dtype)
+    first = fc.grad(loss, W, b, xs[0])
+    kept = [first[0]] + [g.copy() for g in first[1]]
+    later = [fc.grad(loss, W, b, x) for x in xs[1:]]
+    for got, k in zip(first[1], kept[1:]):
+        np.testing.assert_array_equal(got, k)
+    for x, (v, grads) in zip(xs, [first] + later):
+        want = autograd.grad(lambda W, b: anp.sum(anp.tanh(x @ W + b) ** 3) + anp.sum(W ** -2 * 1e-3), (0, 1))(
+            W.astype(np.float64), b.astype(np.float64))
+        for g, w in zip(grads, want):
+            assert g.dtype == dtype
+            np.testing.assert_allclose(g, w, rtol=TOL[dtype] * 10, atol=TOL[dtype])
