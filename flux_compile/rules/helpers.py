@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = [
     # shims
-    "getitem", "astype", "cast_grad", "linspace_grad", "identity", "setitem", "stack_items", "unpartition", "unrollaxis", "imag_grad",
+    "reuse", "getitem", "astype", "cast_grad", "linspace_grad", "identity", "setitem", "stack_items", "unpartition", "unrollaxis", "imag_grad",
     # broadcasting and reductions
     "unbroadcast", "normalize_axis", "reduced_size", "restore_axes", "sum_grad",
     "extremum_mask", "prod_others", "fill_none",
@@ -228,6 +228,13 @@ def inverse_permutation(axes, ndim=None):
         ndim = len(axes)
     axes = [a % ndim for a in axes]
     return tuple(int(i) for i in np.argsort(axes))
+
+
+def reuse(buffer, other):
+    """``buffer`` when an elementwise result of ``buffer`` and ``other`` has ``buffer``'s dtype
+    (the generated code's ``out=reuse(t, u)`` writes into ``t``, dead after this use), else
+    None (NumPy allocates: a float32 buffer never receives a float64 result)."""
+    return buffer if getattr(other, "dtype", None) == buffer.dtype else None
 
 
 def _is_basic_index(index):
