@@ -466,8 +466,7 @@ def plan_buffers(nodes, keep, inline):
 
     def buffer_ok(t, n):
         if t.id not in here or t.id in inline or t.id in keep or t.id in used or t.op != "call" \
-                or t.fn not in FRESH \
-                or t.kwargs or not _rank_at_least_one(t) or not _known_inexact(t) \
+                or t.fn not in FRESH or t.kwargs or not _rank_at_least_one(t) or not _known_inexact(t) \
                 or classes.of(t) != classes.of(n):
             return False
         at = statement_of(n)
@@ -476,8 +475,7 @@ def plan_buffers(nodes, keep, inline):
 
     plan, used = {}, set()
     for n in nodes:
-        if n.id in inline or n.id in keep and n.op != "call" or n.op != "call" or n.fn not in INTO_BUFFER \
-                or n.kwargs or n.meta.get("effect"):
+        if n.id in inline or n.op != "call" or n.fn not in INTO_BUFFER or n.kwargs or n.meta.get("effect"):
             continue
         for t in n.args:
             if not buffer_ok(t, n):
