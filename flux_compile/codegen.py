@@ -128,6 +128,8 @@ class FunctionEmitter:
     ``scope`` (a :class:`naming.Scope`) names every value; ``bases`` maps the base of a
     field path (``self``, or a model argument's name) to the parameter that holds it."""
 
+    PLAN_BUFFERS = True     # elementwise results written into dead temporaries (passes.plan_buffers)
+
     def __init__(self, ns, names, locs, mode, scope, back_names=None, bases=None):
         self.ns = ns
         self.scope = scope
@@ -137,7 +139,7 @@ class FunctionEmitter:
         self.inline = set()
         self.back_names = back_names if back_names is not None else {}
         self.bases = bases or {}
-        self.plan_buffers = True    # elementwise results written into dead temporaries
+        self.plan_buffers = self.PLAN_BUFFERS
         self.buffers = {}           # node id -> (buffer node, other operand or None)
 
     def path(self, base, path):

@@ -230,3 +230,69 @@ def test_the_block_writes_into_dead_temporaries_in_both_forwards():
     m.pullback(np.ones((2, 5)))
     for which in ("forward", "forward_train"):
         assert "h = np.tanh(z, out=z)" in fc.source(m, which)     # so the tests above exercise it
+
+
+# -- random elementwise programs: the same code with and without the plan, bit for bit --------
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
+OPS = ["np.tanh({a})", "np.exp({a} * 0.1)", "{a} * {b}", "{a} + {b}", "{a} - {b}", "{a} / (1.5 + {b} * {b})",
+       "np.maximum({a}, {b})", "{a} * 0.5", "-{a}", "np.sqrt({a} * {a} + 1.0)"]
+
+
+def _program(rng, n_statements=9):
+    """Source of ``f(x, y, z)``: named temporaries used several times, so some die mid-way."""
+    names, lines = ["x", "y", "z"], []
+    for i in range(n_statements):
+        a, b = (names[int(j)] for j in rng.integers(0, len(names), 2))
+        lines.append(f"    t{i} = " + OPS[int(rng.integers(len(OPS)))].format(a=a, b=b))
+        names.append(f"t{i}")
+    picks = sorted({names[int(j)] for j in rng.integers(3, len(names), 3)} | {names[-1]})
+    lines.append("    return " + " + ".join(f"np.sum({p})" for p in picks))
+    return "import numpy as np\n\ndef f(x, y, z):\n" + "\n".join(lines) + "\n"
+
+
+def _load(tmp_path, name, text):
+    (tmp_path / f"{name}.py").write_text(text)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        importlib.invalidate_caches()
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+DTYPES = [(np.float64, np.float64, np.float64), (np.float32, np.float32, np.float32),
+          (np.float32, np.float64, np.float32)]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_programs_give_the_same_bits_with_and_without_the_plan(tmp_path, monkeypatch, seed):
+    rng = np.random.default_rng(seed)
+    text = _program(rng)
+    planned, plain = _load(tmp_path, f"prog_on_{seed}", text), _load(tmp_path, f"prog_off_{seed}", text)
+    dx, dy, dz = DTYPES[seed % 3]
+    args = (rng.normal(size=(3, 4)).astype(dx), rng.normal(size=(1, 4) if seed % 2 else (3, 4)).astype(dy),
+            rng.normal(size=(4,)).astype(dz))
+    v_on, g_on = fc.grad(planned.f, *args)
+    v_on2, g_on2 = fc.grad(planned.f, *[a * 2 for a in args])          # a second call, same variant
+    monkeypatch.setattr(fc.codegen.FunctionEmitter, "PLAN_BUFFERS", False)
+    v_off, g_off = fc.grad(plain.f, *args)
+    v_off2, g_off2 = fc.grad(plain.f, *[a * 2 for a in args])
+    assert "out=" not in fc.source(plain.f, "all", args=args)
+    for on, off in [(v_on, v_off), (v_on2, v_off2)] + list(zip(g_on + g_on2, g_off + g_off2)):
+        assert np.asarray(on).dtype == np.asarray(off).dtype
+        np.testing.assert_array_equal(on, off)
+    for a, g in zip(args, g_on):
+        assert g.dtype == a.dtype and g.shape == a.shape
+
+
+def test_some_random_programs_do_write_into_buffers(tmp_path):
+    sources = []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        mod = _load(tmp_path, f"prog_src_{seed}", _program(rng))
+        args = (np.ones((3, 4)), np.ones((3, 4)), np.ones(4))
+        fc.grad(mod.f, *args)
+        sources.append(fc.source(mod.f, "all", args=args))
+    assert sum("out=" in s for s in sources) >= 6
