@@ -381,6 +381,12 @@ class Split:
 
 
 
+def _phase(n):
+    """The id that says whether ``n`` is a forward node (below ``n_forward``): its own, or for
+    a node a pass put in place of another, that one's (``meta["origin"]``)."""
+    return n.meta.get("origin", n.id)
+
+
 def split(joint, resolve):
     """Partition the joint graph (after the passes; ``resolve`` maps its nodes to what they
     became) into training forward, saved values and backward.
@@ -393,7 +399,7 @@ def split(joint, resolve):
     nf = joint.n_forward
     outs = [resolve(o) for o in g.outputs]
     grads = [resolve(x) if x is not None else None for x in joint.input_grads]
-    effects = [n for n in g.nodes[nf:] if n.op in (ACCUM, MODEL_BACK)]
+    effects = [n for n in g.nodes if _phase(n) >= nf and n.op in (ACCUM, MODEL_BACK)]
     bwd_live = live([x for x in grads if x is not None] + effects)
     dep_seed = set()
     for n in g.nodes:
@@ -403,7 +409,7 @@ def split(joint, resolve):
     for n in g.nodes:
         if n.op == INPUT:         # an array a derivative rule reads at run time is an input too
             in_forward.add(n.id)
-        elif n.id >= nf:
+        elif _phase(n) >= nf:
             if n.id not in dep_seed and n.op == GETATTR and n.attr in METADATA_ATTRS \
                     and not is_leaf(n.args[0]):
                 in_forward.add(n.id)
@@ -411,7 +417,7 @@ def split(joint, resolve):
                 in_forward.add(n.id)
         elif n.op not in (SEED,):
             in_forward.add(n.id)
-    states = [n for n in g.nodes[:nf] if n.op in (STATE, GUARD)]
+    states = [n for n in g.nodes if _phase(n) < nf and n.op in (STATE, GUARD)]
     # values the backward reads from the forward
     bwd_nodes = [n for n in g.nodes if n.id in bwd_live and n.id not in in_forward and n.op != SEED]
     saved, seen = [], set()

@@ -131,6 +131,8 @@ class FunctionEmitter:
     ``scope`` (a :class:`naming.Scope`) names every value; ``bases`` maps the base of a
     field path (``self``, or a model argument's name) to the parameter that holds it."""
 
+    PLAN_BUFFERS = True     # elementwise results written into dead temporaries (passes.plan_buffers)
+
     def __init__(self, ns, names, locs, mode, scope, back_names=None, bases=None):
         self.ns = ns
         self.scope = scope
@@ -140,6 +142,8 @@ class FunctionEmitter:
         self.inline = set()
         self.back_names = back_names if back_names is not None else {}
         self.bases = bases or {}
+        self.plan_buffers = self.PLAN_BUFFERS
+        self.buffers = {}           # node id -> (buffer node, other operand or None)
 
     def path(self, base, path):
         return _path_ast(self.bases.get(base, base), path)
@@ -263,18 +267,20 @@ class FunctionEmitter:
             for a in n.inputs():
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
         fed = naming.fed_variables(nodes)
+
+        def inlined(n):
+            return n.op not in STATEMENT_OPS and n.id not in keep and uses.get(n.id, 0) == 1 \
+                and not n.meta.get("effect") and not (n.name and not n.meta.get("anon")) \
+                and not (consumer_loc.get(n.id) and consumer_loc[n.id] != {n.loc})
+        if self.plan_buffers:
+            from .passes import plan_buffers
+            self.buffers = plan_buffers(nodes, keep, {n.id for n in nodes
+                                                      if n.op not in ALWAYS_INLINE and inlined(n)})
         body = []
         for n in nodes:
             if n.op in ALWAYS_INLINE:
                 continue
-            if n.op in STATEMENT_OPS:
-                pass
-            elif n.id in keep or uses.get(n.id, 0) != 1 or n.meta.get("effect") \
-                    or (n.name and not n.meta.get("anon")):
-                pass
-            elif consumer_loc.get(n.id) and consumer_loc[n.id] != {n.loc}:
-                pass
-            else:
+            if inlined(n):
                 self.inline.add(n.id)
                 continue
             if n.id not in self.names and (uses.get(n.id, 0) > 0 or n.id in keep or n.op == MODEL):
@@ -326,6 +332,8 @@ class FunctionEmitter:
         return out
 
     def expr_body(self, n):
+        if n.id in self.buffers:
+            return self.into_buffer(n, *self.buffers[n.id])
         saved = n.id in self.names
         if saved:
             name = self.names.pop(n.id)
@@ -334,6 +342,15 @@ class FunctionEmitter:
         finally:
             if saved:
                 self.names[n.id] = name
+
+    def into_buffer(self, n, buffer, other):
+        """``np.multiply(t, u, out=t)``: the ufunc writes into ``buffer``, dead after this use;
+        ``out=reuse(t, u)`` where only the run-time dtypes can say whether they agree."""
+        from .rules.helpers import reuse
+        out = self.expr(buffer) if other is None else ast.Call(
+            func=self.ns.name_ast(reuse), args=[self.expr(buffer), self.expr(other)], keywords=[])
+        return ast.Call(func=self.ns.name_ast(n.fn), args=[self.expr(a) for a in n.args],
+                        keywords=[ast.keyword(arg="out", value=out)])
 
     def marker(self, loc):
         if loc is None or not loc.text:

@@ -445,6 +445,9 @@ class _Retarget(ast.NodeTransformer):
         return node
 
     def visit_Call(self, node):
+        node = _without_buffer(node)
+        if not isinstance(node, ast.Call):
+            return self.visit(node)
         self.generic_visit(node)
         f = node.func
         if self.em.name == "torch" and isinstance(f, ast.Attribute) and f.attr in ("astype", "copy"):
@@ -459,6 +462,23 @@ class _Retarget(ast.NodeTransformer):
             load = ast.Attribute(value=node.target.value, attr=node.target.attr, ctx=ast.Load())
             return ast.Assign(targets=[node.target], value=ast.BinOp(left=load, op=node.op, right=node.value))
         return node
+
+
+_ARITHMETIC = {"add": ast.Add, "subtract": ast.Sub, "multiply": ast.Mult, "divide": ast.Div}
+
+
+def _without_buffer(node):
+    """The NumPy code's buffer reuse undone (``np.tanh(z, out=z)`` is ``np.tanh(z)``;
+    ``np.add(a, b, out=reuse(a, b))`` is ``a + b``): torch and JAX arrays manage their own
+    memory, and JAX has no ``out=``."""
+    if not any(k.arg == "out" for k in node.keywords):
+        return node
+    keywords = [k for k in node.keywords if k.arg != "out"]
+    f = node.func
+    if (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == "np"
+            and f.attr in _ARITHMETIC and len(node.args) == 2 and not keywords):
+        return ast.BinOp(left=node.args[0], op=_ARITHMETIC[f.attr](), right=node.args[1])
+    return ast.Call(func=node.func, args=node.args, keywords=keywords)
 
 
 def _expr(text):

@@ -303,11 +303,13 @@ def jvp_module(label, graph, tangents, free=(), n_outputs=None):
 
 def _interleaved(nodes):
     """``nodes`` (SSA order) with each tangent computation moved up to just after its primal
-    node, never before one of its inputs."""
-    at = {}
-    for n in nodes:
-        at[n.id] = max([n.meta.get("after", n.id)] + [at.get(a.id, -1) for a in n.inputs()])
-    return sorted(nodes, key=lambda n: (at[n.id], n.id))
+    node, never before one of its inputs. (A node a pass inserted for another goes where that
+    one goes: ``meta["origin"]``, in SSA order among them.)"""
+    at, position = {}, {}
+    for i, n in enumerate(nodes):
+        position[n.id] = i
+        at[n.id] = max([n.meta.get("after", n.meta.get("origin", n.id))] + [at.get(a.id, -1) for a in n.inputs()])
+    return sorted(nodes, key=lambda n: (at[n.id], n.meta.get("origin", n.id), position[n.id]))
 
 
 def _value_expr(exprs, n_outputs):

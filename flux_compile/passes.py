@@ -1,4 +1,5 @@
-"""Graph passes: algebraic simplification, CSE, shape classes, slices to concatenate, liveness.
+"""Graph passes: algebraic simplification, powers as products, CSE, shape classes, slices to
+concatenate, liveness, memory planning (which results reuse a dead operand's buffer).
 
 Each pass rewrites the graph in place and keeps SSA order. (The split of the joint graph
 into training forward, saved values and backward is autodiff's: :func:`autodiff.split`.)
@@ -77,9 +78,17 @@ def simplify(graph):
                 new = a
         elif n.op == CALL and n.fn is helpers.identity and len(n.args) == 1:
             new = n.args[0]
+        elif n.op == "call" and not n.kwargs and len(n.args) == 1 and n.fn in _SELF_INVERSE:
+            inner = n.args[0]      # -(-x) and x.T.T are x
+            if inner.op == "call" and inner.fn is n.fn and len(inner.args) == 1 and not inner.kwargs \
+                    and inner.args[0].op != "const":
+                new = inner.args[0]
         _keep_name(n, new)
         return new
     return rewrite(graph, visit)
+
+
+_SELF_INVERSE = (np.negative, np.transpose)
 
 
 def _keep_name(old, new):
@@ -247,13 +256,117 @@ def slices_to_concatenate(graph):
         _keep_name(n, joined[-1])
         return joined[-1]
     resolve = rewrite(graph, visit)
+    _insert(graph, inserts)
+    return resolve
+
+
+def _insert(graph, inserts):
+    """Put each list of new nodes into the graph just before the node ``before``. A new
+    node's ``meta["origin"]`` is the id of that node, so it belongs to the same phase
+    (forward or backward: see ``autodiff.split``)."""
     for before, new in inserts:
         at = graph.nodes.index(before)
         for node in new:
             node.id = max(m.id for m in graph.nodes) + 1
+            node.meta["origin"] = before.meta.get("origin", before.id)
             graph.nodes.insert(at, node)
             at += 1
-    return resolve
+
+
+def powers_to_products(graph):
+    """``x ** k`` for a constant integer ``k`` (2 to 4) is a product of ``x`` (``x * x * x``:
+    libm's ``pow`` is far slower than multiplying), for ``-k`` (-1 to -4) the reciprocal of
+    one, written ``1.0 / (x * x)``, when ``x`` is certainly a float; ``x ** 0.5`` is
+    ``np.sqrt(x)`` and ``x ** -0.5`` is ``1.0 / np.sqrt(x)`` (what NumPy's own ``**`` does
+    for 0.5). The derivative rules' ``x ** (p - 1)`` is rewritten the same way. The power
+    node itself becomes the last step (it keeps its id and name); the steps before it are
+    inserted. Returns the identity resolver (no node is replaced)."""
+    inserts = []
+    for n in graph.nodes:
+        form = _power_form(n)
+        if form is None:
+            continue
+        *before, (fn, args) = form
+        for node in before:
+            node.loc, node.diff = n.loc, n.diff and node.op == "call"
+        n.fn, n.args = fn, tuple(args)
+        if before:
+            inserts.append((n, before))
+    _insert(graph, inserts)
+    return lambda n: n
+
+
+def _power_form(n):
+    """How to compute ``np.power(x, p)`` without ``pow``: new nodes to insert, then the
+    ``(fn, args)`` the power node becomes; None to keep it."""
+    if not (n.op == "call" and n.fn is np.power and len(n.args) == 2 and not n.kwargs):
+        return None
+    x, p = n.args
+    if p.op != "const" or x.op == "const" or isinstance(p.value, bool) \
+            or not isinstance(p.value, (int, float)):
+        return None
+    k = p.value
+    if isinstance(k, float) and abs(k) in (0.5, 1.5) and _known_inexact(x):
+        if k == 0.5:
+            return [(np.sqrt, (x,))]
+        root = Node("call", (x,), fn=np.sqrt)
+        if abs(k) == 0.5:
+            return [root] + _reciprocal(root)
+        if k > 0:
+            return [root, (np.multiply, (x, root))]
+        product = Node("call", (x, root), fn=np.multiply)
+        return [root, product] + _reciprocal(product)
+    if not (isinstance(k, int) and (2 <= abs(k) <= 4 or k == -1)):
+        return None        # x ** 2.0 of an integer x is a float: kept, like every other power
+    if k < 0 and not _known_inexact(x):
+        return None        # an integer array to a negative power is an error in NumPy: kept
+    if k > 0:
+        return _product(x, k)
+    if k == -1:
+        return _reciprocal(x)
+    *steps, (fn, args) = _product(x, -k)
+    product = Node("call", args, fn=fn)
+    return steps + [product] + _reciprocal(product)
+
+
+def _product(x, k):
+    """``x * x`` (k = 2), ``x * x * x`` (3), ``x2 * x2`` with ``x2 = x * x`` (4): the nodes
+    before the last step, then the last step's ``(fn, args)``."""
+    if k == 2:
+        return [(np.multiply, (x, x))]
+    square = Node("call", (x, x), fn=np.multiply)
+    return [square, (np.multiply, (square, x) if k == 3 else (square, square))]
+
+
+def _reciprocal(d):
+    """``1.0 / d``: the constant node, then the last step."""
+    one = Node("const", value=1.0)
+    return [one, (np.true_divide, (one, d))]
+
+
+INEXACT_UFUNCS = {np.tanh, np.exp, np.log, np.sqrt, np.sin, np.cos, np.true_divide, np.expm1,
+                  np.log1p, np.arctan, np.sinh, np.cosh, np.reciprocal}
+ARITHMETIC = {np.add, np.subtract, np.multiply, np.negative, np.matmul, np.power, np.square}
+
+
+def _known_inexact(n, depth=0):
+    """Is ``n`` certainly a float or complex value (never an integer array)? A differentiable
+    input or a Param; a float constant; a ufunc that returns floats (``np.tanh``, division);
+    arithmetic on at least one such value and otherwise numbers."""
+    if depth > 16:
+        return False
+    if n.op == "param" or n.op == "input" and n.diff:
+        return True
+    if n.op == "const":
+        return isinstance(n.value, (float, complex)) or \
+            isinstance(n.value, (np.ndarray, np.generic)) and n.value.dtype.kind in "fc"
+    if n.op != "call" or n.kwargs:
+        return False
+    if n.fn in INEXACT_UFUNCS:
+        return True
+    if n.fn in ARITHMETIC:
+        return any(_known_inexact(a, depth + 1) for a in n.args)
+    return False
 
 
 def _summands(n):
@@ -314,10 +427,108 @@ def _static_dim(shape, axis):
     return None
 
 
+# --------------------------------------------------------------------------
+# Memory planning (codegen asks, per generated function): elementwise results written into
+# temporaries that die there.
+
+INTO_BUFFER = {np.add, np.subtract, np.multiply, np.true_divide, np.negative, np.tanh, np.exp,
+               np.log, np.sqrt, np.square, np.reciprocal, np.expm1, np.log1p, np.sin, np.cos,
+               np.maximum, np.minimum}
+"""Ufuncs whose result has their inexact operands' common dtype (and an operand's shape when
+no operand broadcasts it larger): they may write into an operand's buffer."""
+FRESH = INTO_BUFFER | {np.matmul}
+"""Calls whose result, of rank >= 1, is a new array that nothing else refers to."""
+READS_ONLY = FRESH | {np.sum, np.mean, np.dot}
+"""Calls that read an argument and keep no reference to it (nor return a view of it)."""
+
+
+def plan_buffers(nodes, keep, inline):
+    """``{node id: (buffer node, other operand or None)}``: which named elementwise results
+    are written into an operand's buffer (``out=``). The buffer ``t`` must be a fresh array
+    (rank >= 1) computed in this function by a call in ``FRESH``, never kept (an output,
+    a saved value, a gradient returned), read elsewhere only by calls that keep no reference
+    to it and only in statements that run before this one, of the result's shape class and
+    certainly a float or complex. The result's dtype is ``t``'s when the other operand is a
+    Python number or ``t`` itself; against another array the generated ``reuse(t, u)`` checks
+    the dtypes at run time. ``inline``: ids of the nodes inlined into their consumer."""
+    here = {n.id: n for n in nodes}
+    users, classes = {}, ShapeClasses()
+    for n in nodes:
+        classes.visit(n)
+        for a in n.inputs():
+            users.setdefault(a.id, []).append(n)
+    consumer = {a.id: n for n in nodes for a in n.inputs() if a.id in inline}
+    position = {n.id: i for i, n in enumerate(nodes)}
+
+    def statement_of(n):          # where an inlined node is evaluated: its consumer's statement
+        while n.id in inline and n.id in consumer:
+            n = consumer[n.id]
+        return position[n.id]
+
+    def buffer_ok(t, n):
+        if t.id not in here or t.id in inline or t.id in keep or t.id in used or t.op != "call" \
+                or t.fn not in FRESH or t.kwargs or not _rank_at_least_one(t) or not _known_inexact(t) \
+                or classes.of(t) != classes.of(n):
+            return False
+        at = statement_of(n)
+        return all(_reads_only(u) and (u is n or statement_of(u) < at or u.id in inline and u in _inside(n, inline))
+                   for u in users.get(t.id, ()))
+
+    plan, used = {}, set()
+    for n in nodes:
+        if n.id in inline or n.op != "call" or n.fn not in INTO_BUFFER or n.kwargs or n.meta.get("effect"):
+            continue
+        for t in n.args:
+            if not buffer_ok(t, n):
+                continue
+            others = [a for a in n.args if a is not t]
+            other = others[0] if others else None
+            if other is None or other is t or _weak_number(other):
+                plan[n.id] = (t, None)
+            elif (other.id not in inline and other.op != "const" and _rank_at_least_one(other)) \
+                    or other.op == "param":
+                plan[n.id] = (t, other)
+            else:
+                continue
+            used.add(t.id)
+            break
+    return plan
+
+
+def _inside(n, inline):
+    """The nodes inlined into ``n``'s expression (evaluated before ``n`` itself)."""
+    out, stack = set(), [a for a in n.inputs() if a.id in inline]
+    while stack:
+        m = stack.pop()
+        if m not in out:
+            out.add(m)
+            stack.extend(a for a in m.inputs() if a.id in inline)
+    return out
+
+
+def _reads_only(u):
+    """Does ``u`` read its arguments without keeping a reference (or a view) to them?"""
+    if u.op == "call":
+        return u.fn in READS_ONLY
+    return u.op == "accum" or u.op == "getattr" and u.attr in ("shape", "ndim", "dtype", "size")
+
+
+def _rank_at_least_one(n):
+    shape = n.meta.get("shape")
+    return isinstance(shape, tuple) and len(shape) >= 1
+
+
+def _weak_number(n):
+    """A Python number constant: it never changes an inexact array's dtype."""
+    return n.op == "const" and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)
+
+
 def optimize(graph):
-    """The standard pipeline: simplify, then CSE (which may expose more), slices to
-    concatenate, shape classes, then simplify again. Returns the resolver old -> new node."""
-    steps = [simplify(graph), cse(graph), slices_to_concatenate(graph), same_shapes(graph), simplify(graph)]
+    """The standard pipeline: simplify, powers as products, then CSE (which may expose more),
+    slices to concatenate, shape classes, then simplify again. Returns the resolver
+    old -> new node."""
+    steps = [simplify(graph), powers_to_products(graph), cse(graph), slices_to_concatenate(graph),
+             same_shapes(graph), simplify(graph)]
 
     def resolve(n):
         for step in steps:

@@ -300,7 +300,7 @@ def test_diffrule_and_nodiff():
     v, (dx,) = fc.grad(f, x)
     np.testing.assert_allclose(dx, 3 * x ** 2 + x)
     assert "cube(" in fc.source(f, "forward", args=(x,))
-    assert "3 * x ** 2" in fc.source(f, "backward", args=(x,))
+    assert "3 * (x * x)" in fc.source(f, "backward", args=(x,))     # x ** 2 as a product
 
 
 def test_missing_rule_is_a_compile_error_at_the_users_line():

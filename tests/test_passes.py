@@ -211,3 +211,130 @@ def test_split_saves_values_and_shapes_the_backward_reads():
     assert sp.saved[1][0] is y                          # y, not z: z's shape is all it needs
     assert z not in [n for n, _ in sp.saved] and any(n.op == "getattr" for n in sp.forward)
     assert all(n.id >= nf for n in sp.backward)
+
+
+# -- powers_to_products ------------------------------------------------------------
+def _power_graph(exponent, x_op="input"):
+    g, add = _graph()
+    x = add("input", name="x", diff=True) if x_op == "input" else add("input", name="n")
+    y = _call(add, np.power, x, add("const", value=exponent))
+    y.name = "y"
+    g.outputs = [y]
+    passes.powers_to_products(g)
+    return g, x, y
+
+
+def _ops(g, n):
+    """``n`` as a nested tuple of function names and leaves, read back from the graph."""
+    if n.op == "const":
+        return n.value
+    if n.op != "call":
+        return n.name
+    return (n.fn.__name__,) + tuple(_ops(g, a) for a in n.args)
+
+
+@pytest.mark.parametrize("k, expected", [
+    (2, ("multiply", "x", "x")),
+    (3, ("multiply", ("multiply", "x", "x"), "x")),
+    (4, ("multiply", ("multiply", "x", "x"), ("multiply", "x", "x"))),
+    (-1, ("divide", 1.0, "x")),
+    (-3, ("divide", 1.0, ("multiply", ("multiply", "x", "x"), "x"))),
+    (0.5, ("sqrt", "x")),
+    (-0.5, ("divide", 1.0, ("sqrt", "x"))),
+    (1.5, ("multiply", "x", ("sqrt", "x"))),
+    (-1.5, ("divide", 1.0, ("multiply", "x", ("sqrt", "x")))),
+])
+def test_powers_become_products_reciprocals_and_roots(k, expected):
+    g, x, y = _power_graph(k)
+    assert _ops(g, g.outputs[0]) == expected
+    assert g.outputs[0] is y and y.name == "y"        # the node keeps its place and name
+    order = {n.id: i for i, n in enumerate(g.nodes)}
+    assert all(order[a.id] < order[n.id] for n in g.nodes for a in n.args)     # still SSA
+
+
+@pytest.mark.parametrize("k", [2.5, 5, 2.0, -2.0, 0, True])
+def test_other_powers_stay_pow(k):
+    g, x, y = _power_graph(k)
+    assert y.fn is np.power
+
+
+@pytest.mark.parametrize("k", [-1, -2, 0.5, -0.5, 1.5])
+def test_negative_and_root_powers_of_a_maybe_integer_value_stay_pow(k):
+    g, x, y = _power_graph(k, x_op="int")      # an input that is not known to be a float
+    assert y.fn is np.power
+
+
+def _powers(x):
+    return (np.sum(x ** 2) + np.sum(np.tanh(x) ** 3) + np.sum(x ** 4 / 7) + np.sum((x * x + 1) ** -1)
+            + np.sum((x * x + 2) ** -3) + np.sum((x * x + 1) ** 0.5) + np.sum((x * x + 3) ** -0.5)
+            + np.sum(x ** -2 * 0.01) + np.sum((x * x + 1) ** 1.5))
+
+
+@pytest.mark.parametrize("x", [np.linspace(-3, 3, 7) + 0.05, np.array([-1e3, -2.5, 0.3, 1e-3, 40.0])])
+def test_rewritten_powers_match_autograd_values_and_gradients(x):
+    value, (dx,) = fc.grad(_powers, x)
+    np.testing.assert_allclose(value, _powers(x), rtol=1e-12)
+    np.testing.assert_allclose(dx, autograd.grad(lambda v: _apowers(v))(x), rtol=1e-10, atol=1e-14)
+    src = fc.source(_powers, "all", args=(x,))
+    body = "\n".join(line for line in src.splitlines() if not line.lstrip().startswith("#"))
+    assert "**" not in body                    # no pow left, forward or backward
+
+
+def _apowers(x):
+    return (anp.sum(x ** 2) + anp.sum(anp.tanh(x) ** 3) + anp.sum(x ** 4 / 7) + anp.sum((x * x + 1) ** -1)
+            + anp.sum((x * x + 2) ** -3) + anp.sum((x * x + 1) ** 0.5) + anp.sum((x * x + 3) ** -0.5)
+            + anp.sum(x ** -2 * 0.01) + anp.sum((x * x + 1) ** 1.5))
+
+
+def test_rewritten_powers_keep_float32_and_integer_semantics():
+    x32 = np.linspace(-2, 2, 5, dtype=np.float32) + np.float32(0.1)
+    v, (dx,) = fc.grad(_powers, x32)
+    assert dx.dtype == np.float32
+    np.testing.assert_allclose(dx, autograd.grad(_apowers)(x32.astype(np.float64)), rtol=2e-5)
+    n, x = np.array([3, -4, 5]), np.array([0.5, 1.0, 2.0])
+    value, (dx, _) = fc.grad(_int_cube, x, n)
+    assert value == np.sum(x * n ** 3) and dx.tolist() == [27.0, -64.0, 125.0]
+    assert "n * n * n" in fc.source(_int_cube, "forward", args=(x, n))
+    with pytest.raises(Exception, match="negative integer powers"):
+        fc.grad(_int_reciprocal, x, n)      # NumPy's error, not a silently float result
+
+
+def _int_cube(x, n):
+    return np.sum(x * n ** 3)
+
+
+def _int_reciprocal(x, n):
+    return np.sum(x * n ** -1)
+
+
+def test_zero_and_infinite_bases_follow_numpy():
+    def f(x):
+        return np.sum(x ** -2 + x ** 3 + x ** 0.5)
+    x = np.array([0.0, np.inf, -np.inf, 4.0])
+    with np.errstate(all="ignore"):
+        expected = f(x)
+        value, _ = fc.grad(f, x)
+    np.testing.assert_equal(value, expected)
+
+
+# -- simplify: self-inverse ops ----------------------------------------------------------
+@pytest.mark.parametrize("fn", [np.negative, np.transpose])
+def test_simplify_drops_double_negation_and_transpose_of_transpose(fn):
+    g, add = _graph()
+    x = add("input", name="x")
+    y = _call(add, np.tanh, _call(add, fn, _call(add, fn, x)))
+    g.outputs = [y]
+    passes.simplify(g)
+    assert y.args[0] is x
+
+
+def test_double_negation_and_transposes_compiled_match_autograd():
+    def f(W, x):
+        return np.sum(-(-(x @ W.T.T)) * np.tanh(x).T.T @ W)
+    W, x = np.random.default_rng(1).normal(size=(3, 3)), np.random.default_rng(2).normal(size=(4, 3))
+    value, (dW, dx) = fc.grad(f, W, x)
+    aW, ax = autograd.grad(lambda W, x: anp.sum(-(-(x @ W.T.T)) * anp.tanh(x).T.T @ W), (0, 1))(W, x)
+    np.testing.assert_allclose(dW, aW, rtol=1e-10)
+    np.testing.assert_allclose(dx, ax, rtol=1e-10)
+    code = [line for line in fc.source(f, "forward", args=(W, x)).splitlines() if not line.lstrip().startswith("#")]
+    assert not any(".T.T" in line or "-(-" in line for line in code)
