@@ -44,6 +44,8 @@ def source(m_or_cls, which="backward", inputs=None, args=None):
     >>> print(fc.source(m, "forward", inputs=(np.ones((4, 3)),)).splitlines()[1])
     # the variant for inputs x: float64[4, 3]
     """
+    if hasattr(m_or_cls, "step_source"):        # fc.train_step: its one module
+        return SourceText(m_or_cls.step_source(inputs if inputs is not None else args))
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH[:4])}, not {which!r}")
     if inputs is None:

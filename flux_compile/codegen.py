@@ -137,6 +137,7 @@ class FunctionEmitter:
         self.inline = set()
         self.back_names = back_names if back_names is not None else {}
         self.bases = bases or {}
+        self.on_accum = None        # fc.train_step: accum node, value ast -> statements
 
     def path(self, base, path):
         return _path_ast(self.bases.get(base, base), path)
@@ -287,6 +288,9 @@ class FunctionEmitter:
         if marker is not None:
             out.append(marker)
         name = None if unused and n.op != "model" else self.names.get(n.id)
+        if n.op == "accum" and self.on_accum is not None:
+            out.extend(self.on_accum(n, self.expr(n.args[0])))
+            return out
         if n.op == "accum":
             target = self.path(n.base, n.path + ("grad",))
             target.ctx = ast.Store()
@@ -568,6 +572,48 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     fs.defs.append(make_function("backward_params", bsig, head + body, ret))
     source, namespace, linemap, filename = build_module(label, fs, ns)
     return source, namespace, linemap, filename, dict(ns.objects)
+
+
+def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
+    """Generate fc.train_step's module: the optimiser's per-Param ``helper`` (source text
+    whose function is named ``update``) and one function ``step(*inputs, *extra_params)``
+    that runs the training forward and the backward in one body. ``on_accum(node, value,
+    env)`` gives the statements that replace ``target.grad += value`` (the fused update;
+    ``env``: ``update`` the helper's name, ``scope``, ``path(base, path)`` an ast of a field
+    path, ``params`` the extra parameters' names); ``tail(env)`` the statements and the returned expression
+    that end the function. Returns (source, namespace, linemap, filename)."""
+    from .passes import live
+    module = naming.ModuleNames()
+    ns = Namespace(module)
+    fs = FuncSet()
+    update_name = module.module_name("update")
+    helper_def = ast.parse(helper).body[0]
+    helper_def.name = update_name
+    fs.defs.append(helper_def)
+    g = joint.graph
+    scope = module.scope()
+    hints = [n.name for n in g.inputs if "free" not in n.meta] + [name for _, name in free]
+    sig = scope.params(hints + list(extra_params))
+    names, bases = bind_inputs(g.inputs, sig[:len(hints)], False, free)
+    seed_name = scope.fresh(naming.SEEDS)
+    names[joint.seeds[0].id] = seed_name
+    em = FunctionEmitter(ns, names, fs.locs, "train", scope, {}, bases)
+    em._last_loc = None
+    import types
+    env = types.SimpleNamespace(update=update_name, scope=scope, path=em.path,
+                                params=dict(zip(extra_params, sig[len(hints):])))
+    em.on_accum = lambda n, value: on_accum(n, value, env)
+    out = g.outputs[0]
+    keep = {out.id} | {a.id for a, _ in split.saved}
+    body = em.statements(split.forward, keep)
+    body.append(ast.Assign(targets=[ast.Name(id=seed_name, ctx=ast.Store())],
+                           value=_parse_expr(f"{ns.name_of(np)}.ones_like({ast.unparse(em.expr(out))})")))
+    alive = live([n for n in split.backward if n.op in ("accum", "model_back")])
+    body += em.statements([n for n in split.backward if n.id in alive], set())
+    stmts, ret = tail(env)
+    body += stmts
+    fs.defs.append(make_function("step", sig, body, ast.Tuple(elts=[em.expr(out), ret], ctx=ast.Load())))
+    return build_module(label, fs, ns)
 
 
 def bind_inputs(inputs, sig, has_self, free=()):

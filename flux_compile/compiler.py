@@ -49,6 +49,7 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.training = training
     ctx.arity_of = arity_of
     ctx.state = state
+    ctx.flatten = bool(getattr(fn, "_fc_flatten", False))     # fc.train_step's objective
     b = Builder(ctx)
     args = []
     for spec in inputs:

@@ -58,6 +58,7 @@ class Context(tracecore.Context):
         self.generic_cls = None        # the class, when compiling without an instance
         self.arity_of = None           # sub-model -> number of outputs (None: one)
         self.arg_index = {}            # input name -> position, for paths through a model argument
+        self.flatten = False           # inline sub-models' forward (whole-model flattening)
 
     def field_path(self, base, fields):
         """The guards path of ``base.<fields>`` (``self.cfg``, ``m.layers[0]``), or None."""
@@ -193,6 +194,8 @@ class Builder(Tracer):
         if kwargs:
             self.error("keyword arguments to sub-models are not supported", e,
                        hint="pass inputs positionally: self.layer(x, h)")
+        if self.ctx.flatten and flattenable(ref.obj):
+            return self.inline_model(ref, args)
         nodes = [self.as_node(a, e) for a in args]
         arity = None
         if ref.obj is not None and self.ctx.arity_of is not None:
@@ -200,6 +203,18 @@ class Builder(Tracer):
         n = Node("model", nodes, base=ref.base, path=ref.path, target=ref.expr, diff=True, arity=arity)
         n.meta["obj"] = ref.obj
         return self.ctx.add(n)
+
+    def inline_model(self, ref, args):
+        """``self.fc1(x)`` traced as the body of ``fc1``'s ``forward`` (whole-model flattening):
+        its Params become this graph's, read at ``self.fc1.W``; its code is guarded."""
+        fn = type(ref.obj).forward
+        base = self.ctx.field_path(ref.base, ref.path)
+        path = None
+        if base is not None:
+            path = base + (("cls",), ("attr", "forward"))
+            self.ctx.guard(path, "code", fn.__code__)
+        self.ctx.next_owner = f"{ref.expr}: {fn.__qualname__}"
+        return self.call_function(fn, list(args), {}, selfval=ref, path=path)
 
     def _concrete_values(self, nodes):
         """The real values of ``nodes`` when the compiler has the actual arguments, else None."""
@@ -236,6 +251,16 @@ class Builder(Tracer):
         if plan is None:
             return None
         return self.call_primitive(np.sum, [args[0]], {k: Static(v) for k, v in plan.items()}, e)
+
+
+def flattenable(obj):
+    """Can sub-model ``obj`` be inlined into its caller? Not without an instance, nor a model
+    with recurrent state or a template of its own (``fc.unroll``): those keep their call."""
+    if obj is None:
+        return False
+    cls = type(obj)
+    from .statehooks import state_names
+    return not hasattr(cls, "_fc_template") and not state_names(cls)
 
 
 def _has_rule(obj):

@@ -1,0 +1,336 @@
+"""``fc.train_step(model, loss, opt)``: one generated function for a whole training step.
+
+``step = fc.train_step(model, loss, opt)``; ``step(*inputs, target)`` runs the forward,
+the loss, the backward and the optimiser update, and returns the loss as a float.
+``fc.source(step)`` shows the generated module: the optimiser's per-Param ``update`` and
+``step`` itself.
+
+- The model is *flattened*: every sub-model without recurrent state or a template of its
+  own (``fc.unroll``) is inlined into ``step``, its Params read at their field path
+  (``model.layers[0].W.value``), its lines commented with their file and line.
+- The update is *fused* into the backward: as soon as a Param's gradient is complete
+  (summed over its uses, also when one Param is shared by two sub-models) the optimiser's
+  update runs for it, from the gradient as a local value. Such a Param's ``.grad`` is
+  neither read nor written by a step: it keeps what it held. A Param of a sub-model that
+  keeps its own call (recurrent models, ``fc.unroll``) gets its gradient through ``.grad``
+  as usual: those are zeroed before the step, read at its end, and zeroed again.
+- A step is all or nothing: ``step`` only computes new values and optimiser state; they
+  are committed (assignments, Ctrl-C held back) only when the loss and every new value
+  are finite. A fault anywhere leaves Params, optimiser state and recurrent state as
+  they were.
+"""
+from __future__ import annotations
+
+import ast
+import math
+
+import numpy as np
+
+from . import codegen, passes
+from .autodiff import differentiate, split
+from .cache import _arity_of, _spec_token, input_key
+from .compiler import _trace, flat_inputs, function_specs
+from .errors import Retrace
+from .guards import compile_checks, compile_reader
+from .params import is_model, named_params, path_str
+from .readonly import EDITS, refuse_if_held
+from .runstate import reset, restore_states, snapshot_states
+from .updatestep import Entry, NonFiniteGradient, PendingUpdate, _as_optimiser, _functional, _like
+
+__all__ = ["train_step", "TrainStep", "NonFiniteLoss"]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss of a step is NaN or infinite; nothing was updated. ``.loss`` holds it."""
+
+    def __init__(self, loss):
+        self.loss = loss
+        super().__init__(f"the loss is {loss}; nothing was updated")
+
+
+# The objectives traced for a step, one per number of model inputs. Flattened: sub-models
+# are inlined (frontend.Builder.inline_model).
+def objective1(model, loss, x, target):
+    return loss(model(x), target)
+
+
+def objective2(model, loss, x1, x2, target):
+    return loss(model(x1, x2), target)
+
+
+def objective3(model, loss, x1, x2, x3, target):
+    return loss(model(x1, x2, x3), target)
+
+
+OBJECTIVES = {1: objective1, 2: objective2, 3: objective3}
+for _f in OBJECTIVES.values():
+    _f._fc_flatten = True
+
+
+def train_step(model, loss, opt):
+    """One generated function for forward, loss, backward and update; see the module doc."""
+    if not is_model(model):
+        raise TypeError(f"fc.train_step needs an @fc.net model, got {type(model).__name__}")
+    return TrainStep(model, loss, _as_optimiser(opt))
+
+
+class StepCode:
+    """The generated step for one structure of model and inputs."""
+
+    def __init__(self, source, fn, filename, linemap, trainable, outside, checks, reader, guarded, shapes):
+        self.source, self.fn, self.filename, self.linemap = source, fn, filename, linemap
+        self.trainable = trainable      # [(path, Param)]: the order of state, steps and results
+        self.outside = outside          # Params whose gradient comes through .grad (sub-model calls)
+        self.check, self.read_free, self.guarded = checks, reader, guarded
+        self.shapes = shapes            # (Param, shape, trainable) the code was built for
+
+
+class TrainStep:
+    """``step(*inputs, target)`` -> loss (a float). ``fc.source(step)`` shows its code."""
+
+    def __init__(self, model, loss, opt):
+        self.model, self.loss, self.opt = model, loss, opt
+        self._codes = {}            # (input key, EDITS) -> StepCode
+        self.last = None
+
+    def __repr__(self):
+        return f"<fc.train_step of {type(self.model).__name__} with {self.opt!r}>"
+
+    def __call__(self, *inputs, target):
+        refuse_if_held(self.model, "fc.train_step")
+        return self.run(inputs, target)
+
+    def step_source(self, example=None):
+        """The generated module (``fc.source(step)``): of the step that ran last, or with
+        ``example=(*inputs, target)`` of the step for those arrays."""
+        if example is not None:
+            example = tuple(example)
+            return self.code_for(example[:-1], example[-1]).source
+        if self.last is None:
+            raise ValueError("this train_step has not run yet: call it once, or pass example "
+                             "arrays: fc.source(step, inputs=(x, target))")
+        return self.last.source
+
+    # -- running -------------------------------------------------------------
+    def run(self, inputs, target, reset_state=False):
+        """One step, all or nothing; returns the loss. ``reset_state``: start from the
+        model's initial recurrent state."""
+        model, opt = self.model, self.opt
+        snapshot = snapshot_states(model)
+        code = None
+        try:
+            if reset_state:
+                reset(model)
+            for attempt in range(8):
+                code = self.code_for(inputs, target, fresh=attempt > 0)
+                _zero(code.outside)
+                try:
+                    loss, new = self.call(code, inputs, target)
+                    break
+                except Retrace:
+                    restore_states(snapshot)
+                    if reset_state:
+                        reset(model)
+            else:
+                raise RuntimeError("fc.train_step: the data-dependent guards kept failing")
+            value = float(loss)
+            if not math.isfinite(value):
+                raise NonFiniteLoss(value)
+            pending = self.pending(code, new)
+        except BaseException:
+            if code is not None:
+                _zero(code.outside)
+            restore_states(snapshot)
+            raise
+        pending.commit()
+        return value
+
+    def call(self, code, inputs, target):
+        args = (self.model, self.loss) + tuple(inputs) + (target,)
+        opt = self.opt
+        entries = [opt._state_for(p) for _, p in code.trainable]
+        try:
+            return code.fn(*args, *code.read_free(OBJECTIVES[len(inputs)], args),
+                           [e.slots for e in entries], [e.step + 1 for e in entries], *opt.hyperparams())
+        except Retrace:
+            raise
+        except Exception as e:
+            raise _translate(code, e) from e
+
+    def pending(self, code, new):
+        opt = self.opt
+        values, records = [], []
+        for (path, p), (value, slots) in zip(code.trainable, new):
+            _finite(path, value)
+            before = opt._state_for(p)
+            slots = tuple(_like(s, p.value, path) for s in slots)
+            for s in slots:
+                _finite(path, s)
+            values.append((p, _like(value, p.value, path)))
+            records.append(opt.state.record(p, Entry(before.step + 1, slots)))
+        return PendingUpdate(opt, values, records, [p.grad for p in code.outside])
+
+    # -- compiling -----------------------------------------------------------
+    def code_for(self, inputs, target, fresh=False):
+        if len(inputs) not in OBJECTIVES:
+            raise TypeError(f"fc.train_step supports models of 1 to {len(OBJECTIVES)} inputs, "
+                            f"not {len(inputs)}")
+        key = (input_key(tuple(inputs) + (target,)), EDITS[0])
+        code = self._codes.get(key)
+        fn = OBJECTIVES[len(inputs)]
+        args = (self.model, self.loss) + tuple(inputs) + (target,)
+        if fresh or code is None or not _still_valid(code, fn, args):
+            code = self.build(inputs, target)
+            if len(self._codes) > 16:
+                self._codes.clear()
+            self._codes[key] = code
+        self.last = code
+        return code
+
+    def build(self, inputs, target):
+        model, opt = self.model, self.opt
+        fn = OBJECTIVES[len(inputs)]
+        args = (model, self.loss) + tuple(inputs) + (target,)
+        specs = function_specs(fn, args, "fc.train_step")
+        label = f"{type(model).__qualname__}.train_step ({type(opt).__name__})"
+        graph, arity, ctx = _trace(label, fn, None, specs, True, values=flat_inputs(specs, args),
+                                   arity_of=_arity_of)
+        if arity is not None or graph.outputs[0].meta.get("shape") not in (None, ()):
+            pass                        # a non-scalar loss is summed (its seed is ones)
+        joint = differentiate(graph, traced=ctx)
+        r = passes.optimize(graph)
+        joint.resolved_grads = [r(x) if x is not None else None for x in joint.input_grads]
+        sp = split(joint, r)
+        free_paths = list(dict.fromkeys(list(ctx.free) + list(joint.ctx.free)))
+        free_names = {**ctx.free_names, **joint.ctx.free_names}
+        plan = FusePlan(model, opt, graph, sp)
+        source, ns, linemap, filename = codegen.emit_step(
+            label, joint, sp, [(p, free_names[p]) for p in free_paths], plan.extra_params(),
+            plan.helper(), plan.on_accum, plan.tail)
+        baked = {**ctx.baked, **joint.ctx.baked}
+        guards = [(path, kind, expected) for (path, kind), expected in baked.items()]
+        for n in graph.nodes:
+            n.meta.pop("obj", None)
+        shapes = tuple((p, p.value.shape, p.trainable) for _, p in named_params(model))
+        return StepCode(source, ns["step"], filename, linemap, plan.trainable, plan.outside,
+                        compile_checks(guards), compile_reader(free_paths), ctx.guards > 0, shapes)
+
+
+def _still_valid(code, fn, args):
+    for p, shape, trainable in code.shapes:
+        if p.value.shape != shape or p.trainable != trainable:
+            return False
+    return code.check(fn, args)
+
+
+class FusePlan:
+    """Which Param each gradient belongs to, and the statements of the fused update."""
+
+    def __init__(self, model, opt, graph, sp):
+        self.opt = opt
+        self.trainable = [(q, p) for q, p in named_params(model) if p.trainable]
+        self.index = {id(p): k for k, (_, p) in enumerate(self.trainable)}
+        outside = {}
+        for n in graph.nodes:           # sub-models that keep their own call accumulate .grad
+            if n.op == "model":
+                obj = _resolve(model, n.path)
+                for _, p in named_params(obj) if is_model(obj) else ():
+                    outside[id(p)] = p
+        self.outside = list(outside.values())
+        self.pending = {}               # k -> number of gradient parts still to come
+        for n in sp.backward:
+            if n.op == "accum":
+                k = self._k(model, n)
+                if k is not None:
+                    self.pending[k] = self.pending.get(k, 0) + 1
+        self.model = model
+        self.local = {}                 # k -> name of its partial gradient
+        self.done = set()
+
+    def _k(self, model, n):
+        p = _resolve(model, n.path)
+        return self.index.get(id(p))
+
+    def extra_params(self):
+        return ["state", "steps"] + list(self.opt.hyper)
+
+    def helper(self):
+        opt = self.opt
+        slots = "(" + ", ".join(opt.slots) + ("," if len(opt.slots) == 1 else "") + ")"
+        lines = [f"def update(p, g, state, t, {', '.join(opt.hyper)}):"]
+        if opt.slots:
+            lines.append(f"    {slots} = state")
+        lines += ["    " + line for line in _functional(opt, opt.block())]
+        lines.append(f"    return p, {slots if opt.slots else '()'}")
+        return "\n".join(lines) + "\n"
+
+    def _update_call(self, env, k, grad):
+        path = self.trainable[k][0]
+        value = env.path("model", tuple(path) + ("value",))
+        hyper = ", ".join(env.params[h] for h in self.opt.hyper)
+        call = f"{env.update}({ast.unparse(value)}, {ast.unparse(grad)}, {env.params['state']}[{k}], " \
+               f"{env.params['steps']}[{k}], {hyper})"
+        target = env.scope.fresh(f"new_{k}")
+        self.done.add(k)
+        self.names[k] = target
+        return [ast.parse(f"{target} = {call}").body[0]]
+
+    names = None
+
+    def on_accum(self, n, value, env):
+        if self.names is None:
+            self.names = {}
+        k = self._k(self.model, n)
+        if k is None:
+            return []
+        self.pending[k] -= 1
+        p = self.trainable[k][1]
+        last = self.pending[k] == 0 and not any(p is q for q in self.outside)
+        if k in self.local:
+            value = ast.BinOp(ast.Name(self.local[k], ast.Load()), ast.Add(), value)
+        if last:
+            return self._update_call(env, k, value)
+        name = self.local.get(k) or env.scope.fresh(f"grad_{k}")
+        self.local[k] = name
+        return [ast.Assign(targets=[ast.Name(name, ast.Store())], value=value, lineno=0)]
+
+    def tail(self, env):
+        if self.names is None:
+            self.names = {}
+        out = []
+        for k, (path, p) in enumerate(self.trainable):
+            if k in self.done:
+                continue
+            grad = env.path("model", tuple(path) + ("grad",))
+            if k in self.local:
+                grad = ast.BinOp(ast.Name(self.local[k], ast.Load()), ast.Add(), grad)
+            out += self._update_call(env, k, grad)
+        ret = ast.List(elts=[ast.Name(self.names[k], ast.Load()) for k in range(len(self.trainable))],
+                       ctx=ast.Load())
+        return out, ret
+
+
+def _resolve(model, path):
+    obj = model
+    for f in path:
+        obj = obj[f] if isinstance(f, int) else getattr(obj, f)
+    return obj
+
+
+def _zero(params):
+    for p in params:
+        p.grad[...] = 0
+
+
+def _finite(path, value):
+    if not np.isfinite(value).all():
+        raise NonFiniteGradient(path_str(path) or "<model>", np.asarray(value))
+
+
+def _translate(code, exc):
+    """An error inside the generated step, named at the user's line when known."""
+    from .compiled import Compiled
+    fake = Compiled.__new__(Compiled)
+    fake.filename, fake.linemap, fake.owner = code.filename, code.linemap, "train_step"
+    new = Compiled.translate(fake, exc, "step")
+    return exc if new is None else new
