@@ -49,7 +49,8 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.training = training
     ctx.arity_of = arity_of
     ctx.state = state
-    ctx.flatten = bool(getattr(fn, "_fc_flatten", False))     # fc.train_step's objective
+    if getattr(fn, "_fc_flatten", False):          # fc.train_step's objective
+        ctx.flatten = flattenable
     b = Builder(ctx)
     args = []
     for spec in inputs:
@@ -81,6 +82,13 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
         state.end(b)
     g.outputs = outs
     return g, arity, ctx
+
+
+def flattenable(obj):
+    """Can sub-model ``obj`` be inlined into its caller (whole-model flattening)? Not a model
+    with recurrent state or a template of its own (``fc.unroll``): those keep their call."""
+    cls = type(obj)
+    return not hasattr(cls, "_fc_template") and not state_names(cls)
 
 
 def _input_value(g, spec):

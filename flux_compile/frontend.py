@@ -58,7 +58,7 @@ class Context(tracecore.Context):
         self.generic_cls = None        # the class, when compiling without an instance
         self.arity_of = None           # sub-model -> number of outputs (None: one)
         self.arg_index = {}            # input name -> position, for paths through a model argument
-        self.flatten = False           # inline sub-models' forward (whole-model flattening)
+        self.flatten = None            # sub-model -> inline its forward? (whole-model flattening)
 
     def field_path(self, base, fields):
         """The guards path of ``base.<fields>`` (``self.cfg``, ``m.layers[0]``), or None."""
@@ -194,7 +194,7 @@ class Builder(Tracer):
         if kwargs:
             self.error("keyword arguments to sub-models are not supported", e,
                        hint="pass inputs positionally: self.layer(x, h)")
-        if self.ctx.flatten and flattenable(ref.obj):
+        if self.ctx.flatten is not None and ref.obj is not None and self.ctx.flatten(ref.obj):
             return self.inline_model(ref, args)
         nodes = [self.as_node(a, e) for a in args]
         arity = None
@@ -251,16 +251,6 @@ class Builder(Tracer):
         if plan is None:
             return None
         return self.call_primitive(np.sum, [args[0]], {k: Static(v) for k, v in plan.items()}, e)
-
-
-def flattenable(obj):
-    """Can sub-model ``obj`` be inlined into its caller? Not without an instance, nor a model
-    with recurrent state or a template of its own (``fc.unroll``): those keep their call."""
-    if obj is None:
-        return False
-    cls = type(obj)
-    from .statehooks import state_names
-    return not hasattr(cls, "_fc_template") and not state_names(cls)
 
 
 def _has_rule(obj):

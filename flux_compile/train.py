@@ -33,7 +33,9 @@ import sys
 import threading
 import time
 
-from .optim import NonFiniteGradient, prepare_update
+from .optim import NonFiniteGradient
+from .trainstep import NonFiniteLoss, TrainStep
+from .updatestep import _as_optimiser
 from .params import named_params
 from .readonly import refuse_if_held
 from .runstate import reset, restore_states, snapshot_states
@@ -206,8 +208,6 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
       the state from one batch to the next instead (truncated backpropagation
       through time over consecutive chunks of long sequences, of one batch size).
     """
-    import flux_compile                       # the package is loaded by the time train runs
-
     if callable(callbacks):
         callbacks = (callbacks,)
     if epochs > 1 and iter(data) is data:
@@ -222,20 +222,21 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
     guard = InterruptGuard().install()
     try:
         return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
-                       flux_compile.grad, stateful)
+                       None, stateful)
     finally:
         guard.remove()
 
 
 def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, stateful=False):
     history = History()
+    step_fn = TrainStep(model, loss, _as_optimiser(opt))
     for epoch in range(1, epochs + 1):
         bar = progress_bar(total, epoch, epochs) if show else None
         epoch_total, epoch_steps = 0.0, 0
         try:
             for step, (x, y) in enumerate(data, start=1):
                 value = train_one_step(model, loss, x, y, opt, (epoch, step, len(history) + 1),
-                                       grad, guard, stateful)
+                                       grad, guard, stateful, step_fn)
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
                 if bar is not None:
@@ -319,47 +320,27 @@ class InterruptGuard:
             self.previous(*held)
 
 
-def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=True):
+def train_one_step(model, loss, x, y, opt, where, grad=None, guard=None, stateful=True, step=None):
     """One step, all or nothing; returns the loss. ``where`` is (epoch, step, overall step).
 
-    Gradients are zeroed first. Until the update is committed nothing outside
-    this step's own work has changed; if anything stops it there (an error,
-    a NaN, Ctrl-C) the gradients are zeroed again and the recurrent state put
-    back, so the model is exactly as before the step. With ``guard`` (an
-    :class:`InterruptGuard`), Ctrl-C during the commit or the undo waits for it.
-    Unless ``stateful``, the step starts from the model's initial recurrent state.
+    ``step``: the :class:`~flux_compile.trainstep.TrainStep` to run (made here when None):
+    one generated function computes the loss and every new value and optimiser state;
+    only when all of them are finite is the step committed. If anything stops it before
+    (an error, a NaN, Ctrl-C) the recurrent state is put back and the gradients a
+    sub-model call accumulated are zeroed, so the model is exactly as before the step.
+    With ``guard`` (an :class:`InterruptGuard`), Ctrl-C during the commit or the undo
+    waits for it. Unless ``stateful``, the step starts from the model's initial
+    recurrent state. ``grad`` is unused (kept for callers of the earlier signature).
     """
     guard = guard or InterruptGuard()
-    snapshot = snapshot_states(model)
-    value, pending = float("nan"), None
+    step = step or TrainStep(model, loss, _as_optimiser(opt))
+    inputs = x if isinstance(x, tuple) else (x,)
     try:
-        if not stateful:
-            reset(model)
-        _zero_grads(model)
-        # the internal pullback: nothing but this step runs between forward and backward,
-        # so the inputs and Params need no read-only hold (readonly.py)
-        yhat, back = model._pullback(*x) if isinstance(x, tuple) else model._pullback(x)
-        value, grads = grad(loss, yhat, y)
-        value = float(value)
-        if not math.isfinite(value):
-            raise TrainingError(*where[:2], value, where[2])
-        back(grads[0], input_grads=False)       # only the parameters are trained
-        pending = prepare_update(model, opt)    # checks the gradients; changes nothing
-        guard.enter_critical()                  # from here on the step completes
-        pending.commit()
+        return step.run(inputs, y, reset_state=not stateful, guard=guard)
+    except NonFiniteLoss as e:
+        raise TrainingError(*where[:2], e.loss, where[2]) from None
     except NonFiniteGradient as e:
-        guard.enter_critical()
-        _undo(model, snapshot)
-        guard.release()
-        raise GradientError(*where[:2], value, where[2], e.path, str(e).split(";")[0]) from None
-    except BaseException:
-        guard.enter_critical()
-        if pending is None or not pending.done:
-            _undo(model, snapshot)
-        guard.release()
-        raise
-    guard.release()
-    return value
+        raise GradientError(*where[:2], step.last_loss, where[2], e.path, str(e).split(";")[0]) from None
 
 
 def _zero_grads(model):

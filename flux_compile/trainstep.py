@@ -35,7 +35,8 @@ from .guards import compile_checks, compile_reader
 from .params import is_model, named_params, path_str
 from .readonly import EDITS, refuse_if_held
 from .runstate import reset, restore_states, snapshot_states
-from .updatestep import Entry, NonFiniteGradient, PendingUpdate, _as_optimiser, _functional, _like
+from . import updatestep
+from .updatestep import Entry, NonFiniteGradient, PendingUpdate, _as_optimiser, _functional
 
 __all__ = ["train_step", "TrainStep", "NonFiniteLoss"]
 
@@ -92,6 +93,7 @@ class TrainStep:
         self.model, self.loss, self.opt = model, loss, opt
         self._codes = {}            # (input key, EDITS) -> StepCode
         self.last = None
+        self.last_loss = float("nan")
 
     def __repr__(self):
         return f"<fc.train_step of {type(self.model).__name__} with {self.opt!r}>"
@@ -112,38 +114,52 @@ class TrainStep:
         return self.last.source
 
     # -- running -------------------------------------------------------------
-    def run(self, inputs, target, reset_state=False):
+    def run(self, inputs, target, reset_state=False, guard=None):
         """One step, all or nothing; returns the loss. ``reset_state``: start from the
-        model's initial recurrent state."""
-        model, opt = self.model, self.opt
+        model's initial recurrent state. ``guard`` (fc.train's interrupt guard): Ctrl-C
+        during the commit or the undo waits for it."""
+        model = self.model
         snapshot = snapshot_states(model)
-        code = None
+        code, pending, self.last_loss = None, None, float("nan")
         try:
             if reset_state:
                 reset(model)
-            for attempt in range(8):
-                code = self.code_for(inputs, target, fresh=attempt > 0)
-                _zero(code.outside)
-                try:
-                    loss, new = self.call(code, inputs, target)
-                    break
-                except Retrace:
-                    restore_states(snapshot)
-                    if reset_state:
-                        reset(model)
-            else:
-                raise RuntimeError("fc.train_step: the data-dependent guards kept failing")
-            value = float(loss)
+            code, loss, new = self.attempt(inputs, target, snapshot, reset_state)
+            value = self.last_loss = float(loss)
             if not math.isfinite(value):
                 raise NonFiniteLoss(value)
             pending = self.pending(code, new)
+            if guard is not None:
+                guard.enter_critical()              # from here on the step completes
+            pending.commit()
         except BaseException:
-            if code is not None:
-                _zero(code.outside)
-            restore_states(snapshot)
+            if guard is not None:
+                guard.enter_critical()
+            if pending is None or not pending.done:
+                if code is not None:
+                    _zero(code.outside)
+                restore_states(snapshot)
+            if guard is not None:
+                guard.release()
             raise
-        pending.commit()
+        if guard is not None:
+            guard.release()
         return value
+
+    def attempt(self, inputs, target, snapshot, reset_state):
+        """Run the step for these inputs, compiling another variant when a data-dependent
+        guard fails; returns (code, loss, new values)."""
+        for attempt in range(8):
+            code = self.code_for(inputs, target, fresh=attempt > 0)
+            _zero(code.outside)
+            try:
+                loss, new = self.call(code, inputs, target)
+                return code, loss, new
+            except Retrace:
+                restore_states(snapshot)
+                if reset_state:
+                    reset(self.model)
+        raise RuntimeError("fc.train_step: the data-dependent guards kept failing")
 
     def call(self, code, inputs, target):
         args = (self.model, self.loss) + tuple(inputs) + (target,)
@@ -160,13 +176,12 @@ class TrainStep:
     def pending(self, code, new):
         opt = self.opt
         values, records = [], []
-        for (path, p), (value, slots) in zip(code.trainable, new):
-            _finite(path, value)
+        for (path, p), (_, _, grad) in zip(code.trainable, new):
+            _finite(path, grad)                 # before anything is computed from the values
+        for (path, p), (value, slots, _) in zip(code.trainable, new):
             before = opt._state_for(p)
-            slots = tuple(_like(s, p.value, path) for s in slots)
-            for s in slots:
-                _finite(path, s)
-            values.append((p, _like(value, p.value, path)))
+            values.append((p, updatestep._like(value, p.value, path)))
+            slots = tuple(updatestep._like(s, p.value, path) for s in slots)
             records.append(opt.state.record(p, Entry(before.step + 1, slots)))
         return PendingUpdate(opt, values, records, [p.grad for p in code.outside])
 
@@ -261,7 +276,7 @@ class FusePlan:
         if opt.slots:
             lines.append(f"    {slots} = state")
         lines += ["    " + line for line in _functional(opt, opt.block())]
-        lines.append(f"    return p, {slots if opt.slots else '()'}")
+        lines.append(f"    return p, {slots if opt.slots else '()'}, g")
         return "\n".join(lines) + "\n"
 
     def _update_call(self, env, k, grad):
@@ -322,9 +337,9 @@ def _zero(params):
         p.grad[...] = 0
 
 
-def _finite(path, value):
-    if not np.isfinite(value).all():
-        raise NonFiniteGradient(path_str(path) or "<model>", np.asarray(value))
+def _finite(path, grad):
+    if not np.isfinite(grad).all():
+        raise NonFiniteGradient(path_str(path) or "<model>", np.asarray(grad))
 
 
 def _translate(code, exc):
