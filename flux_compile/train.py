@@ -218,6 +218,7 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
     except TypeError:
         total = None
     refuse_if_held(model, "fc.train")
+    _zero_grads(model)          # fused steps write no .grad: it stays zero (no stale gradient)
     show = _show_progress(progress)
     guard = InterruptGuard().install()
     try:

@@ -31,6 +31,7 @@ from .autodiff import differentiate, split
 from .cache import _arity_of, _spec_token, input_key
 from .compiler import _trace, flat_inputs, function_specs
 from .errors import Retrace
+from .frontend import attr_token
 from .guards import compile_checks, compile_reader
 from .params import is_model, named_params, path_str
 from .readonly import EDITS, refuse_if_held
@@ -84,6 +85,7 @@ class StepCode:
         self.outside = outside          # Params whose gradient comes through .grad (sub-model calls)
         self.check, self.read_free, self.guarded = checks, reader, guarded
         self.shapes = shapes            # (Param, shape, trainable) the code was built for
+        self.calls = True               # does it call a sub-model (which may have recurrent state)?
 
 
 class TrainStep:
@@ -92,7 +94,7 @@ class TrainStep:
     def __init__(self, model, loss, opt):
         self.model, self.loss, self.opt = model, loss, opt
         self._codes = {}            # (input key, EDITS) -> StepCode
-        self.last = None
+        self.last = self._current = None
         self.last_loss = float("nan")
 
     def __repr__(self):
@@ -119,16 +121,19 @@ class TrainStep:
         model's initial recurrent state. ``guard`` (fc.train's interrupt guard): Ctrl-C
         during the commit or the undo waits for it."""
         model = self.model
-        snapshot = snapshot_states(model)
-        code, pending, self.last_loss = None, None, float("nan")
+        code, pending, snapshot = None, None, None
+        self.last_loss, self._current = float("nan"), None
         try:
-            if reset_state:
-                reset(model)
-            code, loss, new = self.attempt(inputs, target, snapshot, reset_state)
+            code = self.code_for(inputs, target)
+            if code.calls:              # a sub-model keeps its call: it may carry recurrent state
+                snapshot = snapshot_states(model)
+                if reset_state:
+                    reset(model)
+            code, loss, new, entries = self.attempt(code, inputs, target, snapshot, reset_state)
             value = self.last_loss = float(loss)
             if not math.isfinite(value):
                 raise NonFiniteLoss(value)
-            pending = self.pending(code, new)
+            pending = self.pending(code, new, entries)
             if guard is not None:
                 guard.enter_critical()              # from here on the step completes
             pending.commit()
@@ -136,9 +141,11 @@ class TrainStep:
             if guard is not None:
                 guard.enter_critical()
             if pending is None or not pending.done:
+                code = code or self._current
                 if code is not None:
                     _zero(code.outside)
-                restore_states(snapshot)
+                if snapshot is not None:
+                    restore_states(snapshot)
             if guard is not None:
                 guard.release()
             raise
@@ -146,19 +153,20 @@ class TrainStep:
             guard.release()
         return value
 
-    def attempt(self, inputs, target, snapshot, reset_state):
+    def attempt(self, code, inputs, target, snapshot, reset_state):
         """Run the step for these inputs, compiling another variant when a data-dependent
-        guard fails; returns (code, loss, new values)."""
+        guard fails; returns (code, loss, new values, optimiser entries before the step)."""
         for attempt in range(8):
-            code = self.code_for(inputs, target, fresh=attempt > 0)
+            if attempt:
+                code = self.code_for(inputs, target, fresh=True)
             _zero(code.outside)
             try:
-                loss, new = self.call(code, inputs, target)
-                return code, loss, new
+                return (code,) + self.call(code, inputs, target)
             except Retrace:
-                restore_states(snapshot)
-                if reset_state:
-                    reset(self.model)
+                if snapshot is not None:
+                    restore_states(snapshot)
+                    if reset_state:
+                        reset(self.model)
         raise RuntimeError("fc.train_step: the data-dependent guards kept failing")
 
     def call(self, code, inputs, target):
@@ -166,22 +174,24 @@ class TrainStep:
         opt = self.opt
         entries = [opt._state_for(p) for _, p in code.trainable]
         try:
-            return code.fn(*args, *code.read_free(OBJECTIVES[len(inputs)], args),
-                           [e.slots for e in entries], [e.step + 1 for e in entries], *opt.hyperparams())
+            loss, new = code.fn(*args, *code.read_free(OBJECTIVES[len(inputs)], args),
+                                [e.slots for e in entries], [e.step + 1 for e in entries],
+                                *opt.hyperparams())
         except Retrace:
             raise
         except Exception as e:
             raise _translate(code, e) from e
+        return loss, new, entries
 
-    def pending(self, code, new):
+    def pending(self, code, new, entries):
         opt = self.opt
         values, records = [], []
         for (path, p), (_, _, grad) in zip(code.trainable, new):
             _finite(path, grad)                 # before anything is computed from the values
-        for (path, p), (value, slots, _) in zip(code.trainable, new):
-            before = opt._state_for(p)
-            values.append((p, updatestep._like(value, p.value, path)))
-            slots = tuple(updatestep._like(s, p.value, path) for s in slots)
+        like = updatestep._like
+        for (path, p), (value, slots, _), before in zip(code.trainable, new, entries):
+            values.append((p, like(value, p.value, path)))
+            slots = tuple(like(s, p.value, path) for s in slots)
             records.append(opt.state.record(p, Entry(before.step + 1, slots)))
         return PendingUpdate(opt, values, records, [p.grad for p in code.outside])
 
@@ -195,23 +205,40 @@ class TrainStep:
         fn = OBJECTIVES[len(inputs)]
         args = (self.model, self.loss) + tuple(inputs) + (target,)
         if fresh or code is None or not _still_valid(code, fn, args):
-            code = self.build(inputs, target)
+            code = self.shared_code(fn, args, fresh)
             if len(self._codes) > 16:
                 self._codes.clear()
             self._codes[key] = code
-        self.last = code
+        self.last = self._current = code
         return code
 
-    def build(self, inputs, target):
+    def shared_code(self, fn, args, fresh):
+        """The step for this structure from the cache shared by every TrainStep (built on a
+        miss), bound to this model's Params."""
+        from .rules import GENERATION
         model, opt = self.model, self.opt
-        fn = OBJECTIVES[len(inputs)]
-        args = (model, self.loss) + tuple(inputs) + (target,)
         specs = function_specs(fn, args, "fc.train_step")
+        everything = named_params(model)
+        first = {}
+        sharing = tuple(first.setdefault(id(p), i) for i, (_, p) in enumerate(everything))
+        key = (GENERATION[0], type(opt), tuple(opt.hyper), tuple(opt.slots), sharing,
+               tuple(_spec_token(s) for s in specs), tuple(_structure(model)))
+        for module in [] if fresh else _SHARED.get(key, ()):
+            if module.check(fn, args):
+                return module.bind(model)
+        module = self.build(fn, args, specs)
+        variants = _SHARED.setdefault(key, [])
+        variants.insert(0, module)
+        del variants[8:]
+        if len(_SHARED) > 256:
+            _SHARED.pop(next(iter(_SHARED)))
+        return module.bind(model)
+
+    def build(self, fn, args, specs):
+        model, opt = self.model, self.opt
         label = f"{type(model).__qualname__}.train_step ({type(opt).__name__})"
         graph, arity, ctx = _trace(label, fn, None, specs, True, values=flat_inputs(specs, args),
                                    arity_of=_arity_of)
-        if arity is not None or graph.outputs[0].meta.get("shape") not in (None, ()):
-            pass                        # a non-scalar loss is summed (its seed is ones)
         joint = differentiate(graph, traced=ctx)
         r = passes.optimize(graph)
         joint.resolved_grads = [r(x) if x is not None else None for x in joint.input_grads]
@@ -226,9 +253,31 @@ class TrainStep:
         guards = [(path, kind, expected) for (path, kind), expected in baked.items()]
         for n in graph.nodes:
             n.meta.pop("obj", None)
+        module = StepModule(source, ns["step"], filename, linemap, [q for q, _ in plan.trainable],
+                            plan.outside_paths, compile_checks(guards), compile_reader(free_paths))
+        module.calls = any(n.op == "model" for n in graph.nodes)
+        return module
+
+
+_SHARED = {}        # structure key -> [StepModule]: one generated step per structure, for every model
+
+
+class StepModule:
+    """A generated step for one structure of model and inputs, any instance of it."""
+
+    def __init__(self, source, fn, filename, linemap, trainable_paths, outside_paths, check, reader):
+        self.source, self.fn, self.filename, self.linemap = source, fn, filename, linemap
+        self.trainable_paths, self.outside_paths = trainable_paths, outside_paths
+        self.check, self.read_free = check, reader
+
+    def bind(self, model):
+        trainable = [(q, _resolve(model, q)) for q in self.trainable_paths]
+        outside = [_resolve(model, q) for q in self.outside_paths]
         shapes = tuple((p, p.value.shape, p.trainable) for _, p in named_params(model))
-        return StepCode(source, ns["step"], filename, linemap, plan.trainable, plan.outside,
-                        compile_checks(guards), compile_reader(free_paths), ctx.guards > 0, shapes)
+        code = StepCode(self.source, self.fn, self.filename, self.linemap, trainable, outside,
+                        self.check, self.read_free, False, shapes)
+        code.calls = self.calls
+        return code
 
 
 def _still_valid(code, fn, args):
@@ -249,9 +298,10 @@ class FusePlan:
         for n in graph.nodes:           # sub-models that keep their own call accumulate .grad
             if n.op == "model":
                 obj = _resolve(model, n.path)
-                for _, p in named_params(obj) if is_model(obj) else ():
-                    outside[id(p)] = p
-        self.outside = list(outside.values())
+                for q, p in named_params(obj) if is_model(obj) else ():
+                    outside.setdefault(id(p), (tuple(n.path) + tuple(q), p))
+        self.outside = [p for _, p in outside.values()]
+        self.outside_paths = [q for q, _ in outside.values()]
         self.pending = {}               # k -> number of gradient parts still to come
         for n in sp.backward:
             if n.op == "accum":
@@ -323,6 +373,29 @@ class FusePlan:
         ret = ast.List(elts=[ast.Name(self.names[k], ast.Load()) for k in range(len(self.trainable))],
                        ctx=ast.Load())
         return out, ret
+
+
+def _structure(value, path=(), seen=None):
+    """Every model inside ``value`` (also in lists, tuples and dicts), by path, with the
+    tokens of its attributes: what a flattened step bakes in of the model's structure."""
+    seen = set() if seen is None else seen
+    if is_model(value):
+        if id(value) in seen:
+            yield path, "seen"
+            return
+        seen.add(id(value))
+        yield path, type(value), tuple((k, attr_token(v)) for k, v in vars(value).items()
+                                       if not k.startswith("_"))
+        items = [(k, v) for k, v in vars(value).items() if not k.startswith("_")]
+    elif isinstance(value, (list, tuple)):
+        items = list(enumerate(value))
+    elif isinstance(value, dict):
+        items = [(k, v) for k, v in value.items() if isinstance(k, (str, int))]
+    else:
+        return
+    for k, v in items:
+        if is_model(v) or isinstance(v, (list, tuple, dict)):
+            yield from _structure(v, path + (k,), seen)
 
 
 def _resolve(model, path):
