@@ -174,6 +174,10 @@ def input_key(args):
         return None
     key = []
     for a in args:
+        if type(a) is np.ndarray:           # the common case first (the call path is hot)
+            kind = a.dtype.kind
+            key.append((a.ndim, kind in "fc", tuple(d == 1 for d in a.shape), kind == "c"))
+            continue
         if isinstance(a, Param):
             a = a.value
         if pytree.is_structured(a):         # its leaves are inputs: the structure and each leaf's key
