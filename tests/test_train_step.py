@@ -227,3 +227,70 @@ def test_structure_change_recompiles():
     want = reference_step(b, fc.mse, optim.SGD(0.1), x, t)
     assert step(x, target=t) == pytest.approx(want, rel=1e-12)
     assert fc.source(step).count("np.tanh(") == 2
+
+
+def test_same_structure_with_other_trainable_flags_gets_its_own_step():
+    """The generated step is shared per structure; a frozen layer is another structure."""
+    np.random.seed(10)
+    free, frozen_one = mlp(), frozen()
+    x, t = data("mlp")
+    fc.train_step(free, fc.mse, optim.Adam(0.01))(x, target=t)
+    b = copy.deepcopy(frozen_one)
+    want = reference_step(b, fc.mse, optim.Adam(0.01), x, t)
+    step = fc.train_step(frozen_one, fc.mse, optim.Adam(0.01))
+    assert step(x, target=t) == pytest.approx(want, rel=1e-12)
+    for va, vb in zip(values(b), values(frozen_one)):
+        np.testing.assert_allclose(vb, va, rtol=1e-12, atol=1e-14)
+    src = fc.source(step)
+    assert "update(model.layers[0]" not in src and src.count("update(model.layers[1]") == 2
+
+
+@fc.net
+class TwoInputs:
+    def __init__(self):
+        self.a = fc.Dense(3, 2, act=np.tanh)
+        self.b = fc.Dense(4, 2)
+
+    def forward(self, x, z):
+        return self.a(x) * self.b(z)
+
+
+def test_model_with_two_inputs():
+    np.random.seed(11)
+    m = TwoInputs()
+    ref = copy.deepcopy(m)
+    step = fc.train_step(m, fc.mse, optim.RMSProp(0.01))
+    opt = optim.RMSProp(0.01)
+    for _ in range(3):
+        x, z, t = np.random.randn(5, 3), np.random.randn(5, 4), np.random.randn(5, 2)
+        yhat, back = ref.pullback(x, z)
+        value, grads = fc.grad(fc.mse, yhat, t)
+        back(grads[0], input_grads=False)
+        ref.update(opt)
+        assert step(x, z, target=t) == pytest.approx(float(value), rel=1e-12)
+    for va, vb in zip(values(ref), values(m)):
+        np.testing.assert_allclose(vb, va, rtol=1e-12, atol=1e-14)
+
+
+def test_an_error_in_the_step_names_the_users_line():
+    np.random.seed(12)
+    m = mlp()
+    step = fc.train_step(m, fc.mse, optim.SGD(0.1))
+    x, t = data("mlp")
+    step(x, target=t)
+    with pytest.raises(ValueError, match=r"losses\.py:\d+: return np\.mean"):
+        step(x, target=t[:, :2])
+
+
+def test_fc_train_runs_the_train_step_and_equals_the_reference():
+    np.random.seed(13)
+    m = twin()
+    ref = copy.deepcopy(m)
+    batches = [data("twin") for _ in range(3)]
+    fc.train(m, fc.mse, batches, optim.Nesterov(0.05), progress=False)
+    opt = optim.Nesterov(0.05)
+    for x, t in batches:
+        reference_step(ref, fc.mse, opt, x, t)
+    for va, vb in zip(values(ref), values(m)):
+        np.testing.assert_allclose(vb, va, rtol=1e-12, atol=1e-14)
+    assert all(not p.grad.any() for p in fc.params(m))
