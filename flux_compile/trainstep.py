@@ -30,7 +30,7 @@ from . import codegen, passes
 from .autodiff import differentiate, split
 from .cache import _arity_of, _spec_token, input_key
 from .compiler import _trace, flat_inputs, function_specs
-from .errors import Retrace
+from .errors import ModelError, Retrace, error_message, model_error_type
 from .frontend import attr_token
 from .guards import compile_checks, compile_reader
 from .params import is_model, named_params, path_str
@@ -80,12 +80,13 @@ class StepCode:
     """The generated step for one structure of model and inputs."""
 
     def __init__(self, source, fn, filename, linemap, trainable, outside, checks, reader, guarded, shapes):
-        self.source, self.fn, self.filename, self.linemap = source, fn, filename, linemap
+        self.source, self.fn, self.filename, self.line_locs = source, fn, filename, linemap
         self.trainable = trainable      # [(path, Param)]: the order of state, steps and results
         self.outside = outside          # Params whose gradient comes through .grad (sub-model calls)
         self.check, self.read_free, self.guarded = checks, reader, guarded
         self.shapes = shapes            # (Param, shape, trainable) the code was built for
         self.calls = True               # does it call a sub-model (which may have recurrent state)?
+        self.label = "train_step"
 
 
 class TrainStep:
@@ -256,6 +257,7 @@ class TrainStep:
         module = StepModule(source, ns["step"], filename, linemap, [q for q, _ in plan.trainable],
                             plan.outside_paths, compile_checks(guards), compile_reader(free_paths))
         module.calls = any(n.op == "model" for n in graph.nodes)
+        module.label = f"{type(model).__name__}.train_step"
         return module
 
 
@@ -266,7 +268,7 @@ class StepModule:
     """A generated step for one structure of model and inputs, any instance of it."""
 
     def __init__(self, source, fn, filename, linemap, trainable_paths, outside_paths, check, reader):
-        self.source, self.fn, self.filename, self.linemap = source, fn, filename, linemap
+        self.source, self.fn, self.filename, self.line_locs = source, fn, filename, linemap
         self.trainable_paths, self.outside_paths = trainable_paths, outside_paths
         self.check, self.read_free = check, reader
 
@@ -274,9 +276,9 @@ class StepModule:
         trainable = [(q, _resolve(model, q)) for q in self.trainable_paths]
         outside = [_resolve(model, q) for q in self.outside_paths]
         shapes = tuple((p, p.value.shape, p.trainable) for _, p in named_params(model))
-        code = StepCode(self.source, self.fn, self.filename, self.linemap, trainable, outside,
+        code = StepCode(self.source, self.fn, self.filename, self.line_locs, trainable, outside,
                         self.check, self.read_free, False, shapes)
-        code.calls = self.calls
+        code.calls, code.label = self.calls, self.label
         return code
 
 
@@ -416,9 +418,21 @@ def _finite(path, grad):
 
 
 def _translate(code, exc):
-    """An error inside the generated step, named at the user's line when known."""
-    from .compiled import Compiled
-    fake = Compiled.__new__(Compiled)
-    fake.filename, fake.linemap, fake.owner = code.filename, code.linemap, "train_step"
-    new = Compiled.translate(fake, exc, "step")
-    return exc if new is None else new
+    """An error inside the generated step as a ModelError naming the user's line (the
+    statement's file:line from the step's line map), or ``exc`` itself when none is known."""
+    tb, lineno = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == code.filename:
+            lineno = tb.tb_lineno
+        tb = tb.tb_next
+    loc = code.line_locs.get(lineno) if lineno is not None else None
+    if loc is None:
+        return exc
+    frame = (f"{code.label} (step)", f"{loc.filename}:{loc.lineno}", loc.text)
+    if isinstance(exc, ModelError):
+        exc.trace.append(frame)
+        return exc
+    try:
+        return model_error_type(type(exc))(error_message(exc), [frame])
+    except Exception:
+        return ModelError(f"{type(exc).__name__}: {exc}", [frame])
