@@ -294,3 +294,37 @@ def test_fc_train_runs_the_train_step_and_equals_the_reference():
     for va, vb in zip(values(ref), values(m)):
         np.testing.assert_allclose(vb, va, rtol=1e-12, atol=1e-14)
     assert all(not p.grad.any() for p in fc.params(m))
+
+
+@fc.net
+class SharedWithRecurrent:
+    """A Param used by an inlined layer and by a recurrent cell that keeps its own call."""
+
+    def __init__(self):
+        self.cell = fc.RNN(3, 3)
+        self.read = fc.Dense(3, 3)
+        self.read.W = self.cell.Wh          # one Param, two owners
+
+    def forward(self, x):
+        return self.read(self.cell(x))
+
+
+@pytest.mark.parametrize("opt_name", ["SGD", "Adam"])
+def test_param_shared_by_an_inlined_layer_and_a_recurrent_cell(opt_name):
+    """Its gradient is the local part plus what the cell's backward put in .grad."""
+    np.random.seed(14)
+    m = SharedWithRecurrent()
+    ref = copy.deepcopy(m)
+    step = fc.train_step(m, fc.mse, OPTIMISERS[opt_name]())
+    opt = OPTIMISERS[opt_name]()
+    for _ in range(3):
+        x, t = np.random.randn(4, 3), np.random.randn(4, 3)
+        ref.reset()
+        m.reset()
+        want = reference_step(ref, fc.mse, opt, x, t)
+        assert step(x, target=t) == pytest.approx(want, rel=1e-12)
+        for va, vb in zip(values(ref), values(m)):
+            np.testing.assert_allclose(vb, va, rtol=1e-12, atol=1e-14)
+    src = fc.source(step)
+    assert "_pullback" in src and "cell.Wh.grad" in src
+    assert all(not p.grad.any() for p in fc.params(m))
