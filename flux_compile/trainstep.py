@@ -413,6 +413,11 @@ def _zero(params):
 
 
 def _finite(path, grad):
+    """Raise NonFiniteGradient unless every entry of ``grad`` is finite. A finite sum settles
+    it without a temporary array (NaN and inf propagate into the sum); a sum that overflowed
+    is checked entry by entry."""
+    if np.isfinite(np.sum(grad)):
+        return
     if not np.isfinite(grad).all():
         raise NonFiniteGradient(path_str(path) or "<model>", np.asarray(grad))
 

@@ -328,3 +328,14 @@ def test_param_shared_by_an_inlined_layer_and_a_recurrent_cell(opt_name):
     src = fc.source(step)
     assert "_pullback" in src and "cell.Wh.grad" in src
     assert all(not p.grad.any() for p in fc.params(m))
+
+
+def test_gradient_check_is_exact_when_the_sum_overflows():
+    from flux_compile import trainstep
+    trainstep._finite(("W",), np.full(10, 1e308))                # finite, its sum is inf
+    trainstep._finite(("W",), np.full(10, 3e38, dtype=np.float32))
+    for bad in (np.inf, -np.inf, np.nan):
+        g = np.ones(5)
+        g[2] = bad
+        with pytest.raises(optim.NonFiniteGradient, match="gradient of W"):
+            trainstep._finite(("W",), g)
