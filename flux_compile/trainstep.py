@@ -330,6 +330,7 @@ class FusePlan:
         self.model = model
         self.local = {}                 # k -> name of its partial gradient
         self.done = set()
+        self.names = {}                 # k -> name of its (new value, new slots, gradient)
 
     def _k(self, model, n):
         p = _resolve(model, n.path)
@@ -359,11 +360,7 @@ class FusePlan:
         self.names[k] = target
         return [ast.parse(f"{target} = {call}").body[0]]
 
-    names = None
-
     def on_accum(self, n, value, env):
-        if self.names is None:
-            self.names = {}
         k = self._k(self.model, n)
         if k is None:
             return []
@@ -379,13 +376,18 @@ class FusePlan:
         return [ast.Assign(targets=[ast.Name(name, ast.Store())], value=value, lineno=0)]
 
     def tail(self, env):
-        if self.names is None:
-            self.names = {}
+        """Updates of the Params whose gradient is not complete in the backward: those a
+        sub-model call accumulates in ``.grad`` (plus any local part), and unused ones (zero)."""
         out = []
+        outside = {id(q) for q in self.outside}
         for k, (path, p) in enumerate(self.trainable):
             if k in self.done:
                 continue
-            grad = env.path("model", tuple(path) + ("grad",))
+            if id(p) in outside:
+                grad = env.path("model", tuple(path) + ("grad",))
+            else:                       # no gradient reaches it: zero, as model.update would see
+                value = ast.unparse(env.path("model", tuple(path) + ("value",)))
+                grad = ast.parse(f"np.zeros_like({value})", mode="eval").body
             if k in self.local:
                 grad = ast.BinOp(ast.Name(self.local[k], ast.Load()), ast.Add(), grad)
             out += self._update_call(env, k, grad)
