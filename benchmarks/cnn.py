@@ -140,7 +140,12 @@ def main(argv=None):
     fc_step(m, x, labels)
     numpy_step(P, x, labels)
     err = max(float(np.abs(P[0] - m[0].W.value).max()), float(np.abs(P[4] - m[4].W.value).max()))
-    contenders = {"flux_compile": lambda: fc_step(m, x, labels), "numpy": lambda: numpy_step(P, x, labels)}
+    m2 = fc_model()
+    step = fc.train_step(m2, fc.logitcrossentropy, fc.optim.SGD(LR))
+    step(x, target=labels)
+    err = max(err, max(float(np.abs(p.value - q.value).max()) for p, q in zip(fc.params(m), fc.params(m2))))
+    contenders = {"flux_compile": lambda: fc_step(m, x, labels), "numpy": lambda: numpy_step(P, x, labels),
+                  "train_step": lambda: step(x, target=labels)}
     if tstep is not None:
         tstep()
         err = max(err, float(np.abs(net[0].weight.detach().numpy() - m[0].W.value).max()))
@@ -150,7 +155,7 @@ def main(argv=None):
     print(f"CNN 2x conv3x3 16ch + maxpool2 + Dense, batch {a.batch}, 28x28, float32 "
           f"(weights agree to {err:.1e} after one step)")
     for name, label in (("torch", "PyTorch eager (1 thread)"), ("numpy", "hand-written NumPy"),
-                        ("flux_compile", "flux_compile")):
+                        ("flux_compile", "flux_compile pullback/back"), ("train_step", "flux_compile train_step")):
         if name in best:
             print(f"  {label:26s}: {best[name] * 1e3:8.2f} ms/step   ratio to torch {best[name] / ref:5.2f}x"
                   f"   to NumPy {best[name] / best['numpy']:5.2f}x")

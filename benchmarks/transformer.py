@@ -165,7 +165,13 @@ def main(argv=None):
     fc_step(m, x, target)
     numpy_step(P, x, target)
     err = max(float(np.abs(p - value(n)).max()) for p, n in zip(P, names))
-    contenders = {"flux_compile": lambda: fc_step(m, x, target), "numpy": lambda: numpy_step(P, x, target)}
+    flux_compile.init.seed(0)
+    m2 = Block(D)
+    step = fc.train_step(m2, fc.mse, fc.optim.SGD(LR))
+    step(x, target=target)
+    err = max(err, max(float(np.abs(p.value - q.value).max()) for p, q in zip(fc.params(m), fc.params(m2))))
+    contenders = {"flux_compile": lambda: fc_step(m, x, target), "numpy": lambda: numpy_step(P, x, target),
+                  "train_step": lambda: step(x, target=target)}
     if tstep is not None:
         tstep()
         err = max(err, max(float(np.abs(w.detach().numpy() - value(n)).max()) for w, n in zip(tW, names)))
@@ -175,7 +181,7 @@ def main(argv=None):
     print(f"transformer block B{B} T{T} d{D}, one head, fc.gelu, LayerNorm, float32 "
           f"(weights agree to {err:.1e} after one step)")
     for name, label in (("torch", "PyTorch eager (1 thread)"), ("numpy", "hand-written NumPy"),
-                        ("flux_compile", "flux_compile")):
+                        ("flux_compile", "flux_compile pullback/back"), ("train_step", "flux_compile train_step")):
         if name in best:
             print(f"  {label:26s}: {best[name] * 1e3:8.2f} ms/step   ratio to torch {best[name] / ref:5.2f}x"
                   f"   to NumPy {best[name] / best['numpy']:5.2f}x")

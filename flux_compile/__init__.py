@@ -23,6 +23,7 @@ from .recurrent import reset
 from .sequences import unroll, unroll1, flip
 from .rnn import RNN, GRU, LSTM
 from .train import train
+from .trainstep import train_step
 from .io import save, load
 from .transforms import jvp, jvp_source
 from . import distributed
@@ -34,7 +35,7 @@ __all__ = [
     "softplus", "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten", "net", "source", "graph", "grad",
     "update", "shapes", "gradcheck", "optim", "data", "initn", "glorot_uniform", "glorot_normal", "zeros",
     "mse", "crossentropy", "logitcrossentropy", "binarycrossentropy", "Affine", "Dense", "Chain", "Dropout",
-    "dropout", "freeze", "unfreeze", "unroll", "unroll1", "flip", "reset", "RNN", "GRU", "LSTM", "train",
+    "dropout", "freeze", "unfreeze", "unroll", "unroll1", "flip", "reset", "RNN", "GRU", "LSTM", "train", "train_step",
     "save", "load", "conv2d", "maxpool2d", "avgpool2d", "Conv2d", "MaxPool2d", "AvgPool2d", "LayerNorm",
     "Embedding", "BatchNorm", "testmode", "trainmode",
 ]

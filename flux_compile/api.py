@@ -47,6 +47,8 @@ def source(m_or_cls, which="backward", inputs=None, args=None):
     """
     if getattr(m_or_cls, "__fc_backend__", False):       # a model moved by fc.to: its torch/JAX code
         return m_or_cls._source(which)
+    if hasattr(m_or_cls, "step_source"):        # fc.train_step: its one module
+        return SourceText(m_or_cls.step_source(inputs if inputs is not None else args))
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH[:4])}, not {which!r}")
     if inputs is None:

@@ -25,6 +25,7 @@ from .errors import CompileError
 from .frontend import IdentityTable, attr_token, get_source
 from .guards import compile_reader
 from .params import cycle_error, is_model
+from .rules import GENERATION
 from .statehooks import state_names
 from .tokens import freeze
 
@@ -142,7 +143,6 @@ def compile_model(m_or_cls, args=None, fresh=False):
 def cached_variant(inst, ikey, last=False):
     """The instance's compiled variant for input key ``ikey`` (with ``last``: the one that ran
     last) while it is still valid, else None. It only reads, so callers need no lock."""
-    from .rules import GENERATION
     d = inst.__dict__
     variants = d.get("_fc_compiled")
     if variants is None or d.get("_fc_gen") != GENERATION[0]:

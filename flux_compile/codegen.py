@@ -131,7 +131,7 @@ class FunctionEmitter:
     ``scope`` (a :class:`naming.Scope`) names every value; ``bases`` maps the base of a
     field path (``self``, or a model argument's name) to the parameter that holds it."""
 
-    PLAN_BUFFERS = True     # elementwise results written into dead temporaries (passes.plan_buffers)
+    PLAN_BUFFERS = True     # elementwise results written into dead temporaries (bufferplan.plan_buffers)
 
     def __init__(self, ns, names, locs, mode, scope, back_names=None, bases=None):
         self.ns = ns
@@ -144,6 +144,7 @@ class FunctionEmitter:
         self.bases = bases or {}
         self.plan_buffers = self.PLAN_BUFFERS
         self.buffers = {}           # node id -> (buffer node, other operand or None)
+        self.on_accum = None        # fc.train_step: accum node, value ast -> statements
 
     def path(self, base, path):
         return _path_ast(self.bases.get(base, base), path)
@@ -273,7 +274,7 @@ class FunctionEmitter:
                 and not n.meta.get("effect") and not (n.name and not n.meta.get("anon")) \
                 and not (consumer_loc.get(n.id) and consumer_loc[n.id] != {n.loc})
         if self.plan_buffers:
-            from .passes import plan_buffers
+            from .bufferplan import plan_buffers
             self.buffers = plan_buffers(nodes, keep, {n.id for n in nodes
                                                       if n.op not in ALWAYS_INLINE and inlined(n)})
         body = []
@@ -296,6 +297,9 @@ class FunctionEmitter:
         if marker is not None:
             out.append(marker)
         name = None if unused and n.op != MODEL else self.names.get(n.id)
+        if n.op == ACCUM and self.on_accum is not None:
+            out.extend(self.on_accum(n, self.expr(n.args[0])))
+            return out
         if n.op == ACCUM:
             target = self.path(n.base, n.path + ("grad",))
             target.ctx = ast.Store()
@@ -461,110 +465,3 @@ def tuple_or_single(exprs):
 
 def basename(path):
     return os.path.basename(path) if path and not path.startswith("<") else path
-
-
-# ------------------------------------------------------------------------------
-# the generated module: forward, forward_train, backward and backward_params of one graph pair
-
-
-def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
-    """Generate the module: forward, forward_train, backward, backward_params. Every name
-    comes from one :class:`naming.ModuleNames`: the inference forward is one scope, the
-    training forward and both backwards another (saved values keep their names)."""
-    from .passes import live
-    module = naming.ModuleNames()
-    ns = Namespace(module)
-    fs = FuncSet()
-    hints = [naming.SELF] if has_self else []
-    hints += [n.name for n in infer_g.inputs if "free" not in n.meta]
-    hints += [name for _, name in free]       # arrays read at run time: last, in read_free's order
-    # inference forward
-    scope = module.scope()
-    sig = scope.params(hints)
-    names, bases = bind_inputs(infer_g.inputs, sig, has_self, free)
-    em = FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
-    outs = infer_g.outputs
-    roots = list(outs) + [n for n in infer_g.nodes if n.op in (STATE, GUARD)]
-    alive = live(roots)
-    nodes = [n for n in infer_g.nodes if n.id in alive]
-    keep = {o.id for o in outs}
-    body = em.statements(nodes, keep)
-    ret = tuple_or_single([em.expr(o) for o in outs])
-    fs.defs.append(make_function("forward", sig, body, ret))
-    # training forward; its scope also holds the backward's parameters and seeds
-    g = joint.graph
-    scope = module.scope()
-    sig = scope.params(hints)
-    bsig = sig[:1] if has_self else []          # the backward's self is the forward's
-    bsig = bsig + scope.params([naming.SAVED, naming.SEEDS])
-    saved_param, seeds_param = bsig[-2], bsig[-1]
-    names, bases = bind_inputs(g.inputs, sig, has_self, free)
-    if len(joint.seeds) == 1:
-        names[joint.seeds[0].id] = seeds_param
-    else:
-        names.update(zip((s.id for s in joint.seeds), scope.params([s.name for s in joint.seeds])))
-    back_names = {}
-    em = FunctionEmitter(ns, names, fs.locs, "train", scope, back_names, bases)
-    em._last_loc = None
-    touts = g.outputs
-    keep = {o.id for o in touts} | {a.id for a, _ in split.saved}
-    body = em.statements(split.forward, keep)
-    saved_exprs = []
-    for node, kind in split.saved:
-        saved_exprs.append(ast.Name(id=back_names[node.id] if kind == "back" else names[node.id], ctx=ast.Load()))
-    out_expr = tuple_or_single([em.expr(o) for o in touts])
-    ret = ast.Tuple(elts=[out_expr, ast.Tuple(elts=saved_exprs, ctx=ast.Load())], ctx=ast.Load())
-    fs.defs.append(make_function("forward_train", sig, body, ret))
-    # backward
-    em2 = FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
-    em2._last_loc = None
-    head = []
-    if split.saved:
-        targets = [ast.Name(id=e.id, ctx=ast.Store()) for e in saved_exprs]
-        if len(targets) == 1:
-            head.append(ast.Assign(targets=targets, value=ast.Subscript(
-                value=ast.Name(id=saved_param, ctx=ast.Load()), slice=ast.Constant(0), ctx=ast.Load())))
-        else:
-            head.append(ast.Assign(targets=[ast.Tuple(elts=targets, ctx=ast.Store())],
-                                   value=ast.Name(id=saved_param, ctx=ast.Load())))
-    if len(joint.seeds) > 1:
-        head.append(ast.Assign(targets=[ast.Tuple(elts=[ast.Name(id=names[s.id], ctx=ast.Store())
-                                                        for s in joint.seeds], ctx=ast.Store())],
-                               value=ast.Name(id=seeds_param, ctx=ast.Load())))
-    pairs = [(inp, x) for inp, x in zip(joint.graph.inputs, joint.resolved_grads) if "free" not in inp.meta]
-    grads = [x for _, x in pairs]         # one per user input and state (arrays read at run time get none)
-    keep = {x.id for x in grads if x is not None}
-    body = em2.statements(split.backward, keep)
-    rets = [em2.expr(x) if x is not None else ast.Constant(None) for x in grads]
-    ret = tuple_or_single(rets) if rets else ast.Constant(None)
-    fs.defs.append(make_function("backward", bsig, head + body, ret))
-    # the same backward when the caller needs no input gradients (only Params, and recurrent
-    # state, which carries gradients between steps): the input-gradient work is dead code
-    state_grads = [x if inp.meta.get("state") else None for inp, x in pairs]
-    alive = live([x for x in state_grads if x is not None] +
-                        [n for n in split.backward if n.op in (ACCUM, MODEL_BACK)])
-    em3 = FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
-    em3._last_loc = None
-    body = em3.statements([n for n in split.backward if n.id in alive],
-                          {x.id for x in state_grads if x is not None})
-    rets = [em3.expr(x) if x is not None else ast.Constant(None) for x in state_grads]
-    ret = tuple_or_single(rets) if rets else ast.Constant(None)
-    fs.defs.append(make_function("backward_params", bsig, head + body, ret))
-    source, namespace, linemap, filename = build_module(label, fs, ns)
-    return source, namespace, linemap, filename, dict(ns.objects)
-
-
-def bind_inputs(inputs, sig, has_self, free=()):
-    """(node id -> parameter name, field-path base -> parameter name) for one signature: the
-    user's inputs first, in order, then the arrays read at run time (``free``: their paths in
-    signature order)."""
-    params = sig[1:] if has_self else sig
-    user = [n for n in inputs if "free" not in n.meta]
-    pairs = list(zip(user, params))
-    slot = {path: len(user) + i for i, (path, _) in enumerate(free)}
-    pairs += [(n, params[slot[n.meta["free"]]]) for n in inputs if "free" in n.meta]
-    names = {n.id: p for n, p in pairs}
-    bases = {n.name: p for n, p in pairs}
-    if has_self:
-        bases[naming.SELF] = sig[0]
-    return names, bases

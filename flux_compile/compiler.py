@@ -14,7 +14,7 @@ import types
 
 import numpy as np
 
-from . import codegen, naming, passes, pytree
+from . import assemble, naming, passes, pytree
 from .autodiff import differentiate, split
 from .compiled import Compiled
 from .errors import CompileError
@@ -49,6 +49,8 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.training = training
     ctx.arity_of = arity_of
     ctx.state = state
+    if getattr(fn, "_fc_flatten", False):          # fc.train_step's objective
+        ctx.flatten = flattenable
     b = Builder(ctx)
     args = []
     for spec in inputs:
@@ -82,6 +84,13 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     return g, arity, ctx
 
 
+def flattenable(obj):
+    """Can sub-model ``obj`` be inlined into its caller (whole-model flattening)? Not a model
+    with recurrent state or a template of its own (``fc.unroll``): those keep their call."""
+    cls = type(obj)
+    return not hasattr(cls, "_fc_template") and not state_names(cls)
+
+
 def _input_value(g, spec):
     """Add the input node for one argument spec; the value the traced code sees for it."""
     kind, name, obj = spec
@@ -112,7 +121,7 @@ def build(label, owner, fn, selfval, input_specs, state_factory=None, generic_cl
     ctx3 = joint.ctx
     free_paths = list(dict.fromkeys(list(ctx1.free) + list(ctx2.free) + list(ctx3.free)))
     free_names = {**ctx1.free_names, **ctx2.free_names, **ctx3.free_names}
-    source, namespace, linemap, filename, objects = codegen.emit_module(
+    source, namespace, linemap, filename, objects = assemble.emit_module(
         label, owner, infer_g, joint, sp, selfval is not None, [(p, free_names[p]) for p in free_paths])
     c = Compiled(label, owner, namespace, source, filename, linemap=linemap, n_outputs=arity,
                  input_names=[n.name for n in infer_g.inputs],
@@ -165,6 +174,10 @@ def input_key(args):
         return None
     key = []
     for a in args:
+        if type(a) is np.ndarray:           # the common case first (the call path is hot)
+            kind = a.dtype.kind
+            key.append((a.ndim, kind in "fc", tuple(d == 1 for d in a.shape), kind == "c"))
+            continue
         if isinstance(a, Param):
             a = a.value
         if pytree.is_structured(a):         # its leaves are inputs: the structure and each leaf's key

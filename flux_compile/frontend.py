@@ -59,6 +59,7 @@ class Context(tracecore.Context):
         self.generic_cls = None        # the class, when compiling without an instance
         self.arity_of = None           # sub-model -> number of outputs (None: one)
         self.arg_index = {}            # input name -> position, for paths through a model argument
+        self.flatten = None            # sub-model -> inline its forward? (whole-model flattening)
 
     def field_path(self, base, fields):
         """The guards path of ``base.<fields>`` (``self.cfg``, ``m.layers[0]``), or None."""
@@ -194,6 +195,8 @@ class Builder(TracingPasses, Tracer):
         if kwargs:
             self.error("keyword arguments to sub-models are not supported", e,
                        hint="pass inputs positionally: self.layer(x, h)")
+        if self.ctx.flatten is not None and ref.obj is not None and self.ctx.flatten(ref.obj):
+            return self.inline_model(ref, args)
         nodes = [self.as_node(a, e) for a in args]
         arity = None
         if ref.obj is not None and self.ctx.arity_of is not None:
@@ -201,6 +204,18 @@ class Builder(TracingPasses, Tracer):
         n = Node(MODEL, nodes, base=ref.base, path=ref.path, target=ref.expr, diff=True, arity=arity)
         n.meta["obj"] = ref.obj
         return self.ctx.add(n)
+
+    def inline_model(self, ref, args):
+        """``self.fc1(x)`` traced as the body of ``fc1``'s ``forward`` (whole-model flattening):
+        its Params become this graph's, read at ``self.fc1.W``; its code is guarded."""
+        fn = type(ref.obj).forward
+        base = self.ctx.field_path(ref.base, ref.path)
+        path = None
+        if base is not None:
+            path = base + (("cls",), ("attr", "forward"))
+            self.ctx.guard(path, "code", fn.__code__)
+        self.ctx.next_owner = f"{ref.expr}: {fn.__qualname__}"
+        return self.call_function(fn, list(args), {}, selfval=ref, path=path)
 
     def _concrete_values(self, nodes):
         """The real values of ``nodes`` when the compiler has the actual arguments, else None."""

@@ -222,9 +222,10 @@ COMPILE_LOCK = InterruptSafeLock()
 
 def _compile(model, args, fresh=False):
     """The variant for ``args``: a lookup without the lock when it is compiled already."""
-    c = None if fresh else cached_variant(model, input_key(args))
+    key = input_key(args)
+    c = None if fresh else cached_variant(model, key)
     if c is not None:
-        model.__dict__["_fc_last"] = input_key(args)   # fc.source shows the variant that ran last
+        model.__dict__["_fc_last"] = key        # fc.source shows the variant that ran last
         return c
     with COMPILE_LOCK:
         return compile_model(model, args, fresh=fresh)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules
-from .ir import CALL, CONST, GETATTR, ITEM, MODEL_BACK, PACK, PURE_OPS, Node, is_leaf
+from .ir import (ACCUM, CALL, CONST, GETATTR, INPUT, ITEM, MODEL_BACK,
+                 PACK, PARAM, PURE_OPS, Node, is_leaf,)
 from .tracecore import Static, _static, shape_of
 
 IMPURE_FN_MODULES = ("numpy.random",)
@@ -78,10 +79,10 @@ def simplify(graph):
                 new = a
         elif n.op == CALL and n.fn is helpers.identity and len(n.args) == 1:
             new = n.args[0]
-        elif n.op == "call" and not n.kwargs and len(n.args) == 1 and n.fn in _SELF_INVERSE:
+        elif n.op == CALL and not n.kwargs and len(n.args) == 1 and n.fn in _SELF_INVERSE:
             inner = n.args[0]      # -(-x) and x.T.T are x
-            if inner.op == "call" and inner.fn is n.fn and len(inner.args) == 1 and not inner.kwargs \
-                    and inner.args[0].op != "const":
+            if inner.op == CALL and inner.fn is n.fn and len(inner.args) == 1 and not inner.kwargs \
+                    and inner.args[0].op != CONST:
                 new = inner.args[0]
         _keep_name(n, new)
         return new
@@ -288,7 +289,7 @@ def powers_to_products(graph):
             continue
         *before, (fn, args) = form
         for node in before:
-            node.loc, node.diff = n.loc, n.diff and node.op == "call"
+            node.loc, node.diff = n.loc, n.diff and node.op == CALL
         n.fn, n.args = fn, tuple(args)
         if before:
             inserts.append((n, before))
@@ -299,22 +300,22 @@ def powers_to_products(graph):
 def _power_form(n):
     """How to compute ``np.power(x, p)`` without ``pow``: new nodes to insert, then the
     ``(fn, args)`` the power node becomes; None to keep it."""
-    if not (n.op == "call" and n.fn is np.power and len(n.args) == 2 and not n.kwargs):
+    if not (n.op == CALL and n.fn is np.power and len(n.args) == 2 and not n.kwargs):
         return None
     x, p = n.args
-    if p.op != "const" or x.op == "const" or isinstance(p.value, bool) \
+    if p.op != CONST or x.op == CONST or isinstance(p.value, bool) \
             or not isinstance(p.value, (int, float)):
         return None
     k = p.value
     if isinstance(k, float) and abs(k) in (0.5, 1.5) and _known_inexact(x):
         if k == 0.5:
             return [(np.sqrt, (x,))]
-        root = Node("call", (x,), fn=np.sqrt)
+        root = Node(CALL, (x,), fn=np.sqrt)
         if abs(k) == 0.5:
             return [root] + _reciprocal(root)
         if k > 0:
             return [root, (np.multiply, (x, root))]
-        product = Node("call", (x, root), fn=np.multiply)
+        product = Node(CALL, (x, root), fn=np.multiply)
         return [root, product] + _reciprocal(product)
     if not (isinstance(k, int) and (2 <= abs(k) <= 4 or k == -1)):
         return None        # x ** 2.0 of an integer x is a float: kept, like every other power
@@ -325,7 +326,7 @@ def _power_form(n):
     if k == -1:
         return _reciprocal(x)
     *steps, (fn, args) = _product(x, -k)
-    product = Node("call", args, fn=fn)
+    product = Node(CALL, args, fn=fn)
     return steps + [product] + _reciprocal(product)
 
 
@@ -334,13 +335,13 @@ def _product(x, k):
     before the last step, then the last step's ``(fn, args)``."""
     if k == 2:
         return [(np.multiply, (x, x))]
-    square = Node("call", (x, x), fn=np.multiply)
+    square = Node(CALL, (x, x), fn=np.multiply)
     return [square, (np.multiply, (square, x) if k == 3 else (square, square))]
 
 
 def _reciprocal(d):
     """``1.0 / d``: the constant node, then the last step."""
-    one = Node("const", value=1.0)
+    one = Node(CONST, value=1.0)
     return [one, (np.true_divide, (one, d))]
 
 
@@ -355,12 +356,12 @@ def _known_inexact(n, depth=0):
     arithmetic on at least one such value and otherwise numbers."""
     if depth > 16:
         return False
-    if n.op == "param" or n.op == "input" and n.diff:
+    if n.op == PARAM or n.op == INPUT and n.diff:
         return True
-    if n.op == "const":
+    if n.op == CONST:
         return isinstance(n.value, (float, complex)) or \
             isinstance(n.value, (np.ndarray, np.generic)) and n.value.dtype.kind in "fc"
-    if n.op != "call" or n.kwargs:
+    if n.op != CALL or n.kwargs:
         return False
     if n.fn in INEXACT_UFUNCS:
         return True
@@ -425,102 +426,6 @@ def _static_dim(shape, axis):
     if shape.op == PACK and axis < len(shape.args) and shape.args[axis].op == CONST:
         return shape.args[axis].value
     return None
-
-
-# --------------------------------------------------------------------------
-# Memory planning (codegen asks, per generated function): elementwise results written into
-# temporaries that die there.
-
-INTO_BUFFER = {np.add, np.subtract, np.multiply, np.true_divide, np.negative, np.tanh, np.exp,
-               np.log, np.sqrt, np.square, np.reciprocal, np.expm1, np.log1p, np.sin, np.cos,
-               np.maximum, np.minimum}
-"""Ufuncs whose result has their inexact operands' common dtype (and an operand's shape when
-no operand broadcasts it larger): they may write into an operand's buffer."""
-FRESH = INTO_BUFFER | {np.matmul}
-"""Calls whose result, of rank >= 1, is a new array that nothing else refers to."""
-READS_ONLY = FRESH | {np.sum, np.mean, np.dot}
-"""Calls that read an argument and keep no reference to it (nor return a view of it)."""
-
-
-def plan_buffers(nodes, keep, inline):
-    """``{node id: (buffer node, other operand or None)}``: which named elementwise results
-    are written into an operand's buffer (``out=``). The buffer ``t`` must be a fresh array
-    (rank >= 1) computed in this function by a call in ``FRESH``, never kept (an output,
-    a saved value, a gradient returned), read elsewhere only by calls that keep no reference
-    to it and only in statements that run before this one, of the result's shape class and
-    certainly a float or complex. The result's dtype is ``t``'s when the other operand is a
-    Python number or ``t`` itself; against another array the generated ``reuse(t, u)`` checks
-    the dtypes at run time. ``inline``: ids of the nodes inlined into their consumer."""
-    here = {n.id: n for n in nodes}
-    users, classes = {}, ShapeClasses()
-    for n in nodes:
-        classes.visit(n)
-        for a in n.inputs():
-            users.setdefault(a.id, []).append(n)
-    consumer = {a.id: n for n in nodes for a in n.inputs() if a.id in inline}
-    position = {n.id: i for i, n in enumerate(nodes)}
-
-    def statement_of(n):          # where an inlined node is evaluated: its consumer's statement
-        while n.id in inline and n.id in consumer:
-            n = consumer[n.id]
-        return position[n.id]
-
-    def buffer_ok(t, n):
-        if t.id not in here or t.id in inline or t.id in keep or t.id in used or t.op != "call" \
-                or t.fn not in FRESH or t.kwargs or not _rank_at_least_one(t) or not _known_inexact(t) \
-                or classes.of(t) != classes.of(n):
-            return False
-        at = statement_of(n)
-        return all(_reads_only(u) and (u is n or statement_of(u) < at or u.id in inline and u in _inside(n, inline))
-                   for u in users.get(t.id, ()))
-
-    plan, used = {}, set()
-    for n in nodes:
-        if n.id in inline or n.op != "call" or n.fn not in INTO_BUFFER or n.kwargs or n.meta.get("effect"):
-            continue
-        for t in n.args:
-            if not buffer_ok(t, n):
-                continue
-            others = [a for a in n.args if a is not t]
-            other = others[0] if others else None
-            if other is None or other is t or _weak_number(other):
-                plan[n.id] = (t, None)
-            elif (other.id not in inline and other.op != "const" and _rank_at_least_one(other)) \
-                    or other.op == "param":
-                plan[n.id] = (t, other)
-            else:
-                continue
-            used.add(t.id)
-            break
-    return plan
-
-
-def _inside(n, inline):
-    """The nodes inlined into ``n``'s expression (evaluated before ``n`` itself)."""
-    out, stack = set(), [a for a in n.inputs() if a.id in inline]
-    while stack:
-        m = stack.pop()
-        if m not in out:
-            out.add(m)
-            stack.extend(a for a in m.inputs() if a.id in inline)
-    return out
-
-
-def _reads_only(u):
-    """Does ``u`` read its arguments without keeping a reference (or a view) to them?"""
-    if u.op == "call":
-        return u.fn in READS_ONLY
-    return u.op == "accum" or u.op == "getattr" and u.attr in ("shape", "ndim", "dtype", "size")
-
-
-def _rank_at_least_one(n):
-    shape = n.meta.get("shape")
-    return isinstance(shape, tuple) and len(shape) >= 1
-
-
-def _weak_number(n):
-    """A Python number constant: it never changes an inexact array's dtype."""
-    return n.op == "const" and isinstance(n.value, (int, float)) and not isinstance(n.value, bool)
 
 
 def optimize(graph):

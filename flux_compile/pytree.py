@@ -174,6 +174,8 @@ def _has_input_leaf(x):
 def split_args(args):
     """``(flat, trees)``: structured arguments replaced by their leaves; ``trees[i]`` is the
     TreeDef of argument ``i`` or None for an ordinary one."""
+    if all(type(a) is np.ndarray for a in args):      # the common call: arrays only
+        return tuple(args), [None] * len(args)
     flat, trees = [], []
     for a in args:
         if is_structured(a):

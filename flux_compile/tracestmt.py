@@ -106,6 +106,7 @@ class Inlining:
                 except ValueError:
                     pass
         frame = Frame(src, env, glob, selfval, getattr(fn, "__globals__", None), fn, path)
+        frame.owner = self.ctx.__dict__.pop("next_owner", None)   # an inlined sub-model's label
         outer, self.frame = self.frame, frame
         saved_loc = self.ctx.loc
         self.ctx.stack.append(code)
@@ -197,7 +198,7 @@ class Statements:
             self.exec_stmt(stmt)
 
     def exec_stmt(self, s):
-        self.ctx.loc = self.frame.source.loc(s)
+        self.ctx.loc = self.frame.source.loc(s, self.frame.owner)
         handler = getattr(self, "exec_" + type(s).__name__, None)
         if handler is None:
             hint = FORBIDDEN_HINTS.get(type(s), "this statement is not in the supported subset")

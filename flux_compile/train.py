@@ -35,6 +35,8 @@ import time
 
 from . import api
 from .optim import NonFiniteGradient, prepare_update
+from .trainstep import NonFiniteLoss, TrainStep
+from .updatestep import _as_optimiser
 from .params import named_params
 from .readonly import refuse_if_held
 from .runstate import reset, restore_states, snapshot_states
@@ -226,6 +228,7 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
     except TypeError:
         total = None
     refuse_if_held(model, "fc.train")
+    _zero_grads(model)          # fused steps write no .grad: it stays zero (no stale gradient)
     show = _show_progress(progress)
     parallel = None
     if distributed:
@@ -243,13 +246,14 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
 def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, stateful=False,
             parallel=None):
     history = History()
+    step_fn = TrainStep(model, loss, _as_optimiser(opt))
     for epoch in range(1, epochs + 1):
         bar = progress_bar(total, epoch, epochs) if show else None
         epoch_total, epoch_steps = 0.0, 0
         try:
             for step, (x, y) in enumerate(data, start=1):
                 value = train_one_step(model, loss, x, y, opt, (epoch, step, len(history) + 1),
-                                       grad, guard, stateful, parallel)
+                                       grad, guard, stateful, step_fn, parallel)
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
                 if bar is not None:
@@ -336,39 +340,54 @@ class InterruptGuard:
             self.previous(*held)
 
 
-def train_one_step(model, loss, x, y, opt, where, grad, guard=None, stateful=True, parallel=None):
+def train_one_step(model, loss, x, y, opt, where, grad=None, guard=None, stateful=True, step=None,
+                   parallel=None):
     """One step, all or nothing; returns the loss. ``where`` is (epoch, step, overall step).
 
-    Gradients are zeroed first. Until the update is committed nothing outside
-    this step's own work has changed; if anything stops it there (an error,
-    a NaN, Ctrl-C) the gradients are zeroed again and the recurrent state put
-    back, so the model is exactly as before the step. With ``guard`` (an
-    :class:`InterruptGuard`), Ctrl-C during the commit or the undo waits for it.
-    Unless ``stateful``, the step starts from the model's initial recurrent state.
-    With ``parallel`` (a ``distributed.DataParallel``) this rank runs its share
-    of the batch and the loss and gradients become the global batch's.
+    ``step``: the :class:`~flux_compile.trainstep.TrainStep` to run (made here when None):
+    one generated function computes the loss and every new value and optimiser state;
+    only when all of them are finite is the step committed. If anything stops it before
+    (an error, a NaN, Ctrl-C) the recurrent state is put back and the gradients a
+    sub-model call accumulated are zeroed, so the model is exactly as before the step.
+    With ``guard`` (an :class:`InterruptGuard`), Ctrl-C during the commit or the undo
+    waits for it. Unless ``stateful``, the step starts from the model's initial
+    recurrent state. With ``parallel`` (a ``distributed.DataParallel``) this rank runs
+    its share of the batch through pullback and back, the loss and gradients become the
+    global batch's by all-reduce, then the update runs (``grad`` computes the loss's
+    gradient there).
     """
     guard = guard or InterruptGuard()
+    if parallel is not None:
+        return _parallel_step(model, loss, x, y, opt, where, grad or api.grad, guard, stateful, parallel)
+    step = step or TrainStep(model, loss, _as_optimiser(opt))
+    inputs = x if isinstance(x, tuple) else (x,)
+    try:
+        return step.run(inputs, y, reset_state=not stateful, guard=guard)
+    except NonFiniteLoss as e:
+        raise TrainingError(*where[:2], e.loss, where[2]) from None
+    except NonFiniteGradient as e:
+        raise GradientError(*where[:2], step.last_loss, where[2], e.path, str(e).split(";")[0]) from None
+
+
+def _parallel_step(model, loss, x, y, opt, where, grad, guard, stateful, parallel):
+    """A data-parallel step: gradients are complete only after the all-reduce, so the
+    update cannot be fused into the backward; all or nothing as :func:`train_one_step`."""
     snapshot = snapshot_states(model)
     value, pending = float("nan"), None
     try:
         if not stateful:
             reset(model)
         _zero_grads(model)
-        if parallel is not None:
-            x, y = parallel.share(x, y)
-        if parallel is None or parallel.has_rows:
+        x, y = parallel.share(x, y)
+        if parallel.has_rows:
             # the internal pullback: nothing but this step runs between forward and backward,
             # so the inputs and Params need no read-only hold (readonly.py)
             yhat, back = model._pullback(*x) if isinstance(x, tuple) else model._pullback(x)
             value, grads = grad(loss, yhat, y)
             value = float(value)
-            if parallel is None:
-                _stop_if_not_finite(value, where)
             back(grads[0], input_grads=False)   # only the parameters are trained
-        if parallel is not None:
-            value = parallel.reduce(value)      # the global batch's loss and gradients
-            _stop_if_not_finite(value, where)
+        value = parallel.reduce(value)          # the global batch's loss and gradients
+        _stop_if_not_finite(value, where)
         pending = prepare_update(model, opt)    # checks the gradients; changes nothing
         guard.enter_critical()                  # from here on the step completes
         pending.commit()

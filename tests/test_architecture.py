@@ -21,12 +21,12 @@ LAYERS = {
           parsing tracecore tracestmt traceexpr tracecall
           rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape
           rules.jvp_helpers""",
-    2: "frontend autodiff forward passes codegen emitters torchnumpy statehooks",
+    2: "frontend autodiff forward passes bufferplan codegen assemble emitters torchnumpy statehooks",
     3: "compiler compiled",
     4: "cache diskcache diskdigest diskguards runstate readonly updatestep",
     5: "model api display",
     6: """layers rnn sequences recurrent optim train data io losses init gradcheck
-          distributed datasets transforms backends""",
+          distributed datasets transforms backends trainstep""",
     7: "cli __main__ flux_compile",
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names.split()}

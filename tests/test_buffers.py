@@ -136,7 +136,7 @@ def test_fc_grad_results_survive_later_calls(dtype):
 
 
 # -- the plan: which elementwise results are written into a dead operand's buffer ------------
-from flux_compile import passes                                  # noqa: E402
+from flux_compile import bufferplan, passes                      # noqa: E402
 from flux_compile.ir import Graph, Node                          # noqa: E402
 
 
@@ -156,7 +156,7 @@ def _nodes(*spec):
 
 
 def _plan(nodes, keep=(), inline=()):
-    plan = passes.plan_buffers(nodes, {nodes[i].id for i in keep}, {nodes[i].id for i in inline})
+    plan = bufferplan.plan_buffers(nodes, {nodes[i].id for i in keep}, {nodes[i].id for i in inline})
     return {nodes.index(n): (nodes.index(b), None if o is None else nodes.index(o))
             for n in nodes for k, (b, o) in plan.items() if k == n.id}
 
