@@ -44,6 +44,9 @@ def source(m_or_cls, which="backward", inputs=None, args=None):
     >>> print(fc.source(m, "forward", inputs=(np.ones((4, 3)),)).splitlines()[1])
     # the variant for inputs x: float64[4, 3]
     """
+    shown = getattr(m_or_cls, "__fc_source__", None)
+    if shown is not None and not isinstance(m_or_cls, type):    # a derived function (fc.gradient(f))
+        return SourceText(shown(inputs if inputs is not None else args))
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH[:4])}, not {which!r}")
     if inputs is None:

@@ -314,3 +314,30 @@ def _value_expr(exprs, n_outputs):
     if n_outputs is None:
         return exprs[0]
     return ast.Tuple(elts=list(exprs), ctx=ast.Load())
+
+
+# ------------------------------------------------------------------------------
+# any derived function: def name(inputs..., tangents..., <arrays read at run time>)
+
+def function_module(label, function_name, graph, params, outputs, free=(), single=False):
+    """Generate and compile ``function_name(params..., free...) -> outputs`` from a graph the
+    transforms have built (the passes already run, ``outputs`` resolved): ``params`` are input
+    nodes in the order of the signature, ``free`` the (path, name) of the arrays read at run
+    time. One output is returned alone when ``single``, else a tuple. Returns what
+    :func:`codegen.build_module` returns, and the namespace's objects."""
+    module = naming.ModuleNames()
+    function_name = module.module_name(function_name)
+    ns = codegen.Namespace(module)
+    fs = codegen.FuncSet()
+    scope = module.scope()
+    sig = scope.params([n.name for n in params] + [nm for _, nm in free])
+    names = {n.id: p for n, p in zip(params, sig)}
+    slot = {path: len(params) + i for i, (path, _) in enumerate(free)}
+    names.update({n.id: sig[slot[n.meta["free"]]] for n in graph.inputs if "free" in n.meta})
+    bases = {n.name: names[n.id] for n in graph.inputs if n.id in names}
+    em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
+    alive = passes.live(list(outputs) + [n for n in graph.nodes if n.op == "guard"])
+    body = em.statements(_interleaved([n for n in graph.nodes if n.id in alive]), {o.id for o in outputs})
+    ret = _value_expr([em.expr(o) for o in outputs], None if single else len(outputs))
+    fs.defs.append(codegen.make_function(function_name, sig, body, ret))
+    return codegen.build_module(label, fs, ns) + (dict(ns.objects),)

@@ -25,7 +25,7 @@ LAYERS = {
     4: "cache diskcache diskguards runstate readonly updatestep",
     5: "model api display",
     6: """layers rnn sequences recurrent optim train data io losses init gradcheck
-          distributed datasets transforms backends""",
+          distributed datasets transforms derivatives backends""",
     7: "cli __main__ flux_compile",
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names.split()}
