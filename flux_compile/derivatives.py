@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import passes, pytree
-from .api import as_numpy_scalars, forward_function
+from .api import _GradCapture, _models_in, as_numpy_scalars, forward_function
 from .autodiff import differentiate
 from .cache import compile_function, compile_transform, run_guarded
 from .compiled import Compiled
@@ -374,7 +374,8 @@ def run(fn, args, plan, tangents=None):
                 raise
             raise new from e
         return out if isinstance(out, tuple) else (out,)
-    _, outs = run_guarded(c, call, lambda: compile_plan(fn, args, plan, fresh=True), fn, args)
+    with _GradCapture(_models_in(args)):    # sub-models' backward adds to Param.grad: undone
+        _, outs = run_guarded(c, call, lambda: compile_plan(fn, args, plan, fresh=True), fn, args)
     return list(outs)
 
 

@@ -34,7 +34,7 @@ from .autodiff import _as_rule_value, _err, bind_rule_args, rule_path
 from .errors import CompileError
 from .frontend import Builder, Context, Seq, Static
 from .ir import Node, describe_fn
-from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
+from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_more, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
 
 
 JVP = "jvp"         # the generated function's name
@@ -113,6 +113,11 @@ def _tangent_of(node, tan, b):
         return None
     if op == "model":
         return _tangent_of_model(node, tan, b)
+    if op == "model_back":
+        _err(node, "forward mode over a sub-model's backward (a second derivative through a model "
+                   "call) is not supported: the sub-model's backward is its own compiled code",
+             hint="write the model's computation as a function of its weights (pass them as "
+                  "arguments), or use first-order fc.gradient / fc.vjp / fc.jvp with the model")
     _err(node, f"no tangent for node kind {op!r}")
 
 
@@ -335,7 +340,8 @@ def function_module(label, function_name, graph, params, outputs, free=(), singl
     slot = {path: len(params) + i for i, (path, _) in enumerate(free)}
     names.update({n.id: sig[slot[n.meta["free"]]] for n in graph.inputs if "free" in n.meta})
     bases = {n.name: names[n.id] for n in graph.inputs if n.id in names}
-    em = codegen.FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
+    # "train": a sub-model call whose backward is needed binds its pullback
+    em = codegen.FunctionEmitter(ns, names, fs.locs, "train", scope, bases=bases)
     alive = passes.live(list(outputs) + [n for n in graph.nodes if n.op == "guard"])
     body = em.statements(_interleaved([n for n in graph.nodes if n.id in alive]), {o.id for o in outputs})
     ret = _value_expr([em.expr(o) for o in outputs], None if single else len(outputs))

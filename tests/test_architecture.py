@@ -19,7 +19,7 @@ LAYERS = {
           rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
           parsing tracecore tracestmt traceexpr tracecall
           rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape
-          rules.jvp_helpers""",
+          rules.jvp_helpers rules.jvp_more""",
     2: "frontend autodiff forward passes codegen emitters statehooks",
     3: "compiler compiled",
     4: "cache diskcache diskguards runstate readonly updatestep",
