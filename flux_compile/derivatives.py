@@ -407,6 +407,8 @@ def _tangent_leaves(args, trees, flat, plan, tangents):
     out = []
     for a, t in zip(plan.runtime, tangents):
         p = args[a]
+        if t is None:                        # no tangent: zeros
+            t = pytree.tree_map(lambda x: np.zeros_like(x) if _is_float(x) else x, p)
         if trees[a] is None:
             leaves, tleaves = [p], [t]
         else:

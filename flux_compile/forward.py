@@ -75,26 +75,32 @@ def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
         t.meta["after"] = x.id
         tangent_inputs.append(t)
         tan[x.id] = t
-    for node in graph.nodes[:n_primal]:
+    _propagate(graph.nodes[:n_primal], tan, b)
+    result = Tangents(graph, tangent_inputs, [tan.get(o.id) for o in graph.outputs], n_primal)
+    result.ctx = ctx
+    return result
+
+
+def _propagate(nodes, tan, b):
+    """Give each of ``nodes`` (in SSA order) its tangent in ``tan`` where an input has one."""
+    graph = b.ctx.graph
+    for node in nodes:
         if node.id in tan or node.op in ("input", "const", "attr", "param", "getattr", "seed"):
             continue
         if not any(a.id in tan for a in node.inputs()):
             continue
-        ctx.loc = node.loc
+        b.ctx.loc = node.loc
         start = len(graph.nodes)
         t = _tangent_of(node, tan, b)
         for n in graph.nodes[start:]:
             n.loc = node.loc            # commented with the user's statement, as the backward
-            n.meta["after"] = node.id   # emitted right after its primal: computed together
+            n.meta.setdefault("after", node.id)   # emitted right after its primal: together
         if t is not None:
             if t.name is None or t.meta.get("anon"):
                 t.name = naming.tangent(node.name)
                 # a user's variable gets its tangent as a statement of its own, as it has
                 t.meta["anon"] = not node.name or bool(node.meta.get("anon")) or t.op not in ("call", "item")
             tan[node.id] = t
-    result = Tangents(graph, tangent_inputs, [tan.get(o.id) for o in graph.outputs], n_primal)
-    result.ctx = ctx
-    return result
 
 
 def _tangent_of(node, tan, b):
@@ -169,6 +175,8 @@ def _tangent_of_call(node, tan, b):
     if rules.is_nondiff(fn) or not node.diff:
         return None
     rule = rules.get_jvp_rule(fn)
+    if rule is None and _inlinable(fn):
+        return _tangent_by_inlining(node, tan, b)
     if rule is None:
         _err(node, f"no forward-mode (jvp) rule for {describe_fn(fn)}",
              hint=f"register one with @fc.jvprule({getattr(fn, '__name__', 'fn')}), or stop the "
@@ -178,6 +186,37 @@ def _tangent_of_call(node, tan, b):
     if rule == "multilinear":
         return _multilinear(node, tan, b)
     return _inline_rule(node, rule, tan, b)
+
+
+def _inlinable(fn):
+    """A run-time helper of the reverse rules (plain Python in the package), whose source the
+    tracer can inline when it has no forward rule of its own."""
+    return inspect.isfunction(fn) and (fn.__module__ or "").startswith("flux_compile.") \
+        and not rules.is_nondiff(fn)
+
+
+def _tangent_by_inlining(node, tan, b):
+    """The tangent of a helper call with no forward rule: the helper's body inlined (the
+    primitives it calls have rules) and differentiated statement by statement."""
+    graph = b.ctx.graph
+    start = len(graph.nodes)
+    args = [_as_rule_value(a) for a in node.args]
+    kwargs = {k: _as_rule_value(v) if isinstance(v, Node) else Static(v) for k, v in node.kwargs.items()}
+    try:
+        out = b.call_function(node.fn, args, kwargs)
+    except CompileError as e:
+        _err(node, f"no forward-mode (jvp) rule for {describe_fn(node.fn)}, and its source cannot "
+                   f"be inlined: {e.msg}", hint=f"register one with @fc.jvprule({node.fn.__name__})")
+    if isinstance(out, Seq):
+        out = b.ctx.add(Node("pack", [b.as_node(v) for v in out.items], diff=True, arity=len(out.items)))
+    else:
+        out = b.as_node(out)
+    for n in graph.nodes[start:]:
+        n.meta["after"] = node.id
+    _propagate(graph.nodes[start:], tan, b)
+    if out.id in tan:
+        return tan[out.id]
+    return None
 
 
 def _tangent_arg(a, tan, b):

@@ -17,3 +17,39 @@ FFTS = (np.fft.fft, np.fft.ifft, np.fft.fft2, np.fft.ifft2, np.fft.fftn, np.fft.
 
 linear_jvp(*FFTS, np.lib.stride_tricks.sliding_window_view, np.select, avgpool2d)
 multilinear_jvp(conv2d)
+
+from .conv import avgpool2d_grad, conv2d_grad_w, conv2d_grad_x  # noqa: E402
+from .helpers import cofactor, match_input  # noqa: E402
+from .registry import jvprule  # noqa: E402
+
+# the convolution's and pooling's own gradient kernels (forward over reverse): bilinear in the
+# adjoint and the other operand, or linear in the adjoint
+multilinear_jvp(conv2d_grad_x, conv2d_grad_w)
+linear_jvp(avgpool2d_grad)
+
+
+@jvprule(np.angle)
+def _(dz, y, z, *, deg=False):
+    # angle = Im(log z): d angle = Im(dz conj(z)) / |z|^2; 0 for a real z (and at z = 0, as
+    # the reverse rule's zero subgradient)
+    scale = 57.29577951308232 if deg else 1.0
+    safe = np.where(z == 0, 1, z)
+    return np.where(z == 0, 0, scale * np.imag(dz * np.conjugate(safe)) / np.abs(safe) ** 2)
+
+
+@jvprule(np.real_if_close)
+def _(da, y, a, *, tol=100):
+    return match_input(da, y)       # real where the value came out real
+
+
+@jvprule(cofactor)
+def _(da, c, a):
+    # c = det(a) inv(a)^T: d det = <c, da>, d inv = -inv da inv
+    inv = np.linalg.inv(a)
+    ddet = np.sum(c * da, axis=(-2, -1), keepdims=True)
+    det = np.expand_dims(np.linalg.det(a), (-2, -1))
+    return ddet * np.swapaxes(inv, -1, -2) - det * np.swapaxes(inv @ da @ inv, -1, -2)
+
+
+# the reverse rules' kernels above: checked by forward over reverse (tests/test_second_order_hvp.py)
+KERNELS = (conv2d_grad_x, conv2d_grad_w, avgpool2d_grad, cofactor)
