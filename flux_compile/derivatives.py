@@ -495,9 +495,11 @@ def _check_scalar(graph, arity, label):
     out = graph.outputs[0] if len(graph.outputs) == 1 and arity is None else None
     shape = out.meta.get("shape") if out is not None else None
     if out is None or (shape is not None and tuple(shape) != ()):
-        what = "several values" if out is None else f"a value of shape {tuple(shape)}"
+        what = "several values" if out is None else f"a {len(tuple(shape))}-d value"
+        loc = (out if out is not None else graph.outputs[0]).loc if graph.outputs else None
+        where = (loc.filename, loc.lineno, loc.col, loc.text) if loc is not None else ()
         raise CompileError(f"{label}: the function returns {what}; a gradient needs a scalar "
-                           "function (as jax.grad)",
+                           "function (as jax.grad)", *where,
                            hint="sum it (np.sum), or use fc.jacobian / fc.vjp for non-scalar values")
 
 

@@ -305,3 +305,49 @@ def test_errors_say_what_to_do():
         fc.gradient(fc.Affine(2, 2))
     with pytest.raises(ValueError, match="tangent of shape"):
         fc.hvp(lambda x: np.sum(x ** 3), (np.ones(3),), (np.ones(2),))
+
+
+# ---------------------------------------------------------------- the CLI shows transforms
+
+NET_FILE = '''
+import numpy as np
+
+
+def net(W1, W2, x):
+    h = np.tanh(x @ W1)
+    return np.sum((h @ W2) ** 2)
+
+
+def wave(x):
+    return np.sin(x) * x ** 2
+'''
+
+
+@pytest.mark.parametrize("transform, argv, present", [
+    ("hvp", ["--input", "3x4", "--input", "4x2", "--input", "5x3"], "def hvp(W1, W2, x, W1_dot, W2_dot, x_dot):"),
+    ("gradient", ["--input", "3x4", "--input", "4x2", "--input", "5x3", "--argnums", "1"], "return dW2"),
+    ("hessian", ["--input", "3x4", "--input", "4x2", "--input", "5x3"], "def jvp("),
+    ("jvp", ["--input", "3x4", "--input", "4x2", "--input", "5x3"], "def jvp("),
+    ("vjp", ["--input", "3x4", "--input", "4x2", "--input", "5x3"], "def backward("),
+])
+def test_cli_shows_a_transform(tmp_path, capsys, transform, argv, present):
+    from flux_compile.cli import main
+    path = tmp_path / "netfile.py"
+    path.write_text(NET_FILE)
+    code = main(["show", f"{path}:net", "--transform", transform, "--color", "never", *argv])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert present in out and "# line " in out
+
+
+def test_cli_transform_errors_name_the_line(tmp_path, capsys):
+    from flux_compile.cli import main
+    path = tmp_path / "netfile.py"
+    path.write_text(NET_FILE)
+    assert main(["show", f"{path}:wave", "--transform", "gradient", "--input", "scalar"]) == 0
+    assert "def gradient(x):" in capsys.readouterr()[0]
+    assert main(["show", f"{path}:wave", "--transform", "gradient", "--input", "3"]) == 2
+    err = capsys.readouterr()[1]
+    assert "netfile.py:11" in err and "scalar function" in err
+    assert main(["show", f"{path}:wave", "--transform", "hvp"]) == 2
+    assert "--input" in capsys.readouterr()[1]
