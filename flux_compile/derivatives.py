@@ -15,8 +15,11 @@ tangent 1, and the arguments whose tangents are run-time inputs (``hvp``, ``jvp`
 >>> import numpy as np, flux_compile as fc
 >>> def f(x):
 ...     return np.sin(x) * x
->>> float(fc.gradient(fc.gradient(f))(0.5)) == float(2 * np.cos(0.5) - 0.5 * np.sin(0.5))
+>>> bool(np.isclose(fc.gradient(fc.gradient(f))(0.5), 2 * np.cos(0.5) - 0.5 * np.sin(0.5)))
 True
+>>> fc.hessian(lambda x: np.sum(x ** 3))(np.array([1.0, 2.0]))
+array([[ 6.,  0.],
+       [ 0., 12.]])
 """
 from __future__ import annotations
 
