@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import passes, pytree
-from .api import _GradCapture, _models_in, as_numpy_scalars, forward_function
+from .api import _GradCapture, _arg_grad, _models_in, _tree_grad, as_numpy_scalars, forward_function
 from .autodiff import differentiate
 from .cache import compile_function, compile_transform, run_guarded
 from .compiled import Compiled
@@ -210,19 +210,18 @@ class _Pullback:
 
     def __call__(self, cotangent):
         ct = _as_cotangent(self.out, cotangent)
-        try:
-            gin = self.c.backward(self.saved, ct)
-        except Exception as e:
-            new = self.c.translate(e, "backward")
-            if new is None or new is e:
-                raise
-            raise new from e
-        gin = (gin,) if len(self.flat) == 1 else tuple(gin)
-        out = []
-        for a, tree, leaves, g in zip(self.args, self.trees, pytree.group(self.trees, self.flat),
-                                      pytree.group(self.trees, gin)):
-            out.append(_leaf_or_tree(a, tree, leaves, g))
-        return tuple(out)
+        with _GradCapture(_models_in(self.args)) as cap:    # a model argument: its Params' dict
+            try:
+                gin = self.c.backward(self.saved, ct)
+            except Exception as e:
+                new = self.c.translate(e, "backward")
+                if new is None or new is e:
+                    raise
+                raise new from e
+            gin = (gin,) if len(self.flat) == 1 else tuple(gin)
+            return tuple(_arg_grad(a, g, cap) if tree is None else _tree_grad(a, tree, leaves, g, cap)
+                         for a, tree, leaves, g in zip(self.args, self.trees, pytree.group(self.trees, self.flat),
+                                                       pytree.group(self.trees, gin)))
 
     def __fc_source__(self, inputs=None):
         return SourceText(self.c.sections["backward"])
@@ -478,7 +477,6 @@ def _make(plan, layout, label, graph, arity, ctx, specs):
     c = Compiled(label, label.split(" of ", 1)[-1], {"forward": namespace[name]}, source, filename,
                  linemap=linemap, n_outputs=len(outs), graph=graph, deps=list(ctx.deps),
                  guarded=ctx.guards > 0, objects=objects)
-    c.sections = {plan.kind: source}
     baked = {}
     for cx in contexts:
         baked.update(cx.baked)

@@ -351,3 +351,22 @@ def test_cli_transform_errors_name_the_line(tmp_path, capsys):
     assert "netfile.py:11" in err and "scalar function" in err
     assert main(["show", f"{path}:wave", "--transform", "hvp"]) == 2
     assert "--input" in capsys.readouterr()[1]
+
+
+def test_vjp_with_a_model_argument_gives_its_params_and_leaves_them_alone():
+    m = fc.Affine(3, 2)
+    for p in fc.params(m):
+        p.grad[...] = 5.0
+
+    def f(m, x):
+        return np.tanh(m(x))
+    x = rng.standard_normal((4, 3))
+    value, pull = fc.vjp(f, m, x)
+    ct = rng.standard_normal(value.shape)
+    dm, dx = pull(ct)
+    W, b = np.asarray(m.W), np.asarray(m.b)
+    jW, jb, jx = jax.vjp(lambda W, b, x: jnp.tanh(x @ W + b), W, b, x)[1](ct)
+    close(dx, jx)
+    close(dm[("W",)], jW)
+    close(dm[("b",)], jb)
+    assert all(np.all(p.grad == 5.0) for p in fc.params(m))

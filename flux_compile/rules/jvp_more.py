@@ -53,3 +53,11 @@ def _(da, c, a):
 
 # the reverse rules' kernels above: checked by forward over reverse (tests/test_second_order_hvp.py)
 KERNELS = (conv2d_grad_x, conv2d_grad_w, avgpool2d_grad, cofactor)
+
+
+@jvprule(np.linalg.eigvals)
+def _(da, w, a):
+    # first-order perturbation theory: dw_i = (V^-1 dA V)_ii, V the eigenvectors (distinct
+    # eigenvalues, as the reverse rule)
+    w2, v = np.linalg.eig(a)
+    return np.diagonal(np.linalg.solve(v, da @ v), axis1=-2, axis2=-1)
