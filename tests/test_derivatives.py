@@ -370,3 +370,18 @@ def test_vjp_with_a_model_argument_gives_its_params_and_leaves_them_alone():
     close(dm[("W",)], jW)
     close(dm[("b",)], jb)
     assert all(np.all(p.grad == 5.0) for p in fc.params(m))
+
+
+_first = None
+
+
+def _calls_a_derivative(x):
+    return np.sum(_first(x) * x)
+
+
+def test_calling_a_transformed_function_inside_compiled_code_is_a_clear_error():
+    global _first
+    _first = fc.gradient(lambda x: np.sum(np.sin(x) ** 2))
+    with pytest.raises(fc.CompileError, match="transformed function") as err:
+        fc.gradient(_calls_a_derivative)(np.ones(3))
+    assert err.value.lineno is not None and "compose" in str(err.value.hint)
