@@ -466,6 +466,7 @@ def _make(plan, layout, label, graph, arity, ctx, specs):
                 tt.name = f"{o.name}_dot" if o.name else None
         params += list(t.inputs)
         outs = outs + touts if plan.keep_value else touts
+    _fold_scalars(graph)
     resolve = passes.optimize(_with_outputs(graph, outs))
     outs = [resolve(o) for o in outs]
     graph.outputs = outs
@@ -484,6 +485,23 @@ def _make(plan, layout, label, graph, arity, ctx, specs):
     for n in graph.nodes:
         n.meta.pop("obj", None)
     return c
+
+
+def _fold_scalars(graph):
+    """Fold the arithmetic on Python numbers that the tangents along 1 leave (``1.0 * 3``): the
+    tracer folds constants as it goes, but the direction became the constant 1 afterwards.
+    Python numbers stay Python numbers (weak in NumPy's promotion: float32 stays float32)."""
+    for n in graph.nodes:
+        if n.op != "call" or n.kwargs or not n.args or n.arity is not None or not passes.foldable(n.fn):
+            continue
+        if not all(a.op == "const" and type(a.value) in (int, float) for a in n.args):
+            continue
+        try:
+            value = n.fn(*[a.value for a in n.args])
+        except Exception:
+            continue
+        if isinstance(value, (np.generic, int, float)) and np.ndim(value) == 0:
+            n.op, n.value, n.args = "const", np.asarray(value).item(), ()
 
 
 def _with_outputs(graph, outs):
