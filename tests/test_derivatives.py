@@ -385,3 +385,33 @@ def test_calling_a_transformed_function_inside_compiled_code_is_a_clear_error():
     with pytest.raises(fc.CompileError, match="transformed function") as err:
         fc.gradient(_calls_a_derivative)(np.ones(3))
     assert err.value.lineno is not None and "compose" in str(err.value.hint)
+
+
+def test_second_order_against_autograd_and_finite_differences():
+    args = _net_args()
+    for argnums in (0, 2):
+        H = fc.hessian(f_fc, argnums)(*args)
+        close(H, autograd.hessian(f_ag, argnums)(*args))
+        x = args[argnums]
+        g = fc.gradient(f_fc, argnums)
+        u = rng.standard_normal(x.shape)
+        eps = 1e-6
+
+        def at(xi):
+            a = list(args)
+            a[argnums] = xi
+            return g(*a)
+        fd = (at(x + eps * u) - at(x - eps * u)) / (2 * eps)
+        close(np.tensordot(H, u, axes=u.ndim), fd, tol=1e-6)
+        t = [np.zeros_like(a) for a in args]
+        t[argnums] = u
+        close(fc.hvp(f_fc, args, t)[argnums], fd, tol=1e-6)
+
+    def s(x):
+        return np.exp(np.sin(x)) * x ** 2
+    d2, d3 = fc.gradient(fc.gradient(s)), fc.gradient(fc.gradient(fc.gradient(s)))
+    d1 = fc.gradient(s)
+    for x in (0.3, -1.1):
+        close(d2(x), (d1(x + 1e-6) - d1(x - 1e-6)) / 2e-6, tol=1e-6)
+        close(d3(x), (d2(x + 1e-6) - d2(x - 1e-6)) / 2e-6, tol=1e-6)
+        close(d3(x), autograd.grad(autograd.grad(autograd.grad(lambda x: anp.exp(anp.sin(x)) * x ** 2)))(x))
