@@ -28,10 +28,11 @@ from .io import save, load
 from .transforms import jvp, jvp_source
 from . import distributed
 from .backends import to
+from .derivatives import gradient, vjp, hvp, hvp_source, jacobian, hessian
 
 __all__ = [
     "__version__", "CompileError", "GradcheckError", "ModelError", "Param", "param", "const", "params",
-    "named_params", "cast", "diffrule", "jvprule", "jvp", "jvp_source", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
+    "named_params", "cast", "diffrule", "jvprule", "jvp", "jvp_source", "gradient", "vjp", "hvp", "hvp_source", "jacobian", "hessian", "nondiff_primitive", "sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu",
     "softplus", "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten", "net", "source", "graph", "grad",
     "update", "shapes", "gradcheck", "optim", "data", "initn", "glorot_uniform", "glorot_normal", "zeros",
     "mse", "crossentropy", "logitcrossentropy", "binarycrossentropy", "Affine", "Dense", "Chain", "Dropout",

@@ -49,6 +49,9 @@ def source(m_or_cls, which="backward", inputs=None, args=None):
         return m_or_cls._source(which)
     if hasattr(m_or_cls, "step_source"):        # fc.train_step: its one module
         return SourceText(m_or_cls.step_source(inputs if inputs is not None else args))
+    shown = getattr(m_or_cls, "__fc_source__", None)
+    if shown is not None and not isinstance(m_or_cls, type):    # a derived function (fc.gradient(f))
+        return SourceText(shown(inputs if inputs is not None else args))
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH[:4])}, not {which!r}")
     if inputs is None:

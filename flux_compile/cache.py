@@ -321,16 +321,18 @@ def _compile_function(fn, args, cache, fresh=False, fast=None):
     return c
 
 
-def compile_transform(fn, args, kind, make, fresh=False):
+def compile_transform(fn, args, kind, make, fresh=False, variant=None):
     """The cached ``kind`` variant (``"jvp"``, ...) of the plain function ``fn`` for these
     argument kinds, or a new one: ``make(label, graph, arity, ctx, specs)`` returns the
     :class:`Compiled` made from the traced inference graph, with its guards and run-time reads
-    from the trace (``ctx.baked``, ``ctx.free``), as ``fc.grad``'s."""
+    from the trace (``ctx.baked``, ``ctx.free``), as ``fc.grad``'s. ``variant`` (hashable)
+    tells apart transforms of one kind (``fc.gradient`` with respect to other arguments)."""
     specs = function_specs(fn, args, f"fc.{kind}")
     cache = _function_cache(fn)
     fast = _fast_key(args)
     from .rules import GENERATION
-    key = (kind, fast) if fast is not None else (kind, tuple(_spec_token(s) for s in specs), GENERATION[0])
+    kind_key = kind if variant is None else (kind, variant)     # variant: e.g. which arguments
+    key = (kind_key, fast) if fast is not None else (kind_key, tuple(_spec_token(s) for s in specs), GENERATION[0])
     old = cache.find(key, fn, args)
     if old is not None and not fresh:
         return old

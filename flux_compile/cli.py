@@ -77,8 +77,9 @@ def load_module(name):
         raise UsageError(f"importing {name} failed: {type(e).__name__}: {e}") from e
 
 
-def load_target(target):
-    """``path/to/file.py:Class`` or ``package.module:Class`` → ``(module, class)``."""
+def load_target(target, functions=False):
+    """``path/to/file.py:Class`` or ``package.module:Class`` → ``(module, class)``; with
+    ``functions``, a plain function is a target too."""
     where, sep, name = target.rpartition(":")
     if not sep or not where or not name:
         raise UsageError(f"target {target!r} should look like path/to/file.py:ClassName "
@@ -90,6 +91,8 @@ def load_target(target):
         if not hasattr(obj, part):
             raise UsageError(f"{where} has no {name!r}")
         obj = getattr(obj, part)
+    if functions and callable(obj) and not isinstance(obj, type):
+        return module, obj
     if not (isinstance(obj, type) and getattr(obj, "__flux_net__", False)):
         raise UsageError(f"{where}:{name} is not a @fc.net class")
     return module, obj
@@ -172,8 +175,41 @@ def _generic_or_instance(cls, inst, run):
         return run(inst)
 
 
+TRANSFORMS = ("gradient", "hvp", "jvp", "vjp", "jacobian", "hessian")
+
+
+def _parse_shape_or_scalar(text):
+    return () if text.strip().lower() in ("scalar", "0", "()") else parse_shape(text)
+
+
+def show_transform(a):
+    """``show FILE.py:fn --transform hvp --input 3``: the generated code of a transform of a
+    plain function, for random inputs of the given shapes (``scalar`` for a 0-d one)."""
+    import flux_compile as fc
+    _, fn = load_target(a.target, functions=True)
+    if isinstance(fn, type):
+        raise UsageError("--transform takes a plain function (FILE.py:function), not a class")
+    if not a.input:
+        raise UsageError("--transform needs the argument shapes: --input 3 (once per argument; "
+                         "'scalar' for a number)")
+    xs = tuple(make_inputs([_parse_shape_or_scalar(s) for s in a.input], a.dtype, a.seed))
+    xs = tuple(x[()] if np.ndim(x) == 0 else x for x in xs)
+    argnums = a.argnums
+    if a.transform == "hvp":
+        return fc.hvp_source(fn, xs)
+    if a.transform == "jvp":
+        return fc.jvp_source(fn, xs)
+    if a.transform == "vjp":
+        return fc.source(fn, "backward", args=xs)
+    make = {"gradient": fc.gradient, "jacobian": fc.jacobian, "hessian": fc.hessian}[a.transform]
+    return fc.source(make(fn, argnums), inputs=xs)
+
+
 def cmd_show(a):
     import flux_compile as fc
+    if a.transform:
+        print(_colour(str(show_transform(a)).rstrip("\n") + "\n", a.color), end="")
+        return 0
     module, cls = load_target(a.target)
     inst = _instance(module, cls, a.args)
     if a.which == "update":
@@ -287,6 +323,11 @@ def build_parser():
                    help="shape of one input, e.g. 8x4 (repeat per input): show the variant that runs for it")
     s.add_argument("--dtype", default="float64", help="dtype of the --input arrays (default float64)")
     s.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
+    s.add_argument("--transform", choices=TRANSFORMS,
+                   help="show the generated code of this transform of a plain function "
+                        "(FILE.py:function; give --input per argument, 'scalar' for a number)")
+    s.add_argument("--argnums", type=int, default=0,
+                   help="with --transform gradient/jacobian/hessian: the argument (default 0)")
     s.set_defaults(run=cmd_show)
 
     g = sub.add_parser("graph", parents=[common], help="print the IR graph of a @net class",

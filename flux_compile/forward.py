@@ -32,9 +32,9 @@ import numpy as np
 from . import codegen, naming, passes, rules
 from .autodiff import RuleTracer, _as_rule_value, _err, bind_rule_args, rule_path
 from .errors import CompileError
-from .ir import (ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, PACK, STATE, Node, describe_fn,
-                 is_leaf)
-from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
+from .ir import (ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, MODEL_BACK, PACK, STATE,
+                 Node, describe_fn, is_leaf)
+from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_more, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
 from .tracecore import Context, Seq, Static
 
 
@@ -75,26 +75,32 @@ def tangent_graph(graph, wrt=None, traced=None, model_jvp=None):
         t.meta["after"] = x.id
         tangent_inputs.append(t)
         tan[x.id] = t
-    for node in graph.nodes[:n_primal]:
+    _propagate(graph.nodes[:n_primal], tan, b)
+    result = Tangents(graph, tangent_inputs, [tan.get(o.id) for o in graph.outputs], n_primal)
+    result.ctx = ctx
+    return result
+
+
+def _propagate(nodes, tan, b):
+    """Give each of ``nodes`` (in SSA order) its tangent in ``tan`` where an input has one."""
+    graph = b.ctx.graph
+    for node in nodes:
         if node.id in tan or is_leaf(node) or node.op == GETATTR:
             continue
         if not any(a.id in tan for a in node.inputs()):
             continue
-        ctx.loc = node.loc
+        b.ctx.loc = node.loc
         start = len(graph.nodes)
         t = _tangent_of(node, tan, b)
         for n in graph.nodes[start:]:
             n.loc = node.loc            # commented with the user's statement, as the backward
-            n.meta["after"] = node.id   # emitted right after its primal: computed together
+            n.meta.setdefault("after", node.id)   # emitted right after its primal: together
         if t is not None:
             if t.name is None or t.meta.get("anon"):
                 t.name = naming.tangent(node.name)
                 # a user's variable gets its tangent as a statement of its own, as it has
                 t.meta["anon"] = not node.name or bool(node.meta.get("anon")) or t.op not in (CALL, ITEM)
             tan[node.id] = t
-    result = Tangents(graph, tangent_inputs, [tan.get(o.id) for o in graph.outputs], n_primal)
-    result.ctx = ctx
-    return result
 
 
 def _tangent_of(node, tan, b):
@@ -113,6 +119,11 @@ def _tangent_of(node, tan, b):
         return None
     if op == MODEL:
         return _tangent_of_model(node, tan, b)
+    if op == MODEL_BACK:
+        _err(node, "forward mode over a sub-model's backward (a second derivative through a model "
+                   "call) is not supported: the sub-model's backward is its own compiled code",
+             hint="write the model's computation as a function of its weights (pass them as "
+                  "arguments), or use first-order fc.gradient / fc.vjp / fc.jvp with the model")
     _err(node, f"no tangent for node kind {op!r}")
 
 
@@ -164,6 +175,8 @@ def _tangent_of_call(node, tan, b):
     if rules.is_nondiff(fn) or not node.diff:
         return None
     rule = rules.get_jvp_rule(fn)
+    if rule is None and _inlinable(fn):
+        return _tangent_by_inlining(node, tan, b)
     if rule is None:
         _err(node, f"no forward-mode (jvp) rule for {describe_fn(fn)}",
              hint=f"register one with @fc.jvprule({getattr(fn, '__name__', 'fn')}), or stop the "
@@ -173,6 +186,37 @@ def _tangent_of_call(node, tan, b):
     if rule == "multilinear":
         return _multilinear(node, tan, b)
     return _inline_rule(node, rule, tan, b)
+
+
+def _inlinable(fn):
+    """A run-time helper of the reverse rules (plain Python in the package), whose source the
+    tracer can inline when it has no forward rule of its own."""
+    return inspect.isfunction(fn) and (fn.__module__ or "").startswith("flux_compile.") \
+        and not rules.is_nondiff(fn)
+
+
+def _tangent_by_inlining(node, tan, b):
+    """The tangent of a helper call with no forward rule: the helper's body inlined (the
+    primitives it calls have rules) and differentiated statement by statement."""
+    graph = b.ctx.graph
+    start = len(graph.nodes)
+    args = [_as_rule_value(a) for a in node.args]
+    kwargs = {k: _as_rule_value(v) if isinstance(v, Node) else Static(v) for k, v in node.kwargs.items()}
+    try:
+        out = b.call_function(node.fn, args, kwargs)
+    except CompileError as e:
+        _err(node, f"no forward-mode (jvp) rule for {describe_fn(node.fn)}, and its source cannot "
+                   f"be inlined: {e.msg}", hint=f"register one with @fc.jvprule({node.fn.__name__})")
+    if isinstance(out, Seq):
+        out = b.ctx.add(Node(PACK, [b.as_node(v) for v in out.items], diff=True, arity=len(out.items)))
+    else:
+        out = b.as_node(out)
+    for n in graph.nodes[start:]:
+        n.meta["after"] = node.id
+    _propagate(graph.nodes[start:], tan, b)
+    if out.id in tan:
+        return tan[out.id]
+    return None
 
 
 def _tangent_arg(a, tan, b):
@@ -316,3 +360,31 @@ def _value_expr(exprs, n_outputs):
     if n_outputs is None:
         return exprs[0]
     return ast.Tuple(elts=list(exprs), ctx=ast.Load())
+
+
+# ------------------------------------------------------------------------------
+# any derived function: def name(inputs..., tangents..., <arrays read at run time>)
+
+def function_module(label, function_name, graph, params, outputs, free=(), single=False):
+    """Generate and compile ``function_name(params..., free...) -> outputs`` from a graph the
+    transforms have built (the passes already run, ``outputs`` resolved): ``params`` are input
+    nodes in the order of the signature, ``free`` the (path, name) of the arrays read at run
+    time. One output is returned alone when ``single``, else a tuple. Returns what
+    :func:`codegen.build_module` returns, and the namespace's objects."""
+    module = naming.ModuleNames()
+    function_name = module.module_name(function_name)
+    ns = codegen.Namespace(module)
+    fs = codegen.FuncSet()
+    scope = module.scope()
+    sig = scope.params([n.name for n in params] + [nm for _, nm in free])
+    names = {n.id: p for n, p in zip(params, sig)}
+    slot = {path: len(params) + i for i, (path, _) in enumerate(free)}
+    names.update({n.id: sig[slot[n.meta["free"]]] for n in graph.inputs if "free" in n.meta})
+    bases = {n.name: names[n.id] for n in graph.inputs if n.id in names}
+    # "train": a sub-model call whose backward is needed binds its pullback
+    em = codegen.FunctionEmitter(ns, names, fs.locs, "train", scope, bases=bases)
+    alive = passes.live(list(outputs) + [n for n in graph.nodes if n.op == GUARD])
+    body = em.statements(_interleaved([n for n in graph.nodes if n.id in alive]), {o.id for o in outputs})
+    ret = _value_expr([em.expr(o) for o in outputs], None if single else len(outputs))
+    fs.defs.append(codegen.make_function(function_name, sig, body, ret))
+    return codegen.build_module(label, fs, ns) + (dict(ns.objects),)

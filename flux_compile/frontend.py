@@ -175,6 +175,11 @@ class Builder(TracingPasses, Tracer):
         if not (has_forward or python_call):
             return
         cls = type(obj).__name__
+        if hasattr(obj, "__fc_source__"):       # fc.gradient(f) and the other transforms
+            self.error(f"{ast.unparse(e.func)} is a transformed function ({obj!r}), which compiled code "
+                       "cannot call yet", e,
+                       hint="apply the transforms to whole functions instead: fc.jvp / fc.vjp / fc.hvp / "
+                            "fc.jacobian / fc.gradient of fc.gradient(f) compose (see docs/derivatives.md)")
         self.error(f"{ast.unparse(e.func)} is a {cls}, which is not an @fc.net model", e,
                    hint=f"decorate class {cls} ({type(obj).__module__}) with @fc.net, its computation in "
                         "a method named forward, so it is compiled as a sub-model; or register a "

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import rules
 from .ir import (ACCUM, CALL, CONST, GETATTR, INPUT, ITEM, MODEL_BACK,
-                 PACK, PARAM, PURE_OPS, Node, is_leaf,)
+                 PACK, PARAM, PURE_OPS, Node, is_leaf)
 from .tracecore import Static, _static, shape_of
 
 IMPURE_FN_MODULES = ("numpy.random",)

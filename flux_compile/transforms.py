@@ -41,6 +41,8 @@ def jvp(f, primals, tangents):
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
         raise ValueError(f"fc.jvp: {len(primals)} primals but {len(tangents)} tangents")
+    if hasattr(f, "__fc_jvp__"):            # a derived function (fc.gradient(g)): its own code
+        return f.__fc_jvp__(primals, tangents)
     if is_model(f):
         model = f
         f = _model_function(type(model), len(primals))

@@ -20,13 +20,13 @@ LAYERS = {
           rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
           parsing tracecore tracestmt traceexpr tracecall
           rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape
-          rules.jvp_helpers""",
+          rules.jvp_helpers rules.jvp_more""",
     2: "frontend autodiff forward passes bufferplan codegen assemble emitters torchnumpy statehooks",
     3: "compiler compiled",
     4: "cache diskcache diskdigest diskguards runstate readonly updatestep",
     5: "model api display",
     6: """layers rnn sequences recurrent optim train data io losses init gradcheck
-          distributed datasets transforms backends trainstep""",
+          distributed datasets transforms derivatives backends trainstep""",
     7: "cli __main__ flux_compile",
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names.split()}

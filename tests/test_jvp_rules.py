@@ -106,12 +106,8 @@ def _float_case(case):
 # Reverse rules merged after the forward rules were written; their forward rules are being
 # added (issue 13). This list may only shrink; the walk below fails for any other primitive.
 FORWARD_PENDING = {
-    "flux_compile.rules.conv.avgpool2d", "flux_compile.rules.conv.conv2d", "flux_compile.rules.conv.maxpool2d",
-    "np.angle", "np.average", "np.fft.fft", "np.fft.fft2", "np.fft.fftn", "np.fft.fftshift", "np.fft.hfft",
-    "np.fft.ifft", "np.fft.ifft2", "np.fft.ifftn", "np.fft.ifftshift", "np.fft.ihfft", "np.fft.irfft",
-    "np.fft.irfft2", "np.fft.irfftn", "np.fft.rfft", "np.fft.rfft2", "np.fft.rfftn", "np.gradient",
-    "np.linalg.eig", "np.linalg.eigvals", "np.linalg.svd", "np.real_if_close", "np.select",
-    "numpy.lib.stride_tricks.sliding_window_view",
+    "flux_compile.rules.conv.maxpool2d", "np.average", "np.gradient", "np.linalg.eig",
+    "np.linalg.svd",
 }
 CHECKED = [c for c in CASES if _float_case(c) and primitive_name(c.primitive) not in FORWARD_PENDING]
 
@@ -186,6 +182,9 @@ def test_every_forward_rule_is_exercised():
     from flux_compile.rules.jvp_helpers import BILINEAR_HELPERS, LINEAR_HELPERS
     own = {id(broadcast_like), id(partition_order), id(cast_tangent), id(float)}    # run-time helpers (tested below)
     own |= {id(h) for h in LINEAR_HELPERS + BILINEAR_HELPERS}     # test_jvp.py: forward over reverse
+    from flux_compile.rules.jvp_helpers import REVERSE_HELPERS
+    from flux_compile.rules.jvp_more import KERNELS
+    own |= {id(h) for h in REVERSE_HELPERS + KERNELS}     # test_second_order_hvp.py: forward over reverse
     declared = [p for p, r in rules.JVP_RULES.items() if _library(r)] + list(rules.LINEAR)
     untested = [primitive_name(p) for p in declared if id(p) not in covered and id(p) not in own]
     assert not untested, f"forward rules without a case in rule_cases.py: {untested}"
