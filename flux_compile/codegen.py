@@ -9,6 +9,7 @@ read like the math.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import math
 import os
@@ -18,10 +19,10 @@ import sys
 import astor
 import numpy as np
 
-from . import naming
+from . import emitloops, naming
 from ._version import __version__
 from .errors import Retrace
-from .ir import LEAF_OPS, STATEMENT_OPS, Loc, Node, path_expr
+from .ir import LEAF_OPS, REGION_OPS, STATEMENT_OPS, Loc, Node, path_expr
 from .sourcecache import compile_source, unique_filename
 
 OPERATORS = {
@@ -137,12 +138,16 @@ class FunctionEmitter:
         self.inline = set()
         self.back_names = back_names if back_names is not None else {}
         self.bases = bases or {}
+        self.region_vars = {}       # loop node id -> the variables its items are
+        self.aliases = {}           # a loop body's input id -> the outside expression it reads
 
     def path(self, base, path):
         return _path_ast(self.bases.get(base, base), path)
 
     # -- expressions ---------------------------------------------------------
     def expr(self, n):
+        if n.id in self.aliases:
+            return copy.deepcopy(self.aliases[n.id])
         if n.id in self.names and n.id not in self.inline:
             return ast.Name(id=self.names[n.id], ctx=ast.Load())
         op = n.op
@@ -260,13 +265,22 @@ class FunctionEmitter:
             for a in n.inputs():
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
         fed = naming.fed_variables(nodes)
+        region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs() if a.op != "pack"}
         body = []
         for n in nodes:
             if n.op in ALWAYS_INLINE:
                 continue
+            if n.op in REGION_OPS:
+                body.extend(emitloops.EMITTERS[n.op](self, n))
+                continue
+            if n.op == "item" and n.args[0].op in REGION_OPS:
+                var = self.region_vars[n.args[0].id][n.index]
+                if var is not None:
+                    self.names[n.id] = var
+                continue
             if n.op in STATEMENT_OPS:
                 pass
-            elif n.id in keep or uses.get(n.id, 0) != 1 or n.meta.get("effect") \
+            elif n.id in keep or uses.get(n.id, 0) != 1 or n.meta.get("effect") or n.id in region_args \
                     or (n.name and not n.meta.get("anon")):
                 pass
             elif consumer_loc.get(n.id) and consumer_loc[n.id] != {n.loc}:
@@ -558,7 +572,7 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     # state, which carries gradients between steps): the input-gradient work is dead code
     state_grads = [x if inp.meta.get("state") else None for inp, x in pairs]
     alive = live([x for x in state_grads if x is not None] +
-                        [n for n in split.backward if n.op in ("accum", "model_back")])
+                        [n for n in split.backward if n.op in ("accum", "model_back", "loop_back")])
     em3 = FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
     em3._last_loc = None
     body = em3.statements([n for n in split.backward if n.id in alive],

@@ -22,6 +22,10 @@ item        ``t[i]`` of a tuple-valued node (unpacking)
 accum       ``target.grad += value`` (backward only; a statement)
 state       ``self.h = value`` (a recurrent state write; a statement)
 guard       the generated code checks ``bool(arg) == node.value`` (a statement)
+loop        a ``for`` loop region: ``node.meta["body"]`` is a Graph run once per trip
+            (args: range bounds, carried initial values, captured values; a tuple of
+            the carried values after the last trip)
+loop_back   the backward of a loop region: the body's backward run in reverse
 =========== ===================================================================
 
 >>> g = Graph("demo")
@@ -117,6 +121,8 @@ def describe_fn(fn):
 INPUT, CONST, PARAM, ATTR, SEED = "input", "const", "param", "attr", "seed"
 CALL, GETATTR, MODEL, MODEL_BACK = "call", "getattr", "model", "model_back"
 PACK, ITEM, ACCUM, STATE, GUARD = "pack", "item", "accum", "state", "guard"
+LOOP, LOOP_BACK = "loop", "loop_back"
+REGION_OPS = frozenset((LOOP, LOOP_BACK))
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,29 @@ class OpSpec:
     reread: bool = False      # a leaf generated code reads afresh at every use: never saved
     pure: bool = False        # no effect: CSE may merge it, DCE may drop it (calls: see passes)
     statement: bool = False   # generated as a statement of its own
+
+
+def _loop_text(n, args):
+    """``for t in range(%1): carry h`` and the body's tape, indented, on the lines below."""
+    nb = n.meta["n_bounds"]
+    bounds = ", ".join(repr(a) for a in n.args[:nb])
+    carried = ", ".join(n.meta["carried"]) or "nothing"
+    body = n.meta["body"].format().splitlines()[1:]
+    return (f"for {n.meta['target']} in range({bounds}): carry {carried}\n" +
+            "\n".join("    " + line for line in body))
+
+
+def run_loop(n, args, env):
+    """The value of a loop region: its body's graph run once per trip (the interpreter)."""
+    nb, nc = n.meta["n_bounds"], len(n.meta["carried"])
+    body = n.meta["body"]
+    carried, captured = list(args[nb:nb + nc]), list(args[nb + nc:])
+    for t in range(*args[:nb]):
+        values = {}
+        for node, v in zip(body.inputs, [t] + carried + captured):
+            values[node.id] = v
+        carried = list(env.run_body(body, values))
+    return tuple(carried)
 
 
 def value_shape(v):
@@ -219,6 +248,11 @@ OPS = {spec.name: spec for spec in (
            text=lambda n, a: f"{n.target} <- {a}", label=_op_label,
            evaluate=lambda n, a, k, env: a[0], statement=True),
     OpSpec(GUARD, "generated code checks bool(arg) == node.value",
+           text=_generic_text, label=_op_label, statement=True),
+    OpSpec(LOOP, "a for-loop region; node.meta['body'] is the body's Graph",
+           text=lambda n, a: _loop_text(n, a), label=lambda n: "for …",
+           evaluate=lambda n, a, k, env: run_loop(n, a, env), statement=True),
+    OpSpec(LOOP_BACK, "the backward of a loop region, run in reverse",
            text=_generic_text, label=_op_label, statement=True),
 )}
 

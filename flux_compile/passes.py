@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules
-from .ir import PURE_OPS, Node, is_leaf
+from .ir import LOOP, PURE_OPS, Node, is_leaf
 
 IMPURE_FN_MODULES = ("numpy.random",)
 
@@ -127,6 +127,8 @@ def live(nodes_roots):
         stack.extend(n.inputs())
         if n.op == "model_back":
             stack.append(n.meta["model"])
+        elif n.op == "loop_back":
+            stack.append(n.meta["loop"])
     return out
 
 
@@ -316,6 +318,10 @@ def _static_dim(shape, axis):
 def optimize(graph):
     """The standard pipeline: simplify, then CSE (which may expose more), slices to
     concatenate, shape classes, then simplify again. Returns the resolver old -> new node."""
+    for n in graph.nodes:            # loop bodies first (each a closed graph of its own)
+        if n.op == LOOP and not n.meta.get("optimized"):
+            optimize(n.meta["body"])
+            n.meta["optimized"] = True
     steps = [simplify(graph), cse(graph), slices_to_concatenate(graph), same_shapes(graph), simplify(graph)]
 
     def resolve(n):

@@ -239,6 +239,8 @@ class Statements:
     def exec_For(self, s):
         if s.orelse:
             self.error("for/else is not supported", s)
+        if self.try_loop_region(s):
+            return
         items = self.iter_values(self.eval(s.iter), s.iter)
         for item in items:
             self.assign(s.target, item, s)

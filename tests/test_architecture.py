@@ -17,10 +17,10 @@ LAYERS = {
           locks sourcecache _version guards richtext tokens""",
     1: """shapeinfer rules rules.helpers rules.elementwise rules.linalg rules.nn
           rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
-          parsing tracecore tracestmt traceexpr tracecall
+          parsing tracecore tracestmt traceexpr tracecall traceloop
           rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape
           rules.jvp_helpers""",
-    2: "frontend autodiff forward passes codegen emitters statehooks",
+    2: "frontend autodiff forward passes codegen emitters statehooks emitloops",
     3: "compiler compiled",
     4: "cache diskcache diskguards runstate readonly updatestep",
     5: "model api display",

@@ -1,0 +1,197 @@
+"""Loop regions as real ``for`` loops in generated code.
+
+Forward (inference): the carried variables are set before the loop, the body's statements
+run inside it, the carried values are reassigned at its end. Training forward: the same, and
+each trip appends what the body's backward reads to a list named from the first carried
+variable (``h_steps``). Backward: the list walked in reverse, the body's backward inside,
+the carried adjoints passed from trip to trip and the captured values' adjoints summed::
+
+    h_steps = []
+    for t in range(n):
+        h_1 = np.tanh(x[:, t] @ self.Wx.value + h @ self.Wh.value)
+        h_steps.append((t, h, h_1))
+        h = h_1
+    ...
+    for t, h, h_1 in reversed(h_steps):
+        ...
+        dh = ...
+"""
+from __future__ import annotations
+
+import ast
+import copy
+
+from . import naming
+from .ir import LOOP, LOOP_BACK
+from .passes import live
+
+
+def _name(n):
+    return ast.Name(id=n, ctx=ast.Load())
+
+
+def _store(n):
+    return ast.Name(id=n, ctx=ast.Store())
+
+
+def _call(fn_expr, *args):
+    return ast.Call(func=fn_expr, args=list(args), keywords=[])
+
+
+def _attr(value, attr):
+    return ast.Attribute(value=value, attr=attr, ctx=ast.Load())
+
+
+def _assign_all(pairs):
+    """``a = x`` for one pair; ``a, b = x, y`` for several (a swap stays a swap)."""
+    pairs = [(t, e) for t, e in pairs if not (isinstance(e, ast.Name) and e.id == t)]
+    if not pairs:
+        return []
+    if len(pairs) == 1:
+        return [ast.Assign(targets=[_store(pairs[0][0])], value=pairs[0][1])]
+    return [ast.Assign(targets=[ast.Tuple(elts=[_store(t) for t, _ in pairs], ctx=ast.Store())],
+                       value=ast.Tuple(elts=[e for _, e in pairs], ctx=ast.Load()))]
+
+
+def _tuple_or_one(elts, store=False):
+    ctx = ast.Store() if store else ast.Load()
+    if len(elts) == 1:
+        return elts[0]
+    return ast.Tuple(elts=elts, ctx=ctx)
+
+
+def _np(em, name):
+    import numpy as np
+    return _attr(em.ns.name_ast(np), name)
+
+
+def _sub_emitter(em, names, mode, back_names):
+    cls = type(em)
+    sub = cls(em.ns, names, em.locs, mode, em.scope, back_names, em.bases)
+    sub._last_loc = None
+    sub.region_vars = {}
+    sub.aliases = dict(getattr(em, "aliases", {}))
+    return sub
+
+
+def _bind_outer(em, sub, inner, outer):
+    """The body's input ``inner`` stands for the outside value ``outer``."""
+    e = em.expr(outer)
+    if isinstance(e, ast.Name):
+        sub.names[inner.id] = e.id
+    else:
+        sub.aliases[inner.id] = e
+
+
+def emit_loop(em, n):
+    """A ``loop`` node as statements of the function ``em`` is emitting."""
+    out = []
+    marker = em.marker(n.loc)
+    if marker is not None:
+        out.append(marker)
+    body = n.meta["body"]
+    nb, carried = n.meta["n_bounds"], n.meta["carried"]
+    nc = len(carried)
+    train = em.mode == "train" and n.meta.get("needs_back") and "train" in n.meta
+    t_in, carried_in, cap_in = body.inputs[0], body.inputs[1:1 + nc], body.inputs[1 + nc:]
+    sub = _sub_emitter(em, {}, em.mode, {})
+    index = em.scope.fresh(n.meta["target"])
+    sub.names[t_in.id] = index
+    variables = [em.scope.fresh(name) for name in carried]
+    out += _assign_all([(v, em.expr(init)) for v, init in zip(variables, n.args[nb:nb + nc])])
+    for v, node in zip(variables, carried_in):
+        sub.names[node.id] = v
+    for inner, outer in zip(cap_in, n.args[nb + nc:]):
+        _bind_outer(em, sub, inner, outer)
+    if train:
+        joint, sp = n.meta["train"]
+        nodes = sp.forward
+        saved = [(a, kind) for a, kind in sp.saved if not (a.op == "input" and a in cap_in)]
+    else:
+        roots = list(body.outputs) + [x for x in body.nodes if x.op in ("state", "guard")]
+        alive = live(roots)
+        nodes = [x for x in body.nodes if x.id in alive]
+        saved = []
+    outs = body.outputs
+    keep = {o.id for o in outs} | {a.id for a, _ in saved}
+    stmts = sub.statements(nodes, keep)
+    if train:
+        stack = em.scope.fresh(naming.steps(carried[0] if carried else n.meta["target"]))
+        em.back_names[n.id] = stack
+        out.append(ast.Assign(targets=[_store(stack)], value=ast.List(elts=[], ctx=ast.Load())))
+        names = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved] or [index]
+        stmts.append(ast.Expr(value=_call(_attr(_name(stack), "append"),
+                                          _tuple_or_one([_name(x) for x in names]))))
+        n.meta["emit"] = dict(names=dict(sub.names), back_names=dict(sub.back_names),
+                              aliases=dict(sub.aliases), saved=names, stack=stack)
+    stmts += _assign_all([(v, sub.expr(o)) for v, o in zip(variables, outs)])
+    bounds = [em.expr(b) for b in n.args[:nb]]
+    out.append(ast.For(target=_store(index), iter=_call(_name("range"), *bounds),
+                       body=stmts or [ast.Pass()], orelse=[]))
+    em.region_vars[n.id] = variables
+    return out
+
+
+def emit_loop_back(em, m):
+    """A ``loop_back`` node: the loop's body backward, over the saved trips in reverse."""
+    out = []
+    marker = em.marker(m.loc)
+    if marker is not None:
+        out.append(marker)
+    loop = m.meta["loop"]
+    info = loop.meta["emit"]
+    joint, sp = loop.meta["train"]
+    body = loop.meta["body"]
+    carried = loop.meta["carried"]
+    nc = len(carried)
+    cap_in = body.inputs[1 + nc:]
+    sub = _sub_emitter(em, dict(info["names"]), "backward", dict(info["back_names"]))
+    sub.aliases.update(info["aliases"])
+    g = m.args[0]
+    needed = m.meta["captured"]
+    for j, outer in zip(needed, m.args[1:1 + len(needed)]):
+        _bind_outer(em, sub, cap_in[j], outer)
+    zeros = iter(m.args[1 + len(needed):])
+    pre, adjoints = [], []
+    for k, name in enumerate(carried):
+        d = em.scope.fresh(naming.adjoint(name))
+        adjoints.append(d)
+        sub.names[joint.seeds[k].id] = d
+        if m.meta["zero_like"][k]:
+            value = _call(_np(em, "zeros_like"), em.expr(next(zeros)))
+        elif g.op == "pack":
+            item = g.args[k]
+            value = ast.Constant(None) if item.op == "const" and item.value is None else em.expr(item)
+        else:
+            value = ast.Subscript(value=em.expr(g), slice=ast.Constant(k), ctx=ast.Load())
+        pre.append((d, value))
+    cap_grads = {}
+    for j in range(len(cap_in)):
+        grad = joint.resolved_grads[1 + nc + j]
+        if grad is None or j not in needed:
+            continue
+        d = em.scope.fresh(naming.adjoint(cap_in[j].name))
+        cap_grads[j] = (d, grad)
+        pre.append((d, _call(_np(em, "zeros_like"), copy.deepcopy(sub.expr(cap_in[j])))))
+    out += _assign_all(pre)
+    keep = {x.id for x in joint.resolved_grads if x is not None}
+    stmts = sub.statements(sp.backward, keep)
+    after = []
+    for k, d in enumerate(adjoints):
+        grad = joint.resolved_grads[1 + k]
+        if grad is not None:
+            after.append((d, sub.expr(grad)))
+        elif body.outputs[k].diff:          # this trip's carried value did not depend on the last
+            after.append((d, _call(_np(em, "zeros_like"), _name(d))))
+    for j, (d, grad) in cap_grads.items():
+        after.append((d, ast.BinOp(left=_name(d), op=ast.Add(), right=sub.expr(grad))))
+    stmts += _assign_all(after)
+    target = _tuple_or_one([_store(x) for x in info["saved"]], store=True)
+    out.append(ast.For(target=target, iter=_call(_name("reversed"), _name(info["stack"])),
+                       body=stmts or [ast.Pass()], orelse=[]))
+    em.region_vars[m.id] = adjoints + [cap_grads[j][0] if j in cap_grads else None
+                                       for j in range(len(cap_in))]
+    return out
+
+
+EMITTERS = {LOOP: emit_loop, LOOP_BACK: emit_loop_back}

@@ -1,0 +1,171 @@
+"""Loops as IR regions: a ``for`` over ``range(...)`` whose trip count is known only at run
+time (or is long) is traced once into a body graph, a ``loop`` node, instead of unrolled.
+
+The body graph's inputs are the loop index, the carried variables (names the body assigns
+that exist before the loop) and the values it captures from outside (made explicit after
+the body is traced, so every graph is closed). Its outputs are the carried values after one
+trip. A body the region cannot hold (a data-dependent ``if`` inside, a ``return``, a list
+being appended to) falls back to unrolling, as before, when the trip count is known.
+"""
+from __future__ import annotations
+
+import ast
+
+from .errors import CompileError
+from .ir import LOOP, Graph, Node, is_reread
+from .tracecore import Static
+
+# a range with constant bounds is unrolled up to this many trips (a region above it)
+UNROLL_UP_TO = 32
+
+
+class RegionUnsupported(Exception):
+    """The loop body cannot be a region; the caller unrolls it instead."""
+
+
+def _assigned_names(body):
+    """Names the statements ``body`` assign (in any nested statement)."""
+    names = []
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id not in names:
+                names.append(node.id)
+            elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) \
+                    and node.target.id not in names:
+                names.append(node.target.id)
+    return names
+
+
+def _range_call(s):
+    """``for t in range(...)`` with a plain name as target: the call's argument nodes."""
+    it = s.iter
+    if isinstance(s.target, ast.Name) and isinstance(it, ast.Call) and isinstance(it.func, ast.Name) \
+            and it.func.id == "range" and not it.keywords and 1 <= len(it.args) <= 3 \
+            and not any(isinstance(a, ast.Starred) for a in it.args):
+        return it.args
+    return None
+
+
+class Loops:
+    """The tracer's loop regions (mixed into Tracer)."""
+
+    def try_loop_region(self, s):
+        """Trace ``for t in range(...)`` as a region when its bounds are run-time values or
+        its trip count is above :data:`UNROLL_UP_TO`. Returns True when done."""
+        args = _range_call(s)
+        if args is None or self.ctx.mode != "forward":
+            return False
+        fn = self.eval(s.iter.func)
+        if not (isinstance(fn, Static) and fn.value is range):
+            return False
+        bounds = [self.eval(a) for a in args]
+        if all(isinstance(b, Static) for b in bounds):
+            try:
+                if len(range(*[b.value for b in bounds])) <= UNROLL_UP_TO:
+                    return False
+            except TypeError:
+                return False
+        elif not all(isinstance(b, Node) or isinstance(b, Static) and isinstance(b.value, int)
+                     for b in bounds):
+            return False
+        snapshot = (self.ctx.guards, dict(self.frame.env))
+        try:
+            self._trace_loop(s, [self.as_node(b) for b in bounds])
+        except (RegionUnsupported, CompileError):
+            self.ctx.guards, env = snapshot
+            self.frame.env.clear()
+            self.frame.env.update(env)
+            return False
+        return True
+
+    def _trace_loop(self, s, bounds):
+        env = self.frame.env
+        target = s.target.id
+        carried = [n for n in _assigned_names(s.body) if n in env and n != target]
+        for name in carried:
+            v = env[name]
+            if not isinstance(v, Node) and not (isinstance(v, Static) and isinstance(v.value, (int, float))
+                                                and not isinstance(v.value, bool)):
+                raise RegionUnsupported(name)
+        inits = [self.as_node(env[name]) for name in carried]
+        diff = [n.diff for n in inits]
+        for _ in range(3):      # until which carried values carry gradients settles
+            body, outs = self._trace_body(s, target, carried, diff)
+            now = [d or o.diff for d, o in zip(diff, outs)]
+            if now == diff:
+                break
+            diff = now
+        captured = _close(body)
+        self.ctx.loc = self.frame.source.loc(s)
+        loop = self.ctx.add(Node(LOOP, tuple(bounds) + tuple(inits) + tuple(captured),
+                                 diff=any(diff), arity=len(carried)))
+        loop.meta.update(body=body, n_bounds=len(bounds), carried=carried, target=target)
+        for i, name in enumerate(carried):
+            item = self.ctx.add(Node("item", (loop,), index=i, diff=diff[i], name=name))
+            env[name] = item
+
+    def _trace_body(self, s, target, carried, diff):
+        """The body traced once into a graph of its own; (graph, carried values after it)."""
+        ctx, env = self.ctx, self.frame.env
+        outer_graph = ctx.graph
+        body = Graph(f"{outer_graph.name} line {s.lineno}")
+        root = getattr(ctx, "root_graph", None)
+        ctx.root_graph = root or outer_graph
+        ctx.graph = body
+        saved_env = dict(env)
+        try:
+            t = body.add(Node("input", name=target, diff=False))
+            t.meta.update(shape=(), region_input=True)
+            env[target] = t
+            for name, d in zip(carried, diff):
+                n = body.add(Node("input", name=name, diff=d))
+                n.meta["region_input"] = True
+                env[name] = n
+            self.exec_body(s.body)
+            if self.frame.returned:
+                raise RegionUnsupported("return inside the loop")
+            outs = [self.as_node(env[name]) for name in carried]
+        finally:
+            ctx.graph = outer_graph
+            if root is None:
+                del ctx.root_graph
+            env.clear()
+            env.update(saved_env)
+        body.outputs = outs
+        return body, outs
+
+
+def _close(body):
+    """Make the body graph closed: each outside value it reads becomes an input of its own
+    (placed first, SSA order kept). Returns the outside values, in the inputs' order."""
+    inside = set(map(id, body.nodes))
+    captured, inputs = [], {}
+
+    def local(a):
+        if id(a) in inside:
+            return a
+        if id(a) not in inputs:
+            if is_reread(a):        # a constant or Param: read again inside the body
+                copy = Node(a.op, name=a.name, fn=a.fn, value=a.value, base=a.base, path=a.path,
+                            attr=a.attr, diff=a.diff)
+                copy.meta.update(a.meta)
+            else:
+                copy = Node("input", name=a.name or "captured", diff=a.diff)
+                copy.meta.update(region_input=True, shape=a.meta.get("shape"),
+                                 complex=a.meta.get("complex"))
+                captured.append(a)
+            copy.loc = a.loc
+            inputs[id(a)] = copy
+        return inputs[id(a)]
+
+    for n in body.nodes:
+        n.args = tuple(local(a) for a in n.args)
+        n.kwargs = {k: local(v) for k, v in n.kwargs.items()}
+    body.outputs = [local(o) for o in body.outputs]
+    new = list(inputs.values())
+    own_inputs = [n for n in body.nodes if n.op == "input"]
+    rest = [n for n in body.nodes if n.op != "input"]
+    body.nodes, body.inputs = [], []
+    for n in own_inputs + [c for c in new if c.op == "input"] + [c for c in new if c.op != "input"] + rest:
+        body.add(n)
+    return captured
