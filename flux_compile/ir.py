@@ -149,12 +149,13 @@ class OpSpec:
 
 
 def _loop_text(n, args):
-    """``for t in range(%1): carry h`` and the body's tape, indented, on the lines below."""
+    """``loop(%1, %7 h) for t in range(%1): carry h`` and the body's tape, indented, below
+    (the body's inputs: the index, the carried values, then the captured values in order)."""
     nb = n.meta["n_bounds"]
     bounds = ", ".join(repr(a) for a in n.args[:nb])
     carried = ", ".join(n.meta["carried"]) or "nothing"
     body = n.meta["body"].format().splitlines()[1:]
-    return (f"for {n.meta['target']} in range({bounds}): carry {carried}\n" +
+    return (f"loop({args}) for {n.meta['target']} in range({bounds}): carry {carried}\n" +
             "\n".join("    " + line for line in body))
 
 

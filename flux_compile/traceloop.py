@@ -23,16 +23,27 @@ class RegionUnsupported(Exception):
     """The loop body cannot be a region; the caller unrolls it instead."""
 
 
+MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault"}
+
+
 def _assigned_names(body):
-    """Names the statements ``body`` assign (in any nested statement)."""
+    """Names the statements ``body`` assign (in any nested statement), ``y`` of ``y[i] = v``
+    too. A region cannot hold a write to an attribute (recurrent state) or a list mutated in
+    place (``hs.append(h)``): :class:`RegionUnsupported`."""
     names = []
     for stmt in body:
         for node in ast.walk(stmt):
-            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store) and node.id not in names:
-                names.append(node.id)
-            elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name) \
-                    and node.target.id not in names:
-                names.append(node.target.id)
+            base = node
+            while isinstance(base, ast.Subscript) and isinstance(base.ctx, ast.Store):
+                base = base.value
+                base = ast.Name(id=base.id, ctx=ast.Store()) if isinstance(base, ast.Name) else base
+            if isinstance(base, ast.Name) and isinstance(base.ctx, ast.Store) and base.id not in names:
+                names.append(base.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                raise RegionUnsupported("an attribute written inside the loop")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in MUTATORS:
+                raise RegionUnsupported("a container changed in place inside the loop")
     return names
 
 
