@@ -140,6 +140,7 @@ class FunctionEmitter:
         self.bases = bases or {}
         self.region_vars = {}       # loop node id -> the variables its items are
         self.aliases = {}           # a loop body's input id -> the outside expression it reads
+        self.loose = set()          # ids of values that may be Python numbers: np.shape(v), not v.shape
 
     def path(self, base, path):
         return _path_ast(self.bases.get(base, base), path)
@@ -157,6 +158,8 @@ class FunctionEmitter:
             return self.path(n.base, n.path + ("value",))
         if op == "attr":
             return self.path(n.base, n.path)
+        if op == "getattr" and n.attr in ("shape", "ndim") and n.args[0].id in self.loose:
+            return ast.Call(func=_parse_expr(f"np.{n.attr}"), args=[self.expr(n.args[0])], keywords=[])
         if op == "getattr":
             return ast.Attribute(value=self.expr(n.args[0]), attr=n.attr, ctx=ast.Load())
         if op == "item":

@@ -99,8 +99,10 @@ def emit_loop(em, n):
     sub.names[t_in.id] = index
     variables = [em.scope.fresh(name) for name in carried]
     out += _assign_all([(v, em.expr(init)) for v, init in zip(variables, n.args[nb:nb + nc])])
-    for v, node in zip(variables, carried_in):
+    for v, node, init in zip(variables, carried_in, n.args[nb:nb + nc]):
         sub.names[node.id] = v
+        if init.op == "const":          # ``acc = 0.0``: a Python number on the first trip
+            sub.loose.add(node.id)
     for inner, outer in zip(cap_in, n.args[nb + nc:]):
         _bind_outer(em, sub, inner, outer)
     if train:
@@ -123,7 +125,7 @@ def emit_loop(em, n):
         stmts.append(ast.Expr(value=_call(_attr(_name(stack), "append"),
                                           _tuple_or_one([_name(x) for x in names]))))
         n.meta["emit"] = dict(names=dict(sub.names), back_names=dict(sub.back_names),
-                              aliases=dict(sub.aliases), saved=names, stack=stack)
+                              aliases=dict(sub.aliases), loose=set(sub.loose), saved=names, stack=stack)
     stmts += _assign_all([(v, sub.expr(o)) for v, o in zip(variables, outs)])
     bounds = [em.expr(b) for b in n.args[:nb]]
     out.append(ast.For(target=_store(index), iter=_call(_name("range"), *bounds),
@@ -147,6 +149,7 @@ def emit_loop_back(em, m):
     cap_in = body.inputs[1 + nc:]
     sub = _sub_emitter(em, dict(info["names"]), "backward", dict(info["back_names"]))
     sub.aliases.update(info["aliases"])
+    sub.loose |= info["loose"]
     g = m.args[0]
     needed = m.meta["captured"]
     for j, outer in zip(needed, m.args[1:1 + len(needed)]):
