@@ -97,7 +97,7 @@ def emit_loop(em, n):
     sub = _sub_emitter(em, {}, em.mode, {})
     index = em.scope.fresh(n.meta["target"])
     sub.names[t_in.id] = index
-    variables = [em.scope.fresh(name) for name in carried]
+    variables = [em.scope.fresh(name.strip("<>")) for name in carried]
     out += _assign_all([(v, em.expr(init)) for v, init in zip(variables, n.args[nb:nb + nc])])
     for v, node, init in zip(variables, carried_in, n.args[nb:nb + nc]):
         sub.names[node.id] = v
@@ -127,9 +127,12 @@ def emit_loop(em, n):
         n.meta["emit"] = dict(names=dict(sub.names), back_names=dict(sub.back_names),
                               aliases=dict(sub.aliases), loose=set(sub.loose), saved=names, stack=stack)
     stmts += _assign_all([(v, sub.expr(o)) for v, o in zip(variables, outs)])
-    bounds = [em.expr(b) for b in n.args[:nb]]
-    out.append(ast.For(target=_store(index), iter=_call(_name("range"), *bounds),
-                       body=stmts or [ast.Pass()], orelse=[]))
+    if n.meta.get("kind") == "while":          # the flag is the last carried value
+        out.append(ast.While(test=_name(variables[-1]), body=stmts or [ast.Pass()], orelse=[]))
+    else:
+        bounds = [em.expr(b) for b in n.args[:nb]]
+        out.append(ast.For(target=_store(index), iter=_call(_name("range"), *bounds),
+                           body=stmts or [ast.Pass()], orelse=[]))
     em.region_vars[n.id] = variables
     return out
 
@@ -157,7 +160,11 @@ def emit_loop_back(em, m):
     zeros = iter(m.args[1 + len(needed):])
     pre, adjoints = [], []
     for k, name in enumerate(carried):
-        d = em.scope.fresh(naming.adjoint(name))
+        if not body.outputs[k].diff:         # no adjoint flows through it (a flag, a counter)
+            adjoints.append(None)
+            sub.aliases[joint.seeds[k].id] = ast.Constant(None)
+            continue
+        d = em.scope.fresh(naming.adjoint(name.strip("<>")))
         adjoints.append(d)
         sub.names[joint.seeds[k].id] = d
         if m.meta["zero_like"][k]:
@@ -182,6 +189,8 @@ def emit_loop_back(em, m):
     after = []
     for k, d in enumerate(adjoints):
         grad = joint.resolved_grads[1 + k]
+        if d is None:
+            continue
         if grad is not None:
             after.append((d, sub.expr(grad)))
         elif body.outputs[k].diff:          # this trip's carried value did not depend on the last

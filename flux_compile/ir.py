@@ -155,7 +155,8 @@ def _loop_text(n, args):
     bounds = ", ".join(repr(a) for a in n.args[:nb])
     carried = ", ".join(n.meta["carried"]) or "nothing"
     body = n.meta["body"].format().splitlines()[1:]
-    return (f"loop({args}) for {n.meta['target']} in range({bounds}): carry {carried}\n" +
+    head = "while <go>" if n.meta.get("kind") == "while" else f"for {n.meta['target']} in range({bounds})"
+    return (f"loop({args}) {head}: carry {carried}\n" +
             "\n".join("    " + line for line in body))
 
 
@@ -163,6 +164,8 @@ def run_loop(n, args, env):
     """The value of a loop region: its body's graph run once per trip (the interpreter)."""
     nb, nc = n.meta["n_bounds"], len(n.meta["carried"])
     body = n.meta["body"]
+    if n.meta.get("kind") == "while":
+        raise RuntimeError("a while loop runs in the generated code, not while compiling")
     carried, captured = list(args[nb:nb + nc]), list(args[nb + nc:])
     for t in range(*args[:nb]):
         values = {}

@@ -15,6 +15,7 @@ from .errors import CompileError
 from .ir import LOOP, Graph, Node, is_reread
 from .tracecore import Static
 
+GO = "<go>"         # the carried flag of a while loop (no user's name can clash with it)
 # a range with constant bounds is unrolled up to this many trips (a region above it)
 UNROLL_UP_TO = 32
 
@@ -89,9 +90,28 @@ class Loops:
             return False
         return True
 
-    def _trace_loop(self, s, bounds):
+    def try_while_region(self, s):
+        """``while <test on data>:`` as a region: the test is computed before the loop and
+        again at the end of each trip (a carried flag); the loop runs in the generated code,
+        never while compiling. Returns True when done."""
+        if self.ctx.mode != "forward":
+            return False
+        snapshot = (self.ctx.guards, dict(self.frame.env))
+        test = self.eval(s.test)
+        if not isinstance(test, Node):
+            return False
+        try:
+            self._trace_loop(s, [], test=(s.test, test))
+        except (RegionUnsupported, CompileError):
+            self.ctx.guards, env = snapshot
+            self.frame.env.clear()
+            self.frame.env.update(env)
+            return False
+        return True
+
+    def _trace_loop(self, s, bounds, test=None):
         env = self.frame.env
-        target = s.target.id
+        target = s.target.id if test is None else "trip"
         carried = [n for n in _assigned_names(s.body) if n in env and n != target]
         for name in carried:
             v = env[name]
@@ -99,9 +119,12 @@ class Loops:
                                                 and not isinstance(v.value, bool)):
                 raise RegionUnsupported(name)
         inits = [self.as_node(env[name]) for name in carried]
+        if test is not None:            # the test's value: a carried flag, computed again each trip
+            carried.append(GO)
+            inits.append(test[1])
         diff = [n.diff for n in inits]
         for _ in range(3):      # until which carried values carry gradients settles
-            body, outs = self._trace_body(s, target, carried, diff)
+            body, outs = self._trace_body(s, target, carried, diff, test)
             now = [d or o.diff for d, o in zip(diff, outs)]
             if now == diff:
                 break
@@ -110,12 +133,15 @@ class Loops:
         self.ctx.loc = self.frame.source.loc(s)
         loop = self.ctx.add(Node(LOOP, tuple(bounds) + tuple(inits) + tuple(captured),
                                  diff=any(diff), arity=len(carried)))
-        loop.meta.update(body=body, n_bounds=len(bounds), carried=carried, target=target)
+        loop.meta.update(body=body, n_bounds=len(bounds), carried=carried, target=target,
+                         kind="for" if test is None else "while")
         for i, name in enumerate(carried):
+            if name == GO:
+                continue
             item = self.ctx.add(Node("item", (loop,), index=i, diff=diff[i], name=name))
             env[name] = item
 
-    def _trace_body(self, s, target, carried, diff):
+    def _trace_body(self, s, target, carried, diff, test=None):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
         outer_graph = ctx.graph
@@ -135,7 +161,7 @@ class Loops:
             self.exec_body(s.body)
             if self.frame.returned:
                 raise RegionUnsupported("return inside the loop")
-            outs = [self.as_node(env[name]) for name in carried]
+            outs = [self.as_node(env[name] if name != GO else self.eval(test[0])) for name in carried]
         finally:
             ctx.graph = outer_graph
             if root is None:

@@ -251,6 +251,8 @@ class Statements:
     def exec_While(self, s):
         if s.orelse:
             self.error("while/else is not supported", s)
+        if self.try_while_region(s):
+            return
         for _ in range(MAX_UNROLL):
             if not self.decide(self.eval(s.test), s.test, "'while'"):
                 break

@@ -300,3 +300,59 @@ def test_state_written_in_a_loop_falls_back_to_unrolling():
             return self.h
     m = Acc()
     assert fc.gradcheck(m, rng.normal(size=(3, 3))).ok
+
+
+def halving(xnp):
+    def f(x, w):
+        h = x
+        while xnp.sum(h * h) > 0.01:
+            h = h * w
+        return xnp.sum(h * x)
+    return f
+
+
+@pytest.mark.parametrize("scale", [0.05, 1.0, 30.0])
+def test_while_on_data(scale):
+    x, w = np.full(3, scale) + rng.normal(size=3) * 0.01, np.full(3, 0.9) + rng.normal(size=3) * 0.01
+    check(halving(np), halving(anp), x, w)
+
+
+def test_while_compiles_once_for_any_trip_count():
+    f = halving(np)
+    w = np.full(3, 0.8)
+    for scale in (0.05, 1.0, 10.0, 100.0, 1e4):
+        value, _ = fc.grad(f, np.full(3, scale), w)
+        assert np.isclose(value, f(np.full(3, scale), w))
+    c = fc_cache.compile_function(f, (np.ones(3), w))
+    assert len(getattr(c, "alternatives", None) or [c]) == 1
+    assert "while go" in fc.source(f, "forward", inputs=(np.ones(3), w))
+
+
+def test_while_with_five_thousand_trips_at_the_default_recursion_limit():
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(1000)
+    try:
+        def f(x):
+            h = x
+            while np.max(h) > 1.0:
+                h = h * 0.999
+            return np.sum(h * h)
+        x = np.full(2, 1.0) / 0.999 ** 4999.5
+        value, (g,) = fc.grad(f, x)
+        h, trips = x.copy(), 0
+        while np.max(h) > 1.0:
+            h, trips = h * 0.999, trips + 1
+        assert trips == 5000
+        assert np.isclose(value, np.sum(h * h))
+        assert np.allclose(g, 2 * h * 0.999 ** 5000)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_an_infinite_while_is_compiled_without_running_it():
+    def f(x):
+        while np.sum(x) > 0:
+            x = x + 1.0
+        return np.sum(x)
+    c = fc_cache.compile_function(f, (np.ones(3),))       # returns: the loop is not run
+    assert "while go" in c.source
