@@ -268,6 +268,7 @@ class FunctionEmitter:
             for a in n.inputs():
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
         fed = naming.fed_variables(nodes)
+        self.uses, self.kept = uses, keep          # a loop may take over a value used only by it
         region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs() if a.op != "pack"}
         body = []
         for n in nodes:

@@ -83,6 +83,43 @@ def _bind_outer(em, sub, inner, outer):
         sub.aliases[inner.id] = e
 
 
+def _take_over(em, init):
+    """The variable of a carried value's initial value when nothing else reads it (the loop
+    may then update it in place of a copy): ``h = np.zeros(...)`` / ``for ...: h = ...``."""
+    name = em.names.get(init.id)
+    if name is None or not init.name or init.meta.get("anon") or init.op == "input" or init.id in em.inline or init.id in em.kept \
+            or em.uses.get(init.id, 0) != 1 or list(em.names.values()).count(name) != 1:
+        return None
+    return name
+
+
+def _name_outputs_as_carried(sub, body, carried_in, variables):
+    """A trip's new value of a carried variable is written to that variable directly when the
+    old value is not read after it (``h = np.tanh(... h ...)``)."""
+    position = {node.id: i for i, node in enumerate(body.nodes)}
+    outs, keep = body.outputs, set()
+    for k, (node, out) in enumerate(zip(carried_in, outs)):
+        if out.op == "input" or out.id in sub.names or outs.count(out) != 1 or node in outs:
+            continue
+        readers = [position[x.id] for x in body.nodes if any(a is node for a in x.inputs())]
+        if all(r <= position[out.id] for r in readers):
+            sub.names[out.id] = variables[k]
+            keep |= _read_late(body, node, out, position)
+    return keep
+
+
+def _read_late(body, node, out, position):
+    """Values computed from the old ``node`` before ``out`` overwrites it but read after it:
+    they must be statements of their own (an inlined one would read the new value)."""
+    depends, late = {node.id}, set()
+    for x in body.nodes[:position[out.id]]:
+        if any(a.id in depends for a in x.inputs()):
+            depends.add(x.id)
+    for x in body.nodes[position[out.id] + 1:]:
+        late |= {a.id for a in x.inputs() if a.id in depends and a is not node}
+    return late
+
+
 def emit_loop(em, n):
     """A ``loop`` node as statements of the function ``em`` is emitting."""
     out = []
@@ -97,8 +134,9 @@ def emit_loop(em, n):
     sub = _sub_emitter(em, {}, em.mode, {})
     index = em.scope.fresh(n.meta["target"])
     sub.names[t_in.id] = index
-    variables = [em.scope.fresh(name.strip("<>")) for name in carried]
-    out += _assign_all([(v, em.expr(init)) for v, init in zip(variables, n.args[nb:nb + nc])])
+    inits = n.args[nb:nb + nc]
+    variables = [_take_over(em, init) or em.scope.fresh(name.strip("<>")) for name, init in zip(carried, inits)]
+    out += _assign_all([(v, em.expr(init)) for v, init in zip(variables, inits)])
     for v, node, init in zip(variables, carried_in, n.args[nb:nb + nc]):
         sub.names[node.id] = v
         if init.op == "const":          # ``acc = 0.0``: a Python number on the first trip
@@ -116,6 +154,8 @@ def emit_loop(em, n):
         saved = []
     outs = body.outputs
     keep = {o.id for o in outs} | {a.id for a, _ in saved}
+    if not train:
+        keep |= _name_outputs_as_carried(sub, body, carried_in, variables)
     stmts = sub.statements(nodes, keep)
     if train:
         stack = em.scope.fresh(naming.steps(carried[0] if carried else n.meta["target"]))

@@ -36,6 +36,8 @@ def check(f, f_ag, *args, argnums=None):
     argnums = range(len(args)) if argnums is None else argnums
     value, grads = fc.grad(f, *[a.copy() for a in args])
     assert np.allclose(value, f(*[a.copy() for a in args]))
+    inference = fc_cache.compile_function(f, args).forward       # the forward without saves
+    assert np.allclose(inference(*[a.copy() for a in args]), value)
     for i in argnums:
         want = ag_grad(f_ag, i)(*args)
         assert np.allclose(grads[i], want, atol=1e-8), i
@@ -112,6 +114,22 @@ def swapping(xnp):
             a, b = b, xnp.tanh(a + 0.5 * b)
         return xnp.sum(a * b)
     return f
+
+
+def late_reader(xnp):
+    def f(x, W):
+        h, c, d = x, x, x
+        for t in range(x.shape[0] * 12):
+            c = c + xnp.sin(h)
+            h = xnp.tanh(h @ W)
+            d = d + xnp.sin(h) + c
+        return xnp.sum(h + c * d)
+    return f
+
+
+def test_old_and_new_values_of_a_carried_variable_in_one_trip():
+    x, W = rng.normal(size=3), rng.normal(size=(3, 3)) * 0.5
+    check(late_reader(np), late_reader(anp), x, W)
 
 
 def test_carried_values_swapped_each_trip():
@@ -325,7 +343,7 @@ def test_while_compiles_once_for_any_trip_count():
         assert np.isclose(value, f(np.full(3, scale), w))
     c = fc_cache.compile_function(f, (np.ones(3), w))
     assert len(getattr(c, "alternatives", None) or [c]) == 1
-    assert "while go" in fc.source(f, "forward", inputs=(np.ones(3), w))
+    assert "    while go:" in fc.source(f, "forward", inputs=(np.ones(3), w))
 
 
 def test_while_with_five_thousand_trips_at_the_default_recursion_limit():
