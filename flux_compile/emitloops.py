@@ -132,7 +132,7 @@ def emit_loop(em, n):
     train = em.mode == "train" and n.meta.get("needs_back") and "train" in n.meta
     t_in, carried_in, cap_in = body.inputs[0], body.inputs[1:1 + nc], body.inputs[1 + nc:]
     sub = _sub_emitter(em, {}, em.mode, {})
-    index = em.scope.fresh(n.meta["target"])
+    index = em.scope.fresh(n.meta["target"].strip("<>"))
     sub.names[t_in.id] = index
     inits = n.args[nb:nb + nc]
     variables = [_take_over(em, init) or em.scope.fresh(name.strip("<>")) for name, init in zip(carried, inits)]
@@ -158,7 +158,7 @@ def emit_loop(em, n):
         keep |= _name_outputs_as_carried(sub, body, carried_in, variables)
     stmts = sub.statements(nodes, keep)
     if train:
-        stack = em.scope.fresh(naming.steps(carried[0] if carried else n.meta["target"]))
+        stack = em.scope.fresh(naming.steps((carried[0] if carried else n.meta["target"]).strip("<>")))
         em.back_names[n.id] = stack
         out.append(ast.Assign(targets=[_store(stack)], value=ast.List(elts=[], ctx=ast.Load())))
         names = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved] or [index]

@@ -64,9 +64,11 @@ class Loops:
     def try_loop_region(self, s):
         """Trace ``for t in range(...)`` as a region when its bounds are run-time values or
         its trip count is above :data:`UNROLL_UP_TO`. Returns True when done."""
-        args = _range_call(s)
-        if args is None or self.ctx.mode != "forward":
+        if self.ctx.mode != "forward":
             return False
+        args = _range_call(s)
+        if args is None:
+            return self._try_rows_region(s)
         fn = self.eval(s.iter.func)
         if not (isinstance(fn, Static) and fn.value is range):
             return False
@@ -83,6 +85,27 @@ class Loops:
         snapshot = (self.ctx.guards, dict(self.frame.env))
         try:
             self._trace_loop(s, [self.as_node(b) for b in bounds])
+        except (RegionUnsupported, CompileError):
+            self.ctx.guards, env = snapshot
+            self.frame.env.clear()
+            self.frame.env.update(env)
+            return False
+        return True
+
+    def _try_rows_region(self, s):
+        """``for row in x`` over an array's first axis: a region over ``range(len(x))`` whose
+        body reads ``x[t]``."""
+        if not isinstance(s.target, ast.Name):
+            return False
+        snapshot = (self.ctx.guards, dict(self.frame.env))
+        it = self.eval(s.iter)
+        if not isinstance(it, Node) or it.arity is not None:
+            return False
+        count = self.call_primitive(len, [it], {}, s.iter)
+        if isinstance(count, Static) and (not isinstance(count.value, int) or count.value <= UNROLL_UP_TO):
+            return False
+        try:
+            self._trace_loop(s, [self.as_node(count)], rows_of=it)
         except (RegionUnsupported, CompileError):
             self.ctx.guards, env = snapshot
             self.frame.env.clear()
@@ -109,9 +132,9 @@ class Loops:
             return False
         return True
 
-    def _trace_loop(self, s, bounds, test=None):
+    def _trace_loop(self, s, bounds, test=None, rows_of=None):
         env = self.frame.env
-        target = s.target.id if test is None else "trip"
+        target = "<trip>" if test is not None else "<t>" if rows_of is not None else s.target.id
         carried = [n for n in _assigned_names(s.body) if n in env and n != target]
         for name in carried:
             v = env[name]
@@ -124,7 +147,7 @@ class Loops:
             inits.append(test[1])
         diff = [n.diff for n in inits]
         for _ in range(3):      # until which carried values carry gradients settles
-            body, outs = self._trace_body(s, target, carried, diff, test)
+            body, outs = self._trace_body(s, target, carried, diff, test, rows_of)
             now = [d or o.diff for d, o in zip(diff, outs)]
             if now == diff:
                 break
@@ -141,7 +164,7 @@ class Loops:
             item = self.ctx.add(Node("item", (loop,), index=i, diff=diff[i], name=name))
             env[name] = item
 
-    def _trace_body(self, s, target, carried, diff, test=None):
+    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
         outer_graph = ctx.graph
@@ -151,9 +174,15 @@ class Loops:
         ctx.graph = body
         saved_env = dict(env)
         try:
-            t = body.add(Node("input", name=target, diff=False))
+            t = body.add(Node("input", name=target.strip("<>"), diff=False))
             t.meta.update(shape=(), region_input=True)
             env[target] = t
+            if rows_of is not None:         # for row in x: row = x[t]
+                from .rules.helpers import getitem
+                row = self.call_primitive(getitem, [rows_of, t], {}, s.target)
+                if isinstance(row, Node) and row.name is None:
+                    row.name = s.target.id
+                env[s.target.id] = row
             for name, d in zip(carried, diff):
                 n = body.add(Node("input", name=name, diff=d))
                 n.meta["region_input"] = True

@@ -374,3 +374,21 @@ def test_an_infinite_while_is_compiled_without_running_it():
         return np.sum(x)
     c = fc_cache.compile_function(f, (np.ones(3),))       # returns: the loop is not run
     assert "while go" in c.source
+
+
+def over_rows(xnp):
+    def f(x, W):
+        h = xnp.zeros(W.shape[1])
+        for row in x:                   # the first axis of an array, its length from data
+            h = xnp.tanh(row @ W + h)
+        return xnp.sum(h * h)
+    return f
+
+
+@pytest.mark.parametrize("n", [0, 1, 40])
+def test_for_over_an_arrays_first_axis(n):
+    x, W = rng.normal(size=(n, 3)), rng.normal(size=(3, 2))
+    if n == 40:
+        src = fc.source(over_rows(np), "forward", inputs=(x, W))
+        assert "for t in range(" in src and "Retrace" not in src
+    check(over_rows(np), over_rows(anp), x, W)
