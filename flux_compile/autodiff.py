@@ -252,7 +252,7 @@ def _backprop_loop(node, g, b, adj):
     node.meta["needs_back"] = True
     nb, nc = node.meta["n_bounds"], len(node.meta["carried"])
     seeds = list(g.args) if g.op == "pack" else \
-        [b.ctx.add(Node("item", (g,), index=i, diff=True)) for i in range(nc)]
+        [b.ctx.add(Node("item", (g,), index=i, diff=True)) for i in range(len(body.outputs))]
     zero_like = []          # carried values without an adjoint start from zeros of their final value
     for i, s in enumerate(seeds):
         if s.op == "const" and s.value is None and body.outputs[i].diff:

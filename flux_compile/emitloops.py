@@ -166,6 +166,11 @@ def emit_loop(em, n):
                                           _tuple_or_one([_name(x) for x in names]))))
         n.meta["emit"] = dict(names=dict(sub.names), back_names=dict(sub.back_names),
                               aliases=dict(sub.aliases), loose=set(sub.loose), saved=names, stack=stack)
+    lists = n.meta.get("lists", ())
+    list_vars = [em.scope.fresh(name) for name in lists]
+    out += [ast.Assign(targets=[_store(v)], value=ast.List(elts=[], ctx=ast.Load())) for v in list_vars]
+    stmts += [ast.Expr(value=_call(_attr(_name(v), "append"), sub.expr(o)))
+              for v, o in zip(list_vars, outs[nc:])]
     stmts += _assign_all([(v, sub.expr(o)) for v, o in zip(variables, outs)])
     if n.meta.get("kind") == "while":          # the flag is the last carried value
         out.append(ast.While(test=_name(variables[-1]), body=stmts or [ast.Pass()], orelse=[]))
@@ -173,7 +178,10 @@ def emit_loop(em, n):
         bounds = [em.expr(b) for b in n.args[:nb]]
         out.append(ast.For(target=_store(index), iter=_call(_name("range"), *bounds),
                            body=stmts or [ast.Pass()], orelse=[]))
-    em.region_vars[n.id] = variables
+    stacked = [em.scope.fresh(name) for name in lists]
+    out += [ast.Assign(targets=[_store(v)], value=_call(_np(em, "stack"), _name(lv)))
+            for v, lv in zip(stacked, list_vars)]
+    em.region_vars[n.id] = variables + stacked
     return out
 
 
@@ -215,6 +223,22 @@ def emit_loop_back(em, m):
         else:
             value = ast.Subscript(value=em.expr(g), slice=ast.Constant(k), ctx=ast.Load())
         pre.append((d, value))
+    rows = []           # each filled list's adjoint, one row per trip (walked backwards)
+    for j, name in enumerate(loop.meta.get("lists", ())):
+        seed = joint.seeds[nc + j]
+        if not body.outputs[nc + j].diff:
+            sub.aliases[seed.id] = ast.Constant(None)
+            continue
+        if m.meta["zero_like"][nc + j]:
+            value = _call(_np(em, "zeros_like"), em.expr(next(zeros)))
+        elif g.op == "pack":
+            value = em.expr(g.args[nc + j])
+        else:
+            value = ast.Subscript(value=em.expr(g), slice=ast.Constant(nc + j), ctx=ast.Load())
+        whole, row = em.scope.fresh(naming.adjoint(name)), em.scope.fresh(naming.adjoint(name) + "_t")
+        pre.append((whole, value))
+        sub.names[seed.id] = row
+        rows.append((row, whole))
     cap_grads = {}
     for j in range(len(cap_in)):
         grad = joint.resolved_grads[1 + nc + j]
@@ -239,8 +263,13 @@ def emit_loop_back(em, m):
         after.append((d, ast.BinOp(left=_name(d), op=ast.Add(), right=sub.expr(grad))))
     stmts += _assign_all(after)
     target = _tuple_or_one([_store(x) for x in info["saved"]], store=True)
-    out.append(ast.For(target=target, iter=_call(_name("reversed"), _name(info["stack"])),
-                       body=stmts or [ast.Pass()], orelse=[]))
+    trips = _call(_name("reversed"), _name(info["stack"]))
+    if rows:        # for saved, dhs_t in zip(reversed(h_steps), dhs[::-1])
+        backwards = [ast.Subscript(value=_name(whole), slice=ast.Slice(lower=None, upper=None, step=ast.UnaryOp(
+            op=ast.USub(), operand=ast.Constant(1))), ctx=ast.Load()) for _, whole in rows]
+        target = ast.Tuple(elts=[target] + [_store(row) for row, _ in rows], ctx=ast.Store())
+        trips = _call(_name("zip"), trips, *backwards)
+    out.append(ast.For(target=target, iter=trips, body=stmts or [ast.Pass()], orelse=[]))
     em.region_vars[m.id] = adjoints + [cap_grads[j][0] if j in cap_grads else None
                                        for j in range(len(cap_in))]
     return out

@@ -167,12 +167,16 @@ def run_loop(n, args, env):
     if n.meta.get("kind") == "while":
         raise RuntimeError("a while loop runs in the generated code, not while compiling")
     carried, captured = list(args[nb:nb + nc]), list(args[nb + nc:])
+    lists = [[] for _ in n.meta.get("lists", ())]
     for t in range(*args[:nb]):
         values = {}
         for node, v in zip(body.inputs, [t] + carried + captured):
             values[node.id] = v
-        carried = list(env.run_body(body, values))
-    return tuple(carried)
+        outs = list(env.run_body(body, values))
+        carried = outs[:nc]
+        for items, v in zip(lists, outs[nc:]):
+            items.append(v)
+    return tuple(carried) + tuple(np.stack(items) for items in lists)
 
 
 def value_shape(v):

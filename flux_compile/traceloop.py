@@ -27,6 +27,37 @@ class RegionUnsupported(Exception):
 MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault"}
 
 
+class Collector:
+    """A list a loop body appends to once per trip (``hs.append(h)``): its item this trip."""
+
+    def __init__(self, name):
+        self.name, self.items = name, []
+
+
+class Stacked:
+    """A list filled by a loop region, after it: ``np.stack(hs)`` is the node ``node``."""
+
+    def __init__(self, node, name):
+        self.node, self.name = node, name
+
+
+def _appended_lists(body):
+    """Names ``X`` of the statements ``X.append(v)`` in ``body``."""
+    names = []
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "append" and isinstance(node.func.value, ast.Name) \
+                    and node.func.value.id not in names:
+                names.append(node.func.value.id)
+    return names
+
+
+def _is_empty_list(v):
+    return isinstance(v, Static) and isinstance(v.value, (list, tuple)) and not v.value \
+        or type(v).__name__ == "Seq" and not v.items
+
+
 def _assigned_names(body):
     """Names the statements ``body`` assign (in any nested statement), ``y`` of ``y[i] = v``
     too. A region cannot hold a write to an attribute (recurrent state) or a list mutated in
@@ -43,7 +74,8 @@ def _assigned_names(body):
             elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
                 raise RegionUnsupported("an attribute written inside the loop")
             elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                    and node.func.attr in MUTATORS:
+                    and node.func.attr in MUTATORS and not (node.func.attr == "append"
+                                                             and isinstance(node.func.value, ast.Name)):
                 raise RegionUnsupported("a container changed in place inside the loop")
     return names
 
@@ -60,6 +92,32 @@ def _range_call(s):
 
 class Loops:
     """The tracer's loop regions (mixed into Tracer)."""
+
+    def collect_append(self, s):
+        """``hs.append(v)`` in a loop region's body: ``v`` is this trip's item of ``hs``."""
+        call = s.value
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+                and call.func.attr == "append" and isinstance(call.func.value, ast.Name) \
+                and isinstance(self.frame.env.get(call.func.value.id), Collector) \
+                and len(call.args) == 1 and not call.keywords:
+            self.frame.env[call.func.value.id].items.append(self.eval(call.args[0]))
+            return True
+        return False
+
+    def stacked_call(self, f, args, kwargs, e):
+        """``np.stack(hs)`` / ``np.stack(hs, axis=k)`` / ``np.array(hs)`` of a list a loop
+        region filled: the loop's stacked output (moved to axis ``k``)."""
+        import numpy as np
+        fn = f.value if isinstance(f, Static) else None
+        stacked = args[0]
+        axis = kwargs.get("axis", args[1] if len(args) > 1 else Static(0))
+        if fn in (np.stack, np.array, np.asarray) and isinstance(axis, Static) and len(args) <= 2 \
+                and set(kwargs) <= {"axis"}:
+            if axis.value == 0:
+                return stacked.node
+            return self.call_primitive(np.moveaxis, [stacked.node, Static(0), axis], {}, e)
+        self.error(f"the list {stacked.name!r} filled in a loop can only be stacked here", e,
+                   hint=f"use np.stack({stacked.name}) or np.stack({stacked.name}, axis=k) after the loop")
 
     def try_loop_region(self, s):
         """Trace ``for t in range(...)`` as a region when its bounds are run-time values or
@@ -136,6 +194,9 @@ class Loops:
         env = self.frame.env
         target = "<trip>" if test is not None else "<t>" if rows_of is not None else s.target.id
         carried = [n for n in _assigned_names(s.body) if n in env and n != target]
+        lists = _appended_lists(s.body)
+        if any(name in carried or not _is_empty_list(env.get(name)) for name in lists):
+            raise RegionUnsupported("append to a list that is not empty before the loop")
         for name in carried:
             v = env[name]
             if not isinstance(v, Node) and not (isinstance(v, Static) and isinstance(v.value, (int, float))
@@ -147,7 +208,7 @@ class Loops:
             inits.append(test[1])
         diff = [n.diff for n in inits]
         for _ in range(3):      # until which carried values carry gradients settles
-            body, outs = self._trace_body(s, target, carried, diff, test, rows_of)
+            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists)
             now = [d or o.diff for d, o in zip(diff, outs)]
             if now == diff:
                 break
@@ -155,16 +216,21 @@ class Loops:
         captured = _close(body)
         self.ctx.loc = self.frame.source.loc(s)
         loop = self.ctx.add(Node(LOOP, tuple(bounds) + tuple(inits) + tuple(captured),
-                                 diff=any(diff), arity=len(carried)))
+                                 diff=any(diff) or any(o.diff for o in body.outputs[len(carried):]),
+                                 arity=len(carried) + len(lists)))
         loop.meta.update(body=body, n_bounds=len(bounds), carried=carried, target=target,
-                         kind="for" if test is None else "while")
+                         kind="for" if test is None else "while", lists=lists)
+        for j, name in enumerate(lists):
+            item = self.ctx.add(Node("item", (loop,), index=len(carried) + j,
+                                     diff=body.outputs[len(carried) + j].diff, name=name))
+            env[name] = Stacked(item, name)
         for i, name in enumerate(carried):
             if name == GO:
                 continue
             item = self.ctx.add(Node("item", (loop,), index=i, diff=diff[i], name=name))
             env[name] = item
 
-    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None):
+    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=()):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
         outer_graph = ctx.graph
@@ -187,17 +253,22 @@ class Loops:
                 n = body.add(Node("input", name=name, diff=d))
                 n.meta["region_input"] = True
                 env[name] = n
+            collectors = [Collector(name) for name in lists]
+            env.update((c.name, c) for c in collectors)
             self.exec_body(s.body)
             if self.frame.returned:
                 raise RegionUnsupported("return inside the loop")
             outs = [self.as_node(env[name] if name != GO else self.eval(test[0])) for name in carried]
+            if any(len(c.items) != 1 for c in collectors):
+                raise RegionUnsupported("a list appended to other than once per trip")
+            extra = [self.as_node(c.items[0]) for c in collectors]
         finally:
             ctx.graph = outer_graph
             if root is None:
                 del ctx.root_graph
             env.clear()
             env.update(saved_env)
-        body.outputs = outs
+        body.outputs = outs + extra
         return body, outs
 
 

@@ -224,6 +224,8 @@ class Statements:
     def exec_Expr(self, s):
         if isinstance(s.value, ast.Constant):
             return      # docstring or bare constant
+        if self.collect_append(s):
+            return      # hs.append(h) inside a loop region
         if isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Name) \
                 and s.value.func.id == "print":
             self.error("print is not supported inside forward", s,

@@ -392,3 +392,45 @@ def test_for_over_an_arrays_first_axis(n):
         src = fc.source(over_rows(np), "forward", inputs=(x, W))
         assert "for t in range(" in src and "Retrace" not in src
     check(over_rows(np), over_rows(anp), x, W)
+
+
+def collected(xnp, axis):
+    def f(x, W):
+        hs = []
+        h = xnp.tanh(x[0])
+        for t in range(x.shape[0]):
+            h = xnp.tanh(h @ W + x[t])
+            hs.append(h * 2.0)
+        H = xnp.stack(hs, axis=axis)
+        return xnp.sum(H * H * xnp.arange(H.shape[1]))
+    return f
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_list_filled_in_a_loop_then_stacked(axis):
+    x, W = rng.normal(size=(37, 3)), rng.normal(size=(3, 3)) * 0.5
+    check(collected(np, axis), collected(anp, axis), x, W)
+    src = fc.source(collected(np, axis), "all", inputs=(x, W))
+    assert ".append(" in src and "np.stack(" in src and "[::-1]" in src
+
+
+@fc.net
+class AllStates:
+    def __init__(self):
+        self.Wx = fc.initn(3, 4) * 40
+        self.Wh = fc.initn(4, 4) * 40
+
+    def forward(self, x):
+        h = np.zeros((x.shape[0], 4))
+        hs = []
+        for t in range(x.shape[1]):
+            h = np.tanh(x[:, t] @ self.Wx + h @ self.Wh)
+            hs.append(h)
+        return np.stack(hs, axis=1)
+
+
+def test_model_returning_every_hidden_state():
+    m = AllStates()
+    for T in (3, 36):
+        assert fc.gradcheck(m, rng.normal(size=(2, T, 3))).ok
+    assert fc_cache._class_caches[AllStates].count == 1
