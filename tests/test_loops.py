@@ -434,3 +434,14 @@ def test_model_returning_every_hidden_state():
     for T in (3, 36):
         assert fc.gradcheck(m, rng.normal(size=(2, T, 3))).ok
     assert fc_cache._class_caches[AllStates].count == 1
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_fuzzed_programs_with_loop_regions(seed):
+    """tests/fuzzgen.py's loops group: random programs with region loops (shape-derived and
+    long trip counts, carried accumulators, lists stacked after the loop) against NumPy,
+    autograd and finite differences."""
+    import fuzzgen
+    prog = fuzzgen.generate(seed, fuzzgen.GROUPS["loops"])
+    result = fuzzgen.check(prog)
+    assert result.outcome == "ok", result.message
