@@ -12,7 +12,7 @@ from __future__ import annotations
 import ast
 
 from .errors import CompileError
-from .ir import LOOP, Graph, Node, is_reread
+from .ir import LOOP, PURE_OPS, Graph, Node, is_reread
 from .tracecore import Static
 
 GO = "<go>"         # the carried flag of a while loop (no user's name can clash with it)
@@ -213,6 +213,7 @@ class Loops:
             if now == diff:
                 break
             diff = now
+        _hoist(body, self.ctx.graph)
         captured = _close(body)
         self.ctx.loc = self.frame.source.loc(s)
         loop = self.ctx.add(Node(LOOP, tuple(bounds) + tuple(inits) + tuple(captured),
@@ -272,6 +273,34 @@ class Loops:
         return body, outs
 
 
+def _invariant(n, moved, inside):
+    """Is ``n`` pure work on values that do not change from trip to trip?"""
+    if n.op == "input" or n.op not in PURE_OPS or n.meta.get("effect") or n.meta.get("region_input"):
+        return False
+    if n.op == "call" and ((getattr(n.fn, "__module__", "") or "").startswith("numpy.random")
+                           or getattr(n.fn, "__flux_impure__", False)):
+        return False
+    return all(id(a) in moved or id(a) not in inside for a in n.inputs())
+
+
+def _hoist(body, outer):
+    """Move the body's loop-invariant work (pure, reading only values from outside or other
+    invariant work) before the loop, into ``outer``: it runs once, not once per trip."""
+    inside = set(map(id, body.nodes))
+    moved = set()
+    keep = []
+    for n in body.nodes:
+        if _invariant(n, moved, inside) and not any(n is o for o in body.outputs):
+            moved.add(id(n))
+            outer.add(n)
+        else:
+            keep.append(n)
+    if moved:
+        body.nodes, body.inputs = [], []
+        for n in keep:
+            body.add(n)
+
+
 def _close(body):
     """Make the body graph closed: each outside value it reads becomes an input of its own
     (placed first, SSA order kept). Returns the outside values, in the inputs' order."""
@@ -287,7 +316,7 @@ def _close(body):
                             attr=a.attr, diff=a.diff)
                 copy.meta.update(a.meta)
             else:
-                copy = Node("input", name=a.name or "captured", diff=a.diff)
+                copy = Node("input", name=a.name or "t", diff=a.diff)
                 copy.meta.update(region_input=True, shape=a.meta.get("shape"),
                                  complex=a.meta.get("complex"))
                 captured.append(a)

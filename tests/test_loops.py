@@ -445,3 +445,20 @@ def test_fuzzed_programs_with_loop_regions(seed):
     prog = fuzzgen.generate(seed, fuzzgen.GROUPS["loops"])
     result = fuzzgen.check(prog)
     assert result.outcome == "ok", result.message
+
+
+def invariant_work(xnp):
+    def f(x, W):
+        h = x[0]
+        for t in range(x.shape[0]):
+            h = xnp.tanh(h @ (W.T * 2.0) + x[t])
+        return xnp.sum(h)
+    return f
+
+
+def test_loop_invariant_work_is_hoisted_before_the_loop():
+    x, W = rng.normal(size=(40, 3)), rng.normal(size=(3, 3)) * 0.4
+    check(invariant_work(np), invariant_work(anp), x, W)
+    src = fc.source(invariant_work(np), "forward", inputs=(x, W))
+    before, loop = src.split("for t in range(")
+    assert "W.T * 2.0" in before and "W.T" not in loop
