@@ -164,16 +164,23 @@ def run_loop(n, args, env):
     """The value of a loop region: its body's graph run once per trip (the interpreter)."""
     nb, nc = n.meta["n_bounds"], len(n.meta["carried"])
     body = n.meta["body"]
-    if n.meta.get("kind") == "while":
+    is_while = n.meta.get("kind") == "while"
+    if is_while and getattr(env, "lenient", True):
         raise RuntimeError("a while loop runs in the generated code, not while compiling")
     carried, captured = list(args[nb:nb + nc]), list(args[nb + nc:])
     lists = [[] for _ in n.meta.get("lists", ())]
-    for t in range(*args[:nb]):
+
+    def trips():
+        t = 0
+        while carried[-1] if is_while else t < len(range(*args[:nb])):
+            yield t if is_while else range(*args[:nb])[t]
+            t += 1
+    for t in trips():
         values = {}
         for node, v in zip(body.inputs, [t] + carried + captured):
             values[node.id] = v
         outs = list(env.run_body(body, values))
-        carried = outs[:nc]
+        carried[:] = outs[:nc]
         for items, v in zip(lists, outs[nc:]):
             items.append(v)
     return tuple(carried) + tuple(np.stack(items) for items in lists)

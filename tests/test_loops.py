@@ -463,3 +463,27 @@ def test_loop_invariant_work_is_hoisted_before_the_loop():
     before, loop = src.split("\n    for t in range(")
     code = [line for line in loop.splitlines() if not line.strip().startswith("#")]
     assert "= W.T * 2.0" in before and not any("W.T" in line for line in code)
+
+
+@fc.net
+class Shrink:
+    def __init__(self):
+        self.W = fc.initn(3, 3) * 40
+
+    def forward(self, x):
+        h = x @ self.W
+        while np.max(np.abs(h)) > 1.0:
+            h = h * 0.5
+        hs = []
+        for t in range(x.shape[0] + 40):
+            h = np.tanh(h + 0.1)
+            hs.append(h)
+        return np.stack(hs, axis=1)
+
+
+def test_shapes_runs_while_and_for_regions():
+    m = Shrink()
+    x = rng.normal(size=(2, 3)) * 100
+    text = str(fc.shapes(m, x))
+    assert "loop(" in text
+    assert fc.gradcheck(m, x).ok
