@@ -268,7 +268,7 @@ def _backprop_loop(node, g, b, adj):
     back = b.ctx.add(Node(LOOP_BACK, args, diff=True, arity=nc + len(captured)))
     back.meta.update(loop=node, captured=needed, zero_like=[z is not None for z in zero_like])
     for i, init in enumerate(node.args[nb:nb + nc]):
-        if init.diff:
+        if init.diff and body.outputs[i].diff:      # not a while's flag, nor a counter
             adj.add(init, b.ctx.add(Node("item", (back,), index=i, diff=True)), b)
     for j, c in enumerate(captured):
         if c.diff and joint.input_grads[1 + nc + j] is not None:

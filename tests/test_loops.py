@@ -487,3 +487,17 @@ def test_shapes_runs_while_and_for_regions():
     text = str(fc.shapes(m, x))
     assert "loop(" in text
     assert fc.gradcheck(m, x).ok
+
+
+def test_while_whose_test_is_a_carried_value_itself():
+    def f(x, w):
+        n = np.sum(x * 0.0) + 6.0
+        h = x
+        while n:                        # the flag's first value is n itself
+            h = h * w
+            n = n - 1.0
+        return np.sum(h)
+    x, w = rng.normal(size=3), rng.normal(size=3)
+    value, (gx, gw) = fc.grad(f, x, w)
+    assert np.isclose(value, np.sum(x * w ** 6))
+    assert np.allclose(gx, w ** 6) and np.allclose(gw, 6 * x * w ** 5)
