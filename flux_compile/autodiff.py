@@ -19,8 +19,8 @@ from . import naming, rules
 from .errors import CompileError
 from .ir import (
     ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, MODEL_BACK, PACK, PARAM, SEED,
-    STATE, Node, describe_fn, is_leaf, is_reread, path_expr)
-from .passes import TracingPasses, live
+    STATE, LOOP, LOOP_BACK, Node, describe_fn, is_leaf, is_reread, path_expr)
+from .passes import TracingPasses, live, optimize
 from .trace import Tracer
 from .tracecore import Context, Seq, Static
 
@@ -238,9 +238,48 @@ def _backprop(node, g, b, adj):
     if op == CALL:
         _backprop_call(node, g, b, adj)
         return
+    if op == LOOP:
+        _backprop_loop(node, g, b, adj)
+        return
     if op in (STATE,):
         return
     _err(node, f"no adjoint for node kind {op!r}")
+
+
+def _backprop_loop(node, g, b, adj):
+    """A loop region: its body differentiated on its own (forward, saved per trip, backward);
+    one ``loop_back`` node runs that backward over the trips in reverse and gives the
+    adjoints of the carried initial values and of the captured values."""
+    body = node.meta["body"]
+    joint = differentiate(body)
+    resolve = optimize(body)
+    node.meta["optimized"] = True
+    joint.resolved_grads = [resolve(x) if x is not None else None for x in joint.input_grads]
+    node.meta["train"] = (joint, split(joint, resolve))
+    node.meta["needs_back"] = True
+    nb, nc = node.meta["n_bounds"], len(node.meta["carried"])
+    seeds = list(g.args) if g.op == PACK else \
+        [b.ctx.add(Node(ITEM, (g,), index=i, diff=True)) for i in range(len(body.outputs))]
+    zero_like = []          # carried values without an adjoint start from zeros of their final value
+    for i, s in enumerate(seeds):
+        if s.op == CONST and s.value is None and body.outputs[i].diff:
+            zero_like.append(b.ctx.add(Node(ITEM, (node,), index=i)))
+        else:
+            zero_like.append(None)
+    captured = list(node.args[nb + nc:])
+    cap_inputs = body.inputs[1 + nc:]
+    saved_ids = {n.id for n, _ in node.meta["train"][1].saved}
+    needed = [j for j, (c, ci) in enumerate(zip(captured, cap_inputs))
+              if ci.id in saved_ids or c.diff and joint.input_grads[1 + nc + j] is not None]
+    args = [g] + [captured[j] for j in needed] + [z for z in zero_like if z is not None]
+    back = b.ctx.add(Node(LOOP_BACK, args, diff=True, arity=nc + len(captured)))
+    back.meta.update(loop=node, captured=needed, zero_like=[z is not None for z in zero_like])
+    for i, init in enumerate(node.args[nb:nb + nc]):
+        if init.diff and body.outputs[i].diff:      # not a while's flag, nor a counter
+            adj.add(init, b.ctx.add(Node(ITEM, (back,), index=i, diff=True)), b)
+    for j, c in enumerate(captured):
+        if c.diff and joint.input_grads[1 + nc + j] is not None:
+            adj.add(c, b.ctx.add(Node(ITEM, (back,), index=nc + j, diff=True)), b)
 
 
 def bind_rule_args(node, rule):
@@ -399,7 +438,7 @@ def split(joint, resolve):
     nf = joint.n_forward
     outs = [resolve(o) for o in g.outputs]
     grads = [resolve(x) if x is not None else None for x in joint.input_grads]
-    effects = [n for n in g.nodes if _phase(n) >= nf and n.op in (ACCUM, MODEL_BACK)]
+    effects = [n for n in g.nodes if _phase(n) >= nf and n.op in (ACCUM, MODEL_BACK, LOOP_BACK)]
     bwd_live = live([x for x in grads if x is not None] + effects)
     dep_seed = set()
     for n in g.nodes:
@@ -432,6 +471,8 @@ def split(joint, resolve):
             save(a, "value")
         if n.op == MODEL_BACK:
             save(n.meta["model"], "back")
+        elif n.op == LOOP_BACK:
+            save(n.meta["loop"], "back")
     for x in grads:
         if x is not None:
             save(x, "value")

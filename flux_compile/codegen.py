@@ -9,6 +9,7 @@ read like the math.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import math
 import os
@@ -18,12 +19,12 @@ import sys
 import astor
 import numpy as np
 
-from . import naming
+from . import emitloops, naming
 from ._version import __version__
 from .errors import Retrace
 from .ir import (
     ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, ITEM, LEAF_OPS, MODEL, MODEL_BACK, PACK, PARAM, STATE,
-    STATEMENT_OPS, Loc, Node, path_expr)
+    STATEMENT_OPS, REGION_OPS, Loc, Node, path_expr)
 from .sourcecache import compile_source, unique_filename
 from .sourceimports import import_lines
 
@@ -145,12 +146,17 @@ class FunctionEmitter:
         self.plan_buffers = self.PLAN_BUFFERS
         self.buffers = {}           # node id -> (buffer node, other operand or None)
         self.on_accum = None        # fc.train_step: accum node, value ast -> statements
+        self.region_vars = {}       # loop node id -> the variables its items are
+        self.aliases = {}           # a loop body's input id -> the outside expression it reads
+        self.loose = set()          # ids of values that may be Python numbers: np.shape(v), not v.shape
 
     def path(self, base, path):
         return _path_ast(self.bases.get(base, base), path)
 
     # -- expressions ---------------------------------------------------------
     def expr(self, n):
+        if n.id in self.aliases:
+            return copy.deepcopy(self.aliases[n.id])
         if n.id in self.names and n.id not in self.inline:
             return ast.Name(id=self.names[n.id], ctx=ast.Load())
         op = n.op
@@ -160,6 +166,8 @@ class FunctionEmitter:
             return self.path(n.base, n.path + ("value",))
         if op == ATTR:
             return self.path(n.base, n.path)
+        if op == GETATTR and n.attr in ("shape", "ndim") and n.args[0].id in self.loose:
+            return ast.Call(func=_parse_expr(f"np.{n.attr}"), args=[self.expr(n.args[0])], keywords=[])
         if op == GETATTR:
             return ast.Attribute(value=self.expr(n.args[0]), attr=n.attr, ctx=ast.Load())
         if op == ITEM:
@@ -268,10 +276,13 @@ class FunctionEmitter:
             for a in n.inputs():
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
         fed = naming.fed_variables(nodes)
+        self.uses, self.kept = uses, keep          # a loop may take over a value used only by it
+        region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs() if a.op != PACK}
 
         def inlined(n):
             return n.op not in STATEMENT_OPS and n.id not in keep and uses.get(n.id, 0) == 1 \
                 and not n.meta.get("effect") and not (n.name and not n.meta.get("anon")) \
+                and n.id not in region_args and n.op not in REGION_OPS \
                 and not (consumer_loc.get(n.id) and consumer_loc[n.id] != {n.loc})
         if self.plan_buffers:
             from .bufferplan import plan_buffers
@@ -280,6 +291,14 @@ class FunctionEmitter:
         body = []
         for n in nodes:
             if n.op in ALWAYS_INLINE:
+                continue
+            if n.op in REGION_OPS:
+                body.extend(emitloops.EMITTERS[n.op](self, n))
+                continue
+            if n.op == ITEM and n.args[0].op in REGION_OPS:
+                var = self.region_vars[n.args[0].id][n.index]
+                if var is not None:
+                    self.names[n.id] = var
                 continue
             if inlined(n):
                 self.inline.add(n.id)

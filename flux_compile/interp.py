@@ -72,8 +72,8 @@ class Interpreter:
     def run_node(self, node):
         """The value of ``node`` from its inputs' (memoised) values; UNKNOWN when it has none."""
         spec = op_spec(node.op)
-        if spec.evaluate is None:
-            return UNKNOWN
+        if spec.evaluate is None or node.meta.get("region_input"):
+            return UNKNOWN      # a loop body's input has a value only while the loop runs
         args = [self.value(a) for a in node.args]
         kwargs = {k: self.value(v) for k, v in node.kwargs.items()}
         if not self.lenient:
@@ -88,15 +88,23 @@ class Interpreter:
             return UNKNOWN
 
     def value(self, node):
-        if node.id not in self.memo:
-            self.memo[node.id] = self.run_node(node)
-        return self.memo[node.id]
+        if node not in self.memo:       # keyed by the node itself: loop bodies number from 0 too
+            self.memo[node] = self.run_node(node)
+        return self.memo[node]
+
+    def run_body(self, body, values):
+        """One trip of a loop body: its graph run with its inputs' ``values`` (by node id)."""
+        inner = Interpreter(self.self_obj, self.inputs, self.call_target, self.lenient)
+        for node in body.inputs:
+            inner.memo[node] = values[node.id]
+        return [inner.value(o) for o in body.outputs]
 
     def run(self, graph):
         """Evaluate every node in order; ``{node id: value}`` for the nodes that have one."""
         for n in graph.nodes:
             self.value(n)
-        return {k: v for k, v in self.memo.items() if v is not UNKNOWN}
+        return {k.id: v for k, v in self.memo.items() if v is not UNKNOWN and k.id < len(graph.nodes)
+                and graph.nodes[k.id] is k}
 
 
 class Concrete(Interpreter):

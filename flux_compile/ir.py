@@ -22,6 +22,10 @@ item        ``t[i]`` of a tuple-valued node (unpacking)
 accum       ``target.grad += value`` (backward only; a statement)
 state       ``self.h = value`` (a recurrent state write; a statement)
 guard       the generated code checks ``bool(arg) == node.value`` (a statement)
+loop        a ``for`` loop region: ``node.meta["body"]`` is a Graph run once per trip
+            (args: range bounds, carried initial values, captured values; a tuple of
+            the carried values after the last trip)
+loop_back   the backward of a loop region: the body's backward run in reverse
 =========== ===================================================================
 
 >>> g = Graph("demo")
@@ -117,6 +121,8 @@ def describe_fn(fn):
 INPUT, CONST, PARAM, ATTR, SEED = "input", "const", "param", "attr", "seed"
 CALL, GETATTR, MODEL, MODEL_BACK = "call", "getattr", "model", "model_back"
 PACK, ITEM, ACCUM, STATE, GUARD = "pack", "item", "accum", "state", "guard"
+LOOP, LOOP_BACK = "loop", "loop_back"
+REGION_OPS = frozenset((LOOP, LOOP_BACK))
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,44 @@ class OpSpec:
     reread: bool = False      # a leaf generated code reads afresh at every use: never saved
     pure: bool = False        # no effect: CSE may merge it, DCE may drop it (calls: see passes)
     statement: bool = False   # generated as a statement of its own
+
+
+def _loop_text(n, args):
+    """``loop(%1, %7 h) for t in range(%1): carry h`` and the body's tape, indented, below
+    (the body's inputs: the index, the carried values, then the captured values in order)."""
+    nb = n.meta["n_bounds"]
+    bounds = ", ".join(repr(a) for a in n.args[:nb])
+    carried = ", ".join(n.meta["carried"]) or "nothing"
+    body = n.meta["body"].format().splitlines()[1:]
+    head = "while <go>" if n.meta.get("kind") == "while" else f"for {n.meta['target']} in range({bounds})"
+    return (f"loop({args}) {head}: carry {carried}\n" +
+            "\n".join("    " + line for line in body))
+
+
+def run_loop(n, args, env):
+    """The value of a loop region: its body's graph run once per trip (the interpreter)."""
+    nb, nc = n.meta["n_bounds"], len(n.meta["carried"])
+    body = n.meta["body"]
+    is_while = n.meta.get("kind") == "while"
+    if is_while and getattr(env, "lenient", True):
+        raise RuntimeError("a while loop runs in the generated code, not while compiling")
+    carried, captured = list(args[nb:nb + nc]), list(args[nb + nc:])
+    lists = [[] for _ in n.meta.get("lists", ())]
+
+    def trips():
+        t = 0
+        while carried[-1] if is_while else t < len(range(*args[:nb])):
+            yield t if is_while else range(*args[:nb])[t]
+            t += 1
+    for t in trips():
+        values = {}
+        for node, v in zip(body.inputs, [t] + carried + captured):
+            values[node.id] = v
+        outs = list(env.run_body(body, values))
+        carried[:] = outs[:nc]
+        for items, v in zip(lists, outs[nc:]):
+            items.append(v)
+    return tuple(carried) + tuple(np.stack(items) for items in lists)
 
 
 def value_shape(v):
@@ -219,6 +263,11 @@ OPS = {spec.name: spec for spec in (
            text=lambda n, a: f"{n.target} <- {a}", label=_op_label,
            evaluate=lambda n, a, k, env: a[0], statement=True),
     OpSpec(GUARD, "generated code checks bool(arg) == node.value",
+           text=_generic_text, label=_op_label, statement=True),
+    OpSpec(LOOP, "a for-loop region; node.meta['body'] is the body's Graph",
+           text=lambda n, a: _loop_text(n, a), label=lambda n: "for …",
+           evaluate=lambda n, a, k, env: run_loop(n, a, env), statement=True),
+    OpSpec(LOOP_BACK, "the backward of a loop region, run in reverse",
            text=_generic_text, label=_op_label, statement=True),
 )}
 

@@ -85,6 +85,11 @@ def identifier(hint):
     return name
 
 
+def steps(hint):
+    """The list a loop's training forward appends each trip's saved values to: ``h_steps``."""
+    return f"{hint}_steps"
+
+
 def adjoint(hint):
     """The adjoint's hint: ``d`` + the value's hint (Tangent's convention); ``dz`` if unnamed."""
     return "d" + hint if hint else "dz"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules
-from .ir import (ACCUM, CALL, CONST, GETATTR, INPUT, ITEM, MODEL_BACK,
+from .ir import (ACCUM, CALL, CONST, GETATTR, INPUT, ITEM, LOOP, LOOP_BACK, MODEL_BACK,
                  PACK, PARAM, PURE_OPS, Node, is_leaf)
 from .tracecore import Static, _static, shape_of
 
@@ -138,6 +138,8 @@ def live(nodes_roots):
         stack.extend(n.inputs())
         if n.op == MODEL_BACK:
             stack.append(n.meta["model"])
+        elif n.op == LOOP_BACK:
+            stack.append(n.meta["loop"])
     return out
 
 
@@ -430,8 +432,12 @@ def _static_dim(shape, axis):
 
 def optimize(graph):
     """The standard pipeline: simplify, powers as products, then CSE (which may expose more),
-    slices to concatenate, shape classes, then simplify again. Returns the resolver
-    old -> new node."""
+    slices to concatenate, shape classes, then simplify again; loop bodies first (each a closed
+    graph of its own). Returns the resolver old -> new node."""
+    for n in graph.nodes:
+        if n.op == LOOP and not n.meta.get("optimized"):
+            optimize(n.meta["body"])
+            n.meta["optimized"] = True
     steps = [simplify(graph), powers_to_products(graph), cse(graph), slices_to_concatenate(graph),
              same_shapes(graph), simplify(graph)]
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from .tracecall import Calls
 from .traceexpr import Expressions
+from .traceloop import Loops
 from .tracestmt import Inlining, Statements
 
 
-class Tracer(Inlining, Statements, Expressions, Calls):
+class Tracer(Inlining, Statements, Loops, Expressions, Calls):
     """Evaluates function bodies into the context's graph (``ctx``: a tracecore.Context)."""
 
     def __init__(self, ctx):

@@ -51,6 +51,8 @@ class Calls:
         return self.call(f, args, kwargs, e)
 
     def call(self, f, args, kwargs, e):
+        if args and type(args[0]).__name__ == "Stacked":
+            return self.stacked_call(f, args, kwargs, e)
         if isinstance(f, BoundMethod):
             return self.call_method(f, args, kwargs, e)
         if isinstance(f, UserMethod):

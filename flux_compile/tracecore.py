@@ -326,8 +326,9 @@ class Context:
         if n is not None:
             return n
         name = self.free_names.get(path)
+        graph = getattr(self, "root_graph", None) or self.graph     # never a loop body's input
         if name is None:
-            taken = {i.name for i in self.graph.inputs} | set(self.free_names.values()) | {"self"}
+            taken = {i.name for i in graph.inputs} | set(self.free_names.values()) | {"self"}
             base = guards.name_hint(path)
             if base == "captured" and isinstance(hint, str) and hint.isidentifier():
                 base = hint
@@ -335,7 +336,7 @@ class Context:
             while name in taken:
                 name, i = f"{base}_{i}", i + 1
             self.free_names[path] = name
-        n = self.graph.add(Node(INPUT, name=name, diff=False))
+        n = graph.add(Node(INPUT, name=name, diff=False))
         n.meta["free"] = path
         n.meta["shape"] = tuple(1 if d == 1 else shapeinfer.Sym(f"{name}.{i}", nonone=True)
                                 for i, d in enumerate(np.shape(value)))

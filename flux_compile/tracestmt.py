@@ -225,6 +225,8 @@ class Statements:
     def exec_Expr(self, s):
         if isinstance(s.value, ast.Constant):
             return      # docstring or bare constant
+        if self.collect_append(s):
+            return      # hs.append(h) inside a loop region
         if isinstance(s.value, ast.Call) and isinstance(s.value.func, ast.Name) \
                 and s.value.func.id == "print":
             self.error("print is not supported inside forward", s,
@@ -240,6 +242,8 @@ class Statements:
     def exec_For(self, s):
         if s.orelse:
             self.error("for/else is not supported", s)
+        if self.try_loop_region(s):
+            return
         items = self.iter_values(self.eval(s.iter), s.iter)
         for item in items:
             self.assign(s.target, item, s)
@@ -250,6 +254,8 @@ class Statements:
     def exec_While(self, s):
         if s.orelse:
             self.error("while/else is not supported", s)
+        if self.try_while_region(s):
+            return
         for _ in range(MAX_UNROLL):
             if not self.decide(self.eval(s.test), s.test, "'while'"):
                 break

@@ -51,6 +51,7 @@ GROUPS = {
     "pytree": ("pytree",),
     "control": ("control", "shapes"),
     "ops": ("more_ops", "shapes", "control"),
+    "loops": ("loops", "control", "shapes"),     # loop regions: run-time / long trip counts, lists
     "all": FEATURES,
 }
 
@@ -485,8 +486,37 @@ class Body:
             lines.append(f"{indent}{name}[0] = {name}[-1] * 2.0")
         return lines
 
+    def loop_block(self):
+        """A loop compiled as a region: a trip count from a shape or above the unrolling limit,
+        a carried accumulator, sometimes a list filled each trip and stacked after the loop."""
+        r = self.r
+        a = self.pick(lambda s: len(s) >= 1)
+        if a is None:
+            return None
+        shape = self.vars[a]
+        i = self.names.fresh("i")
+        acc, line = self.assign(f"{a} * 0.5", shape)
+        lines = [line]
+        collect = r.random() < 0.5
+        count = r.choice([f"{a}.shape[0] + 33", "40"] + ([] if collect else [f"{a}.shape[0] * 3"]))
+        if collect:
+            hs = self.names.fresh("hs")
+            lines.append(f"{hs} = []")
+        lines += [f"for {i} in range({count}):",
+                  f"    {acc} = {acc} * 0.9 + np.tanh({acc} + {a} * {i} * 0.01) * 0.1"]
+        if r.random() < 0.3:
+            b = self.pick(lambda s: broadcast(shape, s) == shape, avoid=(a, acc))
+            if b is not None:
+                lines.append(f"    {acc} = {acc} + np.sin({b}) * 0.01")
+        if collect:
+            lines.append(f"    {hs}.append(np.cos({acc}) * 0.5)")
+            lines.append(self.assign(f"np.mean(np.stack({hs}), axis=0) + {acc}", shape)[1])
+        return lines
+
     def control_block(self):
         r = self.r
+        if "loops" in self.features and r.random() < 0.7:
+            return self.loop_block()
         if r.random() < 0.5:
             cond = self.pick()
             before = dict(self.vars)

@@ -36,10 +36,11 @@ def test_model_html_never_fails():
         def __init__(self):
             self.W = np.ones(2)
 
-        def forward(self, x):
-            while x:
-                x = x - 1
-            return x
+        def forward(self, x):        # (a while on data compiles since loop regions)
+            try:
+                return x - 1
+            except ValueError:
+                return x
 
     assert "could not compile" in Broken()._repr_html_()
 

@@ -1,0 +1,278 @@
+"""Loop regions as real ``for`` loops in generated code.
+
+Forward (inference): the carried variables are set before the loop, the body's statements
+run inside it, the carried values are reassigned at its end. Training forward: the same, and
+each trip appends what the body's backward reads to a list named from the first carried
+variable (``h_steps``). Backward: the list walked in reverse, the body's backward inside,
+the carried adjoints passed from trip to trip and the captured values' adjoints summed::
+
+    h_steps = []
+    for t in range(n):
+        h_1 = np.tanh(x[:, t] @ self.Wx.value + h @ self.Wh.value)
+        h_steps.append((t, h, h_1))
+        h = h_1
+    ...
+    for t, h, h_1 in reversed(h_steps):
+        ...
+        dh = ...
+"""
+from __future__ import annotations
+
+import ast
+import copy
+
+from . import naming
+from .ir import CONST, GUARD, INPUT, LOOP, LOOP_BACK, PACK, STATE
+from .passes import live
+
+
+def _name(n):
+    return ast.Name(id=n, ctx=ast.Load())
+
+
+def _store(n):
+    return ast.Name(id=n, ctx=ast.Store())
+
+
+def _call(fn_expr, *args):
+    return ast.Call(func=fn_expr, args=list(args), keywords=[])
+
+
+def _attr(value, attr):
+    return ast.Attribute(value=value, attr=attr, ctx=ast.Load())
+
+
+def _assign_all(pairs):
+    """``a = x`` for one pair; ``a, b = x, y`` for several (a swap stays a swap)."""
+    pairs = [(t, e) for t, e in pairs if not (isinstance(e, ast.Name) and e.id == t)]
+    if not pairs:
+        return []
+    if len(pairs) == 1:
+        return [ast.Assign(targets=[_store(pairs[0][0])], value=pairs[0][1])]
+    return [ast.Assign(targets=[ast.Tuple(elts=[_store(t) for t, _ in pairs], ctx=ast.Store())],
+                       value=ast.Tuple(elts=[e for _, e in pairs], ctx=ast.Load()))]
+
+
+def _tuple_or_one(elts, store=False):
+    ctx = ast.Store() if store else ast.Load()
+    if len(elts) == 1:
+        return elts[0]
+    return ast.Tuple(elts=elts, ctx=ctx)
+
+
+def _np(em, name):
+    import numpy as np
+    return _attr(em.ns.name_ast(np), name)
+
+
+def _sub_emitter(em, names, mode, back_names):
+    cls = type(em)
+    sub = cls(em.ns, names, em.locs, mode, em.scope, back_names, em.bases)
+    sub._last_loc = None
+    sub.region_vars = {}
+    sub.aliases = dict(getattr(em, "aliases", {}))
+    return sub
+
+
+def _bind_outer(em, sub, inner, outer):
+    """The body's input ``inner`` stands for the outside value ``outer``."""
+    e = em.expr(outer)
+    if isinstance(e, ast.Name):
+        sub.names[inner.id] = e.id
+    else:
+        sub.aliases[inner.id] = e
+
+
+def _take_over(em, init):
+    """The variable of a carried value's initial value when nothing else reads it (the loop
+    may then update it in place of a copy): ``h = np.zeros(...)`` / ``for ...: h = ...``."""
+    name = em.names.get(init.id)
+    if name is None or not init.name or init.meta.get("anon") or init.op == INPUT or init.id in em.inline or init.id in em.kept \
+            or em.uses.get(init.id, 0) != 1 or list(em.names.values()).count(name) != 1:
+        return None
+    return name
+
+
+def _name_outputs_as_carried(sub, body, carried_in, variables):
+    """A trip's new value of a carried variable is written to that variable directly when the
+    old value is not read after it (``h = np.tanh(... h ...)``)."""
+    position = {node.id: i for i, node in enumerate(body.nodes)}
+    outs, keep = body.outputs, set()
+    for k, (node, out) in enumerate(zip(carried_in, outs)):
+        if out.op == INPUT or out.id in sub.names or outs.count(out) != 1 or node in outs:
+            continue
+        readers = [position[x.id] for x in body.nodes if any(a is node for a in x.inputs())]
+        if all(r <= position[out.id] for r in readers):
+            sub.names[out.id] = variables[k]
+            keep |= _read_late(body, node, out, position)
+    return keep
+
+
+def _read_late(body, node, out, position):
+    """Values computed from the old ``node`` before ``out`` overwrites it but read after it:
+    they must be statements of their own (an inlined one would read the new value)."""
+    depends, late = {node.id}, set()
+    for x in body.nodes[:position[out.id]]:
+        if any(a.id in depends for a in x.inputs()):
+            depends.add(x.id)
+    for x in body.nodes[position[out.id] + 1:]:
+        late |= {a.id for a in x.inputs() if a.id in depends and a is not node}
+    return late
+
+
+def emit_loop(em, n):
+    """A ``loop`` node as statements of the function ``em`` is emitting."""
+    out = []
+    marker = em.marker(n.loc)
+    if marker is not None:
+        out.append(marker)
+    body = n.meta["body"]
+    nb, carried = n.meta["n_bounds"], n.meta["carried"]
+    nc = len(carried)
+    train = em.mode == "train" and n.meta.get("needs_back") and "train" in n.meta
+    t_in, carried_in, cap_in = body.inputs[0], body.inputs[1:1 + nc], body.inputs[1 + nc:]
+    sub = _sub_emitter(em, {}, em.mode, {})
+    index = em.scope.fresh(n.meta["target"].strip("<>"))
+    sub.names[t_in.id] = index
+    inits = n.args[nb:nb + nc]
+    variables = [_take_over(em, init) or em.scope.fresh(name.strip("<>")) for name, init in zip(carried, inits)]
+    out += _assign_all([(v, em.expr(init)) for v, init in zip(variables, inits)])
+    for v, node, init in zip(variables, carried_in, n.args[nb:nb + nc]):
+        sub.names[node.id] = v
+        if init.op == CONST:          # ``acc = 0.0``: a Python number on the first trip
+            sub.loose.add(node.id)
+    for inner, outer in zip(cap_in, n.args[nb + nc:]):
+        _bind_outer(em, sub, inner, outer)
+    if train:
+        joint, sp = n.meta["train"]
+        nodes = sp.forward
+        saved = [(a, kind) for a, kind in sp.saved if not (a.op == INPUT and a in cap_in)]
+    else:
+        roots = list(body.outputs) + [x for x in body.nodes if x.op in (STATE, GUARD)]
+        alive = live(roots)
+        nodes = [x for x in body.nodes if x.id in alive]
+        saved = []
+    outs = body.outputs
+    keep = {o.id for o in outs} | {a.id for a, _ in saved}
+    if not train:
+        keep |= _name_outputs_as_carried(sub, body, carried_in, variables)
+    stmts = sub.statements(nodes, keep)
+    if train:
+        stack = em.scope.fresh(naming.steps((carried[0] if carried else n.meta["target"]).strip("<>")))
+        em.back_names[n.id] = stack
+        out.append(ast.Assign(targets=[_store(stack)], value=ast.List(elts=[], ctx=ast.Load())))
+        names = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved] or [index]
+        stmts.append(ast.Expr(value=_call(_attr(_name(stack), "append"),
+                                          _tuple_or_one([_name(x) for x in names]))))
+        n.meta["emit"] = dict(names=dict(sub.names), back_names=dict(sub.back_names),
+                              aliases=dict(sub.aliases), loose=set(sub.loose), saved=names, stack=stack)
+    lists = n.meta.get("lists", ())
+    list_vars = [em.scope.fresh(name) for name in lists]
+    out += [ast.Assign(targets=[_store(v)], value=ast.List(elts=[], ctx=ast.Load())) for v in list_vars]
+    stmts += [ast.Expr(value=_call(_attr(_name(v), "append"), sub.expr(o)))
+              for v, o in zip(list_vars, outs[nc:])]
+    stmts += _assign_all([(v, sub.expr(o)) for v, o in zip(variables, outs)])
+    if n.meta.get("kind") == "while":          # the flag is the last carried value
+        out.append(ast.While(test=_name(variables[-1]), body=stmts or [ast.Pass()], orelse=[]))
+    else:
+        bounds = [em.expr(b) for b in n.args[:nb]]
+        out.append(ast.For(target=_store(index), iter=_call(_name("range"), *bounds),
+                           body=stmts or [ast.Pass()], orelse=[]))
+    stacked = [em.scope.fresh(name) for name in lists]
+    out += [ast.Assign(targets=[_store(v)], value=_call(_np(em, "stack"), _name(lv)))
+            for v, lv in zip(stacked, list_vars)]
+    em.region_vars[n.id] = variables + stacked
+    return out
+
+
+def emit_loop_back(em, m):
+    """A ``loop_back`` node: the loop's body backward, over the saved trips in reverse."""
+    out = []
+    marker = em.marker(m.loc)
+    if marker is not None:
+        out.append(marker)
+    loop = m.meta["loop"]
+    info = loop.meta["emit"]
+    joint, sp = loop.meta["train"]
+    body = loop.meta["body"]
+    carried = loop.meta["carried"]
+    nc = len(carried)
+    cap_in = body.inputs[1 + nc:]
+    sub = _sub_emitter(em, dict(info["names"]), "backward", dict(info["back_names"]))
+    sub.aliases.update(info["aliases"])
+    sub.loose |= info["loose"]
+    g = m.args[0]
+    needed = m.meta["captured"]
+    for j, outer in zip(needed, m.args[1:1 + len(needed)]):
+        _bind_outer(em, sub, cap_in[j], outer)
+    zeros = iter(m.args[1 + len(needed):])
+    pre, adjoints = [], []
+    for k, name in enumerate(carried):
+        if not body.outputs[k].diff:         # no adjoint flows through it (a flag, a counter)
+            adjoints.append(None)
+            sub.aliases[joint.seeds[k].id] = ast.Constant(None)
+            continue
+        d = em.scope.fresh(naming.adjoint(name.strip("<>")))
+        adjoints.append(d)
+        sub.names[joint.seeds[k].id] = d
+        if m.meta["zero_like"][k]:
+            value = _call(_np(em, "zeros_like"), em.expr(next(zeros)))
+        elif g.op == PACK:
+            item = g.args[k]
+            value = ast.Constant(None) if item.op == CONST and item.value is None else em.expr(item)
+        else:
+            value = ast.Subscript(value=em.expr(g), slice=ast.Constant(k), ctx=ast.Load())
+        pre.append((d, value))
+    rows = []           # each filled list's adjoint, one row per trip (walked backwards)
+    for j, name in enumerate(loop.meta.get("lists", ())):
+        seed = joint.seeds[nc + j]
+        if not body.outputs[nc + j].diff:
+            sub.aliases[seed.id] = ast.Constant(None)
+            continue
+        if m.meta["zero_like"][nc + j]:
+            value = _call(_np(em, "zeros_like"), em.expr(next(zeros)))
+        elif g.op == PACK:
+            value = em.expr(g.args[nc + j])
+        else:
+            value = ast.Subscript(value=em.expr(g), slice=ast.Constant(nc + j), ctx=ast.Load())
+        whole, row = em.scope.fresh(naming.adjoint(name)), em.scope.fresh(naming.adjoint(name) + "_t")
+        pre.append((whole, value))
+        sub.names[seed.id] = row
+        rows.append((row, whole))
+    cap_grads = {}
+    for j in range(len(cap_in)):
+        grad = joint.resolved_grads[1 + nc + j]
+        if grad is None or j not in needed:
+            continue
+        d = em.scope.fresh(naming.adjoint(cap_in[j].name))
+        cap_grads[j] = (d, grad)
+        pre.append((d, _call(_np(em, "zeros_like"), copy.deepcopy(sub.expr(cap_in[j])))))
+    out += _assign_all(pre)
+    keep = {x.id for x in joint.resolved_grads if x is not None}
+    stmts = sub.statements(sp.backward, keep)
+    after = []
+    for k, d in enumerate(adjoints):
+        grad = joint.resolved_grads[1 + k]
+        if d is None:
+            continue
+        if grad is not None:
+            after.append((d, sub.expr(grad)))
+        elif body.outputs[k].diff:          # this trip's carried value did not depend on the last
+            after.append((d, _call(_np(em, "zeros_like"), _name(d))))
+    for j, (d, grad) in cap_grads.items():
+        after.append((d, ast.BinOp(left=_name(d), op=ast.Add(), right=sub.expr(grad))))
+    stmts += _assign_all(after)
+    target = _tuple_or_one([_store(x) for x in info["saved"]], store=True)
+    trips = _call(_name("reversed"), _name(info["stack"]))
+    if rows:        # for saved, dhs_t in zip(reversed(h_steps), dhs[::-1])
+        backwards = [ast.Subscript(value=_name(whole), slice=ast.Slice(lower=None, upper=None, step=ast.UnaryOp(
+            op=ast.USub(), operand=ast.Constant(1))), ctx=ast.Load()) for _, whole in rows]
+        target = ast.Tuple(elts=[target] + [_store(row) for row, _ in rows], ctx=ast.Store())
+        trips = _call(_name("zip"), trips, *backwards)
+    out.append(ast.For(target=target, iter=trips, body=stmts or [ast.Pass()], orelse=[]))
+    em.region_vars[m.id] = adjoints + [cap_grads[j][0] if j in cap_grads else None
+                                       for j in range(len(cap_in))]
+    return out
+
+
+EMITTERS = {LOOP: emit_loop, LOOP_BACK: emit_loop_back}

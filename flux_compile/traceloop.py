@@ -1,0 +1,337 @@
+"""Loops as IR regions: a ``for`` over ``range(...)`` whose trip count is known only at run
+time (or is long) is traced once into a body graph, a ``loop`` node, instead of unrolled.
+
+The body graph's inputs are the loop index, the carried variables (names the body assigns
+that exist before the loop) and the values it captures from outside (made explicit after
+the body is traced, so every graph is closed). Its outputs are the carried values after one
+trip. A body the region cannot hold (a data-dependent ``if`` inside, a ``return``, a list
+being appended to) falls back to unrolling, as before, when the trip count is known.
+"""
+from __future__ import annotations
+
+import ast
+
+from .errors import CompileError
+from .ir import CALL, INPUT, ITEM, LOOP, PURE_OPS, Graph, Node, is_reread
+from .tracecore import Static
+
+GO = "<go>"         # the carried flag of a while loop (no user's name can clash with it)
+# a range with constant bounds is unrolled up to this many trips (a region above it)
+UNROLL_UP_TO = 32
+
+
+class RegionUnsupported(Exception):
+    """The loop body cannot be a region; the caller unrolls it instead."""
+
+
+MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "setdefault"}
+
+
+class Collector:
+    """A list a loop body appends to once per trip (``hs.append(h)``): its item this trip."""
+
+    def __init__(self, name):
+        self.name, self.items = name, []
+
+
+class Stacked:
+    """A list filled by a loop region, after it: ``np.stack(hs)`` is the node ``node``."""
+
+    def __init__(self, node, name):
+        self.node, self.name = node, name
+
+
+def _appended_lists(body):
+    """Names ``X`` of the statements ``X.append(v)`` in ``body``."""
+    names = []
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "append" and isinstance(node.func.value, ast.Name) \
+                    and node.func.value.id not in names:
+                names.append(node.func.value.id)
+    return names
+
+
+def _is_empty_list(v):
+    return isinstance(v, Static) and isinstance(v.value, (list, tuple)) and not v.value \
+        or type(v).__name__ == "Seq" and not v.items
+
+
+def _assigned_names(body):
+    """Names the statements ``body`` assign (in any nested statement), ``y`` of ``y[i] = v``
+    too. A region cannot hold a write to an attribute (recurrent state) or a list mutated in
+    place (``hs.append(h)``): :class:`RegionUnsupported`."""
+    names = []
+    for stmt in body:
+        for node in ast.walk(stmt):
+            base = node
+            while isinstance(base, ast.Subscript) and isinstance(base.ctx, ast.Store):
+                base = base.value
+                base = ast.Name(id=base.id, ctx=ast.Store()) if isinstance(base, ast.Name) else base
+            if isinstance(base, ast.Name) and isinstance(base.ctx, ast.Store) and base.id not in names:
+                names.append(base.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                raise RegionUnsupported("an attribute written inside the loop")
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr in MUTATORS and not (node.func.attr == "append"
+                                                             and isinstance(node.func.value, ast.Name)):
+                raise RegionUnsupported("a container changed in place inside the loop")
+    return names
+
+
+def _range_call(s):
+    """``for t in range(...)`` with a plain name as target: the call's argument nodes."""
+    it = s.iter
+    if isinstance(s.target, ast.Name) and isinstance(it, ast.Call) and isinstance(it.func, ast.Name) \
+            and it.func.id == "range" and not it.keywords and 1 <= len(it.args) <= 3 \
+            and not any(isinstance(a, ast.Starred) for a in it.args):
+        return it.args
+    return None
+
+
+class Loops:
+    """The tracer's loop regions (mixed into Tracer)."""
+
+    def collect_append(self, s):
+        """``hs.append(v)`` in a loop region's body: ``v`` is this trip's item of ``hs``."""
+        call = s.value
+        if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) \
+                and call.func.attr == "append" and isinstance(call.func.value, ast.Name) \
+                and isinstance(self.frame.env.get(call.func.value.id), Collector) \
+                and len(call.args) == 1 and not call.keywords:
+            self.frame.env[call.func.value.id].items.append(self.eval(call.args[0]))
+            return True
+        return False
+
+    def stacked_call(self, f, args, kwargs, e):
+        """``np.stack(hs)`` / ``np.stack(hs, axis=k)`` / ``np.array(hs)`` of a list a loop
+        region filled: the loop's stacked output (moved to axis ``k``)."""
+        import numpy as np
+        fn = f.value if isinstance(f, Static) else None
+        stacked = args[0]
+        axis = kwargs.get("axis", args[1] if len(args) > 1 else Static(0))
+        if fn in (np.stack, np.array, np.asarray) and isinstance(axis, Static) and len(args) <= 2 \
+                and set(kwargs) <= {"axis"}:
+            if axis.value == 0:
+                return stacked.node
+            return self.call_primitive(np.moveaxis, [stacked.node, Static(0), axis], {}, e)
+        self.error(f"the list {stacked.name!r} filled in a loop can only be stacked here", e,
+                   hint=f"use np.stack({stacked.name}) or np.stack({stacked.name}, axis=k) after the loop")
+
+    def try_loop_region(self, s):
+        """Trace ``for t in range(...)`` as a region when its bounds are run-time values or
+        its trip count is above :data:`UNROLL_UP_TO`. Returns True when done."""
+        if self.ctx.mode != "forward":
+            return False
+        args = _range_call(s)
+        if args is None:
+            return self._try_rows_region(s)
+        fn = self.eval(s.iter.func)
+        if not (isinstance(fn, Static) and fn.value is range):
+            return False
+        bounds = [self.eval(a) for a in args]
+        if all(isinstance(b, Static) for b in bounds):
+            try:
+                if len(range(*[b.value for b in bounds])) <= UNROLL_UP_TO:
+                    return False
+            except TypeError:
+                return False
+        elif not all(isinstance(b, Node) or isinstance(b, Static) and isinstance(b.value, int)
+                     for b in bounds):
+            return False
+        snapshot = (self.ctx.guards, dict(self.frame.env))
+        try:
+            self._trace_loop(s, [self.as_node(b) for b in bounds])
+        except (RegionUnsupported, CompileError):
+            self.ctx.guards, env = snapshot
+            self.frame.env.clear()
+            self.frame.env.update(env)
+            return False
+        return True
+
+    def _try_rows_region(self, s):
+        """``for row in x`` over an array's first axis: a region over ``range(len(x))`` whose
+        body reads ``x[t]``."""
+        if not isinstance(s.target, ast.Name):
+            return False
+        snapshot = (self.ctx.guards, dict(self.frame.env))
+        it = self.eval(s.iter)
+        if not isinstance(it, Node) or it.arity is not None:
+            return False
+        count = self.call_primitive(len, [it], {}, s.iter)
+        if isinstance(count, Static) and (not isinstance(count.value, int) or count.value <= UNROLL_UP_TO):
+            return False
+        try:
+            self._trace_loop(s, [self.as_node(count)], rows_of=it)
+        except (RegionUnsupported, CompileError):
+            self.ctx.guards, env = snapshot
+            self.frame.env.clear()
+            self.frame.env.update(env)
+            return False
+        return True
+
+    def try_while_region(self, s):
+        """``while <test on data>:`` as a region: the test is computed before the loop and
+        again at the end of each trip (a carried flag); the loop runs in the generated code,
+        never while compiling. Returns True when done."""
+        if self.ctx.mode != "forward":
+            return False
+        snapshot = (self.ctx.guards, dict(self.frame.env))
+        test = self.eval(s.test)
+        if not isinstance(test, Node):
+            return False
+        try:
+            self._trace_loop(s, [], test=(s.test, test))
+        except (RegionUnsupported, CompileError):
+            self.ctx.guards, env = snapshot
+            self.frame.env.clear()
+            self.frame.env.update(env)
+            return False
+        return True
+
+    def _trace_loop(self, s, bounds, test=None, rows_of=None):
+        env = self.frame.env
+        target = "<trip>" if test is not None else "<t>" if rows_of is not None else s.target.id
+        carried = [n for n in _assigned_names(s.body) if n in env and n != target]
+        lists = _appended_lists(s.body)
+        if any(name in carried or not _is_empty_list(env.get(name)) for name in lists):
+            raise RegionUnsupported("append to a list that is not empty before the loop")
+        for name in carried:
+            v = env[name]
+            if not isinstance(v, Node) and not (isinstance(v, Static) and isinstance(v.value, (int, float))
+                                                and not isinstance(v.value, bool)):
+                raise RegionUnsupported(name)
+        inits = [self.as_node(env[name]) for name in carried]
+        if test is not None:            # the test's value: a carried flag, computed again each trip
+            carried.append(GO)
+            inits.append(test[1])
+        diff = [n.diff for n in inits]
+        for _ in range(3):      # until which carried values carry gradients settles
+            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists)
+            now = [d or o.diff for d, o in zip(diff, outs)]
+            if now == diff:
+                break
+            diff = now
+        _hoist(body, self.ctx.graph)
+        captured = _close(body)
+        self.ctx.loc = self.frame.source.loc(s)
+        loop = self.ctx.add(Node(LOOP, tuple(bounds) + tuple(inits) + tuple(captured),
+                                 diff=any(diff) or any(o.diff for o in body.outputs[len(carried):]),
+                                 arity=len(carried) + len(lists)))
+        loop.meta.update(body=body, n_bounds=len(bounds), carried=carried, target=target,
+                         kind="for" if test is None else "while", lists=lists)
+        for j, name in enumerate(lists):
+            item = self.ctx.add(Node(ITEM, (loop,), index=len(carried) + j,
+                                     diff=body.outputs[len(carried) + j].diff, name=name))
+            env[name] = Stacked(item, name)
+        for i, name in enumerate(carried):
+            if name == GO:
+                continue
+            item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=name))
+            env[name] = item
+
+    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=()):
+        """The body traced once into a graph of its own; (graph, carried values after it)."""
+        ctx, env = self.ctx, self.frame.env
+        outer_graph = ctx.graph
+        body = Graph(f"{outer_graph.name} line {s.lineno}")
+        root = getattr(ctx, "root_graph", None)
+        ctx.root_graph = root or outer_graph
+        ctx.graph = body
+        saved_env = dict(env)
+        try:
+            t = body.add(Node(INPUT, name=target.strip("<>"), diff=False))
+            t.meta.update(shape=(), region_input=True)
+            env[target] = t
+            if rows_of is not None:         # for row in x: row = x[t]
+                from .rules.helpers import getitem
+                row = self.call_primitive(getitem, [rows_of, t], {}, s.target)
+                if isinstance(row, Node) and row.name is None:
+                    row.name = s.target.id
+                env[s.target.id] = row
+            for name, d in zip(carried, diff):
+                n = body.add(Node(INPUT, name=name, diff=d))
+                n.meta["region_input"] = True
+                env[name] = n
+            collectors = [Collector(name) for name in lists]
+            env.update((c.name, c) for c in collectors)
+            self.exec_body(s.body)
+            if self.frame.returned:
+                raise RegionUnsupported("return inside the loop")
+            outs = [self.as_node(env[name] if name != GO else self.eval(test[0])) for name in carried]
+            if any(len(c.items) != 1 for c in collectors):
+                raise RegionUnsupported("a list appended to other than once per trip")
+            extra = [self.as_node(c.items[0]) for c in collectors]
+        finally:
+            ctx.graph = outer_graph
+            if root is None:
+                del ctx.root_graph
+            env.clear()
+            env.update(saved_env)
+        body.outputs = outs + extra
+        return body, outs
+
+
+def _invariant(n, moved, inside):
+    """Is ``n`` pure work on values that do not change from trip to trip?"""
+    if n.op == INPUT or n.op not in PURE_OPS or n.meta.get("effect") or n.meta.get("region_input"):
+        return False
+    if n.op == CALL and ((getattr(n.fn, "__module__", "") or "").startswith("numpy.random")
+                           or getattr(n.fn, "__flux_impure__", False)):
+        return False
+    return all(id(a) in moved or id(a) not in inside for a in n.inputs())
+
+
+def _hoist(body, outer):
+    """Move the body's loop-invariant work (pure, reading only values from outside or other
+    invariant work) before the loop, into ``outer``: it runs once, not once per trip."""
+    inside = set(map(id, body.nodes))
+    moved = set()
+    keep = []
+    for n in body.nodes:
+        if _invariant(n, moved, inside) and not any(n is o for o in body.outputs):
+            moved.add(id(n))
+            outer.add(n)
+        else:
+            keep.append(n)
+    if moved:
+        body.nodes, body.inputs = [], []
+        for n in keep:
+            body.add(n)
+
+
+def _close(body):
+    """Make the body graph closed: each outside value it reads becomes an input of its own
+    (placed first, SSA order kept). Returns the outside values, in the inputs' order."""
+    inside = set(map(id, body.nodes))
+    captured, inputs = [], {}
+
+    def local(a):
+        if id(a) in inside:
+            return a
+        if id(a) not in inputs:
+            if is_reread(a):        # a constant or Param: read again inside the body
+                copy = Node(a.op, name=a.name, fn=a.fn, value=a.value, base=a.base, path=a.path,
+                            attr=a.attr, diff=a.diff)
+                copy.meta.update(a.meta)
+            else:
+                copy = Node(INPUT, name=a.name or "t", diff=a.diff)
+                copy.meta.update(region_input=True, shape=a.meta.get("shape"),
+                                 complex=a.meta.get("complex"))
+                captured.append(a)
+            copy.loc = a.loc
+            inputs[id(a)] = copy
+        return inputs[id(a)]
+
+    for n in body.nodes:
+        n.args = tuple(local(a) for a in n.args)
+        n.kwargs = {k: local(v) for k, v in n.kwargs.items()}
+    body.outputs = [local(o) for o in body.outputs]
+    new = list(inputs.values())
+    own_inputs = [n for n in body.nodes if n.op == INPUT]
+    rest = [n for n in body.nodes if n.op != INPUT]
+    body.nodes, body.inputs = [], []
+    for n in own_inputs + [c for c in new if c.op == INPUT] + [c for c in new if c.op != INPUT] + rest:
+        body.add(n)
+    return captured
