@@ -58,8 +58,8 @@ def rule_count():
 
 def area_of_module(module):
     """The area that files names defined in ``module`` (``"unfiled"`` when none does)."""
-    best = max((prefix for prefix in MODULE_AREAS if module == prefix or module.startswith(prefix + ".")),
-               key=len, default=None)
+    best = max((prefix for prefix in MODULE_AREAS if module == prefix or
+                (prefix != "flux_compile" and module.startswith(prefix + "."))), key=len, default=None)
     return MODULE_AREAS[best] if best else "unfiled"
 
 
@@ -137,6 +137,16 @@ def cli_markdown():
         else:
             os.environ["COLUMNS"] = columns
     return "\n".join(f"## `{title}`\n\n```text\n{text.rstrip()}\n```\n" for title, text in parts)
+
+
+def on_config(config):
+    """mkdocs hook: document the package of this checkout (as mkdocstrings' ``paths: [.]`` does)."""
+    import os
+    import sys
+    root = os.path.dirname(os.path.abspath(config.config_file_path))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return config
 
 
 def on_page_markdown(markdown, page, config, files):
