@@ -150,7 +150,13 @@ def _with_note(text, note):
 
 def graph(m_or_cls, args=None, which="forward"):
     """The IR graph (printable; ``.to_dot()``): the inference forward, or ``which="train"`` for
-    the joint forward + backward graph."""
+    the joint forward + backward graph.
+
+    >>> import flux_compile as fc
+    >>> g = fc.graph(fc.Dense(3, 2))
+    >>> "matmul" in str(g), fc.graph(fc.Dense(3, 2)).to_dot().startswith("digraph")
+    (True, True)
+    """
     c = _compiled(m_or_cls, args)
     if c.graph is None and c.rebuild is not None:
         c = c.rebuild()
@@ -207,6 +213,15 @@ def grad(f, *args):
     structure of gradients (see :mod:`flux_compile.pytree`). For a model ``f``, the first entry is the model's
     own dict, then one per input. A non-scalar value is treated as its sum.
     Param gradients are not left accumulated: ``grad`` is functional.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x, w): return ((x @ w) ** 2).sum()
+    >>> value, (dx, dw) = fc.grad(f, np.ones((1, 2)), np.array([[1.0], [2.0]]))
+    >>> value, dx, dw.ravel()
+    (np.float64(9.0), array([[ 6., 12.]]), array([6., 6.]))
+    >>> _, (dm, dx) = fc.grad(fc.Dense(2, 1), np.ones((1, 2)))      # a model: its dict first
+    >>> sorted(dm)
+    [('W',), ('b',)]
     """
     if is_model(f):
         models = [f] + _models_in(args)
@@ -295,7 +310,16 @@ def _arg_grad(a, g, cap):
 
 
 def update(m, grads, fn):
-    """Apply ``fn(value, grad) -> new value`` to every field path in ``grads`` (Yota's ``update!``)."""
+    """Apply ``fn(value, grad) -> new value`` to every field path in ``grads`` (Yota's ``update!``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(2, 1)
+    >>> _, (dm, _) = fc.grad(m, np.ones((1, 2)))
+    >>> before = m.W.value.copy()
+    >>> fc.update(m, dm, lambda value, grad: value - 0.1 * grad)
+    >>> np.allclose(m.W.value, before - 0.1 * dm[("W",)])
+    True
+    """
     from .updatestep import update_with
     return update_with(m, grads, fn)
 
@@ -305,7 +329,15 @@ def update(m, grads, fn):
 
 
 def shapes(m, *inputs):
-    """The model's inference graph with every value's shape and dtype (early Flux's ``@shapes``)."""
+    """The model's inference graph with every value's shape and dtype (early Flux's ``@shapes``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> print(fc.shapes(fc.Dense(3, 2), np.ones((8, 3))))   # doctest: +ELLIPSIS
+    graph Dense(x: float64[8, 3]):
+    ...
+      %4 y = np.add(%2, %3 b)                            # float64[8, 2]
+      return %4 y
+    """
     from .interp import run_graph
     from .runstate import current_state
     from .statehooks import state_names

@@ -117,7 +117,14 @@ def gradient(f, argnums=0):
     Arguments may be arrays, floats or (nested) tuples / lists / dicts of them; a gradient
     has its argument's structure. ``f`` may call models (their Params held fixed) and may be
     a derivative itself: ``fc.gradient(fc.gradient(f))`` for a scalar ``f`` of a scalar, to
-    any order. The result is one generated function (``fc.source(g, inputs=(x,))``)."""
+    any order. The result is one generated function (``fc.source(g, inputs=(x,))``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x):
+    ...     return np.sum(x * x)
+    >>> fc.gradient(f)(np.array([1.0, -2.0]))
+    array([ 2., -4.])
+    """
     _check_argnums(argnums)
     if isinstance(f, Derivative):
         return _GradientOfDerivative(f, argnums)
@@ -168,7 +175,14 @@ class _GradientOfDerivative(Derivative):
 def hvp(f, primals, tangents):
     """The Hessian-vector product of the scalar function ``f`` at ``primals`` along
     ``tangents`` (each a tuple, one entry per argument), structured like ``primals``: forward
-    mode over the generated gradient, one generated function (``fc.hvp_source``)."""
+    mode over the generated gradient, one generated function (``fc.hvp_source``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x):
+    ...     return np.sum(x ** 3)
+    >>> fc.hvp(f, (np.array([1.0, 2.0]),), (np.array([1.0, 1.0]),))     # structured like primals
+    (array([ 6., 12.]),)
+    """
     primals, tangents = tuple(primals), tuple(tangents)
     fn, basis = _scalar_function(f, primals, "fc.hvp")
     everything = tuple(range(len(primals)))
@@ -178,7 +192,14 @@ def hvp(f, primals, tangents):
 
 
 def hvp_source(f, primals):
-    """The generated ``hvp`` source of ``f`` for arguments like ``primals``."""
+    """The generated ``hvp`` source of ``f`` for arguments like ``primals``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x):
+    ...     return np.sum(np.tanh(x))
+    >>> "def hvp(" in fc.hvp_source(f, (np.ones(3),))
+    True
+    """
     primals = tuple(primals)
     fn, basis = _scalar_function(f, primals, "fc.hvp")
     everything = tuple(range(len(primals)))
@@ -190,7 +211,15 @@ def vjp(f, *primals):
     cotangent of the value's structure to one gradient per argument (a tuple). For a plain
     function, one compiled forward runs now and ``vjp_fn`` runs its compiled backward (as
     ``fc.grad``; ``fc.source(vjp_fn)`` shows it); for a derivative ``d = fc.gradient(f)``,
-    ``vjp_fn`` is forward over reverse (the Hessian is symmetric)."""
+    ``vjp_fn`` is forward over reverse (the Hessian is symmetric).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x):
+    ...     return np.sin(x)
+    >>> y, vjp_fn = fc.vjp(f, np.array([0.0, 1.0]))
+    >>> np.allclose(vjp_fn(np.ones(2)), np.cos([0.0, 1.0]))
+    True
+    """
     if isinstance(f, Derivative):
         return _vjp_of_derivative(f, primals)
     _check_plain(f, "fc.vjp")
@@ -269,7 +298,15 @@ def jacobian(f, argnums=0, mode=None):
     ``jvp`` run per input element) when the input has no more elements than the value, else
     reverse mode (one compiled backward run per value element); ``mode="forward"`` /
     ``"reverse"`` chooses. ``f`` may be a derivative: ``fc.jacobian(fc.gradient(f))`` is
-    the Hessian."""
+    the Hessian.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x):
+    ...     return x * x
+    >>> fc.jacobian(f)(np.array([1.0, 3.0]))
+    array([[2., 0.],
+           [0., 6.]])
+    """
     if not isinstance(argnums, int):
         raise TypeError("fc.jacobian: argnums must be an int")
     if mode not in (None, "forward", "reverse"):
@@ -297,7 +334,15 @@ def jacobian(f, argnums=0, mode=None):
 def hessian(f, argnums=0):
     """The function computing the Hessian of the scalar function ``f`` with respect to
     argument ``argnums`` (an int): shape ``x.shape + x.shape``, as ``jax.hessian``; forward
-    mode over the generated gradient (``fc.jacobian(fc.gradient(f, argnums), argnums)``)."""
+    mode over the generated gradient (``fc.jacobian(fc.gradient(f, argnums), argnums)``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x):
+    ...     return np.sum(x * x * x)
+    >>> fc.hessian(f)(np.array([1.0, 2.0]))
+    array([[ 6.,  0.],
+           [ 0., 12.]])
+    """
     h = jacobian(gradient(f, argnums), argnums, mode="forward")
     h.__name__ = f"hessian of {getattr(f, '__name__', 'f')}"
     return h

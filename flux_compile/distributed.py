@@ -97,31 +97,54 @@ def init(backend=None, timeout=None):
 
 
 def shutdown():
-    """Leave the process group (call at the end of the program); nothing without one."""
+    """Leave the process group (call at the end of the program); nothing without one.
+
+    >>> import flux_compile as fc
+    >>> fc.distributed.shutdown()                        # outside a process group: nothing to leave
+    """
     dist = _joined()
     if dist is not None:
         dist.destroy_process_group()
 
 
 def rank():
-    """This process's rank, 0 outside a process group."""
+    """This process's rank, 0 outside a process group.
+
+    >>> import flux_compile as fc
+    >>> fc.distributed.rank()                            # outside torchrun
+    0
+    """
     dist = _joined()
     return dist.get_rank() if dist is not None else 0
 
 
 def world_size():
-    """The number of processes, 1 outside a process group."""
+    """The number of processes, 1 outside a process group.
+
+    >>> import flux_compile as fc
+    >>> fc.distributed.world_size()                      # outside torchrun
+    1
+    """
     dist = _joined()
     return dist.get_world_size() if dist is not None else 1
 
 
 def is_main():
-    """True on rank 0 and outside a process group: the process that prints and saves."""
+    """True on rank 0 and outside a process group: the process that prints and saves.
+
+    >>> import flux_compile as fc
+    >>> fc.distributed.is_main()                         # outside torchrun
+    True
+    """
     return rank() == 0
 
 
 def barrier():
-    """Wait until every rank gets here; nothing outside a process group."""
+    """Wait until every rank gets here; nothing outside a process group.
+
+    >>> import flux_compile as fc
+    >>> fc.distributed.barrier()                         # outside a process group: returns at once
+    """
     dist = _joined()
     if dist is not None:
         dist.barrier()
@@ -211,7 +234,12 @@ def broadcast_from_main(arrays, bucket_bytes=BUCKET_BYTES):
 # -- one share of every global batch ---------------------------------------------------
 
 def share_bounds(n_rows, world, rank):
-    """Rows ``[start, stop)`` of a global batch of ``n_rows`` that ``rank`` of ``world`` takes."""
+    """Rows ``[start, stop)`` of a global batch of ``n_rows`` that ``rank`` of ``world`` takes.
+
+    >>> from flux_compile.distributed import share_bounds
+    >>> [share_bounds(10, 3, r) for r in range(3)]
+    [(0, 4), (4, 7), (7, 10)]
+    """
     base, extra = divmod(n_rows, world)
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
@@ -231,6 +259,12 @@ def take_share(x, y, world, rank):
     """``(x_part, y_part, weight)``: ``rank``'s rows of the batch ``(x, y)`` and its fraction of them.
 
     ``x`` may be a tuple of inputs; every input and ``y`` are cut by rows.
+
+    >>> import numpy as np
+    >>> from flux_compile.distributed import take_share
+    >>> x_part, y_part, weight = take_share(np.arange(10.0), np.arange(10), 2, 1)
+    >>> x_part, weight
+    (array([5., 6., 7., 8., 9.]), 0.5)
     """
     n_rows = _rows((x, y))
     if n_rows == 0:

@@ -15,7 +15,22 @@ import types
 
 
 class CompileError(SyntaxError):
-    """Unsupported code: has ``filename``, ``lineno``, ``offset``, ``text`` and ``hint``."""
+    """Unsupported code: has ``filename``, ``lineno``, ``offset``, ``text`` and ``hint``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> @fc.net
+    ... class Loop:
+    ...     def __init__(self):
+    ...         self.W = np.ones((2, 2))
+    ...     def forward(self, x):
+    ...         with open("f"):
+    ...             return x @ self.W
+    >>> try:
+    ...     Loop()(np.ones((1, 2)))
+    ... except fc.CompileError as e:
+    ...     print(e.lineno > 0, isinstance(e, SyntaxError), bool(e.hint))
+    True True True
+    """
 
     def __init__(self, msg, filename=None, lineno=None, offset=None, text=None, hint=None):
         if text is None and filename and lineno:
@@ -57,7 +72,19 @@ class Retrace(Exception):
 
 
 class GradcheckError(AssertionError):
-    """A gradient disagrees with finite differences; ``.report`` has the table."""
+    """A gradient disagrees with finite differences; ``.report`` has the table.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x): return x * x
+    >>> @fc.diffrule(f)
+    ... def _(dy, y, x):
+    ...     return dy * 3 * x                   # wrong: should be 2 * x
+    >>> try:
+    ...     fc.gradcheck(lambda x: f(x).sum(), np.ones(3))
+    ... except fc.GradcheckError as e:
+    ...     print(e.report.ok)
+    False
+    """
 
     def __init__(self, msg, report=None):
         super().__init__(msg)
@@ -69,6 +96,14 @@ class ModelError(Exception):
 
     ``.trace`` lists ``(owner, "file:line", statement)`` from the innermost model
     outwards; ``__cause__`` is the original exception.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Chain(fc.Dense(3, 2), fc.Dense(4, 1))        # 2 outputs feed 4 inputs
+    >>> try:
+    ...     m(np.ones((5, 3)))
+    ... except fc.ModelError as e:
+    ...     print(len(e.trace) >= 1, isinstance(e, ValueError))
+    True True
     """
 
     def __init__(self, msg, trace=()):

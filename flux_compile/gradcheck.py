@@ -59,6 +59,10 @@ def gradcheck(m_or_f, *inputs, eps=1e-6, rtol=1e-4, atol=1e-6, seed=0, max_eleme
     Values and parameters are promoted to float64 for the check (and restored).
     At most ``max_elements`` entries of each array are probed, chosen with ``seed``.
     Raises :class:`GradcheckError` on a mismatch unless ``raise_on_fail=False``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.gradcheck(fc.Dense(3, 2, act=np.tanh), np.ones((4, 3))).ok
+    True
     """
     from .api import grad
     rng = np.random.default_rng(seed)

@@ -126,6 +126,14 @@ def save(path, m, opt=None):
     In a distributed run (``fc.distributed``) only rank 0 writes: on any other
     rank ``save`` does nothing and returns None, so one script saves once.
     Call ``fc.distributed.barrier()`` after it before other ranks read the file.
+
+    >>> import os, tempfile, numpy as np, flux_compile as fc
+    >>> path = os.path.join(tempfile.mkdtemp(), "model")
+    >>> m = fc.Dense(3, 2)
+    >>> fc.save(path, m)
+    >>> m2 = fc.load(path + ".npz", fc.Dense(3, 2))
+    >>> bool(np.array_equal(m2.W.value, m.W.value))
+    True
     """
     if not is_main():
         return
@@ -227,6 +235,15 @@ def load(path, m, opt=None):
     becomes the saved one (the initial state where none was saved), and with
     ``opt`` its state for ``m``'s Params becomes the saved one. ``path`` may
     omit ``.npz``.
+
+    >>> import os, tempfile, flux_compile as fc
+    >>> path = os.path.join(tempfile.mkdtemp(), "model.npz")
+    >>> fc.save(path, fc.Dense(3, 2))
+    >>> try:
+    ...     fc.load(path, fc.Dense(3, 4))                      # shapes differ: nothing changes
+    ... except Exception as e:
+    ...     print(type(e).__name__)
+    LoadError
     """
     refuse_if_held(m, "fc.load", trainable_only=False)
     path = os.fspath(path)

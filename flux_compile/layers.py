@@ -25,7 +25,13 @@ from .rules.conv import avgpool2d, conv2d, maxpool2d, pair
 class Affine:
     """``x @ W + b`` for batch-first ``x`` of shape (batch, n_in). Glorot-uniform weights and
     zero bias as :class:`Dense`; ``init=fc.initn`` gives early Flux's small normal noise (bias too);
-    ``dtype`` (default: the dtype ``init`` makes, float64 for the library's) for every Param."""
+    ``dtype`` (default: the dtype ``init`` makes, float64 for the library's) for every Param.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Affine(3, 2)
+    >>> m(np.ones((4, 3))).shape, m.W.shape, m.b.shape
+    ((4, 2), (3, 2), (1, 2))
+    """
 
     def __init__(self, n_in, n_out, init=glorot_uniform, dtype=None):
         self.W = weights(init, n_in, n_out, dtype=dtype)
@@ -41,7 +47,14 @@ class Affine:
 @net
 class Dense:
     """``act(x @ W + b)``; ``act=None`` is the identity. Glorot-uniform weights, zero bias,
-    both in ``dtype`` (default: the dtype ``init`` makes, float64 for the library's)."""
+    both in ``dtype`` (default: the dtype ``init`` makes, float64 for the library's).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(3, 2, act=fc.relu, dtype=np.float32)
+    >>> y = m(np.ones((4, 3), dtype=np.float32))
+    >>> y.shape, y.dtype, bool((y >= 0).all())
+    ((4, 2), dtype('float32'), True)
+    """
 
     def __init__(self, n_in, n_out, act=None, init=glorot_uniform, dtype=None):
         self.W = weights(init, n_in, n_out, dtype=dtype)
@@ -58,6 +71,11 @@ class Chain:
     """Layers applied in order; plain functions are allowed as layers.
 
     ``len(c)``, ``c[i]`` (a layer) and ``c[i:j]`` (a Chain) work like a list.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> c = fc.Chain(fc.Dense(3, 4, act=np.tanh), fc.Dense(4, 2), fc.softmax)
+    >>> c(np.ones((5, 3))).sum(axis=1).round(6), len(c), len(c[:2])
+    (array([1., 1., 1., 1., 1.]), 3, 2)
     """
 
     def __init__(self, *layers):
@@ -162,7 +180,14 @@ def _set_flag(p, flag):
 
 
 def freeze(m):
-    """Stop training every Param of ``m``: no update, left out of ``fc.params``, no gradient computed."""
+    """Stop training every Param of ``m``: no update, left out of ``fc.params``, no gradient computed.
+
+    >>> import flux_compile as fc
+    >>> c = fc.Chain(fc.Dense(3, 4), fc.Dense(4, 2))
+    >>> _ = fc.freeze(c[0])
+    >>> [p.shape for p in fc.params(c)]
+    [(4, 2), (1, 2)]
+    """
     if isinstance(m, Param):
         _set_flag(m, False)
         return m
@@ -170,7 +195,15 @@ def freeze(m):
 
 
 def unfreeze(m):
-    """Undo :func:`freeze`."""
+    """Undo :func:`freeze`.
+
+    >>> import flux_compile as fc
+    >>> m = fc.Dense(3, 2)
+    >>> _ = fc.freeze(m); n_frozen = len(fc.params(m))
+    >>> _ = fc.unfreeze(m)
+    >>> n_frozen, len(fc.params(m))
+    (0, 2)
+    """
     if isinstance(m, Param):
         _set_flag(m, True)
         return m
@@ -191,6 +224,11 @@ class Conv2d:
 
     ``W`` is (c_out, c_in, kH, kW) as in ``torch.nn.Conv2d`` (``k`` an int or a pair),
     ``b`` is (1, c_out, 1, 1); Glorot-uniform weights, zero bias, in ``dtype``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Conv2d(3, 8, 3, padding=1, act=fc.relu)
+    >>> m(np.ones((2, 3, 10, 10))).shape, m.W.shape, m.b.shape
+    ((2, 8, 10, 10), (8, 3, 3, 3), (1, 8, 1, 1))
     """
 
     def __init__(self, c_in, c_out, k, stride=1, padding=0, act=None, init=_conv_init, dtype=None):
@@ -208,7 +246,12 @@ class Conv2d:
 
 @net
 class MaxPool2d:
-    """Max over each k x k window, stride ``k`` unless given (``F.max_pool2d``)."""
+    """Max over each k x k window, stride ``k`` unless given (``F.max_pool2d``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.MaxPool2d(2)(np.ones((2, 3, 10, 10))).shape
+    (2, 3, 5, 5)
+    """
 
     def __init__(self, k, stride=None):
         self.k = pair(k)
@@ -220,7 +263,12 @@ class MaxPool2d:
 
 @net
 class AvgPool2d:
-    """Mean over each k x k window, stride ``k`` unless given (``F.avg_pool2d``)."""
+    """Mean over each k x k window, stride ``k`` unless given (``F.avg_pool2d``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.AvgPool2d(2)(np.ones((2, 3, 10, 10))).shape
+    (2, 3, 5, 5)
+    """
 
     def __init__(self, k, stride=None):
         self.k = pair(k)
@@ -233,7 +281,13 @@ class AvgPool2d:
 @net
 class LayerNorm:
     """Normalise over the last ``len(n)`` axes (``n`` an int or a shape), then scale by ``g``
-    and shift by ``b`` (ones and zeros, in ``dtype``), as ``torch.nn.LayerNorm(n, eps)``."""
+    and shift by ``b`` (ones and zeros, in ``dtype``), as ``torch.nn.LayerNorm(n, eps)``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> y = fc.LayerNorm(4)(np.arange(8.0).reshape(2, 4))
+    >>> y.mean(axis=-1).round(6), y.std(axis=-1).round(3)
+    (array([0., 0.]), array([1., 1.]))
+    """
 
     def __init__(self, n, eps=1e-5, dtype=np.float64):
         shape = tuple(n) if isinstance(n, (tuple, list)) else (int(n),)
@@ -252,7 +306,13 @@ class LayerNorm:
 @net
 class Embedding:
     """A table of ``n`` rows of width ``d``; ``m(idx)`` with an integer array ``idx`` gives
-    ``W[idx]`` (shape ``idx.shape + (d,)``), as ``torch.nn.Embedding`` (standard normal rows)."""
+    ``W[idx]`` (shape ``idx.shape + (d,)``), as ``torch.nn.Embedding`` (standard normal rows).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Embedding(10, 3)
+    >>> m(np.array([[1, 2], [3, 1]])).shape
+    (2, 2, 3)
+    """
 
     def __init__(self, n, d, init=None, dtype=None):
         if init is None:
@@ -272,6 +332,14 @@ class BatchNorm:
     the running statistics (state, not Params) by ``momentum`` towards the batch's mean and
     unbiased variance. After ``fc.testmode(m)``: normalise with the running statistics.
     The statistics persist: ``m.reset()`` and the per-batch reset of ``fc.train`` keep them.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.BatchNorm(3)
+    >>> y, back = m.pullback(np.arange(12.0).reshape(4, 3))      # training: batch statistics
+    >>> y.mean(axis=0).round(6)
+    array([0., 0., 0.])
+    >>> _ = fc.testmode(m); m(np.ones((2, 3))).shape           # inference: running statistics
+    (2, 3)
     """
     persistent_state = ("running_mean", "running_var")
 
@@ -317,10 +385,25 @@ def _set_training(m, flag):
 
 
 def testmode(m):
-    """Switch every BatchNorm and Dropout in ``m`` to inference: running statistics, no dropout."""
+    """Switch every BatchNorm and Dropout in ``m`` to inference: running statistics, no dropout.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Chain(fc.Dense(4, 4), fc.Dropout(0.5))
+    >>> _ = fc.testmode(m)
+    >>> x = np.ones((2, 4))
+    >>> bool(np.array_equal(m.pullback(x)[0], m(x)))         # no dropout, even in training calls
+    True
+    """
     return _set_training(m, False)
 
 
 def trainmode(m):
-    """Undo :func:`testmode`: batch statistics (updating the running ones) and dropout."""
+    """Undo :func:`testmode`: batch statistics (updating the running ones) and dropout.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.BatchNorm(2)
+    >>> _ = fc.trainmode(fc.testmode(m))
+    >>> m.pullback(np.array([[0.0, 1.0], [2.0, 5.0]]))[0].mean(axis=0).round(6)
+    array([0., 0.])
+    """
     return _set_training(m, True)

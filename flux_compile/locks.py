@@ -71,6 +71,12 @@ def interrupts_held():
     For the few assignments that commit a step: either all of them happen or,
     if the interrupt came earlier, none. Outside the main thread (where Python
     delivers no KeyboardInterrupt) it does nothing.
+
+    >>> from flux_compile.optim import interrupts_held
+    >>> with interrupts_held():
+    ...     done = True                                  # Ctrl-C here waits until the block ends
+    >>> done
+    True
     """
     deferred = _defer_sigint()
     try:

@@ -71,7 +71,13 @@ class Model:
 
     # -- running ----------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        """Inference: the generated forward; saves nothing for a backward pass."""
+        """Inference: the generated forward; saves nothing for a backward pass.
+
+        >>> import numpy as np, flux_compile as fc
+        >>> m = fc.Dense(3, 2)
+        >>> m(np.ones((4, 3))).shape                             # no gradients are kept
+        (4, 2)
+        """
         if kwargs or len(args) < _arity(type(self)):
             args = _complete(self, args, kwargs)
         names = state_names(type(self))
@@ -177,19 +183,41 @@ class Model:
         return out, public_back
 
     def back(self, dy, *args, **kwargs):
-        """Flux's ``back!``: forward, then backward with ``dy``; returns the input gradients."""
+        """Flux's ``back!``: forward, then backward with ``dy``; returns the input gradients.
+
+        >>> import numpy as np, flux_compile as fc
+        >>> m = fc.Dense(3, 2)
+        >>> dx = m.back(np.ones((4, 2)), np.ones((4, 3)))
+        >>> dx.shape, m.b.grad
+        ((4, 3), array([[4., 4.]]))
+        """
         _, b = self._pullback(*args, **kwargs)
         return _public_back(self, b, args, kwargs)(dy)
 
     def update(self, opt=0.1):
-        """Flux's ``update!``: one optimiser step (a number is an SGD learning rate), then zero grads."""
+        """Flux's ``update!``: one optimiser step (a number is an SGD learning rate), then zero grads.
+
+        >>> import numpy as np, flux_compile as fc
+        >>> m = fc.Dense(3, 2)
+        >>> _ = m.back(np.ones((4, 2)), np.ones((4, 3)))
+        >>> m.update(0.5)
+        >>> m.b.value, m.b.grad                                   # stepped, then zeroed
+        (array([[-2., -2.]]), array([[0., 0.]]))
+        """
         from .updatestep import apply_update
         with GRAD_LOCK:
             refuse_if_held(self, "update()")
             apply_update(self, opt)
 
     def zero_grad(self):
-        """Set every Param's gradient to zero."""
+        """Set every Param's gradient to zero.
+
+        >>> import numpy as np, flux_compile as fc
+        >>> m = fc.Dense(3, 2)
+        >>> _ = m.back(np.ones((4, 2)), np.ones((4, 3)))
+        >>> m.zero_grad(); float(abs(m.W.grad).sum())
+        0.0
+        """
         with GRAD_LOCK:
             for _, p in named_params(self):
                 p.grad[...] = 0
@@ -198,7 +226,14 @@ class Model:
         """Restore the initial recurrent state of this model and its sub-models.
 
         Call it between independent sequences, and before a batch of another size: state
-        carried from a step at batch 4 meeting a batch of 1 is an error, not a reset."""
+        carried from a step at batch 4 meeting a batch of 1 is an error, not a reset.
+
+        >>> import numpy as np, flux_compile as fc
+        >>> m = fc.RNN(2, 3)
+        >>> first = m(np.ones((1, 2)))
+        >>> _ = m.reset(); bool(np.allclose(m(np.ones((1, 2))), first))
+        True
+        """
         reset(self)
         return self
 
@@ -376,6 +411,17 @@ def net(cls):
 
     Float arrays assigned to attributes become :class:`Param`; sub-models are
     attributes; compilation happens on first use and is cached per class.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> @fc.net
+    ... class Scale:
+    ...     def __init__(self, n):
+    ...         self.w = np.ones(n)
+    ...     def forward(self, x):
+    ...         return x * self.w
+    >>> m = Scale(3)
+    >>> m(np.arange(3.0)), m.back(np.ones(3), np.arange(3.0)), m.w.grad
+    (array([0., 1., 2.]), array([1., 1., 1.]), array([0., 1., 2.]))
     """
     if not isinstance(cls, type):
         raise TypeError("@fc.net decorates a class with a forward method")

@@ -48,6 +48,13 @@ class Momentum(Optimiser):
 
         v = rho * v + g
         p = p - lr * v
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m, opt = fc.Dense(1, 1), fc.optim.Momentum(0.1, rho=0.9)
+    >>> for _ in range(2):
+    ...     m.b.grad[...] = 1.0; m.update(opt)
+    >>> m.b.value                                        # -0.1 * 1, then -0.1 * 1.9
+    array([[-0.29]])
     """
 
     hyper = ("lr", "rho")
@@ -67,6 +74,12 @@ class Nesterov(Momentum):
 
         v = rho * v + g
         p = p - lr * (g + rho * v)
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(1, 1)
+    >>> m.b.grad[...] = 1.0; m.update(fc.optim.Nesterov(0.1, rho=0.9))
+    >>> m.b.value                                        # -0.1 * (1 + 0.9 * 1)
+    array([[-0.19]])
     """
 
     def __init__(self, lr=0.001, rho=0.9):
@@ -83,6 +96,12 @@ class Adam(Optimiser):
         m = beta1 * m + (1 - beta1) * g
         v = beta2 * v + (1 - beta2) * g^2
         p = p - lr * mhat / (sqrt(vhat) + eps)   # mhat = m / (1 - beta1^t), vhat likewise
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(1, 1)
+    >>> m.b.grad[...] = 5.0; m.update(fc.optim.Adam(0.1))
+    >>> m.b.value.round(6)                               # the first step is lr * sign(g)
+    array([[-0.1]])
     """
 
     hyper = ("lr", "beta1", "beta2", "eps")
@@ -109,7 +128,14 @@ class Adam(Optimiser):
 
 class AdamW(Adam):
     """Adam with decoupled weight decay, as ``torch.optim.AdamW``: first
-    ``p *= 1 - lr * weight_decay``, then the Adam step."""
+    ``p *= 1 - lr * weight_decay``, then the Adam step.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(1, 1, init=lambda *s, **k: np.ones(s))
+    >>> m.W.grad[...] = 0.0; m.update(fc.optim.AdamW(0.1, weight_decay=0.5))
+    >>> m.W.value.round(6)                               # decay only: 1 * (1 - 0.1 * 0.5)
+    array([[0.95]])
+    """
 
     hyper = ("lr", "beta1", "beta2", "eps", "weight_decay")
 
@@ -129,6 +155,12 @@ class RMSProp(Optimiser):
 
         v = rho * v + (1 - rho) * g^2
         p = p - lr * g / (sqrt(v) + eps)
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(1, 1)
+    >>> m.b.grad[...] = 1.0; m.update(fc.optim.RMSProp(0.01, rho=0.99))
+    >>> m.b.value.round(6)                               # -0.01 * 1 / sqrt(0.01)
+    array([[-0.1]])
     """
 
     hyper = ("lr", "rho", "eps")

@@ -16,6 +16,11 @@ class Param(NDArrayOperatorsMixin):
 
     Outside compiled code it behaves like its array (``np.asarray(p)``,
     arithmetic, ``.shape``, ``.dtype``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> p = fc.Param(np.ones((2, 3)))
+    >>> p.shape, p.grad.shape, float((p * 2).sum()), p.trainable
+    ((2, 3), (2, 3), 12.0, True)
     """
 
     __array_priority__ = 20
@@ -77,7 +82,12 @@ def _unwrap(obj):
 
 
 def param(value, trainable=True):
-    """``fc.param(x)``: the same as ``fc.Param(x)``."""
+    """``fc.param(x)``: the same as ``fc.Param(x)``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.param(np.zeros(2)).value
+    array([0., 0.])
+    """
     return Param(value, trainable=trainable)
 
 
@@ -91,7 +101,19 @@ class Const:
 
 
 def const(value):
-    """Keep an array attribute out of the parameters: ``self.mask = fc.const(m)``."""
+    """Keep an array attribute out of the parameters: ``self.mask = fc.const(m)``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> @fc.net
+    ... class Masked:
+    ...     def __init__(self):
+    ...         self.W = np.ones((2, 2))
+    ...         self.mask = fc.const(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    ...     def forward(self, x):
+    ...         return x @ (self.W * self.mask)
+    >>> [p.shape for p in fc.params(Masked())]             # mask is not a parameter
+    [(2, 2)]
+    """
     return Const(np.asarray(value))
 
 
@@ -169,13 +191,22 @@ def named_params(m, trainable_only=False):
 
     A Param shared by two sub-models appears once, under its first path. A model that
     contains itself raises :class:`ModelCycleError` naming the attribute path.
+
+    >>> import flux_compile as fc
+    >>> [(path, p.shape) for path, p in fc.named_params(fc.Dense(3, 2))]
+    [(('W',), (3, 2)), (('b',), (1, 2))]
     """
     return [(path, p) for path, p in walk(m)
             if isinstance(p, Param) and (p.trainable or not trainable_only)]
 
 
 def params(m):
-    """Unique trainable Params of ``m``, deterministic depth-first order."""
+    """Unique trainable Params of ``m``, deterministic depth-first order.
+
+    >>> import flux_compile as fc
+    >>> [p.shape for p in fc.params(fc.Chain(fc.Dense(3, 4), fc.Dense(4, 2)))]
+    [(3, 4), (1, 4), (4, 2), (1, 2)]
+    """
     return [p for _, p in named_params(m, trainable_only=True)]
 
 

@@ -66,7 +66,14 @@ def _check_torch(module, kind):
 @net
 class RNN:
     """Elman RNN: ``h = act(x @ Wx + h @ Wh + b)``; returns ``h``. Params and state in ``dtype``
-    (default: the dtype ``init`` makes, float64 for the library's), as every recurrent layer here."""
+    (default: the dtype ``init`` makes, float64 for the library's), as every recurrent layer here.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.RNN(3, 5, dtype=np.float32)
+    >>> h = m(np.ones((2, 3), dtype=np.float32))          # one step; the state is now h
+    >>> h.shape, h.dtype
+    ((2, 5), dtype('float32'))
+    """
 
     def __init__(self, n_in, n_h, act=np.tanh, init=glorot_uniform, dtype=None):
         self.Wx = weights(init, n_in, n_h, dtype=dtype)
@@ -96,7 +103,12 @@ class RNN:
 
 @net
 class LSTM:
-    """Long short-term memory, gates (i, f, g, o) as in PyTorch; returns ``h``."""
+    """Long short-term memory, gates (i, f, g, o) as in PyTorch; returns ``h``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.unroll(fc.LSTM(3, 5), 7)(np.ones((2, 7, 3))).shape
+    (2, 7, 5)
+    """
 
     def __init__(self, n_in, n_h, init=glorot_uniform, dtype=None):
         self.Wx = weights(init, n_in, 4 * n_h, dtype=dtype)
@@ -134,7 +146,12 @@ class LSTM:
 
 @net
 class GRU:
-    """Gated recurrent unit, gates (r, z, n) as in PyTorch; returns ``h``."""
+    """Gated recurrent unit, gates (r, z, n) as in PyTorch; returns ``h``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.unroll(fc.GRU(3, 5), 7)(np.ones((2, 7, 3))).shape
+    (2, 7, 5)
+    """
 
     def __init__(self, n_in, n_h, init=glorot_uniform, dtype=None):
         self.Wx = weights(init, n_in, 3 * n_h, dtype=dtype)

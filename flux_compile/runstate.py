@@ -103,7 +103,15 @@ def reset(m):
     """Restore the initial state of ``m`` and every model inside it.
 
     State a class lists in ``persistent_state`` (BatchNorm's running statistics) is not
-    recurrent: it keeps its latest value, which becomes its new starting value."""
+    recurrent: it keeps its latest value, which becomes its new starting value.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.RNN(2, 3)
+    >>> first = m(np.ones((1, 2))); _ = m(np.ones((1, 2)))
+    >>> _ = fc.reset(m)
+    >>> bool(np.allclose(m(np.ones((1, 2))), first))
+    True
+    """
     for x in submodels(m):
         _keep_persistent(x)
         for key in STATE_KEYS:

@@ -99,7 +99,13 @@ class Unroll:
 
 
 def unroll(m, n):
-    """A sequence model running ``n`` steps of the recurrent model ``m`` (backprop through time)."""
+    """A sequence model running ``n`` steps of the recurrent model ``m`` (backprop through time).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> seq = fc.unroll(fc.RNN(3, 5), 4)
+    >>> seq(np.ones((2, 4, 3))).shape                    # (batch, time, features)
+    (2, 4, 5)
+    """
     return Unroll(m, n)
 
 
@@ -118,7 +124,14 @@ class Unroll1:
 
 
 def unroll1(m):
-    """Step ``m`` one input at a time (for sampling), carrying its state between calls."""
+    """Step ``m`` one input at a time (for sampling), carrying its state between calls.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> step = fc.unroll1(fc.RNN(3, 5))
+    >>> h1 = step(np.ones((1, 3))); h2 = step(np.ones((1, 3)))     # the state carries over
+    >>> h1.shape, bool(np.allclose(h1, h2))
+    ((1, 5), False)
+    """
     return Unroll1(m)
 
 
@@ -137,5 +150,11 @@ class Flip:
 
 
 def flip(m):
-    """``flip(seq)(xs)`` is ``seq`` applied to ``xs`` reversed in time, reversed back."""
+    """``flip(seq)(xs)`` is ``seq`` applied to ``xs`` reversed in time, reversed back.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> backward_rnn = fc.flip(fc.unroll(fc.RNN(3, 5), 4))
+    >>> backward_rnn(np.ones((2, 4, 3))).shape
+    (2, 4, 5)
+    """
     return Flip(m)

@@ -213,6 +213,15 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
       ``fc.distributed.init()``, each rank trains on its share of every batch
       with the global batch's gradient, from rank 0's parameters; rank 0
       alone shows progress (see ``flux_compile.distributed``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((64, 3)); y = x @ np.array([[1.0], [-2.0], [0.5]])
+    >>> m = fc.Dense(3, 1)
+    >>> history = fc.train(m, fc.mse, fc.data.batches(x, y, 16, rng=0), fc.optim.Adam(0.1),
+    ...                    epochs=30, progress=False)
+    >>> bool(fc.mse(m(x), y) < 1e-2)
+    True
     """
     if getattr(model, "__fc_backend__", False):     # a model moved by fc.to (torch, JAX)
         from .backends import train as train_on_backend

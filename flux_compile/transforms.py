@@ -37,7 +37,14 @@ def jvp(f, primals, tangents):
     ``tangents``, by forward mode (as ``jax.jvp``). ``primals`` and ``tangents`` are tuples with
     one entry per argument; an entry may be an array, a float, or a tuple / list / dict of them
     (nested), its tangent of the same structure. ``f`` is a plain function (compiled once per
-    argument signature; ``fc.jvp_source`` shows the code) or a model (its Params held fixed)."""
+    argument signature; ``fc.jvp_source`` shows the code) or a model (its Params held fixed).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x): return np.sin(x) * x
+    >>> value, tangent = fc.jvp(f, (np.array([0.0, 1.0]),), (np.ones(2),))
+    >>> np.allclose(tangent, np.cos([0.0, 1.0]) * [0.0, 1.0] + np.sin([0.0, 1.0]))
+    True
+    """
     primals, tangents = tuple(primals), tuple(tangents)
     if len(primals) != len(tangents):
         raise ValueError(f"fc.jvp: {len(primals)} primals but {len(tangents)} tangents")
@@ -58,7 +65,13 @@ def jvp(f, primals, tangents):
 
 
 def jvp_source(f, primals):
-    """The generated ``jvp`` source of plain function ``f`` for arguments like ``primals``."""
+    """The generated ``jvp`` source of plain function ``f`` for arguments like ``primals``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def f(x): return np.tanh(x)
+    >>> "def " in fc.jvp_source(f, (np.ones(3),))
+    True
+    """
     if is_model(f):
         return SourceText(compile_jvp(_model_function(type(f), len(primals)), (f,) + tuple(primals)).source)
     return SourceText(compile_jvp(f, as_numpy_scalars(tuple(primals))).source)

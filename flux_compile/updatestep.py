@@ -36,6 +36,15 @@ class NonFiniteGradient(FloatingPointError):
     """A trainable Param's gradient holds NaN or inf; ``.path`` names the first such Param.
 
     Raised before anything is computed: values, gradients and optimiser state are unchanged.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(1, 1)
+    >>> m.W.grad[...] = np.nan
+    >>> try:
+    ...     m.update(0.1)
+    ... except fc.optim.NonFiniteGradient as e:
+    ...     print(e.path)
+    W
     """
 
     def __init__(self, path, grad):
@@ -60,6 +69,12 @@ class ParamState:
     (one assignment each), so a step's state is never half written. Pickled
     together with the model that owns the Params, the state is restored for
     those same Params (pickle keeps object identity within one dump).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m, opt = fc.Dense(1, 1), fc.optim.Adam(0.1)
+    >>> m.b.grad[...] = 1.0; m.update(opt)
+    >>> isinstance(opt.state, fc.optim.ParamState)
+    True
     """
 
     def __init__(self):
@@ -157,7 +172,13 @@ class Optimiser:
     generated function's argument order), its per-parameter state arrays
     (``slots``) and writes the math for one parameter (:meth:`block`) in terms
     of ``p`` (the value), ``g`` (the gradient), the slot names and ``t`` (this
-    parameter's step number, counting from 1)."""
+    parameter's step number, counting from 1).
+
+    >>> import flux_compile as fc
+    >>> opt = fc.optim.Adam(0.01)
+    >>> isinstance(opt, fc.optim.Optimiser), opt.hyper, opt.slots
+    (True, ('lr', 'beta1', 'beta2', 'eps'), ('m', 'v'))
+    """
 
     hyper: tuple = ()
     slots: tuple = ()
@@ -208,7 +229,14 @@ class Optimiser:
 
 
 class SGD(Optimiser):
-    """Plain gradient descent: ``p -= lr * g`` (``torch.optim.SGD(lr)``)."""
+    """Plain gradient descent: ``p -= lr * g`` (``torch.optim.SGD(lr)``).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(1, 1)
+    >>> m.b.grad[...] = 2.0
+    >>> m.update(fc.optim.SGD(0.25)); m.b.value
+    array([[-0.5]])
+    """
 
     hyper = ("lr",)
 
@@ -300,6 +328,10 @@ def update_source(model, opt=None):
     """The generated update function for ``model`` and ``opt`` as text.
 
     Without ``opt``: the optimiser of the model's latest update, or ``SGD(0.1)``.
+
+    >>> import flux_compile as fc
+    >>> print(fc.optim.update_source(fc.Dense(2, 1), fc.optim.SGD(0.1)))   # doctest: +ELLIPSIS
+    def update...
     """
     if opt is None:
         try:
@@ -357,6 +389,13 @@ def prepare_update(model, lr_or_opt):
 
     Checks first that every trainable gradient is finite (else
     :class:`NonFiniteGradient`).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(1, 1)
+    >>> m.b.grad[...] = 1.0
+    >>> step = fc.optim.prepare_update(m, 0.5)
+    >>> m.b.value                                        # nothing changed yet
+    array([[0.]])
     """
     opt = _as_optimiser(lr_or_opt)
     trainable, frozen = _layout(model)
@@ -400,6 +439,12 @@ def apply_update(model, lr_or_opt):
     non-finite gradient (:class:`NonFiniteGradient`) or an error while
     computing leaves values, gradients and state as they were, and Ctrl-C
     during the step either stops it before anything changed or after all of it.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> m = fc.Dense(1, 1)
+    >>> m.b.grad[...] = 1.0
+    >>> fc.optim.apply_update(m, 0.5); m.b.value, m.b.grad
+    (array([[-0.5]]), array([[0.]]))
     """
     prepare_update(model, lr_or_opt).commit()
 

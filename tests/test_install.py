@@ -44,4 +44,4 @@ def test_readme_commands_and_ci_match():
     assert 'pip install -e . && .venv/bin/python examples/quickstart.py' in readme
     assert 'pip install -e ".[test]" && .venv/bin/python -m pytest -q' in readme
     assert "installs no GPU packages" in readme and "`.[torch]` and `.[jax]`" in readme
-    assert '-e ".[test,torch,jax]"' in (ROOT / ".ci" / "run").read_text()
+    assert '-e ".[test,torch,jax,docs]"' in (ROOT / ".ci" / "run").read_text()     # docs: the site builds

@@ -1,20 +1,55 @@
-"""The API reference, generated from docstrings when mkdocs builds the site.
+"""mkdocs hooks: which reference page lists each public name, and the rule count.
 
-mkdocs.yml names this file under ``hooks:``. ``docs/reference.md`` holds a
-marker that is replaced by :func:`reference_markdown`: every public name of
-``flux_compile`` (``fc.__all__``), the model methods ``@fc.net`` adds, and the
-public names of ``fc.optim`` and ``fc.data``, each with its signature and
-docstring (examples as ``pycon`` blocks; ``tests/test_doctests.py`` runs them).
-``{{ rule_count }}`` on any page becomes the number of registered derivative
-rules, so the count is computed, never typed.
+mkdocs.yml names this file under ``hooks:``. mkdocstrings renders the API
+reference from the docstrings; this file only decides *what* each page of
+``docs/reference/`` lists. A page holds a marker ``<!-- api: AREA -->`` that
+becomes one ``::: flux_compile.name`` block per public name of that area: every
+name of ``fc.__all__`` (filed by the module that defines it), the model methods
+``@fc.net`` adds, and the public names of ``fc.optim``, ``fc.data``,
+``fc.distributed`` and ``fc.init``. A name of a module no area claims is listed
+on the reference's index page, and ``tests/test_reference.py`` names the module
+to file. ``{{ rule_count }}`` on any page becomes the number of registered
+derivative rules, so the count is computed, never typed.
 """
 from __future__ import annotations
 
 import inspect
 import re
 
-MARKER = "<!-- the API reference is generated here -->"
 RULE_COUNT = "{{ rule_count }}"
+MARKER = re.compile(r"<!-- api: (?P<area>[a-z-]+) -->")
+
+# area -> (page, title); the pages live in docs/reference/
+AREAS = {
+    "models": ("models.md", "Models and layers"),
+    "functions": ("functions.md", "Functions and losses"),
+    "transforms": ("transforms.md", "Transforms, derivative rules, inspection and errors"),
+    "training": ("training.md", "Training and optimisers"),
+    "data-io": ("data-io.md", "Data, saving and loading"),
+    "distributed": ("distributed.md", "Distributed training"),
+    "backends": ("backends.md", "Backends: PyTorch and JAX"),
+    "cli": ("cli.md", "Command line"),
+    "unfiled": ("index.md", "Not yet filed"),
+}
+
+# the module that defines a name of fc.__all__ -> its area (the longest prefix wins)
+MODULE_AREAS = {
+    "flux_compile.model": "models", "flux_compile.params": "models", "flux_compile.layers": "models",
+    "flux_compile.rnn": "models", "flux_compile.recurrent": "models", "flux_compile.runstate": "models",
+    "flux_compile.sequences": "models", "flux_compile.init": "models",
+    "flux_compile.functions": "functions", "flux_compile.losses": "functions", "flux_compile.rules.conv": "functions",
+    "flux_compile.api": "transforms", "flux_compile.transforms": "transforms", "flux_compile.rules": "transforms",
+    "flux_compile.derivatives": "transforms", "flux_compile.gradcheck": "transforms", "flux_compile.errors": "transforms", "flux_compile": "transforms",
+    "flux_compile.train": "training", "flux_compile.optim": "training", "flux_compile.trainstep": "training",
+    "flux_compile.updatestep": "training", "flux_compile.backends": "backends",
+    "flux_compile.data": "data-io", "flux_compile.io": "data-io",
+    "flux_compile.distributed": "distributed",
+    "flux_compile.cli": "cli",
+}
+
+# submodules documented name by name on an area's page, after fc.__all__'s names
+SUBMODULES = {"optim": "training", "data": "data-io", "distributed": "distributed", "init": "models"}
+MODEL_METHODS = ("__call__", "pullback", "back", "update", "zero_grad", "reset")
 
 
 def rule_count():
@@ -23,8 +58,19 @@ def rule_count():
     return sum(1 for rule in RULES.values() if getattr(rule, "__module__", "").startswith("flux_compile"))
 
 
+def area_of_module(module):
+    """The area that files names defined in ``module`` (``"unfiled"`` when none does)."""
+    best = max((prefix for prefix in MODULE_AREAS if module == prefix or
+                (prefix != "flux_compile" and module.startswith(prefix + "."))), key=len, default=None)
+    return MODULE_AREAS[best] if best else "unfiled"
+
+
 def public_names():
-    """``[(section, qualified name, object)]`` in the order the reference lists them."""
+    """``[(area, label, path, object)]``: every documented name, in the order the pages list them.
+
+    ``label`` is how a user writes it (``fc.Dense``, ``m.pullback``, ``fc.optim.Adam``);
+    ``path`` is where mkdocstrings finds it.
+    """
     import flux_compile as fc
     from flux_compile.model import Model
     out = []
@@ -32,70 +78,81 @@ def public_names():
         obj = getattr(fc, name)
         if name == "__version__" or inspect.ismodule(obj):
             continue
-        out.append(("flux_compile", f"fc.{name}", obj))
-    for name in ("__call__", "pullback", "back", "update", "zero_grad", "reset"):
-        out.append(("model methods", f"m.{name}" if name != "__call__" else "m(x)", getattr(Model, name)))
-    for module, names in (("optim", fc.optim.__all__ + ["clip_grad_norm"]), ("data", _module_public(fc.data))):
+        module = getattr(obj, "__module__", None) or "flux_compile"
+        out.append((area_of_module(module), f"fc.{name}", _path(module, name, obj), obj))
+    for name in MODEL_METHODS:
+        out.append(("models", "m()" if name == "__call__" else f"m.{name}", f"flux_compile.model.Model.{name}",
+                    getattr(Model, name)))
+    for module, area in SUBMODULES.items():
         mod = getattr(fc, module)
-        for name in names:
-            obj = getattr(mod, name, None)
-            if obj is not None and (inspect.isfunction(obj) or inspect.isclass(obj)):
-                out.append((f"fc.{module}", f"fc.{module}.{name}", obj))
+        for name in _module_public(mod):
+            obj = getattr(mod, name)
+            out.append((area, f"fc.{module}.{name}", _path(obj.__module__, name, obj), obj))
     return out
 
 
+def _path(module, name, obj):
+    """Where griffe finds ``obj``: its defining module (``flux_compile.params`` is also a module)."""
+    qualname = getattr(obj, "__qualname__", name)
+    return f"{module}.{qualname}" if module != "flux_compile" and "<" not in qualname else f"flux_compile.{name}"
+
+
 def _module_public(mod):
-    return [n for n, v in vars(mod).items() if not n.startswith("_") and (inspect.isfunction(v) or inspect.isclass(v))
-            and getattr(v, "__module__", None) == mod.__name__]
+    """``mod.__all__``, else the functions and classes ``mod`` defines, plus ``clip_grad_norm`` of optim."""
+    names = list(getattr(mod, "__all__", None) or
+                 [n for n, v in vars(mod).items() if not n.startswith("_") and (inspect.isfunction(v) or
+                  inspect.isclass(v)) and getattr(v, "__module__", None) == mod.__name__])
+    if mod.__name__ == "flux_compile.optim" and "clip_grad_norm" not in names:
+        names.append("clip_grad_norm")
+    return [n for n in names if inspect.isfunction(getattr(mod, n, None)) or inspect.isclass(getattr(mod, n, None))]
 
 
-def _signature(label, obj):
-    try:
-        sig = str(inspect.signature(obj))
-    except (TypeError, ValueError):
-        return label
-    if label == "m(x)":
-        return "m" + sig.replace("(self, ", "(").replace("(self)", "()")
-    return label + sig.replace("(self, ", "(").replace("(self)", "()")
-
-
-def _markdown_of(doc):
-    """A docstring as Markdown: ``>>>`` examples fenced as ``pycon``, reST roles as code."""
-    doc = re.sub(r":(?:class|func|meth|mod|attr):`~?([^`]+)`", r"`\1`", doc)
-    doc = doc.replace("``", "`")
-    out, in_example = [], False
-    for line in doc.splitlines():
-        starts = line.lstrip().startswith(">>>")
-        if starts and not in_example:
-            out += ["", "```pycon"]
-            in_example = True
-        elif in_example and not line.strip():
-            out += ["```", ""]
-            in_example = False
+def area_markdown(area):
+    """The mkdocstrings blocks for one area: ``::: path`` under the user's spelling of the name."""
+    blocks, seen = [], {}
+    for where, label, path, obj in public_names():
+        if where != area:
             continue
-        out.append(line)
-    if in_example:
-        out.append("```")
-    return "\n".join(out)
+        if id(obj) in seen:                       # fc.σ is fc.sigmoid: say so, once
+            blocks.append(f"`{label}` is `{seen[id(obj)]}`.\n")
+            continue
+        seen[id(obj)] = label
+        blocks.append(f"::: {path}\n    options:\n      heading: \"{label}\"\n      toc_label: \"{label}\"\n")
+    return "\n".join(blocks) if blocks else ""
 
 
-def reference_markdown():
-    sections, current = [], None
-    for section, label, obj in public_names():
-        if section != current:
-            sections.append(f"## `{section}`\n" if section != "model methods" else
-                            "## Model methods\n\nWhat `@fc.net` adds to a class (`m` is an instance).\n")
-            current = section
-        doc = inspect.getdoc(obj) or ""
-        sections.append(f"### `{label}`\n\n```python\n{_signature(label, obj)}\n```\n\n"
-                        f"{_markdown_of(doc)}\n")
-    head = (f"{rule_count()} derivative rules are registered (`flux_compile.rules.RULES`); "
-            f"`fc.diffrule` adds your own.\n")
-    return head + "\n" + "\n".join(sections)
+def cli_markdown():
+    """The ``--help`` of ``flux-compile`` and of each command, as argparse prints it (80 columns)."""
+    import argparse
+    import os
+    from flux_compile.cli import build_parser
+    columns = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = "80"
+    try:
+        parser = build_parser()
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        parts = [("flux-compile --help", parser.format_help())]
+        parts += [(f"flux-compile {name} --help", sub.format_help()) for name, sub in commands.items()]
+    finally:
+        if columns is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = columns
+    return "\n".join(f"## `{title}`\n\n```text\n{text.rstrip()}\n```\n" for title, text in parts)
+
+
+def on_config(config):
+    """mkdocs hook: document the package of this checkout (as mkdocstrings' ``paths: [.]`` does)."""
+    import os
+    import sys
+    root = os.path.dirname(os.path.abspath(config.config_file_path))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    return config
 
 
 def on_page_markdown(markdown, page, config, files):
-    """mkdocs hook: fill in the reference and the rule count."""
-    if MARKER in markdown:
-        markdown = markdown.replace(MARKER, reference_markdown())
+    """mkdocs hook: fill in each ``<!-- api: AREA -->`` and the rule count."""
+    markdown = MARKER.sub(lambda m: area_markdown(m.group("area")) +
+                          (cli_markdown() if m.group("area") == "cli" else ""), markdown)
     return markdown.replace(RULE_COUNT, str(rule_count()))

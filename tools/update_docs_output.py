@@ -12,6 +12,8 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 import test_docs  # noqa: E402
 
+from flux_compile import __version__  # noqa: E402
+
 
 def update(path):
     mismatches = []
@@ -26,7 +28,8 @@ def update(path):
         end = start + 1
         while not lines[end].startswith("```"):
             end += 1
-        shown = test_docs.BLOCK_FILE.sub("/path/to/model.py", printed).split("\n")
+        shown = test_docs.BLOCK_FILE.sub("/path/to/model.py", printed)
+        shown = shown.replace(f"flux_compile {__version__} for", "flux_compile ... for").split("\n")
         lines[start + 1:end] = shown
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines))

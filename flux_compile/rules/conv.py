@@ -100,6 +100,11 @@ def conv2d(x, W, stride=1, padding=0):
     """2-d cross-correlation, as ``torch.nn.functional.conv2d`` (no bias: a layer adds it).
 
     ``x`` (N, C, H, W), ``W`` (O, C, kH, kW); ``stride`` and ``padding`` are ints or pairs.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> x = np.ones((2, 3, 8, 8)); W = np.ones((4, 3, 3, 3))
+    >>> fc.conv2d(x, W, stride=1, padding=1).shape, float(fc.conv2d(x, W)[0, 0, 0, 0])
+    ((2, 4, 8, 8), 27.0)
     """
     _check_input(x, "conv2d")
     if np.ndim(W) != 4 or W.shape[1] != x.shape[1]:
@@ -113,7 +118,13 @@ def conv2d(x, W, stride=1, padding=0):
 
 
 def maxpool2d(x, k, stride=None):
-    """Max over each k x k window (``stride`` defaults to ``k``), as ``F.max_pool2d``."""
+    """Max over each k x k window (``stride`` defaults to ``k``), as ``F.max_pool2d``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.maxpool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)
+    array([[[[ 5.,  7.],
+             [13., 15.]]]])
+    """
     _check_input(x, "maxpool2d")
     win = windows(x, k, k if stride is None else stride)
     y = win[..., 0, 0].copy()
@@ -123,7 +134,13 @@ def maxpool2d(x, k, stride=None):
 
 
 def avgpool2d(x, k, stride=None):
-    """Mean over each k x k window (``stride`` defaults to ``k``), as ``F.avg_pool2d``."""
+    """Mean over each k x k window (``stride`` defaults to ``k``), as ``F.avg_pool2d``.
+
+    >>> import numpy as np, flux_compile as fc
+    >>> fc.avgpool2d(np.arange(16.0).reshape(1, 1, 4, 4), 2)
+    array([[[[ 2.5,  4.5],
+             [10.5, 12.5]]]])
+    """
     _check_input(x, "avgpool2d")
     kh, kw = pair(k)
     win = windows(x, k, k if stride is None else stride)

@@ -39,7 +39,15 @@ def diffrule(primitive):
 
 
 def nondiff_primitive(*primitives):
-    """Declare primitives whose outputs carry no gradient (argmax, floor, ...)."""
+    """Declare primitives whose outputs carry no gradient (argmax, floor, ...).
+
+    >>> import numpy as np, flux_compile as fc
+    >>> def bucket(x): return np.floor(x * 4) / 4
+    >>> _ = fc.nondiff_primitive(bucket)
+    >>> def f(x): return (x * bucket(x)).sum()
+    >>> fc.grad(f, np.array([0.3, 0.6]))[1][0]      # bucket(x) carries no gradient
+    array([0.25, 0.5 ])
+    """
     for p in primitives:
         NONDIFF.add(_key(p))
     GENERATION[0] += 1
