@@ -107,9 +107,29 @@ class Emitter:
 NUMPY = Emitter()
 
 
+class TableEmitter(Emitter):
+    """An emitter with a table of kernels (``self.kernels``); a package function the table
+    lacks is ported (run with ``np`` bound to the backend's namespace)."""
+
+    def has_kernel(self, name):
+        return name in self.kernels
+
+    def kernel(self, name, obj):
+        if name in self.kernels:
+            return name, self.kernels[name]
+        special = self.special_kernel(name, obj)
+        return name, special if special is not None else self.port(obj)
+
+    def special_kernel(self, name, obj):
+        """A kernel built for this backend from the NumPy one, or None."""
+        if name == "matmul_grad_b":
+            return _flat_matmul_grad_b(self.port(obj))
+        return None
+
+
 # ------------------------------------------------------------------------------ torch
 
-class TorchEmitter(Emitter):
+class TorchEmitter(TableEmitter):
     name = "torch"
     prefix = "torch"
 
@@ -145,17 +165,10 @@ class TorchEmitter(Emitter):
     def fc_name(self, name, obj):
         return {"sigmoid": "torch.sigmoid", "relu": "torch.relu", "σ": "torch.sigmoid"}.get(name)
 
-    def has_kernel(self, name):
-        return name in self.kernels
-
-    def kernel(self, name, obj):
-        if name in self.kernels:
-            return name, self.kernels[name]
-        if name == "matmul_grad_b":
-            return name, _flat_matmul_grad_b(self.port(obj))
+    def special_kernel(self, name, obj):
         if name == "extremum_mask":
-            return name, self._extremum_mask()
-        return name, self.port(obj)
+            return self._extremum_mask()
+        return super().special_kernel(name, obj)
 
     def _extremum_mask(self):
         """Where ``a`` attains its reduced extremum ``y``, ties sharing equally (torch dtypes)."""
@@ -250,7 +263,7 @@ def torch_kernels(torch, tnp):
 
 # ------------------------------------------------------------------------------ JAX
 
-class JaxEmitter(Emitter):
+class JaxEmitter(TableEmitter):
     name = "jax"
     prefix = "jnp"
     pure = True
@@ -285,15 +298,6 @@ class JaxEmitter(Emitter):
     def fc_name(self, name, obj):
         return {"relu": "jax.nn.relu"}.get(name)
 
-    def has_kernel(self, name):
-        return name in self.kernels
-
-    def kernel(self, name, obj):
-        if name in self.kernels:
-            return name, self.kernels[name]
-        if name == "matmul_grad_b":
-            return name, _flat_matmul_grad_b(self.port(obj))
-        return name, self.port(obj)
 
     def convert_constant(self, value):
         if isinstance(value, np.ndarray):
