@@ -63,19 +63,26 @@ def plot(history, path):
     return True
 
 
-def main(argv=None):
+def arguments(argv, epochs_help, plot_default, extra=()):
+    """The command line both MNIST examples take (``extra``: more ``(flags, options)``)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", metavar="DIR", help="directory with the MNIST IDX files "
                     "(default: scikit-learn's digits)")
-    ap.add_argument("--epochs", type=int, default=None, help="default 40 for digits, 5 for MNIST")
+    ap.add_argument("--epochs", type=int, default=None, help=epochs_help)
     ap.add_argument("--batch-size", type=int, default=32)
+    for flags, options in extra:
+        ap.add_argument(*flags, **options)
     ap.add_argument("--limit", type=int, metavar="N", help="use only the first N training "
                     "and N test examples")
-    ap.add_argument("--plot", default="mnist_curve.png", metavar="PATH",
-                    help="training-curve PNG (default mnist_curve.png; '' for none)")
+    ap.add_argument("--plot", default=plot_default, metavar="PATH",
+                    help=f"training-curve PNG (default {plot_default}; '' for none)")
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def load_data(args):
+    """``(x_train, y_train), (x_test, y_test), source``: MNIST from ``--data`` or the digits,
+    cut to ``--limit``."""
     if args.data:
         (x_train, y_train), (x_test, y_test) = load_mnist(args.data)
         source = f"MNIST from {args.data}"
@@ -85,6 +92,12 @@ def main(argv=None):
     if args.limit:
         x_train, y_train = x_train[:args.limit], y_train[:args.limit]
         x_test, y_test = x_test[:args.limit], y_test[:args.limit]
+    return (x_train, y_train), (x_test, y_test), source
+
+
+def main(argv=None):
+    args = arguments(argv, "default 40 for digits, 5 for MNIST", "mnist_curve.png")
+    (x_train, y_train), (x_test, y_test), source = load_data(args)
     epochs = args.epochs or (5 if args.data else 40)
     print(f"{source}: {len(x_train)} training, {len(x_test)} test images of {x_train.shape[1]} pixels")
 

@@ -11,7 +11,6 @@ Ends with ``test accuracy: 0.xxx`` (0.986 on the digits with the defaults).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -20,10 +19,9 @@ import numpy as np
 
 import flux_compile as fc
 import flux_compile.init
-from flux_compile.datasets import load_digits, load_mnist
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mnist import accuracy, plot  # noqa: E402  (the MLP example's helpers)
+from mnist import accuracy, arguments, load_data, plot  # noqa: E402  (the MLP example's helpers)
 
 
 def build(side, channels=(16, 32), n_classes=10, dtype=np.float32):
@@ -44,28 +42,9 @@ def as_images(x):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", metavar="DIR", help="directory with the MNIST IDX files "
-                    "(default: scikit-learn's digits)")
-    ap.add_argument("--epochs", type=int, default=None, help="default 20 for digits, 2 for MNIST")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--limit", type=int, metavar="N", help="use only the first N training "
-                    "and N test examples")
-    ap.add_argument("--plot", default="mnist_cnn_curve.png", metavar="PATH",
-                    help="training-curve PNG (default mnist_cnn_curve.png; '' for none)")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-
-    if args.data:
-        (x_train, y_train), (x_test, y_test) = load_mnist(args.data)
-        source = f"MNIST from {args.data}"
-    else:
-        (x_train, y_train), (x_test, y_test) = load_digits(seed=args.seed)
-        source = "scikit-learn digits (8x8)"
-    if args.limit:
-        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-        x_test, y_test = x_test[:args.limit], y_test[:args.limit]
+    args = arguments(argv, "default 20 for digits, 2 for MNIST", "mnist_cnn_curve.png",
+                     extra=[(("--lr",), {"type": float, "default": 2e-3})])
+    (x_train, y_train), (x_test, y_test), source = load_data(args)
     x_train, x_test = as_images(x_train), as_images(x_test)
     epochs = args.epochs or (2 if args.data else 20)
     print(f"{source}: {len(x_train)} training, {len(x_test)} test images of "
