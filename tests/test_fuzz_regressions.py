@@ -1,5 +1,7 @@
 """Minimised programs from the differential fuzzer (tests/fuzzgen.py), one test each, checked
-against NumPy / finite differences. Each one failed before its fix."""
+against NumPy / finite differences. Each one failed before its fix.
+
+PYTEST_DONT_REWRITE: the compiled functions below hold asserts; pytest must not rewrite them."""
 import numpy as np
 import pytest
 
