@@ -267,6 +267,8 @@ class Expressions:
                     r = _static(PYCMP[type(op)](left.value, right.value))
                 except Exception as err:
                     self.error(f"constant comparison failed: {err}", e)
+            elif isinstance(op, (ast.Eq, ast.NotEq)) and _is_sequence(left) and _is_sequence(right):
+                r = self.sequence_equality(left, right, e, negate=isinstance(op, ast.NotEq))
             elif type(op) in CMPOPS:
                 r = self.call_primitive(CMPOPS[type(op)], [left, right], {}, e)
             else:
@@ -279,6 +281,29 @@ class Expressions:
                     return r
             result, left = r, right
         return result
+
+    def sequence_equality(self, left, right, e, negate=False):
+        """``a == b`` for tuples or lists (``x.shape == (3, 4)``): Python's one bool, not NumPy's
+        elementwise comparison; a symbolic dimension gives a scalar bool value (guarded where decided)."""
+        a, b = self.seq_items(left), self.seq_items(right)
+        parts = []
+        if len(a) == len(b):
+            for x, y in zip(a, b):
+                if _is_sequence(x) and _is_sequence(y):
+                    parts.append(self.sequence_equality(x, y, e))
+                elif isinstance(x, Static) and isinstance(y, Static):
+                    parts.append(Static(bool(np.all(x.value == y.value))))
+                else:
+                    parts.append(self.call_primitive(np.equal, [x, y], {}, e))
+        if len(a) != len(b) or any(isinstance(p, Static) and not p.value for p in parts):
+            return Static(negate)
+        symbolic = [p for p in parts if not isinstance(p, Static)]
+        if not symbolic:
+            return Static(not negate)
+        result = symbolic[0]
+        for p in symbolic[1:]:
+            result = self.call_primitive(np.logical_and, [result, p], {}, e)
+        return self.call_primitive(np.logical_not, [result], {}, e) if negate else result
 
     def eval_IfExp(self, e):
         taken = self.decide(self.eval(e.test), e.test, "'a if c else b'")
@@ -312,3 +337,7 @@ class Expressions:
     def eval_Starred(self, e):
         self.error("starred expressions are only supported as call arguments", e)
 
+
+def _is_sequence(v):
+    """A tuple or list value: a Seq, or a constant tuple / list."""
+    return isinstance(v, Seq) or isinstance(v, Static) and isinstance(v.value, (tuple, list))
