@@ -60,6 +60,7 @@ GROUPS = {
     "jvp_ops": ("jvp", "new_ops", "more_ops", "shapes"),
     "patterns": ("patterns", "pytree", "shapes", "control"),
     "patterns_model": ("patterns", "submodel", "pytree"),
+    "layers": ("layers",),          # library layer stacks against torch: tests/fuzzlayers.py
     "all": FEATURES,
 }
 
@@ -827,6 +828,9 @@ class Generator:
 
 
 def generate(seed, features):
+    if "layers" in features:
+        import fuzzlayers
+        return fuzzlayers.generate_stack(seed)
     return Generator(seed, features).generate()
 
 
@@ -1190,6 +1194,9 @@ MUTABLE = ("closure", "globals", "defaults", "attrs")     # what the fresh phase
 def check(prog, checks=CHECKS):
     """Run every check on one program; returns a :class:`Result`."""
     import flux_compile as fc
+    if not isinstance(prog, Program):
+        import fuzzlayers
+        return fuzzlayers.check_stack(prog)
     source = prog.source()
     phase = ["compile"]
     try:
@@ -1373,6 +1380,7 @@ BUG_CLASSES = {
     "dict-order": "a dict argument whose keys come in another order than at the first call gives wrong "
                   "values or gradients (code compiled for the first key order reused)",
     "jvp": "fc.jvp disagrees with central differences along the tangent or with jax.jvp",
+    "layers": "a stack of library layers disagrees with the same stack in torch or with finite differences",
     "late-rejection": "an unsupported construct raises NotImplementedError when backward runs instead of "
                       "fc.CompileError at compile time (np.einsum with '...')",
 }
@@ -1382,6 +1390,8 @@ def classify(prog, result):
     """The bug class of a failing program (a key of BUG_CLASSES), or ``other:<key>``."""
     if result.outcome in ("ok", "rejected"):
         return result.outcome
+    if not isinstance(prog, Program):
+        return "layers"
     phase = result.check
     mutable = prog.closure or prog.globals or prog.defaults or prog.attrs
     if phase.startswith("fresh") or (phase.startswith("rebatch") and mutable):
@@ -1542,9 +1552,11 @@ def write_failures(out, classes, checks, shrink_each):
     for cls, (n, r, prog, keys) in classes.items():
         items = sorted(keys.items(), key=lambda kv: -kv[1][0])[:3] if keys else [(r.key, [n, r, prog])]
         for i, (key, (m, r1, p1)) in enumerate(items):
-            small = shrink(p1, r1, checks) if shrink_each else p1
-            lines = [f"bug class: {cls} ({n} programs)", BUG_CLASSES.get(cls, ""), f"failure: {key} ({m} programs)",
-                     f"seed {p1.seed}, features {','.join(p1.features)}"] + small.describe() + r1.message.splitlines()
+            small = shrink(p1, r1, checks) if shrink_each and isinstance(p1, Program) else p1
+            about = [f"seed {p1.seed}, features {','.join(p1.features)}"] + small.describe() \
+                if isinstance(p1, Program) else [f"seed {p1.seed}, layer stack"]
+            lines = [f"bug class: {cls} ({n} programs)", BUG_CLASSES.get(cls, ""), f"failure: {key} ({m} programs)"] \
+                + about + r1.message.splitlines()
             name = re.sub(r"\W+", "_", cls)[:60]
             (out / f"{name}_{i}.py").write_text("".join(f"# {x}\n" for x in lines if x) + small.source())
 
