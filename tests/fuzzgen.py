@@ -58,6 +58,7 @@ GROUPS = {
     "newops_mixed": ("new_ops", "more_ops", "shapes", "control"),
     "jvp": ("jvp", "shapes", "control", "helpers"),
     "jvp_ops": ("jvp", "new_ops", "more_ops", "shapes"),
+    "jvp_tree": ("jvp", "pytree", "closure", "globals", "submodel", "helpers"),
     "patterns": ("patterns", "pytree", "shapes", "control"),
     "patterns_model": ("patterns", "submodel", "pytree"),
     "layers": ("layers",),          # library layer stacks against torch: tests/fuzzlayers.py
@@ -1262,7 +1263,7 @@ def _check_all(run, prog, checks, phase):
         inst4.args = reorder_dicts(inst4.args)
         inst4.params, inst4.attrs = inst.params, inst.attrs
         run.check_values(inst4, "dict_order", model=model if prog.kind == "model" else None)
-    if "jvp" in prog.features and prog.kind == "function":
+    if "jvp" in prog.features:
         phase[0] = "jvp"
         _check_jvp(run, prog, Instance(prog, ENV, seed + 3))
     if "float32" in checks:                               # new modules: nothing compiled yet

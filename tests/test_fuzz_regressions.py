@@ -52,3 +52,68 @@ def test_a_false_whole_shape_assert_still_fails():
         return np.sum(x)
     with pytest.raises((AssertionError, fc.CompileError)):
         fc.grad(f, np.ones((3, 4)))
+
+
+# fc.jvp of a linear primitive (np.where, np.concatenate, np.stack, np.append, np.r_, item
+# assignment) whose other value operand carries no tangent (a constant, a global, a literal):
+# the tangent used that operand's value instead of zero.
+G_CONST = np.array([[1.0, -1.0]])
+
+
+def _where_global(W):
+    return np.sum(np.where(G_CONST > W, G_CONST, W))
+
+
+def _where_literal(W):
+    return np.sum(np.where(W > 0, W, 1.0))
+
+
+def _where_global_false_branch(W):
+    return np.sum(np.where(W > 0, W, G_CONST) ** 2)
+
+
+def _concatenate_global(W):
+    return np.sum(np.concatenate([W, G_CONST]) ** 2)
+
+
+def _concatenate_constant(W):
+    return np.sum(np.concatenate([W, np.ones((1, 2))], axis=1) ** 2)
+
+
+def _stack_global(W):
+    return np.sum(np.stack([G_CONST, W]) ** 2)
+
+
+def _append_constant(W):
+    return np.sum(np.append(W, np.ones((1, 2)), axis=0) ** 2)
+
+
+def _r_global(W):
+    return np.sum(np.r_[W[0], G_CONST[0]] ** 2)
+
+
+def _setitem_constant(W):
+    v = np.tanh(W)
+    v[0] = 3.0
+    return np.sum(v ** 2)
+
+
+def _setitem_global_row(W):
+    v = np.tanh(np.concatenate([W, W]))
+    v[1] = G_CONST[0]
+    return np.sum(v ** 3)
+
+
+@pytest.mark.parametrize("fn", [_where_global, _where_literal, _where_global_false_branch, _concatenate_global,
+                                _concatenate_constant, _stack_global, _append_constant, _r_global,
+                                _setitem_constant, _setitem_global_row])
+def test_jvp_of_a_linear_primitive_with_a_constant_operand(fn):
+    rng = np.random.default_rng(3)
+    W = rng.standard_normal((1, 2))
+    t = rng.standard_normal((1, 2))
+    value, tangent = fc.jvp(fn, (W,), (t,))
+    fd = (fn(W + 1e-6 * t) - fn(W - 1e-6 * t)) / 2e-6
+    assert np.isclose(value, fn(W))
+    assert np.isclose(tangent, fd, rtol=1e-6, atol=1e-8), (tangent, fd)
+    _, (g,) = fc.grad(fn, W)              # and reverse mode agrees
+    assert np.isclose(np.sum(g * t), tangent, rtol=1e-9, atol=1e-12)
