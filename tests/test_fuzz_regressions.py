@@ -117,3 +117,33 @@ def test_jvp_of_a_linear_primitive_with_a_constant_operand(fn):
     assert np.isclose(tangent, fd, rtol=1e-6, atol=1e-8), (tangent, fd)
     _, (g,) = fc.grad(fn, W)              # and reverse mode agrees
     assert np.isclose(np.sum(g * t), tangent, rtol=1e-9, atol=1e-12)
+
+
+def _diff_append_literal(W):
+    return np.sum(np.diff(W, append=-0.25, axis=-1)) * 0.5
+
+
+def _diff_prepend_literal(W):
+    return np.sum(np.diff(W, prepend=0.5, axis=-1) * np.cos(W))
+
+
+def _diff_prepend_constant_array(W):
+    return np.sum(np.diff(W, prepend=np.ones((2, 1)), axis=-1) * np.cos(W))
+
+
+def _diff_prepend_own_column(W):
+    return np.sum(np.diff(W, prepend=W[:, :1] * 2.0, append=G_CONST[:, :1] + W[:, 1:], axis=-1) ** 2)
+
+
+@pytest.mark.parametrize("fn", [_diff_append_literal, _diff_prepend_literal, _diff_prepend_constant_array,
+                                _diff_prepend_own_column])
+def test_jvp_of_diff_with_prepend_or_append(fn):
+    """np.diff's prepend / append values are constants of the tangent map only through the
+    input: a literal there has tangent zero (the tangent used the literal itself)."""
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((2, 3))
+    t = rng.standard_normal((2, 3))
+    value, tangent = fc.jvp(fn, (W,), (t,))
+    fd = (fn(W + 1e-6 * t) - fn(W - 1e-6 * t)) / 2e-6
+    assert np.isclose(value, fn(W))
+    assert np.isclose(tangent, fd, rtol=1e-6, atol=1e-8), (tangent, fd)
