@@ -186,9 +186,10 @@ def _tangent_arg(a, tan, b, values=False):
     return t
 
 
-def _call_like(node, args, b):
-    """``node``'s primitive called on ``args`` with its keyword arguments."""
-    n = b.ctx.add(Node("call", args, dict(node.kwargs), fn=node.fn, diff=True, arity=node.arity))
+def _call_like(node, args, b, kwargs=None):
+    """``node``'s primitive called on ``args`` with its keyword arguments (or ``kwargs``)."""
+    kwargs = dict(node.kwargs) if kwargs is None else kwargs
+    n = b.ctx.add(Node("call", args, kwargs, fn=node.fn, diff=True, arity=node.arity))
     n.meta["shape"] = node.meta.get("shape")
     return n
 
@@ -198,6 +199,7 @@ def _call_like(node, args, b):
 # np.where's condition) stay themselves in the tangent's call.
 ALL = "all"
 VALUE_OPERANDS = {np.where: (1, 2), np.append: (0, 1), setitem: (0, 2), np.diff: (0, 3, 4), stack_items: ALL}
+VALUE_KEYWORDS = {np.diff: ("prepend", "append")}      # keyword operands that are values too
 
 
 def _value_operand(node, i):
@@ -217,7 +219,25 @@ def _linear(node, tan, b):
         value = _value_operand(node, i)
         t = _tangent_arg(a, tan, b, values=value)
         args.append(t if t is not None else _filled(a, None, b, values=True) if value else a)
-    return _call_like(node, args, b)
+    return _call_like(node, args, b, _value_keywords_tangents(node, tan, b))
+
+
+def _value_keywords_tangents(node, tan, b):
+    """``node``'s keyword arguments with each value keyword (np.diff's prepend / append) replaced
+    by its tangent: zeros for a literal or a value without one."""
+    kwargs = dict(node.kwargs)
+    try:
+        names = VALUE_KEYWORDS.get(node.fn, ())
+    except TypeError:
+        names = ()
+    for name in names:
+        v = kwargs.get(name)
+        if isinstance(v, Node):
+            t = _tangent_arg(v, tan, b, values=True)
+            kwargs[name] = t if t is not None else _zeros_like(v, b)
+        elif v is not None and v is not np._NoValue:
+            kwargs[name] = np.zeros_like(v)[()]
+    return kwargs
 
 
 def _is_array(a):
