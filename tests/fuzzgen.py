@@ -59,6 +59,7 @@ GROUPS = {
     "jvp": ("jvp", "shapes", "control", "helpers"),
     "jvp_ops": ("jvp", "new_ops", "more_ops", "shapes"),
     "jvp_tree": ("jvp", "pytree", "closure", "globals", "submodel", "helpers"),
+    "jvp_more": ("jvp", "more_ops", "shapes", "control"),
     "patterns": ("patterns", "pytree", "shapes", "control"),
     "patterns_model": ("patterns", "submodel", "pytree"),
     "layers": ("layers",),          # library layer stacks against torch: tests/fuzzlayers.py

@@ -60,7 +60,7 @@ def generate_stack(seed, float32_share=0.25):
     c, h, w = r.randint(1, 3), r.randint(5, 9), r.randint(5, 9)
     shape = (batch, c, h, w)
     for _ in range(r.randint(1, 4)):
-        kind = r.choice(["conv", "conv", "maxpool", "avgpool", "bn", "bn"])
+        kind = r.choice(["conv", "conv", "maxpool", "avgpool", "bn", "bn", "ln"])
         if kind == "conv":
             k, s, p = r.randint(1, 3), r.randint(1, 2), r.randint(0, 1)
             if h + 2 * p < k or w + 2 * p < k:
@@ -68,8 +68,10 @@ def generate_stack(seed, float32_share=0.25):
             c_out = r.randint(1, 4)
             layers.append(f"fc.Conv2d({c}, {c_out}, {k}, stride={s}, padding={p}, act={r.choice(ACTS)}{dt})")
             c, h, w = c_out, (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        elif kind == "ln":                                 # over (C, H, W) or (H, W)
+            layers.append(f"fc.LayerNorm({(c, h, w) if r.random() < 0.5 else (h, w)}{dt})")
         elif kind in ("maxpool", "avgpool") and min(h, w) >= 2:
-            k = 2
+            k = r.choice([2, 2, 3]) if min(h, w) >= 3 else 2
             s = r.choice([None, 1, 2])
             cls = "fc.MaxPool2d" if kind == "maxpool" else "fc.AvgPool2d"
             layers.append(f"{cls}({k})" if s is None else f"{cls}({k}, stride={s})")
