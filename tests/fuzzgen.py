@@ -1330,7 +1330,8 @@ def _check_jvp(run, prog, inst):
     _set_module_state(mod, prog, inst)
     f = _callable(mod, prog, inst)
     before = copy_tree(inst.args)
-    value, tangent = fc.jvp(f, tuple(copy_tree(inst.args)), tuple(copy_tree(tangents)))
+    given = reorder_dicts(tangents) if prog.seed % 2 else tangents     # dict tangents match by key
+    value, tangent = fc.jvp(f, tuple(copy_tree(inst.args)), tuple(copy_tree(given)))
     _compare_trees(value, out_ref, 1e-9, 1e-10, "jvp_value")
     npf = _callable(run.mods["np"], prog, inst)
     _set_module_state(run.mods["np"], prog, inst)
