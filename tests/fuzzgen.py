@@ -378,7 +378,13 @@ class Body:
                     (f"np.real(np.fft.ihfft({a}, axis=-1))", s[:-1] + ("N//2+1",)),
                     (f"np.sum(np.lib.stride_tricks.sliding_window_view({a}, 2, axis=-1), axis=-1)",
                      s[:-1] + ("N-1",)),
-                    (f"np.average({a}, axis=-1)", s[:-1])]
+                    (f"np.average({a}, axis=-1)", s[:-1]),
+                    (f"np.real(np.fft.fft({a}, n=6, axis=-1, norm='ortho'))", s[:-1] + ("6",)),
+                    (f"np.fft.irfft(np.fft.rfft({a}, n=3, axis=-1), n=5, axis=-1, norm='forward')", s[:-1] + ("5",)),
+                    (f"np.imag(np.fft.ifft({a}, n=2, axis=-1))", s[:-1] + ("2",)),
+                    (f"np.fft.irfft({a}, axis=-1)", s[:-1] + ("2*N-2",)),
+                    (f"np.average({a}, axis=-1, weights=np.arange(1.0, {a}.shape[-1] + 1.0), returned=True)[0]",
+                     s[:-1])]
         if w is not None:
             options.append((f"np.average({a}, axis=-1, weights=np.abs({w}) + 0.5)", s[:-1]))
         if len(s) == 1:

@@ -147,3 +147,42 @@ def test_jvp_of_diff_with_prepend_or_append(fn):
     fd = (fn(W + 1e-6 * t) - fn(W - 1e-6 * t)) / 2e-6
     assert np.isclose(value, fn(W))
     assert np.isclose(tangent, fd, rtol=1e-6, atol=1e-8), (tangent, fd)
+
+
+def _average_returned_first_item(a, w):
+    return np.sum(np.average(a, axis=-1, weights=w, returned=True)[0] ** 2)
+
+
+def _average_returned_sum_unused(a, w):
+    avg, _ = np.average(a, -1, w, returned=True)
+    return np.sum(avg * 2.0)
+
+
+def _average_returned_constant_weights(a, w):
+    avg, total = np.average(a * w, axis=-1, weights=np.arange(1.0, 5.0), returned=True)
+    return np.sum(np.tanh(avg)) + np.sum(total) * 0.0
+
+
+def _average_returned_both(a, w):
+    avg, total = np.average(a, 0, w[:3], returned=True)
+    return np.sum(avg ** 2) + np.sum(total ** 2)
+
+
+@pytest.mark.parametrize("fn", [_average_returned_first_item, _average_returned_sum_unused,
+                                _average_returned_constant_weights, _average_returned_both])
+def test_average_returned_is_a_pair(fn):
+    """np.average(..., returned=True) gives (average, sum of weights): indexing it or leaving
+    one part unused crashed (it was compiled as one array)."""
+    rng = np.random.default_rng(5)
+    a, w = rng.standard_normal((3, 4)), rng.uniform(0.5, 1.5, 4)
+    value, (ga, gw) = fc.grad(fn, a, w)
+    assert np.isclose(value, fn(a, w))
+    for x, g, i in ((a, ga, 0), (w, gw, 1)):
+        for k in range(x.size):
+            e = np.zeros(x.size)
+            e[k] = 1e-6
+            plus = [a, w]
+            minus = [a, w]
+            plus[i], minus[i] = x + e.reshape(x.shape), x - e.reshape(x.shape)
+            fd = (fn(*plus) - fn(*minus)) / 2e-6
+            assert np.isclose(g.reshape(-1)[k], fd, rtol=1e-5, atol=1e-7)
