@@ -186,3 +186,26 @@ def test_average_returned_is_a_pair(fn):
             plus[i], minus[i] = x + e.reshape(x.shape), x - e.reshape(x.shape)
             fd = (fn(*plus) - fn(*minus)) / 2e-6
             assert np.isclose(g.reshape(-1)[k], fd, rtol=1e-5, atol=1e-7)
+
+
+def _r_with_a_python_float(a):
+    return np.sum(np.r_[a, 0.5, a[:2]] * np.r_[1.5, a, a[1:3]])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_r_with_a_python_scalar_keeps_the_arrays_dtype(dtype):
+    """NumPy's np.r_ casts a Python scalar to the result type of the items (weak scalars):
+    float32 arrays with 0.5 stay float32. The compiled np.r_ gave float64."""
+    a = np.random.default_rng(6).standard_normal(4).astype(dtype)
+    value, (g,) = fc.grad(_r_with_a_python_float, a)
+    ref = _r_with_a_python_float(a)
+    assert np.asarray(value).dtype == ref.dtype and g.dtype == dtype
+    assert np.isclose(value, ref, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_r_with_an_integer_array_and_a_float_gives_floats():
+    def f(a, k):
+        return np.sum(np.r_[k, 0.5] * np.r_[a, a[:1]])
+    a, k = np.arange(1.0, 4.0), np.arange(3)
+    value, _ = fc.grad(f, a, k)
+    assert np.isclose(value, f(a, k))
