@@ -171,8 +171,16 @@ class Expressions:
                        hint="build the pieces with np.arange / np.linspace and call np.concatenate")
         if trick is np.c_:
             return self.call_primitive(np.column_stack, [Seq(items, list)], {}, e)
-        parts = [self.call_primitive(np.atleast_1d, [i], {}, e) for i in items]
+        arrays = [i for i in items if isinstance(i, Node)]
+        parts = [self.weak_scalar_part(i, arrays[0], e) if arrays and _python_scalar(i)
+                 else self.call_primitive(np.atleast_1d, [i], {}, e) for i in items]
         return self.call_primitive(np.concatenate, [Seq(parts, list)], {}, e)
+
+    def weak_scalar_part(self, item, array, e):
+        """A Python number in ``np.r_[a, 0.5]`` as NumPy makes it: one element of the result
+        type of ``a`` and the number (float32 stays float32), ``np.zeros(1, a.dtype) + 0.5``."""
+        zeros = self.call_primitive(np.zeros, [Static(1)], {"dtype": self.array_attr(array, "dtype")}, e)
+        return self.call_primitive(np.add, [zeros, item], {}, e)
 
     def eval_index(self, s):
         if isinstance(s, ast.Slice):
@@ -341,3 +349,7 @@ class Expressions:
 def _is_sequence(v):
     """A tuple or list value: a Seq, or a constant tuple / list."""
     return isinstance(v, Seq) or isinstance(v, Static) and isinstance(v.value, (tuple, list))
+
+
+def _python_scalar(v):
+    return isinstance(v, Static) and type(v.value) in (int, float, bool)
