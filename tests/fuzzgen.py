@@ -122,10 +122,11 @@ AXIS_UNARY = ["np.cumsum({a}, axis=-1)", "np.flip({a}, axis=-1)", "np.roll({a}, 
               "{a} - np.mean({a}, axis=-1, keepdims=True)", "np.sort({a}, axis=-1)"]
 MORE_REDUCTIONS = ["np.var", "np.std", "np.amax", "np.nansum", "np.average"]
 # feature "new_ops": (template, shape of the result from the operand's shape s, or None when it
-# does not apply); {a} an operand, {b} one of the same shape, {w} one of shape (s[-1],)
+# does not apply); {a} an operand, {b} one of the same shape, {w} one of shape (s[-1],). Round
+# trips are scaled: an exact copy of {a} compared with {a} (np.select) would sit on a kink.
 NEW_SAME_SHAPE = [
     "np.real(np.fft.fft({a}, axis=-1))", "np.imag(np.fft.ifft({a}, axis=-1))",
-    "np.fft.irfft(np.fft.rfft({a}, axis=-1), n={a}.shape[-1], axis=-1)", "np.fft.fftshift({a}, axes=-1)",
+    "np.fft.irfft(np.fft.rfft({a}, axis=-1) * 0.5, n={a}.shape[-1], axis=-1)", "np.fft.fftshift({a}, axes=-1)",
     "np.fft.ifftshift({a}, axes=-1)", "np.real(np.fft.ifft(np.fft.fft({a}, axis=-1) * 0.5, axis=-1))",
     "np.diff({a}, prepend=0.5, axis=-1)", "np.diff({a}, append=-0.25, axis=-1)",
     "np.select([{a} > 0.3, {a} < -0.4], [{a} * 2.0, np.tanh({b})], default=0.1 * {a})",
@@ -133,7 +134,7 @@ NEW_SAME_SHAPE = [
     "np.abs(np.fft.fft({a}, axis=-1) + 2.0)",
 ]
 NEW_2D_SAME = ["np.real(np.fft.fft2({a}))", "np.real(np.fft.ifftn({a}, axes=(0, 1)))",
-               "np.fft.irfft2(np.fft.rfft2({a}), s={a}.shape)", "np.diff({a}, axis=0, prepend={a}[:1])",
+               "np.fft.irfft2(np.fft.rfft2({a}) * 0.5, s={a}.shape)", "np.diff({a}, axis=0, prepend={a}[:1])",
                "np.real(np.fft.fftn({a} * 0.5))"]
 NEW_SQUARE = [("np.linalg.svd({m}, compute_uv=False)", ("N",)),
               ("np.linalg.svd({m}, full_matrices=False)[0] ** 2", ("N", "N")),
