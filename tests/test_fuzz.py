@@ -290,7 +290,7 @@ def test_checker_catches_running_statistics_that_torch_does_not_give(monkeypatch
 
 def test_new_groups_use_what_they_are_for():
     """The turn-2 groups do write the constructs they are named for."""
-    text = "".join(generate(s, GROUPS["newops"]).source() for s in range(60))
+    text = "".join(generate(s, GROUPS["newops"]).source() for s in range(300))
     for construct in ("np.fft.", "np.linalg.svd", "np.linalg.eig", "np.angle", "np.average", "prepend=",
                       "append=", "np.select", "sliding_window_view", "np.r_[", "np.c_["):
         assert construct in text, construct
