@@ -29,7 +29,10 @@ KNOWN_BROKEN = {
 
 SEEDS_PER_GROUP = 5
 # plus seeds that hit each known bug class, so that test_bug_class_fixed XPASSes only on a fix
-CLASS_SEEDS = [("core", 11), ("core", 38), ("core", 36), ("names", 0), ("pytree", 1), ("ops", 36)]
+CLASS_SEEDS = [("core", 11), ("core", 38), ("core", 36), ("names", 0), ("pytree", 1), ("ops", 36),
+               # turn 2 (each failed on main before its fix): jvp of np.where / concatenate with a
+               # global or a closure cell; np.r_ with a float in float32; np.average(returned=True)[0]
+               ("jvp_tree", 6), ("jvp_tree", 17), ("newops", 468), ("newops", 3095)]
 CI_CASES = [(group, seed) for group in sorted(GROUPS) for seed in range(SEEDS_PER_GROUP)] + CLASS_SEEDS
 
 pytestmark = pytest.mark.filterwarnings("ignore")
