@@ -209,3 +209,30 @@ def test_r_with_an_integer_array_and_a_float_gives_floats():
     a, k = np.arange(1.0, 4.0), np.arange(3)
     value, _ = fc.grad(f, a, k)
     assert np.isclose(value, f(a, k))
+
+
+def _stacked_shape_equal_itself(W):
+    v = np.stack([W, W], axis=1)
+    assert v.shape == v.shape
+    assert v.shape != (1, 2)
+    return np.sum(np.tanh(v) ** 2) * 0.5
+
+
+def test_assert_on_the_shape_of_a_value_whose_shape_is_not_inferred():
+    """``v.shape == v.shape`` where the compiler did not infer v's shape (np.stack on axis 1)
+    is still Python's one bool."""
+    W = np.random.default_rng(7).standard_normal((3, 4))
+    value, (g,) = fc.grad(_stacked_shape_equal_itself, W)
+    assert np.isclose(value, _stacked_shape_equal_itself(W))
+    assert np.allclose(g, 2 * np.tanh(W) * (1 - np.tanh(W) ** 2))
+
+
+def _shape_equals_a_list(x):
+    if x.shape == [3, 4]:           # a tuple never equals a list in Python
+        return np.sum(x) * 100.0
+    return np.sum(x)
+
+
+def test_a_shape_never_equals_a_list():
+    x = np.ones((3, 4))
+    assert fc.grad(_shape_equals_a_list, x)[0] == _shape_equals_a_list(x) == 12.0
