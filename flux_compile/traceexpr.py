@@ -293,6 +293,11 @@ class Expressions:
     def sequence_equality(self, left, right, e, negate=False):
         """``a == b`` for tuples or lists (``x.shape == (3, 4)``): Python's one bool, not NumPy's
         elementwise comparison; a symbolic dimension gives a scalar bool value (guarded where decided)."""
+        if _kind(left) != _kind(right):             # a tuple never equals a list
+            return Static(negate)
+        if _run_time_shape(left) or _run_time_shape(right):
+            same = self.call_primitive(np.array_equal, [left, right], {}, e)
+            return self.call_primitive(np.logical_not, [same], {}, e) if negate else same
         a, b = self.seq_items(left), self.seq_items(right)
         parts = []
         if len(a) == len(b):
@@ -347,8 +352,22 @@ class Expressions:
 
 
 def _is_sequence(v):
-    """A tuple or list value: a Seq, or a constant tuple / list."""
-    return isinstance(v, Seq) or isinstance(v, Static) and isinstance(v.value, (tuple, list))
+    """A tuple or list value: a Seq, a constant tuple / list, or ``x.shape`` read at run time."""
+    return isinstance(v, Seq) or isinstance(v, Static) and isinstance(v.value, (tuple, list)) \
+        or _run_time_shape(v)
+
+
+def _run_time_shape(v):
+    return isinstance(v, Node) and v.op == "getattr" and getattr(v, "attr", None) == "shape"
+
+
+def _kind(v):
+    """``list`` or ``tuple``: which sequence type a value is (equality needs the same one)."""
+    if isinstance(v, Static):
+        return list if isinstance(v.value, list) else tuple
+    if isinstance(v, Seq):
+        return list if v.kind is list else tuple
+    return tuple
 
 
 def _python_scalar(v):

@@ -226,13 +226,3 @@ def test_assert_on_the_shape_of_a_value_whose_shape_is_not_inferred():
     assert np.isclose(value, _stacked_shape_equal_itself(W))
     assert np.allclose(g, 2 * np.tanh(W) * (1 - np.tanh(W) ** 2))
 
-
-def _shape_equals_a_list(x):
-    if x.shape == [3, 4]:           # a tuple never equals a list in Python
-        return np.sum(x) * 100.0
-    return np.sum(x)
-
-
-def test_a_shape_never_equals_a_list():
-    x = np.ones((3, 4))
-    assert fc.grad(_shape_equals_a_list, x)[0] == _shape_equals_a_list(x) == 12.0
