@@ -226,3 +226,18 @@ def test_assert_on_the_shape_of_a_value_whose_shape_is_not_inferred():
     assert np.isclose(value, _stacked_shape_equal_itself(W))
     assert np.allclose(g, 2 * np.tanh(W) * (1 - np.tanh(W) ** 2))
 
+
+
+def _inplace_add_of_a_float64_value(x):
+    v1 = np.diff(x, prepend=0.5, axis=-1)       # float64: NumPy makes the prepended 0.5 float64
+    v2 = np.tanh(x)
+    v2 += v1                                    # in place: NumPy keeps v2 float32
+    return np.sum(v2 ** 2)
+
+
+@pytest.mark.xfail(strict=True, reason="known broken: an augmented assignment on an array is compiled "
+                   "as v2 = v2 + v1, so it promotes where NumPy's in-place operation keeps v2's dtype")
+def test_inplace_add_keeps_the_targets_dtype():
+    x = np.random.default_rng(8).standard_normal((3, 4)).astype(np.float32)
+    value, _ = fc.grad(_inplace_add_of_a_float64_value, x)
+    assert np.asarray(value).dtype == _inplace_add_of_a_float64_value(x).dtype == np.float32
