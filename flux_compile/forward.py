@@ -36,6 +36,7 @@ from .ir import (ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, M
                  Node, describe_fn, is_leaf)
 from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_more, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
 from .tracecore import Context, Seq, Static
+from .rules.helpers import setitem, stack_items
 
 
 JVP = "jvp"         # the generated function's name
@@ -152,21 +153,22 @@ def _zeros_like(x, b):
     return z
 
 
-def _filled(x, t, b):
+def _filled(x, t, b, values=False):
     """``t``, or zeros like ``x`` where ``x``'s tangent is zero (the argument of a linear map)."""
     if isinstance(t, Node):
         return t
     if x.op == PACK:
-        return _pack(x.args, [None] * len(x.args), b, fill=True)
+        return _pack(x.args, [None] * len(x.args), b, fill=True, values=values)
     return _zeros_like(x, b)
 
 
-def _pack(args, items, b, fill=False):
+def _pack(args, items, b, fill=False, values=False):
     """The tangent of a tuple: None when every item's is zero, else a pack with zeros filled in
-    for the differentiable items and the items themselves for the others."""
+    for the differentiable items (for every item when all are values: a list operand of a
+    linear map) and the items themselves for the others."""
     if not fill and all(t is None for t in items):
         return None
-    elems = [t if t is not None else _zeros_like(a, b) if a.diff else a for a, t in zip(args, items)]
+    elems = [t if t is not None else _zeros_like(a, b) if a.diff or values else a for a, t in zip(args, items)]
     return b.ctx.add(Node(PACK, elems, diff=True, arity=len(elems)))
 
 
@@ -219,29 +221,67 @@ def _tangent_by_inlining(node, tan, b):
     return None
 
 
-def _tangent_arg(a, tan, b):
-    """The tangent of argument node ``a`` (a pack's is built from its items'), or None."""
+def _tangent_arg(a, tan, b, values=False):
+    """The tangent of argument node ``a`` (a pack's is built from its items'), or None. With
+    ``values`` (a list operand of a linear map) an item without a tangent gets zeros."""
     t = tan.get(a.id)
-    if t is None and a.op == PACK and any(x.id in tan for x in a.args):
-        t = _pack(a.args, [tan.get(x.id) for x in a.args], b)
+    if (t is None or values) and a.op == PACK and any(x.id in tan for x in a.args):
+        t = _pack(a.args, [tan.get(x.id) for x in a.args], b, values=values)
     return t
 
 
-def _call_like(node, args, b):
-    """``node``'s primitive called on ``args`` with its keyword arguments."""
-    n = b.ctx.add(Node(CALL, args, dict(node.kwargs), fn=node.fn, diff=True, arity=node.arity))
+def _call_like(node, args, b, kwargs=None):
+    """``node``'s primitive called on ``args`` with its keyword arguments (or ``kwargs``)."""
+    kwargs = dict(node.kwargs) if kwargs is None else kwargs
+    n = b.ctx.add(Node(CALL, args, kwargs, fn=node.fn, diff=True, arity=node.arity))
     n.meta["shape"] = node.meta.get("shape")
     return n
 
 
+# Linear primitives with more than one value operand (their positions; ALL: every one). Every
+# other linear primitive is linear in its first operand alone; the rest (shapes, axes, indices,
+# np.where's condition) stay themselves in the tangent's call.
+ALL = "all"
+VALUE_OPERANDS = {np.where: (1, 2), np.append: (0, 1), setitem: (0, 2), np.diff: (0, 3, 4), stack_items: ALL}
+VALUE_KEYWORDS = {np.diff: ("prepend", "append")}      # keyword operands that are values too
+
+
+def _value_operand(node, i):
+    try:
+        positions = VALUE_OPERANDS.get(node.fn, (0,))
+    except TypeError:                   # an unhashable primitive
+        positions = (0,)
+    return positions == ALL or i in positions
+
+
 def _linear(node, tan, b):
-    """A linear primitive: the same primitive of the tangents (zeros filled in where the
-    input carries no tangent; inputs that carry none, such as indices, stay themselves)."""
+    """A linear primitive: the same primitive of the tangents, zeros filled in for a value
+    operand without one (a constant, a global, a literal: its tangent is zero, not its
+    value; in a list operand item by item); the other operands stay themselves."""
     args = []
-    for a in node.args:
-        t = _tangent_arg(a, tan, b)
-        args.append(t if t is not None else _filled(a, None, b) if a.diff and _is_array(a) else a)
-    return _call_like(node, args, b)
+    for i, a in enumerate(node.args):
+        value = _value_operand(node, i)
+        t = _tangent_arg(a, tan, b, values=value)
+        args.append(t if t is not None else _filled(a, None, b, values=True) if value else a)
+    return _call_like(node, args, b, _value_keywords_tangents(node, tan, b))
+
+
+def _value_keywords_tangents(node, tan, b):
+    """``node``'s keyword arguments with each value keyword (np.diff's prepend / append) replaced
+    by its tangent: zeros for a literal or a value without one."""
+    kwargs = dict(node.kwargs)
+    try:
+        names = VALUE_KEYWORDS.get(node.fn, ())
+    except TypeError:
+        names = ()
+    for name in names:
+        v = kwargs.get(name)
+        if isinstance(v, Node):
+            t = _tangent_arg(v, tan, b, values=True)
+            kwargs[name] = t if t is not None else _zeros_like(v, b)
+        elif v is not None and v is not np._NoValue:
+            kwargs[name] = np.zeros_like(v)[()]
+    return kwargs
 
 
 def _is_array(a):

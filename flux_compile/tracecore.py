@@ -215,6 +215,12 @@ def _svd_arity(nodes, kw):
     return 3 if uv is None or uv.op != CONST or uv.value else False
 
 
+def _average_arity(nodes, kw):
+    """``np.average(..., returned=True)`` gives (average, sum of weights)."""
+    returned = kw.get("returned")
+    return 2 if returned is not None and returned.op == CONST and returned.value else False
+
+
 def _gradient_arity(nodes, kw):
     """``np.gradient`` gives one array per differentiated axis (a list when more than one)."""
     axis = kw.get("axis")
@@ -231,6 +237,7 @@ def _atleast_arity(nodes, kw):
 
 
 MULTI_OUTPUT.update({np.linalg.svd: _svd_arity, np.linalg.eig: 2, np.gradient: _gradient_arity,
+                     np.average: _average_arity,
                      np.atleast_1d: _atleast_arity, np.atleast_2d: _atleast_arity,
                      np.atleast_3d: _atleast_arity})
 

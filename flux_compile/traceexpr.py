@@ -10,7 +10,7 @@ import types
 import numpy as np
 
 from . import guards, shapeinfer
-from .ir import CALL, GETATTR, ITEM, PACK, Node
+from .ir import ATTR, CALL, GETATTR, ITEM, PACK, Node
 from .tracecore import (ARRAY_ATTRS, BINOPS, BITWISE, CMPOPS, DICT_METHODS, FORBIDDEN_EXPR_HINTS,
                         METHODS, PYCMP, PYOPS, _MISSING, BoundMethod, Seq, Static, SymDict, _as_list,
                         _static, shape_of)
@@ -171,8 +171,16 @@ class Expressions:
                        hint="build the pieces with np.arange / np.linspace and call np.concatenate")
         if trick is np.c_:
             return self.call_primitive(np.column_stack, [Seq(items, list)], {}, e)
-        parts = [self.call_primitive(np.atleast_1d, [i], {}, e) for i in items]
+        arrays = [i for i in items if isinstance(i, Node)]
+        parts = [self.weak_scalar_part(i, arrays[0], e) if arrays and _python_scalar(i)
+                 else self.call_primitive(np.atleast_1d, [i], {}, e) for i in items]
         return self.call_primitive(np.concatenate, [Seq(parts, list)], {}, e)
+
+    def weak_scalar_part(self, item, array, e):
+        """A Python number in ``np.r_[a, 0.5]`` as NumPy makes it: one element of the result
+        type of ``a`` and the number (float32 stays float32), ``np.zeros(1, a.dtype) + 0.5``."""
+        zeros = self.call_primitive(np.zeros, [Static(1)], {"dtype": self.array_attr(array, "dtype")}, e)
+        return self.call_primitive(np.add, [zeros, item], {}, e)
 
     def eval_index(self, s):
         if isinstance(s, ast.Slice):
@@ -267,6 +275,8 @@ class Expressions:
                     r = _static(PYCMP[type(op)](left.value, right.value))
                 except Exception as err:
                     self.error(f"constant comparison failed: {err}", e)
+            elif isinstance(op, (ast.Eq, ast.NotEq)) and _is_sequence(left) and _is_sequence(right):
+                r = self.sequence_equality(left, right, e, negate=isinstance(op, ast.NotEq))
             elif type(op) in CMPOPS:
                 r = self.call_primitive(CMPOPS[type(op)], [left, right], {}, e)
             else:
@@ -279,6 +289,34 @@ class Expressions:
                     return r
             result, left = r, right
         return result
+
+    def sequence_equality(self, left, right, e, negate=False):
+        """``a == b`` for tuples or lists (``x.shape == (3, 4)``): Python's one bool, not NumPy's
+        elementwise comparison; a symbolic dimension gives a scalar bool value (guarded where decided)."""
+        if _kind(left) != _kind(right):             # a tuple never equals a list
+            return Static(negate)
+        if _run_time_shape(left) or _run_time_shape(right):
+            same = self.call_primitive(np.array_equal, [left, right], {}, e)
+            return self.call_primitive(np.logical_not, [same], {}, e) if negate else same
+        a, b = self.seq_items(left), self.seq_items(right)
+        parts = []
+        if len(a) == len(b):
+            for x, y in zip(a, b):
+                if _is_sequence(x) and _is_sequence(y):
+                    parts.append(self.sequence_equality(x, y, e))
+                elif isinstance(x, Static) and isinstance(y, Static):
+                    parts.append(Static(bool(np.all(x.value == y.value))))
+                else:
+                    parts.append(self.call_primitive(np.equal, [x, y], {}, e))
+        if len(a) != len(b) or any(isinstance(p, Static) and not p.value for p in parts):
+            return Static(negate)
+        symbolic = [p for p in parts if not isinstance(p, Static)]
+        if not symbolic:
+            return Static(not negate)
+        result = symbolic[0]
+        for p in symbolic[1:]:
+            result = self.call_primitive(np.logical_and, [result, p], {}, e)
+        return self.call_primitive(np.logical_not, [result], {}, e) if negate else result
 
     def eval_IfExp(self, e):
         taken = self.decide(self.eval(e.test), e.test, "'a if c else b'")
@@ -312,3 +350,25 @@ class Expressions:
     def eval_Starred(self, e):
         self.error("starred expressions are only supported as call arguments", e)
 
+
+def _is_sequence(v):
+    """A tuple or list value: a Seq, a constant tuple / list, or ``x.shape`` read at run time."""
+    return isinstance(v, Seq) or isinstance(v, Static) and isinstance(v.value, (tuple, list)) \
+        or _run_time_shape(v)
+
+
+def _run_time_shape(v):
+    return isinstance(v, Node) and v.op == GETATTR and getattr(v, ATTR, None) == "shape"
+
+
+def _kind(v):
+    """``list`` or ``tuple``: which sequence type a value is (equality needs the same one)."""
+    if isinstance(v, Static):
+        return list if isinstance(v.value, list) else tuple
+    if isinstance(v, Seq):
+        return list if v.kind is list else tuple
+    return tuple
+
+
+def _python_scalar(v):
+    return isinstance(v, Static) and type(v.value) in (int, float, bool)

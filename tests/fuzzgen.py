@@ -38,6 +38,9 @@ from pathlib import Path
 import numpy as np
 
 FEATURES = ("names", "helpers", "defaults", "closure", "globals", "submodel", "pytree", "control", "shapes")
+# feature "new_ops": primitives added in turn 2 (np.fft, svd, eig, angle, average, diff with prepend /
+# append, select, sliding_window_view, np.r_ / np.c_); "patterns": static asserts, float(...),
+# super().forward and dict arguments whose key order changes between calls
 # switches that leave out constructs of a known bug class, to look past it: "no_listindex", "no_pyfloat"
 AVOID = ("no_listindex", "no_pyfloat")
 GROUPS = {
@@ -52,6 +55,15 @@ GROUPS = {
     "control": ("control", "shapes"),
     "ops": ("more_ops", "shapes", "control"),
     "loops": ("loops", "control", "shapes"),     # loop regions: run-time / long trip counts, lists
+    "newops": ("new_ops",),
+    "newops_mixed": ("new_ops", "more_ops", "shapes", "control"),
+    "jvp": ("jvp", "shapes", "control", "helpers"),
+    "jvp_ops": ("jvp", "new_ops", "more_ops", "shapes"),
+    "jvp_tree": ("jvp", "pytree", "closure", "globals", "submodel", "helpers"),
+    "jvp_more": ("jvp", "more_ops", "shapes", "control"),
+    "patterns": ("patterns", "pytree", "shapes", "control"),
+    "patterns_model": ("patterns", "submodel", "pytree"),
+    "layers": ("layers",),          # library layer stacks against torch: tests/fuzzlayers.py
     "all": FEATURES,
 }
 
@@ -109,6 +121,28 @@ AXIS_UNARY = ["np.cumsum({a}, axis=-1)", "np.flip({a}, axis=-1)", "np.roll({a}, 
               "np.cumprod(1.0 + 0.1 * np.tanh({a}), axis=-1)", "np.diff({a}, prepend=0.0, axis=-1)",
               "{a} - np.mean({a}, axis=-1, keepdims=True)", "np.sort({a}, axis=-1)"]
 MORE_REDUCTIONS = ["np.var", "np.std", "np.amax", "np.nansum", "np.average"]
+# feature "new_ops": (template, shape of the result from the operand's shape s, or None when it
+# does not apply); {a} an operand, {b} one of the same shape, {w} one of shape (s[-1],). Round
+# trips are scaled: an exact copy of {a} compared with {a} (np.select) would sit on a kink.
+NEW_SAME_SHAPE = [
+    "np.real(np.fft.fft({a}, axis=-1))", "np.imag(np.fft.ifft({a}, axis=-1))",
+    "np.fft.irfft(np.fft.rfft({a}, axis=-1) * 0.5, n={a}.shape[-1], axis=-1)", "np.fft.fftshift({a}, axes=-1)",
+    "np.fft.ifftshift({a}, axes=-1)", "np.real(np.fft.ifft(np.fft.fft({a}, axis=-1) * 0.5, axis=-1))",
+    "np.diff({a}, prepend=0.5, axis=-1)", "np.diff({a}, append=-0.25, axis=-1)",
+    "np.select([{a} > 0.3, {a} < -0.4], [{a} * 2.0, np.tanh({b})], default=0.1 * {a})",
+    "np.select([{a} > {b}], [{a} - {b}], 0.5 * {b})",
+    "np.abs(np.fft.fft({a}, axis=-1) + 2.0)",
+]
+NEW_2D_SAME = ["np.real(np.fft.fft2({a}))", "np.real(np.fft.ifftn({a}, axes=(0, 1)))",
+               "np.fft.irfft2(np.fft.rfft2({a}) * 0.5, s={a}.shape)", "np.diff({a}, axis=0, prepend={a}[:1])",
+               "np.real(np.fft.fftn({a} * 0.5))"]
+NEW_SQUARE = [("np.linalg.svd({m}, compute_uv=False)", ("N",)),
+              ("np.linalg.svd({m}, full_matrices=False)[0] ** 2", ("N", "N")),
+              ("np.linalg.svd({m})[2] ** 2", ("N", "N")),
+              ("np.sort(np.real(np.linalg.eigvals({m} + {m}.T + 3.0 * np.eye({m}.shape[0]))))", ("N",)),
+              ("np.sort(np.real(np.linalg.eig({m} @ {m}.T + np.eye({m}.shape[0]))[0]))", ("N",)),
+              ("np.real(np.linalg.eig(np.diag(np.arange(1.0, {m}.shape[0] + 1.0)) * 3.0 + 0.1 * ({m} + {m}.T))[1]) ** 2",
+               ("N", "N"))]
 
 
 def dim(sym, env):
@@ -322,10 +356,47 @@ class Body:
             kinds += ["helper", "helper"]
         if self.model_calls:
             kinds += ["model", "model"]
+        if "new_ops" in self.features:
+            kinds += ["new_op"] * 4
         if self.shape_free:
             kinds = ["unary", "binary", "full_reduce"] + (["helper"] if self.helpers else [])
         kind = r.choice(kinds)
         return getattr(self, "e_" + kind)()
+
+    def e_new_op(self):
+        """One of the primitives added in turn 2, at a shape it applies to."""
+        r = self.r
+        a = self.pick(lambda s: len(s) >= 1 and s[-1] == "N", avoid=self.scalars)
+        if a is None:
+            return None
+        s = self.vars[a]
+        b = self.pick(lambda t: t == s, avoid=(a,)) or f"np.cos({a})"
+        w = self.pick(lambda t: t == ("N",), avoid=(a,))
+        options = [(t.format(a=a, b=b), s) for t in NEW_SAME_SHAPE]
+        options += [(f"np.angle(np.fft.rfft({a}, axis=-1) + 3.0)", s[:-1] + ("N//2+1",)),
+                    (f"np.abs(np.fft.rfft({a}, axis=-1)) ** 2", s[:-1] + ("N//2+1",)),
+                    (f"np.fft.hfft({a}[..., :3], axis=-1)", s[:-1] + ("4",)),
+                    (f"np.real(np.fft.ihfft({a}, axis=-1))", s[:-1] + ("N//2+1",)),
+                    (f"np.sum(np.lib.stride_tricks.sliding_window_view({a}, 2, axis=-1), axis=-1)",
+                     s[:-1] + ("N-1",)),
+                    (f"np.average({a}, axis=-1)", s[:-1]),
+                    (f"np.real(np.fft.fft({a}, n=6, axis=-1, norm='ortho'))", s[:-1] + ("6",)),
+                    (f"np.fft.irfft(np.fft.rfft({a}, n=3, axis=-1), n=5, axis=-1, norm='forward')", s[:-1] + ("5",)),
+                    (f"np.imag(np.fft.ifft({a}, n=2, axis=-1))", s[:-1] + ("2",)),
+                    (f"np.fft.irfft({a}, axis=-1)", s[:-1] + ("2*N-2",)),
+                    (f"np.average({a}, axis=-1, weights=np.arange(1.0, {a}.shape[-1] + 1.0), returned=True)[0]",
+                     s[:-1])]
+        if w is not None:
+            options.append((f"np.average({a}, axis=-1, weights=np.abs({w}) + 0.5)", s[:-1]))
+        if len(s) == 1:
+            options += [(f"np.r_[{a}, {b}]", ("(N+N)",)), (f"np.c_[{a}, {b}]", ("N", "2")),
+                        (f"np.r_[{a}, 0.5, {a}[:2]]", ("(N+3)",))]
+        if len(s) == 2:
+            options += [(t.format(a=a), s) for t in NEW_2D_SAME]
+            options += [(f"np.c_[{a}, {b}]", (s[0], "(N+N)")), (f"np.r_[{a}, {b}]", (f"({s[0]}+{s[0]})", "N"))]
+        if s == ("N", "N"):
+            options += [(t.format(m=a), shape) for t, shape in NEW_SQUARE]
+        return r.choice(options)
 
     def e_full_reduce(self):
         a = self.pick()
@@ -459,6 +530,10 @@ class Body:
 
     # -- statements ------------------------------------------------------------------------
     def statement(self, indent=""):
+        if "patterns" in self.features and self.r.random() < 0.3:
+            block = self.pattern_block(indent)
+            if block:
+                return block
         if "more_ops" in self.features and self.r.random() < 0.15:
             block = self.inplace_block(indent)
             if block:
@@ -470,6 +545,25 @@ class Body:
                 return [line]
         a = self.pick()
         name, line = self.assign(a, self.vars[a], indent=indent)
+        return [line]
+
+    def pattern_block(self, indent):
+        """A static assert on a shape, or ``float(...)`` of a reduction scaling an array."""
+        r = self.r
+        a = self.pick(lambda s: len(s) >= 1, avoid=self.scalars)
+        if a is None:
+            return None
+        s = self.vars[a]
+        b = self.pick(lambda t: len(t) >= 1, avoid=self.scalars)
+        if r.random() < 0.4:
+            test = r.choice([f"{a}.ndim == {len(s)}", f"{a}.shape[-1] == {dim(s[-1], ENV)}" if s[-1] != "B"
+                             else f"{a}.shape[-1] > 0", f"len({a}.shape) >= 1", f"{a}.shape == {a}.shape"])
+            lines = [f"{indent}assert {test}, 'shape'"]
+            name, line = self.assign(f"np.tanh({a})", s, indent=indent)
+            return lines + [line]
+        form = r.choice(["{a} * float(np.mean({b}))", "{a} + float(np.sum({b} ** 2)) * 0.1",
+                         "np.tanh({a}) * float(np.max({b}))"])
+        name, line = self.assign(form.format(a=a, b=b), s, indent=indent)
         return [line]
 
     def inplace_block(self, indent):
@@ -759,13 +853,22 @@ class Generator:
             prog.returns = [body.locals[-1]]
         else:
             self.returns(body, prog)
+        first_cls = inner_cls
+        if self.has("patterns") and r.random() < 0.6:
+            first_cls = self.top.fresh("Sub")
+            call = r.choice(["super().forward(x)", f"{inner_cls}.forward(self, x)"])
+            header += ["@net", f"class {first_cls}({inner_cls}):", "    def forward(self, x):",
+                       f"        return np.tanh({call}) * 0.5 + x", "", ""]
         prog.footer = ["", "", "def build(first_W, first_b, second_W, second_b, V, scale):",
-                       f"    first = {inner_cls}(first_W, first_b)",
+                       f"    first = {first_cls}(first_W, first_b)",
                        f"    second = first if second_W is None else {inner_cls}(second_W, second_b)",
                        f"    return {outer_cls}(first, second, V, scale)", ""]
 
 
 def generate(seed, features):
+    if "layers" in features:
+        import fuzzlayers
+        return fuzzlayers.generate_stack(seed)
     return Generator(seed, features).generate()
 
 
@@ -790,6 +893,8 @@ def load_module(source, flavour):
         source = source.replace("    return fc.net(cls)", "    cls.__call__ = cls.forward\n    return cls")
     if flavour == "ag":
         source = source.replace("import numpy as np", "import autograd.numpy as np", 1)
+    if flavour == "jax":
+        source = source.replace("import numpy as np", "import jax.numpy as np", 1)
     _counter[0] += 1
     name = f"fluxfuzz_{_counter[0]}_{flavour}"
     path = workdir() / f"{name}.py"
@@ -889,7 +994,17 @@ def _close(a, b, rtol, atol_scale):
     return bool(np.allclose(a, b, rtol=rtol, atol=atol_scale * scale))
 
 
+def _in_order_of(got, ref):
+    """``got`` with each dict's keys in ``ref``'s order (a dict equals one in another key order)."""
+    if isinstance(got, dict) and isinstance(ref, dict) and set(got) == set(ref):
+        return {k: _in_order_of(got[k], ref[k]) for k in ref}
+    if isinstance(got, (tuple, list)) and isinstance(ref, (tuple, list)) and len(got) == len(ref):
+        return type(got)(_in_order_of(g, r) for g, r in zip(got, ref))
+    return got
+
+
 def _compare_trees(got, ref, rtol, atol, what):
+    got = _in_order_of(got, ref)
     lg, lr = leaves(got), leaves(ref)
     if type(got) is not type(ref) and not (isinstance(ref, (float, np.floating, np.ndarray))
                                            and isinstance(got, (float, np.floating, np.ndarray))):
@@ -1064,7 +1179,7 @@ class Run:
     def fd_agrees(self, inst, dy, which, i, g):
         """Whether finite differences agree with flux_compile's gradient of argument ``i``."""
         flat_index = sum(len(leaves(a)) for a in inst.args[:i])
-        flat = leaves(g)
+        flat = leaves(_in_order_of(g, inst.args[i]))
         for w, j, est in self.fd_grads(inst, dy):
             if w != "arg" or not flat_index <= j < flat_index + len(flat):
                 continue
@@ -1077,7 +1192,7 @@ class Run:
         return True
 
     def check_fd(self, inst, grads, pgrads, dy, phase="first"):
-        flat = [x for g in grads for x in leaves(g)]
+        flat = [x for g, a in zip(grads, inst.args) for x in leaves(_in_order_of(g, a))]
         flat_args = leaves(inst.args)
         if len(flat) != len(flat_args):
             raise Failure("wrong", f"{phase}_grad", f"{len(flat)} gradients for {len(flat_args)} inputs")
@@ -1117,6 +1232,9 @@ MUTABLE = ("closure", "globals", "defaults", "attrs")     # what the fresh phase
 def check(prog, checks=CHECKS):
     """Run every check on one program; returns a :class:`Result`."""
     import flux_compile as fc
+    if not isinstance(prog, Program):
+        import fuzzlayers
+        return fuzzlayers.check_stack(prog)
     source = prog.source()
     phase = ["compile"]
     try:
@@ -1176,10 +1294,91 @@ def _check_all(run, prog, checks, phase):
                                    for old, new in zip(getattr(inst, field), getattr(inst3, field))])
         inst3.defaults = inst.defaults
         run.check_values(inst3, "rebatch")
+    if "patterns" in prog.features and any(isinstance(a, dict) for a in leaves_of_dicts(inst.args)):
+        phase[0] = "dict_order"
+        inst4 = Instance(prog, ENV, seed + 4)
+        inst4.args = reorder_dicts(inst4.args)
+        inst4.params, inst4.attrs = inst.params, inst.attrs
+        run.check_values(inst4, "dict_order", model=model if prog.kind == "model" else None)
+    if "jvp" in prog.features:
+        phase[0] = "jvp"
+        _check_jvp(run, prog, Instance(prog, ENV, seed + 3))
     if "float32" in checks:                               # new modules: nothing compiled yet
         phase[0] = "float32"
         with Run(prog) as run32:
             _check_float32(run32, prog, Instance(prog, ENV, seed, np.float32))
+
+
+def leaves_of_dicts(value):
+    """Every dict inside a pytree (and the pytree itself when it is one)."""
+    if isinstance(value, dict):
+        return [value] + [d for v in value.values() for d in leaves_of_dicts(v)]
+    if isinstance(value, (tuple, list)):
+        return [d for v in value for d in leaves_of_dicts(v)]
+    return []
+
+
+def reorder_dicts(value):
+    """The same pytree with every dict's keys in reverse insertion order."""
+    if isinstance(value, dict):
+        return {k: reorder_dicts(value[k]) for k in reversed(list(value))}
+    if isinstance(value, (tuple, list)):
+        return type(value)(reorder_dicts(v) for v in value)
+    return value
+
+
+def _random_tangents(args, rng):
+    """A random direction shaped like ``args`` (floats get float tangents)."""
+    return [rebuild(a, [rng.standard_normal(np.shape(x)) if isinstance(x, np.ndarray) else float(rng.standard_normal())
+                        for x in leaves(a)]) for a in args]
+
+
+def _along(args, tangents, eps):
+    return [rebuild(a, [x + eps * t for x, t in zip(leaves(a), leaves(d))]) for a, d in zip(args, tangents)]
+
+
+def _jax_jvp(source, prog, inst, tangents):
+    """``jax.jvp`` of the same source imported with ``jax.numpy`` (float64), or None when JAX
+    cannot run the program (in-place item assignment, ...)."""
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)
+        mod = load_module(source, "jax")
+    except Exception:
+        return None
+    try:
+        _set_module_state(mod, prog, inst)
+        f = _callable(mod, prog, inst)
+        value, tangent = jax.jvp(f, tuple(inst.args), tuple(tangents))
+        return np.asarray(value), np.asarray(tangent)
+    except Exception:
+        return None
+    finally:
+        unload([mod])
+
+
+def _check_jvp(run, prog, inst):
+    """``fc.jvp`` against central differences along a random direction and against ``jax.jvp``."""
+    import flux_compile as fc
+    out_ref, _ = run.reference(inst)
+    tangents = _random_tangents(inst.args, np.random.default_rng(inst.dy_seed))
+    mod = run.mods["fc"]
+    _set_module_state(mod, prog, inst)
+    f = _callable(mod, prog, inst)
+    before = copy_tree(inst.args)
+    given = reorder_dicts(tangents) if prog.seed % 2 else tangents     # dict tangents match by key
+    value, tangent = fc.jvp(f, tuple(copy_tree(inst.args)), tuple(copy_tree(given)))
+    _compare_trees(value, out_ref, 1e-9, 1e-10, "jvp_value")
+    npf = _callable(run.mods["np"], prog, inst)
+    _set_module_state(run.mods["np"], prog, inst)
+    eps = 1e-6
+    fd = (np.asarray(npf(*_along(before, tangents, eps)), np.float64)
+          - np.asarray(npf(*_along(before, tangents, -eps)), np.float64)) / (2 * eps)
+    if np.shape(tangent) != np.shape(fd) or not np.allclose(tangent, fd, rtol=1e-4, atol=1e-4 * max(1.0, np.max(np.abs(fd)))):
+        raise Failure("wrong", "jvp_fd", f"jvp tangent {np.ravel(tangent)[:3]} vs finite differences {np.ravel(fd)[:3]}")
+    ref = _jax_jvp(run.source, prog, inst, tangents)
+    if ref is not None and np.allclose(ref[0], out_ref, rtol=1e-9, atol=1e-10):
+        _compare_trees(np.asarray(tangent, np.float64), ref[1], 1e-7, 1e-9, "jvp_jax")
 
 
 def _check_float32(run, prog, inst):
@@ -1217,6 +1416,10 @@ BUG_CLASSES = {
     "list-index": "x[[i, j]] / x[:, [i, j]] compiled as the tuple index x[i, j]: wrong values, IndexError, "
                   "AxisError, bogus CompileErrors",
     "pytree": "tuple / list / dict arguments: gradients None, or AttributeError in backward",
+    "dict-order": "a dict argument whose keys come in another order than at the first call gives wrong "
+                  "values or gradients (code compiled for the first key order reused)",
+    "jvp": "fc.jvp disagrees with central differences along the tangent or with jax.jvp",
+    "layers": "a stack of library layers disagrees with the same stack in torch or with finite differences",
     "late-rejection": "an unsupported construct raises NotImplementedError when backward runs instead of "
                       "fc.CompileError at compile time (np.einsum with '...')",
 }
@@ -1226,12 +1429,18 @@ def classify(prog, result):
     """The bug class of a failing program (a key of BUG_CLASSES), or ``other:<key>``."""
     if result.outcome in ("ok", "rejected"):
         return result.outcome
+    if not isinstance(prog, Program):
+        return "layers"
     phase = result.check
     mutable = prog.closure or prog.globals or prog.defaults or prog.attrs
     if phase.startswith("fresh") or (phase.startswith("rebatch") and mutable):
         return "stale-values"
     if phase.startswith("float32"):
         return "float32-promotion"
+    if phase.startswith("dict_order"):
+        return "dict-order"
+    if phase.startswith("jvp"):
+        return "jvp"
     if "names" in prog.features and check(renamed(prog)).key != result.key:
         return "name-collision"
     if "NotImplementedError" in result.message:
@@ -1382,9 +1591,11 @@ def write_failures(out, classes, checks, shrink_each):
     for cls, (n, r, prog, keys) in classes.items():
         items = sorted(keys.items(), key=lambda kv: -kv[1][0])[:3] if keys else [(r.key, [n, r, prog])]
         for i, (key, (m, r1, p1)) in enumerate(items):
-            small = shrink(p1, r1, checks) if shrink_each else p1
-            lines = [f"bug class: {cls} ({n} programs)", BUG_CLASSES.get(cls, ""), f"failure: {key} ({m} programs)",
-                     f"seed {p1.seed}, features {','.join(p1.features)}"] + small.describe() + r1.message.splitlines()
+            small = shrink(p1, r1, checks) if shrink_each and isinstance(p1, Program) else p1
+            about = [f"seed {p1.seed}, features {','.join(p1.features)}"] + small.describe() \
+                if isinstance(p1, Program) else [f"seed {p1.seed}, layer stack"]
+            lines = [f"bug class: {cls} ({n} programs)", BUG_CLASSES.get(cls, ""), f"failure: {key} ({m} programs)"] \
+                + about + r1.message.splitlines()
             name = re.sub(r"\W+", "_", cls)[:60]
             (out / f"{name}_{i}.py").write_text("".join(f"# {x}\n" for x in lines if x) + small.source())
 
