@@ -10,7 +10,7 @@ import types
 import numpy as np
 
 from . import guards, shapeinfer
-from .ir import ATTR, CALL, GETATTR, ITEM, PACK, Node
+from .ir import CALL, GETATTR, ITEM, PACK, Node
 from .tracecore import (ARRAY_ATTRS, BINOPS, BITWISE, CMPOPS, DICT_METHODS, FORBIDDEN_EXPR_HINTS,
                         METHODS, PYCMP, PYOPS, _MISSING, BoundMethod, Seq, Static, SymDict, _as_list,
                         _static, shape_of)
@@ -358,7 +358,7 @@ def _is_sequence(v):
 
 
 def _run_time_shape(v):
-    return isinstance(v, Node) and v.op == GETATTR and getattr(v, ATTR, None) == "shape"
+    return isinstance(v, Node) and v.op == GETATTR and v.attr == "shape"
 
 
 def _kind(v):
