@@ -61,3 +61,112 @@ def _(da, w, a):
     # eigenvalues, as the reverse rule)
     w2, v = np.linalg.eig(a)
     return np.diagonal(np.linalg.solve(v, da @ v), axis1=-2, axis2=-1)
+
+
+# ---------------------------------------------------------------- issue 13: the last five
+
+from .conv import maxpool2d, offsets, windows  # noqa: E402
+
+
+@jvprule(maxpool2d)
+def _(dx, dk, y, x, k, *, stride=None):
+    # each window's tangent is the tangent at its first maximum (row-major), as maxpool2d_grad
+    win, dwin = windows(x, k, k if stride is None else stride), windows(dx, k, k if stride is None else stride)
+    out = np.zeros(y.shape, dtype=np.result_type(dx, y))
+    free = np.ones(y.shape, dtype=bool)             # windows whose maximum is not found yet
+    for i, j in offsets(k):
+        hit = (win[..., i, j] == y) & free
+        free &= ~hit
+        out = np.where(hit, dwin[..., i, j], out)
+    return out
+
+
+@jvprule(np.average)
+def _(da, daxis, dw, y, a, axis=None, weights=None, *, returned=False, keepdims=False):
+    # avg = sum(w a) / sum(w): d avg = (sum(w da) + sum(dw (a - avg))) / sum(w)
+    a = np.asarray(a)
+    avg = y[0] if returned else y
+    shape = np.shape(avg)
+    if weights is None:
+        davg = np.zeros(shape) if da is None else np.average(da, axis, keepdims=keepdims)
+        return (davg, np.zeros(np.shape(y[1]))) if returned else davg
+    wb, dwb = _along(weights, a, axis), None if dw is None else _along(dw, a, axis)
+    ones = np.ones_like(a, dtype=np.result_type(a, weights, float))
+    sw = np.sum(wb * ones, axis=axis, keepdims=True)
+    num = np.zeros(np.shape(sw), dtype=ones.dtype)
+    if da is not None:
+        num = num + np.sum(wb * da, axis=axis, keepdims=True)
+    if dwb is not None:
+        num = num + np.sum(dwb * (a - np.sum(wb * a, axis=axis, keepdims=True) / sw), axis=axis, keepdims=True)
+    davg = np.reshape(num / sw, shape)
+    if not returned:
+        return davg
+    dsum = np.zeros(np.shape(y[1])) if dwb is None else \
+        np.broadcast_to(np.reshape(np.sum(dwb * ones, axis=axis, keepdims=True), shape), np.shape(y[1]))
+    return davg, np.array(dsum)
+
+
+def _along(w, a, axis):
+    """Weights ``w`` shaped to broadcast against ``a`` (a 1-d ``w`` lies along ``axis``)."""
+    w = np.asarray(w)
+    if w.shape == a.shape:
+        return w
+    return w.reshape([-1 if i == axis % a.ndim else 1 for i in range(a.ndim)])
+
+
+def _mT(m):
+    return np.swapaxes(m, -1, -2)
+
+
+@jvprule(np.linalg.svd)
+def _(da, y, a, *, full_matrices=True, compute_uv=True, hermitian=False):
+    # a = U S V^T, P = U^T dA V: dS = diag(P); for distinct nonzero singular values
+    # dU = U (F o (P S + S P^T)) + (I - U U^T) dA V S^-1, dV likewise with a^T, F_ij = 1/(s_j^2 - s_i^2)
+    if not compute_uv:
+        u, s, vh = np.linalg.svd(a, full_matrices=False)
+        return np.real(np.diagonal(np.conjugate(_mT(u)) @ da @ _mT(np.conjugate(vh)), 0, -2, -1))
+    m, n = a.shape[-2:]
+    if full_matrices and m != n:
+        raise ValueError("the tangent of np.linalg.svd's extra full_matrices=True columns is not defined "
+                         "(they are any basis of the complement): call np.linalg.svd(a, full_matrices=False)")
+    if np.iscomplexobj(a) or np.iscomplexobj(da):
+        raise ValueError("forward mode through complex singular vectors is not supported "
+                         "(their phase is arbitrary): use compute_uv=False or a real matrix")
+    u, s, vh = y
+    v = _mT(vh)
+    k = s.shape[-1]
+    eye = np.eye(k)
+    p = _mT(u) @ da @ v
+    ds = np.diagonal(p, 0, -2, -1)
+    sr, sc = np.expand_dims(s, -2), np.expand_dims(s, -1)       # s_j along rows, s_i along columns
+    f = (1 - eye) / (sr ** 2 - sc ** 2 + eye)
+    pt = _mT(p)
+    du = u @ (f * (p * sr + sc * pt))
+    dv = v @ (f * (sc * p + pt * sr))
+    if m > k:
+        du = du + (da @ v - u @ p) / sr
+    if n > k:
+        dv = dv + (_mT(da) @ u - v @ pt) / sr
+    return du, ds, _mT(dv)
+
+
+@jvprule(np.linalg.eig)
+def _(da, y, a):
+    # dL = diag(V^-1 dA V); dV = V (F o V^-1 dA V), F_ij = 1/(w_j - w_i), then kept in LAPACK's
+    # gauge: unit columns whose largest component is real (distinct eigenvalues, as the reverse rule)
+    w, v = y
+    q = np.linalg.solve(v, da @ v)
+    dw = np.diagonal(q, 0, -2, -1)
+    eye = np.eye(w.shape[-1])
+    f = (1 - eye) / (np.expand_dims(w, -2) - np.expand_dims(w, -1) + eye)
+    dv = v @ (f * q)
+    dv = dv - v * np.real(np.sum(np.conjugate(v) * dv, axis=-2, keepdims=True))
+    if np.iscomplexobj(v):
+        big = np.take_along_axis(v, np.argmax(np.abs(v), axis=-2)[..., None, :], -2)
+        dbig = np.take_along_axis(dv, np.argmax(np.abs(v), axis=-2)[..., None, :], -2)
+        dv = dv - 1j * v * np.imag(dbig / big)
+    return match_input(dw, w), match_input(dv, v)
+
+
+# np.gradient is linear in f (the spacings are constants, as in the reverse rule)
+linear_jvp(np.gradient)
