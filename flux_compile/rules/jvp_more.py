@@ -68,8 +68,8 @@ def _(da, w, a):
 from .conv import maxpool2d, offsets, windows  # noqa: E402
 
 
-@jvprule(maxpool2d)
-def _(dx, dk, y, x, k, *, stride=None):
+def maxpool2d_tangent(dx, y, x, k, stride=None):
+    """The tangent of :func:`maxpool2d`: each window's at its first maximum (row-major)."""
     # each window's tangent is the tangent at its first maximum (row-major), as maxpool2d_grad
     win, dwin = windows(x, k, k if stride is None else stride), windows(dx, k, k if stride is None else stride)
     out = np.zeros(y.shape, dtype=np.result_type(dx, y))
@@ -81,8 +81,8 @@ def _(dx, dk, y, x, k, *, stride=None):
     return out
 
 
-@jvprule(np.average)
-def _(da, daxis, dw, y, a, axis=None, weights=None, *, returned=False, keepdims=False):
+def average_tangent(da, dw, y, a, axis=None, weights=None, returned=False, keepdims=False):
+    """The tangent of ``np.average`` for tangents ``da`` of ``a`` and ``dw`` of its weights."""
     # avg = sum(w a) / sum(w): d avg = (sum(w da) + sum(dw (a - avg))) / sum(w)
     a = np.asarray(a)
     avg = y[0] if returned else y
@@ -118,8 +118,8 @@ def _mT(m):
     return np.swapaxes(m, -1, -2)
 
 
-@jvprule(np.linalg.svd)
-def _(da, y, a, *, full_matrices=True, compute_uv=True, hermitian=False):
+def svd_tangent(da, y, a, full_matrices=True, compute_uv=True):
+    """The tangent of ``np.linalg.svd(a)`` (distinct nonzero singular values)."""
     # a = U S V^T, P = U^T dA V: dS = diag(P); for distinct nonzero singular values
     # dU = U (F o (P S + S P^T)) + (I - U U^T) dA V S^-1, dV likewise with a^T, F_ij = 1/(s_j^2 - s_i^2)
     if not compute_uv:
@@ -150,8 +150,8 @@ def _(da, y, a, *, full_matrices=True, compute_uv=True, hermitian=False):
     return du, ds, _mT(dv)
 
 
-@jvprule(np.linalg.eig)
-def _(da, y, a):
+def eig_tangent(da, y, a):
+    """The tangent of ``np.linalg.eig(a)`` (distinct eigenvalues)."""
     # dL = diag(V^-1 dA V); dV = V (F o V^-1 dA V), F_ij = 1/(w_j - w_i), then kept in LAPACK's
     # gauge: unit columns whose largest component is real (distinct eigenvalues, as the reverse rule)
     w, v = y
@@ -166,6 +166,28 @@ def _(da, y, a):
         dbig = np.take_along_axis(dv, np.argmax(np.abs(v), axis=-2)[..., None, :], -2)
         dv = dv - 1j * v * np.imag(dbig / big)
     return match_input(dw, w), match_input(dv, v)
+
+
+# the rules proper: one call each (their bodies are helpers, opaque to the compiler that inlines a rule)
+
+@jvprule(maxpool2d)
+def _(dx, dk, y, x, k, *, stride=None):
+    return maxpool2d_tangent(dx, y, x, k, stride)
+
+
+@jvprule(np.average)
+def _(da, daxis, dw, y, a, axis=None, weights=None, *, returned=False, keepdims=False):
+    return average_tangent(da, dw, y, a, axis, weights, returned, keepdims)
+
+
+@jvprule(np.linalg.svd)
+def _(da, y, a, *, full_matrices=True, compute_uv=True, hermitian=False):
+    return svd_tangent(da, y, a, full_matrices, compute_uv)
+
+
+@jvprule(np.linalg.eig)
+def _(da, y, a):
+    return eig_tangent(da, y, a)
 
 
 # np.gradient is linear in f (the spacings are constants, as in the reverse rule)
