@@ -23,9 +23,6 @@ HVP_PENDING = {
     # no forward rule for the primitive itself (tests/test_jvp_rules.py FORWARD_PENDING)
     "np.linalg.svd": "no forward rule for svd yet", "np.linalg.svdvals": "its backward calls svd",
     "np.linalg.eig": "no forward rule for eig yet", "np.linalg.eigvals": "its backward calls eig",
-    "np.gradient": "no forward rule yet (its spacings make it not linear in every input)",
-    "np.average": "no forward rule yet (weights)",
-    "flux_compile.rules.conv.maxpool2d": "no forward rule yet",
     # the reverse rule's helper has no forward rule, and its source is outside the subset
     "np.einsum": "einsum_grads builds a dict", "np.linalg.multi_dot": "multi_dot_grads branches on arrays",
     "np.linalg.norm": "norm_grad uses 'and' on arrays", "np.linalg.vector_norm": "norm_grad",

@@ -192,3 +192,64 @@ def _(da, y, a):
 
 # np.gradient is linear in f (the spacings are constants, as in the reverse rule)
 linear_jvp(np.gradient)
+
+
+# ---------------------------------------------------------------- their reverse rules' helpers
+# (forward over reverse: tests/test_second_order_hvp.py)
+
+from .conv import maxpool2d_grad  # noqa: E402
+from .helpers import average_grads, gradient_grads, restore_axes, unbroadcast  # noqa: E402
+
+
+@jvprule(maxpool2d_grad)
+def _(ddy, dx, dk, dstride, z, dy, x, k, stride):
+    # linear in the adjoint; x only chooses each window's maximum (piecewise constant)
+    return None if ddy is None else maxpool2d_grad(ddy, x, k, stride)
+
+
+@jvprule(gradient_grads)
+def _(dg, df, dvarargs, daxis, dedge, z, g, f, varargs, axis=None, edge_order=1):
+    # linear in the adjoints; f gives the shape only, the spacings are constants
+    return None if dg is None else gradient_grads(dg, f, varargs, axis, edge_order)
+
+
+@jvprule(average_grads)
+def _(dg, da, daxis, dw, dret, dkeep, z, g, a, axis=None, weights=None, returned=False, keepdims=False):
+    return average_grads_tangent(dg, da, dw, g, a, axis, weights, returned, keepdims)
+
+
+def average_grads_tangent(dg, da, dw, g, a, axis=None, weights=None, returned=False, keepdims=False):
+    """The tangent of ``average_grads`` (a's and the weights' gradients): linear in the adjoint
+    ``g``; with weights, ga = g w / sw and gw = g (a - avg) / sw + g_sum vary with a and w too."""
+    if weights is None or da is None and dw is None:
+        if dg is None:
+            return None
+        return average_grads(dg, a, axis, weights, returned, keepdims)
+    a = np.asarray(a)
+    g_avg, g_sum = g if returned else (g, None)
+    dg_avg, dg_sum = (None, None) if dg is None else dg if returned else (dg, None)
+    wb = _along(weights, a, axis)
+    dwb = np.zeros(wb.shape) if dw is None else _along(dw, a, axis)
+    da = np.zeros(a.shape) if da is None else da
+    ones = np.ones_like(a, dtype=np.result_type(a, weights, float))
+    sw = np.sum(wb * ones, axis=axis, keepdims=True)
+    dsw = np.sum(dwb * ones, axis=axis, keepdims=True)
+    avg = np.sum(wb * a, axis=axis, keepdims=True) / sw
+    davg = (np.sum(dwb * a + wb * da, axis=axis, keepdims=True) - avg * dsw) / sw
+    dga = np.zeros(a.shape)
+    dgw = np.zeros(np.broadcast_shapes(wb.shape, a.shape))
+    if g_avg is not None:
+        gr = restore_axes(g_avg, a.shape, axis, keepdims)
+        dga = dga + gr * (dwb - wb * dsw / sw) / sw
+        dgw = dgw + gr * ((da - davg) - (a - avg) * dsw / sw) / sw
+    if dg_avg is not None:
+        dgr = restore_axes(dg_avg, a.shape, axis, keepdims)
+        dga = dga + dgr * wb / sw
+        dgw = dgw + dgr * (a - avg) / sw
+    if dg_sum is not None:
+        dgw = dgw + restore_axes(np.sum(dg_sum) if np.ndim(dg_sum) == 0 and axis is None else dg_sum,
+                                 a.shape, axis, keepdims) * ones
+    return dga, None, unbroadcast(dgw, wb.shape).reshape(np.shape(weights))
+
+
+KERNELS = KERNELS + (maxpool2d_grad, gradient_grads, average_grads)
