@@ -253,3 +253,136 @@ def average_grads_tangent(dg, da, dw, g, a, axis=None, weights=None, returned=Fa
 
 
 KERNELS = KERNELS + (maxpool2d_grad, gradient_grads, average_grads)
+
+
+# ---------------------------------------------------------------- more reverse-rule helpers:
+# einsum, multi_dot, matrix_power, prod, cumprod (forward over reverse)
+
+from .helpers import cumprod_grad, einsum_grads, matrix_power_grad, multi_dot_grads, prod_others  # noqa: E402
+from .helpers import inverse_permutation, normalize_axis  # noqa: E402
+from .jvp_linalg import matrix_power_tangent  # noqa: E402
+
+
+def _is_array(v):
+    return isinstance(v, np.ndarray) or isinstance(v, (float, np.floating))
+
+
+def _add_entries(total, part, skip=None):
+    """Entry-wise sum of two gradient tuples (``None`` is zero); entry ``skip`` of ``part`` left out."""
+    part = [None if k == skip else p for k, p in enumerate(part)]
+    if total is None:
+        return part
+    return [p if t is None else t if p is None else t + p for t, p in zip(total, part)]
+
+
+def product_grads_tangent(grads_of, dg, dops, g, operands):
+    """The tangent of a product's gradients ``grads_of(g, operands)``, multilinear in the adjoint
+    and the operands, each operand's own gradient free of it: the product rule, one term per
+    tangent, the operand's own entry left out of its term."""
+    total = None if dg is None else list(grads_of(dg, operands))
+    for j, t in enumerate(dops or ()):
+        if t is None or not _is_array(operands[j]):
+            continue
+        swapped = list(operands)
+        swapped[j] = t
+        total = _add_entries(total, grads_of(g, swapped), skip=j)
+    return None if total is None else tuple(total)
+
+
+@jvprule(einsum_grads)
+def _(dg, doperands, z, g, operands):
+    return product_grads_tangent(einsum_grads, dg, doperands, g, operands)
+
+
+@jvprule(multi_dot_grads)
+def _(dg, darrays, z, g, arrays):
+    return product_grads_tangent(multi_dot_grads, dg, darrays, g, arrays)
+
+
+@jvprule(matrix_power_grad)
+def _(dg, da, dn, z, g, a, n):
+    return matrix_power_grad_tangent(dg, da, g, a, n)
+
+
+def matrix_power_grad_tangent(dg, da, g, a, n):
+    """The tangent of ``matrix_power_grad(g, a, n) = sum_k (a^T)^k g (a^T)^(n-1-k)``."""
+    out = None if dg is None else matrix_power_grad(dg, a, n)
+    if da is None:
+        return out
+    if n < 0:                   # through b = a^-1: -(b^T gb b^T), gb = matrix_power_grad(g, b, -n)
+        b = np.linalg.inv(a)
+        db = -(b @ da @ b)
+        gb = matrix_power_grad(g, b, -n)
+        dgb = matrix_power_grad_tangent(None, db, g, b, -n)
+        bt, dbt = _mT(b), _mT(db)
+        part = -(dbt @ gb @ bt + bt @ dgb @ bt + bt @ gb @ dbt)
+    else:
+        at, dat = _mT(a), _mT(da)
+        powers = [np.linalg.matrix_power(at, k) for k in range(max(n, 1))]
+        dpowers = [matrix_power_tangent(dat, at, k) for k in range(max(n, 1))]
+        part = np.zeros(np.broadcast_shapes(np.shape(a), np.shape(g)), dtype=np.result_type(a, da, g))
+        for k in range(n):
+            part = part + dpowers[k] @ g @ powers[n - 1 - k] + powers[k] @ g @ dpowers[n - 1 - k]
+    return part if out is None else out + part
+
+
+@jvprule(prod_others)
+def _(da, daxis, z, a, axis=None):
+    return None if da is None else prod_others_tangent(da, a, axis)
+
+
+def prod_others_tangent(da, a, axis=None):
+    """The tangent of ``prod_others(a, axis)``: for each element, the sum over the other elements
+    j of da_j times the product of the rest (no division: exact at zeros too)."""
+    a, da = np.asarray(a), np.asarray(da)
+    axes = normalize_axis(axis, a.ndim)
+    if a.ndim == 0 or a.size == 0:
+        return np.zeros_like(a)
+    rest = [i for i in range(a.ndim) if i not in axes]
+    perm = rest + list(axes)
+    t = np.transpose(a, perm)
+    flat = t.reshape(t.shape[:len(rest)] + (-1,))
+    dflat = np.transpose(da, perm).reshape(flat.shape)
+    out = np.zeros(flat.shape, dtype=np.result_type(a, da))
+    for j in range(flat.shape[-1]):
+        swapped = flat.copy() if flat.dtype == out.dtype else flat.astype(out.dtype)
+        swapped[..., j] = dflat[..., j]
+        term = prod_others(swapped, -1)
+        term[..., j] = 0
+        out = out + term
+    return np.transpose(out.reshape(t.shape), inverse_permutation(perm, a.ndim))
+
+
+@jvprule(cumprod_grad)
+def _(dg, da, dy, daxis, z, g, a, y, axis=None):
+    return cumprod_grad_tangent(dg, da, g, a, axis)
+
+
+def cumprod_grad_tangent(dg, da, g, a, axis=None):
+    """The tangent of ``cumprod_grad(g, a, cumprod(a), axis)``, by differentiating its
+    division-free recursion grad_i = prod(a[:i]) r_i, r_i = g_i + a_(i+1) r_(i+1)."""
+    a = np.asarray(a)
+    if axis is None:
+        flat = cumprod_grad_tangent(None if dg is None else np.ravel(dg), None if da is None else np.ravel(da),
+                                    np.ravel(g), a.ravel(), 0)
+        return None if flat is None else flat.reshape(a.shape)
+    out = None if dg is None else cumprod_grad(dg, a, np.cumprod(a, axis=axis), axis)
+    if da is None:
+        return out
+    am, dam = np.moveaxis(a, axis, 0), np.moveaxis(np.asarray(da), axis, 0)
+    gm = np.moveaxis(np.broadcast_to(g, a.shape), axis, 0)
+    dtype = np.result_type(am, dam, gm)
+    left, dleft = np.ones(am.shape, dtype=dtype), np.zeros(am.shape, dtype=dtype)
+    for i in range(1, am.shape[0]):
+        left[i] = left[i - 1] * am[i - 1]
+        dleft[i] = dleft[i - 1] * am[i - 1] + left[i - 1] * dam[i - 1]
+    r, dr = np.zeros(am.shape, dtype=dtype), np.zeros(am.shape, dtype=dtype)
+    r[-1] = gm[-1]
+    for i in range(am.shape[0] - 2, -1, -1):
+        r[i] = gm[i] + am[i + 1] * r[i + 1]
+        dr[i] = dam[i + 1] * r[i + 1] + am[i + 1] * dr[i + 1]
+    part = np.moveaxis(dleft * r + left * dr, 0, axis)
+    return part if out is None else out + part
+
+
+KERNELS = KERNELS + (einsum_grads, multi_dot_grads, matrix_power_grad, prod_others, cumprod_grad)
