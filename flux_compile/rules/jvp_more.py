@@ -386,3 +386,79 @@ def cumprod_grad_tangent(dg, da, g, a, axis=None):
 
 
 KERNELS = KERNELS + (einsum_grads, multi_dot_grads, matrix_power_grad, prod_others, cumprod_grad)
+
+
+# ---------------------------------------------------------------- norms' gradients
+
+from .helpers import norm_grad, vector_norm_grad  # noqa: E402
+
+
+@jvprule(norm_grad)
+def _(dg, dx, dy, dord, daxis, dkeep, z, g, x, y, ord=None, axis=None, keepdims=False):
+    return norm_grad_tangent(dg, dx, dy, g, x, y, ord, axis, keepdims, matrix=True)
+
+
+@jvprule(vector_norm_grad)
+def _(dg, dx, dy, dord, daxis, dkeep, z, g, x, y, ord=2, axis=None, keepdims=False):
+    return norm_grad_tangent(dg, dx, dy, g, x, y, ord, axis, keepdims, matrix=False)
+
+
+def norm_grad_tangent(dg, dx, dy, g, x, y, ord, axis, keepdims, matrix=True):
+    """The tangent of ``norm_grad`` (``matrix=False``: ``vector_norm_grad``). Every branch is
+    the adjoint times a slope S(x, y): linear in ``g``, plus ``g dS`` (dS is 0 where S is
+    piecewise constant: ord 0, 1, inf and the matrix 1 and inf norms)."""
+    grad = norm_grad if matrix else vector_norm_grad
+    out = None if dg is None else grad(dg, x, y, ord, axis, keepdims)
+    if dx is None:
+        return out
+    x = np.asarray(x)
+    if np.iscomplexobj(x):
+        raise ValueError("forward mode through the gradient of a complex norm is not supported")
+    dy = np.zeros(np.shape(y)) if dy is None else dy
+    kind, ord, axis = _norm_kind(x, ord, axis, matrix)
+    gr = restore_axes(np.real(g), x.shape, axis, keepdims)
+    yr, dyr = restore_axes(y, x.shape, axis, keepdims), restore_axes(dy, x.shape, axis, keepdims)
+    if kind == "spectral":
+        dslope = _spectral_slope_tangent(dx, x, ord, axis)
+    elif ord in (0, 1, np.inf, -np.inf) or kind == "matrix-1-inf":
+        dslope = np.zeros(x.shape)
+    else:                       # p-norms (2 and Frobenius included): S = sign(x) |x|^(p-1) / y^(p-1)
+        safe = np.where(yr == 0, 1.0, yr)
+        p = 2 if ord in (None, "fro") else ord
+        mag = np.abs(x)
+        dslope = (p - 1) * (mag ** (p - 2) if p != 2 else 1.0) * dx / safe ** (p - 1) \
+            - (p - 1) * np.sign(x) * mag ** (p - 1) * dyr / safe ** p
+        dslope = np.where(yr == 0, 0.0, dslope)
+    part = gr * dslope
+    return part if out is None else out + part
+
+
+def _norm_kind(x, ord, axis, matrix):
+    """("vector" | "spectral" | "matrix-1-inf", ord, axis) as norm_grad reads its arguments."""
+    if not matrix:
+        return "vector", ord, axis
+    if axis is None and x.ndim == 2 and ord is not None:
+        axis = (0, 1)
+    if isinstance(axis, (int, np.integer)) or axis is None or len(tuple(axis)) == 1:
+        return "vector", 2 if ord is None else ord if axis is not None or x.ndim <= 1 else 2, axis
+    axis = tuple(axis)
+    if ord in (None, "fro"):
+        return "vector", "fro", axis
+    return ("spectral" if ord in ("nuc", 2) else "matrix-1-inf"), ord, axis
+
+
+def _spectral_slope_tangent(dx, x, ord, axis):
+    """The tangent of the nuclear (U V^T) or spectral (u1 v1^T) norm's slope."""
+    r, c = [a % x.ndim for a in axis]
+    xm, dxm = np.moveaxis(x, (r, c), (-2, -1)), np.moveaxis(dx, (r, c), (-2, -1))
+    y = np.linalg.svd(xm, full_matrices=False)
+    du, ds, dvh = svd_tangent(dxm, y, xm, False, True)
+    u, vh = y[0], y[2]
+    if ord == 2:
+        u, du, vh, dvh = u[..., :, :1], du[..., :, :1], vh[..., :1, :], dvh[..., :1, :]
+    d = du @ vh + u @ dvh
+    zero = np.all(xm == 0, axis=(-2, -1), keepdims=True)
+    return np.moveaxis(np.where(zero, 0.0, d), (-2, -1), (r, c))
+
+
+KERNELS = KERNELS + (norm_grad, vector_norm_grad)
