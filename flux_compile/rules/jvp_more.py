@@ -462,3 +462,68 @@ def _spectral_slope_tangent(dx, x, ord, axis):
 
 
 KERNELS = KERNELS + (norm_grad, vector_norm_grad)
+
+
+# ---------------------------------------------------------------- svd's gradient (real matrices)
+
+from .helpers import svd_grad  # noqa: E402
+
+
+@jvprule(svd_grad)
+def _(dgu, dgs, dgvh, da, du, ds, dvh, dfull, z, gu, gs, gvh, a, u, s, vh, full_matrices=True):
+    return svd_grad_tangent((dgu, dgs, dgvh), (du, ds, dvh), (gu, gs, gvh), a, (u, s, vh), full_matrices)
+
+
+def _or_zeros(t, like):
+    return np.zeros(np.shape(like)) if t is None else t
+
+
+def svd_grad_tangent(dgrads, dfactors, grads, a, factors, full_matrices=True):
+    """The tangent of ``svd_grad`` (real, distinct nonzero singular values): its formula
+    u t v^T (+ the complement terms of a non-square matrix) differentiated term by term, the
+    factors' tangents those of ``np.linalg.svd``'s forward rule."""
+    u, s, vh = factors
+    if np.iscomplexobj(u) or np.iscomplexobj(a):
+        raise ValueError("forward mode through the gradient of a complex svd is not supported")
+    m, n = np.shape(a)[-2:]
+    k = min(m, n)
+    gu, gs, gvh = grads
+    dgu, dgs, dgvh = dgrads
+    du, ds, dvh = (_or_zeros(t, f) for t, f in zip(dfactors, factors))
+    if full_matrices and m != n:
+        u, du, vh, dvh = u[..., :, :k], du[..., :, :k], vh[..., :k, :], dvh[..., :k, :]
+        gu, dgu = (None if x is None else x[..., :, :k] for x in (gu, dgu))
+        gvh, dgvh = (None if x is None else x[..., :k, :] for x in (gvh, dgvh))
+    v, dv = _mT(vh), _mT(dvh)
+    eye = np.eye(k)
+    gs, dgs = _or_zeros(gs, s), _or_zeros(dgs, s)
+    dt = eye * np.expand_dims(dgs, -1)
+    t = eye * np.expand_dims(gs, -1)
+    sr, sc, dsr, dsc = np.expand_dims(s, -2), np.expand_dims(s, -1), np.expand_dims(ds, -2), np.expand_dims(ds, -1)
+    vectors = gu is not None or gvh is not None or dgu is not None or dgvh is not None
+    if vectors:
+        f = (1 - eye) / (sr ** 2 - sc ** 2 + eye)
+        df = -f * f * (2 * sr * dsr - 2 * sc * dsc)
+        gu, dgu = _or_zeros(gu, u), _or_zeros(dgu, u)
+        gv, dgv = _mT(_or_zeros(gvh, vh)), _mT(_or_zeros(dgvh, vh))
+        j = _mT(u) @ gu - _mT(gu) @ u
+        dj = _mT(du) @ gu + _mT(u) @ dgu - _mT(dgu) @ u - _mT(gu) @ du
+        kk = _mT(v) @ gv - _mT(gv) @ v
+        dkk = _mT(dv) @ gv + _mT(v) @ dgv - _mT(dgv) @ v - _mT(gv) @ dv
+        t = t + f * j * sr + sc * (f * kk)
+        dt = dt + (df * j + f * dj) * sr + f * j * dsr + dsc * (f * kk) + sc * (df * kk + f * dkk)
+    dout = du @ t @ _mT(v) + u @ dt @ _mT(v) + u @ t @ _mT(dv)
+    if vectors and m < n:       # (u / s) gv^T (I - v v^T)
+        rest = np.eye(n) - v @ _mT(v)
+        drest = -(dv @ _mT(v) + v @ _mT(dv))
+        us, dus = u / sr, du / sr - u * dsr / sr ** 2
+        dout = dout + dus @ _mT(gv) @ rest + us @ _mT(dgv) @ rest + us @ _mT(gv) @ drest
+    elif vectors and m > n:     # ((v / s) gu^T (I - u u^T))^T
+        rest = np.eye(m) - u @ _mT(u)
+        drest = -(du @ _mT(u) + u @ _mT(du))
+        vs, dvs = v / sr, dv / sr - v * dsr / sr ** 2
+        dout = dout + _mT(dvs @ _mT(gu) @ rest + vs @ _mT(dgu) @ rest + vs @ _mT(gu) @ drest)
+    return dout
+
+
+KERNELS = KERNELS + (svd_grad,)
