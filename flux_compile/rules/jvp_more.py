@@ -527,3 +527,40 @@ def svd_grad_tangent(dgrads, dfactors, grads, a, factors, full_matrices=True):
 
 
 KERNELS = KERNELS + (svd_grad,)
+
+
+# ---------------------------------------------------------------- eig's gradient
+
+from .helpers import eig_grad  # noqa: E402
+
+
+@jvprule(eig_grad)
+def _(dgw, dgv, da, dw, dv, z, gw, gv, a, w, v):
+    return eig_grad_tangent(dgw, dgv, dw, dv, gw, gv, a, w, v)
+
+
+def eig_grad_tangent(dgw, dgv, dw, dv, gw, gv, a, w, v):
+    """The tangent of ``eig_grad``: out = X^-1 r X with X = v^T and
+    r = diag(gw) + F o (v^T gv) - F o ((v^T conj v) (Re(v^T gv) o I)), F_ij = 1 / (w_j - w_i),
+    differentiated term by term (distinct eigenvalues, as the reverse rule)."""
+    n = w.shape[-1]
+    eye = np.eye(n)
+    dw, dv = _or_zeros(dw, w), _or_zeros(dv, v)
+    x, dx = _mT(v), _mT(dv)
+    r = eye * np.expand_dims(_or_zeros(gw, w), -1)
+    dr = eye * np.expand_dims(_or_zeros(dgw, w), -1)
+    if gv is not None or dgv is not None:
+        gv, dgv = _or_zeros(gv, v), _or_zeros(dgv, v)
+        f = (1 - eye) / (np.expand_dims(w, -2) - np.expand_dims(w, -1) + 1e-20)
+        df = -f * f * (np.expand_dims(dw, -2) - np.expand_dims(dw, -1))
+        mm, dmm = x @ gv, dx @ gv + x @ dgv
+        nn, dnn = x @ np.conjugate(v), dx @ np.conjugate(v) + x @ np.conjugate(dv)
+        dd, ddd = np.real(mm) * eye, np.real(dmm) * eye
+        r = r + f * mm - f * (nn @ dd)
+        dr = dr + df * mm + f * dmm - df * (nn @ dd) - f * (dnn @ dd + nn @ ddd)
+    rx = r @ x
+    dout = np.linalg.solve(x, dr @ x + r @ dx - dx @ np.linalg.solve(x, rx))
+    return match_input(dout, a)
+
+
+KERNELS = KERNELS + (eig_grad,)
