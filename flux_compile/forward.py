@@ -322,7 +322,8 @@ def _jvp_shim(rule):
     call's arguments bind to the forward rule's parameters as they would to a reverse rule."""
     pos, kw = rules.jvp_rule_signature(rule)
     P = inspect.Parameter
-    params = [P("dy", P.POSITIONAL_OR_KEYWORD), P("y", P.POSITIONAL_OR_KEYWORD)]
+    # (named so as not to clash with an input of a helper named dy or y, as maxpool2d_grad's)
+    params = [P("_shim_dy", P.POSITIONAL_OR_KEYWORD), P("_shim_y", P.POSITIONAL_OR_KEYWORD)]
     params += [P(n, P.POSITIONAL_OR_KEYWORD) for n in pos]
     params += [P(k, P.KEYWORD_ONLY, default=v) for k, v in kw.items()]
 

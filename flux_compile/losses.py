@@ -147,3 +147,22 @@ def _(dy, y, logits, labels):
 def _(dlogits, dlabels, y, logits, labels):
     # a scalar: the gradient contracted with the tangent of the logits
     return np.sum(logitcrossentropy_grad(logits, labels) * dlogits)
+
+
+@jvprule(logitcrossentropy_grad)
+def _(dlogits, dlabels, g, logits, labels):
+    # forward over reverse; the labels are constants (the reverse rule gives them no gradient)
+    return None if dlogits is None else logitcrossentropy_grad_tangent(dlogits, logits, labels)
+
+
+def logitcrossentropy_grad_tangent(dlogits, logits, labels):
+    """The tangent of :func:`logitcrossentropy_grad` along ``dlogits``: the softmax's tangent
+    ``p (dl - <p, dl>)`` times each row's label mass, over the batch."""
+    logits = np.asarray(logits)
+    if logits.dtype.kind != "f":
+        logits = logits.astype(np.float64)
+    targets = _targets(logits, labels)
+    probs = np.exp(_logsoftmax(logits))
+    dprobs = probs * (dlogits - np.sum(probs * dlogits, axis=-1, keepdims=True))
+    dg = dprobs * np.sum(targets, axis=-1, keepdims=True)
+    return (dg / _batch_size(logits)).astype(logits.dtype, copy=False)

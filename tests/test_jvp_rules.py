@@ -105,10 +105,7 @@ def _float_case(case):
 
 # Reverse rules merged after the forward rules were written; their forward rules are being
 # added (issue 13). This list may only shrink; the walk below fails for any other primitive.
-FORWARD_PENDING = {
-    "flux_compile.rules.conv.maxpool2d", "np.average", "np.gradient", "np.linalg.eig",
-    "np.linalg.svd",
-}
+FORWARD_PENDING: set[str] = set()
 CHECKED = [c for c in CASES if _float_case(c) and primitive_name(c.primitive) not in FORWARD_PENDING]
 
 
@@ -146,8 +143,9 @@ def test_jvp_rule_is_the_transpose_of_the_reverse_rule(case):
     dy = (list(cot) if isinstance(y, list) else tuple(cot)) if _is_seq(y) else cot[0]
     grads = rules.get_rule(case.primitive)(dy, y, *case.args, **case.kwargs)
     positional, _ = rules.rule_signature(rules.get_rule(case.primitive))
-    if len(positional) == 1 and (len(case.args) == 1 or not positional[0].startswith("*")):   # one gradient
-        grads = (grads,)
+    if isinstance(grads, np.ndarray) or len(positional) == 1 and (
+            len(case.args) == 1 or not positional[0].startswith("*")):   # one gradient
+        grads = (grads,)      # (np.gradient's rule answers one array for f alone, as test_rules_direct reads it)
     grads = tuple(grads)[:len(case.args)]
     forward = sum(float(np.sum(np.asarray(t, dtype=float) * c))
                   for t, c in zip(_parts(jvp_of(case, tangents)), cot) if c is not None)
@@ -185,6 +183,8 @@ def test_every_forward_rule_is_exercised():
     from flux_compile.rules.jvp_helpers import REVERSE_HELPERS
     from flux_compile.rules.jvp_more import KERNELS
     own |= {id(h) for h in REVERSE_HELPERS + KERNELS}     # test_second_order_hvp.py: forward over reverse
+    from flux_compile.losses import logitcrossentropy_grad
+    own.add(id(logitcrossentropy_grad))     # the same (logitcrossentropy's hvp)
     declared = [p for p, r in rules.JVP_RULES.items() if _library(r)] + list(rules.LINEAR)
     untested = [primitive_name(p) for p in declared if id(p) not in covered and id(p) not in own]
     assert not untested, f"forward rules without a case in rule_cases.py: {untested}"
