@@ -9,12 +9,12 @@ It knows nothing of models; the frontend adds ``self.attr`` reads, sub-models an
 from __future__ import annotations
 
 from .tracecall import Calls
-from .traceexpr import Expressions
+from .traceexpr import Expressions, Subscripts
 from .traceloop import Loops
 from .tracestmt import Inlining, Statements
 
 
-class Tracer(Inlining, Statements, Loops, Expressions, Calls):
+class Tracer(Inlining, Statements, Loops, Expressions, Subscripts, Calls):
     """Evaluates function bodies into the context's graph (``ctx``: a tracecore.Context)."""
 
     def __init__(self, ctx):

@@ -119,96 +119,6 @@ class Expressions:
                 return Static(int(np.prod(shp)))
         return self.ctx.add(Node(GETATTR, (base,), attr=name))
 
-    def eval_Subscript(self, e):
-        base = self.eval(e.value)
-        index = self.eval_index(e.slice)
-        if isinstance(base, Static) and isinstance(index, Static):
-            try:
-                got = base.value[index.value]
-            except Exception as err:
-                self.error(f"indexing failed at compile time: {err}", e)
-            if base.src is not None and guards.value_token(index.value) is not None:
-                return self.outside(got, base.src + (("item", index.value),),
-                                    index.value if isinstance(index.value, str) else None, scalar=True)
-            return _static(got)
-        if isinstance(base, SymDict):
-            if not isinstance(index, Static):
-                self.error("a dict can only be indexed by a key known at compile time", e)
-            if index.value not in base.items:
-                self.error(f"KeyError: {index.value!r} (the keys are {list(base.items)!r})", e)
-            return base.items[index.value]
-        if isinstance(base, Seq):
-            if not isinstance(index, Static):
-                self.error("a tuple can only be indexed by a constant", e)
-            try:
-                got = base.items[index.value]
-            except (IndexError, TypeError) as err:
-                self.error(f"bad tuple index: {err}", e)
-            return Seq(got, base.kind if base.kind in (tuple, list) else None) if isinstance(got, list) else got
-        if isinstance(base, Node):
-            if base.arity is not None and isinstance(index, Static) and isinstance(index.value, int):
-                if base.op == PACK:
-                    return base.args[index.value]
-                return self.ctx.add(Node(ITEM, (base,), index=index.value % base.arity, diff=base.diff))
-            if base.arity is not None and isinstance(index, Static) and isinstance(index.value, slice):
-                return Seq(self.node_items(base)[index.value])
-            from .rules.helpers import getitem
-            return self.call_primitive(getitem, [base, index], {}, e)
-        if isinstance(base, Static) and (base.value is np.r_ or base.value is np.c_):
-            return self.concatenate_trick(base.value, index, e)
-        if isinstance(base, Static) and isinstance(index, Node):
-            self.error("indexing a constant with a run-time value is not supported", e)
-        self.error("cannot index this value", e)
-
-    def concatenate_trick(self, trick, index, e):
-        """``np.r_[a, b, 2.0]`` is ``np.concatenate`` of the items made at least 1-D;
-        ``np.c_[a, b]`` is ``np.column_stack`` (arrays, scalars; no slices or directives)."""
-        items = index.items if isinstance(index, Seq) else \
-            list(index.args) if isinstance(index, Node) and index.op == PACK else [index]
-        if any(isinstance(i, Static) and isinstance(i.value, (slice, str)) for i in items):
-            self.error(f"np.{'r_' if trick is np.r_ else 'c_'}[...] with slices or string directives "
-                       "is not supported in compiled code", e,
-                       hint="build the pieces with np.arange / np.linspace and call np.concatenate")
-        if trick is np.c_:
-            return self.call_primitive(np.column_stack, [Seq(items, list)], {}, e)
-        arrays = [i for i in items if isinstance(i, Node)]
-        parts = [self.weak_scalar_part(i, arrays[0], e) if arrays and _python_scalar(i)
-                 else self.call_primitive(np.atleast_1d, [i], {}, e) for i in items]
-        return self.call_primitive(np.concatenate, [Seq(parts, list)], {}, e)
-
-    def weak_scalar_part(self, item, array, e):
-        """A Python number in ``np.r_[a, 0.5]`` as NumPy makes it: one element of the result
-        type of ``a`` and the number (float32 stays float32), ``np.zeros(1, a.dtype) + 0.5``."""
-        zeros = self.call_primitive(np.zeros, [Static(1)], {"dtype": self.array_attr(array, "dtype")}, e)
-        return self.call_primitive(np.add, [zeros, item], {}, e)
-
-    def eval_index(self, s):
-        if isinstance(s, ast.Slice):
-            parts = [self.eval(p) if p is not None else Static(None) for p in (s.lower, s.upper, s.step)]
-            if all(isinstance(p, Static) for p in parts):
-                return Static(slice(*(p.value for p in parts)))
-            return self.ctx.add(Node(CALL, [self.as_node(p) for p in parts], fn=slice))
-        if isinstance(s, ast.Tuple):
-            parts = [self.eval_index(p) for p in s.elts]
-            if all(isinstance(p, Static) for p in parts):
-                return Static(tuple(p.value for p in parts))
-            return Seq(parts)
-        if isinstance(s, ast.List):
-            return self.eval_list_index(s)
-        return self.eval(s)
-
-    def eval_list_index(self, s):
-        """``x[[0, 1]]`` is advanced indexing by an array, never the tuple ``x[0, 1]``: a constant
-        list stays a list in the generated code; one holding run-time values is passed as the
-        one-element tuple ``((i, j),)``, which NumPy reads the same way."""
-        items = [self.eval(e) for e in s.elts]
-        if all(isinstance(v, Static) for v in items):
-            return Static([_as_list(v.value) for v in items])
-        return Seq([Seq(items)])
-
-    def eval_Slice(self, e):
-        return self.eval_index(e)
-
     def eval_BinOp(self, e):
         return self.binop(e.op, self.eval(e.left), self.eval(e.right), e)
 
@@ -372,3 +282,97 @@ def _kind(v):
 
 def _python_scalar(v):
     return isinstance(v, Static) and type(v.value) in (int, float, bool)
+
+
+class Subscripts:
+    """Subscripts and slices: ``x[i]``, ``x[:, idx]``, ``np.r_[...]`` (a mixin of the Tracer)."""
+
+    def eval_Subscript(self, e):
+        base = self.eval(e.value)
+        index = self.eval_index(e.slice)
+        if isinstance(base, Static) and isinstance(index, Static):
+            try:
+                got = base.value[index.value]
+            except Exception as err:
+                self.error(f"indexing failed at compile time: {err}", e)
+            if base.src is not None and guards.value_token(index.value) is not None:
+                return self.outside(got, base.src + (("item", index.value),),
+                                    index.value if isinstance(index.value, str) else None, scalar=True)
+            return _static(got)
+        if isinstance(base, SymDict):
+            if not isinstance(index, Static):
+                self.error("a dict can only be indexed by a key known at compile time", e)
+            if index.value not in base.items:
+                self.error(f"KeyError: {index.value!r} (the keys are {list(base.items)!r})", e)
+            return base.items[index.value]
+        if isinstance(base, Seq):
+            if not isinstance(index, Static):
+                self.error("a tuple can only be indexed by a constant", e)
+            try:
+                got = base.items[index.value]
+            except (IndexError, TypeError) as err:
+                self.error(f"bad tuple index: {err}", e)
+            return Seq(got, base.kind if base.kind in (tuple, list) else None) if isinstance(got, list) else got
+        if isinstance(base, Node):
+            if base.arity is not None and isinstance(index, Static) and isinstance(index.value, int):
+                if base.op == PACK:
+                    return base.args[index.value]
+                return self.ctx.add(Node(ITEM, (base,), index=index.value % base.arity, diff=base.diff))
+            if base.arity is not None and isinstance(index, Static) and isinstance(index.value, slice):
+                return Seq(self.node_items(base)[index.value])
+            from .rules.helpers import getitem
+            return self.call_primitive(getitem, [base, index], {}, e)
+        if isinstance(base, Static) and (base.value is np.r_ or base.value is np.c_):
+            return self.concatenate_trick(base.value, index, e)
+        if isinstance(base, Static) and isinstance(index, Node):
+            self.error("indexing a constant with a run-time value is not supported", e)
+        self.error("cannot index this value", e)
+
+    def concatenate_trick(self, trick, index, e):
+        """``np.r_[a, b, 2.0]`` is ``np.concatenate`` of the items made at least 1-D;
+        ``np.c_[a, b]`` is ``np.column_stack`` (arrays, scalars; no slices or directives)."""
+        items = index.items if isinstance(index, Seq) else \
+            list(index.args) if isinstance(index, Node) and index.op == PACK else [index]
+        if any(isinstance(i, Static) and isinstance(i.value, (slice, str)) for i in items):
+            self.error(f"np.{'r_' if trick is np.r_ else 'c_'}[...] with slices or string directives "
+                       "is not supported in compiled code", e,
+                       hint="build the pieces with np.arange / np.linspace and call np.concatenate")
+        if trick is np.c_:
+            return self.call_primitive(np.column_stack, [Seq(items, list)], {}, e)
+        arrays = [i for i in items if isinstance(i, Node)]
+        parts = [self.weak_scalar_part(i, arrays[0], e) if arrays and _python_scalar(i)
+                 else self.call_primitive(np.atleast_1d, [i], {}, e) for i in items]
+        return self.call_primitive(np.concatenate, [Seq(parts, list)], {}, e)
+
+    def weak_scalar_part(self, item, array, e):
+        """A Python number in ``np.r_[a, 0.5]`` as NumPy makes it: one element of the result
+        type of ``a`` and the number (float32 stays float32), ``np.zeros(1, a.dtype) + 0.5``."""
+        zeros = self.call_primitive(np.zeros, [Static(1)], {"dtype": self.array_attr(array, "dtype")}, e)
+        return self.call_primitive(np.add, [zeros, item], {}, e)
+
+    def eval_index(self, s):
+        if isinstance(s, ast.Slice):
+            parts = [self.eval(p) if p is not None else Static(None) for p in (s.lower, s.upper, s.step)]
+            if all(isinstance(p, Static) for p in parts):
+                return Static(slice(*(p.value for p in parts)))
+            return self.ctx.add(Node(CALL, [self.as_node(p) for p in parts], fn=slice))
+        if isinstance(s, ast.Tuple):
+            parts = [self.eval_index(p) for p in s.elts]
+            if all(isinstance(p, Static) for p in parts):
+                return Static(tuple(p.value for p in parts))
+            return Seq(parts)
+        if isinstance(s, ast.List):
+            return self.eval_list_index(s)
+        return self.eval(s)
+
+    def eval_list_index(self, s):
+        """``x[[0, 1]]`` is advanced indexing by an array, never the tuple ``x[0, 1]``: a constant
+        list stays a list in the generated code; one holding run-time values is passed as the
+        one-element tuple ``((i, j),)``, which NumPy reads the same way."""
+        items = [self.eval(e) for e in s.elts]
+        if all(isinstance(v, Static) for v in items):
+            return Static([_as_list(v.value) for v in items])
+        return Seq([Seq(items)])
+
+    def eval_Slice(self, e):
+        return self.eval_index(e)
