@@ -24,11 +24,12 @@ from .cache import compile_function
 from .emitters import emitter, retarget
 from .errors import CompileError, Retrace
 from .model import _compile
-from .params import Param, is_model, named_params
+from .params import Param, is_model, named_params, path_str
 from .runstate import Link
 from .sourcecache import compile_source, unique_filename
 from .statehooks import state_names
-from .updatestep import _as_optimiser, _source as update_source_text
+from .trainstep import NonFiniteLoss
+from .updatestep import NonFiniteGradient, _as_optimiser, _source as update_source_text
 
 _INITIAL = "initial"
 _MODULES = {}        # (id(Compiled), backend key) -> (Compiled, source, namespace)
@@ -327,6 +328,10 @@ class BackendModel:
             self.__dict__["_fc_update_source"] = source
         return hit[0]
 
+    def _fc_train_step(self, loss, opt):
+        """What ``fc.train_step(m2, loss, opt)`` returns: a :class:`BackendStep`."""
+        return BackendStep(self, loss, opt)
+
     def zero_grad(self):
         for _, p in self.named_params():
             p.grad = self._fc_backend.zeros_like(p.value)
@@ -489,89 +494,171 @@ class LossFunction:
 
 
 def train_step(model, loss, opt=0.1):
-    """One function ``step(x, target) -> loss``: forward, loss, backward and optimiser
-    update of a backend model. On JAX the whole step is one ``jax.jit`` program over the
-    parameter values and optimiser state; on torch it runs eagerly (no autograd).
-    Recurrent state starts from its initial value every step."""
-    opt = _as_optimiser(opt)
-    be = model._fc_backend
-    lossf = LossFunction(loss, be)
+    """A :class:`BackendStep`: ``step(*inputs, target=y)`` (or ``step(x, y)``) runs forward,
+    loss, backward and optimiser update of a backend model and returns the loss (a native
+    scalar). On JAX the whole step is one ``jax.jit`` program over the parameter values and
+    optimiser state; on torch it runs torch kernels eagerly (no autograd). Recurrent state
+    starts from its initial value every step. ``fc.train_step`` on a backend model gives this."""
+    return BackendStep(model, loss, opt)
 
-    def eager(x, y):
-        with be.no_tape():
-            return eager_step(x, y)
 
-    def eager_step(x, y):
-        model.reset()
-        x, y = be.native(x), be.native(y)
-        yhat, back = model._pullback(x)
-        value, dy = lossf.value_and_grad(yhat, y)
-        back(dy, input_grads=False)
-        model.update(opt)
+class BackendStep:
+    """One training step of a backend model; all or nothing: a NaN or infinite loss
+    (:class:`~flux_compile.trainstep.NonFiniteLoss`) or gradient
+    (:class:`~flux_compile.updatestep.NonFiniteGradient`) changes no value and no optimiser
+    state. ``fc.source(step)`` shows the code it runs."""
+
+    def __init__(self, model, loss, opt):
+        self.model, self.loss, self.opt = model, loss, _as_optimiser(opt)
+        self.be = model._fc_backend
+        self.lossf = LossFunction(loss, self.be)
+        self.last_loss = float("nan")
+        self.jitted = _jax_program(self) if self.be.name == "jax" else None
+
+    def __repr__(self):
+        return f"<fc.train_step of {self.model!r} with {self.opt!r}>"
+
+    def __call__(self, *inputs, target=None):
+        if target is None:
+            inputs, target = inputs[:-1], inputs[-1]
+        return self.run(inputs, target)
+
+    # -- running -------------------------------------------------------------
+    def run(self, inputs, target):
+        """One step; returns the loss (a native scalar)."""
+        inputs = tuple(self.be.native(x) for x in inputs)
+        target = self.be.native(target)
+        if self.jitted is not None:
+            return self._run_jax(inputs, target)
+        with self.be.no_tape():
+            value = self.local_gradients(inputs, target)
+            self.commit(float(value))
         return value
 
-    if be.name != "jax":
-        eager.source = lambda: model._source("update")
-        return eager
-    return _jax_step(model, lossf, opt, be)
+    def local_gradients(self, inputs, target):
+        """Forward, loss and backward from the initial recurrent state: every Param's
+        ``grad`` holds this batch's gradient; returns the loss (not yet checked)."""
+        model = self.model
+        model.reset()
+        model.zero_grad()
+        yhat, back = model._pullback(*inputs)
+        value, dy = self.lossf.value_and_grad(yhat, target)
+        back(dy, input_grads=False)
+        return value
+
+    def commit(self, value):
+        """The optimiser update from the gradients in ``grad``, when the loss ``value`` and
+        every gradient are finite; otherwise the gradients are zeroed and nothing changes."""
+        self.last_loss = value
+        if not np.isfinite(value):
+            self.model.zero_grad()
+            raise NonFiniteLoss(value)
+        bad = self._first_non_finite_grad()
+        if bad is not None:
+            self.model.zero_grad()
+            raise NonFiniteGradient(*bad)
+        self.model.update(self.opt)
+
+    def _first_non_finite_grad(self):
+        """``(path, grad as NumPy)`` of the first trainable Param with a NaN or inf gradient.
+        One reduction over all gradients first; Params are searched only when it is not finite."""
+        trained = [(q, p) for q, p in self.model.named_params() if p.trainable]
+        if not trained or np.isfinite(float(sum(p.grad.sum() for _, p in trained))):
+            return None
+        for q, p in trained:
+            g = to_numpy(p.grad)
+            if not np.isfinite(g).all():
+                return path_str(q), g
+        return None                 # only the sum overflowed
+
+    def parallel_run(self, x, y, parallel):
+        """A data-parallel step (``parallel``: a ``distributed.DataParallel``): this rank's
+        share through forward and backward, the global loss and gradients by all-reduce,
+        then the update. Torch (and NumPy-array) gradients only: JAX arrays are immutable."""
+        with self.be.no_tape():
+            self.model.reset()
+            self.model.zero_grad()
+            x, y = parallel.share(x, y)
+            value = 0.0
+            if parallel.has_rows:
+                inputs = x if isinstance(x, tuple) else (x,)
+                value = float(self.local_gradients(tuple(self.be.native(a) for a in inputs),
+                                                   self.be.native(y)))
+            value = parallel.reduce(value)
+            self.commit(value)
+        return value
+
+    def _run_jax(self, inputs, target):
+        trainable = [p for _, p in self.model.named_params() if p.trainable]
+        state = self.model._fc_opt.setdefault(id(self.opt), (self.opt, {}))[1]
+        old = [state.get(id(p)) or (0, tuple(self.be.zeros_like(p.value) for _ in self.opt.slots))
+               for p in trainable]
+        value, values, slots, ok = self.jitted([p.value for p in trainable], [s for _, s in old],
+                                               [t + 1 for t, _ in old], inputs, target)
+        self.last_loss = float(value)
+        if not bool(ok):
+            self._refuse(values)
+        for p, v, s, (t, _) in zip(trainable, values, slots, old):
+            p.value = v
+            state[id(p)] = (t + 1, s)
+        return value
+
+    def _refuse(self, values):
+        if not np.isfinite(self.last_loss):
+            raise NonFiniteLoss(self.last_loss)
+        trained = [q for q, p in self.model.named_params() if p.trainable]
+        for q, v in zip(trained, values):
+            v = to_numpy(v)
+            if not np.isfinite(v).all():
+                raise NonFiniteGradient(path_str(q), v)
+        raise NonFiniteLoss(self.last_loss)
+
+    # -- showing -------------------------------------------------------------
+    def step_source(self, example=None):
+        """The code of one step: the model's forward_train and backward, the loss's module and
+        the optimiser's update, all for this backend; with ``example=(*inputs, target)`` for
+        those arrays, else for the inputs that ran last."""
+        if example is not None:
+            example = tuple(self.be.native(a) for a in example)
+            self.model._variants(example[:-1])
+        model_source = self.model._source("all")
+        how = ("one jax.jit program: the functions below traced together" if self.jitted is not None
+               else "torch kernels run eagerly, no torch.autograd")
+        parts = [f"# fc.train_step of {self.model!r} with {self.opt!r}: {how}",
+                 "# forward_train -> loss forward_train/backward -> backward_params -> update",
+                 "", "# ---- the model", model_source]
+        for c, _ in self.lossf.variants.values():
+            parts += ["# ---- the loss", module_for(c, self.be)[0]]
+        parts += ["# ---- the optimiser update", self.model._source("update")]
+        return "\n".join(parts)
 
 
-def _jax_step(model, lossf, opt, be):
-    jax = be.em.jax
+def _jax_program(step):
+    """The jitted pure step: ``(values, slots, steps, inputs, target) -> (loss, new values,
+    new slots, all finite)``; the model's Params hold tracers only while it is traced."""
+    model, be, opt = step.model, step.be, step.opt
+    jnp = be.em.jnp
     trainable = [p for _, p in model.named_params() if p.trainable]
     allp = [p for _, p in model.named_params()]
     fn = model._update_fn(opt)
-    state = model._fc_opt.setdefault(id(opt), (opt, {}))[1]
 
-    def pure(values, slots, steps, x, y):
+    def pure(values, slots, steps, inputs, target):
         saved = [(p.value, p.grad) for p in allp]
         try:
             for p, v in zip(trainable, values):
                 p.value = v
-            for p in allp:
-                p.grad = be.zeros_like(p.value)
-            model.reset()
-            yhat, back = model._pullback(x)
-            value, dy = lossf.value_and_grad(yhat, y)
-            back(dy, input_grads=False)
+            value = step.local_gradients(inputs, target)
             new = fn(trainable, slots, steps, *opt.hyperparams())
-            return value, [v for v, _ in new], [tuple(s) for _, s in new]
+            ok = jnp.isfinite(value)
+            for v, _ in new:
+                ok = ok & jnp.all(jnp.isfinite(v))
+            return value, [v for v, _ in new], [tuple(s) for _, s in new], ok
         finally:
             for p, (v, g) in zip(allp, saved):
                 p.value, p.grad = v, g
             model.reset()
 
-    jitted = jax.jit(pure)
-
-    def step(x, y):
-        old = [state.get(id(p)) or (0, tuple(be.zeros_like(p.value) for _ in opt.slots)) for p in trainable]
-        value, values, slots = jitted([p.value for p in trainable], [s for _, s in old],
-                                      [t + 1 for t, _ in old], be.native(x), be.native(y))
-        for p, v, s, (t, _) in zip(trainable, values, slots, old):
-            p.value = v
-            state[id(p)] = (t + 1, s)
-        return value
-    step.jitted = jitted
-    return step
+    return be.em.jax.jit(pure)
 
 
-def train(model, loss, data, opt, epochs=1, callbacks=()):
-    """``fc.train`` for a backend model: one :func:`train_step` per batch; returns the
-    list of losses (Python floats). A NaN loss stops with a FloatingPointError."""
-    step = train_step(model, loss, opt)
-    if callable(callbacks):
-        callbacks = (callbacks,)
-    losses = []
-    for epoch in range(1, epochs + 1):
-        for i, (x, y) in enumerate(data, 1):
-            value = float(step(x, y))
-            if not np.isfinite(value):
-                raise FloatingPointError(f"loss is {value} at epoch {epoch}, step {i} "
-                                         f"({backend_of(model)} backend)")
-            losses.append(value)
-            if any(cb(epoch=epoch, step=i, loss=value) == "stop" for cb in callbacks):
-                return losses
-    return losses
-
-
-__all__ = ["to", "train_step", "train", "to_numpy", "backend_of", "BackendModel", "BackendParam"]
+__all__ = ["to", "train_step", "BackendStep", "to_numpy", "backend_of", "BackendModel", "BackendParam"]
