@@ -15,13 +15,14 @@ backward, optimiser); on torch it runs eagerly.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import numpy as np
 
-from .cache import compile_function
-from .emitters import emitter, retarget
+from .backendcore import (Backend, _is_array, _is_jit_concretization, _placeholder,  # noqa: F401
+                          module_for, to_numpy)
+from .backendstep import BackendStep, LossFunction, train_step  # noqa: F401  (kept importable here)
+from .emitters import retarget
 from .errors import CompileError, Retrace
 from .model import _compile
 from .params import Param, is_model, named_params
@@ -31,77 +32,6 @@ from .statehooks import state_names
 from .updatestep import _as_optimiser, _source as update_source_text
 
 _INITIAL = "initial"
-_MODULES = {}        # (id(Compiled), backend key) -> (Compiled, source, namespace)
-
-
-class Backend:
-    """An emitter plus array conversion for one library (and torch device)."""
-
-    def __init__(self, name, device=None):
-        self.name = name
-        self.em = emitter(name, device)
-        self.device = getattr(self.em, "device", None)
-        self.key = (name, str(self.device))
-
-    def native(self, x):
-        """``x`` (NumPy or native) as a native array; other values unchanged."""
-        if self.name == "torch":
-            torch = self.em.torch
-            if isinstance(x, torch.Tensor):
-                return x.to(self.device)
-            if isinstance(x, (np.ndarray, np.generic)):
-                return torch.tensor(np.asarray(x), device=self.device)
-            return x
-        if self.name == "jax":
-            if isinstance(x, (np.ndarray, np.generic)) or isinstance(x, self.em.jax.Array):
-                return self.em.jnp.asarray(x)
-            return x
-        return np.asarray(x) if _is_array(x) else x
-
-    def no_tape(self):
-        """A context with torch's autograd recording off (the gradient is ours): even an
-        input with ``requires_grad`` builds no tape. Nothing for the other libraries."""
-        return self.em.torch.no_grad() if self.name == "torch" else contextlib.nullcontext()
-
-    def zeros_like(self, x):
-        if self.name == "torch":
-            return self.em.torch.zeros_like(x)
-        if self.name == "jax":
-            return self.em.jnp.zeros_like(x)
-        return np.zeros_like(x)
-
-    def is_native(self, x):
-        if self.name == "torch":
-            return isinstance(x, self.em.torch.Tensor)
-        if self.name == "jax":
-            return isinstance(x, self.em.jax.Array)
-        return isinstance(x, np.ndarray)
-
-
-def _is_jit_concretization(e):
-    """A JAX tracer asked for a Python bool or int inside ``jax.jit`` (a guard on data)."""
-    name = type(e).__name__
-    return type(e).__module__.startswith("jax") and ("Tracer" in name or "Concretization" in name)
-
-
-def _is_array(x):
-    return isinstance(x, np.ndarray) or type(x).__module__.split(".")[0] in ("torch", "jax", "jaxlib")
-
-
-def to_numpy(x):
-    """A native array as a NumPy array (a torch tensor is moved to the CPU)."""
-    if type(x).__module__.split(".")[0] == "torch":
-        return x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _placeholder(x):
-    """A NumPy array of ``x``'s shape and dtype: what the NumPy pipeline compiles for."""
-    if isinstance(x, np.ndarray):
-        return x
-    shape = tuple(x.shape)
-    dtype = np.dtype(str(x.dtype).replace("torch.", ""))
-    return np.zeros(shape, dtype)
 
 
 class BackendParam:
@@ -327,6 +257,10 @@ class BackendModel:
             self.__dict__["_fc_update_source"] = source
         return hit[0]
 
+    def _fc_train_step(self, loss, opt):
+        """What ``fc.train_step(m2, loss, opt)`` returns: a :class:`BackendStep`."""
+        return BackendStep(self, loss, opt)
+
     def zero_grad(self):
         for _, p in self.named_params():
             p.grad = self._fc_backend.zeros_like(p.value)
@@ -421,21 +355,6 @@ def _convert(value, backend, memo):
     return out
 
 
-def module_for(c, backend):
-    """``(source, namespace)`` of Compiled ``c``'s module retargeted to ``backend``."""
-    key = (id(c), backend.key)
-    hit = _MODULES.get(key)
-    if hit is None or hit[0] is not c:
-        objects = dict(c.namespace_objects) if c.namespace_objects else {
-            k: v for k, v in c.forward.__globals__.items() if not k.startswith("__")
-            and k not in ("forward", "forward_train", "backward", "backward_params")}
-        label = f"{c.label} ({backend.name})"
-        source, ns = retarget(c.source, objects, backend.em, label)
-        ns = compile_source(source, unique_filename(label), ns)
-        hit = _MODULES[key] = (c, source, ns)
-    return hit[1], hit[2]
-
-
 # ------------------------------------------------------------------------------ the public face
 
 def to(m, backend, device=None):
@@ -470,108 +389,4 @@ def backend_of(m):
     return m._fc_backend.name if isinstance(m, BackendModel) else "numpy"
 
 
-class LossFunction:
-    """A loss compiled by the NumPy pipeline and retargeted: ``value_and_grad(yhat, y)``."""
-
-    def __init__(self, fn, backend):
-        self.fn, self.backend, self.variants = fn, backend, {}
-
-    def value_and_grad(self, yhat, y):
-        key = (tuple(yhat.shape), str(yhat.dtype), tuple(y.shape), str(y.dtype))
-        hit = self.variants.get(key)
-        if hit is None:
-            c = compile_function(self.fn, (_placeholder(yhat), _placeholder(y)))
-            hit = self.variants[key] = (c, module_for(c, self.backend)[1])
-        c, ns = hit
-        out, saved = ns["forward_train"](yhat, y)
-        grads = ns["backward"](saved, out * 0 + 1)
-        return out, grads[0]
-
-
-def train_step(model, loss, opt=0.1):
-    """One function ``step(x, target) -> loss``: forward, loss, backward and optimiser
-    update of a backend model. On JAX the whole step is one ``jax.jit`` program over the
-    parameter values and optimiser state; on torch it runs eagerly (no autograd).
-    Recurrent state starts from its initial value every step."""
-    opt = _as_optimiser(opt)
-    be = model._fc_backend
-    lossf = LossFunction(loss, be)
-
-    def eager(x, y):
-        with be.no_tape():
-            return eager_step(x, y)
-
-    def eager_step(x, y):
-        model.reset()
-        x, y = be.native(x), be.native(y)
-        yhat, back = model._pullback(x)
-        value, dy = lossf.value_and_grad(yhat, y)
-        back(dy, input_grads=False)
-        model.update(opt)
-        return value
-
-    if be.name != "jax":
-        eager.source = lambda: model._source("update")
-        return eager
-    return _jax_step(model, lossf, opt, be)
-
-
-def _jax_step(model, lossf, opt, be):
-    jax = be.em.jax
-    trainable = [p for _, p in model.named_params() if p.trainable]
-    allp = [p for _, p in model.named_params()]
-    fn = model._update_fn(opt)
-    state = model._fc_opt.setdefault(id(opt), (opt, {}))[1]
-
-    def pure(values, slots, steps, x, y):
-        saved = [(p.value, p.grad) for p in allp]
-        try:
-            for p, v in zip(trainable, values):
-                p.value = v
-            for p in allp:
-                p.grad = be.zeros_like(p.value)
-            model.reset()
-            yhat, back = model._pullback(x)
-            value, dy = lossf.value_and_grad(yhat, y)
-            back(dy, input_grads=False)
-            new = fn(trainable, slots, steps, *opt.hyperparams())
-            return value, [v for v, _ in new], [tuple(s) for _, s in new]
-        finally:
-            for p, (v, g) in zip(allp, saved):
-                p.value, p.grad = v, g
-            model.reset()
-
-    jitted = jax.jit(pure)
-
-    def step(x, y):
-        old = [state.get(id(p)) or (0, tuple(be.zeros_like(p.value) for _ in opt.slots)) for p in trainable]
-        value, values, slots = jitted([p.value for p in trainable], [s for _, s in old],
-                                      [t + 1 for t, _ in old], be.native(x), be.native(y))
-        for p, v, s, (t, _) in zip(trainable, values, slots, old):
-            p.value = v
-            state[id(p)] = (t + 1, s)
-        return value
-    step.jitted = jitted
-    return step
-
-
-def train(model, loss, data, opt, epochs=1, callbacks=()):
-    """``fc.train`` for a backend model: one :func:`train_step` per batch; returns the
-    list of losses (Python floats). A NaN loss stops with a FloatingPointError."""
-    step = train_step(model, loss, opt)
-    if callable(callbacks):
-        callbacks = (callbacks,)
-    losses = []
-    for epoch in range(1, epochs + 1):
-        for i, (x, y) in enumerate(data, 1):
-            value = float(step(x, y))
-            if not np.isfinite(value):
-                raise FloatingPointError(f"loss is {value} at epoch {epoch}, step {i} "
-                                         f"({backend_of(model)} backend)")
-            losses.append(value)
-            if any(cb(epoch=epoch, step=i, loss=value) == "stop" for cb in callbacks):
-                return losses
-    return losses
-
-
-__all__ = ["to", "train_step", "train", "to_numpy", "backend_of", "BackendModel", "BackendParam"]
+__all__ = ["to", "train_step", "BackendStep", "to_numpy", "backend_of", "BackendModel", "BackendParam"]

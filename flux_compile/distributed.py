@@ -308,8 +308,12 @@ class DataParallel:
         self.world, self.rank = self.dist.get_world_size(), self.dist.get_rank()
         self.is_main = self.rank == 0
         self.bucket_bytes = bucket_bytes
-        self.all_params = [p for _, p in named_params(model)]
-        self.trained = [p for _, p in named_params(model, trainable_only=True)]
+        if getattr(model, "__fc_backend__", False):      # fc.to(m, "torch"): tensors, all-reduced in place
+            self.all_params = [p for _, p in model.named_params()]
+            self.trained = [p for p in self.all_params if p.trainable]
+        else:
+            self.all_params = [p for _, p in named_params(model)]
+            self.trained = [p for _, p in named_params(model, trainable_only=True)]
         self.weight, self.has_rows = 1.0, True
         for p in self.all_params:
             _own_value(p)

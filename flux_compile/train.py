@@ -223,10 +223,6 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
     >>> bool(fc.mse(m(x), y) < 1e-2)
     True
     """
-    if getattr(model, "__fc_backend__", False):     # a model moved by fc.to (torch, JAX)
-        from .backends import train as train_on_backend
-        return train_on_backend(model, loss, data, opt, epochs=epochs, callbacks=callbacks)
-
     if callable(callbacks):
         callbacks = (callbacks,)
     if epochs > 1 and iter(data) is data:
@@ -236,8 +232,12 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
         total = len(data)
     except TypeError:
         total = None
-    refuse_if_held(model, "fc.train")
-    _zero_grads(model)          # fused steps write no .grad: it stays zero (no stale gradient)
+    on_backend = getattr(model, "__fc_backend__", False)      # a model moved by fc.to (torch, JAX)
+    if on_backend:
+        _refuse_jax_distributed(model, distributed)
+    else:
+        refuse_if_held(model, "fc.train")
+        _zero_grads(model)          # fused steps write no .grad: it stays zero (no stale gradient)
     show = _show_progress(progress)
     parallel = None
     if distributed:
@@ -246,23 +246,27 @@ def train(model, loss, data, opt, epochs=1, callbacks=(), progress=None, statefu
         show = show and parallel.is_main
     guard = InterruptGuard().install()
     try:
+        run_step = _backend_runner(model, loss, opt, parallel) if on_backend else None
         return _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard,
-                       api.grad, stateful, parallel)
+                       api.grad, stateful, parallel, run_step)
     finally:
         guard.remove()
 
 
 def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad, stateful=False,
-            parallel=None):
+            parallel=None, run_step=None):
     history = History()
-    step_fn = TrainStep(model, loss, _as_optimiser(opt))
+    if run_step is None:
+        step_fn = TrainStep(model, loss, _as_optimiser(opt))
+
+        def run_step(x, y, where):
+            return train_one_step(model, loss, x, y, opt, where, grad, guard, stateful, step_fn, parallel)
     for epoch in range(1, epochs + 1):
         bar = progress_bar(total, epoch, epochs) if show else None
         epoch_total, epoch_steps = 0.0, 0
         try:
             for step, (x, y) in enumerate(data, start=1):
-                value = train_one_step(model, loss, x, y, opt, (epoch, step, len(history) + 1),
-                                       grad, guard, stateful, step_fn, parallel)
+                value = run_step(x, y, (epoch, step, len(history) + 1))
                 history.append(value)
                 epoch_total, epoch_steps = epoch_total + value, epoch_steps + 1
                 if bar is not None:
@@ -281,6 +285,33 @@ def _epochs(model, loss, data, opt, epochs, callbacks, show, total, guard, grad,
         if history.stopped:
             break
     return history
+
+
+def _refuse_jax_distributed(model, distributed):
+    if distributed and model._fc_backend.name == "jax":
+        raise ValueError("fc.train(..., distributed=True) works for the NumPy and torch backends; "
+                         "JAX arrays cannot be all-reduced in place by torch.distributed: train "
+                         "fc.to(m2, 'torch') or fc.to(m2, 'numpy'), or use JAX's own pmap/sharding")
+
+
+def _backend_runner(model, loss, opt, parallel):
+    """``run_step(x, y, where)`` for a model moved by ``fc.to``: the backend's step (one
+    ``jax.jit`` program on JAX, torch kernels on torch), data-parallel with ``parallel``;
+    a NaN loss or gradient stops training before the update, as on NumPy. Every batch
+    starts from the initial recurrent state."""
+    from .trainstep import train_step
+    step = train_step(model, loss, opt)
+
+    def run_step(x, y, where):
+        try:
+            if parallel is not None:
+                return step.parallel_run(x, y, parallel)
+            return float(step.run(x if isinstance(x, tuple) else (x,), y))
+        except NonFiniteLoss as e:
+            raise TrainingError(*where[:2], e.loss, where[2]) from None
+        except NonFiniteGradient as e:
+            raise GradientError(*where[:2], step.last_loss, where[2], e.path, str(e).split(";")[0]) from None
+    return run_step
 
 
 class InterruptGuard:

@@ -89,6 +89,8 @@ def train_step(model, loss, opt):
     >>> "new_0 = update(model.layers[0].W.value" in fc.source(step)
     True
     """
+    if getattr(model, "__fc_backend__", False):     # a model moved by fc.to: the backend's step
+        return model._fc_train_step(loss, opt)
     if not is_model(model):
         raise TypeError(f"fc.train_step needs an @fc.net model, got {type(model).__name__}")
     return TrainStep(model, loss, _as_optimiser(opt))

@@ -161,6 +161,30 @@ def scenario_torch_params(rank):
             len(share[0]), loss)
 
 
+def scenario_torch_backend(rank):
+    """fc.train(m2, ..., distributed=True) on models moved by fc.to(m, "torch"): torch-tensor
+    gradients all-reduced, rank 0's tensors broadcast (the ranks start from different weights);
+    and a NaN in rank 1's rows stopping both ranks before the update."""
+    from flux_compile.backends import to_numpy
+    out = {}
+    for name, build in MODELS.items():
+        for opt_name, make_opt in OPTIMISERS.items():
+            m2 = fc.to(build(1000 + rank), "torch")
+            history = fc.train(m2, fc.mse, global_batches(), make_opt(), epochs=3, distributed=True)
+            out[name, opt_name] = ([to_numpy(p.value).copy() for _, p in m2.named_params()], list(history))
+    x, y = global_batches(sizes=(4,), seed=9)[0]
+    x[3, 0] = np.nan                            # row 3 belongs to rank 1
+    m2 = fc.to(mlp(11), "torch")
+    before = [to_numpy(p.value).copy() for _, p in m2.named_params()]
+    try:
+        fc.train(m2, fc.mse, [(x, y)], 0.1, distributed=True)
+        out["nan"] = None
+    except TrainingError as e:
+        after = [to_numpy(p.value) for _, p in m2.named_params()]
+        out["nan"] = type(e).__name__, all(np.array_equal(a, b) for a, b in zip(before, after))
+    return out
+
+
 def scenario_disagreeing_batches(rank):
     """Ranks given different data: DistributedError on every rank, not a hang or silent mix."""
     x, y = global_batches(sizes=(6,), seed=rank)[0]
@@ -227,6 +251,7 @@ def main(out_dir):
         "lstm": scenario_lstm(rank),
         "tensors": scenario_tensors(rank),
         "torch_params": scenario_torch_params(rank),
+        "torch_backend": scenario_torch_backend(rank),
         "disagree": scenario_disagreeing_batches(rank),
         "nan": scenario_nan_on_one_rank(rank),
         "stop": scenario_stop_and_progress(rank, out_dir),

@@ -26,7 +26,8 @@ LAYERS = {
     4: "cache diskcache diskdigest diskguards runstate readonly updatestep",
     5: "model api display",
     6: """layers rnn sequences recurrent optim train data io losses init gradcheck
-          distributed datasets transforms derivatives derivplan backends trainstep""",
+          distributed datasets transforms derivatives derivplan backends trainstep
+          backendcore backendstep""",
     7: "cli __main__ flux_compile",
 }
 LAYER_OF = {name: layer for layer, names in LAYERS.items() for name in names.split()}

@@ -9,6 +9,8 @@ import pytest
 
 import flux_compile as fc
 from flux_compile.backends import BackendModel, to_numpy, train_step
+from flux_compile.params import path_str
+from flux_compile.train import History
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from backend_models import Block, mlp, zoo  # noqa: E402
@@ -386,3 +388,102 @@ def test_a_jitted_jax_step_of_a_model_branching_on_data_is_a_clear_error():
     x = np.ones((4, 3))
     with pytest.raises(fc.CompileError, match="np.where"):
         step(x, np.zeros((4, 2)))
+
+
+# -- fc.train_step and fc.train on backend models ----------------------------------------
+
+def _numpy_step_losses(m, opt, batches):
+    """NumPy's generated step, each batch from the initial recurrent state (as a backend step)."""
+    step = fc.train_step(m, fc.mse, opt)
+    losses = []
+    for x, y in batches:
+        m.reset()
+        losses.append(step(x, target=y))
+    return losses
+
+
+@pytest.mark.parametrize("name", ["mlp", "transformer_block", "lstm_unroll"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_public_train_step_on_backend_equals_numpy_train_step(backend, name):
+    """fc.train_step(m2, ...) dispatches to the backend's step: same losses and parameters
+    as NumPy's generated step (float64, 1e-10), native inputs accepted."""
+    batches = _batches(name, np.float64)
+    m, _ = zoo()[name]
+    m2 = fc.to(m, backend)
+    ref = _numpy_step_losses(m, fc.optim.Adam(0.01), batches)
+    step = fc.train_step(m2, fc.mse, fc.optim.Adam(0.01))
+    assert isinstance(step, fc.backends.BackendStep)
+    be = m2._fc_backend
+    got = [float(step(be.native(x), target=be.native(y))) for x, y in batches]
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    for (path, p), (_, q) in zip(fc.named_params(m), m2.named_params()):
+        close(q.value, p.value, np.float64)
+    if backend == "jax":
+        assert step.jitted._cache_size() == 1       # the whole step: one jax.jit program
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_source_of_a_backend_train_step_shows_its_code(backend):
+    m, _ = zoo()["mlp"]
+    step = fc.train_step(fc.to(m, backend), fc.mse, fc.optim.Adam(0.01))
+    (x, y), = _batches("mlp", np.float64, n=1)
+    with pytest.raises(ValueError, match="has not run yet"):
+        fc.source(step)
+    step(x, target=y)
+    text = fc.source(step)
+    code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    assert ("jax.jit" in text) == (backend == "jax")
+    assert "def backward_params" in code and "def update" in code and "mse" in text
+    assert not re.search(r"\bnp\.", code)
+    assert ("torch." in code) if backend == "torch" else ("jnp." in code)
+    assert fc.source(step) == text                  # same input, same text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_train_on_backend_returns_numpys_history(backend):
+    batches = _batches("mlp", np.float64)
+    m, _ = zoo()["mlp"]
+    m2 = fc.to(m, backend)
+    ref = fc.train(m, fc.mse, batches, fc.optim.Adam(0.01), epochs=2, progress=False)
+    got = fc.train(m2, fc.mse, batches, fc.optim.Adam(0.01), epochs=2, progress=False)
+    assert isinstance(got, History)
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got.epochs, ref.epochs, rtol=1e-10)
+    assert len(got) == 2 * len(batches) and not got.stopped
+    seen = []
+    stopped = fc.train(fc.to(m, backend), fc.mse, batches, 0.1, epochs=3, progress=False,
+                       callbacks=lambda epoch, step, loss: seen.append((epoch, step)) or
+                       ("stop" if step == 2 else None))
+    assert stopped.stopped and len(stopped) == 2 and seen == [(1, 1), (1, 2)]
+
+
+def _sqrt_of_square_loss(yhat, y):
+    return np.mean(np.sqrt((yhat - y) ** 2))       # finite at yhat == y, its gradient is not
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_loss_or_gradient_on_backend_stops_before_the_update(backend):
+    """A NaN loss (TrainingError) or gradient (GradientError naming the Param) changes no
+    value and no optimiser state: training on after it equals training without it."""
+    from flux_compile.train import GradientError, TrainingError
+    batches = _batches("mlp", np.float64)
+    m, _ = zoo()["mlp"]
+    m2, clean = fc.to(m, backend), fc.to(m, backend)
+    opt, clean_opt = fc.optim.Adam(0.01), fc.optim.Adam(0.01)
+    fc.train(m2, fc.mse, batches[:1], opt, progress=False)
+    fc.train(clean, fc.mse, batches[:1], clean_opt, progress=False)
+    x, y = batches[1]
+    x = x.copy()
+    x[0, 0] = np.nan
+    with pytest.raises(TrainingError, match="epoch 1, step 1") as info:
+        fc.train(m2, fc.mse, [(x, y)], opt, progress=False)
+    assert not isinstance(info.value, GradientError)
+    exact = to_numpy(m2(batches[2][0]))
+    with pytest.raises(GradientError) as info:
+        fc.train(m2, _sqrt_of_square_loss, [(batches[2][0], exact)], opt, progress=False)
+    assert info.value.path in {path_str(path) for path, _ in fc.named_params(m)}
+    after = fc.train(m2, fc.mse, batches[1:], opt, progress=False)
+    want = fc.train(clean, fc.mse, batches[1:], clean_opt, progress=False)
+    np.testing.assert_allclose(after, want, rtol=1e-12)
+    for (_, p), (_, q) in zip(m2.named_params(), clean.named_params()):
+        np.testing.assert_array_equal(to_numpy(p.value), to_numpy(q.value))

@@ -193,6 +193,35 @@ def test_data_parallel_on_torch_tensor_params(ranks):
             np.testing.assert_allclose(g, 3 / 5 * 1.0 + 2 / 5 * 2.0, rtol=1e-15)
 
 
+@pytest.mark.parametrize("model", sorted(worker.MODELS))
+@pytest.mark.parametrize("opt", sorted(worker.OPTIMISERS))
+def test_torch_backend_two_ranks_equal_single_process(ranks, model, opt):
+    """A model moved by fc.to(m, "torch") trained by two ranks ends with identical tensors
+    equal to single-process NumPy training on the same global batches (float64, 1e-10)."""
+    (rank0, rank1), _ = ranks
+    m = worker.MODELS[model](1000)              # rank 0's initial weights
+    history = fc.train(m, fc.mse, worker.global_batches(), worker.OPTIMISERS[opt](), epochs=3,
+                       progress=False)
+    got0, got1 = rank0["torch_backend"][model, opt], rank1["torch_backend"][model, opt]
+    for a, b in zip(got0[0], got1[0]):
+        assert np.array_equal(a, b)
+    assert got0[1] == got1[1]
+    assert_same(got0[0], worker.values(m))
+    np.testing.assert_allclose(got0[1], list(history), rtol=1e-10, atol=1e-12)
+
+
+def test_torch_backend_nan_on_one_rank_stops_every_rank_before_the_update(ranks):
+    (rank0, rank1), _ = ranks
+    assert rank0["torch_backend"]["nan"] == rank1["torch_backend"]["nan"] == ("TrainingError", True)
+
+
+def test_jax_backend_distributed_is_refused_with_what_to_do():
+    pytest.importorskip("jax")
+    m2 = fc.to(worker.mlp(0), "jax")
+    with pytest.raises(ValueError, match="NumPy and torch backends"):
+        fc.train(m2, fc.mse, worker.global_batches(), 0.1, distributed=True)
+
+
 def test_buckets_group_by_dtype_and_respect_the_size():
     torch = pytest.importorskip("torch")
     tensors = [torch.zeros(4, dtype=torch.float64), torch.zeros(3, dtype=torch.float32),
