@@ -240,10 +240,11 @@ def _call_like(node, args, b, kwargs=None):
 
 # Linear primitives with more than one value operand (their positions; ALL: every one). Every
 # other linear primitive is linear in its first operand alone; the rest (shapes, axes, indices,
-# np.where's condition) stay themselves in the tangent's call.
+# np.where's condition, np.select's conditions) stay themselves in the tangent's call.
 ALL = "all"
-VALUE_OPERANDS = {np.where: (1, 2), np.append: (0, 1), setitem: (0, 2), np.diff: (0, 3, 4), stack_items: ALL}
-VALUE_KEYWORDS = {np.diff: ("prepend", "append")}      # keyword operands that are values too
+VALUE_OPERANDS = {np.where: (1, 2), np.select: (1, 2), np.append: (0, 1), setitem: (0, 2), np.diff: (0, 3, 4),
+                  stack_items: ALL}
+VALUE_KEYWORDS = {np.diff: ("prepend", "append"), np.select: ("default",)}   # keyword operands that are values too
 
 
 def _value_operand(node, i):

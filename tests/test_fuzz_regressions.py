@@ -241,3 +241,22 @@ def test_inplace_add_keeps_the_targets_dtype():
     x = np.random.default_rng(8).standard_normal((3, 4)).astype(np.float32)
     value, _ = fc.grad(_inplace_add_of_a_float64_value, x)
     assert np.asarray(value).dtype == _inplace_add_of_a_float64_value(x).dtype == np.float32
+
+
+def test_jvp_of_select_keeps_its_conditions():
+    """Found by the jvp_ops fuzz group (seed 120177): np.select was linear in its first operand,
+    so the tangent code selected with zeroed conditions (always the default's tangent)."""
+    def f(x):
+        v1 = x.sum(axis=0, keepdims=True)
+        v5 = np.select([v1 > 0.3, v1 < -0.4], [v1 * 2.0, np.tanh(np.cos(v1))], default=0.1 * v1)
+        return np.sum(v5 ** 2)
+
+    def g(x):
+        return np.sum(np.select([x > 0.2], [x * x], 0.5 * x))    # default given by position
+    rng = np.random.default_rng(0)
+    for fn in (f, g):
+        x, t = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+        _, tangent = fc.jvp(fn, (x,), (t,))
+        eps = 1e-6
+        fd = (fn(x + eps * t) - fn(x - eps * t)) / (2 * eps)
+        np.testing.assert_allclose(tangent, fd, rtol=1e-6, atol=1e-8)
