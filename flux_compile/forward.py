@@ -148,6 +148,14 @@ def _none_if_zero(n):
 
 
 def _zeros_like(x, b):
+    if x.op == CONST and x.value is None:      # "no adjoint" in a reverse rule's list: zero already
+        return x
+    if x.op == CONST and isinstance(x.value, (bool, int, float, complex)):
+        # a Python number stays one (0 and 0.0 are what the reverse rules' kernels expect
+        # for an unused piece's adjoint; a 0-d array is not)
+        z = b.as_node(Static(type(x.value)(0)))
+        z.meta["zero_tangent"] = True
+        return z
     z = b.as_node(b.call_primitive(np.zeros_like, [x], {}, None))     # a constant's folds
     z.meta["zero_tangent"] = True
     return z
