@@ -103,18 +103,23 @@ def main(argv=None):
 
     flux_compile.init.seed(args.seed)            # the layers' initial weights
     model = build(x_train.shape[1])
-    opt = fc.optim.Adam(1e-3)
-    data = fc.data.batches(x_train, y_train, args.batch_size, rng=args.seed)
+    fit_and_report(model, fc.optim.Adam(1e-3), (x_train, y_train), (x_test, y_test), args, epochs)
 
+
+def fit_and_report(model, opt, train, test, args, epochs, digits=2):
+    """Train ``model`` with ``fc.logitcrossentropy`` on batches of ``train``, print the time,
+    the losses and the accuracies (``digits`` decimals), and write the training curve."""
+    (x_train, y_train), (x_test, y_test) = train, test
+    data = fc.data.batches(x_train, y_train, args.batch_size, rng=args.seed)
     start = time.perf_counter()
     history = fc.train(model, fc.logitcrossentropy, data, opt, epochs=epochs)
     took = time.perf_counter() - start
-    print(f"{epochs} epochs, {len(history)} steps in {took:.1f}s; "
-          f"final epoch loss {history.epochs[-1]:.4f}, train accuracy {accuracy(model, x_train, y_train):.2f}")
-
+    print(f"{epochs} epochs, {len(history)} steps in {took:.1f}s; final epoch loss "
+          f"{history.epochs[-1]:.4f}, train accuracy {accuracy(model, x_train, y_train):.{digits}f}")
     if args.plot and plot(history, args.plot):
         print(f"training curve written to {args.plot}")
-    print(f"test accuracy: {accuracy(model, x_test, y_test):.2f}")
+    print(f"test accuracy: {accuracy(model, x_test, y_test):.{digits}f}")
+    return history
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -21,7 +20,7 @@ import flux_compile as fc
 import flux_compile.init
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mnist import accuracy, arguments, load_data, plot  # noqa: E402  (the MLP example's helpers)
+from mnist import arguments, fit_and_report, load_data  # noqa: E402  (the MLP example's helpers)
 
 
 def build(side, channels=(16, 32), n_classes=10, dtype=np.float32):
@@ -52,18 +51,7 @@ def main(argv=None):
 
     flux_compile.init.seed(args.seed)            # the layers' initial weights
     model = build(x_train.shape[2])
-    opt = fc.optim.Adam(args.lr)
-    data = fc.data.batches(x_train, y_train, args.batch_size, rng=args.seed)
-
-    start = time.perf_counter()
-    history = fc.train(model, fc.logitcrossentropy, data, opt, epochs=epochs)
-    took = time.perf_counter() - start
-    print(f"{epochs} epochs, {len(history)} steps in {took:.1f}s; "
-          f"final epoch loss {history.epochs[-1]:.4f}, train accuracy {accuracy(model, x_train, y_train):.3f}")
-
-    if args.plot and plot(history, args.plot):
-        print(f"training curve written to {args.plot}")
-    print(f"test accuracy: {accuracy(model, x_test, y_test):.3f}")
+    fit_and_report(model, fc.optim.Adam(args.lr), (x_train, y_train), (x_test, y_test), args, epochs, digits=3)
 
 
 if __name__ == "__main__":
