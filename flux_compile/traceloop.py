@@ -140,9 +140,14 @@ class Loops:
         elif not all(isinstance(b, Node) or isinstance(b, Static) and isinstance(b.value, int)
                      for b in bounds):
             return False
-        snapshot = (self.ctx.guards, dict(self.frame.env))
+        return self._attempt(lambda: self._trace_loop(s, [self.as_node(b) for b in bounds]),
+                             (self.ctx.guards, dict(self.frame.env)))
+
+    def _attempt(self, trace, snapshot):
+        """Run ``trace`` (a region's tracing). When the region is not supported, put the guard
+        count and the frame back as ``snapshot`` holds them and return False."""
         try:
-            self._trace_loop(s, [self.as_node(b) for b in bounds])
+            trace()
         except (RegionUnsupported, CompileError):
             self.ctx.guards, env = snapshot
             self.frame.env.clear()
@@ -162,14 +167,7 @@ class Loops:
         count = self.call_primitive(len, [it], {}, s.iter)
         if isinstance(count, Static) and (not isinstance(count.value, int) or count.value <= UNROLL_UP_TO):
             return False
-        try:
-            self._trace_loop(s, [self.as_node(count)], rows_of=it)
-        except (RegionUnsupported, CompileError):
-            self.ctx.guards, env = snapshot
-            self.frame.env.clear()
-            self.frame.env.update(env)
-            return False
-        return True
+        return self._attempt(lambda: self._trace_loop(s, [self.as_node(count)], rows_of=it), snapshot)
 
     def try_while_region(self, s):
         """``while <test on data>:`` as a region: the test is computed before the loop and
@@ -181,14 +179,7 @@ class Loops:
         test = self.eval(s.test)
         if not isinstance(test, Node):
             return False
-        try:
-            self._trace_loop(s, [], test=(s.test, test))
-        except (RegionUnsupported, CompileError):
-            self.ctx.guards, env = snapshot
-            self.frame.env.clear()
-            self.frame.env.update(env)
-            return False
-        return True
+        return self._attempt(lambda: self._trace_loop(s, [], test=(s.test, test)), snapshot)
 
     def _trace_loop(self, s, bounds, test=None, rows_of=None):
         env = self.frame.env
