@@ -15,3 +15,9 @@ def numgrad(f, x, eps=1e-6):
         x[i] = old
         g[i] = (fp - fm) / (2 * eps)
     return g
+
+
+def mixed_second_difference(L, x, u, v, eps):
+    """``u^T H v`` of the scalar function ``L`` at ``x`` by central second differences."""
+    return (L(x + eps * u + eps * v) - L(x + eps * u - eps * v)
+            - L(x - eps * u + eps * v) + L(x - eps * u - eps * v)) / (4 * eps * eps)
