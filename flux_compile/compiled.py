@@ -66,7 +66,7 @@ class Compiled:
         self.backward = namespace.get("backward")             # only the function it is for
         self.backward_params = namespace.get("backward_params")   # the backward without input gradients
         self.source = source
-        self.sections = _split_sections(source) if sections is None else dict(sections)
+        self._sections = None if sections is None else dict(sections)    # made when first shown
         self.filename = filename
         self.linemap = dict(linemap or {})
         self.n_outputs = n_outputs     # None: one output; k: a tuple of k
@@ -87,6 +87,13 @@ class Compiled:
         self.free_paths = []           # paths of the arrays read at run time (extra inputs, in order)
         self.check = _always
         self.read_free = _nothing      # read_free(root, args) -> the values of the extra inputs
+
+    @property
+    def sections(self):
+        """The module's functions, each shown alone (``fc.source(m, which)``)."""
+        if self._sections is None:
+            self._sections = _split_sections(self.source)
+        return self._sections
 
     def set_guards(self, baked, free_paths):
         """Guards as ``{(path, kind): expected}``; arrays at ``free_paths`` are extra inputs."""

@@ -19,6 +19,7 @@ from .autodiff import differentiate, split
 from .compiled import Compiled
 from .errors import CompileError
 from .frontend import Builder, Context, ModelRef, Seq, Static, get_source, structured
+from .parsing import code_digest
 from .ir import INPUT, Graph, Node, is_leaf
 from .params import Param, call_keeping_state, is_model, named_params
 from .shapeinfer import symbolic_shape
@@ -143,8 +144,12 @@ def build(label, owner, fn, selfval, input_specs, state_factory=None, generic_cl
 
 
 def source_hash(cls):
-    """sha256 of the source of ``cls.forward`` (part of every cache key of the class)."""
-    return hashlib.sha256(get_source(cls.forward).text.encode()).hexdigest()
+    """sha256 of the code of ``cls.forward`` (part of every cache key of the class): it changes
+    with any edit of its source but comments, and needs no file read (see ``code_digest``)."""
+    code = getattr(inspect.unwrap(cls.forward), "__code__", None)
+    if code is None:
+        return hashlib.sha256(get_source(cls.forward).text.encode()).hexdigest()
+    return code_digest(code)
 
 
 def forward_inputs(cls):

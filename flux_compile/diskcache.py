@@ -170,32 +170,52 @@ def max_bytes():
 # the library's fingerprint
 
 def _library_fingerprint():
+    """The version and, per file of the package, its size and modification time (what Python
+    itself checks before it reuses a ``.pyc``): any edit of the library is a new fingerprint,
+    and no file is read."""
     if not _fingerprint:
         h = hashlib.sha256(__version__.encode())
-        for root, dirs, files in os.walk(_PACKAGE_DIR):
-            dirs.sort()
-            for name in sorted(files):
-                if name.endswith(".py"):
-                    path = os.path.join(root, name)
-                    h.update(os.path.relpath(path, _PACKAGE_DIR).encode() + b"\0")
-                    with open(path, "rb") as f:
-                        h.update(hashlib.sha256(f.read()).digest())
+        for rel, st in _python_files(_PACKAGE_DIR, ""):
+            h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
         _fingerprint.append(h.hexdigest())
     return _fingerprint[0]
+
+
+def _python_files(root, prefix):
+    """``(relative path, stat)`` of every ``.py`` file under ``root``, in a fixed order."""
+    with os.scandir(root) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if e.is_dir(follow_symlinks=False):
+            if e.name != "__pycache__":
+                yield from _python_files(e.path, prefix + e.name + "/")
+        elif e.name.endswith(".py"):
+            yield prefix + e.name, e.stat()
 
 
 _fingerprint = []
 
 
 def _user_rules():
+    """The derivative rules the user registered (by content) and the nondiff primitives."""
+    rules, named, nondiff = _registered_by_user()
+    return sorted((name, digest(rule)) for name, rule in named), nondiff
+
+
+_user_memo = {}     # registry generation and sizes -> (RULES module, [(name, user rule)], nondiff)
+
+
+def _registered_by_user():
+    """The user's entries of the registry (a walk of ~300 rules), found again only after a
+    registration (every one bumps ``GENERATION``)."""
     from . import rules
-    out = []
-    for prim, rule in list(rules.RULES.items()):
-        if not _is_library(rule):
-            name = f"{getattr(prim, '__module__', '?')}.{getattr(prim, '__qualname__', getattr(prim, '__name__', '?'))}"
-            out.append((name, digest(rule)))
-    nondiff = sorted(f"{getattr(p, '__module__', '?')}.{getattr(p, '__name__', '?')}" for p in rules.NONDIFF)
-    return sorted(out), nondiff
+    stamp = (rules.GENERATION[0], len(rules.RULES), len(rules.NONDIFF))
+    if _user_memo.get("stamp") != stamp:
+        named = [(f"{getattr(prim, '__module__', '?')}.{getattr(prim, '__qualname__', getattr(prim, '__name__', '?'))}",
+                  rule) for prim, rule in list(rules.RULES.items()) if not _is_library(rule)]
+        nondiff = sorted(f"{getattr(p, '__module__', '?')}.{getattr(p, '__name__', '?')}" for p in rules.NONDIFF)
+        _user_memo.update(stamp=stamp, value=(rules, named, nondiff))
+    return _user_memo["value"]
 
 
 def entry_key(cls, key_parts):

@@ -1,6 +1,6 @@
 """Content digests of what a compile read, for the disk cache's keys and entries.
 
-``digest(obj)`` is a content digest of a value (functions by source, defaults, closure
+``digest(obj)`` is a content digest of a value (functions by code, defaults, closure
 cells and the globals they name; classes by their members; arrays by their bytes;
 NumPy and flux_compile objects by where they live and their derivative rules);
 ``canonical(obj)`` the text under which the disk cache compares constants (the tokens'
@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import builtins
 import hashlib
-import inspect
 import sys
 import types
 
 import numpy as np
 
+from .parsing import code_digest
 from .pytree import TreeDef
 from .tokens import token
 
@@ -111,11 +111,9 @@ def _rule_part(fn, memo):
 
 
 def _function_digest(fn, memo):
-    try:
-        text = inspect.getsource(fn)
-    except (OSError, TypeError):
-        raise Uncacheable(f"no source for {fn.__qualname__}") from None
-    parts = ["fn", fn.__module__, fn.__qualname__, text,
+    """By its code (everything its source compiled to: see ``code_digest``; a compile checks
+    that the file still defines that code), defaults, closure cells and the globals it names."""
+    parts = ["fn", fn.__module__, fn.__qualname__, code_digest(fn.__code__),
              [digest(v, memo) for v in fn.__defaults__ or ()],
              sorted((k, digest(v, memo)) for k, v in (fn.__kwdefaults__ or {}).items())]
     for cell in fn.__closure__ or ():

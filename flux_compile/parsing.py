@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import ast
 import __future__
+import hashlib
 import inspect
 import linecache
 import os
 import textwrap
 import types
+import warnings
 import weakref
 
 from .errors import CompileError
@@ -170,6 +172,36 @@ def _same_code(lam, fn, exact=True):
         return a.co_code == b.co_code and a.co_names == b.co_names and a.co_consts == b.co_consts
     return set(a.co_names) | set(a.co_varnames) == set(b.co_names) | set(b.co_varnames) | set(b.co_freevars) \
         and a.co_consts == b.co_consts
+
+
+def code_digest(code):
+    """sha256 of everything a code object holds (instructions, names, constants, nested code,
+    file, line and column table): equal exactly when the same source text, up to comments,
+    was compiled under the same name and file. Needs no file read (cache keys on the hot path)."""
+    return hashlib.sha256(repr(_code_token(code)).encode()).hexdigest()
+
+
+_CODE_FIELDS = ("co_name", "co_qualname", "co_filename", "co_firstlineno", "co_argcount",
+                "co_posonlyargcount", "co_kwonlyargcount", "co_flags", "co_code", "co_names",
+                "co_varnames", "co_freevars", "co_cellvars", "co_linetable", "co_lnotab",
+                "co_exceptiontable")
+
+
+def _code_token(code):
+    with warnings.catch_warnings():             # co_lnotab is deprecated (kept for Python 3.10)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        fields = tuple(getattr(code, f, None) for f in _CODE_FIELDS)
+    return fields + (tuple(_const_token(c) for c in code.co_consts),)
+
+
+def _const_token(c):
+    if isinstance(c, types.CodeType):
+        return ("code", _code_token(c))
+    if isinstance(c, tuple):
+        return ("tuple", tuple(_const_token(x) for x in c))
+    if isinstance(c, frozenset):                # its order follows the string hash seed
+        return ("frozenset", tuple(sorted(repr(_const_token(x)) for x in c)))
+    return (type(c).__name__, repr(c))
 
 
 class IdentityTable:

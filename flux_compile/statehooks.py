@@ -8,6 +8,8 @@ traced, :class:`StateHooks` turns each state attribute into an extra input of th
 from __future__ import annotations
 
 import ast
+import dis
+import types
 
 from .errors import CompileError
 from .frontend import Seq, Static, get_source
@@ -30,6 +32,8 @@ def state_names(cls):
 def _scan_state_names(fn):
     if fn is None:
         return []
+    if _assigns_no_attribute(getattr(fn, "__code__", None)):
+        return []           # what the source scan below finds, without reading the file
     try:
         tree = get_source(fn).tree
     except CompileError:
@@ -48,6 +52,36 @@ def _scan_state_names(fn):
                         and sub.value.id == selfname and sub.attr not in names:
                     names.append(sub.attr)
     return names
+
+
+_STORE_ATTR = dis.opmap["STORE_ATTR"]
+_POP_TOP = dis.opmap["POP_TOP"]
+_LOAD_FAST = frozenset(op for name, op in dis.opmap.items() if name.startswith("LOAD_FAST"))
+
+
+def _bytecode_may_assign(code):
+    """Could ``code`` (or a function nested in it) hold ``obj.NAME = ...``, ``+=`` or a bare
+    ``obj.NAME: T``? Any attribute store, or a local loaded and dropped (how a bare annotated
+    attribute compiles), says yes."""
+    prev = None
+    for ins in dis.get_instructions(code):
+        if ins.opcode == _STORE_ATTR or ins.opcode == _POP_TOP and prev in _LOAD_FAST:
+            return True
+        prev = ins.opcode
+    return any(_bytecode_may_assign(c) for c in code.co_consts if isinstance(c, types.CodeType))
+
+
+def _probe(self):
+    self.h: float
+
+
+_BYTECODE_EXACT = _bytecode_may_assign(_probe.__code__)    # else this Python hides bare annotations
+
+
+def _assigns_no_attribute(code):
+    """True when ``forward``'s code surely assigns no attribute (most models): its state names
+    are then known without reading and parsing its source file."""
+    return _BYTECODE_EXACT and isinstance(code, types.CodeType) and not _bytecode_may_assign(code)
 
 
 class StateHooks:
