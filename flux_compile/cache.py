@@ -226,7 +226,8 @@ def _from_entry(cls, make, root, source, objects, meta):
     except (diskcache.Uncacheable, KeyError, TypeError):
         return None
     filename = unique_filename(cls.__qualname__)
-    ns = compile_source(source, filename, dict(objects, np=np, fc=sys.modules["flux_compile"]))
+    ns = compile_source(source, filename, dict(objects, np=np, fc=sys.modules["flux_compile"]),
+                        diskcache.stored_code(meta))
     c = Compiled(cls.__qualname__, cls.__name__, ns, source, filename, linemap=meta["linemap"],
                  n_outputs=meta["n_outputs"], input_names=meta["input_names"],
                  state_names=meta.get("state_names", ()), deps=meta["deps"],

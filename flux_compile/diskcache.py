@@ -35,10 +35,13 @@ recently used entries (by mtime, refreshed on every hit) go first.
 """
 from __future__ import annotations
 
+import base64
 import builtins
 import hashlib
 import hmac
+import importlib.util
 import json
+import marshal
 import os
 import re
 import secrets
@@ -54,8 +57,9 @@ from ._version import __version__
 from .diskdigest import (  # noqa: F401  (locate, resolve: still importable from here)
     Uncacheable, _hash, _is_library, _is_numpy, canonical, digest, locate, resolve)
 from .ir import Loc
+from .sourcecache import code_of
 
-FORMAT = "1"
+FORMAT = "2"
 DEFAULT_MAX_MB = 256.0
 _MAGIC = "# flux_compile cache entry "
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -251,10 +255,13 @@ def run_time_memo(values):
     return memo
 
 
-def _manifest(cls, key_parts, compiled, run_time=()):
+def _manifest(cls, key_parts, compiled, run_time=(), also=()):
     """What the compile read, located and digested: ``[[module, qualname, digest], ...]``
-    (``run_time``: the values read at run time, digested by kind)."""
+    (``run_time``: the values read at run time, digested by kind; ``also``: more classes and
+    functions the key names)."""
     roots = {id(cls): cls}
+    for obj in also:
+        roots.setdefault(id(obj), obj)
     guarded_code = {id(e) for _, kind, e in getattr(compiled, "guards", ()) if kind == "code"}
     for fn in getattr(compiled, "inlined", ()):
         if _has_name(fn) or id(fn.__code__) not in guarded_code:
@@ -324,19 +331,22 @@ def _deps(compiled):
     return out
 
 
-def store(where, dkey, cls, key_parts, compiled, extra=None, run_time=()):
+def store(where, dkey, cls, key_parts, compiled, extra=None, run_time=(), also=()):
     """Write the entry for ``compiled`` (``extra``: JSON kept, authenticated, as
     ``meta["extra"]``; ``run_time``: the values its code reads at run time, see
-    :func:`run_time_memo`); False when it cannot be cached (or the write failed)."""
+    :func:`run_time_memo`; ``also``: classes and functions to check besides ``cls``);
+    False when it cannot be cached (or the write failed)."""
     d, secret = where
     try:
         meta = {
-            "key": dkey, "manifest": _manifest(cls, key_parts, compiled, run_time), "names": _names(compiled),
+            "key": dkey, "manifest": _manifest(cls, key_parts, compiled, run_time, also),
+            "names": _names(compiled),
             "deps": _deps(compiled), "n_outputs": compiled.n_outputs,
             "input_names": compiled.input_names, "state_names": compiled.state_names,
             "guarded": bool(getattr(compiled, "guarded", False)),
             "linemap": {str(k): [v.filename, v.lineno, v.col, v.text, v.owner]
                         for k, v in compiled.linemap.items()},
+            "code": _code_record(compiled.filename),
             "extra": extra,
         }
         meta_line = json.dumps(meta, separators=(",", ":"))
@@ -351,6 +361,28 @@ def store(where, dkey, cls, key_parts, compiled, extra=None, run_time=()):
         disable(d, e)
         return False
     return True
+
+
+def _code_record(filename):
+    """The module code the source was compiled to, marshalled (for this Python's bytecode
+    only): a hit runs it without compiling the text again. None when it is not at hand."""
+    code = code_of(filename)
+    if code is None:
+        return None
+    return [importlib.util.MAGIC_NUMBER.hex(), base64.b64encode(marshal.dumps(code)).decode("ascii")]
+
+
+def stored_code(meta):
+    """The module code of a verified entry, or None (another Python, or none kept): the
+    caller then compiles the source. Only ever called after the entry's MAC checked out."""
+    record = meta.get("code")
+    try:
+        if not record or record[0] != importlib.util.MAGIC_NUMBER.hex():
+            return None
+        code = marshal.loads(base64.b64decode(record[1], validate=True))
+    except (ValueError, TypeError, EOFError, IndexError):
+        return None
+    return code if isinstance(code, types.CodeType) else None
 
 
 def _mac(secret, dkey, body):

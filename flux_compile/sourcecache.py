@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import linecache
 import threading
+import types
+from collections import OrderedDict
 
 _counter = {}
 _lock = threading.Lock()
+_codes = OrderedDict()      # filename -> the module code compiled under it (the last ones)
+MAX_CODES = 64
 
 
 def unique_filename(label):
@@ -24,9 +28,26 @@ def unique_filename(label):
     return f"<flux_compile: {label}>" if n == 1 else f"<flux_compile: {label} #{n}>"
 
 
-def compile_source(source, filename, namespace):
-    """Execute ``source`` in ``namespace`` (a dict, updated and returned) as file ``filename``."""
+def compile_source(source, filename, namespace, code=None):
+    """Execute ``source`` in ``namespace`` (a dict, updated and returned) as file ``filename``.
+    ``code``: the module code of exactly this source, compiled before (the disk cache keeps
+    it): it runs under ``filename`` without compiling the text again."""
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    code = compile(source, filename, "exec")
+    code = compile(source, filename, "exec") if code is None else _renamed(code, filename)
+    with _lock:
+        _codes[filename] = code
+        while len(_codes) > MAX_CODES:
+            _codes.popitem(last=False)
     exec(code, namespace)
     return namespace
+
+
+def code_of(filename):
+    """The module code compiled under ``filename`` (None once it is no longer kept)."""
+    return _codes.get(filename)
+
+
+def _renamed(code, filename):
+    """``code`` (and every function in it) with ``co_filename`` set to ``filename``."""
+    consts = tuple(_renamed(c, filename) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_filename=filename, co_consts=consts)

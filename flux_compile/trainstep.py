@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from . import assemble, passes
+from . import assemble, diskstep, passes
 from .ir import ACCUM, MODEL
 from .autodiff import differentiate, split
 from .cache import _arity_of, _spec_token, input_key
@@ -247,7 +247,12 @@ class TrainStep:
         for module in [] if fresh else _SHARED.get(key, ()):
             if module.check(fn, args):
                 return module.bind(model)
-        module = self.build(fn, args, specs)
+        stored = None if fresh else diskstep.load(key, model, opt, fn, args)
+        if stored is not None:
+            module = StepModule.from_disk(stored)
+        else:
+            module, built = self.build(fn, args, specs)
+            diskstep.store(key, model, opt, fn, args, module, built)
         variants = _SHARED.setdefault(key, [])
         variants.insert(0, module)
         del variants[8:]
@@ -278,7 +283,9 @@ class TrainStep:
                             plan.outside_paths, compile_checks(guards), compile_reader(free_paths))
         module.calls = any(n.op == MODEL for n in graph.nodes)
         module.label = f"{type(model).__name__}.train_step"
-        return module
+        built = dict(guards=guards, free_paths=free_paths, namespace=ns,      # for the disk cache
+                     inlined=dict.fromkeys(ctx.inlined + joint.ctx.inlined))
+        return module, built
 
 
 _SHARED = {}        # structure key -> [StepModule]: one generated step per structure, for every model
@@ -291,6 +298,14 @@ class StepModule:
         self.source, self.fn, self.filename, self.line_locs = source, fn, filename, linemap
         self.trainable_paths, self.outside_paths = trainable_paths, outside_paths
         self.check, self.read_free = check, reader
+
+    @classmethod
+    def from_disk(cls, stored):
+        """The step of a disk-cache entry (``diskstep.load``'s parts)."""
+        module = cls(stored["source"], stored["fn"], stored["filename"], stored["linemap"],
+                     stored["trainable_paths"], stored["outside_paths"], stored["check"], stored["reader"])
+        module.calls, module.label = stored["calls"], stored["label"]
+        return module
 
     def bind(self, model):
         trainable = [(q, _resolve(model, q)) for q in self.trainable_paths]

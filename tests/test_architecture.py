@@ -23,7 +23,7 @@ LAYERS = {
           rules.jvp_helpers rules.jvp_more""",
     2: "frontend autodiff forward passes bufferplan codegen assemble emitters torchnumpy statehooks emitloops",
     3: "compiler compiled",
-    4: "cache diskcache diskdigest diskguards runstate readonly updatestep",
+    4: "cache diskcache diskdigest diskguards diskstep runstate readonly updatestep",
     5: "model api display",
     6: """layers rnn sequences recurrent optim train data io losses init gradcheck
           distributed datasets transforms derivatives derivplan backends trainstep
