@@ -252,6 +252,7 @@ class TrainStep:
             module = StepModule.from_disk(stored)
         else:
             module, built = self.build(fn, args, specs)
+            module.origin = "built"
             diskstep.store(key, model, opt, fn, args, module, built)
         variants = _SHARED.setdefault(key, [])
         variants.insert(0, module)
@@ -305,6 +306,7 @@ class StepModule:
         module = cls(stored["source"], stored["fn"], stored["filename"], stored["linemap"],
                      stored["trainable_paths"], stored["outside_paths"], stored["check"], stored["reader"])
         module.calls, module.label = stored["calls"], stored["label"]
+        module.origin = "disk"
         return module
 
     def bind(self, model):

@@ -1,0 +1,241 @@
+"""The disk cache's fast hit and fc.train_step's entries: a later process reuses a stored step
+only while everything it was generated from is unchanged, and a hit reads no source file.
+
+Each scenario runs the user's program in fresh subprocesses sharing one cache directory; the
+losses and trained parameters are compared with the same program run without the cache (the
+two must be equal to the last bit) and with a hand-written NumPy step."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+MODULE = textwrap.dedent('''
+    import numpy as np, flux_compile as fc
+    SCALE = 2.0
+
+    def myloss(yhat, y):
+        return ((yhat - y) ** 2).sum() * SCALE
+
+    @fc.net
+    class Net:
+        def __init__(self):
+            self.W = np.linspace(-1, 1, 6).reshape(3, 2)
+            self.b = np.linspace(0.1, 0.2, 2).reshape(1, 2)
+
+        def forward(self, x):
+            return np.tanh(x @ self.W + self.b)
+
+    class MySGD(fc.optim.SGD):
+        def block(self):
+            return ["p = p - lr * g"]
+''')
+
+RUN = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, {path!r})
+    import numpy as np, flux_compile as fc
+    import stepmod
+    {prelude}
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    t = np.linspace(0.5, -0.5, 8).reshape(4, 2)
+    m = stepmod.Net()
+    step = fc.train_step(m, {loss}, {opt})
+    losses = [step(x, target=t) for _ in range(3)]
+    module = next(iter(v for vs in fc.trainstep._SHARED.values() for v in vs))
+    print(json.dumps({{"losses": losses, "W": m.W.value.tolist(), "b": m.b.value.tolist(),
+                       "origin": module.origin}}))
+''')
+
+
+class StepProject:
+    def __init__(self, tmp_path):
+        self.root = tmp_path
+        self.cache = tmp_path / "cache"
+        self.config = tmp_path / "config"
+        (tmp_path / "stepmod.py").write_text(MODULE)
+
+    def run(self, loss="stepmod.myloss", opt="fc.optim.SGD(0.1)", prelude="", cached=True):
+        env = dict(os.environ, XDG_CONFIG_HOME=str(self.config), PYTHONDONTWRITEBYTECODE="1")
+        if cached:
+            env["FLUX_COMPILE_CACHE_DIR"] = str(self.cache)
+        else:
+            env.pop("FLUX_COMPILE_CACHE_DIR", None)
+        code = RUN.format(path=str(self.root), loss=loss, opt=opt, prelude=prelude)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.splitlines()[-1])
+
+    def edit(self, old, new):
+        path = self.root / "stepmod.py"
+        text = path.read_text()
+        assert old in text
+        path.write_text(text.replace(old, new))
+
+    def entries(self):
+        return sorted(p for p in self.cache.iterdir() if re.fullmatch(r"[0-9a-f]{40}\.py", p.name))
+
+    def step_entry(self):
+        hits = [p for p in self.entries() if "train_step" in p.read_text().split("\n", 3)[2]]
+        assert len(hits) == 1, hits
+        return hits[0]
+
+
+def by_hand(scale=2.0, lr=0.1, steps=3):
+    """Three SGD steps of loss = scale * sum((tanh(x W + b) - t)^2), in NumPy."""
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    t = np.linspace(0.5, -0.5, 8).reshape(4, 2)
+    W = np.linspace(-1, 1, 6).reshape(3, 2)
+    b = np.linspace(0.1, 0.2, 2).reshape(1, 2)
+    losses = []
+    for _ in range(steps):
+        y = np.tanh(x @ W + b)
+        losses.append(float(((y - t) ** 2).sum() * scale))
+        dz = 2 * scale * (y - t) * (1 - y * y)
+        W, b = W - lr * x.T @ dz, b - lr * dz.sum(0, keepdims=True)
+    return {"losses": losses, "W": W, "b": b}
+
+
+def check(out, **kw):
+    want = by_hand(**kw)
+    np.testing.assert_allclose(out["losses"], want["losses"], rtol=1e-12)
+    np.testing.assert_allclose(out["W"], want["W"], rtol=1e-12)
+    np.testing.assert_allclose(out["b"], want["b"], rtol=1e-12)
+
+
+@pytest.fixture
+def project(tmp_path):
+    return StepProject(tmp_path)
+
+
+def test_a_train_step_is_stored_and_reused_with_identical_results(project):
+    first = project.run()
+    assert first["origin"] == "built"
+    check(first)
+    entry = project.step_entry()
+    second = project.run()
+    assert second["origin"] == "disk"
+    assert second["losses"] == first["losses"] and second["W"] == first["W"] and second["b"] == first["b"]
+    assert project.run(cached=False)["losses"] == first["losses"]
+    assert project.step_entry() == entry
+
+
+def test_an_edited_loss_function_is_a_miss(project):
+    check(project.run())
+    project.edit("((yhat - y) ** 2).sum() * SCALE", "((yhat - y) ** 2).sum() * SCALE * 0.5")
+    out = project.run()
+    assert out["origin"] == "built"
+    check(out, scale=1.0)
+    assert project.run()["origin"] == "disk"
+
+
+def test_a_changed_global_read_by_the_loss_is_a_miss(project):
+    check(project.run())
+    project.edit("SCALE = 2.0", "SCALE = 3.0")
+    out = project.run()
+    assert out["origin"] == "built"
+    check(out, scale=3.0)
+
+
+def test_an_edited_model_class_is_a_miss(project):
+    check(project.run())
+    project.edit("return np.tanh(x @ self.W + self.b)", "return np.tanh(x @ self.W + self.b) * 1.0")
+    out = project.run()
+    assert out["origin"] == "built"
+    check(out)
+
+
+def test_a_new_learning_rate_reuses_the_step_and_an_edited_optimiser_does_not(project):
+    check(project.run(opt="stepmod.MySGD(0.1)"))
+    out = project.run(opt="stepmod.MySGD(0.05)")          # a hyper-parameter: read at run time
+    assert out["origin"] == "disk"
+    check(out, lr=0.05)
+    project.edit('return ["p = p - lr * g"]', 'return ["p = p - 0.5 * lr * g"]')
+    out = project.run(opt="stepmod.MySGD(0.1)")
+    assert out["origin"] == "built"
+    check(out, lr=0.05)
+
+
+def test_another_optimiser_or_loss_is_another_entry(project):
+    project.run()
+    n = len(project.entries())
+    out = project.run(loss="fc.mse")
+    assert out["origin"] == "built"
+    assert project.run(opt="fc.optim.Adam(0.01)")["origin"] == "built"
+    assert len(project.entries()) == n + 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
+def test_a_damaged_step_entry_is_a_miss_and_is_rewritten(project, damage):
+    first = project.run()
+    entry = project.step_entry()
+    data = entry.read_bytes()
+    entry.write_bytes({"truncate": data[: len(data) // 2], "flip": data.replace(b"tanh", b"sinh", 1),
+                       "empty": b"", "garbage": os.urandom(300)}[damage])
+    out = project.run()
+    assert out["origin"] == "built"
+    assert out["losses"] == first["losses"]
+    assert project.run()["origin"] == "disk"
+
+
+def test_a_rule_registered_after_the_store_is_a_miss(project):
+    check(project.run())
+    (project.root / "steprule.py").write_text(textwrap.dedent('''
+        import numpy as np, flux_compile as fc
+
+        @fc.diffrule(np.tanh)
+        def _(dy, y, x):
+            return dy * (1 - y * y) * 0.0
+    '''))
+    out = project.run(prelude="import steprule")
+    assert out["origin"] == "built"
+    np.testing.assert_allclose(out["W"], np.linspace(-1, 1, 6).reshape(3, 2))    # no gradient
+
+
+NO_SOURCE_READS = textwrap.dedent('''
+    import inspect, linecache, tokenize
+    def refuse(*a, **k):
+        raise AssertionError("a disk hit read a source file")
+    linecache.getlines = linecache.updatecache = inspect.getsource = inspect.getsourcelines = refuse
+    tokenize.open = refuse
+''')
+
+
+def test_a_hit_reads_no_source_file(tmp_path):
+    """The key of a library model and its step need no source text: a hit neither reads nor
+    tokenises a file (the in-memory key hashes forward's code; state names come from bytecode)."""
+    (tmp_path / "hitprog.py").write_text(textwrap.dedent('''
+        import json, sys
+        import numpy as np, flux_compile as fc
+        from flux_compile.cache import compile_model
+        np.random.seed(0)
+        m = fc.Chain(*[fc.Dense(6, 6, act=fc.relu) for _ in range(4)], fc.Dense(6, 2))
+        for i, p in enumerate(fc.params(m)):
+            p.value[...] = np.linspace(-1, 1, p.value.size).reshape(p.value.shape) * (i + 1) / 5
+        x = np.linspace(-1, 1, 18).reshape(3, 6)
+        step = fc.train_step(m, fc.mse, fc.optim.SGD(0.1))
+        if sys.argv[1] == "hit":
+    ''') + textwrap.indent(NO_SOURCE_READS, "    ") + textwrap.dedent('''
+        y, back = m.pullback(x)
+        dx = back(np.ones_like(y))
+        loss = step(x, target=np.zeros((3, 2)))
+        print(json.dumps({"from_disk": compile_model(m, (x,)).from_disk, "y": y.tolist(),
+                          "dx": dx.tolist(), "loss": loss}))
+    '''))
+    env = dict(os.environ, FLUX_COMPILE_CACHE_DIR=str(tmp_path / "cache"),
+               XDG_CONFIG_HOME=str(tmp_path / "config"), PYTHONDONTWRITEBYTECODE="1")
+
+    def run(mode):
+        r = subprocess.run([sys.executable, str(tmp_path / "hitprog.py"), mode], capture_output=True,
+                           text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.splitlines()[-1])
+    first, hit = run("store"), run("hit")
+    assert first["from_disk"] is False and hit["from_disk"] is True
+    assert hit["y"] == first["y"] and hit["dx"] == first["dx"] and hit["loss"] == first["loss"]
