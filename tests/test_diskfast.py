@@ -1,0 +1,121 @@
+"""The pieces of the fast disk-cache hit: state names from bytecode agree with the source
+scan, code digests tell every edit apart (but comments) and do not depend on the hash seed,
+the library fingerprint follows every file, stored module code is refused from another
+Python."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from flux_compile import diskcache, statehooks
+from flux_compile.parsing import code_digest
+
+FORWARDS = {
+    "plain": "def forward(self, x):\n    return x * 2\n",
+    "assign": "def forward(self, x):\n    self.h = x\n    return x\n",
+    "augassign": "def forward(self, x):\n    self.h += x\n    return self.h\n",
+    "tuple": "def forward(self, x):\n    self.a, self.b = x, x\n    return x\n",
+    "bare annotation": "def forward(self, x):\n    self.h: float\n    return x\n",
+    "annotated": "def forward(self, x):\n    self.h: float = x\n    return x\n",
+    "nested def": "def forward(self, x):\n    def f(y):\n        self.c = y\n    return x\n",
+    "other object": "def forward(self, x):\n    other = x\n    other.attr = 1\n    return x\n",
+    "reads only": "def forward(self, x):\n    y = self.W\n    return y.T @ x\n",
+    "comprehension": "def forward(self, x):\n    return [self.W for _ in range(2)]\n",
+    "expression statement": "def forward(self, x):\n    x\n    return x\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORWARDS))
+def test_state_names_from_bytecode_agree_with_the_source_scan(tmp_path, name, monkeypatch):
+    path = tmp_path / f"fwd_{name.replace(' ', '_')}.py"
+    path.write_text(FORWARDS[name])
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    fn = mod.forward
+    fast = statehooks._scan_state_names(fn)
+    monkeypatch.setattr(statehooks, "_assigns_no_attribute", lambda code: False)
+    assert fast == statehooks._scan_state_names(fn)        # the source scan, always
+
+
+def test_a_forward_without_attribute_stores_needs_no_source(monkeypatch):
+    def forward(self, x):
+        return x @ self.W + self.b
+    monkeypatch.setattr(statehooks, "get_source", lambda fn: (_ for _ in ()).throw(AssertionError("read")))
+    assert statehooks._scan_state_names(forward) == []
+
+
+def _compiled(text, name="f", filename="m.py"):
+    ns = {}
+    exec(compile(textwrap.dedent(text), filename, "exec"), ns)
+    return ns[name].__code__
+
+
+def test_code_digest_tells_edits_apart_but_not_comments():
+    base = _compiled("def f(x):\n    return x * 2.0\n")
+    assert code_digest(base) == code_digest(_compiled("def f(x):\n    return x * 2.0  # twice\n"))
+    for other in ("def f(x):\n    return x * 2.5\n", "def f(x):\n    return x + 2.0\n",
+                  "def f(y):\n    return y * 2.0\n", "\ndef f(x):\n    return x * 2.0\n",
+                  "def f(x):\n    return x *  2.0\n", "def f(x):\n    return x * -0.0\n"):
+        assert code_digest(_compiled(other)) != code_digest(base), other
+    assert code_digest(_compiled("def f(x):\n    return x * 2.0\n", filename="n.py")) != code_digest(base)
+    zero, neg = (code_digest(_compiled(f"def f(x):\n    return x * {z}\n")) for z in ("0.0", "-0.0"))
+    assert zero != neg
+    nested = "def f(x):\n    def g(y):\n        return y * {k}\n    return g(x)\n"
+    assert code_digest(_compiled(nested.format(k=1))) != code_digest(_compiled(nested.format(k=2)))
+
+
+def test_code_digest_does_not_depend_on_the_hash_seed(tmp_path):
+    prog = textwrap.dedent('''
+        from flux_compile.parsing import code_digest
+        def f(x):
+            if x in {"a", "b", "c", 1.5, (1, "z")}:
+                return {k: k for k in ("p", "q")}
+            return x
+        print(code_digest(f.__code__))
+    ''')
+    (tmp_path / "seedprog.py").write_text(prog)
+    outs = {subprocess.run([sys.executable, str(tmp_path / "seedprog.py")], capture_output=True, text=True,
+                           check=True, env=dict(os.environ, PYTHONHASHSEED=str(seed))).stdout
+            for seed in (0, 1, 2, 3)}
+    assert len(outs) == 1
+
+
+def test_the_library_fingerprint_follows_size_and_time_of_every_file(tmp_path, monkeypatch):
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "a.py").write_text("A = 1\n")
+    (pkg / "sub" / "b.py").write_text("B = 1\n")
+    monkeypatch.setattr(diskcache, "_PACKAGE_DIR", str(pkg))
+
+    def fingerprint():
+        diskcache._fingerprint.clear()
+        return diskcache._library_fingerprint()
+    seen = {fingerprint()}
+    (pkg / "sub" / "b.py").write_text("B = 2\n")            # same size
+    os.utime(pkg / "sub" / "b.py", ns=(1, 10 ** 18))
+    seen.add(fingerprint())
+    (pkg / "a.py").write_text("A = 10\n")                  # another size
+    os.utime(pkg / "a.py", ns=(1, 10 ** 18))
+    seen.add(fingerprint())
+    (pkg / "sub" / "c.py").write_text("")                  # a new file
+    seen.add(fingerprint())
+    assert len(seen) == 4
+    diskcache._fingerprint.clear()
+
+
+def test_stored_code_is_refused_from_another_python_or_when_malformed():
+    code = compile("x = 1\n", "<t>", "exec")
+    import base64
+    import marshal
+    good = [importlib.util.MAGIC_NUMBER.hex(), base64.b64encode(marshal.dumps(code)).decode()]
+    assert diskcache.stored_code({"code": good}).co_consts == code.co_consts
+    for bad in (None, [], ["00000000", good[1]], [good[0], "!!"], [good[0], base64.b64encode(b"\x00").decode()],
+                [good[0], base64.b64encode(marshal.dumps((1, 2))).decode()]):
+        assert diskcache.stored_code({"code": bad}) is None, bad
+    assert diskcache.stored_code({}) is None
