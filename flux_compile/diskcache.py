@@ -1,8 +1,9 @@
 """Optional on-disk cache of generated sources (``FLUX_COMPILE_CACHE_DIR``).
 
 One entry is one file, ``<key>.py``: a header line with an HMAC, a line of JSON
-metadata, then the generated module text. ``<key>`` digests everything known
-before compiling: the library (version and the content of its files), NumPy and
+metadata, then the generated module text (the metadata also holds the module's code object, marshalled,
+for this Python only). ``<key>`` digests everything known
+before compiling: the library (version, and size and time of each of its files), NumPy and
 Python versions, the class, ``forward``'s source, the in-memory cache key (model
 structure, input specs, compile-time settings, by value) and every derivative
 rule the user registered (by content). The metadata lists, with a content digest
