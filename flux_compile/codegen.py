@@ -454,8 +454,21 @@ def build_module(label, funcs, ns):
 
 
 def _names_read(defs):
-    """Every name the functions read (the module globals among them are what they need)."""
-    return {n.id for d in defs for n in ast.walk(d) if isinstance(n, ast.Name)}
+    """Every name the functions read (the module globals among them are what they need).
+    ``ast.walk``'s visit, without its generator per node (it is on every compile's path)."""
+    out, stack, node_type, name_type = set(), list(defs), ast.AST, ast.Name
+    while stack:
+        node = stack.pop()
+        if type(node) is name_type:
+            out.add(node.id)
+            continue
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if isinstance(value, list):
+                stack.extend(v for v in value if isinstance(v, node_type))
+            elif isinstance(value, node_type):
+                stack.append(value)
+    return out
 
 
 class FuncSet:

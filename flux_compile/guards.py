@@ -183,7 +183,7 @@ def compile_checks(guards):
         lines.append(f"        if not ({rd.test(kind, expected)}):")
         lines.append("            return False")
     lines += ["    except Exception:", "        return False", "    return True"]
-    exec(compile("\n".join(lines), "<flux_compile guards>", "exec"), rd.env)
+    exec(_compiled("\n".join(lines), "<flux_compile guards>"), rd.env)
     return rd.env["check"]
 
 
@@ -193,8 +193,22 @@ def compile_reader(paths):
         return lambda r, a: ()
     rd = _Render()
     body = ", ".join(rd.path(p) for p in paths)
-    exec(compile(f"def read(r, a):\n    return ({body},)\n", "<flux_compile reads>", "exec"), rd.env)
+    exec(_compiled(f"def read(r, a):\n    return ({body},)\n", "<flux_compile reads>"), rd.env)
     return rd.env["read"]
+
+
+_codes = {}         # (text, filename) -> its code: the text names its values, never holds them
+
+
+def _compiled(text, filename):
+    """``compile(text, filename, "exec")``, kept: every variant of a class has the same checks."""
+    key = (text, filename)
+    code = _codes.get(key)
+    if code is None:
+        if len(_codes) > 512:
+            _codes.clear()
+        code = _codes[key] = compile(text, filename, "exec")
+    return code
 
 
 def name_hint(path):

@@ -14,6 +14,7 @@ import types
 import warnings
 import weakref
 
+from ._version import IMPORTED_NS
 from .errors import CompileError
 from .ir import Loc
 
@@ -60,17 +61,47 @@ class Source:
                 raise CompileError("async functions are not supported", filename, start)
 
     def loc(self, node, owner=None):
+        """The :class:`Loc` of a node of this source's tree (kept: every compile of the function
+        asks for the same nodes' locations again)."""
+        key = (id(node), owner)
+        memo = self.__dict__.setdefault("_locs", {})
+        found = memo.get(key)
+        if found is not None and found[0] is node:
+            return found[1]
         lineno = getattr(node, "lineno", 1) + self.offset
         col = getattr(node, "col_offset", 0) + self.indent + 1
-        seg = ast.get_source_segment(self.text, node) if hasattr(node, "lineno") else None
+        seg = self.segment(node) if hasattr(node, "lineno") else None
         if isinstance(node, (ast.If, ast.While)):
-            test = ast.get_source_segment(self.text, node.test)
+            test = self.segment(node.test)
             seg = f"{'while' if isinstance(node, ast.While) else 'if'} {test}:" if test else seg
         elif isinstance(node, ast.For):
-            target, it = ast.get_source_segment(self.text, node.target), ast.get_source_segment(self.text, node.iter)
+            target, it = self.segment(node.target), self.segment(node.iter)
             seg = f"for {target} in {it}:" if target and it else seg
         text = " ".join(seg.split()) if seg else ""
-        return Loc(self.filename, lineno, col, text, owner or self.owner)
+        loc = Loc(self.filename, lineno, col, text, owner or self.owner)
+        memo[key] = (node, loc)
+        return loc
+
+    def segment(self, node):
+        """``ast.get_source_segment(self.text, node)``, without splitting the text each time."""
+        lines = self.__dict__.get("_lines")
+        if lines is None:
+            split = getattr(ast, "_splitlines_no_ff", None)
+            if split is None:
+                return ast.get_source_segment(self.text, node)
+            lines = self._lines = split(self.text)
+        try:
+            first, last = node.lineno - 1, node.end_lineno - 1
+            col, end_col = node.col_offset, node.end_col_offset
+        except AttributeError:
+            return None
+        if None in (first, last, col, end_col) or not 0 <= first <= last < len(lines):
+            return None
+        if first == last:
+            return lines[first].encode()[col:end_col].decode()
+        head = lines[first].encode()[col:].decode()
+        tail = lines[last].encode()[:end_col].decode()
+        return "".join([head, *lines[first + 1:last], tail])
 
 
 _FUTURE_FLAGS = 0
@@ -87,6 +118,8 @@ def _compiles_to(fn, filename):
     except (AttributeError, ValueError):
         return True
     if not os.path.isfile(filename):       # a notebook cell or an exec'd string cannot be edited
+        return True
+    if _unchanged_since_import(filename):
         return True
     text = "".join(linecache.getlines(filename))
     if not text:
@@ -105,6 +138,23 @@ def _compiles_to(fn, filename):
     if module is None:
         return False
     return any(_same_bytecode(c, code) for c in _codes_at(module, code.co_name, code.co_firstlineno))
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_MTIME_MARGIN_NS = 2 * 10 ** 9         # file systems that keep times to the second or two
+
+
+def _unchanged_since_import(filename):
+    """Is ``filename`` a file of flux_compile itself, last modified before the package began
+    importing? Its text is then the code that runs, without compiling the file to compare."""
+    path = os.path.abspath(filename)
+    if not path.startswith(_PACKAGE_DIR + os.sep):
+        return False
+    try:
+        mtime = os.stat(path).st_mtime_ns
+    except OSError:
+        return False
+    return mtime < IMPORTED_NS - _MTIME_MARGIN_NS
 
 
 def _codes_at(code, name, line):

@@ -119,3 +119,35 @@ def test_stored_code_is_refused_from_another_python_or_when_malformed():
                 [good[0], base64.b64encode(marshal.dumps((1, 2))).decode()]):
         assert diskcache.stored_code({"code": bad}) is None, bad
     assert diskcache.stored_code({}) is None
+
+
+def test_only_library_files_untouched_since_import_skip_the_edit_check(tmp_path, monkeypatch):
+    """A file of the package last modified before it began importing is the code that runs;
+    any other file, or a library file modified since, is compiled and compared (edits found)."""
+    from flux_compile import parsing
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    path = lib / "mod.py"
+    path.write_text("def f(x):\n    return x * 2\n")
+    monkeypatch.setattr(parsing, "_PACKAGE_DIR", str(lib))
+    monkeypatch.setattr(parsing, "IMPORTED_NS", 10 ** 18 + 10 ** 10)
+    os.utime(path, ns=(10 ** 18, 10 ** 18))                             # before the import
+    assert parsing._unchanged_since_import(str(path))
+    os.utime(path, ns=(10 ** 18 + 10 ** 10, 10 ** 18 + 10 ** 10 - 10 ** 9))   # within the margin
+    assert not parsing._unchanged_since_import(str(path))
+    os.utime(path, ns=(2 * 10 ** 18, 2 * 10 ** 18))                      # after it
+    assert not parsing._unchanged_since_import(str(path))
+    outside = tmp_path / "user.py"
+    outside.write_text("x = 1\n")
+    os.utime(outside, ns=(10 ** 18, 10 ** 18))
+    assert not parsing._unchanged_since_import(str(outside))
+    assert not parsing._unchanged_since_import(str(lib) + "x/mod.py")   # a sibling directory's name
+
+
+def test_library_sources_are_trusted_only_when_older_than_the_import():
+    import flux_compile
+    from flux_compile import parsing
+    from flux_compile._version import IMPORTED_NS
+    layers = os.path.join(os.path.dirname(flux_compile.__file__), "layers.py")
+    want = os.stat(layers).st_mtime_ns < IMPORTED_NS - parsing._MTIME_MARGIN_NS
+    assert parsing._unchanged_since_import(layers) is want
