@@ -4,10 +4,11 @@ model compiles in < 50 ms, a disk-cache hit loads in < 5 ms.
 
 Every "fresh process" figure is a new Python process (with .pyc files, as an installed
 package has them) timing only the call named, after ``import flux_compile``; each is run
-``--runs`` times and the median and the best are printed. The warm figures are medians of
+``--runs`` times and the median is printed; ``--against DIR`` times another checkout in
+the same run (taking turns) and prints the ratios. The warm figures are medians of
 ``--repeats`` compiles in one process, with the time per pipeline stage.
 
-    python benchmarks/compile.py [--runs 5] [--repeats 20]
+    python benchmarks/compile.py [--runs 5] [--repeats 20] [--against ../main]
 """
 import argparse
 import json
@@ -45,7 +46,7 @@ PROGRAM = textwrap.dedent('''
         step(x, target=t)
         t2 = time.perf_counter()
         out = {"first_step": t1 - t0, "next_step": t2 - t1,
-               "from_disk": next(iter(fc.trainstep._SHARED.values()))[0].origin == "disk"}
+               "from_disk": getattr(next(iter(fc.trainstep._SHARED.values()))[0], "origin", "") == "disk"}
     elif what == "warm":
         import cProfile, pstats
         from flux_compile import trainstep
@@ -86,53 +87,74 @@ PROGRAM = textwrap.dedent('''
 
 
 def run(what, env, *extra):
-    r = subprocess.run([sys.executable, "-c", PROGRAM, what, *extra], capture_output=True, text=True, env=env)
+    r = subprocess.run([sys.executable, "-c", PROGRAM, what, *extra], capture_output=True, text=True, env=env,
+                       cwd=tempfile.gettempdir())          # not a checkout: PYTHONPATH picks the package
     if r.returncode:
         raise SystemExit(r.stderr)
     return json.loads(r.stdout.splitlines()[-1])
 
 
-def summary(values):
-    ms = [1e3 * v for v in values]
-    return f"median {statistics.median(ms):6.1f} ms   best {min(ms):6.1f} ms"
+def environments(root, tmp):
+    """(without, with) the disk cache, for the checkout at ``root``; .pyc files on."""
+    base = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                PYTHONPYCACHEPREFIX=os.path.join(tmp, "pyc"), XDG_CONFIG_HOME=os.path.join(tmp, "config"),
+                OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
+    base.pop("PYTHONDONTWRITEBYTECODE", None)
+    base.pop("FLUX_COMPILE_CACHE_DIR", None)
+    return base, dict(base, FLUX_COMPILE_CACHE_DIR=os.path.join(tmp, "cache"))
+
+
+ROWS = [("cold compile, fresh process (compile_model)", "cold", "compile"),
+        ("  first pullback + back, fresh process", "cold", "first_pullback"),
+        ("warm compile, every layer again (compile_model)", "warm", "warm"),
+        ("disk hit, fresh process (compile_model)", "hit", "compile"),
+        ("  first pullback + back, fresh process", "hit", "first_pullback"),
+        ("fc.train_step first step, fresh process, no disk", "cold_step", "first_step"),
+        ("fc.train_step first step, warm process", "warm", "step"),
+        ("fc.train_step first step, disk hit, fresh process", "hit_step", "first_step")]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--against", help="another checkout (its directory) timed in the same run, "
+                                      "taking turns with this one")
     a = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="fc-compile-bench-")
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    base = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                PYTHONPYCACHEPREFIX=os.path.join(tmp, "pyc"), XDG_CONFIG_HOME=os.path.join(tmp, "config"),
-                OPENBLAS_NUM_THREADS=os.environ.get("OPENBLAS_NUM_THREADS", "1"))
-    base.pop("PYTHONDONTWRITEBYTECODE", None)
-    base.pop("FLUX_COMPILE_CACHE_DIR", None)
-    disk = dict(base, FLUX_COMPILE_CACHE_DIR=os.path.join(tmp, "cache"))
-    run("model", base)                          # writes the .pyc files
-    cold, hit, cold_step, hit_step = [], [], [], []
-    run("model", disk), run("step", disk)     # stores the entries
-    for _ in range(a.runs):                   # the contenders take turns
-        cold.append(run("model", base))
-        hit.append(run("model", disk))
-        cold_step.append(run("step", base))
-        hit_step.append(run("step", disk))
-    assert all(h["from_disk"] for h in hit + hit_step) and not any(c["from_disk"] for c in cold + cold_step)
-    warm = run("warm", base, str(a.repeats))
+    roots = [("this", here)] + ([("against", os.path.abspath(a.against))] if a.against else [])
+    envs, results = {}, {}
+    for label, root in roots:
+        envs[label] = environments(root, tempfile.mkdtemp(prefix="fc-compile-bench-"))
+        base, disk = envs[label]
+        run("model", base)                      # writes the .pyc files
+        run("model", disk), run("step", disk)   # stores the entries
+        results[label] = {"cold": [], "hit": [], "cold_step": [], "hit_step": [], "warm": []}
+    for _ in range(a.runs):                     # the contenders take turns
+        for label, _root in roots:
+            base, disk = envs[label]
+            r = results[label]
+            r["cold"].append(run("model", base))
+            r["hit"].append(run("model", disk))
+            r["cold_step"].append(run("step", base))
+            r["hit_step"].append(run("step", disk))
+    for label, _root in roots:
+        results[label]["warm"].append(run("warm", envs[label][0], str(a.repeats)))
     print("5-layer MLP: fc.Chain of 4 fc.Dense(64, 64, relu) and fc.Dense(64, 10), batch 32, float64")
-    print(f"cold compile, fresh process (compile_model)          {summary([c['compile'] for c in cold])}")
-    print(f"  first pullback + back, fresh process                {summary([c['first_pullback'] for c in cold])}")
-    print(f"warm compile, same process (compile_model)           median {1e3 * warm['warm']:6.1f} ms   "
-          f"best {1e3 * warm['warm_best']:6.1f} ms")
-    print("  share of the time per stage (under cProfile; trace includes the sub-models' own builds): "
-          + ", ".join(f"{k} {100 * v:.0f}%" for k, v in warm["stages"].items()))
-    print(f"disk hit, fresh process (compile_model)              {summary([h['compile'] for h in hit])}")
-    print(f"  first pullback + back, fresh process                {summary([h['first_pullback'] for h in hit])}")
-    print(f"fc.train_step first step, fresh process, no disk     {summary([c['first_step'] for c in cold_step])}")
-    print(f"fc.train_step first step, warm process (median)      median {1e3 * warm['step']:6.1f} ms")
-    print(f"fc.train_step first step, disk hit, fresh process    {summary([h['first_step'] for h in hit_step])}")
-    print(f"  (a step once compiled)                              {summary([h['next_step'] for h in hit_step])}")
+    print("medians in ms (fresh processes: of --runs; warm: of --repeats in one process)")
+    print(f"{'':52}" + "".join(f"{label:>10}" for label, _ in roots) + ("     ratio" if a.against else ""))
+    for title, kind, field in ROWS:
+        values = []
+        for label, _ in roots:
+            r = results[label][kind]
+            ok = kind not in ("hit", "hit_step") or all(x.get("from_disk") for x in r)
+            values.append(statistics.median(x[field] for x in r) * 1e3 if ok else None)
+        cells = "".join(f"{v:10.1f}" if v is not None else f"{'no hit':>10}" for v in values)
+        ratio = f"{values[0] / values[1]:9.2f}x" if a.against and None not in values else ""
+        print(f"{title:52}{cells}{ratio}")
+    stages = results["this"]["warm"][0]["stages"]
+    print("warm compile, share of the time per stage (cProfile; trace includes the sub-models' builds): "
+          + ", ".join(f"{k} {100 * v:.0f}%" for k, v in stages.items()))
 
 
 if __name__ == "__main__":
