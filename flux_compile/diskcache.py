@@ -347,7 +347,7 @@ def store(where, dkey, cls, key_parts, compiled, extra=None, run_time=(), also=(
             "guarded": bool(getattr(compiled, "guarded", False)),
             "linemap": {str(k): [v.filename, v.lineno, v.col, v.text, v.owner]
                         for k, v in compiled.linemap.items()},
-            "code": _code_record(compiled.filename),
+            "code": _code_record(compiled.filename, compiled.source),
             "extra": extra,
         }
         meta_line = json.dumps(meta, separators=(",", ":"))
@@ -364,10 +364,10 @@ def store(where, dkey, cls, key_parts, compiled, extra=None, run_time=(), also=(
     return True
 
 
-def _code_record(filename):
+def _code_record(filename, source):
     """The module code the source was compiled to, marshalled (for this Python's bytecode
     only): a hit runs it without compiling the text again. None when it is not at hand."""
-    code = code_of(filename)
+    code = code_of(filename, source)
     if code is None:
         return None
     return [importlib.util.MAGIC_NUMBER.hex(), base64.b64encode(marshal.dumps(code)).decode("ascii")]

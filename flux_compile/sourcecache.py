@@ -15,7 +15,7 @@ from collections import OrderedDict
 
 _counter = {}
 _lock = threading.Lock()
-_codes = OrderedDict()      # filename -> the module code compiled under it (the last ones)
+_codes = OrderedDict()      # filename -> (source, the module code compiled from it): the last ones
 MAX_CODES = 64
 
 
@@ -35,16 +35,18 @@ def compile_source(source, filename, namespace, code=None):
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     code = compile(source, filename, "exec") if code is None else _renamed(code, filename)
     with _lock:
-        _codes[filename] = code
+        _codes[filename] = (source, code)
         while len(_codes) > MAX_CODES:
             _codes.popitem(last=False)
     exec(code, namespace)
     return namespace
 
 
-def code_of(filename):
-    """The module code compiled under ``filename`` (None once it is no longer kept)."""
-    return _codes.get(filename)
+def code_of(filename, source):
+    """The module code ``source`` was compiled to under ``filename`` (None once it is no
+    longer kept, or when another text was compiled under that name)."""
+    got = _codes.get(filename)
+    return got[1] if got is not None and got[0] == source else None
 
 
 def _renamed(code, filename):

@@ -204,12 +204,20 @@ NO_SOURCE_READS = textwrap.dedent('''
         raise AssertionError("a disk hit read a source file")
     linecache.getlines = linecache.updatecache = inspect.getsource = inspect.getsourcelines = refuse
     tokenize.open = refuse
+    import builtins
+    _compile = builtins.compile
+    def compile_no_module(source, filename, *a, **k):
+        if str(filename).startswith("<flux_compile: "):
+            raise AssertionError("a disk hit compiled generated text")
+        return _compile(source, filename, *a, **k)
+    builtins.compile = compile_no_module
 ''')
 
 
-def test_a_hit_reads_no_source_file(tmp_path):
+def test_a_hit_reads_no_source_file_and_compiles_no_text(tmp_path):
     """The key of a library model and its step need no source text: a hit neither reads nor
-    tokenises a file (the in-memory key hashes forward's code; state names come from bytecode)."""
+    tokenises a file (the in-memory key hashes forward's code; state names come from bytecode),
+    and runs the stored module code without compiling the generated text."""
     (tmp_path / "hitprog.py").write_text(textwrap.dedent('''
         import json, sys
         import numpy as np, flux_compile as fc
@@ -239,3 +247,64 @@ def test_a_hit_reads_no_source_file(tmp_path):
     first, hit = run("store"), run("hit")
     assert first["from_disk"] is False and hit["from_disk"] is True
     assert hit["y"] == first["y"] and hit["dx"] == first["dx"] and hit["loss"] == first["loss"]
+
+
+MODEL_RUN = textwrap.dedent('''
+    import json, sys
+    sys.path.insert(0, {path!r})
+    import numpy as np, flux_compile as fc
+    from flux_compile.cache import compile_model
+    import stepmod
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    m = stepmod.Net()
+    y, back = m.pullback(x)
+    dx = back(np.ones_like(y))
+    print(json.dumps({{"from_disk": compile_model(m, (x,)).from_disk, "y": y.tolist(), "dx": dx.tolist(),
+                       "gW": m.W.grad.tolist(), "source": fc.source(m, "forward")}}))
+''')
+
+
+def test_model_entries_follow_forwards_code_a_trailing_comment_is_a_hit(project):
+    env = dict(os.environ, XDG_CONFIG_HOME=str(project.config), PYTHONDONTWRITEBYTECODE="1",
+               FLUX_COMPILE_CACHE_DIR=str(project.cache))
+
+    def run():
+        r = subprocess.run([sys.executable, "-c", MODEL_RUN.format(path=str(project.root))],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.splitlines()[-1])
+
+    def by_hand(k=1.0):
+        x = np.linspace(-1, 1, 12).reshape(4, 3)
+        W = np.linspace(-1, 1, 6).reshape(3, 2)
+        b = np.linspace(0.1, 0.2, 2).reshape(1, 2)
+        y = np.tanh(x @ W + b) * k
+        dz = k * (1 - np.tanh(x @ W + b) ** 2)
+        return y, dz @ W.T, x.T @ dz
+
+    def check(out, k=1.0):
+        y, dx, gW = by_hand(k)
+        np.testing.assert_allclose(out["y"], y, rtol=1e-13)
+        np.testing.assert_allclose(out["dx"], dx, rtol=1e-13)
+        np.testing.assert_allclose(out["gW"], gW, rtol=1e-13)
+
+    first = run()
+    assert first["from_disk"] is False
+    check(first)
+    assert run()["from_disk"] is True
+    project.edit("return np.tanh(x @ self.W + self.b)", "return np.tanh(x @ self.W + self.b)  # squashed")
+    out = run()
+    assert out["from_disk"] is True         # the same code: the entry generated from it is right
+    check(out)
+    project.edit("return np.tanh(x @ self.W + self.b)  # squashed", "return np.tanh(x @ self.W + self.b) * 3")
+    out = run()
+    assert out["from_disk"] is False
+    check(out, k=3.0)
+    project.edit("return np.tanh(x @ self.W + self.b) * 3", "return np.tanh(x @ self.W + self.b) * 2")
+    out = run()                             # same length, another constant
+    assert out["from_disk"] is False
+    check(out, k=2.0)
+    project.edit("    def forward(self, x):", "\n    def forward(self, x):")     # moved a line down
+    out = run()
+    assert out["from_disk"] is False and "line 16" in out["source"]
+    check(out, k=2.0)

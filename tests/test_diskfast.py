@@ -151,3 +151,28 @@ def test_library_sources_are_trusted_only_when_older_than_the_import():
     layers = os.path.join(os.path.dirname(flux_compile.__file__), "layers.py")
     want = os.stat(layers).st_mtime_ns < IMPORTED_NS - parsing._MTIME_MARGIN_NS
     assert parsing._unchanged_since_import(layers) is want
+
+
+def test_the_code_kept_for_an_entry_is_that_of_its_own_text():
+    from flux_compile.sourcecache import code_of, compile_source, unique_filename
+    name = unique_filename("kept code")
+    compile_source("def f():\n    return 1\n", name, {})
+    assert code_of(name, "def f():\n    return 1\n") is not None
+    assert code_of(name, "def f():\n    return 2\n") is None
+    assert code_of(unique_filename("never compiled"), "") is None
+
+
+def test_stored_code_runs_under_the_new_filename_with_its_text_in_linecache():
+    import linecache
+    import traceback
+    from flux_compile.sourcecache import code_of, compile_source
+    text = "def f(x):\n    return 1 / x\n"
+    compile_source(text, "<fc test a>", {})
+    ns = compile_source(text, "<fc test b>", {}, code=code_of("<fc test a>", text))
+    assert ns["f"].__code__.co_filename == "<fc test b>"
+    try:
+        ns["f"](0)
+    except ZeroDivisionError as e:
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        assert (frame.filename, frame.lineno, frame.line) == ("<fc test b>", 2, "return 1 / x")
+    assert linecache.getline("<fc test b>", 2).strip() == "return 1 / x"
