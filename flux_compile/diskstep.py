@@ -52,7 +52,7 @@ def load(shared_key, model, opt, fn, args):
         return None
     try:
         dkey, _ = step_key(shared_key, model, opt)
-    except Uncacheable:
+    except Exception:           # Uncacheable, or a key part that cannot be named: no disk entry
         return None
     hit = diskcache.load(where, dkey, type(model), lambda meta: _run_time(meta, fn, args))
     if hit is None:

@@ -35,6 +35,8 @@ MODULE = textwrap.dedent('''
     class MySGD(fc.optim.SGD):
         def block(self):
             return ["p = p - lr * g"]
+
+    lamloss = lambda yhat, y: ((yhat - y) ** 2).sum() * SCALE
 ''')
 
 RUN = textwrap.dedent('''
@@ -308,3 +310,13 @@ def test_model_entries_follow_forwards_code_a_trailing_comment_is_a_hit(project)
     out = run()
     assert out["from_disk"] is False and "line 16" in out["source"]
     check(out, k=2.0)
+
+
+def test_a_loss_without_a_name_is_never_stored_and_still_trains(project):
+    loss = "stepmod.lamloss"
+    first = project.run(loss=loss)
+    second = project.run(loss=loss)
+    assert first["origin"] == second["origin"] == "built"
+    check(first)
+    check(second)
+    assert not [p for p in project.entries() if "train_step" in p.read_text().split("\n", 3)[2]]
