@@ -202,7 +202,8 @@ _fingerprint = []
 
 
 def _user_rules():
-    """The derivative rules the user registered (by content) and the nondiff primitives."""
+    """The derivative rules the user registered (by content), the nondiff primitives and those
+    declared to make complex outputs."""
     rules, named, nondiff = _registered_by_user()
     return sorted((name, digest(rule)) for name, rule in named), nondiff
 
@@ -214,11 +215,13 @@ def _registered_by_user():
     """The user's entries of the registry (a walk of ~300 rules), found again only after a
     registration (every one bumps ``GENERATION``)."""
     from . import rules
-    stamp = (rules.GENERATION[0], len(rules.RULES), len(rules.NONDIFF))
+    stamp = (rules.GENERATION[0], len(rules.RULES), len(rules.NONDIFF), len(rules.COMPLEX_OUTPUT))
     if _user_memo.get("stamp") != stamp:
         named = [(f"{getattr(prim, '__module__', '?')}.{getattr(prim, '__qualname__', getattr(prim, '__name__', '?'))}",
                   rule) for prim, rule in list(rules.RULES.items()) if not _is_library(rule)]
         nondiff = sorted(f"{getattr(p, '__module__', '?')}.{getattr(p, '__name__', '?')}" for p in rules.NONDIFF)
+        nondiff += ["complex output"] + sorted(      # fc.complex_output: gradients take the real part
+            f"{getattr(p, '__module__', '?')}.{getattr(p, '__name__', '?')}" for p in rules.COMPLEX_OUTPUT)
         _user_memo.update(stamp=stamp, value=(rules, named, nondiff))
     return _user_memo["value"]
 

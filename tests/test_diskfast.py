@@ -176,3 +176,45 @@ def test_stored_code_runs_under_the_new_filename_with_its_text_in_linecache():
         frame = traceback.extract_tb(e.__traceback__)[-1]
         assert (frame.filename, frame.lineno, frame.line) == ("<fc test b>", 2, "return 1 / x")
     assert linecache.getline("<fc test b>", 2).strip() == "return 1 / x"
+
+
+def test_the_entry_name_changes_with_every_kind_of_registration(monkeypatch):
+    """The user-rule walk is kept between registrations; each registration is seen."""
+    import numpy as np
+    from flux_compile import rules
+    from flux_compile.rules import registry
+
+    class Probe:
+        pass
+    monkeypatch.setattr(registry, "RULES", dict(registry.RULES))
+    monkeypatch.setattr(rules, "RULES", registry.RULES)
+    monkeypatch.setattr(registry, "NONDIFF", set(registry.NONDIFF))
+    monkeypatch.setattr(rules, "NONDIFF", registry.NONDIFF)
+    monkeypatch.setattr(registry, "COMPLEX_OUTPUT", set(registry.COMPLEX_OUTPUT))
+    monkeypatch.setattr(rules, "COMPLEX_OUTPUT", registry.COMPLEX_OUTPUT)
+    monkeypatch.setattr(registry, "GENERATION", registry.GENERATION)
+
+    def key():
+        return diskcache.entry_key(Probe, ("k",))
+    seen = [key()]
+    assert key() == seen[0]                         # kept: the same name again
+
+    def fn_a(x):
+        return x
+    registry.RULES[fn_a] = _rule_a
+    registry.GENERATION[0] += 1
+    seen.append(key())
+    def fn_b(x):
+        return x
+    registry.NONDIFF.add(fn_b)
+    registry.GENERATION[0] += 1
+    seen.append(key())
+    assert np.sqrt not in registry.COMPLEX_OUTPUT
+    registry.COMPLEX_OUTPUT.add(np.sqrt)
+    registry.GENERATION[0] += 1
+    seen.append(key())
+    assert len(set(seen)) == 4
+
+
+def _rule_a(dy, y, x):
+    return dy
