@@ -1,20 +1,21 @@
 """Optional on-disk cache of generated sources (``FLUX_COMPILE_CACHE_DIR``).
 
 One entry is one file, ``<key>.py``: a header line with an HMAC, a line of JSON
-metadata, then the generated module text (the metadata also holds the module's code object, marshalled,
-for this Python only). ``<key>`` digests everything known
-before compiling: the library (version, and size and time of each of its files), NumPy and
-Python versions, the class, ``forward``'s source, the in-memory cache key (model
-structure, input specs, compile-time settings, by value) and every derivative
-rule the user registered (by content). The metadata lists, with a content digest
-each, what the compile read besides: the class (all its methods and class
-constants), every function it inlined, and through them every global, default
-and closure value they name (arrays by their bytes, except the values the generated code
-reads at run time: by kind, see :func:`run_time_memo`). Before an entry is used,
-each digest is recomputed from the live objects; any difference is a miss. The
-variant's guards are kept in the metadata too (``meta["extra"]``, see diskguards.py).
-The digests themselves are diskdigest.py's; this module keeps the directory, the key,
-the entry format and the storage.
+metadata (with the module's code object, marshalled, for this Python only), then the
+generated module text. ``<key>`` digests everything known before compiling: the library
+(version, and size and modification time of each of its files), NumPy and Python
+versions, the class, the in-memory cache key (``forward``'s code digest, model
+structure, input specs, compile-time settings, by value) and every derivative rule,
+nondiff and complex-output declaration the user registered (rules by content). The
+metadata lists, with a content digest each, what the compile read besides: the class
+(all its methods and class constants), every function it inlined, and through them
+every global, default and closure value they name (functions by their code, arrays by
+their bytes, except the values the generated code reads at run time: by kind, see
+:func:`run_time_memo`). Before an entry is used, each digest is recomputed from the
+live objects; any difference is a miss. No source file is read on a hit. The variant's
+guards are kept in the metadata too (``meta["extra"]``, see diskguards.py). The
+digests themselves are diskdigest.py's; this module keeps the directory, the key, the
+entry format and the storage; ``fc.train_step``'s entries are diskstep.py's.
 
 Threat model. Someone who can write the cache directory but cannot read the
 per-user secret key (``$XDG_CONFIG_HOME/flux_compile/cache.key``, else
