@@ -37,6 +37,14 @@ MODULE = textwrap.dedent('''
             return ["p = p - lr * g"]
 
     lamloss = lambda yhat, y: ((yhat - y) ** 2).sum() * SCALE
+
+    @fc.net
+    class Scaled:
+        def __init__(self, inner, k):
+            self.inner, self.k = inner, k
+
+        def forward(self, x):
+            return self.inner(x) * self.k
 ''')
 
 RUN = textwrap.dedent('''
@@ -48,10 +56,12 @@ RUN = textwrap.dedent('''
     x = np.linspace(-1, 1, 12).reshape(4, 3)
     t = np.linspace(0.5, -0.5, 8).reshape(4, 2)
     m = stepmod.Net()
+    {setup}
     step = fc.train_step(m, {loss}, {opt})
     losses = [step(x, target=t) for _ in range(3)]
     module = next(iter(v for vs in fc.trainstep._SHARED.values() for v in vs))
-    print(json.dumps({{"losses": losses, "W": m.W.value.tolist(), "b": m.b.value.tolist(),
+    core = getattr(m, "inner", m)
+    print(json.dumps({{"losses": losses, "W": core.W.value.tolist(), "b": core.b.value.tolist(),
                        "origin": module.origin}}))
 ''')
 
@@ -63,13 +73,13 @@ class StepProject:
         self.config = tmp_path / "config"
         (tmp_path / "stepmod.py").write_text(MODULE)
 
-    def run(self, loss="stepmod.myloss", opt="fc.optim.SGD(0.1)", prelude="", cached=True):
+    def run(self, loss="stepmod.myloss", opt="fc.optim.SGD(0.1)", prelude="", cached=True, setup=""):
         env = dict(os.environ, XDG_CONFIG_HOME=str(self.config), PYTHONDONTWRITEBYTECODE="1")
         if cached:
             env["FLUX_COMPILE_CACHE_DIR"] = str(self.cache)
         else:
             env.pop("FLUX_COMPILE_CACHE_DIR", None)
-        code = RUN.format(path=str(self.root), loss=loss, opt=opt, prelude=prelude)
+        code = RUN.format(path=str(self.root), loss=loss, opt=opt, prelude=prelude, setup=setup)
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout.splitlines()[-1])
@@ -320,3 +330,70 @@ def test_a_loss_without_a_name_is_never_stored_and_still_trains(project):
     check(first)
     check(second)
     assert not [p for p in project.entries() if "train_step" in p.read_text().split("\n", 3)[2]]
+
+
+def test_a_changed_int_setting_of_a_sub_model_holder_is_another_step(project):
+    """``self.k`` (an int) is baked into the step: another value is another entry, never the
+    code made for the first; the sub-model ``Net`` edited is a miss too."""
+    scaled = "m = stepmod.Scaled(m, {k})"
+    for k, origin in ((2, "built"), (3, "built"), (2, "disk"), (3, "disk")):
+        out = project.run(setup=scaled.format(k=k))
+        assert out["origin"] == origin, k
+        np.testing.assert_allclose(out["losses"][0], _scaled_loss(k), rtol=1e-12)
+    project.edit("return np.tanh(x @ self.W + self.b)", "return np.tanh(x @ self.W + self.b) * 1.0")
+    out = project.run(setup=scaled.format(k=2))
+    assert out["origin"] == "built"
+    np.testing.assert_allclose(out["losses"][0], _scaled_loss(2), rtol=1e-12)
+
+
+def _scaled_loss(k):
+    x = np.linspace(-1, 1, 12).reshape(4, 3)
+    t = np.linspace(0.5, -0.5, 8).reshape(4, 2)
+    W = np.linspace(-1, 1, 6).reshape(3, 2)
+    b = np.linspace(0.1, 0.2, 2).reshape(1, 2)
+    return float(((np.tanh(x @ W + b) * k - t) ** 2).sum() * 2.0)
+
+
+@pytest.mark.parametrize("prelude", ["import flux_compile.diskcache as dc; dc.__version__ = '99.0'",
+                                     "np.__version__ = '0.0.1'"])
+def test_another_library_or_numpy_version_is_a_miss(project, prelude):
+    first = project.run()
+    out = project.run(prelude=prelude)
+    assert out["origin"] == "built"
+    assert out["losses"] == first["losses"]
+
+
+def _inject_into_text(entry, marker):
+    text = entry.read_text()
+    assert "def step(" in text
+    entry.write_text(text.replace("def step(", f"open({str(marker)!r}, 'w').write('ran')\ndef step(", 1))
+
+
+def _inject_into_code(entry, marker):
+    import base64
+    import importlib.util
+    import marshal
+    header, meta_line, source = entry.read_text().split("\n", 2)
+    meta = json.loads(meta_line[2:])
+    assert meta["code"][0] == importlib.util.MAGIC_NUMBER.hex()
+    evil = compile(f"open({str(marker)!r}, 'w').write('ran')\n" + source, "<evil>", "exec")
+    meta["code"][1] = base64.b64encode(marshal.dumps(evil)).decode()
+    entry.write_text("\n".join([header, "# " + json.dumps(meta, separators=(",", ":")), source]))
+
+
+def _rebind_update(entry, marker):
+    header, meta_line, source = entry.read_text().split("\n", 2)
+    meta = json.loads(meta_line[2:])
+    meta["names"]["np"] = ["builtin", "builtins", "open", ""]
+    entry.write_text("\n".join([header, "# " + json.dumps(meta, separators=(",", ":")), source]))
+
+
+@pytest.mark.parametrize("tamper", [_inject_into_text, _inject_into_code, _rebind_update])
+def test_a_tampered_step_entry_runs_nothing_and_is_replaced(project, tamper):
+    marker = project.root / "MARKER"
+    first = project.run()
+    tamper(project.step_entry(), marker)
+    out = project.run()
+    assert not marker.exists()
+    assert out["origin"] == "built" and out["losses"] == first["losses"]
+    assert project.run()["origin"] == "disk"
