@@ -218,3 +218,23 @@ def test_the_entry_name_changes_with_every_kind_of_registration(monkeypatch):
 
 def _rule_a(dy, y, x):
     return dy
+
+
+def test_a_rules_signature_is_kept_only_while_its_code_and_defaults_stay():
+    from flux_compile import rules
+
+    def rule(dy, y, x, *, axis=None):
+        return dy
+    assert rules.rule_signature(rule) == (["x"], {"axis": None})
+    got = rules.rule_signature(rule)
+    got[0].append("mutated")
+    got[1]["axis"] = "mutated"
+    assert rules.rule_signature(rule) == (["x"], {"axis": None})     # callers get copies
+    rule.__kwdefaults__ = {"axis": 1}
+    assert rules.rule_signature(rule) == (["x"], {"axis": 1})
+
+    def other(dy, y, a, b, *rest):
+        return dy
+    rule.__code__ = other.__code__
+    rule.__kwdefaults__ = None
+    assert rules.rule_signature(rule) == (["a", "b", "*rest"], {})

@@ -96,7 +96,23 @@ def is_nondiff(primitive):
 
 
 def rule_signature(rule):
-    """(positional input names, keyword-only defaults) of a rule, minus dy and y."""
+    """(positional input names, keyword-only defaults) of a rule, minus dy and y; kept per
+    rule while its code and defaults stay (every use of a primitive asks again)."""
+    stamp = (getattr(rule, "__code__", None), getattr(rule, "__defaults__", None),
+             getattr(rule, "__kwdefaults__", None), getattr(rule, "__signature__", None))
+    known = _signatures.get(id(rule))
+    if known is None or known[0] is not rule or any(a is not b for a, b in zip(known[1], stamp)):
+        if len(_signatures) > 4096:
+            _signatures.clear()
+        known = _signatures[id(rule)] = (rule, stamp, _rule_signature(rule))
+    pos, kw = known[2]
+    return list(pos), dict(kw)
+
+
+_signatures = {}        # id(rule) -> (rule, what its signature is made of, (names, keyword defaults))
+
+
+def _rule_signature(rule):
     sig = inspect.signature(rule)
     pos, kw = [], {}
     for p in list(sig.parameters.values())[2:]:
