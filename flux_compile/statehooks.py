@@ -54,28 +54,31 @@ def _scan_state_names(fn):
     return names
 
 
-_STORE_ATTR = dis.opmap["STORE_ATTR"]
-_POP_TOP = dis.opmap["POP_TOP"]
-_LOAD_FAST = frozenset(op for name, op in dis.opmap.items() if name.startswith("LOAD_FAST"))
+# What an assignment to an attribute or an item compiles to; POP_TOP ends a bare annotated
+# target (``self.h: float`` evaluates ``self`` and drops it). None of them: no such statement.
+_SUSPECT = frozenset(dis.opmap[name] for name in ("STORE_ATTR", "STORE_SUBSCR", "STORE_SLICE", "POP_TOP")
+                     if name in dis.opmap)
 
 
 def _bytecode_may_assign(code):
-    """Could ``code`` (or a function nested in it) hold ``obj.NAME = ...``, ``+=`` or a bare
-    ``obj.NAME: T``? Any attribute store, or a local loaded and dropped (how a bare annotated
-    attribute compiles), says yes."""
-    prev = None
-    for ins in dis.get_instructions(code):
-        if ins.opcode == _STORE_ATTR or ins.opcode == _POP_TOP and prev in _LOAD_FAST:
-            return True
-        prev = ins.opcode
+    """Could ``code`` (or a function nested in it) hold ``obj.NAME = ...``, ``obj[i] = ...``,
+    ``+=`` or a bare annotated target? Any store into an attribute or item, or any value
+    dropped, says yes (the source scan then decides)."""
+    if any(ins.opcode in _SUSPECT for ins in dis.get_instructions(code)):
+        return True
     return any(_bytecode_may_assign(c) for c in code.co_consts if isinstance(c, types.CodeType))
 
 
-def _probe(self):
+def _probe_attribute(self):
     self.h: float
 
 
-_BYTECODE_EXACT = _bytecode_may_assign(_probe.__code__)    # else this Python hides bare annotations
+def _probe_item(self, i):
+    self.h[i + 1]: float
+
+
+# else this Python compiles bare annotations to nothing: always read the source
+_BYTECODE_EXACT = _bytecode_may_assign(_probe_attribute.__code__) and _bytecode_may_assign(_probe_item.__code__)
 
 
 def _assigns_no_attribute(code):

@@ -27,6 +27,17 @@ FORWARDS = {
     "reads only": "def forward(self, x):\n    y = self.W\n    return y.T @ x\n",
     "comprehension": "def forward(self, x):\n    return [self.W for _ in range(2)]\n",
     "expression statement": "def forward(self, x):\n    x\n    return x\n",
+    "item of an attribute": "def forward(self, x):\n    self.buf[0] = x\n    return x\n",
+    "slice of an attribute": "def forward(self, x):\n    self.buf[1:2] = x\n    return x\n",
+    "item augassign": "def forward(self, x):\n    self.buf[0] += x\n    return x\n",
+    "attribute in an index": "def forward(self, x):\n    y = [0]\n    y[self.i] = x\n    return x\n",
+    "bare annotated item": "def forward(self, x):\n    self.buf[0]: int\n    return x\n",
+    "bare annotated computed item": "def forward(self, x, i):\n    self.buf[i + 1]: int\n    return x\n",
+    "bare annotated nested attribute": "def forward(self, x):\n    self.a.b: int\n    return x\n",
+    "starred target": "def forward(self, x):\n    *self.rest, y = x\n    return y\n",
+    "lambda body": "def forward(self, x):\n    f = lambda: setattr(self, 'h', x)\n    return x\n",
+    "loop and conditional": "def forward(self, x):\n    for layer in self.layers:\n        x = layer(x) if layer else x\n    return x\n",
+    "class in forward": "def forward(self, x):\n    class C:\n        h: int = 1\n    return x\n",
 }
 
 
