@@ -249,3 +249,27 @@ def test_a_rules_signature_is_kept_only_while_its_code_and_defaults_stay():
     rule.__code__ = other.__code__
     rule.__kwdefaults__ = None
     assert rules.rule_signature(rule) == (["a", "b", "*rest"], {})
+
+
+def test_names_read_equal_ast_walks_on_every_module_of_the_package():
+    import ast
+    import pathlib
+    from flux_compile.codegen import _names_read
+    root = pathlib.Path(diskcache.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        defs = ast.parse(path.read_text()).body
+        want = {n.id for d in defs for n in ast.walk(d) if isinstance(n, ast.Name)}
+        assert _names_read(defs) == want, path
+
+
+def test_source_segments_equal_ast_get_source_segment():
+    import ast
+    import flux_compile as fc
+    from flux_compile.parsing import get_source
+    for fn in (fc.LSTM.forward, fc.GRU.forward, fc.BatchNorm.forward, fc.Chain.forward, fc.softmax,
+               fc.logsumexp, fc.gelu):
+        src = get_source(fn)
+        for node in ast.walk(src.tree):
+            if hasattr(node, "lineno"):
+                assert src.segment(node) == ast.get_source_segment(src.text, node)
+        assert src.loc(src.tree.body[0]) is src.loc(src.tree.body[0])       # kept
