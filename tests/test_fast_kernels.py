@@ -1,0 +1,175 @@
+"""The fast paths of the convolution, pooling and matmul kernels (issue 12, branch kernels):
+chunked im2col (several chunks forced), tiled max-pooling backward, and one-GEMM gradients
+of ``x @ W`` for batched rows, each against ``torch.nn.functional`` / torch autograd with
+copied values (float64 1e-10, float32 1e-5) and central finite differences, at edge shapes;
+forward mode (``fc.jvp``) and ``fc.hvp`` through the changed kernels."""
+import numpy as np
+import pytest
+
+import flux_compile as fc
+from flux_compile.rules import conv as C
+from flux_compile.rules import helpers as H
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+torch.set_num_threads(1)
+
+TOL = {np.float64: 1e-10, np.float32: 1e-5}
+rng = np.random.default_rng(12)
+
+
+def t(a, grad=True):
+    return torch.tensor(np.asarray(a), requires_grad=grad)
+
+
+def close(ours, theirs, dtype, what=""):
+    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
+    ours = np.asarray(ours)
+    assert ours.dtype == dtype, f"{what}: dtype {ours.dtype}, wanted {np.dtype(dtype)}"
+    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} vs torch {theirs.shape}"
+    scale = max(1.0, float(np.abs(theirs).max(initial=0)))
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=TOL[dtype] * scale, err_msg=what)
+
+
+@pytest.fixture(params=["one chunk", "chunk per image", "chunks of 3"])
+def chunking(request, monkeypatch):
+    """Run each convolution with the batch in one chunk, one image a chunk, and chunks of
+    three images (the last one short)."""
+    if request.param == "chunk per image":
+        monkeypatch.setattr(C, "CHUNK_BYTES", 1)
+    elif request.param == "chunks of 3":
+        monkeypatch.setattr(C, "image_chunks",
+                            lambda n, _: [slice(s, min(n, s + 3)) for s in range(0, n, 3)])
+    return request.param
+
+
+CONV_EDGES = [  # x shape, W shape, stride, padding
+    ((5, 3, 7, 6), (4, 3, 3, 3), 1, 1),          # 5 images: chunks of 3 leave a short one
+    ((4, 2, 9, 8), (3, 2, 3, 2), 2, 1),          # stride 2 dropping the last rows
+    ((1, 1, 5, 5), (1, 1, 1, 1), 1, 0),          # 1x1 kernel, batch 1, one channel
+    ((7, 4, 6, 6), (2, 4, 1, 1), 2, 0),          # 1x1 kernel, stride 2
+    ((2, 1, 7, 9), (3, 1, 4, 3), (3, 2), (2, 1)),  # odd sizes, pairs
+    ((3, 2, 3, 3), (2, 2, 3, 3), 1, 0),          # kernel as large as the input
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("xs,ws,stride,padding", CONV_EDGES)
+def test_chunked_conv2d_equals_torch(xs, ws, stride, padding, dtype, chunking):
+    x, W = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+    tx, tW = t(x), t(W)
+    ty = F.conv2d(tx, tW, stride=stride, padding=padding)
+    y = C.conv2d(x, W, stride, padding)
+    close(y, ty, dtype, "output")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.tensor(dy))
+    close(C.conv2d_grad_x(dy, W, x.shape, stride, padding), tx.grad, dtype, "dx")
+    close(C.conv2d_grad_w(dy, x, W.shape, stride, padding), tW.grad, dtype, "dW")
+
+
+def test_chunked_conv2d_in_a_compiled_layer_matches_finite_differences(chunking):
+    m = fc.Conv2d(2, 3, 3, stride=1, padding=1, act=np.tanh)
+    x = rng.standard_normal((4, 2, 5, 4))
+    assert fc.gradcheck(m, x, rtol=1e-6, max_elements=120).ok
+
+
+@pytest.mark.parametrize("xs,ws,stride,padding", CONV_EDGES[:3])
+def test_jvp_and_hvp_through_chunked_conv2d(xs, ws, stride, padding, chunking):
+    x, W = rng.standard_normal(xs), rng.standard_normal(ws) * 0.5
+    dx, dW = rng.standard_normal(xs), rng.standard_normal(ws)
+
+    def f(x, W):
+        return np.sum(np.tanh(fc.conv2d(x, W, stride=stride, padding=padding)) ** 2)
+
+    tx, tW = t(x), t(W)
+    tdx, tdW = torch.tensor(dx), torch.tensor(dW)
+    tf = lambda a, b: torch.sum(torch.tanh(F.conv2d(a, b, stride=stride, padding=padding)) ** 2)  # noqa: E731
+    (val, tan), (tval, ttan) = fc.jvp(f, (x, W), (dx, dW)), torch.func.jvp(tf, (tx, tW), (tdx, tdW))
+    close(np.asarray(val), tval, np.float64, "value")
+    close(np.asarray(tan), ttan, np.float64, "tangent")
+    hx, hW = fc.hvp(f, (x, W), (dx, dW))
+    _, (thx, thW) = torch.autograd.functional.hvp(tf, (tx, tW), (tdx, tdW))
+    close(hx, thx, np.float64, "hvp x")
+    close(hW, thW, np.float64, "hvp W")
+
+
+POOL_TILES = [  # x shape, k: stride = k, the tiled backward
+    ((2, 3, 4, 6), 2),
+    ((1, 1, 7, 5), 2),          # H and W not multiples of k: uncovered rows and columns get 0
+    ((2, 2, 6, 9), (2, 3)),     # non-square windows
+    ((3, 1, 3, 3), 3),          # one window per image
+    ((1, 2, 5, 4), 1),          # 1x1 windows
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("xs,k", POOL_TILES)
+@pytest.mark.parametrize("ties", [False, True])
+def test_tiled_maxpool_backward_equals_torch(xs, k, ties, dtype):
+    x = rng.standard_normal(xs)
+    if ties:
+        x = np.round(x)                     # many equal values in a window
+        x[0, 0] = 1.0                       # windows of nothing but ties
+    x = x.astype(dtype)
+    tx = t(x)
+    ty = F.max_pool2d(tx, k)
+    dy = rng.standard_normal(tuple(ty.shape)).astype(dtype)
+    ty.backward(torch.tensor(dy))
+    close(C.maxpool2d(x, k), ty, dtype, "output")
+    close(C.maxpool2d_grad(dy, x, k, None), tx.grad, dtype, "dx")
+    close(C.maxpool2d_grad(dy, x, k, k), tx.grad, dtype, "dx, stride given")
+
+
+def test_tiled_maxpool_backward_matches_finite_differences_and_jvp():
+    x = (rng.permutation(2 * 2 * 7 * 6) * 0.1).reshape(2, 2, 7, 6)      # distinct: no ties
+
+    def f(x):
+        return np.sum(fc.maxpool2d(x, 2) ** 2)
+    assert fc.gradcheck(f, x, max_elements=168).ok
+    v = rng.standard_normal(x.shape)
+    _, tangent = fc.jvp(f, (x,), (v,))
+    eps = 1e-6
+    np.testing.assert_allclose(tangent, (f(x + eps * v) - f(x - eps * v)) / (2 * eps), rtol=1e-7)
+    hv = fc.hvp(f, (x,), (v,))
+    hv = hv[0] if isinstance(hv, tuple) else hv
+    tx = t(x)
+    _, thv = torch.autograd.functional.hvp(lambda a: torch.sum(F.max_pool2d(a, 2) ** 2), tx, torch.tensor(v))
+    close(hv, thv, np.float64, "hvp")
+
+
+MATMUL_ROWS = [  # a shape, b shape: a batch of rows times a matrix
+    ((4, 5, 3), (3, 6)),
+    ((2, 3, 4, 5), (5, 2)),
+    ((1, 1, 3), (3, 1)),
+    ((3, 1, 4), (4, 7)),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("sa,sb", MATMUL_ROWS)
+@pytest.mark.parametrize("layout", ["contiguous", "sliced"])
+def test_matmul_gradients_of_batched_rows_equal_torch(sa, sb, layout, dtype):
+    a, b = rng.standard_normal(sa).astype(dtype), rng.standard_normal(sb).astype(dtype)
+    if layout == "sliced":          # a non-contiguous view (as q, k, v sliced from qkv)
+        a = np.concatenate([a, a], axis=-1)[..., ::2]
+    g = rng.standard_normal(sa[:-1] + sb[-1:]).astype(dtype)
+    if layout == "sliced":
+        g = np.swapaxes(np.ascontiguousarray(np.swapaxes(g, -1, -2)), -1, -2)
+    ta, tb = t(a), t(b)
+    (ta @ tb).backward(torch.tensor(g))
+    close(H.matmul_grad_a(g, a.shape, b), ta.grad, dtype, "da")
+    close(H.matmul_grad_b(g, a, b.shape), tb.grad, dtype, "db")
+
+
+def test_compiled_batched_rows_times_matrix_matches_finite_differences_and_hvp():
+    a, b = rng.standard_normal((3, 4, 5)), rng.standard_normal((5, 2))
+
+    def f(a, b):
+        return np.sum(np.tanh(a[:, 1:, :] @ b) ** 2)
+    assert fc.gradcheck(f, a, b, rtol=1e-6).ok
+    va, vb = rng.standard_normal(a.shape), rng.standard_normal(b.shape)
+    ha, hb = fc.hvp(f, (a, b), (va, vb))
+    tf = lambda x, y: torch.sum(torch.tanh(x[:, 1:, :] @ y) ** 2)  # noqa: E731
+    _, (tha, thb) = torch.autograd.functional.hvp(tf, (t(a), t(b)), (torch.tensor(va), torch.tensor(vb)))
+    close(ha, tha, np.float64, "hvp a")
+    close(hb, thb, np.float64, "hvp b")
