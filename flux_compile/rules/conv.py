@@ -192,11 +192,11 @@ def conv2d_grad_w(dy, x, shape, stride, padding):
     xp = pad_hw(x, padding)
     n, p = x.shape[0], dy.shape[2] * dy.shape[3]
     d = dy.reshape(n, o, p)
-    g = np.zeros((o, kh * kw * c), dtype=np.result_type(dy, x))
+    g = np.zeros((kh * kw * c, o), dtype=np.result_type(dy, x))
     for part in image_chunks(n, kh * kw * c * p * g.itemsize):
         cols = columns(xp[part], (kh, kw), stride)                      # chunk, kH*kW*C, P
-        g += np.matmul(d[part], np.swapaxes(cols, 1, 2)).sum(axis=0)   # O, kH*kW*C
-    return np.ascontiguousarray(g.reshape(o, kh, kw, c).transpose(0, 3, 1, 2))
+        g += np.matmul(cols, np.swapaxes(d[part], 1, 2)).sum(axis=0)   # kH*kW*C, O
+    return np.ascontiguousarray(g.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
 
 
 def maxpool2d_grad(dy, x, k, stride):
