@@ -50,6 +50,8 @@ CONV_EDGES = [  # x shape, W shape, stride, padding
     ((7, 4, 6, 6), (2, 4, 1, 1), 2, 0),          # 1x1 kernel, stride 2
     ((2, 1, 7, 9), (3, 1, 4, 3), (3, 2), (2, 1)),  # odd sizes, pairs
     ((3, 2, 3, 3), (2, 2, 3, 3), 1, 0),          # kernel as large as the input
+    ((2, 2, 4, 4), (3, 2, 1, 1), 1, 1),          # padding >= kernel: dx by col2im, not the flipped conv
+    ((2, 3, 5, 6), (2, 3, 3, 2), 1, (2, 1)),     # stride 1, padding as large as the kernel allows
 ]
 
 

@@ -173,10 +173,15 @@ def avgpool2d(x, k, stride=None):
 # ------------------------------------------------------------------ kernels of the rules
 
 def conv2d_grad_x(dy, W, shape, stride, padding):
-    """Gradient of :func:`conv2d` for ``x`` of ``shape``: one GEMM to columns, then col2im."""
+    """Gradient of :func:`conv2d` for ``x`` of ``shape``: one GEMM to columns, then col2im;
+    at stride 1 the full correlation of ``dy`` with the flipped filters (a forward
+    convolution: its chunked im2col costs less than col2im's kH * kW adds)."""
     ph, pw = pair(padding)
     n, c = shape[0], shape[1]
     o, _, kh, kw = W.shape
+    if pair(stride) == (1, 1) and ph < kh and pw < kw:
+        flipped = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))    # C, O, kH, kW
+        return conv2d(dy, flipped, 1, (kh - 1 - ph, kw - 1 - pw))
     ho, wo = dy.shape[2:]
     out = np.zeros((n, c, shape[2] + 2 * ph, shape[3] + 2 * pw), dtype=np.result_type(dy, W))
     Wt, d = filters(W).T, dy.reshape(n, o, ho * wo)
