@@ -175,3 +175,58 @@ def test_compiled_batched_rows_times_matrix_matches_finite_differences_and_hvp()
     _, (tha, thb) = torch.autograd.functional.hvp(tf, (t(a), t(b)), (torch.tensor(va), torch.tensor(vb)))
     close(ha, tha, np.float64, "hvp a")
     close(hb, thb, np.float64, "hvp b")
+
+
+# ------------------------------------------------------------------ gelu: in-place kernels
+
+GELU_INPUTS = [(4, 7), (1,), (3, 1, 5)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", GELU_INPUTS)
+def test_gelu_and_its_gradient_equal_torch(shape, dtype):
+    x = (rng.standard_normal(shape) * 4).astype(dtype)          # tails where tanh saturates
+    x.flat[0] = 0.0
+    tx = t(x)
+    ty = F.gelu(tx, approximate="tanh")
+    close(fc.gelu(x), ty, dtype, "gelu")
+    dy = rng.standard_normal(shape).astype(dtype)
+    ty.backward(torch.tensor(dy))
+    close(fc.grad(lambda v: np.sum(fc.gelu(v) * dy), x)[1][0], tx.grad, dtype, "gelu'")
+    close(fc.functions.gelu_grad(dy, x), tx.grad, dtype, "gelu_grad kernel")
+
+
+def test_gelu_kernels_leave_inputs_alone_and_take_views_and_scalars():
+    x = rng.standard_normal((6, 8))
+    view = x[::2, 1::3]                                       # a strided view
+    keep = x.copy()
+    want = F.gelu(torch.tensor(np.ascontiguousarray(view)), approximate="tanh").numpy()
+    np.testing.assert_allclose(fc.gelu(view), want, rtol=0, atol=1e-12)
+    g = np.ones_like(view)
+    fc.functions.gelu_grad(g, view)
+    assert np.array_equal(x, keep) and np.array_equal(g, np.ones_like(view))
+    assert abs(float(fc.gelu(np.array(1.0))) - 0.8411919906082768) < 1e-12      # 0-d: the plain path
+    assert abs(float(fc.gelu(1.0)) - 0.8411919906082768) < 1e-12
+    np.testing.assert_allclose(fc.gelu(np.array([1, 2])), fc.gelu(np.array([1.0, 2.0])))     # integers
+
+
+def test_gelu_second_order_equals_torch():
+    x, v = rng.standard_normal((3, 5)) * 2, rng.standard_normal((3, 5))
+
+    def f(x):
+        return np.sum(fc.gelu(x) ** 2)
+
+    def tf(x):
+        return torch.sum(F.gelu(x, approximate="tanh") ** 2)
+    _, thv = torch.autograd.functional.hvp(tf, t(x), torch.tensor(v))
+    hv = fc.hvp(f, (x,), (v,))
+    close(hv[0] if isinstance(hv, tuple) else hv, thv, np.float64, "hvp (forward over reverse)")
+
+    def g(s):           # reverse over reverse through gelu_grad's own rule
+        return np.sum(fc.gelu(s * x))
+    tg = lambda s: torch.sum(F.gelu(s * t(x, False), approximate="tanh"))  # noqa: E731
+    d2 = fc.gradient(fc.gradient(g))(1.5)
+    s = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    (d1,) = torch.autograd.grad(tg(s), s, create_graph=True)
+    (td2,) = torch.autograd.grad(d1, s)
+    close(np.asarray(d2, dtype=np.float64), td2, np.float64, "d2/ds2")

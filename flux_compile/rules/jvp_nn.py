@@ -2,9 +2,11 @@
 import numpy as np
 
 from .registry import jvprule, linear_jvp
-from ..functions import (elu, flatten, gelu, leakyrelu, logsoftmax, logsumexp, relu, sigmoid,
+from ..functions import (elu, flatten, gelu, gelu_grad, leakyrelu, logsoftmax, logsumexp, relu, sigmoid,
                          softmax, softplus)
 from .helpers import restore_axes
+from .jvp_elementwise import tsum
+from .nn import gelu_second
 
 linear_jvp(flatten)
 
@@ -31,9 +33,13 @@ def _(dx, y, x, *, alpha=1.0):
 
 @jvprule(gelu)
 def _(dx, y, x):
-    t = np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))
-    dt = (1 - t * t) * 0.7978845608028654 * (1 + 0.134145 * x * x)
-    return dx * (0.5 * (1 + t) + 0.5 * x * dt)
+    return gelu_grad(dx, x)
+
+
+@jvprule(gelu_grad)
+def _(dg, dx, y, g, x):
+    # linear in g; in x the factor gelu'(x) moves with gelu''(x)
+    return tsum(None if dg is None else gelu_grad(dg, x), None if dx is None else g * dx * gelu_second(x))
 
 
 @jvprule(softplus)
