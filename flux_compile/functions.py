@@ -138,7 +138,12 @@ def softmax(x, axis=-1):
     >>> softmax(np.array([[0.0, 1000.0]]))
     array([[0., 1.]])
     """
-    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    e = x - np.max(x, axis=axis, keepdims=True)
+    if _writable_float(e):          # NumPy: one temporary, exponentiated and normalised in place
+        np.exp(e, out=e)
+        e /= np.sum(e, axis=axis, keepdims=True)
+        return e
+    e = np.exp(e)
     return e / np.sum(e, axis=axis, keepdims=True)
 
 

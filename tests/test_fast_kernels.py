@@ -230,3 +230,19 @@ def test_gelu_second_order_equals_torch():
     (d1,) = torch.autograd.grad(tg(s), s, create_graph=True)
     (td2,) = torch.autograd.grad(d1, s)
     close(np.asarray(d2, dtype=np.float64), td2, np.float64, "d2/ds2")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_in_place_softmax_equals_torch_and_leaves_its_input(axis, dtype):
+    x = (rng.standard_normal((3, 4, 5)) * 30).astype(dtype)          # large logits: the shift matters
+    keep = x.copy()
+    tx = t(x)
+    ty = torch.softmax(tx, dim=axis)
+    close(fc.softmax(x, axis=axis), ty, dtype, "softmax")
+    assert np.array_equal(x, keep)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    ty.backward(torch.tensor(dy))
+    close(fc.grad(lambda v: np.sum(fc.softmax(v, axis=axis) * dy), x)[1][0], tx.grad, dtype, "dx")
+    np.testing.assert_allclose(fc.softmax(np.array([1, 2, 3])), fc.softmax(np.array([1.0, 2.0, 3.0])))
+    assert fc.softmax(np.float64(2.0)) == 1.0
