@@ -122,6 +122,52 @@ def gelu_grad(g, x):
     return g * ((1 + t) * (0.5 + x * (0.5 * _GELU_C0 + 1.5 * _GELU_C0 * _GELU_C1 * x2) * (1 - t)))
 
 
+def standardize(x, *, axes=(-1,), eps=1e-5):
+    """``(x - mean) / sqrt(var + eps)`` over ``axes`` (kept), the normalisation inside
+    ``LayerNorm``; a primitive, so its derivative is one fused rule (:func:`standardize_grad`).
+
+    >>> standardize(np.array([[1.0, 3.0]]), eps=0.0)
+    array([[-1.,  1.]])
+    """
+    xc = x - np.mean(x, axis=axes, keepdims=True)
+    if _writable_float(xc):         # NumPy: the centred copy is scaled in place
+        xc *= _rstd(xc, axes, eps)
+        return xc
+    return xc / np.sqrt(np.mean(xc * xc, axis=axes, keepdims=True) + eps)
+
+
+def _rstd(xc, axes, eps):
+    """``1 / sqrt(var + eps)`` of the centred ``xc`` (kept axes)."""
+    var = np.mean(np.square(xc), axis=axes, keepdims=True)
+    return 1 / np.sqrt(var + np.asarray(eps, dtype=var.dtype))
+
+
+def standardize_grad(g, x, *, axes=(-1,), eps=1e-5):
+    """``J g`` for :func:`standardize`'s Jacobian ``J`` at ``x``, which is symmetric:
+    ``rstd * (g - mean(g) - xhat * mean(g * xhat))`` (means over ``axes``), so it is the
+    derivative rule's kernel and the forward rule's too. The statistics of ``x`` are
+    recomputed (two passes) rather than saved.
+
+    >>> standardize_grad(np.array([[1.0, 1.0]]), np.array([[1.0, 3.0]]), eps=0.0)
+    array([[0., 0.]])
+    """
+    xc = x - np.mean(x, axis=axes, keepdims=True)
+    if _writable_float(xc, g):      # NumPy: two temporaries, updated in place
+        rstd = _rstd(xc, axes, eps)
+        xhat = xc
+        xhat *= rstd
+        t = np.multiply(g, xhat)
+        m = np.mean(t, axis=axes, keepdims=True)
+        np.multiply(xhat, m, out=t)
+        np.subtract(g, t, out=t)
+        t -= np.mean(g, axis=axes, keepdims=True)
+        t *= rstd
+        return t
+    rstd = 1 / np.sqrt(np.mean(xc * xc, axis=axes, keepdims=True) + eps)
+    xhat = xc * rstd
+    return rstd * (g - np.mean(g, axis=axes, keepdims=True) - xhat * np.mean(g * xhat, axis=axes, keepdims=True))
+
+
 def softplus(x):
     """Smooth ReLU ``log(1 + exp(x))``, overflow-free.
 

@@ -246,3 +246,56 @@ def test_in_place_softmax_equals_torch_and_leaves_its_input(axis, dtype):
     close(fc.grad(lambda v: np.sum(fc.softmax(v, axis=axis) * dy), x)[1][0], tx.grad, dtype, "dx")
     np.testing.assert_allclose(fc.softmax(np.array([1, 2, 3])), fc.softmax(np.array([1.0, 2.0, 3.0])))
     assert fc.softmax(np.float64(2.0)) == 1.0
+
+
+# ------------------------------------------------------------------ LayerNorm: the fused standardize rule
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("lead,norm", [((4,), (6,)), ((2, 3), (2, 5)), ((1,), (1,)), ((3, 1), (7,))])
+def test_layernorm_forward_backward_and_hvp_equal_torch(lead, norm, dtype):
+    m = fc.LayerNorm(norm, dtype=dtype)
+    m.g.value[...] = rng.standard_normal(norm)
+    m.b.value[...] = rng.standard_normal(norm)
+    x = (rng.standard_normal(lead + norm) * 3 + 2).astype(dtype)
+    tx, tg, tb = t(x), t(m.g.value), t(m.b.value)
+    ty = F.layer_norm(tx, norm, tg, tb, eps=1e-5)
+    y, back = m.pullback(x)
+    close(y, ty, dtype, "output")
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    ty.backward(torch.tensor(dy))
+    close(back(dy), tx.grad, dtype, "dx")
+    close(m.g.grad, tg.grad, dtype, "dg")
+    close(m.b.grad, tb.grad, dtype, "db")
+    if dtype == np.float64:
+        v = rng.standard_normal(x.shape)
+        g, b = m.g.value, m.b.value
+
+        def f(x):
+            return np.sum(np.tanh(fc.functions.standardize(x, axes=m.axes, eps=1e-5) * g + b) ** 2)
+        tf = lambda a: torch.sum(torch.tanh(F.layer_norm(a, norm, t(g, False), t(b, False), eps=1e-5)) ** 2)  # noqa: E731
+        _, thv = torch.autograd.functional.hvp(tf, t(x), torch.tensor(v))
+        hv = fc.hvp(f, (x,), (v,))
+        close(hv[0] if isinstance(hv, tuple) else hv, thv, np.float64, "hvp")
+        assert fc.gradcheck(m, x, rtol=1e-6).ok
+
+
+def test_layernorm_reverse_over_reverse_equals_torch():
+    x = rng.standard_normal((3, 6)) * 2
+    w = rng.standard_normal((3, 6))
+
+    def g(s):
+        return np.sum(fc.functions.standardize(s * x + w) ** 3)
+    tg = lambda s: torch.sum(F.layer_norm(s * t(x, False) + t(w, False), (6,), eps=1e-5) ** 3)  # noqa: E731
+    d2 = fc.gradient(fc.gradient(g))(0.7)
+    s = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    (d1,) = torch.autograd.grad(tg(s), s, create_graph=True)
+    (td2,) = torch.autograd.grad(d1, s)
+    close(np.asarray(d2, dtype=np.float64), td2, np.float64, "d2/ds2")
+
+
+def test_standardize_of_a_constant_row_is_finite():
+    x = np.array([[2.0, 2.0, 2.0], [1.0, 2.0, 3.0]])
+    g = np.ones_like(x)
+    y = fc.functions.standardize(x)
+    dx = fc.functions.standardize_grad(g, x)
+    assert np.all(np.isfinite(y)) and np.all(np.isfinite(dx)) and np.all(y[0] == 0)

@@ -6,10 +6,10 @@ import numpy as np
 
 from .registry import diffrule, nondiff_primitive
 from ..functions import (elu, flatten, gelu, gelu_grad, leakyrelu, logsoftmax, logsumexp,
-                         nodiff, relu, sigmoid, softmax, softplus)
+                         nodiff, relu, sigmoid, softmax, softplus, standardize, standardize_grad)
 from .helpers import restore_axes
 
-KERNELS = ["gelu_grad", "gelu_second"]      # called by name from the rules below (tests/test_rules_direct.py)
+KERNELS = ["gelu_grad", "gelu_second", "standardize_grad"]      # called by name from the rules below (tests/test_rules_direct.py)
 
 
 @diffrule(sigmoid)
@@ -53,6 +53,23 @@ def gelu_second(x):
 
 
 gelu_second.__flux_inline__ = True      # plain arithmetic: differentiable at any order
+
+
+@diffrule(standardize)
+def _(dy, y, x, *, axes=(-1,), eps=1e-5):
+    # the Jacobian is symmetric: the kernel applies it (statistics of x recomputed, fused)
+    return standardize_grad(dy, x, axes=axes, eps=eps)
+
+
+@diffrule(standardize_grad)
+def _(dy, y, g, x, *, axes=(-1,), eps=1e-5):
+    # y = J(x) g: linear in g (J symmetric); in x through rstd, xhat and m = mean(g * xhat)
+    xc = x - np.mean(x, axis=axes, keepdims=True)
+    rstd = 1 / np.sqrt(np.mean(xc * xc, axis=axes, keepdims=True) + eps)
+    xhat = xc * rstd
+    m = np.mean(g * xhat, axis=axes, keepdims=True)
+    dx = -rstd * (xhat * np.mean(dy * y, axis=axes, keepdims=True) + y * np.mean(dy * xhat, axis=axes, keepdims=True))
+    return standardize_grad(dy, x, axes=axes, eps=eps), dx - standardize_grad(rstd * m * dy, x, axes=axes, eps=eps)
 
 
 @diffrule(softplus)
