@@ -34,8 +34,11 @@ def close(ours, theirs, dtype, what=""):
 @pytest.fixture(params=["one chunk", "chunk per image", "chunks of 3"])
 def chunking(request, monkeypatch):
     """Run each convolution with the batch in one chunk, one image a chunk, and chunks of
-    three images (the last one short)."""
-    if request.param == "chunk per image":
+    three images (the last one short), whatever the BLAS thread count."""
+    monkeypatch.setattr(C, "BLAS_THREADS", 1)
+    if request.param == "one chunk":
+        monkeypatch.setattr(C, "BLAS_THREADS", 2)      # several BLAS threads: the whole batch
+    elif request.param == "chunk per image":
         monkeypatch.setattr(C, "CHUNK_BYTES", 1)
     elif request.param == "chunks of 3":
         monkeypatch.setattr(C, "image_chunks",
@@ -317,3 +320,18 @@ def test_layernorm_of_one_element_is_its_shift():
     close(back(dy), tx.grad, np.float64, "dx")
     close(m.g.grad, tg.grad, np.float64, "dg")
     close(m.b.grad, tb.grad, np.float64, "db")
+
+
+@pytest.mark.parametrize("env,want", [({"OPENBLAS_NUM_THREADS": "1"}, 1), ({"OMP_NUM_THREADS": "3"}, 3),
+                                      ({"OPENBLAS_NUM_THREADS": "2,1"}, 2), ({}, None)])
+def test_blas_thread_count_from_the_environment(env, want, monkeypatch):
+    import os
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert C._blas_threads() == (want or os.cpu_count() or 1)
+    monkeypatch.setattr(C, "BLAS_THREADS", 2)
+    assert C.image_chunks(10, 1) == [slice(0, 10)]
+    monkeypatch.setattr(C, "BLAS_THREADS", 1)
+    assert C.image_chunks(10, C.CHUNK_BYTES // 4) == [slice(0, 4), slice(4, 8), slice(8, 10)]

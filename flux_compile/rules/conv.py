@@ -20,6 +20,8 @@ array([[[[ 5.,  7.],
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -92,10 +94,26 @@ def col2im_add(out, cols, stride):
 CHUNK_BYTES = 2 << 20     # column matrices of about this size stay in cache between copy and GEMM
 
 
+def _blas_threads():
+    """The BLAS thread count as the environment sets it (OpenBLAS reads it once, at load)."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+BLAS_THREADS = _blas_threads()
+
+
 def image_chunks(n, bytes_per_image):
     """Slices of the batch axis, each holding about :data:`CHUNK_BYTES` of column matrices:
     the columns of a chunk are built and multiplied while they are still in cache, where the
-    whole batch's columns (9x the input for a 3x3 kernel) would go to memory and back."""
+    whole batch's columns (9x the input for a 3x3 kernel) would go to memory and back.
+    With several BLAS threads, one chunk: between chunks the single-threaded copy runs
+    while BLAS's idle workers spin, which measured slower (benchmarks/README.md)."""
+    if BLAS_THREADS > 1:
+        return [slice(0, n)]
     step = max(1, CHUNK_BYTES // max(1, int(bytes_per_image)))
     return [slice(s, min(n, s + step)) for s in range(0, n, step)]
 
