@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mlp import race  # noqa: E402
 
 LR = 0.01
+TORCH_THREADS = [1]      # --threads default: torch's own default (match it with OPENBLAS_NUM_THREADS unset)
 
 
 def fc_model(seed=0):
@@ -104,7 +105,7 @@ def torch_step_factory(m, x, labels):
         import torch
     except ImportError:
         return None, None
-    torch.set_num_threads(1)
+    torch.set_num_threads(TORCH_THREADS[0])
     nn = torch.nn
     net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
                         nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16 * 14 * 14, 10))
@@ -127,8 +128,15 @@ def torch_step_factory(m, x, labels):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", default="1",
+                    help="torch threads: 1 (with OPENBLAS_NUM_THREADS=1) or 'default' (leave OpenBLAS's unset)")
     ap.add_argument("--batch", type=int, default=32)
     a = ap.parse_args(argv)
+    if a.threads != "default":
+        TORCH_THREADS[0] = int(a.threads)
+    else:
+        import torch
+        TORCH_THREADS[0] = torch.get_num_threads()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((a.batch, 1, 28, 28)).astype(np.float32)
     labels = rng.integers(0, 10, a.batch)
@@ -154,7 +162,7 @@ def main(argv=None):
     ref = best.get("torch", best["numpy"])
     print(f"CNN 2x conv3x3 16ch + maxpool2 + Dense, batch {a.batch}, 28x28, float32 "
           f"(weights agree to {err:.1e} after one step)")
-    for name, label in (("torch", "PyTorch eager (1 thread)"), ("numpy", "hand-written NumPy"),
+    for name, label in (("torch", f"PyTorch eager ({TORCH_THREADS[0]} thr)"), ("numpy", "hand-written NumPy"),
                         ("flux_compile", "flux_compile pullback/back"), ("train_step", "flux_compile train_step")):
         if name in best:
             print(f"  {label:26s}: {best[name] * 1e3:8.2f} ms/step   ratio to torch {best[name] / ref:5.2f}x"

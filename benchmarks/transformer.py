@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mlp import race  # noqa: E402
 
 LR = 0.01
+TORCH_THREADS = [1]      # --threads default: torch's own default (match it with OPENBLAS_NUM_THREADS unset)
 B, T, D = 16, 64, 128
 
 
@@ -123,7 +124,7 @@ def torch_step_factory(P, x, target):
         import torch
     except ImportError:
         return None, None
-    torch.set_num_threads(1)
+    torch.set_num_threads(TORCH_THREADS[0])
     F = torch.nn.functional
     W = [torch.tensor(p.copy(), requires_grad=True) for p in P]
     xt, tt = torch.from_numpy(x), torch.from_numpy(target)
@@ -145,7 +146,14 @@ def torch_step_factory(P, x, target):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", default="1",
+                    help="torch threads: 1 (with OPENBLAS_NUM_THREADS=1) or 'default' (leave OpenBLAS's unset)")
     a = ap.parse_args(argv)
+    if a.threads != "default":
+        TORCH_THREADS[0] = int(a.threads)
+    else:
+        import torch
+        TORCH_THREADS[0] = torch.get_num_threads()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, T, D)).astype(np.float32)
     target = rng.standard_normal((B, T, D)).astype(np.float32)
@@ -180,7 +188,7 @@ def main(argv=None):
     ref = best.get("torch", best["numpy"])
     print(f"transformer block B{B} T{T} d{D}, one head, fc.gelu, LayerNorm, float32 "
           f"(weights agree to {err:.1e} after one step)")
-    for name, label in (("torch", "PyTorch eager (1 thread)"), ("numpy", "hand-written NumPy"),
+    for name, label in (("torch", f"PyTorch eager ({TORCH_THREADS[0]} thr)"), ("numpy", "hand-written NumPy"),
                         ("flux_compile", "flux_compile pullback/back"), ("train_step", "flux_compile train_step")):
         if name in best:
             print(f"  {label:26s}: {best[name] * 1e3:8.2f} ms/step   ratio to torch {best[name] / ref:5.2f}x"

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .functions import nodiff
+from .functions import nodiff, standardize
 from .init import as_rng, glorot_uniform, weights, zeros
 from .model import net
 from .params import Param, const, named_params, submodels
@@ -297,10 +297,7 @@ class LayerNorm:
         self.eps = float(eps)
 
     def forward(self, x):
-        mu = np.mean(x, axis=self.axes, keepdims=True)
-        xc = x - mu
-        var = np.mean(xc * xc, axis=self.axes, keepdims=True)
-        return xc / np.sqrt(var + self.eps) * self.g + self.b
+        return standardize(x, axes=self.axes, eps=self.eps) * self.g + self.b
 
 
 @net

@@ -188,6 +188,7 @@ def infer(fn, shapes, consts, kwargs):
         return _reshape(shapes[0], ns)
     if fn in (functions.sigmoid, functions.relu, functions.softmax, functions.logsoftmax, functions.elu,
               functions.gelu, functions.softplus, functions.leakyrelu, functions.nodiff,
+              functions.standardize, functions.standardize_grad, functions.gelu_grad,
               helpers.astype, helpers.identity, np.clip, np.copy):
         return shapes[0]
     if fn is np.swapaxes and shapes[0] is not None and len(consts) == 3:

@@ -20,6 +20,8 @@ array([[[[ 5.,  7.],
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -74,13 +76,46 @@ def pad_hw(x, padding):
 def col2im(cols, shape, stride):
     """The adjoint of :func:`windows`: ``cols`` is (N, kH, kW, C, H_out, W_out); every window
     offset (i, j) is added into a strided slice of a zero (N, C, H, W) array."""
+    out = np.zeros(shape, dtype=cols.dtype)
+    col2im_add(out, cols, stride)
+    return out
+
+
+def col2im_add(out, cols, stride):
+    """Add the columns ``cols`` (N, kH, kW, C, H_out, W_out) into ``out`` (N, C, H, W) in
+    place: one strided slice per window offset (kH * kW vectorised adds)."""
     sh, sw = pair(stride)
     kh, kw, _, ho, wo = cols.shape[1:]
-    out = np.zeros(shape, dtype=cols.dtype)
     for i in range(kh):
         for j in range(kw):
             out[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += cols[:, i, j]
-    return out
+
+
+CHUNK_BYTES = 2 << 20     # column matrices of about this size stay in cache between copy and GEMM
+
+
+def _blas_threads():
+    """The BLAS thread count as the environment sets it (OpenBLAS reads it once, at load)."""
+    for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return os.cpu_count() or 1
+
+
+BLAS_THREADS = _blas_threads()
+
+
+def image_chunks(n, bytes_per_image):
+    """Slices of the batch axis, each holding about :data:`CHUNK_BYTES` of column matrices:
+    the columns of a chunk are built and multiplied while they are still in cache, where the
+    whole batch's columns (9x the input for a 3x3 kernel) would go to memory and back.
+    With several BLAS threads, one chunk: between chunks the single-threaded copy runs
+    while BLAS's idle workers spin, which measured slower (benchmarks/README.md)."""
+    if BLAS_THREADS > 1:
+        return [slice(0, n)]
+    step = max(1, CHUNK_BYTES // max(1, int(bytes_per_image)))
+    return [slice(s, min(n, s + step)) for s in range(0, n, step)]
 
 
 def unpad_hw(x, padding):
@@ -111,10 +146,13 @@ def conv2d(x, W, stride=1, padding=0):
         raise ValueError(f"conv2d needs W of shape (O, {x.shape[1]}, kH, kW) for {x.shape[1]} input "
                          f"channels, got shape {np.shape(W)}")
     xp = pad_hw(x, padding)
-    cols = columns(xp, W.shape[2:], stride)
     (kh, kw), (sh, sw) = W.shape[2:], pair(stride)
     ho, wo = (xp.shape[2] - kh) // sh + 1, (xp.shape[3] - kw) // sw + 1
-    return np.matmul(filters(W), cols).reshape(x.shape[0], W.shape[0], ho, wo)
+    Wm = filters(W)
+    out = np.empty((x.shape[0], W.shape[0], ho * wo), dtype=np.result_type(x, W))
+    for part in image_chunks(x.shape[0], kh * kw * x.shape[1] * ho * wo * out.itemsize):
+        np.matmul(Wm, columns(xp[part], (kh, kw), stride), out=out[part])
+    return out.reshape(x.shape[0], W.shape[0], ho, wo)
 
 
 def maxpool2d(x, k, stride=None):
@@ -153,22 +191,34 @@ def avgpool2d(x, k, stride=None):
 # ------------------------------------------------------------------ kernels of the rules
 
 def conv2d_grad_x(dy, W, shape, stride, padding):
-    """Gradient of :func:`conv2d` for ``x`` of ``shape``: one GEMM to columns, then col2im."""
+    """Gradient of :func:`conv2d` for ``x`` of ``shape``: one GEMM to columns, then col2im;
+    at stride 1 the full correlation of ``dy`` with the flipped filters (a forward
+    convolution: its chunked im2col costs less than col2im's kH * kW adds)."""
     ph, pw = pair(padding)
     n, c = shape[0], shape[1]
     o, _, kh, kw = W.shape
+    if pair(stride) == (1, 1) and ph < kh and pw < kw:
+        flipped = np.ascontiguousarray(W[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))    # C, O, kH, kW
+        return conv2d(dy, flipped, 1, (kh - 1 - ph, kw - 1 - pw))
     ho, wo = dy.shape[2:]
-    padded = (n, c, shape[2] + 2 * ph, shape[3] + 2 * pw)
-    cols = np.matmul(filters(W).T, dy.reshape(n, o, ho * wo))           # N, kH*kW*C, H_out*W_out
-    return unpad_hw(col2im(cols.reshape(n, kh, kw, c, ho, wo), padded, stride), padding)
+    out = np.zeros((n, c, shape[2] + 2 * ph, shape[3] + 2 * pw), dtype=np.result_type(dy, W))
+    Wt, d = filters(W).T, dy.reshape(n, o, ho * wo)
+    for part in image_chunks(n, kh * kw * c * ho * wo * out.itemsize):
+        cols = np.matmul(Wt, d[part])                                   # chunk, kH*kW*C, H_out*W_out
+        col2im_add(out[part], cols.reshape(-1, kh, kw, c, ho, wo), stride)
+    return unpad_hw(out, padding)
 
 
 def conv2d_grad_w(dy, x, shape, stride, padding):
     """Gradient of :func:`conv2d` for the filters ``W`` of ``shape``: one GEMM."""
     o, c, kh, kw = shape
-    cols = columns(pad_hw(x, padding), (kh, kw), stride)               # N, kH*kW*C, P
-    n, k, p = cols.shape
-    g = np.matmul(cols, dy.reshape(n, o, p).transpose(0, 2, 1)).sum(axis=0)     # kH*kW*C, O
+    xp = pad_hw(x, padding)
+    n, p = x.shape[0], dy.shape[2] * dy.shape[3]
+    d = dy.reshape(n, o, p)
+    g = np.zeros((kh * kw * c, o), dtype=np.result_type(dy, x))
+    for part in image_chunks(n, kh * kw * c * p * g.itemsize):
+        cols = columns(xp[part], (kh, kw), stride)                      # chunk, kH*kW*C, P
+        g += np.matmul(cols, np.swapaxes(d[part], 1, 2)).sum(axis=0)   # kH*kW*C, O
     return np.ascontiguousarray(g.reshape(kh, kw, c, o).transpose(3, 2, 0, 1))
 
 
@@ -176,6 +226,8 @@ def maxpool2d_grad(dy, x, k, stride):
     """Gradient of :func:`maxpool2d`: each window's adjoint goes to its first maximum (in
     row-major order within the window), the element PyTorch picks on ties."""
     stride = k if stride is None else stride
+    if pair(stride) == pair(k):
+        return _maxpool2d_grad_tiles(dy, x, pair(k))
     sh, sw = pair(stride)
     win = windows(x, k, stride)
     y = maxpool2d(x, k, stride)
@@ -187,6 +239,34 @@ def maxpool2d_grad(dy, x, k, stride):
         hit = (win[..., i, j] == y) & free
         free &= ~hit
         out[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] += np.where(hit, dy, zero)
+    return out
+
+
+def _maxpool2d_grad_tiles(dy, x, k):
+    """:func:`maxpool2d_grad` for windows that tile the image (stride = k): the image viewed
+    as (N, C, H_out, kH, W_out, kW) tiles, so every window offset is a plain view, and each
+    offset's share of ``dy`` is written (not added) into the same view of the result."""
+    (kh, kw), (n, c, h, w) = k, x.shape
+    ho, wo = h // kh, w // kw
+    tiles = x[:, :, :ho * kh, :wo * kw].reshape(n, c, ho, kh, wo, kw)
+    core = np.empty((n, c, ho * kh, wo * kw), dtype=dy.dtype)
+    out_tiles = core.reshape(n, c, ho, kh, wo, kw)                  # a view of core
+    y = tiles[:, :, :, 0, :, 0].copy()
+    for i, j in offsets(k)[1:]:
+        np.maximum(y, tiles[:, :, :, i, :, j], out=y)
+    free = None                         # windows whose first maximum is not found yet
+    for i, j in offsets(k):
+        hit = tiles[:, :, :, i, :, j] == y
+        if free is None:
+            free = ~hit
+        else:
+            hit &= free
+            free &= ~hit
+        np.multiply(dy, hit, out=out_tiles[:, :, :, i, :, j])
+    if (ho * kh, wo * kw) == (h, w):
+        return core
+    out = np.zeros(x.shape, dtype=dy.dtype)      # rows and columns no window covers: zero
+    out[:, :, :ho * kh, :wo * kw] = core
     return out
 
 

@@ -2,9 +2,11 @@
 import numpy as np
 
 from .registry import jvprule, linear_jvp
-from ..functions import (elu, flatten, gelu, leakyrelu, logsoftmax, logsumexp, relu, sigmoid,
-                         softmax, softplus)
+from ..functions import (elu, flatten, gelu, gelu_grad, leakyrelu, logsoftmax, logsumexp, relu, sigmoid,
+                         softmax, softplus, standardize, standardize_grad)
 from .helpers import restore_axes
+from .jvp_elementwise import tsum
+from .nn import gelu_second
 
 linear_jvp(flatten)
 
@@ -31,9 +33,13 @@ def _(dx, y, x, *, alpha=1.0):
 
 @jvprule(gelu)
 def _(dx, y, x):
-    t = np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3))
-    dt = (1 - t * t) * 0.7978845608028654 * (1 + 0.134145 * x * x)
-    return dx * (0.5 * (1 + t) + 0.5 * x * dt)
+    return gelu_grad(dx, x)
+
+
+@jvprule(gelu_grad)
+def _(dg, dx, y, g, x):
+    # linear in g; in x the factor gelu'(x) moves with gelu''(x)
+    return tsum(None if dg is None else gelu_grad(dg, x), None if dx is None else g * dx * gelu_second(x))
 
 
 @jvprule(softplus)
@@ -55,3 +61,29 @@ def _(dx, y, x, *, axis=-1):
 def _(dx, y, x, *, axis=None, keepdims=False):
     weights = np.exp(x - restore_axes(y, x.shape, axis, keepdims))
     return np.sum(dx * weights, axis=axis, keepdims=keepdims)
+
+
+@jvprule(standardize)
+def _(dx, y, x, *, axes=(-1,), eps=1e-5):
+    return standardize_grad(dx, x, axes=axes, eps=eps)
+
+
+@jvprule(standardize_grad)
+def _(dg, dx, y, g, x, *, axes=(-1,), eps=1e-5):
+    # d rstd = -rstd^2 mean(xhat dx); d xhat = J dx; y = rstd (g - mean(g) - xhat m)
+    return tsum(None if dg is None else standardize_grad(dg, x, axes=axes, eps=eps),
+                None if dx is None else standardize_x_tangent(dx, y, g, x, axes, eps))
+
+
+def standardize_x_tangent(dx, y, g, x, axes, eps):
+    """The tangent of ``standardize_grad(g, x)`` along ``dx`` (inlined: plain arithmetic)."""
+    xc = x - np.mean(x, axis=axes, keepdims=True)
+    rstd = 1 / np.sqrt(np.mean(xc * xc, axis=axes, keepdims=True) + eps)
+    xhat = xc * rstd
+    dxhat = standardize_grad(dx, x, axes=axes, eps=eps)
+    m = np.mean(g * xhat, axis=axes, keepdims=True)
+    return -rstd * (np.mean(xhat * dx, axis=axes, keepdims=True) * y + dxhat * m
+                    + xhat * np.mean(g * dxhat, axis=axes, keepdims=True))
+
+
+standardize_x_tangent.__flux_inline__ = True

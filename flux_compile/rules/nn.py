@@ -5,9 +5,11 @@ Most are cheapest in terms of the output ``y``, which the forward pass keeps.
 import numpy as np
 
 from .registry import diffrule, nondiff_primitive
-from ..functions import (elu, flatten, gelu, leakyrelu, logsoftmax, logsumexp,
-                         nodiff, relu, sigmoid, softmax, softplus)
+from ..functions import (elu, flatten, gelu, gelu_grad, leakyrelu, logsoftmax, logsumexp,
+                         nodiff, relu, sigmoid, softmax, softplus, standardize, standardize_grad)
 from .helpers import restore_axes
+
+KERNELS = ["gelu_grad", "gelu_second", "standardize_grad"]      # called by name from the rules below (tests/test_rules_direct.py)
 
 
 @diffrule(sigmoid)
@@ -33,9 +35,41 @@ def _(dy, y, x, *, alpha=1.0):
 
 @diffrule(gelu)
 def _(dy, y, x):
-    t = np.tanh(0.7978845608028654 * (x + 0.044715 * (x * x * x)))
-    dt = (1 - t * t) * 0.7978845608028654 * (1 + 0.134145 * x * x)
-    return dy * (0.5 * (1 + t) + 0.5 * x * dt)
+    return gelu_grad(dy, x)
+
+
+@diffrule(gelu_grad)
+def _(dy, y, g, x):
+    # y = g * gelu'(x), so d/dg = gelu'(x) and d/dx = g * gelu''(x)
+    return gelu_grad(dy, x), dy * g * gelu_second(x)
+
+
+def gelu_second(x):
+    """The second derivative of :func:`gelu` (inlined into the rules that use it)."""
+    t = np.tanh(0.7978845608028654 * x * (1 + 0.044715 * (x * x)))
+    u1 = 0.7978845608028654 * (1 + 0.134145 * (x * x))
+    u2 = 0.21406444881780076 * x
+    return (1 - t * t) * (u1 + 0.5 * x * (u2 - 2 * t * u1 * u1))
+
+
+gelu_second.__flux_inline__ = True      # plain arithmetic: differentiable at any order
+
+
+@diffrule(standardize)
+def _(dy, y, x, *, axes=(-1,), eps=1e-5):
+    # the Jacobian is symmetric: the kernel applies it (statistics of x recomputed, fused)
+    return standardize_grad(dy, x, axes=axes, eps=eps)
+
+
+@diffrule(standardize_grad)
+def _(dy, y, g, x, *, axes=(-1,), eps=1e-5):
+    # y = J(x) g: linear in g (J symmetric); in x through rstd, xhat and m = mean(g * xhat)
+    xc = x - np.mean(x, axis=axes, keepdims=True)
+    rstd = 1 / np.sqrt(np.mean(xc * xc, axis=axes, keepdims=True) + eps)
+    xhat = xc * rstd
+    m = np.mean(g * xhat, axis=axes, keepdims=True)
+    dx = -rstd * (xhat * np.mean(dy * y, axis=axes, keepdims=True) + y * np.mean(dy * xhat, axis=axes, keepdims=True))
+    return standardize_grad(dy, x, axes=axes, eps=eps), dx - standardize_grad(rstd * m * dy, x, axes=axes, eps=eps)
 
 
 @diffrule(softplus)
