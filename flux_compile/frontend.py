@@ -217,6 +217,7 @@ class Builder(TracingPasses, Tracer):
         base = self.ctx.field_path(ref.base, ref.path)
         path = None
         if base is not None:
+            self.ctx.guard(base, "type", guards._ref(type(ref.obj)))     # its class, its fields
             path = base + (("cls",), ("attr", "forward"))
             self.ctx.guard(path, "code", fn.__code__)
         self.ctx.next_owner = f"{ref.expr}: {fn.__qualname__}"
@@ -291,6 +292,9 @@ KEYED_ATTRS = (bool, int, str, type(None), np.dtype)    # attr_token keeps their
 def classify_value(b, base, path, value, e):
     """What ``self.<path>`` is, for the compiler: a Param node, a sub-model, a constant, ..."""
     if isinstance(value, Param):
+        src = b.ctx.field_path(base, path)
+        if src is not None and len(src) > 1:    # inside a sub-model or a list: not in the key
+            b.ctx.guard(src, "param", (value.trainable, tuple(value.shape)))
         n = b.param_node(base, path, value.trainable)
         n.meta["shape"] = tuple(value.shape)
         n.meta["complex"] = np.iscomplexobj(value.value)

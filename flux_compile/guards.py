@@ -27,6 +27,7 @@ A guard is ``(path, kind, expected)`` (``Compiled.guards`` is a list of them)::
     "len"     (type, len)                          a list or tuple iterated or unpacked
     "has"     (name, present)                      hasattr / getattr with a default
     "array"   array_token(value) == expected       an array (or float) read at run time
+    "param"   (trainable, shape)                   a Param of an inlined sub-model
 
 :func:`compile_checks` turns a list of them into one small generated function
 ``check(root, args) -> bool``. Arrays and Python floats are not guarded by value:
@@ -165,6 +166,8 @@ class _Render:
             return f"v.__self__ is {e}[0]() and v.__name__ == {e}[1]"
         if kind == "array":
             return f"array_token(v) == {e}"
+        if kind == "param":         # not a Param (no .trainable): raises, so the guard fails
+            return f"v.trainable is {e}[0] and v.shape == {e}[1]"
         if kind == "keys":
             return f"type(v) is dict and tuple(value_token(k) for k in v) == {e}"
         if kind == "len":

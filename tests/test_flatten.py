@@ -1,0 +1,289 @@
+"""Whole-model flattening on the ordinary call path (``m(x)``, ``m.pullback``, ``m.back``,
+``fc.grad`` of a model): a Chain or nested model compiles to one forward and one backward,
+sub-model bodies inlined, and the parent's variant is never reused for sub-models it was
+not built for.
+
+Each soundness case holds a result, mutates the model, calls again and compares with a
+fresh copy of the mutated model (built and compiled from scratch) and with central finite
+differences in float64.
+"""
+import copy
+
+import numpy as np
+import pytest
+
+import flux_compile as fc
+from numeric import numgrad
+
+
+@fc.net
+class Two:
+    """A nested model with named sub-models (fc1, fc2)."""
+
+    def __init__(self, fc1, fc2):
+        self.fc1, self.fc2 = fc1, fc2
+
+    def forward(self, x):
+        return self.fc2(np.tanh(self.fc1(x)))
+
+
+@fc.net
+class Scaled:
+    def __init__(self, n_in, n_out, scale=2.0, shift=None):
+        self.W = fc.initn(n_in, n_out) * 50
+        self.scale = scale
+        self.shift = shift
+
+    def forward(self, x):
+        y = x @ self.W
+        if self.shift is not None:
+            y = y + self.shift
+        return y * self.scale
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def params_of(m):
+    from flux_compile.params import named_params
+    return named_params(m)
+
+
+def run_all(m, x, dy):
+    """Output of m(x), of the pullback, dx of back, and every Param's grad after one back."""
+    m.zero_grad()
+    y = m(x)
+    y2, back = m.pullback(x)
+    dx = back(dy)
+    grads = {path: p.grad.copy() for path, p in params_of(m)}
+    m.zero_grad()
+    dx2 = m.back(dy, x)
+    grads2 = {path: p.grad.copy() for path, p in params_of(m)}
+    m.zero_grad()
+    return y, y2, dx, dx2, grads, grads2
+
+
+def assert_same_as_fresh(m, x, seed=3):
+    """``m`` (holding compiled variants) behaves exactly as a fresh copy compiled from scratch,
+    and its input gradient matches finite differences."""
+    fresh = copy.deepcopy(m)
+    assert "_fc_compiled" not in fresh.__dict__
+    dy = rng(seed).standard_normal(m(x).shape)
+    got, want = run_all(m, x, dy), run_all(fresh, x, dy)
+    for a, b in zip(got[:4], want[:4]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    for g, w in zip(got[4:], want[4:]):
+        assert g.keys() == w.keys()
+        for k in g:
+            np.testing.assert_allclose(g[k], w[k], rtol=1e-12, atol=1e-12, err_msg=str(k))
+    num = numgrad(lambda z: float(np.sum(m(z) * dy)), x)
+    np.testing.assert_allclose(got[2], num, rtol=1e-5, atol=1e-7)
+    return got
+
+
+def chain(*sizes, act=np.tanh, seed=0):
+    r = rng(seed)
+    layers = []
+    for a, b in zip(sizes, sizes[1:]):
+        d = fc.Dense(a, b, act=act)
+        d.W = r.standard_normal((a, b))
+        d.b = r.standard_normal((1, b))
+        layers.append(d)
+    return fc.Chain(*layers)
+
+
+X = rng(7).standard_normal((5, 4))
+
+
+# ------------------------------------------------------------------------------
+# the generated text
+
+def test_a_chain_is_one_forward_and_one_backward():
+    m = chain(4, 8, 3)
+    m.pullback(X)
+    src = fc.source(m, "all")
+    assert "_pullback" not in src and "_back(" not in src and "layers[0](" not in src
+    assert "self.layers[0].W.value" in src and "self.layers[1].W.grad +=" in src
+    assert "(in self.layers[1]: Dense.forward, layers.py)" in src
+
+
+def test_nested_models_inline_at_every_depth():
+    inner = chain(4, 6, 5)
+    m = Two(inner, fc.Dense(5, 3))
+    m.pullback(X)
+    src = fc.source(m, "backward")
+    assert "self.fc1.layers[1].W.grad +=" in src and "self.fc2.W.grad +=" in src
+    assert "(in self.fc1.layers[0]: Dense.forward, layers.py)" in src
+    assert_same_as_fresh(m, X)
+
+
+def test_flattened_gradients_match_finite_differences_in_params():
+    m = Two(chain(4, 6, 5, act=fc.sigmoid), Scaled(5, 3, shift=0.5))
+    report = fc.gradcheck(m, X)
+    assert report.ok
+
+
+def test_a_recurrent_sub_model_keeps_its_call():
+    m = fc.Chain(fc.Dense(4, 6), fc.RNN(6, 3))
+    m.reset()
+    m(X)
+    src = fc.source(m, "forward")
+    assert "self.layers[1](" in src and "self.layers[0].W.value" in src
+
+
+# ------------------------------------------------------------------------------
+# soundness: hold a result, mutate, call again, compare with a fresh model
+
+def test_sub_model_replaced_by_one_of_the_same_class_with_other_flags():
+    m = Two(fc.Dense(4, 6, act=np.tanh), Scaled(6, 3))
+    before = assert_same_as_fresh(m, X)
+    m.fc1 = fc.Dense(4, 6, act=None)            # same attr token: the variant is kept, guarded
+    m.fc1.W, m.fc1.b = rng(5).standard_normal((4, 6)), rng(6).standard_normal((1, 6))
+    after = assert_same_as_fresh(m, X)
+    assert not np.allclose(before[0], after[0])
+    m.fc2.shift = 1.5                           # a None flag inside a sub-model becomes a value
+    assert_same_as_fresh(m, X)
+    m.fc2.scale = -3.0                          # a float read at run time
+    assert_same_as_fresh(m, X)
+
+
+def test_sub_model_replaced_by_one_of_another_class():
+    m = Two(fc.Dense(4, 6), fc.Dense(6, 3))
+    assert_same_as_fresh(m, X)
+    m.fc2 = Scaled(6, 3, shift=0.25)
+    assert_same_as_fresh(m, X)
+
+
+def test_layer_deep_inside_a_nested_chain_replaced():
+    m = Two(chain(4, 6, 5), fc.Dense(5, 3))
+    assert_same_as_fresh(m, X)
+    m.fc1.layers = (m.fc1.layers[0], Scaled(6, 5, shift=1.0))      # the inner Chain's field
+    assert_same_as_fresh(m, X)
+    m.fc1.layers = (m.fc1.layers[0], fc.Dense(6, 4), fc.Dense(4, 5, act=fc.relu))
+    assert_same_as_fresh(m, X)
+
+
+def test_sub_model_class_forward_redefined():
+    @fc.net
+    class Lin:
+        def __init__(self, a, b):
+            self.W = rng(2).standard_normal((a, b))
+
+        def forward(self, x):
+            return x @ self.W
+
+    m = Two(Lin(4, 6), fc.Dense(6, 3))
+    before = assert_same_as_fresh(m, X)
+    Lin.forward = lambda self, x: np.sin(x @ self.W)
+    after = assert_same_as_fresh(m, X)
+    assert not np.allclose(before[0], after[0])
+
+
+def test_a_subclass_instance_with_the_inherited_forward():
+    @fc.net
+    class Lin:
+        def __init__(self, a, b):
+            self.W = rng(2).standard_normal((a, b))
+
+        def forward(self, x):
+            return self.act(x @ self.W)
+
+        def act(self, z):
+            return z
+
+    @fc.net
+    class Squashed(Lin):
+        def act(self, z):
+            return np.tanh(z)
+
+    m = Two(Lin(4, 6), fc.Dense(6, 3))
+    assert_same_as_fresh(m, X)
+    m.fc1 = Squashed(4, 6)
+    assert_same_as_fresh(m, X)
+
+
+def test_param_replaced_by_one_of_another_shape():
+    m = chain(4, 6, 3)
+    assert_same_as_fresh(m, X)
+    m.layers[0].b = rng(4).standard_normal(6)       # (1, 6) -> (6,): another unbroadcast
+    assert_same_as_fresh(m, X)
+    m.layers[0].W = rng(5).standard_normal((4, 2))  # 6 -> 2 hidden units
+    m.layers[0].b = rng(6).standard_normal((1, 2))
+    m.layers[1].W = rng(7).standard_normal((2, 3))
+    assert_same_as_fresh(m, X)
+
+
+def test_param_shared_by_two_sub_models():
+    m = chain(4, 4, 4)
+    assert_same_as_fresh(m, X)
+    m.layers[1].W = m.layers[0].W                    # one Param, two uses
+    assert m.layers[1].W is m.layers[0].W
+    assert len(fc.params(m)) == 3
+    got = assert_same_as_fresh(m, X)
+    _, _, _, _, grads, _ = got
+    shared = m.layers[0].W
+    m.zero_grad()
+    dy = rng(3).standard_normal((5, 4))
+    m.back(dy, X)
+    # the shared Param holds the sum of both uses' gradients, equal to finite differences
+    def loss_of(w):
+        old = shared.value
+        shared.value = w
+        try:
+            return float(np.sum(m(X) * dy))
+        finally:
+            shared.value = old
+    np.testing.assert_allclose(shared.grad, numgrad(loss_of, shared.value.copy()), rtol=1e-5, atol=1e-7)
+    m.layers[1].W = rng(8).standard_normal((4, 4))  # sharing undone
+    assert_same_as_fresh(m, X)
+
+
+def test_freezing_a_sub_model_after_its_parent_compiled():
+    m = chain(4, 6, 3)
+    assert_same_as_fresh(m, X)
+    fc.freeze(m.layers[0])                          # only the child's caches are dropped
+    m.zero_grad()
+    m.back(np.ones((5, 3)), X)
+    assert not np.any(m.layers[0].W.grad) and np.any(m.layers[1].W.grad)
+    assert_same_as_fresh(m, X)
+    fc.unfreeze(m.layers[0])
+    assert_same_as_fresh(m, X)
+
+
+def test_fc_grad_of_a_nested_model_after_a_mutation():
+    m = Two(fc.Dense(4, 6, act=np.tanh), fc.Dense(6, 3))
+    v1, g1 = fc.grad(m, X)
+    m.fc1 = fc.Dense(4, 6, act=fc.relu)
+    v2, g2 = fc.grad(m, X)
+    fresh = copy.deepcopy(m)
+    v3, g3 = fc.grad(fresh, X)
+    np.testing.assert_allclose(v2, v3)
+    params, dx = g2
+    assert params.keys() == g3[0].keys()
+    for k in params:
+        np.testing.assert_allclose(params[k], g3[0][k], err_msg=str(k))
+    np.testing.assert_allclose(dx, g3[1])
+    np.testing.assert_allclose(dx, numgrad(lambda z: float(np.sum(m(z))), X), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(v1, v2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_nested_structures_match_a_fresh_model(seed):
+    """Hostile mutations drawn at random, each followed by a comparison with a fresh copy."""
+    r = rng(100 + seed)
+    acts = [np.tanh, fc.relu, fc.sigmoid, None]
+    m = Two(chain(4, 5, 6, act=acts[seed % 4], seed=seed), fc.Dense(6, 3))
+    assert_same_as_fresh(m, X)
+    for _ in range(4):
+        what = r.integers(4)
+        if what == 0:
+            m.fc1.layers[0].act = acts[r.integers(4)]
+        elif what == 1:
+            m.fc1.layers[1].b = r.standard_normal(6)
+        elif what == 2:
+            m.fc2 = Scaled(6, 3, shift=float(r.standard_normal()))
+        else:
+            m.fc1.layers[1].W = m.fc1.layers[1].W if r.integers(2) else r.standard_normal((5, 6))
+            fc.freeze(m.fc1.layers[int(r.integers(2))])
+        assert_same_as_fresh(m, X)
