@@ -221,6 +221,7 @@ class Builder(TracingPasses, Tracer):
             path = base + (("cls",), ("attr", "forward"))
             self.ctx.guard(path, "code", fn.__code__)
         self.ctx.next_owner = f"{ref.expr}: {fn.__qualname__}"
+        self.ctx.next_prefix = _name_prefix(ref.path)
         return self.call_function(fn, list(args), {}, selfval=ref, path=path)
 
     def _concrete_values(self, nodes):
@@ -237,6 +238,22 @@ class Builder(TracingPasses, Tracer):
             self.error("a model cannot be used as an array value", e,
                        hint="call it: self.layer(x)")
         return super().as_node(v, e)
+
+
+def _name_prefix(path):
+    """The prefix of the names an inlined sub-model's values get: ``fc1_`` for ``self.fc1``,
+    ``layers0_`` for ``self.layers[0]``, ``enc_layers1_`` for ``self.enc.layers[1]``."""
+    parts, cur = [], ""
+    for f in path:
+        if isinstance(f, int):
+            cur += str(f)
+        else:
+            if cur:
+                parts.append(cur)
+            cur = str(f)
+    parts.append(cur)
+    prefix = "_".join(p for p in parts if p)
+    return prefix + "_" if prefix.isidentifier() else ""
 
 
 def _has_rule(obj):

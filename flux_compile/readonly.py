@@ -106,6 +106,20 @@ def _cached_arrays(m, edits):
     return fields, lists
 
 
+def cached_named_params(m):
+    """``named_params(m)``, walked again only when some model attribute was set since the last
+    walk or the tree holds a list or dict (the hot path of ``update`` and ``zero_grad``)."""
+    edits = EDITS[0]
+    hit = m.__dict__.get("_fc_params")
+    if hit is not None and hit[0] == edits:
+        return hit[1]
+    containers = []
+    found = [(path, p) for path, p in walk(m, containers=containers) if isinstance(p, Param)]
+    if not containers:
+        m.__dict__["_fc_params"] = (edits, found)
+    return found
+
+
 def _value(leaf):
     return leaf.value if isinstance(leaf, Param) else leaf
 

@@ -107,6 +107,7 @@ class Inlining:
                     pass
         frame = Frame(src, env, glob, selfval, getattr(fn, "__globals__", None), fn, path)
         frame.owner = self.ctx.__dict__.pop("next_owner", None)   # an inlined sub-model's label
+        frame.prefix = self.ctx.__dict__.pop("next_prefix", "")  # and the prefix of its names
         outer, self.frame = self.frame, frame
         saved_loc = self.ctx.loc
         self.ctx.stack.append(code)
@@ -371,7 +372,7 @@ class Statements:
         t = type(target)
         if t is ast.Name:
             if isinstance(value, Node) and value.name is None and not is_leaf(value):
-                value.name = target.id
+                value.name = self.frame.prefix + target.id
             self.frame.env[target.id] = value
         elif t in (ast.Tuple, ast.List):
             elts = target.elts

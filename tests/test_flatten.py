@@ -287,3 +287,103 @@ def test_random_nested_structures_match_a_fresh_model(seed):
             m.fc1.layers[1].W = m.fc1.layers[1].W if r.integers(2) else r.standard_normal((5, 6))
             fc.freeze(m.fc1.layers[int(r.integers(2))])
         assert_same_as_fresh(m, X)
+
+
+# ------------------------------------------------------------------------------
+# the thin call path keeps its guarantees (the walk of the Params is cached)
+
+@fc.net
+class Blocks:
+    def __init__(self, *blocks):
+        self.blocks = list(blocks)
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+def sgd_reference(m, x, dy, lr):
+    """The Params of a fresh copy after one SGD step, computed by hand from its gradients."""
+    fresh = copy.deepcopy(m)
+    fresh.zero_grad()
+    fresh.back(dy, x)
+    return {path: p.value - lr * p.grad if p.trainable else p.value for path, p in params_of(fresh)}
+
+
+def assert_update_matches(m, x, lr=0.5):
+    dy = rng(9).standard_normal(m(x).shape)
+    want = sgd_reference(m, x, dy, lr)
+    m.zero_grad()
+    m.back(dy, x)
+    m.update(lr)
+    got = {path: p.value for path, p in params_of(m)}
+    assert got.keys() == want.keys()
+    for k in got:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-12, atol=1e-12, err_msg=str(k))
+    assert all(not np.any(p.grad) for _, p in params_of(m))
+
+
+def test_update_sees_a_sub_model_added_deep_inside():
+    m = chain(4, 6, 3)
+    assert_update_matches(m, X)
+    m.layers[0].extra = fc.Dense(2, 2)             # a new Param pair, not used by forward
+    m.layers[0].extra.W.grad[...] = 1.0
+    before = m.layers[0].extra.W.value.copy()
+    m.update(0.1)
+    assert not np.any(m.layers[0].extra.W.grad)    # zeroed: the new Params were found
+    np.testing.assert_allclose(m.layers[0].extra.W.value, before - 0.1)
+    assert_update_matches(m, X)
+
+
+def test_update_and_zero_grad_see_a_layer_appended_to_a_list():
+    m = Blocks(fc.Dense(4, 4, act=np.tanh))
+    extra = fc.Dense(4, 3)
+    assert_update_matches(m, X)
+    m.blocks.append(extra)                          # no attribute set: the list changed in place
+    extra.W.grad[...] = 1.0
+    before = extra.W.value.copy()
+    m.update(0.25)                                  # the first walk after the append
+    np.testing.assert_allclose(extra.W.value, before - 0.25)
+    assert not np.any(extra.W.grad)
+    assert len(fc.params(m)) == 4
+    assert_update_matches(m, X)
+    m.blocks[1].W.grad[...] = 1.0
+    m.zero_grad()
+    assert not np.any(m.blocks[1].W.grad)
+
+
+def test_update_after_an_attribute_is_deleted():
+    m = Two(fc.Dense(4, 6), fc.Dense(6, 3))
+    m.fc1.extra = rng(1).standard_normal((2, 2))
+    assert_update_matches(m, X)
+    gone = m.fc1.extra
+    del m.fc1.extra
+    assert len(fc.params(m)) == 4
+    gone.grad[...] = 1.0
+    before = gone.value.copy()
+    m.update(0.1)                                   # no longer the model's: left alone
+    np.testing.assert_array_equal(gone.value, before)
+    assert np.all(gone.grad == 1.0)
+    assert_update_matches(m, X)
+
+
+def test_update_with_a_gradient_whose_sum_overflows_is_finite():
+    m = fc.Dense(2, 2)
+    big = np.finfo(np.float64).max
+    m.W.grad[...] = [[big, big], [big, -1.0]]       # finite entries, an infinite sum
+    old = m.W.value.copy()
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")              # no overflow warning either
+        m.update(1e-300)
+    np.testing.assert_allclose(m.W.value, old - 1e-300 * np.array([[big, big], [big, -1.0]]))
+    m.W.grad[0, 0] = np.nan
+    before = m.W.value.copy()
+    with pytest.raises(fc.optim.NonFiniteGradient, match="gradient of W"):
+        m.update(0.1)
+    np.testing.assert_array_equal(m.W.value, before)
+    m.W.grad[0, 0] = np.inf
+    m.W.grad[1, 1] = -np.inf                         # inf - inf: a NaN sum, caught too
+    with pytest.raises(fc.optim.NonFiniteGradient):
+        m.update(0.1)
