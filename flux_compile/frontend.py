@@ -27,9 +27,9 @@ import types
 
 import numpy as np
 
-from . import guards, rules, tracecore
+from . import guards, naming, rules, tracecore
 from .errors import CompileError
-from .ir import ATTR, INPUT, MODEL, PARAM, Graph, Node, path_expr
+from .ir import ATTR, INPUT, MODEL, PARAM, Graph, Node, is_leaf, path_expr
 from .params import Param, is_model
 from .passes import TracingPasses
 from .parsing import IdentityTable, get_source  # noqa: F401  (re-exported for compiler, recurrent)
@@ -222,7 +222,13 @@ class Builder(TracingPasses, Tracer):
             self.ctx.guard(path, "code", fn.__code__)
         self.ctx.next_owner = f"{ref.expr}: {fn.__qualname__}"
         self.ctx.next_prefix = _name_prefix(ref.path)
-        return self.call_function(fn, list(args), {}, selfval=ref, path=path)
+        self.ctx.next_via = (ref.expr, self.ctx.loc) if self.ctx.loc is not None else ()
+        out = self.call_function(fn, list(args), {}, selfval=ref, path=path)
+        if isinstance(out, Node) and not is_leaf(out):
+            if out.name is None:
+                out.name = naming.model_output(ref.path[-1] if ref.path else ref.base)   # fc1_out
+            out.meta["inlined_out"] = True      # the caller's variable, if any, names it instead
+        return out
 
     def _concrete_values(self, nodes):
         """The real values of ``nodes`` when the compiler has the actual arguments, else None."""
@@ -241,19 +247,13 @@ class Builder(TracingPasses, Tracer):
 
 
 def _name_prefix(path):
-    """The prefix of the names an inlined sub-model's values get: ``fc1_`` for ``self.fc1``,
-    ``layers0_`` for ``self.layers[0]``, ``enc_layers1_`` for ``self.enc.layers[1]``."""
-    parts, cur = [], ""
-    for f in path:
-        if isinstance(f, int):
-            cur += str(f)
-        else:
-            if cur:
-                parts.append(cur)
-            cur = str(f)
-    parts.append(cur)
-    prefix = "_".join(p for p in parts if p)
-    return prefix + "_" if prefix.isidentifier() else ""
+    """The prefix of the names an inlined sub-model's values get, from its last field as its
+    output's name (``naming.model_output``): ``fc1_`` for ``self.fc1``, ``layer0_`` for
+    ``self.layers[0]``."""
+    if not path:
+        return ""
+    prefix = naming.model_output(path[-1]).removesuffix("out")
+    return prefix if prefix.isidentifier() else ""
 
 
 def _has_rule(obj):

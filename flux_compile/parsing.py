@@ -57,7 +57,7 @@ class Source:
             if isinstance(self.tree, ast.AsyncFunctionDef):
                 raise CompileError("async functions are not supported", filename, start)
 
-    def loc(self, node, owner=None):
+    def loc(self, node, owner=None, via=()):
         lineno = getattr(node, "lineno", 1) + self.offset
         col = getattr(node, "col_offset", 0) + self.indent + 1
         seg = ast.get_source_segment(self.text, node) if hasattr(node, "lineno") else None
@@ -68,7 +68,7 @@ class Source:
             target, it = ast.get_source_segment(self.text, node.target), ast.get_source_segment(self.text, node.iter)
             seg = f"for {target} in {it}:" if target and it else seg
         text = " ".join(seg.split()) if seg else ""
-        return Loc(self.filename, lineno, col, text, owner or self.owner)
+        return Loc(self.filename, lineno, col, text, owner or self.owner, via or ())
 
 
 _FUTURE_FLAGS = 0

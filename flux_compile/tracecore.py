@@ -380,6 +380,7 @@ class Frame:
         self.fn_path = fn_path     # its guards path (None: not re-readable)
         self.owner = None          # how its lines are labelled, when not by its own name
         self.prefix = ""           # of the names it gives values (an inlined sub-model's: "fc1_")
+        self.via = ()              # an inlined sub-model's: (its expression, the caller's Loc)
 
     def nested(self, source, env):
         """A frame sharing this one's globals (a nested def, a comprehension)."""
@@ -387,6 +388,7 @@ class Frame:
         fr.outer = self
         fr.owner = self.owner
         fr.prefix = self.prefix
+        fr.via = self.via
         return fr
 
     def name_path(self, name):
