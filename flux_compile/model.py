@@ -374,6 +374,8 @@ def _public_grad(a, g):
 
 def _structured_grads(args, trees, flat_grads):
     """One gradient per input: a structured input's leaf gradients put back in its structure."""
+    if all(t is None for t in trees):   # no structured input: one gradient per input already
+        return list(flat_grads)
     return [g if t is None else
             pytree.in_order_of(a, pytree.unflatten(t, map(pytree.leaf_grad, pytree.flatten(a)[0], g)))
             for t, g, a in zip(trees, pytree.group(trees, tuple(flat_grads)), args)]

@@ -49,7 +49,11 @@ class Hold:
         self.edits = EDITS[0]
         self.fields, self.lists = _cached_arrays(model, self.edits)
         self.values = [_value(leaf) for _, leaf in self.fields]
-        self.arrays = _hold(self.values + [_value(x) for x in flatten(args)[0] if isinstance(x, (Param, np.ndarray))])
+        if all(type(x) is np.ndarray for x in args):         # the common case: array outputs
+            extra = list(args)
+        else:
+            extra = [_value(x) for x in flatten(args)[0] if isinstance(x, (Param, np.ndarray))]
+        self.arrays = _hold(self.values + extra)
         self.released = False
 
     def check(self, model):
