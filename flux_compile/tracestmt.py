@@ -90,6 +90,9 @@ class Inlining:
         from (its cells, globals and defaults are then guarded or read at run time)."""
         src = get_source(fn)
         code = getattr(fn, "__code__", None)
+        owner = getattr(selfval, "obj", None)
+        if owner is not None:           # a method of one model instance (a Chain inside a Chain
+            code = (code, id(owner))    # is no recursion: model trees have no cycles)
         if code in self.ctx.stack:
             self.error(f"recursive call of {src.owner} cannot be inlined", node,
                        hint="rewrite it without recursion, or register it as a primitive with @fc.diffrule")

@@ -387,3 +387,31 @@ def test_update_with_a_gradient_whose_sum_overflows_is_finite():
     m.W.grad[1, 1] = -np.inf                         # inf - inf: a NaN sum, caught too
     with pytest.raises(fc.optim.NonFiniteGradient):
         m.update(0.1)
+
+
+def test_dropout_inside_a_chain_follows_testmode_and_trainmode():
+    """Dropout's flag is a setting of the inlined sub-model: flipping it on the child after the
+    parent compiled is seen (guarded), both ways."""
+    m = fc.Chain(chain(4, 6, 6), fc.Dropout(0.5), fc.Dense(6, 3))
+    inner = fc.Chain(*m.layers[0].layers, m.layers[2])
+    fc.trainmode(m)
+    y_train = m.pullback(X)[0]                      # dropout in training calls
+    assert not np.allclose(y_train, inner(X))
+    fc.testmode(m.layers[1])                       # the child only: the parent's key is unchanged
+    np.testing.assert_allclose(m(X), inner(X), rtol=1e-12)
+    np.testing.assert_allclose(m.pullback(X)[0], inner(X), rtol=1e-12)
+    assert "dropout" not in fc.source(m, "forward_train")
+    fc.trainmode(m.layers[1])
+    dropped = [m.pullback(X)[0] for _ in range(3)]
+    assert all(not np.allclose(d, inner(X)) for d in dropped)
+    assert "dropout" in fc.source(m, "forward_train")
+
+
+def test_chains_nested_three_deep_are_one_function_and_exact():
+    """A Chain inside a Chain is no recursion: each level inlines (one forward, one backward)."""
+    m = fc.Chain(fc.Chain(chain(4, 5, 6), fc.Dense(6, 6, act=fc.sigmoid)), chain(6, 3, seed=4))
+    assert_same_as_fresh(m, X)
+    assert fc.gradcheck(m, X).ok
+    src = fc.source(m, "all")
+    assert "_pullback" not in src and "_back(" not in src
+    assert "self.layers[0].layers[0].layers[1].W.grad +=" in src
