@@ -415,3 +415,34 @@ def test_chains_nested_three_deep_are_one_function_and_exact():
     src = fc.source(m, "all")
     assert "_pullback" not in src and "_back(" not in src
     assert "self.layers[0].layers[0].layers[1].W.grad +=" in src
+
+
+def test_guards_sharing_a_path_head_read_it_once_and_still_fail_on_any_change():
+    from types import SimpleNamespace as NS
+    from flux_compile.guards import compile_checks, value_token
+    reads = []
+
+    class Counting:
+        def __init__(self, inner):
+            self._inner = inner
+
+        @property
+        def inner(self):
+            reads.append(1)
+            return self._inner
+
+    root = Counting(NS(a=1, b="x", c=NS(d=2.5)))
+    path = (("attr", "inner"),)
+    check = compile_checks([(path + (("attr", "a"),), "eq", value_token(1)),
+                            (path + (("attr", "b"),), "eq", value_token("x")),
+                            (path + (("attr", "c"), ("attr", "d")), "eq", value_token(2.5)),
+                            (path + (("attr", "c"), ("attr", "e")), "has", ("e", False))])
+    assert check(root, ()) and len(reads) == 1          # the shared head read once
+    root._inner.c.d = 3.0
+    assert not check(root, ())
+    root._inner.c.d = 2.5
+    root._inner.c.e = 0
+    assert not check(root, ())
+    del root._inner.c.e
+    root._inner = NS(a=1, b="x")                        # a head that lost a field: False, no error
+    assert not check(root, ())
