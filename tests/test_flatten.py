@@ -446,3 +446,62 @@ def test_guards_sharing_a_path_head_read_it_once_and_still_fail_on_any_change():
     del root._inner.c.e
     root._inner = NS(a=1, b="x")                        # a head that lost a field: False, no error
     assert not check(root, ())
+
+
+_DISK_RUN = r'''
+import json, sys
+import numpy as np, flux_compile as fc
+from flux_compile.cache import compile_model
+m = fc.Chain(fc.Dense(4, 6, act=np.tanh), fc.Dense(6, 3))
+r = np.random.default_rng(0)
+for p in fc.params(m):
+    p.value = r.standard_normal(p.shape)
+if sys.argv[1] == "flat_bias":
+    m.layers[0].b = r.standard_normal(6)          # (6,): another shape inside a sub-model
+x = np.linspace(-1, 1, 20).reshape(5, 4)
+y, back = m.pullback(x)
+dx = back(np.ones_like(y))
+print(json.dumps({"from_disk": compile_model(m, (x,)).from_disk, "y": y.tolist(), "dx": dx.tolist(),
+                  "gb": m.layers[0].b.grad.tolist()}))
+'''
+
+
+def test_a_disk_entry_of_a_flattened_chain_is_refused_for_a_sub_model_param_of_another_shape(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(variant):
+        env = dict(os.environ, FLUX_COMPILE_CACHE_DIR=str(tmp_path / "cache"),
+                   XDG_CONFIG_HOME=str(tmp_path / "config"), PYTHONDONTWRITEBYTECODE="1")
+        r = subprocess.run([sys.executable, "-c", _DISK_RUN, variant], capture_output=True, text=True, env=env)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout.splitlines()[-1])
+
+    def reference(variant):
+        m = fc.Chain(fc.Dense(4, 6, act=np.tanh), fc.Dense(6, 3))
+        r = np.random.default_rng(0)
+        for p in fc.params(m):
+            p.value = r.standard_normal(p.shape)
+        if variant == "flat_bias":
+            m.layers[0].b = r.standard_normal(6)
+        x = np.linspace(-1, 1, 20).reshape(5, 4)
+        W0, b0, W1, b1 = (np.asarray(p.value) for p in (m.layers[0].W, m.layers[0].b, m.layers[1].W, m.layers[1].b))
+        h = np.tanh(x @ W0 + b0)
+        y = h @ W1 + b1
+        dz = (np.ones_like(y) @ W1.T) * (1 - h * h)
+        gb = dz.sum(axis=0).reshape(b0.shape)
+        return y, dz @ W0.T, gb
+
+    first = run("same")
+    again = run("same")
+    other = run("flat_bias")
+    assert not first["from_disk"] and again["from_disk"]
+    assert not other["from_disk"]                   # the entry's param guard failed: compiled anew
+    for out, variant in ((first, "same"), (again, "same"), (other, "flat_bias")):
+        y, dx, gb = reference(variant)
+        np.testing.assert_allclose(out["y"], y, rtol=1e-12)
+        np.testing.assert_allclose(out["dx"], dx, rtol=1e-12)
+        np.testing.assert_allclose(np.array(out["gb"]), gb, rtol=1e-12)
+        assert np.array(out["gb"]).shape == gb.shape
