@@ -505,3 +505,28 @@ def test_a_disk_entry_of_a_flattened_chain_is_refused_for_a_sub_model_param_of_a
         np.testing.assert_allclose(out["dx"], dx, rtol=1e-12)
         np.testing.assert_allclose(np.array(out["gb"]), gb, rtol=1e-12)
         assert np.array(out["gb"]).shape == gb.shape
+
+
+@fc.net
+class MatAfter:
+    """A sub-model's output multiplied by a Param: the matmul's rule needs its shape."""
+
+    def __init__(self):
+        self.fc1, self.fc2 = fc.Dense(4, 6, act=np.tanh), Scaled(6, 3, shift=0.5)
+        self.W = rng(3).standard_normal((3, 3))
+
+    def forward(self, x):
+        return self.fc2(self.fc1(x)) @ self.W + 1.0
+
+
+def test_sub_model_output_shapes_are_known_so_no_shape_is_saved():
+    """Inlined, a sub-model's output shape is inferred: the training forward saves no shape
+    and the backward needs neither ``unbroadcast`` nor the general ``matmul_grad_a``
+    (called, the sub-model's output was of unknown shape: ``fc2_out_shape`` was saved)."""
+    m = MatAfter()
+    m.pullback(X)[1]()
+    saved = fc.source(m, "forward_train").split("return ")[-1]
+    back = fc.source(m, "backward")
+    assert "shape" not in saved and "unbroadcast(" not in back and "matmul_grad" not in back
+    assert_same_as_fresh(m, X)
+    assert fc.gradcheck(m, X).ok
