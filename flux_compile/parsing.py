@@ -8,6 +8,7 @@ import __future__
 import inspect
 import linecache
 import os
+import re
 import textwrap
 import types
 import weakref
@@ -60,15 +61,36 @@ class Source:
     def loc(self, node, owner=None, via=()):
         lineno = getattr(node, "lineno", 1) + self.offset
         col = getattr(node, "col_offset", 0) + self.indent + 1
-        seg = ast.get_source_segment(self.text, node) if hasattr(node, "lineno") else None
+        seg = self.segment(node) if hasattr(node, "lineno") else None
         if isinstance(node, (ast.If, ast.While)):
-            test = ast.get_source_segment(self.text, node.test)
+            test = self.segment(node.test)
             seg = f"{'while' if isinstance(node, ast.While) else 'if'} {test}:" if test else seg
         elif isinstance(node, ast.For):
-            target, it = ast.get_source_segment(self.text, node.target), ast.get_source_segment(self.text, node.iter)
+            target, it = self.segment(node.target), self.segment(node.iter)
             seg = f"for {target} in {it}:" if target and it else seg
         text = " ".join(seg.split()) if seg else ""
         return Loc(self.filename, lineno, col, text, owner or self.owner, via or ())
+
+    def segment(self, node):
+        """``ast.get_source_segment(self.text, node)`` with the text split into lines once (the
+        ast helper splits it again, character by character, on every call)."""
+        try:
+            if node.end_lineno is None or node.end_col_offset is None:
+                return None
+            first, last = node.lineno - 1, node.end_lineno - 1
+            start, end = node.col_offset, node.end_col_offset
+        except AttributeError:
+            return None
+        lines = self.__dict__.get("_lines")
+        if lines is None:
+            lines = self._lines = _LINES.findall(self.text)
+        if first == last:
+            return lines[first].encode()[start:end].decode()
+        return "".join([lines[first].encode()[start:].decode(), *lines[first + 1:last],
+                        lines[last].encode()[:end].decode()])
+
+
+_LINES = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")   # lines as ast counts them (no form feed)
 
 
 _FUTURE_FLAGS = 0
