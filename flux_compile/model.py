@@ -25,7 +25,7 @@ from . import pytree
 from .cache import cached_variant, compile_model, input_key, run_guarded
 from .errors import Retrace, bad_call_message
 from .locks import InterruptSafeLock
-from .params import Const, Param, is_model, named_params, path_str, submodels
+from .params import Const, Param, is_model, path_str, submodels
 from .readonly import EDITS, Hold, cached_named_params, refuse_if_held
 from .runstate import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
                         set_state, snapshot_states)
