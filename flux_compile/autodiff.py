@@ -102,8 +102,10 @@ def _sum(parts, builder, name, adjoint=True, weak=False):
     total = parts[0]
     for p in parts[1:]:
         total = builder.ctx.add(Node(CALL, (total, p), fn=np.add, diff=True))
-    if total.name is None or len(parts) > 1 or (total.meta.get("anon") and not total.meta.get("adjoint")):
-        # an adjoint passed on unchanged (``z = a + b``: ``da`` is ``dz``) keeps its first name
+    if total.name is None or len(parts) > 1 or (total.meta.get("anon") and not total.meta.get("adjoint")) \
+            or (total.meta.get("adjoint") and total.meta.get("weak") and not weak):
+        # an adjoint passed on unchanged (``z = a + b``: ``da`` is ``dz``) keeps its first name,
+        # unless that name came from an unnamed value and this one from the user's variable
         total.name = name
         total.meta["anon"] = True
         total.meta["adjoint"] = adjoint

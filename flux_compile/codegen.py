@@ -398,7 +398,23 @@ def _hint(n, names=None, fed=None):
         return naming.attribute(n.args[0].name, n.attr)
     if n.op == MODEL_BACK:
         return naming.adjoint(None)
+    dim = _shape_item(n)
+    if dim is not None:             # x.shape[0], the one size not known at compile time
+        of, i = dim
+        base = (names or {}).get(of.id) or of.name
+        if base:
+            return naming.attribute(base, f"shape{i}")
     return naming.temporary((fed or {}).get(n.id))
+
+
+def _shape_item(n):
+    """``(x, i)`` when ``n`` is ``x.shape[i]``, else None."""
+    if n.op != ITEM or len(n.args) != 1 or type(n.index) is not int:
+        return None
+    shape = n.args[0]
+    if shape.op != GETATTR or shape.attr != "shape":
+        return None
+    return shape.args[0], n.index
 
 
 def _model_hint(n):
@@ -411,7 +427,7 @@ def render(defs, locs, header, home=None):
     comments. Returns the text and a map from generated line number to the user's Loc."""
     # one statement a line: astor's wrapping can break inside ``self.W.value.shape``
     src = astor.to_source(ast.Module(body=list(defs), type_ignores=[]), pretty_source="".join)
-    out, linemap, current = [header.rstrip("\n")], {}, None
+    out, linemap, current = header.rstrip("\n").split("\n"), {}, None    # one entry a line
     for line in src.splitlines():
         m = MARK.match(line)
         if m:

@@ -45,6 +45,33 @@ def sections(source):
     return shown
 
 
+def inlined_owner(loc):
+    """``self.fc1: Dense.forward`` for a line of an inlined sub-model's forward, else None."""
+    owner = getattr(loc, "owner", "") or ""
+    return owner if ": " in owner else None
+
+
+def _class_of(loc, root):
+    """The model class whose forward ``loc`` is in: ``Dense`` for ``self.fc1: Dense.forward``."""
+    owner = inlined_owner(loc)
+    if owner is None:
+        return root
+    name = owner.partition(": ")[2].rpartition("<locals>.")[2]
+    return name[:-len(".forward")] if name.endswith(".forward") else name
+
+
+def inlined_frames(loc, root, direction):
+    """The model trace of a line of an inlined sub-model, as if each model had run its own
+    code: the sub-model's line first, then each caller's line naming the sub-model it called."""
+    frames = [(f"{_class_of(loc, root)} ({direction})", f"{loc.filename}:{loc.lineno}", loc.text)]
+    while loc.via:
+        expr, caller = loc.via
+        frames.append((f"{_class_of(caller, root)} ({direction})", f"{caller.filename}:{caller.lineno}",
+                       f"{caller.text}  [{expr}]"))
+        loc = caller
+    return frames
+
+
 _split_sections = sections      # the constructor's ``sections=`` keyword hides the name there
 
 
@@ -124,16 +151,19 @@ class Compiled:
         if lineno is None or not self.linemap:
             return None
         loc = self.linemap.get(lineno)
-        where = f"{loc.filename}:{loc.lineno}" if loc else f"{self.filename}:{lineno}"
-        text = loc.text if loc else ""
-        callee = called_submodel(self.filename, lineno)   # which layer, when the line calls one
-        frame = (f"{self.owner} ({direction})", where, f"{text}  [{callee}]" if callee else text)
+        if loc is not None and loc.via:
+            frames = inlined_frames(loc, self.owner, direction)
+        else:
+            where = f"{loc.filename}:{loc.lineno}" if loc else f"{self.filename}:{lineno}"
+            text = loc.text if loc else ""
+            callee = called_submodel(self.filename, lineno)   # which layer, when the line calls one
+            frames = [(f"{self.owner} ({direction})", where, f"{text}  [{callee}]" if callee else text)]
         if isinstance(exc, ModelError):
-            exc.trace.append(frame)
+            exc.trace.extend(frames)
             return exc
         cls = model_error_type(type(exc))
         try:
-            new = cls(error_message(exc), [frame])
+            new = cls(error_message(exc), frames)
         except Exception:
-            new = ModelError(f"{type(exc).__name__}: {exc}", [frame])
+            new = ModelError(f"{type(exc).__name__}: {exc}", frames)
         return new

@@ -50,8 +50,8 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.training = training
     ctx.arity_of = arity_of
     ctx.state = state
-    if getattr(fn, "_fc_flatten", False):          # fc.train_step's objective
-        ctx.flatten = flattenable
+    if getattr(fn, "_fc_flatten", False) or selfval is not None and selfval.obj is not None:
+        ctx.flatten = flattenable       # fc.train_step's objective, or a model instance's forward
     b = Builder(ctx)
     args = []
     for spec in inputs:

@@ -119,6 +119,8 @@ def _encode_expected(kind, expected, value, memo):
         return [expected[0], bool(expected[1])]
     if kind == "array":
         return ["float"] if expected == (float,) else [expected[0], expected[1], list(expected[2])]
+    if kind == "param":
+        return [bool(expected[0]), [int(d) for d in expected[1]]]
     if kind == "code":
         if not isinstance(value, types.FunctionType) or value.__code__ is not expected:
             raise Uncacheable("an inlined function that is no longer where it was read")
@@ -251,6 +253,8 @@ def _decode_expected(kind, e, memo):
             return (float,)
         if type(e[0]) is int and type(e[1]) is str and all(type(b) is bool for b in e[2]):
             return (e[0], e[1], tuple(e[2]))
+    if kind == "param" and type(e[0]) is bool and all(type(d) is int for d in e[1]):
+        return (e[0], tuple(e[1]))
     if kind in _OBJECT_KINDS:
         obj = _bind(e, memo)
         if kind == "code":

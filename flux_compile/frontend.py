@@ -27,9 +27,9 @@ import types
 
 import numpy as np
 
-from . import guards, rules, tracecore
+from . import guards, naming, rules, tracecore
 from .errors import CompileError
-from .ir import ATTR, INPUT, MODEL, PARAM, Graph, Node, path_expr
+from .ir import ATTR, INPUT, MODEL, PARAM, Graph, Node, is_leaf, path_expr
 from .params import Param, is_model
 from .passes import TracingPasses
 from .parsing import IdentityTable, get_source  # noqa: F401  (re-exported for compiler, recurrent)
@@ -217,10 +217,18 @@ class Builder(TracingPasses, Tracer):
         base = self.ctx.field_path(ref.base, ref.path)
         path = None
         if base is not None:
+            self.ctx.guard(base, "type", guards._ref(type(ref.obj)))     # its class, its fields
             path = base + (("cls",), ("attr", "forward"))
             self.ctx.guard(path, "code", fn.__code__)
         self.ctx.next_owner = f"{ref.expr}: {fn.__qualname__}"
-        return self.call_function(fn, list(args), {}, selfval=ref, path=path)
+        self.ctx.next_prefix = _name_prefix(ref.path)
+        self.ctx.next_via = (ref.expr, self.ctx.loc) if self.ctx.loc is not None else ()
+        out = self.call_function(fn, list(args), {}, selfval=ref, path=path)
+        if isinstance(out, Node) and not is_leaf(out):
+            if out.name is None:
+                out.name = naming.model_output(ref.path[-1] if ref.path else ref.base)   # fc1_out
+            out.meta["inlined_out"] = True      # the caller's variable, if any, names it instead
+        return out
 
     def _concrete_values(self, nodes):
         """The real values of ``nodes`` when the compiler has the actual arguments, else None."""
@@ -236,6 +244,16 @@ class Builder(TracingPasses, Tracer):
             self.error("a model cannot be used as an array value", e,
                        hint="call it: self.layer(x)")
         return super().as_node(v, e)
+
+
+def _name_prefix(path):
+    """The prefix of the names an inlined sub-model's values get, from its last field as its
+    output's name (``naming.model_output``): ``fc1_`` for ``self.fc1``, ``layer0_`` for
+    ``self.layers[0]``."""
+    if not path:
+        return ""
+    prefix = naming.model_output(path[-1]).removesuffix("out")
+    return prefix if prefix.isidentifier() else ""
 
 
 def _has_rule(obj):
@@ -291,6 +309,9 @@ KEYED_ATTRS = (bool, int, str, type(None), np.dtype)    # attr_token keeps their
 def classify_value(b, base, path, value, e):
     """What ``self.<path>`` is, for the compiler: a Param node, a sub-model, a constant, ..."""
     if isinstance(value, Param):
+        src = b.ctx.field_path(base, path)
+        if src is not None and len(src) > 1:    # inside a sub-model or a list: not in the key
+            b.ctx.guard(src, "param", (value.trainable, tuple(value.shape)))
         n = b.param_node(base, path, value.trainable)
         n.meta["shape"] = tuple(value.shape)
         n.meta["complex"] = np.iscomplexobj(value.value)

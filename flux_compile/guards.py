@@ -27,6 +27,7 @@ A guard is ``(path, kind, expected)`` (``Compiled.guards`` is a list of them)::
     "len"     (type, len)                          a list or tuple iterated or unpacked
     "has"     (name, present)                      hasattr / getattr with a default
     "array"   array_token(value) == expected       an array (or float) read at run time
+    "param"   (trainable, shape)                   a Param of an inlined sub-model
 
 :func:`compile_checks` turns a list of them into one small generated function
 ``check(root, args) -> bool``. Arrays and Python floats are not guarded by value:
@@ -109,6 +110,7 @@ def structure_guard(value):
 class _Render:
     def __init__(self):
         self.env = {"value_token": value_token, "array_token": array_token}
+        self.locals = {}            # path -> the local that holds its value (compile_checks)
 
     def const(self, v):
         name = f"_k{len(self.env)}"
@@ -118,30 +120,46 @@ class _Render:
     def path(self, path):
         s = "r"
         for step in path:
-            k = step[0]
-            if k == "arg":
-                s = f"a[{step[1]}]"
-            elif k == "obj":
-                s = f"{self.const(step[1])}()"
-            elif k == "cls":
-                s = f"type({s})"
-            elif k == "attr":
-                name = step[1]
-                s = f"{s}.{name}" if name.isidentifier() and not keyword.iskeyword(name) \
-                    else f"getattr({s}, {self.const(name)})"
-            elif k == "item":
-                s = f"{s}[{self.const(step[1])}]"
-            elif k == "cell":
-                s = f"{s}.__closure__[{step[1]}].cell_contents"
-            elif k == "global":
-                s = f"{s}.__globals__[{self.const(step[1])}]"
-            elif k == "default":
-                s = f"{s}.__defaults__[{step[1]}]"
-            elif k == "kwdefault":
-                s = f"{s}.__kwdefaults__[{self.const(step[1])}]"
-            else:
-                raise AssertionError(step)
+            s = self.step(s, step)
         return s
+
+    def bound(self, path, lines, indent="        "):
+        """A local holding the value at ``path``, each prefix read once: the assignments of
+        the prefixes not bound yet are appended to ``lines`` (guards share their paths'
+        heads, ``r.layers[0]`` for every field of a Chain's first layer)."""
+        if not path:
+            return "r"
+        name = self.locals.get(path)
+        if name is None:
+            head = self.bound(path[:-1], lines, indent)
+            name = self.locals[path] = f"_v{len(self.locals)}"
+            lines.append(f"{indent}{name} = {self.step(head, path[-1])}")
+        return name
+
+    def step(self, s, step):
+        """The expression for one path step applied to the expression ``s``."""
+        k = step[0]
+        if k == "arg":
+            return f"a[{step[1]}]"
+        if k == "obj":
+            return f"{self.const(step[1])}()"
+        if k == "cls":
+            return f"type({s})"
+        if k == "attr":
+            name = step[1]
+            return f"{s}.{name}" if name.isidentifier() and not keyword.iskeyword(name) \
+                else f"getattr({s}, {self.const(name)})"
+        if k == "item":
+            return f"{s}[{self.const(step[1])}]"
+        if k == "cell":
+            return f"{s}.__closure__[{step[1]}].cell_contents"
+        if k == "global":
+            return f"{s}.__globals__[{self.const(step[1])}]"
+        if k == "default":
+            return f"{s}.__defaults__[{step[1]}]"
+        if k == "kwdefault":
+            return f"{s}.__kwdefaults__[{self.const(step[1])}]"
+        raise AssertionError(step)
 
     def test(self, kind, expected):
         """A condition on ``v`` that holds when the guard passes."""
@@ -165,6 +183,8 @@ class _Render:
             return f"v.__self__ is {e}[0]() and v.__name__ == {e}[1]"
         if kind == "array":
             return f"array_token(v) == {e}"
+        if kind == "param":         # not a Param (no .trainable): raises, so the guard fails
+            return f"v.trainable is {e}[0] and v.shape == {e}[1]"
         if kind == "keys":
             return f"type(v) is dict and tuple(value_token(k) for k in v) == {e}"
         if kind == "len":
@@ -179,7 +199,7 @@ def compile_checks(guards):
     rd = _Render()
     lines = ["def check(r, a):", "    try:"]
     for path, kind, expected in guards:
-        lines.append(f"        v = {rd.path(path[:-1] if kind == 'has' else path)}")
+        lines.append(f"        v = {rd.bound(path[:-1] if kind == 'has' else path, lines)}")
         lines.append(f"        if not ({rd.test(kind, expected)}):")
         lines.append("            return False")
     lines += ["    except Exception:", "        return False", "    return True"]

@@ -56,6 +56,7 @@ class Loc:
     col: int
     text: str
     owner: str = ""          # the class or function whose source this is
+    via: tuple = ()          # an inlined sub-model's line: (its expression, the caller's Loc)
 
     def __str__(self):
         return f"{self.filename}:{self.lineno}"
@@ -344,7 +345,9 @@ class Graph:
             if n.op == INPUT:
                 continue
             if n.loc is not None and n.loc != last and n.loc.text:
-                lines.append(f"  # line {n.loc.lineno}: {n.loc.text}")
+                owner = n.loc.owner if ": " in (n.loc.owner or "") else ""     # an inlined sub-model's
+                where = f" (in {owner.rpartition('<locals>.')[2]})" if owner else ""
+                lines.append(f"  # line {n.loc.lineno}{where}: {n.loc.text}")
                 last = n.loc
             lines.append(self.format_node(n, shapes))
         lines.append("  return " + ", ".join(repr(o) for o in self.outputs))

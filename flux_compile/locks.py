@@ -85,15 +85,22 @@ def interrupts_held():
         _deliver(deferred)
 
 
+_deferring = [0]        # deferrals active in the main thread (only it receives SIGINT)
+
+
 def _defer_sigint():
-    """Record SIGINT instead of raising it; None where Python delivers none (other threads)."""
+    """Record SIGINT instead of raising it; None where Python delivers none (other threads)
+    or where an enclosing deferral records it already (delivered when that one ends)."""
     if threading.current_thread() is not threading.main_thread():
+        return None
+    if _deferring[0]:
         return None
     received = []
     try:
         previous = _set_handler(_SIGINT, lambda signum, frame: received.append(signum))
     except (ValueError, OSError):       # e.g. a sub-interpreter
         return None
+    _deferring[0] += 1
     return previous, received
 
 
@@ -102,6 +109,7 @@ def _deliver(deferred):
     if deferred is None:
         return
     previous, received = deferred
+    _deferring[0] -= 1
     _set_handler(_SIGINT, previous if previous is not None else signal.SIG_DFL)
     if received:
         signal.raise_signal(signal.SIGINT)

@@ -25,14 +25,15 @@ from . import pytree
 from .cache import cached_variant, compile_model, input_key, run_guarded
 from .errors import Retrace, bad_call_message
 from .locks import InterruptSafeLock
-from .params import Const, Param, is_model, named_params, path_str, submodels
-from .readonly import EDITS, Hold, refuse_if_held
+from .params import Const, Param, is_model, path_str, submodels
+from .readonly import EDITS, Hold, cached_named_params, refuse_if_held
 from .runstate import (_INITIAL, Link, accumulate_initial, check_batch, current_state, reset, restore_states,
                         set_state, snapshot_states)
 from .statehooks import state_names
+from .updatestep import apply_update
 
 # not pickled; the recurrent state (_fc_state, _fc_batch) is kept
-_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen", "_fc_arrays")
+_INTERNAL = ("_fc_compiled", "_fc_last", "_fc_link", "_fc_gen", "_fc_arrays", "_fc_params")
 
 
 def _is_float_array(value):
@@ -62,6 +63,12 @@ class Model:
             if old is _MISSING or attr_token(old) != attr_token(value):
                 d.pop("_fc_compiled", None)
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        if not name.startswith("_"):
+            EDITS[0] += 1               # the tree changed: cached walks and variants go
+            self.__dict__.pop("_fc_compiled", None)
+        object.__delattr__(self, name)
 
     def __getstate__(self):
         return {k: v for k, v in self.__dict__.items() if k not in _INTERNAL}
@@ -204,7 +211,6 @@ class Model:
         >>> m.b.value, m.b.grad                                   # stepped, then zeroed
         (array([[-2., -2.]]), array([[0., 0.]]))
         """
-        from .updatestep import apply_update
         with GRAD_LOCK:
             refuse_if_held(self, "update()")
             apply_update(self, opt)
@@ -219,7 +225,7 @@ class Model:
         0.0
         """
         with GRAD_LOCK:
-            for _, p in named_params(self):
+            for _, p in cached_named_params(self):
                 p.grad[...] = 0
 
     def reset(self):
@@ -368,6 +374,8 @@ def _public_grad(a, g):
 
 def _structured_grads(args, trees, flat_grads):
     """One gradient per input: a structured input's leaf gradients put back in its structure."""
+    if all(t is None for t in trees):   # no structured input: one gradient per input already
+        return list(flat_grads)
     return [g if t is None else
             pytree.in_order_of(a, pytree.unflatten(t, map(pytree.leaf_grad, pytree.flatten(a)[0], g)))
             for t, g, a in zip(trees, pytree.group(trees, tuple(flat_grads)), args)]

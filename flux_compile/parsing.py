@@ -60,10 +60,10 @@ class Source:
             if isinstance(self.tree, ast.AsyncFunctionDef):
                 raise CompileError("async functions are not supported", filename, start)
 
-    def loc(self, node, owner=None):
+    def loc(self, node, owner=None, via=()):
         """The :class:`Loc` of a node of this source's tree (kept: every compile of the function
         asks for the same nodes' locations again)."""
-        key = (id(node), owner)
+        key = (id(node), owner, via or ())
         memo = self.__dict__.setdefault("_locs", {})
         found = memo.get(key)
         if found is not None and found[0] is node:
@@ -78,7 +78,7 @@ class Source:
             target, it = self.segment(node.target), self.segment(node.iter)
             seg = f"for {target} in {it}:" if target and it else seg
         text = " ".join(seg.split()) if seg else ""
-        loc = Loc(self.filename, lineno, col, text, owner or self.owner)
+        loc = Loc(self.filename, lineno, col, text, owner or self.owner, via or ())
         memo[key] = (node, loc)
         return loc
 

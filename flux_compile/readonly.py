@@ -49,7 +49,11 @@ class Hold:
         self.edits = EDITS[0]
         self.fields, self.lists = _cached_arrays(model, self.edits)
         self.values = [_value(leaf) for _, leaf in self.fields]
-        self.arrays = _hold(self.values + [_value(x) for x in flatten(args)[0] if isinstance(x, (Param, np.ndarray))])
+        if all(type(x) is np.ndarray for x in args):         # the common case: array outputs
+            extra = list(args)
+        else:
+            extra = [_value(x) for x in flatten(args)[0] if isinstance(x, (Param, np.ndarray))]
+        self.arrays = _hold(self.values + extra)
         self.released = False
 
     def check(self, model):
@@ -104,6 +108,20 @@ def _cached_arrays(m, edits):
     fields, lists = model_arrays(m)
     m.__dict__["_fc_arrays"] = (edits, fields, lists)
     return fields, lists
+
+
+def cached_named_params(m):
+    """``named_params(m)``, walked again only when some model attribute was set since the last
+    walk or the tree holds a list or dict (the hot path of ``update`` and ``zero_grad``)."""
+    edits = EDITS[0]
+    hit = m.__dict__.get("_fc_params")
+    if hit is not None and hit[0] == edits:
+        return hit[1]
+    containers = []
+    found = [(path, p) for path, p in walk(m, containers=containers) if isinstance(p, Param)]
+    if not containers:
+        m.__dict__["_fc_params"] = (edits, found)
+    return found
 
 
 def _value(leaf):

@@ -379,12 +379,16 @@ class Frame:
         self.fn = fn               # the function whose names ``glob`` holds
         self.fn_path = fn_path     # its guards path (None: not re-readable)
         self.owner = None          # how its lines are labelled, when not by its own name
+        self.prefix = ""           # of the names it gives values (an inlined sub-model's: "fc1_")
+        self.via = ()              # an inlined sub-model's: (its expression, the caller's Loc)
 
     def nested(self, source, env):
         """A frame sharing this one's globals (a nested def, a comprehension)."""
         fr = Frame(source, env, self.glob, self.selfval, self.module_globals, self.fn, self.fn_path)
         fr.outer = self
         fr.owner = self.owner
+        fr.prefix = self.prefix
+        fr.via = self.via
         return fr
 
     def name_path(self, name):

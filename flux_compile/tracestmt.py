@@ -90,6 +90,9 @@ class Inlining:
         from (its cells, globals and defaults are then guarded or read at run time)."""
         src = get_source(fn)
         code = getattr(fn, "__code__", None)
+        owner = getattr(selfval, "obj", None)
+        if owner is not None:           # a method of one model instance (a Chain inside a Chain
+            code = (code, id(owner))    # is no recursion: model trees have no cycles)
         if code in self.ctx.stack:
             self.error(f"recursive call of {src.owner} cannot be inlined", node,
                        hint="rewrite it without recursion, or register it as a primitive with @fc.diffrule")
@@ -107,6 +110,8 @@ class Inlining:
                     pass
         frame = Frame(src, env, glob, selfval, getattr(fn, "__globals__", None), fn, path)
         frame.owner = self.ctx.__dict__.pop("next_owner", None)   # an inlined sub-model's label
+        frame.prefix = self.ctx.__dict__.pop("next_prefix", "")  # and the prefix of its names
+        frame.via = self.ctx.__dict__.pop("next_via", ())        # and where it was called
         outer, self.frame = self.frame, frame
         saved_loc = self.ctx.loc
         self.ctx.stack.append(code)
@@ -198,7 +203,7 @@ class Statements:
             self.exec_stmt(stmt)
 
     def exec_stmt(self, s):
-        self.ctx.loc = self.frame.source.loc(s, self.frame.owner)
+        self.ctx.loc = self.frame.source.loc(s, self.frame.owner, self.frame.via)
         handler = getattr(self, "exec_" + type(s).__name__, None)
         if handler is None:
             hint = FORBIDDEN_HINTS.get(type(s), "this statement is not in the supported subset")
@@ -370,8 +375,9 @@ class Statements:
     def assign(self, target, value, stmt):
         t = type(target)
         if t is ast.Name:
-            if isinstance(value, Node) and value.name is None and not is_leaf(value):
-                value.name = target.id
+            if isinstance(value, Node) and not is_leaf(value) and (
+                    value.name is None or value.meta.pop("inlined_out", False)):
+                value.name = self.frame.prefix + target.id
             self.frame.env[target.id] = value
         elif t in (ast.Tuple, ast.List):
             elts = target.elts

@@ -30,6 +30,7 @@ from . import assemble, diskstep, passes
 from .ir import ACCUM, MODEL
 from .autodiff import differentiate, split
 from .cache import _arity_of, _spec_token, input_key
+from .compiled import inlined_owner
 from .compiler import _trace, flat_inputs, function_specs
 from .errors import ModelError, Retrace, error_message, model_error_type
 from .frontend import attr_token
@@ -472,7 +473,9 @@ def _translate(code, exc):
     loc = code.line_locs.get(lineno) if lineno is not None else None
     if loc is None:
         return exc
-    frame = (f"{code.label} (step)", f"{loc.filename}:{loc.lineno}", loc.text)
+    inlined = inlined_owner(loc)
+    frame = (f"{code.label} (step)", f"{loc.filename}:{loc.lineno}",
+             f"{loc.text}  [{inlined}]" if inlined else loc.text)       # (one frame: the step's)
     if isinstance(exc, ModelError):
         exc.trace.append(frame)
         return exc

@@ -25,7 +25,7 @@ import numpy as np
 
 from .locks import interrupts_held
 from .params import named_params, params, path_str
-from .readonly import refuse_if_held
+from .readonly import cached_named_params, refuse_if_held
 from .sourcecache import compile_source, unique_filename
 
 __all__ = ["Optimiser", "SGD", "ParamState", "Entry", "NonFiniteGradient", "apply_update", "prepare_update",
@@ -260,7 +260,7 @@ def _as_optimiser(opt):
 
 def _layout(model):
     """(trainable [(path, Param)], frozen [(path, Param)]) of ``model``."""
-    everything = named_params(model)
+    everything = cached_named_params(model)
     return ([(q, p) for q, p in everything if p.trainable],
             [(q, p) for q, p in everything if not p.trainable])
 
@@ -379,9 +379,13 @@ class PendingUpdate:
 
 def check_gradients(trainable):
     """Raise :class:`NonFiniteGradient` for the first trainable Param whose gradient is not finite."""
-    for path, p in trainable:
-        if not np.isfinite(p.grad).all():
-            raise NonFiniteGradient(path_str(path) or "<model>", p.grad)
+    # a finite sum settles it without a temporary array (NaN and inf propagate into the sum);
+    # a sum that overflowed (silently) is checked entry by entry
+    with np.errstate(over="ignore", invalid="ignore"):
+        for path, p in trainable:
+            g = p.grad
+            if not np.isfinite(np.add.reduce(g, axis=None)) and not np.isfinite(g).all():
+                raise NonFiniteGradient(path_str(path) or "<model>", g)
 
 
 def prepare_update(model, lr_or_opt):
@@ -422,13 +426,14 @@ def prepare_update(model, lr_or_opt):
 
 def _like(new, old, path):
     """``new`` as a fresh array of ``old``'s shape and dtype (never ``old`` itself)."""
-    new = np.asarray(new)
+    if type(new) is not np.ndarray:
+        new = np.asarray(new)
     if new.shape != old.shape:
         raise ValueError(f"the update of {path_str(path)} has shape {new.shape}, "
                          f"the parameter {old.shape}")
-    if new is old or np.may_share_memory(new, old):
-        new = new.copy()
-    return new.astype(old.dtype, copy=False)
+    if new is old or (new.base is not None or old.base is not None) and np.may_share_memory(new, old):
+        new = new.copy()            # (an array owning its memory shares none with another)
+    return new if new.dtype == old.dtype else new.astype(old.dtype)
 
 
 def apply_update(model, lr_or_opt):

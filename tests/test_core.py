@@ -177,7 +177,7 @@ def test_attributes_holding_functions_and_lists_of_layers():
         m = WithFunctions(act)
         assert fc.gradcheck(m, randn(4, 3) + 0.1).ok
     src = fc.source(WithFunctions(np.tanh), "forward")
-    assert "np.tanh(" in src and "self.layers[0](" in src
+    assert "np.tanh(" in src and "self.layers[0].W.value" in src and "self.layers[0](" not in src
 
 
 def test_back_accumulates_and_update_zeroes():
@@ -332,8 +332,9 @@ def test_source_all_and_class_without_instance():
 
 def test_graph_prints_and_dot():
     g = fc.graph(TLP(Affine(2, 3), Affine(3, 2)))
-    text = str(g)
-    assert "model self.first" in text and "fc.sigmoid" in text
+    text = str(g)                   # the sub-models inlined: their Params read at their paths
+    assert "param self.first.W" in text and "param self.second.b" in text and "fc.sigmoid" in text
+    assert "model self.first" in str(fc.graph(TLP))     # the generic class: calls
     dot = g.to_dot()
     assert dot.startswith("digraph") and "->" in dot
 

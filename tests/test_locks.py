@@ -6,6 +6,7 @@ import sys
 import threading
 
 import numpy as np
+import pytest
 
 import flux_compile as fc
 from flux_compile import model as model_module
@@ -127,3 +128,25 @@ def test_threads_still_exclude_each_other():
     for t in threads:
         t.join()
     assert most[0] == 1 and not lock.held_by_anyone()
+
+
+def test_a_nested_deferral_hands_ctrl_c_to_the_outer_one():
+    """``interrupts_held`` inside a held lock (an update's commit inside ``m.update``) installs
+    no handler of its own: a Ctrl-C in the inner block comes when the outer one ends, once."""
+    from flux_compile.locks import interrupts_held
+    lock = InterruptSafeLock()
+    before = signal.getsignal(signal.SIGINT)
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with lock:
+            with interrupts_held():
+                signal.raise_signal(signal.SIGINT)
+                reached.append("inner")
+            reached.append("after inner")           # not interrupted at the inner block's end
+    assert reached == ["inner", "after inner"]
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):          # alone, it still defers and delivers
+        with interrupts_held():
+            signal.raise_signal(signal.SIGINT)
+            reached.append("alone")
+    assert reached[-1] == "alone" and signal.getsignal(signal.SIGINT) is before
