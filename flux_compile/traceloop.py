@@ -205,6 +205,7 @@ class Loops:
                 break
             diff = now
         _hoist(body, self.ctx.graph)
+        self._hoist_projections(body)
         captured = _close(body)
         self.ctx.loc = self.frame.source.loc(s)
         loop = self.ctx.add(Node(LOOP, tuple(bounds) + tuple(inits) + tuple(captured),
@@ -221,6 +222,21 @@ class Loops:
                 continue
             item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=name))
             env[name] = item
+
+    def _hoist_projections(self, body):
+        """All steps' ``x[:, t] @ W`` as one matmul before the loop (see loophoist)."""
+        from .loophoist import hoist_projections
+
+        def make(fn, args, loc):
+            self.ctx.loc = loc
+            return self.call_primitive(fn, args, {}, None)
+
+        def copy_reread(a):
+            copy = Node(a.op, name=a.name, fn=a.fn, value=a.value, base=a.base, path=a.path,
+                        attr=a.attr, diff=a.diff)
+            copy.meta.update(a.meta)
+            return self.ctx.add(copy, a.loc)
+        hoist_projections(body, make, copy_reread)
 
     def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=()):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
