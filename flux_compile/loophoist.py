@@ -42,7 +42,7 @@ def hoist_projections(body, make, copy_reread):
         x, w, index, order, step = plan
         if is_reread(w):            # a Param read: the body's node is not in the outer graph
             w = copy_reread(w)
-        bias, target = _bias_of(mm, users, inside)
+        bias, target = _bias_of(mm, users, inside, _product_dims(x, w, order))
         if bias is not None and is_reread(bias):
             bias = copy_reread(bias)
         whole = _whole_product(x, w, order, make, mm.loc)
@@ -126,21 +126,47 @@ def _projection_plan(mm, inside, getitem):
     return None
 
 
-def _bias_of(mm, users, inside):
+def _product_dims(x, w, order):
+    """(ndim, last dimension) of one step's product, when the pass knows them ("xw")."""
+    return (len(_shape(x)) - 1, _shape(w)[1]) if order == "xw" else None
+
+
+def _bias_of(mm, users, inside, dims):
     """``(b, add)`` when the product's one use is ``+ b`` with ``b`` invariant and shaped
-    ``(n,)`` or ``(1, ..., 1, n)`` (it broadcasts over all steps alike); else ``(None, mm)``."""
-    us = users.get(id(mm), [])
-    if len(us) != 1 or us[0] is None:
+    ``(n,)`` or ``(1, ..., 1, n)`` (it broadcasts over all steps alike); else ``(None, mm)``.
+    ``x_t @ Wx + h @ Wh + b`` is first regrouped as ``(x_t @ Wx + b) + h @ Wh``."""
+    add = _one_add_user(mm, users)
+    if add is None or dims is None:
         return None, mm
+    other = add.args[1] if add.args[0] is mm else add.args[0]
+    if other is not mm and _is_row_bias(other, dims, inside):
+        return other, add
+    outer = _one_add_user(add, users)
+    if outer is None or other is mm:
+        return None, mm
+    b = outer.args[1] if outer.args[0] is add else outer.args[0]
+    if b is add or not _is_row_bias(b, dims, inside):
+        return None, mm
+    add.args, outer.args = (mm, b), (add, other)        # (x_t @ Wx + b) + h @ Wh
+    return b, add
+
+
+def _one_add_user(n, users):
+    us = users.get(id(n), [])
+    if len(us) != 1 or us[0] is None:
+        return None
     add = us[0]
     if add.op != CALL or add.fn is not np.add or len(add.args) != 2 or add.kwargs:
-        return None, mm
-    b = add.args[1] if add.args[0] is mm else add.args[0]
-    bs, ms = _shape(b), _shape(mm)
-    if b is mm or not _invariant(b, inside) or bs is None or ms is None or len(bs) > len(ms) \
-            or len(bs) == 0 or any(d != 1 for d in bs[:-1]) or bs[-1] != ms[-1] or not isinstance(bs[-1], int):
-        return None, mm
-    return b, add
+        return None
+    return add
+
+
+def _is_row_bias(b, dims, inside):
+    """Does ``b`` broadcast over every step's product alike: shaped ``(n,)`` or ``(1, ..., 1, n)``
+    with no more dimensions than one step's product, ``n`` its last dimension (or 1)?"""
+    bs, (ndim, last) = _shape(b), dims
+    return _invariant(b, inside) and bs is not None and 0 < len(bs) <= ndim \
+        and all(d == 1 for d in bs[:-1]) and bs[-1] in (1, last)
 
 
 def _whole_product(x, w, order, make, loc):

@@ -66,16 +66,24 @@ def _as_matrices(a_shape, b_shape, g):
 
 
 def matmul_grad_a(g, a_shape, b):
-    """Gradient of ``a @ b`` with respect to ``a`` (1-D, 2-D or batched)."""
+    """Gradient of ``a @ b`` with respect to ``a`` (1-D, 2-D or batched; a stack of ``a``
+    times one matrix ``b`` as one matrix product)."""
     b = np.asarray(b)
+    g = np.asarray(g)
+    if b.ndim == 2 and len(a_shape) > 2 and g.size and b.size and g.shape[:-1] == tuple(a_shape[:-1]):
+        return (g.reshape(-1, g.shape[-1]) @ b.T).reshape(a_shape)
     a2, b2, g = _as_matrices(a_shape, b.shape, g)
     da = g @ np.swapaxes(b.reshape(b2), -1, -2)
     return unbroadcast(da, a2).reshape(a_shape)
 
 
 def matmul_grad_b(g, a, b_shape):
-    """Gradient of ``a @ b`` with respect to ``b`` (1-D, 2-D or batched)."""
+    """Gradient of ``a @ b`` with respect to ``b`` (1-D, 2-D or batched; for a stack of
+    ``a`` times one matrix ``b``, one matrix product over all the stacked rows)."""
     a = np.asarray(a)
+    g = np.asarray(g)
+    if len(b_shape) == 2 and a.ndim > 2 and a.size and g.size and g.shape[:-1] == a.shape[:-1]:
+        return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
     a2, b2, g = _as_matrices(a.shape, b_shape, g)
     db = np.swapaxes(a.reshape(a2), -1, -2) @ g
     return unbroadcast(db, b2).reshape(b_shape)
