@@ -40,9 +40,9 @@ def hoist_projections(body, make, copy_reread):
         if plan is None:
             continue
         x, w, index, order, step = plan
+        bias, target = _bias_of(mm, users, inside, _product_dims(x, w, order))
         if is_reread(w):            # a Param read: the body's node is not in the outer graph
             w = copy_reread(w)
-        bias, target = _bias_of(mm, users, inside, _product_dims(x, w, order))
         if bias is not None and is_reread(bias):
             bias = copy_reread(bias)
         whole = _whole_product(x, w, order, make, mm.loc)
@@ -163,10 +163,11 @@ def _one_add_user(n, users):
 
 def _is_row_bias(b, dims, inside):
     """Does ``b`` broadcast over every step's product alike: shaped ``(n,)`` or ``(1, ..., 1, n)``
-    with no more dimensions than one step's product, ``n`` its last dimension (or 1)?"""
-    bs, (ndim, last) = _shape(b), dims
+    with no more dimensions than one step's product (``n`` is its last dimension or 1, or
+    the addition fails in both forms)?"""
+    bs, (ndim, _) = _shape(b), dims
     return _invariant(b, inside) and bs is not None and 0 < len(bs) <= ndim \
-        and all(d == 1 for d in bs[:-1]) and bs[-1] in (1, last)
+        and all(isinstance(d, int) and d == 1 for d in bs[:-1])
 
 
 def _whole_product(x, w, order, make, loc):
