@@ -367,3 +367,44 @@ def test_pass_hoists_only_a_batch_axis_pick(index, x_shape, matrix_first, hoiste
         assert all(not (n.op == CALL and n.fn is getitem and n.args[0] is x) for n in body.nodes)
     else:
         assert mm.fn is np.matmul and not made
+
+
+@fc.net
+class LoopClassifier:
+    """An LSTM-like recurrence as a loop, then a read-out: what fc.train_step fuses."""
+
+    def __init__(self, n_in, n_h, n_out):
+        self.Wx = fc.initn(n_in, 4 * n_h) * 30
+        self.Wh = fc.initn(n_h, 4 * n_h) * 30
+        self.b = fc.initn(1, 4 * n_h) * 30
+        self.Wo = fc.initn(n_h, n_out) * 30
+        self.n_h = n_h
+
+    def forward(self, x):
+        n = self.n_h
+        h = np.zeros((x.shape[0], n))
+        c = np.zeros((x.shape[0], n))
+        for t in range(x.shape[1]):
+            z = x[:, t] @ self.Wx + h @ self.Wh + self.b
+            c = fc.sigmoid(z[:, n:2 * n]) * c + fc.sigmoid(z[:, :n]) * np.tanh(z[:, 2 * n:3 * n])
+            h = fc.sigmoid(z[:, 3 * n:]) * np.tanh(c)
+        return h @ self.Wo
+
+
+def test_train_step_updates_params_whose_gradient_is_summed_inside_a_loop():
+    """fc.train_step once updated ``Wh`` (accumulated trip by trip in the loop) with zeros."""
+    x, labels = rng.normal(size=(4, 36, 3)), rng.integers(0, 2, 4)
+    fused, plain = LoopClassifier(3, 5, 2), LoopClassifier(3, 5, 2)
+    for p, q in zip(fc.params(fused), fc.params(plain)):
+        q.value[...] = p.value
+    step = fc.train_step(fused, fc.logitcrossentropy, fc.optim.SGD(0.5))
+    for _ in range(3):
+        loss = step(x, target=labels)
+        y, back = plain.pullback(x)
+        want, (dy, _) = fc.grad(fc.logitcrossentropy, y, labels)
+        back(dy)
+        plain.update(0.5)
+        assert np.isclose(loss, want, rtol=1e-10)
+    for p, q in zip(fc.params(fused), fc.params(plain)):
+        np.testing.assert_allclose(p.value, q.value, rtol=1e-9, atol=1e-12)
+        assert not np.any(p.grad)
