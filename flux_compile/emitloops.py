@@ -161,9 +161,10 @@ def emit_loop(em, n):
         stack = em.scope.fresh(naming.steps((carried[0] if carried else n.meta["target"]).strip("<>")))
         em.back_names[n.id] = stack
         out.append(ast.Assign(targets=[_store(stack)], value=ast.List(elts=[], ctx=ast.Load())))
-        names = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved] or [index]
-        stmts.append(ast.Expr(value=_call(_attr(_name(stack), "append"),
-                                          _tuple_or_one([_name(x) for x in names]))))
+        names = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved] \
+            or [index if n.meta.get("kind") != "while" else "_"]      # one entry per trip
+        stmts.append(ast.Expr(value=_call(_attr(_name(stack), "append"), _tuple_or_one(
+            [_name(x) if x != "_" else ast.Constant(None) for x in names]))))
         n.meta["emit"] = dict(names=dict(sub.names), back_names=dict(sub.back_names),
                               aliases=dict(sub.aliases), loose=set(sub.loose), saved=names, stack=stack)
     lists = n.meta.get("lists", ())

@@ -51,7 +51,7 @@ def hoist_projections(body, make, copy_reread):
         if bias is not None:
             whole = make(np.add, [whole, bias], mm.loc)
         whole.name = f"{x.name or 'x'}_{w.name or 'W'}_all"
-        _become_getitem(target, whole, index, getitem)
+        _become_getitem(target, whole, index, getitem, _step_axis(index, inside))
         gone = {id(mm)} if target is not mm else set()
         if all(u is mm for u in users.get(id(step), [])):       # the step itself is read no more
             gone.add(id(step))
@@ -178,7 +178,11 @@ def _whole_product(x, w, order, make, loc):
     return make(np.matmul, [x, make(np.transpose, [w], loc)], loc)
 
 
-def _become_getitem(node, whole, index, getitem):
-    """``node`` (the body's product) becomes ``whole[index]``: its readers are unchanged."""
+def _become_getitem(node, whole, index, getitem, axis):
+    """``node`` (the body's product) becomes ``whole[index]``: its readers are unchanged; its
+    shape is ``whole``'s without the picked axis, when known."""
     node.fn, node.args, node.kwargs = getitem, (whole, index), {}
     node.diff = whole.diff
+    shape = _shape(whole)
+    if shape is not None and axis < len(shape):
+        node.meta["shape"] = shape[:axis] + shape[axis + 1:]

@@ -198,12 +198,14 @@ class Loops:
             carried.append(GO)
             inits.append(test[1])
         diff = [n.diff for n in inits]
-        for _ in range(3):      # until which carried values carry gradients settles
-            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists)
+        shapes = [_shape_of(n) for n in inits]      # assumed to stay, until a trip changes it
+        for _ in range(3 + len(carried)):   # until gradients and kept shapes settle
+            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists, shapes)
             now = [d or o.diff for d, o in zip(diff, outs)]
-            if now == diff:
+            kept = [sh if _same_shape(sh, _shape_of(o)) else None for sh, o in zip(shapes, outs)]
+            if now == diff and kept == shapes:
                 break
-            diff = now
+            diff, shapes = now, kept
         _hoist(body, self.ctx.graph)
         self._hoist_projections(body)
         captured = _close(body)
@@ -238,7 +240,7 @@ class Loops:
             return self.ctx.add(copy, a.loc)
         hoist_projections(body, make, copy_reread)
 
-    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=()):
+    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=(), shapes=None):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
         outer_graph = ctx.graph
@@ -249,7 +251,7 @@ class Loops:
         saved_env = dict(env)
         try:
             t = body.add(Node(INPUT, name=target.strip("<>"), diff=False))
-            t.meta.update(shape=(), region_input=True)
+            t.meta.update(shape=(), region_input=True, loop_index=test is None)
             env[target] = t
             if rows_of is not None:         # for row in x: row = x[t]
                 from .rules.helpers import getitem
@@ -257,9 +259,9 @@ class Loops:
                 if isinstance(row, Node) and row.name is None:
                     row.name = s.target.id
                 env[s.target.id] = row
-            for name, d in zip(carried, diff):
+            for name, d, shape in zip(carried, diff, shapes or [None] * len(carried)):
                 n = body.add(Node(INPUT, name=name, diff=d))
-                n.meta["region_input"] = True
+                n.meta.update(region_input=True, shape=shape)
                 env[name] = n
             collectors = [Collector(name) for name in lists]
             env.update((c.name, c) for c in collectors)
@@ -278,6 +280,45 @@ class Loops:
             env.update(saved_env)
         body.outputs = outs + extra
         return body, outs
+
+
+def _shape_of(n):
+    """The symbolic shape of ``n`` when known (also of ``np.zeros((x.shape[0], 4))``)."""
+    from .tracecore import shape_of
+    shape = shape_of(n)
+    return shape if isinstance(shape, tuple) else _filled_shape(n)
+
+
+def _filled_shape(n):
+    """The shape ``np.zeros`` / ``np.ones`` / ``np.empty`` / ``np.full`` spell out in their
+    first argument: ints and ``x.shape[i]`` of values of known shape; else None."""
+    import numpy as np
+    from .ir import CONST, GETATTR, PACK
+    from .tracecore import shape_of
+    if n.op != CALL or n.fn not in (np.zeros, np.ones, np.empty, np.full) or not n.args:
+        return None
+    spec = n.args[0]
+    if spec.op == CONST:
+        value = spec.value
+        return (value,) if isinstance(value, int) else value if isinstance(value, tuple) else None
+    dims = []
+    for item in spec.args if spec.op == PACK else (spec,):
+        if item.op == CONST and isinstance(item.value, int) and not isinstance(item.value, bool):
+            dims.append(item.value)
+            continue
+        source = item.args[0] if item.op == ITEM and item.args else None
+        if source is None or source.op != GETATTR or source.attr != "shape":
+            return None
+        shape = shape_of(source.args[0])
+        if not isinstance(shape, tuple) or not isinstance(item.index, int) or item.index >= len(shape):
+            return None
+        dims.append(shape[item.index])
+    return tuple(dims)
+
+
+def _same_shape(a, b):
+    from .shapeinfer import same
+    return a is not None and same(a, b)
 
 
 def _invariant(n, moved, inside):
