@@ -8,7 +8,7 @@ import numpy as np
 
 from . import builtins as builtin_table
 from . import guards, rules, shapeinfer
-from .ir import CALL, CONST, PACK, Node
+from .ir import CALL, CONST, GETATTR, ITEM, PACK, Node
 from .params import is_model
 from .tracecore import (ARRAY_ATTRS, LIST_PARAMS, METHODS, MULTI_OUTPUT, VARARG_SHAPE_METHODS, _NOT_CONST,
                         BoundMethod, LocalFunction, Seq, Static, SymDict, UserMethod, _casts_to_non_float,
@@ -178,6 +178,8 @@ class Calls:
                 else {"<dynamic>": True})
         except Exception:       # shape inference is best effort
             node.meta["shape"] = None
+        if node.meta["shape"] is None and fn in FILLED:
+            node.meta["shape"] = _filled_shape(nodes)
         arity = MULTI_OUTPUT.get(fn)
         if callable(arity):
             arity = arity(nodes, kw)    # False: one array after all (svd without compute_uv)
@@ -233,3 +235,29 @@ def _shape_const(n):
     if n.op == PACK and n.args and all(a.op == CONST or a.meta.get("loop_index") for a in n.args):
         return tuple(0 if a.op != CONST else a.value for a in n.args)
     return _NOT_CONST
+
+
+FILLED = (np.zeros, np.ones, np.empty, np.full)
+
+
+def _filled_shape(args):
+    """The shape ``np.zeros((x.shape[0], 4))`` and the like spell out in their first argument
+    (ints and ``x.shape[i]`` of a value of known shape), or None."""
+    if not args:
+        return None
+    spec = args[0]
+    if spec.op == CONST:
+        v = spec.value
+        return (v,) if isinstance(v, int) else v if isinstance(v, tuple) else None
+    dims = []
+    for item in spec.args if spec.op == PACK else (spec,):
+        if item.op == CONST and isinstance(item.value, int) and not isinstance(item.value, bool):
+            dims.append(item.value)
+            continue
+        source = item.args[0] if item.op == ITEM and item.args else None
+        shape = shape_of(source.args[0]) if source is not None and source.op == GETATTR \
+            and source.attr == "shape" and source.args else None
+        if not isinstance(shape, tuple) or not isinstance(item.index, int) or not -len(shape) <= item.index < len(shape):
+            return None
+        dims.append(shape[item.index])
+    return tuple(dims)

@@ -223,6 +223,7 @@ class Loops:
             if name == GO:
                 continue
             item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=name))
+            item.meta["shape"] = shapes[i]          # kept by every trip (or None)
             env[name] = item
 
     def _hoist_projections(self, body):
@@ -283,37 +284,9 @@ class Loops:
 
 
 def _shape_of(n):
-    """The symbolic shape of ``n`` when known (also of ``np.zeros((x.shape[0], 4))``)."""
     from .tracecore import shape_of
     shape = shape_of(n)
-    return shape if isinstance(shape, tuple) else _filled_shape(n)
-
-
-def _filled_shape(n):
-    """The shape ``np.zeros`` / ``np.ones`` / ``np.empty`` / ``np.full`` spell out in their
-    first argument: ints and ``x.shape[i]`` of values of known shape; else None."""
-    import numpy as np
-    from .ir import CONST, GETATTR, PACK
-    from .tracecore import shape_of
-    if n.op != CALL or n.fn not in (np.zeros, np.ones, np.empty, np.full) or not n.args:
-        return None
-    spec = n.args[0]
-    if spec.op == CONST:
-        value = spec.value
-        return (value,) if isinstance(value, int) else value if isinstance(value, tuple) else None
-    dims = []
-    for item in spec.args if spec.op == PACK else (spec,):
-        if item.op == CONST and isinstance(item.value, int) and not isinstance(item.value, bool):
-            dims.append(item.value)
-            continue
-        source = item.args[0] if item.op == ITEM and item.args else None
-        if source is None or source.op != GETATTR or source.attr != "shape":
-            return None
-        shape = shape_of(source.args[0])
-        if not isinstance(shape, tuple) or not isinstance(item.index, int) or item.index >= len(shape):
-            return None
-        dims.append(shape[item.index])
-    return tuple(dims)
+    return shape if isinstance(shape, tuple) else None
 
 
 def _same_shape(a, b):
