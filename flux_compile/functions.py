@@ -16,6 +16,9 @@ __all__ = ["sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu", "softplus",
            "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten"]
 
 
+NUMPY = np      # stays NumPy when a backend ports these functions (binding ``np`` to its own)
+
+
 def sigmoid(x):
     """Logistic sigmoid ``1 / (1 + exp(-x))``, accurate to the last bit or so for any ``x``:
     where ``exp(-x)`` overflows (``x`` below about -709, -88 in float32) it is ``inf`` and
@@ -25,6 +28,10 @@ def sigmoid(x):
     >>> sigmoid(np.array([0.0, 1000.0, -1000.0]))
     array([0.5, 1. , 0. ])
     """
+    if np is not NUMPY:         # ported to another array library: the two-branch form
+        e = np.exp(-np.abs(x))
+        r = 1.0 / (1.0 + e)
+        return np.where(x >= 0, r, e * r)
     with np.errstate(over="ignore"):
         t = np.exp(np.negative(x))
     if isinstance(t, np.ndarray):
