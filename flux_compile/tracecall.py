@@ -173,7 +173,9 @@ class Calls:
         node = Node(CALL, nodes, kw, fn=fn, diff=diff)
         try:
             node.meta["shape"] = shapeinfer.infer(
-                fn, [shape_of(a) for a in nodes], [_shape_const(a) for a in nodes],
+                fn, [shape_of(a) for a in nodes],
+                [_shape_const(a) if _is_getitem(fn) else a.value if a.op == CONST else _NOT_CONST
+                 for a in nodes],
                 {k: v.value for k, v in kw.items() if v.op == CONST} if all(v.op == CONST for v in kw.values())
                 else {"<dynamic>": True})
         except Exception:       # shape inference is best effort
@@ -224,10 +226,15 @@ class Calls:
         self.error(f"unsupported value {v!r}", e)
 
 
+def _is_getitem(fn):
+    from .rules.helpers import getitem
+    return fn is getitem
+
+
 def _shape_const(n):
-    """What shape inference may take as ``n``'s value: a constant's value; a loop index (an
-    int that changes from trip to trip) as 0, and an index tuple of those and constants, since
-    any int picks one item alike; else the marker of a value not known."""
+    """What shape inference of ``x[n]`` may take as the index ``n``: a constant's value; a
+    loop index (an int that changes from trip to trip) as 0, and an index tuple of those and
+    constants, since any int picks one item alike; else the marker of a value not known."""
     if n.op == CONST:
         return n.value
     if n.meta.get("loop_index"):
