@@ -184,5 +184,4 @@ def _become_getitem(node, whole, index, getitem, axis):
     node.fn, node.args, node.kwargs = getitem, (whole, index), {}
     node.diff = whole.diff
     shape = _shape(whole)
-    if shape is not None and axis < len(shape):
-        node.meta["shape"] = shape[:axis] + shape[axis + 1:]
+    node.meta["shape"] = shape[:axis] + shape[axis + 1:] if shape is not None and axis < len(shape) else None
