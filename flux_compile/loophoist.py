@@ -46,8 +46,6 @@ def hoist_projections(body, make, copy_reread):
         if bias is not None and is_reread(bias):
             bias = copy_reread(bias)
         whole = _whole_product(x, w, order, make, mm.loc)
-        if whole is None:
-            continue
         if bias is not None:
             whole = make(np.add, [whole, bias], mm.loc)
         whole.name = f"{x.name or 'x'}_{w.name or 'W'}_all"

@@ -232,7 +232,7 @@ class Loops:
 
         def make(fn, args, loc):
             self.ctx.loc = loc
-            return self.call_primitive(fn, args, {}, None)
+            return self.as_node(self.call_primitive(fn, args, {}, None))
 
         def copy_reread(a):
             copy = Node(a.op, name=a.name, fn=a.fn, value=a.value, base=a.base, path=a.path,
