@@ -305,7 +305,7 @@ def _basic_item(n):
     if n.op == CONST:
         return n.value is None or n.value is Ellipsis or isinstance(n.value, slice) \
             or isinstance(n.value, int) and not isinstance(n.value, bool)
-    return n.meta.get("shape") == () and n.meta.get("int", True) and n.op != PACK
+    return n.op == CALL and n.fn is slice or n.meta.get("shape") == () and n.op != PACK
 
 
 def _without_scatters(nodes, keep, scatters):

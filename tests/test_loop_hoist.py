@@ -444,3 +444,21 @@ def test_carried_values_that_change_shape_stay_right(factory, wshape):
     _, grads = fc.grad(factory(np), x.copy(), w.copy())
     for i in range(2):
         np.testing.assert_allclose(grads[i], ag_grad(factory(anp), i)(x, w), rtol=1e-9, atol=1e-12)
+
+
+def windows(xnp):
+    def f(x, w):
+        h = x[:, :1] * 0.0
+        for t in range(x.shape[1] - 1):
+            h = xnp.tanh(x[:, t:t + 2] * w + h[:, :1])
+        return xnp.sum(h * h)
+    return f
+
+
+def test_a_captured_arrays_window_adjoint_is_added_in_place():
+    x, w = rng.normal(size=(3, 40)), rng.normal(size=2)
+    _, grads = fc.grad(windows(np), x.copy(), w.copy())
+    for i in range(2):
+        np.testing.assert_allclose(grads[i], ag_grad(windows(anp), i)(x, w), rtol=1e-9, atol=1e-12)
+    body = fc.source(windows(np), "backward", inputs=(x, w)).split("reversed(h_steps):")[1]
+    assert "dx[" in body and "+=" in body and "getitem_grad(" not in body.split("dh, dw =")[0].split("dh_1 =")[0]
