@@ -218,6 +218,7 @@ class Loops:
         for j, name in enumerate(lists):
             item = self.ctx.add(Node(ITEM, (loop,), index=len(carried) + j,
                                      diff=body.outputs[len(carried) + j].diff, name=name))
+            item.meta["shape"] = _stacked_shape(body.outputs[len(carried) + j])
             env[name] = Stacked(item, name)
         for i, name in enumerate(carried):
             if name == GO:
@@ -287,6 +288,15 @@ def _shape_of(n):
     from .tracecore import shape_of
     shape = shape_of(n)
     return shape if isinstance(shape, tuple) else None
+
+
+def _stacked_shape(out):
+    """The shape of the stack of a list the loop fills with ``out`` once per trip: the trip
+    count (a size of its own), then ``out``'s shape, when known. Every trip's item has that
+    shape: it is computed from values whose shapes all trips keep."""
+    from .shapeinfer import fresh
+    shape = _shape_of(out)
+    return None if shape is None else (fresh(),) + shape
 
 
 def _same_shape(a, b):

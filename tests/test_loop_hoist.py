@@ -462,3 +462,49 @@ def test_a_captured_arrays_window_adjoint_is_added_in_place():
         np.testing.assert_allclose(grads[i], ag_grad(windows(anp), i)(x, w), rtol=1e-9, atol=1e-12)
     body = fc.source(windows(np), "backward", inputs=(x, w)).split("reversed(h_steps):")[1]
     assert "dx[" in body and "+=" in body and "getitem_grad(" not in body.split("dh, dw =")[0].split("dh_1 =")[0]
+
+
+@fc.net
+class TwoLayers:
+    """Two recurrent layers: the second reads the first's stacked states, also hoisted."""
+
+    def __init__(self):
+        self.W1, self.U1 = fc.initn(3, 4) * 40, fc.initn(4, 4) * 40
+        self.W2, self.U2 = fc.initn(4, 5) * 40, fc.initn(5, 5) * 40
+
+    def forward(self, x):
+        h = np.zeros((x.shape[0], 4))
+        hs = []
+        for t in range(x.shape[1]):
+            h = np.tanh(x[:, t] @ self.W1 + h @ self.U1)
+            hs.append(h)
+        xs = np.stack(hs, axis=1)
+        g = np.zeros((x.shape[0], 5))
+        for t in range(xs.shape[1]):
+            g = np.tanh(xs[:, t] @ self.W2 + g @ self.U2)
+        return g
+
+
+def test_a_second_layer_reading_the_first_layers_states_is_hoisted_too():
+    m = TwoLayers()
+    x = rng.normal(size=(2, 34, 3))
+    assert fc.gradcheck(m, x).ok
+    src = fc.source(m, "forward")
+    assert src.count("_all = ") == 2, src
+
+    def f(W1, U1, W2, U2):
+        h, g = anp.zeros((2, 4)), anp.zeros((2, 5))
+        hs = []
+        for t in range(34):
+            h = anp.tanh(x[:, t] @ W1 + h @ U1)
+            hs.append(h)
+        xs = anp.stack(hs, axis=1)
+        for t in range(34):
+            g = anp.tanh(xs[:, t] @ W2 + g @ U2)
+        return anp.sum(g)
+    m.zero_grad()
+    y = m(x)
+    m.back(np.ones_like(y), x)
+    vals = [m.W1.value, m.U1.value, m.W2.value, m.U2.value]
+    for i, p in enumerate([m.W1, m.U1, m.W2, m.U2]):
+        np.testing.assert_allclose(p.grad, ag_grad(f, i)(*vals), rtol=1e-9, atol=1e-12)
