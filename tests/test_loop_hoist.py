@@ -508,3 +508,24 @@ def test_a_second_layer_reading_the_first_layers_states_is_hoisted_too():
     vals = [m.W1.value, m.U1.value, m.W2.value, m.U2.value]
     for i, p in enumerate([m.W1, m.U1, m.W2, m.U2]):
         np.testing.assert_allclose(p.grad, ag_grad(f, i)(*vals), rtol=1e-9, atol=1e-12)
+
+
+def nested(xnp):                        # x: (sequences, batch, time, features)
+    def f(x, Wx, Wh, b):
+        total = 0.0
+        for s in range(x.shape[0]):
+            h = xnp.zeros((x.shape[1], Wh.shape[0]))
+            for t in range(x.shape[2]):
+                h = xnp.tanh(x[s][:, t] @ Wx + h @ Wh + b)
+            total = total + xnp.sum(h * h)
+        return total
+    return f
+
+
+def test_hoisting_inside_an_outer_loop():
+    x = rng.normal(size=(34, 2, 35, 3)) * 0.5
+    args = [x, rng.normal(size=(3, 4)) * 0.5, rng.normal(size=(4, 4)) * 0.5, rng.normal(size=(4,)) * 0.5]
+    _, grads = fc.grad(nested(np), *[a.copy() for a in args])
+    for i in range(4):
+        np.testing.assert_allclose(grads[i], ag_grad(nested(anp), i)(*args), rtol=1e-9, atol=1e-12)
+    assert "_all = " in fc.source(nested(np), "forward", inputs=tuple(args))
