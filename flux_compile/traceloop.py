@@ -206,6 +206,9 @@ class Loops:
             if now == diff and kept == shapes:
                 break
             diff, shapes = now, kept
+        else:                   # not settled: assume no shape, with the gradients found so far
+            shapes = [None] * len(carried)
+            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists, shapes)
         _hoist(body, self.ctx.graph)
         self._hoist_projections(body)
         captured = _close(body)
