@@ -529,3 +529,22 @@ def test_hoisting_inside_an_outer_loop():
     for i in range(4):
         np.testing.assert_allclose(grads[i], ag_grad(nested(anp), i)(*args), rtol=1e-9, atol=1e-12)
     assert "_all = " in fc.source(nested(np), "forward", inputs=tuple(args))
+
+
+def _benchmark(name):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_rnn_classifier_benchmark_contenders_compute_the_same_gradients(kind):
+    assert _benchmark("rnn_classifier").check_gradients(kind) < 1e-9
+
+
+def test_lstm_benchmark_loop_model_matches_unroll_and_hand_written():
+    assert _benchmark("lstm").check_gradients(11, 7, 2, 3, 5) < 1e-9
