@@ -548,3 +548,42 @@ def test_rnn_classifier_benchmark_contenders_compute_the_same_gradients(kind):
 
 def test_lstm_benchmark_loop_model_matches_unroll_and_hand_written():
     assert _benchmark("lstm").check_gradients(11, 7, 2, 3, 5) < 1e-9
+
+
+@fc.net
+class StepCell:
+    def __init__(self):
+        self.Wx, self.Wh, self.b = fc.initn(3, 4) * 40, fc.initn(4, 4) * 40, fc.initn(1, 4) * 40
+
+    def forward(self, x, h):
+        return np.tanh(x @ self.Wx + h @ self.Wh + self.b)
+
+
+@fc.net
+class CellLoop:
+    def __init__(self):
+        self.cell, self.Wo = StepCell(), fc.initn(4, 2) * 40
+
+    def forward(self, x):
+        h = np.zeros((x.shape[0], 4))
+        for t in range(x.shape[1]):
+            h = self.cell(x[:, t], h)
+        return h @ self.Wo
+
+
+def test_a_stateless_cell_called_in_a_loop_is_hoisted_when_train_step_flattens_it():
+    x, target = rng.normal(size=(3, 35, 3)), rng.normal(size=(3, 2))
+    fused, plain = CellLoop(), CellLoop()
+    for p, q in zip(fc.params(fused), fc.params(plain)):
+        q.value[...] = p.value
+    step = fc.train_step(fused, fc.mse, fc.optim.SGD(0.3))
+    for _ in range(2):
+        loss = step(x, target=target)
+        y, back = plain.pullback(x)
+        want, (dy, _) = fc.grad(fc.mse, y, target)
+        back(dy)
+        plain.update(0.3)
+        assert np.isclose(loss, want, rtol=1e-10)
+    for p, q in zip(fc.params(fused), fc.params(plain)):
+        np.testing.assert_allclose(p.value, q.value, rtol=1e-9, atol=1e-12)
+    assert "x_Wx_all = x @ model.cell.Wx.value + model.cell.b.value" in str(fc.source(step))
