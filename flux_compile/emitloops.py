@@ -22,7 +22,7 @@ import ast
 import copy
 
 from . import naming
-from .ir import CONST, GUARD, INPUT, LOOP, LOOP_BACK, PACK, STATE
+from .ir import CALL, CONST, GUARD, INPUT, LOOP, LOOP_BACK, PACK, PURE_OPS, STATE
 from .passes import live
 
 
@@ -161,9 +161,10 @@ def emit_loop(em, n):
         stack = em.scope.fresh(naming.steps((carried[0] if carried else n.meta["target"]).strip("<>")))
         em.back_names[n.id] = stack
         out.append(ast.Assign(targets=[_store(stack)], value=ast.List(elts=[], ctx=ast.Load())))
-        names = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved] or [index]
-        stmts.append(ast.Expr(value=_call(_attr(_name(stack), "append"),
-                                          _tuple_or_one([_name(x) for x in names]))))
+        names = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved] \
+            or [index if n.meta.get("kind") != "while" else "_"]      # one entry per trip
+        stmts.append(ast.Expr(value=_call(_attr(_name(stack), "append"), _tuple_or_one(
+            [_name(x) if x != "_" else ast.Constant(None) for x in names]))))
         n.meta["emit"] = dict(names=dict(sub.names), back_names=dict(sub.back_names),
                               aliases=dict(sub.aliases), loose=set(sub.loose), saved=names, stack=stack)
     lists = n.meta.get("lists", ())
@@ -239,17 +240,27 @@ def emit_loop_back(em, m):
         pre.append((whole, value))
         sub.names[seed.id] = row
         rows.append((row, whole))
-    cap_grads = {}
+    cap_grads, accumulated = {}, {}
     for j in range(len(cap_in)):
         grad = joint.resolved_grads[1 + nc + j]
         if grad is None or j not in needed:
             continue
         d = em.scope.fresh(naming.adjoint(cap_in[j].name))
         cap_grads[j] = (d, grad)
+        accumulated[j] = d
         pre.append((d, _call(_np(em, "zeros_like"), copy.deepcopy(sub.expr(cap_in[j])))))
     out += _assign_all(pre)
     keep = {x.id for x in joint.resolved_grads if x is not None}
-    stmts = sub.statements(sp.backward, keep)
+    scattered = {j: _scattered_row(grad) for j, (d, grad) in cap_grads.items()}
+    scattered = {j: parts for j, parts in scattered.items() if parts is not None}
+    keep = (keep - {cap_grads[j][1].id for j in scattered}) | {a.id for parts in scattered.values()
+                                                                for a in parts}
+    nodes = _without_scatters(sp.backward, keep, [cap_grads[j][1] for j in scattered])
+    stmts = sub.statements(nodes, keep)
+    for j, (g_row, index) in scattered.items():      # dx[t] += dx_t: in place, once per trip
+        d = cap_grads.pop(j)[0]
+        stmts.append(ast.AugAssign(target=ast.Subscript(value=_name(d), slice=sub.expr(index), ctx=ast.Store()),
+                                   op=ast.Add(), value=sub.expr(g_row)))
     after = []
     for k, d in enumerate(adjoints):
         grad = joint.resolved_grads[1 + k]
@@ -270,9 +281,46 @@ def emit_loop_back(em, m):
         target = ast.Tuple(elts=[target] + [_store(row) for row, _ in rows], ctx=ast.Store())
         trips = _call(_name("zip"), trips, *backwards)
     out.append(ast.For(target=target, iter=trips, body=stmts or [ast.Pass()], orelse=[]))
-    em.region_vars[m.id] = adjoints + [cap_grads[j][0] if j in cap_grads else None
+    em.region_vars[m.id] = adjoints + [accumulated[j] if j in accumulated else None
                                        for j in range(len(cap_in))]
     return out
+
+
+def _scattered_row(grad):
+    """``(g, index)`` when a captured value's adjoint this trip is ``getitem_grad(g, shape,
+    index)`` with a basic index (slices and scalars): it is added into the summed adjoint in
+    place (``dx[t] += g``), not as a zero-filled array of the whole shape per trip."""
+    from .rules.helpers import getitem_grad
+    if grad.op != CALL or grad.fn is not getitem_grad or len(grad.args) != 3 \
+            or set(grad.kwargs) - {"dtype"}:
+        return None
+    g, _, index = grad.args
+    items = index.args if index.op == PACK else (index,)
+    if all(_basic_item(i) for i in items):
+        return g, index
+    return None
+
+
+def _basic_item(n):
+    if n.op == CONST:
+        return n.value is None or n.value is Ellipsis or isinstance(n.value, slice) \
+            or isinstance(n.value, int) and not isinstance(n.value, bool)
+    return n.op == CALL and n.fn is slice or n.meta.get("shape") == () and n.op != PACK
+
+
+def _without_scatters(nodes, keep, scatters):
+    """``nodes`` less the zero-filled adjoints now added in place and the pure work only
+    they read (``x.shape``)."""
+    gone = {n.id for n in scatters}
+    readers = {}
+    for n in nodes:
+        for a in n.inputs():
+            readers.setdefault(a.id, set()).add(n.id)
+    for n in reversed(nodes):
+        r = readers.get(n.id)
+        if r and r <= gone and n.id not in keep and n.op in PURE_OPS and not n.meta.get("effect"):
+            gone.add(n.id)
+    return [n for n in nodes if n.id not in gone]
 
 
 EMITTERS = {LOOP: emit_loop, LOOP_BACK: emit_loop_back}

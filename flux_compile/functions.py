@@ -16,17 +16,28 @@ __all__ = ["sigmoid", "σ", "relu", "leakyrelu", "elu", "gelu", "softplus",
            "softmax", "logsoftmax", "logsumexp", "nodiff", "flatten"]
 
 
+NUMPY = np      # stays NumPy when a backend ports these functions (binding ``np`` to its own)
+
+
 def sigmoid(x):
-    """Logistic sigmoid ``1 / (1 + exp(-x))``, accurate and overflow-free for any ``x``:
-    with ``e = exp(-|x|)`` (never overflows) it is ``1 / (1 + e)`` for ``x >= 0`` and
-    ``e / (1 + e)`` otherwise.
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, accurate to the last bit or so for any ``x``:
+    where ``exp(-x)`` overflows (``x`` below about -709, -88 in float32) it is ``inf`` and
+    ``1 / (1 + inf)`` is 0, the right value; the warning is silenced. Four passes over the
+    array, two of them in place (the recurrent gates call it once per time step).
 
     >>> sigmoid(np.array([0.0, 1000.0, -1000.0]))
     array([0.5, 1. , 0. ])
     """
-    e = np.exp(-np.abs(x))
-    r = 1.0 / (1.0 + e)
-    return np.where(x >= 0, r, e * r)
+    if np is not NUMPY:         # ported to another array library: the two-branch form
+        e = np.exp(-np.abs(x))
+        r = 1.0 / (1.0 + e)
+        return np.where(x >= 0, r, e * r)
+    with np.errstate(over="ignore"):
+        t = np.exp(np.negative(x))
+    if isinstance(t, np.ndarray):
+        t += 1.0
+        return np.reciprocal(t, out=t)
+    return 1.0 / (1.0 + t)
 
 
 σ = sigmoid

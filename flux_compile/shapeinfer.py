@@ -199,6 +199,14 @@ def infer(fn, shapes, consts, kwargs):
             return None
         s0[i], s0[j] = s0[j], s0[i]
         return tuple(s0)
+    if fn is np.moveaxis and shapes[0] is not None and len(consts) == 3 \
+            and isinstance(consts[1], int) and isinstance(consts[2], int):
+        s0 = list(shapes[0])
+        if not (-len(s0) <= consts[1] < len(s0) and -len(s0) <= consts[2] < len(s0)):
+            return None
+        d = s0.pop(consts[1] % len(shapes[0]))
+        s0.insert(consts[2] % len(shapes[0]), d)
+        return tuple(s0)
     if fn is np.expand_dims and shapes[0] is not None and len(consts) == 2 and isinstance(consts[1], int):
         s0 = list(shapes[0])
         ax = consts[1] if consts[1] >= 0 else len(s0) + 1 + consts[1]

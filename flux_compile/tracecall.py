@@ -8,7 +8,7 @@ import numpy as np
 
 from . import builtins as builtin_table
 from . import guards, rules, shapeinfer
-from .ir import CALL, CONST, PACK, Node
+from .ir import CALL, CONST, GETATTR, ITEM, PACK, Node
 from .params import is_model
 from .tracecore import (ARRAY_ATTRS, LIST_PARAMS, METHODS, MULTI_OUTPUT, VARARG_SHAPE_METHODS, _NOT_CONST,
                         BoundMethod, LocalFunction, Seq, Static, SymDict, UserMethod, _casts_to_non_float,
@@ -173,11 +173,15 @@ class Calls:
         node = Node(CALL, nodes, kw, fn=fn, diff=diff)
         try:
             node.meta["shape"] = shapeinfer.infer(
-                fn, [shape_of(a) for a in nodes], [a.value if a.op == CONST else _NOT_CONST for a in nodes],
+                fn, [shape_of(a) for a in nodes],
+                [_shape_const(a) if _is_getitem(fn) else a.value if a.op == CONST else _NOT_CONST
+                 for a in nodes],
                 {k: v.value for k, v in kw.items() if v.op == CONST} if all(v.op == CONST for v in kw.values())
                 else {"<dynamic>": True})
         except Exception:       # shape inference is best effort
             node.meta["shape"] = None
+        if node.meta["shape"] is None and fn in FILLED:
+            node.meta["shape"] = _filled_shape(nodes)
         arity = MULTI_OUTPUT.get(fn)
         if callable(arity):
             arity = arity(nodes, kw)    # False: one array after all (svd without compute_uv)
@@ -220,3 +224,47 @@ class Calls:
         if isinstance(v, (BoundMethod, UserMethod)):
             self.error("methods must be called", e)
         self.error(f"unsupported value {v!r}", e)
+
+
+def _is_getitem(fn):
+    from .rules.helpers import getitem
+    return fn is getitem
+
+
+def _shape_const(n):
+    """What shape inference of ``x[n]`` may take as the index ``n``: a constant's value; a
+    loop index (an int that changes from trip to trip) as 0, and an index tuple of those and
+    constants, since any int picks one item alike; else the marker of a value not known."""
+    if n.op == CONST:
+        return n.value
+    if n.meta.get("loop_index"):
+        return 0
+    if n.op == PACK and n.args and all(a.op == CONST or a.meta.get("loop_index") for a in n.args):
+        return tuple(0 if a.op != CONST else a.value for a in n.args)
+    return _NOT_CONST
+
+
+FILLED = (np.zeros, np.ones, np.empty, np.full)
+
+
+def _filled_shape(args):
+    """The shape ``np.zeros((x.shape[0], 4))`` and the like spell out in their first argument
+    (ints and ``x.shape[i]`` of a value of known shape), or None."""
+    if not args:
+        return None
+    spec = args[0]
+    if spec.op == CONST:
+        v = spec.value
+        return (v,) if isinstance(v, int) else v if isinstance(v, tuple) else None
+    dims = []
+    for item in spec.args if spec.op == PACK else (spec,):
+        if item.op == CONST and isinstance(item.value, int) and not isinstance(item.value, bool):
+            dims.append(item.value)
+            continue
+        source = item.args[0] if item.op == ITEM and item.args else None
+        shape = shape_of(source.args[0]) if source is not None and source.op == GETATTR \
+            and source.attr == "shape" and source.args else None
+        if not isinstance(shape, tuple) or not isinstance(item.index, int) or not -len(shape) <= item.index < len(shape):
+            return None
+        dims.append(shape[item.index])
+    return tuple(dims)

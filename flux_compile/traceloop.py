@@ -198,13 +198,19 @@ class Loops:
             carried.append(GO)
             inits.append(test[1])
         diff = [n.diff for n in inits]
-        for _ in range(3):      # until which carried values carry gradients settles
-            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists)
+        shapes = [_shape_of(n) for n in inits]      # assumed to stay, until a trip changes it
+        for _ in range(3 + len(carried)):   # until gradients and kept shapes settle
+            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists, shapes)
             now = [d or o.diff for d, o in zip(diff, outs)]
-            if now == diff:
+            kept = [sh if _same_shape(sh, _shape_of(o)) else None for sh, o in zip(shapes, outs)]
+            if now == diff and kept == shapes:
                 break
-            diff = now
+            diff, shapes = now, kept
+        else:                   # not settled: assume no shape, with the gradients found so far
+            shapes = [None] * len(carried)
+            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists, shapes)
         _hoist(body, self.ctx.graph)
+        self._hoist_projections(body)
         captured = _close(body)
         self.ctx.loc = self.frame.source.loc(s)
         loop = self.ctx.add(Node(LOOP, tuple(bounds) + tuple(inits) + tuple(captured),
@@ -215,14 +221,31 @@ class Loops:
         for j, name in enumerate(lists):
             item = self.ctx.add(Node(ITEM, (loop,), index=len(carried) + j,
                                      diff=body.outputs[len(carried) + j].diff, name=name))
+            item.meta["shape"] = _stacked_shape(body.outputs[len(carried) + j])
             env[name] = Stacked(item, name)
         for i, name in enumerate(carried):
             if name == GO:
                 continue
             item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=name))
+            item.meta["shape"] = shapes[i]          # kept by every trip (or None)
             env[name] = item
 
-    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=()):
+    def _hoist_projections(self, body):
+        """All steps' ``x[:, t] @ W`` as one matmul before the loop (see loophoist)."""
+        from .loophoist import hoist_projections
+
+        def make(fn, args, loc):
+            self.ctx.loc = loc
+            return self.as_node(self.call_primitive(fn, args, {}, None))
+
+        def copy_reread(a):
+            copy = Node(a.op, name=a.name, fn=a.fn, value=a.value, base=a.base, path=a.path,
+                        attr=a.attr, diff=a.diff)
+            copy.meta.update(a.meta)
+            return self.ctx.add(copy, a.loc)
+        hoist_projections(body, make, copy_reread)
+
+    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=(), shapes=None):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
         outer_graph = ctx.graph
@@ -233,7 +256,7 @@ class Loops:
         saved_env = dict(env)
         try:
             t = body.add(Node(INPUT, name=target.strip("<>"), diff=False))
-            t.meta.update(shape=(), region_input=True)
+            t.meta.update(shape=(), region_input=True, loop_index=test is None)
             env[target] = t
             if rows_of is not None:         # for row in x: row = x[t]
                 from .rules.helpers import getitem
@@ -241,9 +264,9 @@ class Loops:
                 if isinstance(row, Node) and row.name is None:
                     row.name = s.target.id
                 env[s.target.id] = row
-            for name, d in zip(carried, diff):
+            for name, d, shape in zip(carried, diff, shapes or [None] * len(carried)):
                 n = body.add(Node(INPUT, name=name, diff=d))
-                n.meta["region_input"] = True
+                n.meta.update(region_input=True, shape=shape)
                 env[name] = n
             collectors = [Collector(name) for name in lists]
             env.update((c.name, c) for c in collectors)
@@ -262,6 +285,26 @@ class Loops:
             env.update(saved_env)
         body.outputs = outs + extra
         return body, outs
+
+
+def _shape_of(n):
+    from .tracecore import shape_of
+    shape = shape_of(n)
+    return shape if isinstance(shape, tuple) else None
+
+
+def _stacked_shape(out):
+    """The shape of the stack of a list the loop fills with ``out`` once per trip: the trip
+    count (a size of its own), then ``out``'s shape, when known. Every trip's item has that
+    shape: it is computed from values whose shapes all trips keep."""
+    from .shapeinfer import fresh
+    shape = _shape_of(out)
+    return None if shape is None else (fresh(),) + shape
+
+
+def _same_shape(a, b):
+    from .shapeinfer import same
+    return a is not None and same(a, b)
 
 
 def _invariant(n, moved, inside):

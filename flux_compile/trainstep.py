@@ -27,7 +27,7 @@ import math
 import numpy as np
 
 from . import assemble, diskstep, passes
-from .ir import ACCUM, MODEL
+from .ir import ACCUM, LOOP, MODEL
 from .autodiff import differentiate, split
 from .cache import _arity_of, _spec_token, input_key
 from .compiled import inlined_owner
@@ -327,6 +327,24 @@ def _still_valid(code, fn, args):
     return code.check(fn, args)
 
 
+def _accumulated_in_loops(graph):
+    """The ``accum`` nodes of every loop region's backward in ``graph`` (nested loops too):
+    each trip adds its part into ``.grad``, so the update reads ``.grad`` after the loop."""
+    for n in graph.nodes:
+        if n.op == LOOP and "train" in n.meta:
+            body_back = n.meta["train"][1].backward
+            yield from (x for x in body_back if x.op == ACCUM)
+            yield from _accumulated_in_loops(n.meta["body"])
+
+
+def _with_loop_bodies(graph):
+    """The nodes of ``graph`` and of every loop body inside it."""
+    for n in graph.nodes:
+        yield n
+        if n.op == LOOP:
+            yield from _with_loop_bodies(n.meta["body"])
+
+
 class FusePlan:
     """Which Param each gradient belongs to, and the statements of the fused update."""
 
@@ -335,11 +353,14 @@ class FusePlan:
         self.trainable = [(q, p) for q, p in named_params(model) if p.trainable]
         self.index = {id(p): k for k, (_, p) in enumerate(self.trainable)}
         outside = {}
-        for n in graph.nodes:           # sub-models that keep their own call accumulate .grad
+        for n in _with_loop_bodies(graph):  # sub-models that keep their own call accumulate .grad
             if n.op == MODEL:
                 obj = _resolve(model, n.path)
                 for q, p in named_params(obj) if is_model(obj) else ():
                     outside.setdefault(id(p), (tuple(n.path) + tuple(q), p))
+        for n in _accumulated_in_loops(graph):      # so do a loop's trips, into .grad
+            p = _resolve(model, n.path)
+            outside.setdefault(id(p), (tuple(n.path), p))
         self.outside = [p for _, p in outside.values()]
         self.outside_paths = [q for q, _ in outside.values()]
         self.pending = {}               # k -> number of gradient parts still to come

@@ -171,6 +171,26 @@ def indexing():
     return Pieces(), (_x(2, 3),)
 
 
+@fc.net
+class LoopRNN:
+    """A recurrence over time written as a loop: its input projection is hoisted."""
+
+    def __init__(self):
+        self.Wx = fc.initn(3, 4)
+        self.Wh = fc.initn(4, 4)
+        self.b = fc.initn(1, 4)
+
+    def forward(self, x):
+        h = np.zeros((x.shape[0], 4))
+        for t in range(x.shape[1]):
+            h = np.tanh(x[:, t] @ self.Wx + h @ self.Wh + self.b)
+        return h
+
+
+def rnn_loop():
+    return LoopRNN(), (_x(2, 5, 3),)
+
+
 MODELS = {f.__name__: f for f in (mlp, tanh_cell, lstm, encoder, data_if, grad_function,
                                   chain_with_function, shared_param, softmax_loss, float32_model,
-                                  cube, indexing)}
+                                  cube, indexing, rnn_loop)}

@@ -20,7 +20,7 @@ LAYERS = {
           rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
           parsing tracecore tracestmt traceexpr tracecall traceloop
           rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape
-          rules.jvp_helpers rules.jvp_more""",
+          rules.jvp_helpers rules.jvp_more loophoist""",
     2: "frontend autodiff forward passes bufferplan codegen assemble emitters torchnumpy statehooks emitloops",
     3: "compiler compiled",
     4: "cache diskcache diskdigest diskguards diskstep runstate readonly updatestep",

@@ -65,27 +65,25 @@ def _as_matrices(a_shape, b_shape, g):
     return tuple(a_shape), tuple(b_shape), g
 
 
-def _rows_meet_matrix(a_ndim, b_ndim, g):
-    """``x @ W`` with ``x`` (B, T, k) and ``W`` 2-D: both gradients are one GEMM over the
-    B * T rows (one call instead of B, and no (B, k, m) partial products summed after)."""
-    return b_ndim == 2 and a_ndim > 2 and np.ndim(g) == a_ndim
-
-
 def matmul_grad_a(g, a_shape, b):
-    """Gradient of ``a @ b`` with respect to ``a`` (1-D, 2-D or batched)."""
+    """Gradient of ``a @ b`` with respect to ``a`` (1-D, 2-D or batched; a stack of ``a``
+    times one matrix ``b`` as one matrix product)."""
     b = np.asarray(b)
-    if _rows_meet_matrix(len(a_shape), b.ndim, g):
-        return (g.reshape(-1, g.shape[-1]) @ np.swapaxes(b, 0, 1)).reshape(a_shape)
+    g = np.asarray(g)
+    if b.ndim == 2 and len(a_shape) > 2 and g.size and b.size and g.shape[:-1] == tuple(a_shape[:-1]):
+        return (g.reshape(-1, g.shape[-1]) @ b.T).reshape(a_shape)
     a2, b2, g = _as_matrices(a_shape, b.shape, g)
     da = g @ np.swapaxes(b.reshape(b2), -1, -2)
     return unbroadcast(da, a2).reshape(a_shape)
 
 
 def matmul_grad_b(g, a, b_shape):
-    """Gradient of ``a @ b`` with respect to ``b`` (1-D, 2-D or batched)."""
+    """Gradient of ``a @ b`` with respect to ``b`` (1-D, 2-D or batched; for a stack of
+    ``a`` times one matrix ``b``, one matrix product over all the stacked rows)."""
     a = np.asarray(a)
-    if _rows_meet_matrix(a.ndim, len(b_shape), g):
-        return np.swapaxes(a.reshape(-1, a.shape[-1]), 0, 1) @ g.reshape(-1, g.shape[-1])
+    g = np.asarray(g)
+    if len(b_shape) == 2 and a.ndim > 2 and a.size and g.size and g.shape[:-1] == a.shape[:-1]:
+        return a.reshape(-1, a.shape[-1]).T @ g.reshape(-1, g.shape[-1])
     a2, b2, g = _as_matrices(a.shape, b_shape, g)
     db = np.swapaxes(a.reshape(a2), -1, -2) @ g
     return unbroadcast(db, b2).reshape(b_shape)
