@@ -119,6 +119,50 @@ class Loops:
         self.error(f"the list {stacked.name!r} filled in a loop can only be stacked here", e,
                    hint=f"use np.stack({stacked.name}) or np.stack({stacked.name}, axis=k) after the loop")
 
+    def try_select_if(self, s, test):
+        """``if <scalar on data>:`` inside a loop region's body: both branches are traced and
+        each name they assign is merged with ``choose(test, then, else)``, so the loop
+        compiles once whatever branch each trip takes. Returns True when done; raises
+        :class:`RegionUnsupported` (the loop unrolls) for what a merge cannot express."""
+        if getattr(self.ctx, "root_graph", None) is None or not isinstance(test, Node) \
+                or self.ctx.mode != "forward":
+            return False
+        if test.meta.get("shape") is None:      # Python's truth at run time (one element)
+            test = self.call_primitive(bool, [test], {}, s.test)
+        if test.meta.get("shape") != ():
+            raise RegionUnsupported("an 'if' on an array with several elements")
+        if any(isinstance(n, (ast.Return, ast.Break, ast.Continue, ast.Yield))
+               for stmt in s.body + s.orelse for n in ast.walk(stmt)):
+            raise RegionUnsupported("return/break/continue inside an 'if' in a loop")
+        names = _assigned_names(s.body + s.orelse)
+        env = self.frame.env
+        before = dict(env)
+        branches = []
+        for stmts in (s.body, s.orelse):
+            env.clear()
+            env.update(before)
+            self.exec_body(stmts)
+            branches.append(dict(env))
+        env.clear()
+        env.update(before)
+        for name in names:
+            env[name] = self._merged(name, test, branches[0].get(name), branches[1].get(name), s)
+        return True
+
+    def _merged(self, name, test, then, other, s):
+        """The value of ``name`` after an if-converted ``if``: ``choose(test, then, other)``."""
+        if then is other:
+            return then
+        if isinstance(then, Static) and isinstance(other, Static) and type(then.value) is type(other.value) \
+                and isinstance(then.value, (int, float, bool)) and then.value == other.value:
+            return then
+        ok = (lambda v: isinstance(v, Node) and v.arity is None
+              or isinstance(v, Static) and isinstance(v.value, (int, float)) and not isinstance(v.value, bool))
+        if not (ok(then) and ok(other)):
+            raise RegionUnsupported(f"{name!r} is not an array in both branches of an 'if'")
+        from .rules.helpers import choose
+        return self.call_primitive(choose, [test, then, other], {}, s)
+
     def try_loop_region(self, s):
         """Trace ``for t in range(...)`` as a region when its bounds are run-time values or
         its trip count is above :data:`UNROLL_UP_TO`. Returns True when done."""

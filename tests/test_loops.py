@@ -501,3 +501,96 @@ def test_while_whose_test_is_a_carried_value_itself():
     value, (gx, gw) = fc.grad(f, x, w)
     assert np.isclose(value, np.sum(x * w ** 6))
     assert np.allclose(gx, w ** 6) and np.allclose(gw, 6 * x * w ** 5)
+
+
+def branchy(xnp):
+    """An if/elif/else on data inside a loop whose trip count comes from a shape: the
+    branch pattern changes with the data."""
+    def f(x, s):
+        y = x
+        acc = 0.0
+        for i in range(s.shape[0]):
+            if xnp.sum(y) > s[i]:
+                y = y * 0.5 - s[i]
+                acc = acc + xnp.sum(y * y)
+            elif xnp.max(y) > 0.3:
+                y = xnp.sin(y) + s[i]
+            else:
+                y = xnp.tanh(y * 1.5) + 0.2
+        return xnp.sum(y * y) + acc
+    return f
+
+
+def one_sided(xnp):
+    """An if without else, a name assigned in one branch only, and a nested if."""
+    def f(x, s):
+        y = x
+        for i in range(s.shape[0]):
+            if s[i] > 0:
+                y = y * s[i]
+                if xnp.sum(y) < 0:
+                    y = -y
+            y = xnp.sin(y)
+        return xnp.sum(y)
+    return f
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("make", [branchy, one_sided])
+def test_if_on_data_inside_a_loop_region_matches_autograd_and_differences(make, seed):
+    r = np.random.default_rng(seed)
+    check(make(np), make(anp), r.normal(size=5), r.normal(size=40))
+
+
+def test_if_inside_a_loop_is_one_region_without_guards():
+    f = branchy(np)
+    x, s = rng.normal(size=5), rng.normal(size=40)
+    fc.grad(f, x, s)
+    text = str(fc.graph(f, (x, s)))
+    assert text.count("loop(") == 1 and "choose(" in text and "guard(" not in text
+
+
+def test_if_inside_a_loop_keeps_float32():
+    f = branchy(np)
+    x, s = rng.normal(size=5), rng.normal(size=40)
+    value, grads = fc.grad(f, x.astype(np.float32), s.astype(np.float32))
+    assert all(g.dtype == np.float32 for g in grads)
+    for i in range(2):
+        want = ag_grad(branchy(anp), i)(x.astype(np.float32).astype(float), s.astype(np.float32).astype(float))
+        assert np.allclose(grads[i], want, rtol=1e-3, atol=1e-3)
+
+
+def test_random_branch_patterns_compile_once_and_memory_stays_flat():
+    @fc.net
+    class Gated:
+        def __init__(self):
+            self.W = fc.initn(3, 3) * 60
+
+        def forward(self, x):
+            h = np.zeros((1, 3))
+            for t in range(x.shape[0]):
+                if np.sum(x[t]) > 0:
+                    h = np.tanh(x[t:t + 1] @ self.W + h)
+                else:
+                    h = h * 0.9
+            return h
+    m = Gated()
+    r = np.random.default_rng(5)
+    m(r.normal(size=(40, 3)))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    patterns = set()
+    for _ in range(200):
+        x = r.normal(size=(40, 3))
+        patterns.add(tuple(x.sum(axis=1) > 0))
+        y, back = m.pullback(x)
+        back(np.ones_like(y))
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(patterns) == 200
+    assert fc_cache._class_caches[Gated].count == 1
+    assert len(m.__dict__["_fc_compiled"]) == 1
+    assert after - before < 1_000_000
+    assert fc.gradcheck(m, r.normal(size=(40, 3))).ok
