@@ -16,6 +16,7 @@ from .ir import CALL, INPUT, ITEM, LOOP, PURE_OPS, Graph, Node, is_reread
 from .tracecore import Static
 
 GO = "<go>"         # the carried flag of a while loop (no user's name can clash with it)
+RUNNING = "<running>"   # the carried flag of a loop with a 'break': 1.0 until it breaks
 # a range with constant bounds is unrolled up to this many trips (a region above it)
 UNROLL_UP_TO = 32
 
@@ -78,6 +79,57 @@ def _assigned_names(body):
                                                              and isinstance(node.func.value, ast.Name)):
                 raise RegionUnsupported("a container changed in place inside the loop")
     return names
+
+
+def _jumps(stmt):
+    """Does ``stmt`` hold a ``break``/``continue`` of the loop around it (not of a loop
+    nested in it)?"""
+    if isinstance(stmt, (ast.Break, ast.Continue)):
+        return True
+    if isinstance(stmt, (ast.For, ast.While, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return False
+    return any(_jumps(c) for c in ast.iter_child_nodes(stmt) if isinstance(c, ast.stmt))
+
+
+def _has_break(stmts):
+    return any(isinstance(st, ast.Break) or not isinstance(st, (ast.For, ast.While)) and
+               _has_break([c for c in ast.iter_child_nodes(st) if isinstance(c, ast.stmt)])
+               for st in stmts)
+
+
+def _lowered(stmts, cont=()):
+    """``stmts`` then ``cont`` with their ``break``/``continue`` turned into plain ``if``/
+    ``else``: what follows a jump moves into the other branch of each ``if`` around it, and
+    ``break`` also sets the carried flag :data:`RUNNING` to 0.0 (later trips do nothing). A
+    jump anywhere but under ``if`` is :class:`RegionUnsupported`."""
+    stmts = list(stmts)
+    for i, st in enumerate(stmts):
+        if isinstance(st, (ast.Break, ast.Continue)):
+            stop = [ast.copy_location(ast.Assign(targets=[ast.Name(id=RUNNING, ctx=ast.Store())],
+                                                 value=ast.Constant(0.0)), st)]
+            return stmts[:i] + (stop if isinstance(st, ast.Break) else [])
+        if _jumps(st):
+            if not isinstance(st, ast.If):
+                raise RegionUnsupported("break/continue inside a statement other than 'if'")
+            tail = _lowered(stmts[i + 1:], cont)
+            branch = ast.copy_location(ast.If(test=st.test, body=_lowered(st.body, tail) or [ast.Pass()],
+                                              orelse=_lowered(st.orelse, tail)), st)
+            return stmts[:i] + [branch]
+    return stmts + list(cont)
+
+
+def _region_body(s):
+    """The loop's body as the region traces it: jumps lowered, and under ``if RUNNING:`` when
+    it can ``break``."""
+    if not any(_jumps(st) for st in s.body):
+        return s.body
+    body = _lowered(s.body)
+    if not _has_break(s.body):
+        return body
+    if isinstance(s, ast.While):
+        raise RegionUnsupported("break inside a while region")
+    return [ast.copy_location(ast.If(test=ast.Name(id=RUNNING, ctx=ast.Load()), body=body, orelse=[]),
+                              s.body[0])]
 
 
 def _range_call(s):
@@ -237,8 +289,11 @@ class Loops:
     def _trace_loop(self, s, bounds, test=None, rows_of=None):
         env = self.frame.env
         target = "<trip>" if test is not None else "<t>" if rows_of is not None else s.target.id
-        carried = [n for n in _assigned_names(s.body) if n in env and n != target]
-        lists = _appended_lists(s.body)
+        stmts = _region_body(s)
+        if stmts is not s.body:
+            env[RUNNING] = self.as_node(Static(1.0))
+        carried = [n for n in _assigned_names(stmts) if n in env and n != target]
+        lists = _appended_lists(stmts)
         if any(name in carried or not _is_empty_list(env.get(name)) for name in lists):
             raise RegionUnsupported("append to a list that is not empty before the loop")
         for name in carried:
@@ -252,7 +307,7 @@ class Loops:
             inits.append(test[1])
         diff = [n.diff for n in inits]
         for _ in range(3):      # until which carried values carry gradients settles
-            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists)
+            body, outs = self._trace_body(s, stmts, target, carried, diff, test, rows_of, lists)
             now = [d or o.diff for d, o in zip(diff, outs)]
             if now == diff:
                 break
@@ -269,13 +324,14 @@ class Loops:
             item = self.ctx.add(Node(ITEM, (loop,), index=len(carried) + j,
                                      diff=body.outputs[len(carried) + j].diff, name=name))
             env[name] = Stacked(item, name)
+        env.pop(RUNNING, None)
         for i, name in enumerate(carried):
-            if name == GO:
+            if name in (GO, RUNNING):
                 continue
             item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=name))
             env[name] = item
 
-    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=()):
+    def _trace_body(self, s, stmts, target, carried, diff, test=None, rows_of=None, lists=()):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
         outer_graph = ctx.graph
@@ -300,7 +356,7 @@ class Loops:
                 env[name] = n
             collectors = [Collector(name) for name in lists]
             env.update((c.name, c) for c in collectors)
-            self.exec_body(s.body)
+            self.exec_body(stmts)
             if self.frame.returned:
                 raise RegionUnsupported("return inside the loop")
             outs = [self.as_node(env[name] if name != GO else self.eval(test[0])) for name in carried]

@@ -594,3 +594,72 @@ def test_random_branch_patterns_compile_once_and_memory_stays_flat():
     assert len(m.__dict__["_fc_compiled"]) == 1
     assert after - before < 1_000_000
     assert fc.gradcheck(m, r.normal(size=(40, 3))).ok
+
+
+def jumpy(xnp):
+    """break and continue under ifs on data, an accumulator, a trip count from a shape."""
+    def f(x, s):
+        y = x
+        acc = 0.0
+        for i in range(s.shape[0]):
+            if xnp.sum(y * y) > 30.0:
+                acc = acc + 1.0
+                break
+            if s[i] < -0.5:
+                continue
+            elif s[i] > 1.0:
+                y = y - s[i]
+                continue
+            y = y * 1.2 + xnp.sin(s[i] * y)
+            acc = acc + xnp.sum(y)
+        return xnp.sum(y * y) + acc
+    return f
+
+
+def continue_in_while(xnp):
+    def f(x, s):
+        y = x
+        k = 0.0
+        while xnp.sum(y * y) < 50.0:
+            k = k + 1.0
+            if xnp.sin(k * s) > 0.5:
+                continue
+            y = y * 1.3 + 0.1
+        return xnp.sum(y) + k
+    return f
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_break_and_continue_in_a_loop_region_match_autograd_and_differences(seed):
+    r = np.random.default_rng(seed)
+    check(jumpy(np), jumpy(anp), r.normal(size=4), r.normal(size=40))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_continue_in_a_while_region(seed):
+    r = np.random.default_rng(seed)
+    check(continue_in_while(np), continue_in_while(anp), np.abs(r.normal(size=3)) * 0.3 + 0.1,
+          np.array(r.normal()))
+
+
+def test_break_is_a_flag_not_a_variant_and_keeps_float32():
+    f = jumpy(np)
+    r = np.random.default_rng(11)
+    x, s = r.normal(size=4), r.normal(size=40)
+    fc.grad(f, x, s)
+    text = str(fc.graph(f, (x, s)))
+    assert text.count("loop(") == 1 and "<running>" in text and "guard(" not in text
+    value, grads = fc.grad(f, x.astype(np.float32), s.astype(np.float32))
+    assert all(g.dtype == np.float32 for g in grads)
+    want = ag_grad(jumpy(anp), 0)(x.astype(np.float32).astype(float), s.astype(np.float32).astype(float))
+    assert np.allclose(grads[0], want, rtol=1e-3, atol=1e-3)
+
+
+def test_break_in_an_unrolled_loop_says_what_to_do():
+    def f(x):
+        for i in range(3):
+            if i == 1:
+                break
+        return x
+    with pytest.raises(fc.CompileError, match="region"):
+        fc.grad(f, rng.normal(size=2))
