@@ -189,6 +189,7 @@ class Loops:
         names = _assigned_names(s.body + s.orelse)
         env = self.frame.env
         before = dict(env)
+        appended = [(c, len(c.items)) for c in env.values() if isinstance(c, Collector)]
         branches = []
         for stmts in (s.body, s.orelse):
             env.clear()
@@ -197,6 +198,8 @@ class Loops:
             branches.append(dict(env))
         env.clear()
         env.update(before)
+        if any(len(c.items) != count for c, count in appended):
+            raise RegionUnsupported("a list appended to under an 'if' on data")
         for name in names:
             env[name] = self._merged(name, test, branches[0].get(name), branches[1].get(name), s)
         return True

@@ -663,3 +663,22 @@ def test_break_in_an_unrolled_loop_says_what_to_do():
         return x
     with pytest.raises(fc.CompileError, match="region"):
         fc.grad(f, rng.normal(size=2))
+
+
+def test_append_skipped_by_continue_is_not_silently_kept():
+    """A list appended to after a 'continue' (or under an if on data) cannot be stacked as
+    one item per trip: the region is refused, and compiling fails naming the line instead of
+    stacking an item for every trip."""
+    def f(x, s):
+        hs = []
+        y = x
+        for i in range(s.shape[0]):
+            y = y * 0.9 + s[i]
+            if s[i] < 0:
+                continue
+            hs.append(y)
+        return np.sum(np.stack(hs))
+    s = np.abs(rng.normal(size=40))
+    s[3] = -1.0
+    with pytest.raises(fc.CompileError, match="line|append|continue"):
+        fc.grad(f, rng.normal(size=3), s)
