@@ -91,6 +91,12 @@ def _jumps(stmt):
     return any(_jumps(c) for c in ast.iter_child_nodes(stmt) if isinstance(c, ast.stmt))
 
 
+def _has_jump(loop):
+    """Does the loop ``loop`` hold a ``break``/``continue`` of its own? (A short loop that
+    does is a region too: unrolling cannot express a jump.)"""
+    return any(_jumps(st) for st in loop.body)
+
+
 def _has_break(stmts):
     return any(isinstance(st, ast.Break) or not isinstance(st, (ast.For, ast.While)) and
                _has_break([c for c in ast.iter_child_nodes(st) if isinstance(c, ast.stmt)])
@@ -232,7 +238,7 @@ class Loops:
         bounds = [self.eval(a) for a in args]
         if all(isinstance(b, Static) for b in bounds):
             try:
-                if len(range(*[b.value for b in bounds])) <= UNROLL_UP_TO:
+                if len(range(*[b.value for b in bounds])) <= UNROLL_UP_TO and not _has_jump(s):
                     return False
             except TypeError:
                 return False
@@ -259,7 +265,8 @@ class Loops:
         if not isinstance(it, Node) or it.arity is not None:
             return False
         count = self.call_primitive(len, [it], {}, s.iter)
-        if isinstance(count, Static) and (not isinstance(count.value, int) or count.value <= UNROLL_UP_TO):
+        if isinstance(count, Static) and (not isinstance(count.value, int)
+                                          or count.value <= UNROLL_UP_TO and not _has_jump(s)):
             return False
         try:
             self._trace_loop(s, [self.as_node(count)], rows_of=it)

@@ -657,8 +657,8 @@ def test_break_is_a_flag_not_a_variant_and_keeps_float32():
 
 def test_break_in_an_unrolled_loop_says_what_to_do():
     def f(x):
-        for i in range(3):
-            if i == 1:
+        for layer in (np.sin, np.cos):
+            if layer is np.cos:
                 break
         return x
     with pytest.raises(fc.CompileError, match="region"):
@@ -682,3 +682,23 @@ def test_append_skipped_by_continue_is_not_silently_kept():
     s[3] = -1.0
     with pytest.raises(fc.CompileError, match="line|append|continue"):
         fc.grad(f, rng.normal(size=3), s)
+
+
+def test_break_in_a_short_constant_loop_is_a_region_too():
+    def f(x):
+        y = x
+        for i in range(5):
+            if np.sum(y) > 2.0:
+                break
+            y = y * 1.5 + 0.2
+        return np.sum(y * y)
+
+    def f_ag(x):
+        y = x
+        for i in range(5):
+            if anp.sum(y) > 2.0:
+                break
+            y = y * 1.5 + 0.2
+        return anp.sum(y * y)
+    for seed in range(4):
+        check(f, f_ag, np.random.default_rng(seed).normal(size=3))
