@@ -124,17 +124,52 @@ def _lowered(stmts, cont=()):
     return stmts + list(cont)
 
 
-def _region_body(s):
-    """The loop's body as the region traces it: jumps lowered, and under ``if RUNNING:`` when
-    it can ``break``."""
-    if not any(_jumps(st) for st in s.body):
-        return s.body
-    body = _lowered(s.body)
-    if not _has_break(s.body):
+STATE_PREFIX = "<self."     # a recurrent state written in the body, carried as "<self.h>"
+
+
+def _state_written(body):
+    """Attributes ``X`` of the statements ``self.X = v`` in ``body``."""
+    attrs = []
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
+                    and isinstance(node.value, ast.Name) and node.value.id == "self" \
+                    and node.attr not in attrs:
+                attrs.append(node.attr)
+    return attrs
+
+
+class _StateAsLocal(ast.NodeTransformer):
+    """``self.X`` (read or written) becomes the carried local ``<self.X>``."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def visit_Attribute(self, node):
+        if isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in self.attrs:
+            return ast.copy_location(ast.Name(id=STATE_PREFIX + node.attr + ">", ctx=node.ctx), node)
+        return self.generic_visit(node)
+
+
+def _region_body(s, attrs=()):
+    """The loop's body as the region traces it: recurrent state ``attrs`` read and written as
+    carried locals, jumps lowered, and under ``if RUNNING:`` when it can ``break``."""
+    body = s.body
+    if attrs:
+        import copy
+        body = [_StateAsLocal(attrs).visit(copy.deepcopy(st)) for st in body]
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+               and n.func.value.id == "self" for st in body for n in ast.walk(st)):
+            raise RegionUnsupported("a call on self in a loop that writes state (it might read it)")
+    if not any(_jumps(st) for st in body):
+        return body
+    lowered = _lowered(body)
+    if not _has_break(body):
+        return lowered
         return body
     if isinstance(s, ast.While):
         raise RegionUnsupported("break inside a while region")
-    return [ast.copy_location(ast.If(test=ast.Name(id=RUNNING, ctx=ast.Load()), body=body, orelse=[]),
+    return [ast.copy_location(ast.If(test=ast.Name(id=RUNNING, ctx=ast.Load()), body=lowered, orelse=[]),
                               s.body[0])]
 
 
@@ -299,9 +334,13 @@ class Loops:
     def _trace_loop(self, s, bounds, test=None, rows_of=None):
         env = self.frame.env
         target = "<trip>" if test is not None else "<t>" if rows_of is not None else s.target.id
-        stmts = _region_body(s)
-        if stmts is not s.body:
+        attrs = _state_written(s.body) if "self" in env else []
+        stmts = _region_body(s, attrs)
+        if _has_break(s.body):
             env[RUNNING] = self.as_node(Static(1.0))
+        for attr in attrs:          # the state's value before the loop: its first carried value
+            env[STATE_PREFIX + attr + ">"] = self.eval(ast.copy_location(ast.Attribute(
+                value=ast.Name(id="self", ctx=ast.Load()), attr=attr, ctx=ast.Load()), s))
         carried = [n for n in _assigned_names(stmts) if n in env and n != target]
         lists = _appended_lists(stmts)
         if any(name in carried or not _is_empty_list(env.get(name)) for name in lists):
@@ -338,8 +377,16 @@ class Loops:
         for i, name in enumerate(carried):
             if name in (GO, RUNNING):
                 continue
-            item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=name))
+            state = name.startswith(STATE_PREFIX)
+            attr = name[len(STATE_PREFIX):-1] if state else None
+            item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=attr or name))
             env[name] = item
+            if state:       # written back once, after the loop
+                del env[name]
+                self.assign(ast.copy_location(ast.Attribute(value=ast.Name(id="self", ctx=ast.Load()),
+                                                            attr=attr, ctx=ast.Store()), s), item, s)
+        for attr in attrs:
+            env.pop(STATE_PREFIX + attr + ">", None)
 
     def _trace_body(self, s, stmts, target, carried, diff, test=None, rows_of=None, lists=()):
         """The body traced once into a graph of its own; (graph, carried values after it)."""

@@ -305,7 +305,7 @@ def test_data_dependent_if_inside_falls_back_to_unrolling_and_stays_correct():
     check(f, f_ag, rng.normal(size=4))
 
 
-def test_state_written_in_a_loop_falls_back_to_unrolling():
+def test_state_written_in_a_short_loop_stays_correct():
     @fc.net
     class Acc:
         def __init__(self):
@@ -702,3 +702,43 @@ def test_break_in_a_short_constant_loop_is_a_region_too():
         return anp.sum(y * y)
     for seed in range(4):
         check(f, f_ag, np.random.default_rng(seed).normal(size=3))
+
+
+@fc.net
+class StateInLoop:
+    def __init__(self):
+        self.W = fc.initn(3, 3)
+        self.h = np.zeros((1, 3))
+
+    def forward(self, x):
+        for t in range(x.shape[0]):
+            self.h = np.tanh(x[t:t + 1] @ self.W + self.h * 0.5)
+        return self.h * 2.0
+
+
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_state_written_inside_a_loop_region_persists_like_python(n):
+    m = StateInLoop()
+    x = np.random.default_rng(n).normal(size=(n, 3))
+    W = np.array(m.W.value)
+
+    def run(h):
+        for t in range(n):
+            h = np.tanh(x[t:t + 1] @ W + h * 0.5)
+        return h
+    h1 = run(np.zeros((1, 3)))
+    assert np.allclose(m(x), h1 * 2.0)
+    assert np.allclose(m(x), run(h1) * 2.0)        # the second call starts from the state
+    assert fc.gradcheck(StateInLoop(), x).ok
+
+
+def test_state_written_inside_a_loop_is_one_region_for_any_length():
+    m = StateInLoop()
+    x = rng.normal(size=(40, 3))
+    text = str(fc.graph(m, (x,)))
+    assert text.count("loop(") == 1 and "carry <self.h>" in text
+    m(rng.normal(size=(20, 3)))
+    variants = len(m.__dict__["_fc_compiled"])
+    for n in (33, 50, 70, 7):
+        m(rng.normal(size=(n, 3)))
+    assert len(m.__dict__["_fc_compiled"]) == variants
