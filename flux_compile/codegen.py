@@ -26,6 +26,16 @@ from .ir import (
     ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, ITEM, LEAF_OPS, MODEL, MODEL_BACK, PACK, PARAM, STATE,
     STATEMENT_OPS, REGION_OPS, Loc, Node, path_expr)
 from .sourcecache import compile_source, unique_filename
+
+
+def _number_after_loop(v):
+    """Is ``v`` a loop's carried value that starts as a Python number (``acc = 0.0``), so
+    may still be one after the loop (no trip, or a ``break`` on the first)?"""
+    if v.op != ITEM or v.args[0].op not in REGION_OPS or "carried" not in v.args[0].meta:
+        return False
+    loop = v.args[0]
+    nb, nc = loop.meta["n_bounds"], len(loop.meta["carried"])
+    return v.index < nc and loop.args[nb + v.index].op == CONST
 from .sourceimports import import_lines
 
 OPERATORS = {
@@ -166,7 +176,8 @@ class FunctionEmitter:
             return self.path(n.base, n.path + ("value",))
         if op == ATTR:
             return self.path(n.base, n.path)
-        if op == GETATTR and n.attr in ("shape", "ndim") and n.args[0].id in self.loose:
+        if op == GETATTR and n.attr in ("shape", "ndim") and (n.args[0].id in self.loose
+                                                              or _number_after_loop(n.args[0])):
             return ast.Call(func=_parse_expr(f"np.{n.attr}"), args=[self.expr(n.args[0])], keywords=[])
         if op == GETATTR:
             return ast.Attribute(value=self.expr(n.args[0]), attr=n.attr, ctx=ast.Load())

@@ -16,6 +16,7 @@ from .ir import CALL, INPUT, ITEM, LOOP, PURE_OPS, Graph, Node, is_reread
 from .tracecore import Static
 
 GO = "<go>"         # the carried flag of a while loop (no user's name can clash with it)
+RUNNING = "<running>"   # the carried flag of a loop with a 'break': 1.0 until it breaks
 # a range with constant bounds is unrolled up to this many trips (a region above it)
 UNROLL_UP_TO = 32
 
@@ -80,6 +81,98 @@ def _assigned_names(body):
     return names
 
 
+def _jumps(stmt):
+    """Does ``stmt`` hold a ``break``/``continue`` of the loop around it (not of a loop
+    nested in it)?"""
+    if isinstance(stmt, (ast.Break, ast.Continue)):
+        return True
+    if isinstance(stmt, (ast.For, ast.While, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return False
+    return any(_jumps(c) for c in ast.iter_child_nodes(stmt) if isinstance(c, ast.stmt))
+
+
+def _has_jump(loop):
+    """Does the loop ``loop`` hold a ``break``/``continue`` of its own? (A short loop that
+    does is a region too: unrolling cannot express a jump.)"""
+    return any(_jumps(st) for st in loop.body)
+
+
+def _has_break(stmts):
+    return any(isinstance(st, ast.Break) or not isinstance(st, (ast.For, ast.While)) and
+               _has_break([c for c in ast.iter_child_nodes(st) if isinstance(c, ast.stmt)])
+               for st in stmts)
+
+
+def _lowered(stmts, cont=()):
+    """``stmts`` then ``cont`` with their ``break``/``continue`` turned into plain ``if``/
+    ``else``: what follows a jump moves into the other branch of each ``if`` around it, and
+    ``break`` also sets the carried flag :data:`RUNNING` to 0.0 (later trips do nothing). A
+    jump anywhere but under ``if`` is :class:`RegionUnsupported`."""
+    stmts = list(stmts)
+    for i, st in enumerate(stmts):
+        if isinstance(st, (ast.Break, ast.Continue)):
+            stop = [ast.copy_location(ast.Assign(targets=[ast.Name(id=RUNNING, ctx=ast.Store())],
+                                                 value=ast.Constant(0.0)), st)]
+            return stmts[:i] + (stop if isinstance(st, ast.Break) else [])
+        if _jumps(st):
+            if not isinstance(st, ast.If):
+                raise RegionUnsupported("break/continue inside a statement other than 'if'")
+            tail = _lowered(stmts[i + 1:], cont)
+            branch = ast.copy_location(ast.If(test=st.test, body=_lowered(st.body, tail) or [ast.Pass()],
+                                              orelse=_lowered(st.orelse, tail)), st)
+            return stmts[:i] + [branch]
+    return stmts + list(cont)
+
+
+STATE_PREFIX = "<self."     # a recurrent state written in the body, carried as "<self.h>"
+
+
+def _state_written(body):
+    """Attributes ``X`` of the statements ``self.X = v`` in ``body``."""
+    attrs = []
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
+                    and isinstance(node.value, ast.Name) and node.value.id == "self" \
+                    and node.attr not in attrs:
+                attrs.append(node.attr)
+    return attrs
+
+
+class _StateAsLocal(ast.NodeTransformer):
+    """``self.X`` (read or written) becomes the carried local ``<self.X>``."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def visit_Attribute(self, node):
+        if isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in self.attrs:
+            return ast.copy_location(ast.Name(id=STATE_PREFIX + node.attr + ">", ctx=node.ctx), node)
+        return self.generic_visit(node)
+
+
+def _region_body(s, attrs=()):
+    """The loop's body as the region traces it: recurrent state ``attrs`` read and written as
+    carried locals, jumps lowered, and under ``if RUNNING:`` when it can ``break``."""
+    body = s.body
+    if attrs:
+        import copy
+        body = [_StateAsLocal(attrs).visit(copy.deepcopy(st)) for st in body]
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+               and n.func.value.id == "self" for st in body for n in ast.walk(st)):
+            raise RegionUnsupported("a call on self in a loop that writes state (it might read it)")
+    if not any(_jumps(st) for st in body):
+        return body
+    lowered = _lowered(body)
+    if not _has_break(body):
+        return lowered
+        return body
+    if isinstance(s, ast.While):
+        raise RegionUnsupported("break inside a while region")
+    return [ast.copy_location(ast.If(test=ast.Name(id=RUNNING, ctx=ast.Load()), body=lowered, orelse=[]),
+                              s.body[0])]
+
+
 def _range_call(s):
     """``for t in range(...)`` with a plain name as target: the call's argument nodes."""
     it = s.iter
@@ -119,6 +212,53 @@ class Loops:
         self.error(f"the list {stacked.name!r} filled in a loop can only be stacked here", e,
                    hint=f"use np.stack({stacked.name}) or np.stack({stacked.name}, axis=k) after the loop")
 
+    def try_select_if(self, s, test):
+        """``if <scalar on data>:`` inside a loop region's body: both branches are traced and
+        each name they assign is merged with ``choose(test, then, else)``, so the loop
+        compiles once whatever branch each trip takes. Returns True when done; raises
+        :class:`RegionUnsupported` (the loop unrolls) for what a merge cannot express."""
+        if getattr(self.ctx, "root_graph", None) is None or not isinstance(test, Node) \
+                or self.ctx.mode != "forward":
+            return False
+        if test.meta.get("shape") is None:      # Python's truth at run time (one element)
+            test = self.call_primitive(bool, [test], {}, s.test)
+        if test.meta.get("shape") != ():
+            raise RegionUnsupported("an 'if' on an array with several elements")
+        if any(isinstance(n, (ast.Return, ast.Break, ast.Continue, ast.Yield))
+               for stmt in s.body + s.orelse for n in ast.walk(stmt)):
+            raise RegionUnsupported("return/break/continue inside an 'if' in a loop")
+        names = _assigned_names(s.body + s.orelse)
+        env = self.frame.env
+        before = dict(env)
+        appended = [(c, len(c.items)) for c in env.values() if isinstance(c, Collector)]
+        branches = []
+        for stmts in (s.body, s.orelse):
+            env.clear()
+            env.update(before)
+            self.exec_body(stmts)
+            branches.append(dict(env))
+        env.clear()
+        env.update(before)
+        if any(len(c.items) != count for c, count in appended):
+            raise RegionUnsupported("a list appended to under an 'if' on data")
+        for name in names:
+            env[name] = self._merged(name, test, branches[0].get(name), branches[1].get(name), s)
+        return True
+
+    def _merged(self, name, test, then, other, s):
+        """The value of ``name`` after an if-converted ``if``: ``choose(test, then, other)``."""
+        if then is other:
+            return then
+        if isinstance(then, Static) and isinstance(other, Static) and type(then.value) is type(other.value) \
+                and isinstance(then.value, (int, float, bool)) and then.value == other.value:
+            return then
+        ok = (lambda v: isinstance(v, Node) and v.arity is None
+              or isinstance(v, Static) and isinstance(v.value, (int, float)) and not isinstance(v.value, bool))
+        if not (ok(then) and ok(other)):
+            raise RegionUnsupported(f"{name!r} is not an array in both branches of an 'if'")
+        from .rules.helpers import choose
+        return self.call_primitive(choose, [test, then, other], {}, s)
+
     def try_loop_region(self, s):
         """Trace ``for t in range(...)`` as a region when its bounds are run-time values or
         its trip count is above :data:`UNROLL_UP_TO`. Returns True when done."""
@@ -133,7 +273,7 @@ class Loops:
         bounds = [self.eval(a) for a in args]
         if all(isinstance(b, Static) for b in bounds):
             try:
-                if len(range(*[b.value for b in bounds])) <= UNROLL_UP_TO:
+                if len(range(*[b.value for b in bounds])) <= UNROLL_UP_TO and not _has_jump(s):
                     return False
             except TypeError:
                 return False
@@ -165,7 +305,8 @@ class Loops:
         if not isinstance(it, Node) or it.arity is not None:
             return False
         count = self.call_primitive(len, [it], {}, s.iter)
-        if isinstance(count, Static) and (not isinstance(count.value, int) or count.value <= UNROLL_UP_TO):
+        if isinstance(count, Static) and (not isinstance(count.value, int)
+                                          or count.value <= UNROLL_UP_TO and not _has_jump(s)):
             return False
         return self._attempt(lambda: self._trace_loop(s, [self.as_node(count)], rows_of=it), snapshot)
 
@@ -184,8 +325,15 @@ class Loops:
     def _trace_loop(self, s, bounds, test=None, rows_of=None):
         env = self.frame.env
         target = "<trip>" if test is not None else "<t>" if rows_of is not None else s.target.id
-        carried = [n for n in _assigned_names(s.body) if n in env and n != target]
-        lists = _appended_lists(s.body)
+        attrs = _state_written(s.body) if "self" in env else []
+        stmts = _region_body(s, attrs)
+        if _has_break(s.body):
+            env[RUNNING] = self.as_node(Static(1.0))
+        for attr in attrs:          # the state's value before the loop: its first carried value
+            env[STATE_PREFIX + attr + ">"] = self.eval(ast.copy_location(ast.Attribute(
+                value=ast.Name(id="self", ctx=ast.Load()), attr=attr, ctx=ast.Load()), s))
+        carried = [n for n in _assigned_names(stmts) if n in env and n != target]
+        lists = _appended_lists(stmts)
         if any(name in carried or not _is_empty_list(env.get(name)) for name in lists):
             raise RegionUnsupported("append to a list that is not empty before the loop")
         for name in carried:
@@ -199,7 +347,7 @@ class Loops:
             inits.append(test[1])
         diff = [n.diff for n in inits]
         for _ in range(3):      # until which carried values carry gradients settles
-            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists)
+            body, outs = self._trace_body(s, stmts, target, carried, diff, test, rows_of, lists)
             now = [d or o.diff for d, o in zip(diff, outs)]
             if now == diff:
                 break
@@ -216,13 +364,22 @@ class Loops:
             item = self.ctx.add(Node(ITEM, (loop,), index=len(carried) + j,
                                      diff=body.outputs[len(carried) + j].diff, name=name))
             env[name] = Stacked(item, name)
+        env.pop(RUNNING, None)
         for i, name in enumerate(carried):
-            if name == GO:
+            if name in (GO, RUNNING):
                 continue
-            item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=name))
+            state = name.startswith(STATE_PREFIX)
+            attr = name[len(STATE_PREFIX):-1] if state else None
+            item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=attr or name))
             env[name] = item
+            if state:       # written back once, after the loop
+                del env[name]
+                self.assign(ast.copy_location(ast.Attribute(value=ast.Name(id="self", ctx=ast.Load()),
+                                                            attr=attr, ctx=ast.Store()), s), item, s)
+        for attr in attrs:
+            env.pop(STATE_PREFIX + attr + ">", None)
 
-    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=()):
+    def _trace_body(self, s, stmts, target, carried, diff, test=None, rows_of=None, lists=()):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
         outer_graph = ctx.graph
@@ -247,7 +404,7 @@ class Loops:
                 env[name] = n
             collectors = [Collector(name) for name in lists]
             env.update((c.name, c) for c in collectors)
-            self.exec_body(s.body)
+            self.exec_body(stmts)
             if self.frame.returned:
                 raise RegionUnsupported("return inside the loop")
             outs = [self.as_node(env[name] if name != GO else self.eval(test[0])) for name in carried]

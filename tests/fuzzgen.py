@@ -596,8 +596,10 @@ class Body:
         if collect:
             hs = self.names.fresh("hs")
             lines.append(f"{hs} = []")
-        lines += [f"for {i} in range({count}):",
-                  f"    {acc} = {acc} * 0.9 + np.tanh({acc} + {a} * {i} * 0.01) * 0.1"]
+        lines += [f"for {i} in range({count}):"]
+        if not collect:
+            lines += self.loop_jumps(acc, i)
+        lines += [f"    {acc} = {acc} * 0.9 + np.tanh({acc} + {a} * {i} * 0.01) * 0.1"]
         if r.random() < 0.3:
             b = self.pick(lambda s: broadcast(shape, s) == shape, avoid=(a, acc))
             if b is not None:
@@ -605,6 +607,23 @@ class Body:
         if collect:
             lines.append(f"    {hs}.append(np.cos({acc}) * 0.5)")
             lines.append(self.assign(f"np.mean(np.stack({hs}), axis=0) + {acc}", shape)[1])
+        return lines
+
+    def loop_jumps(self, acc, i):
+        """Control flow on data inside a loop region: an if/else, a continue, a break."""
+        r, lines = self.r, []
+        if r.random() < 0.5:
+            lines += [f"    if np.sum({acc}) > {r.choice(['0.0', '0.3', '-0.2'])}:",
+                      f"        {acc} = {acc} * 0.7 - 0.05",
+                      "    else:",
+                      f"        {acc} = np.sin({acc}) + 0.05"]
+        if r.random() < 0.4:
+            lines += [f"    if np.sin(np.sum({acc}) * 7.0 + {i}) > 0.3:",
+                      f"        {acc} = {acc} + 0.01",
+                      "        continue"]
+        if r.random() < 0.4:
+            lines += [f"    if np.max({acc}) + {i} * 0.05 > {r.choice(['1.0', '2.0'])}:",
+                      "        break"]
         return lines
 
     def control_block(self):
