@@ -19,7 +19,7 @@ import sys
 import astor
 import numpy as np
 
-from . import emitloops, naming
+from . import emitcond, emitloops, naming
 from ._version import __version__
 from .errors import Retrace
 from .ir import (
@@ -28,14 +28,10 @@ from .ir import (
 from .sourcecache import compile_source, unique_filename
 
 
-def _number_after_loop(v):
-    """Is ``v`` a loop's carried value that starts as a Python number (``acc = 0.0``), so
-    may still be one after the loop (no trip, or a ``break`` on the first)?"""
-    if v.op != ITEM or v.args[0].op not in REGION_OPS or "carried" not in v.args[0].meta:
-        return False
-    loop = v.args[0]
-    nb, nc = loop.meta["n_bounds"], len(loop.meta["carried"])
-    return v.index < nc and loop.args[nb + v.index].op == CONST
+REGION_EMITTERS = {**emitloops.EMITTERS, **emitcond.EMITTERS}
+
+
+_number_after_loop = emitloops.number_after_region
 from .sourceimports import import_lines
 
 OPERATORS = {
@@ -304,7 +300,7 @@ class FunctionEmitter:
             if n.op in ALWAYS_INLINE:
                 continue
             if n.op in REGION_OPS:
-                body.extend(emitloops.EMITTERS[n.op](self, n))
+                body.extend(REGION_EMITTERS[n.op](self, n))
                 continue
             if n.op == ITEM and n.args[0].op in REGION_OPS:
                 var = self.region_vars[n.args[0].id][n.index]

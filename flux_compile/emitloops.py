@@ -22,7 +22,7 @@ import ast
 import copy
 
 from . import naming
-from .ir import CONST, GUARD, INPUT, LOOP, LOOP_BACK, PACK, STATE
+from .ir import CONST, GUARD, INPUT, ITEM, LOOP, LOOP_BACK, PACK, REGION_OPS, STATE
 from .passes import live
 
 
@@ -81,6 +81,18 @@ def _bind_outer(em, sub, inner, outer):
         sub.names[inner.id] = e.id
     else:
         sub.aliases[inner.id] = e
+
+
+def number_after_region(v):
+    """Is ``v`` a loop's carried value that starts as a Python number (``acc = 0.0``), so
+    may still be one after the loop (no trip, or a ``break`` on the first)?"""
+    if v.op == ITEM and "branches" in v.args[0].meta:      # a cond's value set to a number
+        return any(b.outputs[v.index].op == CONST for b in v.args[0].meta["branches"])
+    if v.op != ITEM or v.args[0].op not in REGION_OPS or "carried" not in v.args[0].meta:
+        return False
+    loop = v.args[0]
+    nb, nc = loop.meta["n_bounds"], len(loop.meta["carried"])
+    return v.index < nc and loop.args[nb + v.index].op == CONST
 
 
 def _take_over(em, init):

@@ -212,53 +212,6 @@ class Loops:
         self.error(f"the list {stacked.name!r} filled in a loop can only be stacked here", e,
                    hint=f"use np.stack({stacked.name}) or np.stack({stacked.name}, axis=k) after the loop")
 
-    def try_select_if(self, s, test):
-        """``if <scalar on data>:`` inside a loop region's body: both branches are traced and
-        each name they assign is merged with ``choose(test, then, else)``, so the loop
-        compiles once whatever branch each trip takes. Returns True when done; raises
-        :class:`RegionUnsupported` (the loop unrolls) for what a merge cannot express."""
-        if getattr(self.ctx, "root_graph", None) is None or not isinstance(test, Node) \
-                or self.ctx.mode != "forward":
-            return False
-        if test.meta.get("shape") is None:      # Python's truth at run time (one element)
-            test = self.call_primitive(bool, [test], {}, s.test)
-        if test.meta.get("shape") != ():
-            raise RegionUnsupported("an 'if' on an array with several elements")
-        if any(isinstance(n, (ast.Return, ast.Break, ast.Continue, ast.Yield))
-               for stmt in s.body + s.orelse for n in ast.walk(stmt)):
-            raise RegionUnsupported("return/break/continue inside an 'if' in a loop")
-        names = _assigned_names(s.body + s.orelse)
-        env = self.frame.env
-        before = dict(env)
-        appended = [(c, len(c.items)) for c in env.values() if isinstance(c, Collector)]
-        branches = []
-        for stmts in (s.body, s.orelse):
-            env.clear()
-            env.update(before)
-            self.exec_body(stmts)
-            branches.append(dict(env))
-        env.clear()
-        env.update(before)
-        if any(len(c.items) != count for c, count in appended):
-            raise RegionUnsupported("a list appended to under an 'if' on data")
-        for name in names:
-            env[name] = self._merged(name, test, branches[0].get(name), branches[1].get(name), s)
-        return True
-
-    def _merged(self, name, test, then, other, s):
-        """The value of ``name`` after an if-converted ``if``: ``choose(test, then, other)``."""
-        if then is other:
-            return then
-        if isinstance(then, Static) and isinstance(other, Static) and type(then.value) is type(other.value) \
-                and isinstance(then.value, (int, float, bool)) and then.value == other.value:
-            return then
-        ok = (lambda v: isinstance(v, Node) and v.arity is None
-              or isinstance(v, Static) and isinstance(v.value, (int, float)) and not isinstance(v.value, bool))
-        if not (ok(then) and ok(other)):
-            raise RegionUnsupported(f"{name!r} is not an array in both branches of an 'if'")
-        from .rules.helpers import choose
-        return self.call_primitive(choose, [test, then, other], {}, s)
-
     def try_loop_region(self, s):
         """Trace ``for t in range(...)`` as a region when its bounds are run-time values or
         its trip count is above :data:`UNROLL_UP_TO`. Returns True when done."""
@@ -452,8 +405,18 @@ def _hoist(body, outer):
 def _close(body):
     """Make the body graph closed: each outside value it reads becomes an input of its own
     (placed first, SSA order kept). Returns the outside values, in the inputs' order."""
+    captured = []
+    close_into(body, captured)
+    return captured
+
+
+def close_into(body, captured):
+    """Close ``body`` as :func:`_close` does, its outside values appended to ``captured`` (a
+    list shared by a cond region's two branches, each value once). Returns the positions in
+    ``captured`` of the body's new inputs, in order."""
     inside = set(map(id, body.nodes))
-    captured, inputs = [], {}
+    inputs, positions = {}, []
+    where = {id(c): j for j, c in enumerate(captured)}
 
     def local(a):
         if id(a) in inside:
@@ -467,7 +430,10 @@ def _close(body):
                 copy = Node(INPUT, name=a.name or "t", diff=a.diff)
                 copy.meta.update(region_input=True, shape=a.meta.get("shape"),
                                  complex=a.meta.get("complex"))
-                captured.append(a)
+                if id(a) not in where:
+                    where[id(a)] = len(captured)
+                    captured.append(a)
+                positions.append(where[id(a)])
             copy.loc = a.loc
             inputs[id(a)] = copy
         return inputs[id(a)]
@@ -482,4 +448,4 @@ def _close(body):
     body.nodes, body.inputs = [], []
     for n in own_inputs + [c for c in new if c.op == INPUT] + [c for c in new if c.op != INPUT] + rest:
         body.add(n)
-    return captured
+    return positions

@@ -237,7 +237,7 @@ class Statements:
 
     def exec_If(self, s):
         test = self.eval(s.test)
-        if self.try_select_if(s, test):
+        if self.try_cond_region(s, test):
             return
         taken = self.decide(test, s.test, "'if'")
         self.exec_body(s.body if taken else s.orelse)
