@@ -547,7 +547,7 @@ def test_if_inside_a_loop_is_one_region_without_guards():
     x, s = rng.normal(size=5), rng.normal(size=40)
     fc.grad(f, x, s)
     text = str(fc.graph(f, (x, s)))
-    assert text.count("loop(") == 1 and "choose(" in text and "guard(" not in text
+    assert text.count("loop(") == 1 and "cond(" in text and "choose(" not in text and "guard(" not in text
 
 
 def test_if_inside_a_loop_keeps_float32():
