@@ -31,7 +31,6 @@ from .passes import live
 
 def _branch_emitter(em, names, mode, back_names):
     sub = _sub_emitter(em, names, mode, back_names)
-    sub.aliases = {}        # the branch is a closed graph: the outer graph's node ids mean nothing here
     sub.on_accum = em.on_accum          # fc.train_step's fused update, inside the branch too
     return sub
 

@@ -70,7 +70,7 @@ def _sub_emitter(em, names, mode, back_names):
     sub = cls(em.ns, names, em.locs, mode, em.scope, back_names, em.bases)
     sub._last_loc = None
     sub.region_vars = {}
-    sub.aliases = dict(getattr(em, "aliases", {}))
+    sub.aliases = {}        # a body is a closed graph: the outer graph's node ids mean nothing in it
     return sub
 
 

@@ -1,0 +1,274 @@
+"""Cond regions: an ``if`` on run-time data is a real ``if`` in the generated forward and
+backward; only the taken branch (and its derivative) runs, one compile serves every branch
+pattern. Gradients are checked against autograd and central differences in float64."""
+import gc
+import tracemalloc
+import warnings
+
+import autograd.numpy as anp
+import numpy as np
+import pytest
+from autograd import grad as ag_grad
+
+import flux_compile as fc
+from flux_compile import cache as fc_cache
+
+from test_loops import check, numgrad
+
+rng = np.random.default_rng(11)
+
+
+def log_guard(xnp):
+    """The domain guard: log of a sum only where it is positive."""
+    def f(x):
+        s = xnp.sum(x)
+        if s > 0:
+            y = xnp.log(s) * x
+        else:
+            y = x * 2.0
+        return xnp.sum(y * y)
+    return f
+
+
+def sqrt_and_division_guard(xnp):
+    """sqrt under a positive test, a division under a nonzero one, nested."""
+    def f(x, d):
+        s = xnp.sum(x)
+        if s > 0:
+            y = xnp.sqrt(s) + x
+        else:
+            y = x * 3.0
+        t = xnp.sum(d * d)
+        if t != 0:
+            z = y / t
+        else:
+            z = y
+        return xnp.sum(z * x)
+    return f
+
+
+def guarded_loop(xnp):
+    """In a loop: x[i + 1] only where i < n - 1, log only of a positive element."""
+    def f(x):
+        acc = 0.0
+        n = x.shape[0]
+        for i in range(n):
+            if i < n - 1:
+                acc = acc + x[i + 1] * x[i]
+            elif x[i] > 0:
+                acc = acc + xnp.log(x[i])
+            else:
+                acc = acc - x[i]
+        return acc
+    return f
+
+
+def loop_in_branch_in_loop(xnp):
+    """A cond in a loop in a cond, and a loop inside a branch."""
+    def f(x, s):
+        y = x
+        if xnp.sum(s) > 0:
+            for i in range(s.shape[0]):
+                if s[i] > 0:
+                    y = xnp.tanh(y) * xnp.sqrt(s[i])
+                else:
+                    y = y * 0.5
+        else:
+            for i in range(s.shape[0]):
+                y = y + s[i] * y
+        return xnp.sum(y * y)
+    return f
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_log_guard_gives_pythons_finite_gradient(sign):
+    x = np.abs(rng.normal(size=6)) * sign
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # the untaken log never runs, not even its rule
+        _, (g,) = fc.grad(log_guard(np), x)
+    assert np.all(np.isfinite(g))
+    check(log_guard(np), log_guard(anp), x)
+
+
+@pytest.mark.parametrize("sx, d", [(1.0, 1.0), (-1.0, 1.0), (1.0, 0.0), (-1.0, 0.0)])
+def test_sqrt_and_division_guards_are_finite_and_match(sx, d):
+    x = np.abs(rng.normal(size=5)) * sx
+    dd = rng.normal(size=5) * d
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, grads = fc.grad(sqrt_and_division_guard(np), x, dd)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    want = [ag_grad(sqrt_and_division_guard(anp), i)(x, dd) for i in (0, 1)]
+    assert all(np.allclose(g, w) for g, w in zip(grads, want))
+    f = sqrt_and_division_guard(np)
+    assert np.allclose(grads[0], numgrad(lambda z: f(z, dd), x.copy()), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_guarded_index_and_log_in_a_loop(seed):
+    x = np.random.default_rng(seed).normal(size=30)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fc.grad(guarded_loop(np), x)
+    check(guarded_loop(np), guarded_loop(anp), x)
+    text = str(fc.graph(guarded_loop(np), (x,)))
+    assert text.count("loop(") == 1 and text.count("cond(") == 2 and "guard(" not in text
+
+
+def test_untaken_branch_that_would_raise_never_runs():
+    def f(x, A):
+        if np.sum(x) > 0:
+            y = x @ np.linalg.inv(A)
+        else:
+            y = x * 2.0
+        return np.sum(y)
+    singular = np.ones((3, 3))
+    x = -np.ones(3)
+    value, (gx, gA) = fc.grad(f, x, singular)
+    assert value == -6.0 and np.allclose(gx, 2.0) and np.allclose(gA, 0.0)
+    A = rng.normal(size=(3, 3)) + 3 * np.eye(3)
+    value, (gx, gA) = fc.grad(f, -x, A)
+    inv = np.linalg.inv(A)
+    assert np.isclose(value, np.sum(-x @ inv)) and np.allclose(gx, inv.sum(axis=1))
+    assert np.allclose(gA, numgrad(lambda a: f(-x, a), A.copy()), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nested_cond_loop_cond_matches(seed):
+    r = np.random.default_rng(seed)
+    for s in (r.normal(size=8), np.abs(r.normal(size=8)), -np.abs(r.normal(size=8))):
+        check(loop_in_branch_in_loop(np), loop_in_branch_in_loop(anp), r.normal(size=4), s)
+
+
+def test_top_level_if_on_data_is_a_cond_not_a_guard():
+    x = rng.normal(size=6)
+    text = str(fc.graph(log_guard(np), (x,)))
+    assert "cond(" in text and "guard(" not in text
+    src = fc.source(log_guard(np), "backward", inputs=(x,))
+    statements = [line.strip() for line in src.splitlines()]
+    assert sum(line.startswith("if ") for line in statements) == 1 and "else:" in statements
+
+
+def test_float32_stays_float32_through_both_branches():
+    f = log_guard(np)
+    for sign in (1, -1):
+        x = (np.abs(rng.normal(size=5)) * sign).astype(np.float32)
+        value, (g,) = fc.grad(f, x)
+        assert g.dtype == np.float32 and np.all(np.isfinite(g))
+        want = ag_grad(log_guard(anp))(x.astype(np.float64))
+        assert np.allclose(g, want, rtol=1e-4, atol=1e-4)
+
+
+@fc.net
+class Branchy:
+    """Params used in one branch, a sub-model called in the other."""
+    def __init__(self):
+        self.W = fc.initn(3, 3) * 100
+        self.b = fc.initn(1, 3) * 100
+        self.inner = fc.Dense(3, 3, act=np.tanh)
+
+    def forward(self, x):
+        if np.sum(x) > 0:
+            h = np.log(np.sum(x)) * (x @ self.W) + self.b
+        else:
+            h = self.inner(x)
+        return h
+
+
+def _model_loss_ag(m):
+    W, b = m.W.value, m.b.value
+    Wi, bi = m.inner.W.value, m.inner.b.value
+
+    def loss(params, x):
+        W, b, Wi, bi = params
+        if anp.sum(x) > 0:
+            h = anp.log(anp.sum(x)) * (x @ W) + b
+        else:
+            h = anp.tanh(x @ Wi + bi)
+        return anp.sum(h * h)
+    return loss, [W, b, Wi, bi]
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_model_params_and_submodel_inside_branches(sign):
+    m = Branchy()
+    x = np.abs(rng.normal(size=(2, 3))) * sign
+    y, back = m.pullback(x)
+    dx = back(2 * y)
+    loss, params = _model_loss_ag(m)
+    want = ag_grad(loss)(params, x)
+    got = [m.W.grad, m.b.grad, m.inner.W.grad, m.inner.b.grad]
+    assert all(np.allclose(g, w) for g, w in zip(got, want))
+    assert np.allclose(dx, ag_grad(lambda z: loss(params, z))(x))
+    m.zero_grad()
+    assert fc.gradcheck(m, x).ok
+
+
+def test_200_random_branch_patterns_compile_once_and_memory_stays_flat():
+    m = Branchy()
+    r = np.random.default_rng(3)
+    m.pullback(r.normal(size=(2, 3)))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    signs = set()
+    for _ in range(200):
+        x = r.normal(size=(2, 3))
+        signs.add(bool(np.sum(x) > 0))
+        y, back = m.pullback(x)
+        back(np.ones_like(y))
+        m(x)
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert signs == {True, False}
+    assert len(m.__dict__["_fc_compiled"]) == 1
+    assert after - before < 1_000_000
+
+
+def test_shape_tests_stay_specialised():
+    def f(x):
+        if x.shape[0] > 2:
+            y = x * 2.0
+        else:
+            y = x * 3.0
+        return np.sum(y)
+    text = str(fc.graph(f, (np.ones(4),)))
+    assert "cond(" not in text
+
+
+def test_branches_with_different_shapes_fall_back_to_a_guard():
+    def f(x):
+        if np.sum(x) > 0:
+            y = x[:2]
+        else:
+            y = x
+        return np.sum(y * y)
+    x = np.ones(4)
+    text = str(fc.graph(f, (x,)))
+    assert "cond(" not in text and "guard(" in text
+    assert np.allclose(fc.grad(f, x)[1][0], [2, 2, 0, 0])
+    assert np.allclose(fc.grad(f, -x)[1][0], -2 * np.ones(4))
+
+
+def test_break_under_a_domain_guard_in_a_loop():
+    def f(x):
+        acc = 0.0
+        for i in range(x.shape[0]):
+            if x[i] < 0:
+                break
+            acc = acc + np.log(x[i])
+        return acc
+
+    def f_ag(x):
+        acc = 0.0
+        for i in range(x.shape[0]):
+            if x[i] < 0:
+                break
+            acc = acc + anp.log(x[i])
+        return acc
+    for x in (np.abs(rng.normal(size=40)) + 0.1, np.concatenate([np.ones(5) * 2, -np.ones(35)])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            fc.grad(f, x)
+        check(f, f_ag, x)
