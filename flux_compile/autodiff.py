@@ -306,16 +306,14 @@ def _backprop_cond(node, g, b, adj):
                  any(body.outputs[i].diff for body in node.meta["branches"]) else None
                  for i, s in enumerate(seeds)]
     captured = list(node.args[1:])
-    grads = {}          # captured position -> whether some branch gives it a gradient
+    given = []          # per branch: the captured positions it gives a gradient
     read = set()        # captured positions a branch's backward reads
     for (joint, sp), positions, body in zip(trains, node.meta["captures"], node.meta["branches"]):
         saved_ids = {n.id for n, _ in sp.saved}
-        for inp, j, grad in zip(body.inputs, positions, joint.input_grads):
-            if inp.id in saved_ids:
-                read.add(j)
-            if grad is not None and captured[j].diff:
-                grads[j] = True
-    needed = sorted(read | set(grads))
+        read |= {j for inp, j in zip(body.inputs, positions) if inp.id in saved_ids}
+        given.append({j for j, grad in zip(positions, joint.input_grads) if grad is not None and captured[j].diff})
+    grads = given[0] | given[1]
+    needed = sorted(read | (grads - (given[0] & given[1])))    # zeros_like(x) where one branch gives none
     args = [g, node.args[0]] + [captured[j] for j in needed] + [z for z in zero_like if z is not None]
     back = b.ctx.add(Node(COND_BACK, args, diff=True, arity=len(captured)))
     back.meta.update(cond=node, captured=needed, grads=sorted(grads),

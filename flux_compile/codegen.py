@@ -23,7 +23,7 @@ from . import emitcond, emitloops, naming
 from ._version import __version__
 from .errors import Retrace
 from .ir import (
-    ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, ITEM, LEAF_OPS, MODEL, MODEL_BACK, PACK, PARAM, STATE,
+    ACCUM, ATTR, CALL, COND, CONST, GETATTR, GUARD, ITEM, LEAF_OPS, MODEL, MODEL_BACK, PACK, PARAM, STATE,
     STATEMENT_OPS, REGION_OPS, Loc, Node, path_expr)
 from .sourcecache import compile_source, unique_filename
 
@@ -284,7 +284,8 @@ class FunctionEmitter:
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
         fed = naming.fed_variables(nodes)
         self.uses, self.kept = uses, keep          # a loop may take over a value used only by it
-        region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs() if a.op != PACK}
+        region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs()[n.op == COND:]
+                       if a.op != PACK}       # a cond's test is read once: it may be inlined
 
         def inlined(n):
             return n.op not in STATEMENT_OPS and n.id not in keep and uses.get(n.id, 0) == 1 \

@@ -25,7 +25,7 @@ import ast
 
 from . import naming
 from .emitloops import _assign_all, _bind_outer, _call, _name, _np, _store, _sub_emitter, number_after_region
-from .ir import COND, COND_BACK, CONST, GUARD, INPUT, PACK, STATE
+from .ir import COND, COND_BACK, CONST, GUARD, INPUT, LEAF_OPS, PACK, STATE
 from .passes import live
 
 
@@ -58,6 +58,7 @@ def _branch_forward(em, n, k, variables, taken):
         nodes = [x for x in body.nodes if x.id in alive]
         saved = []
     keep = {o.id for o in body.outputs} | {a.id for a, _ in saved}
+    _name_directly(sub, body.outputs, variables)
     stmts = sub.statements(nodes, keep)
     if taken is not None:
         values = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved]
@@ -67,6 +68,15 @@ def _branch_forward(em, n, k, variables, taken):
                                                 aliases=dict(sub.aliases), loose=set(sub.loose), saved=values)
     stmts += _assign_all([(v, sub.expr(o)) for v, o in zip(variables, body.outputs)])
     return stmts
+
+
+def _name_directly(sub, values, variables):
+    """A value the branch computes for one merged variable is named as that variable (no
+    ``y_1 = ...; y = y_1``); inputs, constants and values given twice keep an assignment."""
+    for v, var in zip(values, variables):
+        if v is not None and var is not None and v.op not in LEAF_OPS and v.id not in sub.names \
+                and v.id not in sub.aliases and sum(w is v for w in values) == 1:
+            sub.names[v.id] = var
 
 
 def emit_cond(em, n):
@@ -139,6 +149,7 @@ def _branch_backward(em, m, k, seeds, grads):
         stmts.append(ast.Assign(targets=[ast.Tuple(elts=[_store(v) for v in info["saved"]], ctx=ast.Store())],
                                 value=_name(em.back_names[cond.id])))
     keep = {x.id for x in joint.resolved_grads if x is not None}
+    _name_directly(sub, [inner.get(j) for j in grads], list(grads.values()))
     stmts += sub.statements(sp.backward, keep)
     stmts += _assign_all([(d, sub.expr(inner[j]) if inner.get(j) is not None
                            else _call(_np(em, "zeros_like"), em.expr(outer[j]))) for j, d in grads.items()])

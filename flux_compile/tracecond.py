@@ -102,6 +102,9 @@ class Conds:
         captures = [close_into(body, captured) for body in branches]
         self.ctx.loc = self.frame.source.loc(s, self.frame.owner)
         outs = list(zip(branches[0].outputs, branches[1].outputs))
+        if test.name is None:           # saved for the backward as ``cond`` (inlined when read once)
+            test.name = "cond"
+            test.meta["anon"] = True
         node = self.ctx.add(Node(COND, (test,) + tuple(captured), arity=len(merged),
                                  diff=any(a.diff or b.diff for a, b in outs)))
         node.meta.update(branches=tuple(branches), captures=tuple(captures), names=[m[0] for m in merged])
