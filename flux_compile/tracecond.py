@@ -49,6 +49,15 @@ def _shape(v):
     return () if _is_number(v) else v.meta.get("shape")
 
 
+def _differ(sa, sb):
+    """Are two inferred shapes certainly different (ranks, or two known sizes)? A symbolic
+    size may equal anything."""
+    if sa is None or sb is None:
+        return False
+    return len(sa) != len(sb) or any(isinstance(p, int) and isinstance(q, int) and p != q
+                                     for p, q in zip(sa, sb))
+
+
 class Conds:
     """The tracer's cond regions (mixed into Tracer)."""
 
@@ -127,7 +136,7 @@ class Conds:
         if not (ok(a) and ok(b)):
             raise RegionUnsupported(f"{name!r} is not an array or a number in both branches")
         sa, sb = _shape(a), _shape(b)
-        if isinstance(a, Node) and isinstance(b, Node) and sa is not None and sb is not None and sa != sb:
+        if isinstance(a, Node) and isinstance(b, Node) and _differ(sa, sb):
             raise RegionUnsupported(f"{name!r} has different shapes in the two branches")
         return False
 

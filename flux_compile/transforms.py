@@ -130,7 +130,7 @@ def _call(c, f, primals, flat, tangents):
 
 def compile_jvp(f, primals, fresh=False):
     """The compiled ``jvp`` of ``f`` for arguments like ``primals`` (cached per signature)."""
-    return compile_transform(f, primals, "jvp", _make_jvp, fresh=fresh, cond_regions=False)
+    return compile_transform(f, primals, "jvp", _make_jvp, fresh=fresh)
 
 
 def _make_jvp(label, graph, arity, ctx, specs):
