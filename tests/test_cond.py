@@ -341,3 +341,60 @@ def test_gradient_hessian_and_hvp_through_a_data_if():
         fd = (fc.gradient(f, (0, 1))(x + e * t[0], s + e * t[1])[0] -
               fc.gradient(f, (0, 1))(x - e * t[0], s - e * t[1])[0]) / (2 * e)
         assert np.allclose(hv[0], fd, atol=1e-4)
+
+
+@fc.net
+class GateLog:
+    def __init__(self):
+        self.W = fc.initn(3, 3) * 100
+
+    def forward(self, x):
+        h = x @ self.W
+        if np.sum(h) > 0:
+            out = np.log(np.sum(h)) * h
+        else:
+            out = h * 2.0
+        return out
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_backends_run_the_real_if(backend):
+    pytest.importorskip(backend)
+    m = GateLog()
+    m2 = fc.to(m, backend)
+    r = np.random.default_rng(8)
+    signs = set()
+    for _ in range(6):
+        x = r.normal(size=(2, 3))
+        signs.add(bool(np.sum(x @ m.W.value) > 0))
+        y, back = m2.pullback(x)
+        dx = back(np.ones((2, 3)))
+        y_ref, back_ref = m.pullback(x)
+        assert np.allclose(np.asarray(y), y_ref) and np.allclose(np.asarray(dx), back_ref(np.ones((2, 3))))
+    assert signs == {True, False}
+    assert "if " in fc.source(m2, "backward")
+
+
+def test_train_step_fuses_the_update_inside_the_branches():
+    r = np.random.default_rng(9)
+    m, ref = GateLog(), GateLog()
+    ref.W.value[...] = m.W.value
+    step, opt = fc.train_step(m, fc.mse, fc.optim.SGD(0.1)), fc.optim.SGD(0.1)
+    signs = set()
+    for _ in range(20):
+        x, t = r.normal(size=(2, 3)), r.normal(size=(2, 3))
+        signs.add(bool(np.sum(x @ ref.W.value) > 0))
+        loss = step(x, target=t)
+        y, back = ref.pullback(x)
+        assert np.isclose(loss, fc.mse(y, t))
+        back(2 * (y - t) / y.size)
+        ref.update(opt)
+    assert signs == {True, False} and np.allclose(m.W.value, ref.W.value)
+
+
+def test_jax_train_step_refuses_an_if_on_data_clearly():
+    pytest.importorskip("jax")
+    m2 = fc.to(GateLog(), "jax")
+    step = fc.train_step(m2, fc.mse, fc.optim.SGD(0.1))
+    with pytest.raises(fc.CompileError, match="jit"):
+        step(np.ones((2, 3)), target=np.ones((2, 3)))
