@@ -4,8 +4,9 @@ time (or is long) is traced once into a body graph, a ``loop`` node, instead of 
 The body graph's inputs are the loop index, the carried variables (names the body assigns
 that exist before the loop) and the values it captures from outside (made explicit after
 the body is traced, so every graph is closed). Its outputs are the carried values after one
-trip. A body the region cannot hold (a data-dependent ``if`` inside, a ``return``, a list
-being appended to) falls back to unrolling, as before, when the trip count is known.
+trip. An ``if`` on data inside is a cond region of the body (``tracecond.py``). A body the
+region cannot hold (an ``if`` a cond region cannot express, a ``return``, a list appended to
+other than once per trip) falls back to unrolling, as before, when the trip count is known.
 """
 from __future__ import annotations
 

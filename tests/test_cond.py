@@ -398,3 +398,107 @@ def test_jax_train_step_refuses_an_if_on_data_clearly():
     step = fc.train_step(m2, fc.mse, fc.optim.SGD(0.1))
     with pytest.raises(fc.CompileError, match="jit"):
         step(np.ones((2, 3)), target=np.ones((2, 3)))
+
+
+@fc.net
+class GatedState:
+    """Recurrent state written under an if on data inside a loop region."""
+
+    def __init__(self):
+        self.W = fc.initn(3, 3) * 100
+        self.h = np.zeros((1, 3))
+
+    def forward(self, x):
+        for t in range(x.shape[0]):
+            if np.sum(x[t]) > 0:
+                self.h = np.tanh(x[t:t + 1] @ self.W + self.h)
+            else:
+                self.h = np.sqrt(np.abs(self.h) + 1.0) * 0.5 + x[t:t + 1]
+        return self.h * 2.0
+
+
+def test_state_under_an_if_in_a_loop():
+    m = GatedState()
+    x = rng.normal(size=(40, 3))
+    W = m.W.value
+
+    def run(h):
+        for t in range(x.shape[0]):
+            if np.sum(x[t]) > 0:
+                h = np.tanh(x[t:t + 1] @ W + h)
+            else:
+                h = np.sqrt(np.abs(h) + 1.0) * 0.5 + x[t:t + 1]
+        return h
+    h1 = run(np.zeros((1, 3)))
+    assert np.allclose(m(x), h1 * 2.0)
+    assert np.allclose(m(x), run(h1) * 2.0)          # the second call starts from the state
+    text = str(fc.graph(m, (x,)))
+    assert text.count("loop(") == 1 and "cond(" in text and "carry <self.h>" in text
+    m.reset()
+    assert fc.gradcheck(m, x).ok
+
+
+@fc.net
+class GatedCell:
+    """A sub-model called in one branch of an if on data inside a loop region."""
+
+    def __init__(self):
+        self.W = fc.initn(3, 3) * 100
+        self.cell = fc.Dense(3, 3, act=np.tanh)
+
+    def forward(self, x):
+        h = np.zeros((1, 3))
+        for t in range(x.shape[0]):
+            if np.sum(x[t]) > 0:
+                h = np.tanh(x[t:t + 1] @ self.W + h)
+            else:
+                h = self.cell(h) * 0.5 + x[t:t + 1]
+        return h
+
+
+def test_submodel_in_a_branch_in_a_loop():
+    m = GatedCell()
+    x = rng.normal(size=(40, 3))
+    text = str(fc.graph(m, (x,)))
+    assert text.count("loop(") == 1 and "cond(" in text and "guard(" not in text
+    W, Wc, bc = m.W.value, m.cell.W.value, m.cell.b.value
+
+    def loss(params, x):
+        W, Wc, bc = params
+        h = anp.zeros((1, 3))
+        for t in range(x.shape[0]):
+            if anp.sum(x[t]) > 0:
+                h = anp.tanh(x[t:t + 1] @ W + h)
+            else:
+                h = anp.tanh(h @ Wc + bc) * 0.5 + x[t:t + 1]
+        return anp.sum(h * h)
+    y, back = m.pullback(x)
+    dx = back(2 * y)
+    want = ag_grad(loss)([W, Wc, bc], x)
+    assert all(np.allclose(g, w) for g, w in zip([m.W.grad, m.cell.W.grad, m.cell.b.grad], want))
+    assert np.allclose(dx, ag_grad(lambda z: loss([W, Wc, bc], z))(x))
+
+
+@fc.net
+class StateUnderIf:
+    """Recurrent state written under a top-level if on data: not a region (the guard)."""
+
+    def __init__(self):
+        self.W = fc.initn(3, 3) * 100
+        self.h = np.zeros((1, 3))
+
+    def forward(self, x):
+        if np.sum(x) > 0:
+            self.h = np.tanh(x @ self.W + self.h)
+        return self.h + x
+
+
+def test_state_written_under_a_top_level_if_keeps_the_guard():
+    m = StateUnderIf()
+    x = np.abs(rng.normal(size=(1, 3)))
+    h = np.tanh(x @ m.W.value)
+    assert np.allclose(m(x), h + x)
+    assert np.allclose(m(-x), h - x)          # the other path: the state is left as it was
+    assert "Retrace" in fc.source(m, "forward")
+    m.reset()
+    assert fc.gradcheck(m, x).ok and fc.gradcheck(m, -x).ok
