@@ -41,6 +41,23 @@ def reads_data(node, seen=None):
     return not args or any(reads_data(a, seen) for a in args)
 
 
+def _read_outside(tree, s, name):
+    """Does the function ``tree`` read ``name`` anywhere outside the statement ``s``? (True
+    when ``s`` is not part of it: a statement the tracer rewrote.)"""
+    found, inside = [False], [False]
+
+    def walk(node):
+        if node is s:
+            inside[0] = True
+            return
+        if isinstance(node, ast.Name) and node.id == name and isinstance(node.ctx, ast.Load):
+            found[0] = True
+        for child in ast.iter_child_nodes(node):
+            walk(child)
+    walk(tree)
+    return found[0] or not inside[0]
+
+
 def _is_number(v):
     return isinstance(v, Static) and isinstance(v.value, (int, float)) and not isinstance(v.value, bool)
 
@@ -103,7 +120,8 @@ class Conds:
         env.update(before)
         if any(len(c.items) != count for c, count in appended):
             raise RegionUnsupported("a list appended to under an 'if' on data")
-        merged = [(name, envs[0].get(name), envs[1].get(name)) for name in names]
+        merged = [(name, envs[0].get(name), envs[1].get(name)) for name in names
+                  if not self._local_to_a_branch(name, before, envs, s)]
         merged = [(name, a, b) for name, a, b in merged if not self._same(name, a, b)]
         for body, k in zip(branches, (1, 2)):
             self._set_outputs(body, [m[k] for m in merged])
@@ -122,6 +140,14 @@ class Conds:
             sa, sb = _shape(a), _shape(b)
             item.meta["shape"] = sa if sa == sb else None
             env[name] = item
+
+    def _local_to_a_branch(self, name, before, envs, s):
+        """Is ``name`` a temporary of one branch (bound there only, unbound before the ``if``
+        and read nowhere outside it)? Such a name is not merged."""
+        if name in before or (name in envs[0]) == (name in envs[1]):
+            return False
+        tree = getattr(self.frame.source, "tree", None)
+        return tree is not None and not _read_outside(tree, s, name)
 
     def _same(self, name, a, b):
         """Is ``name`` the same value after both branches (nothing to merge)? Raises

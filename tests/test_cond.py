@@ -502,3 +502,35 @@ def test_state_written_under_a_top_level_if_keeps_the_guard():
     assert "Retrace" in fc.source(m, "forward")
     m.reset()
     assert fc.gradcheck(m, x).ok and fc.gradcheck(m, -x).ok
+
+
+def test_a_temporary_of_one_branch_is_not_merged():
+    def f(x):
+        s = np.sum(x)
+        if s > 0:
+            tmp = np.log(s)
+            y = tmp * x
+        else:
+            y = x * 2.0
+        return np.sum(y * y)
+
+    def f_ag(x):
+        s = anp.sum(x)
+        y = anp.log(s) * x if s > 0 else x * 2.0
+        return anp.sum(y * y)
+    x = rng.normal(size=5)
+    assert "cond(" in str(fc.graph(f, (x,)))
+    for z in (np.abs(x), -np.abs(x)):
+        check(f, f_ag, z)
+
+
+def test_a_name_of_one_branch_read_after_the_if_keeps_the_guard():
+    def f(x):
+        if np.sum(x) > 0:
+            y = x * 3.0
+        return np.sum(y)
+    x = np.ones(3)
+    assert "cond(" not in str(fc.graph(f, (x,)))
+    assert np.allclose(fc.grad(f, x)[1][0], 3.0)
+    with pytest.raises(Exception):
+        fc.grad(f, -x)          # Python raises too: y is unbound on that path
