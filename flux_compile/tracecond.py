@@ -9,7 +9,7 @@ What a region cannot express falls back to compile-time specialisation (the take
 compiled, with a guard; another pattern compiles again): a test on shapes only (cheap and
 bounded, so it stays baked), a ``return``/``raise``/``assert``/``break``/``continue``/
 ``yield`` inside a branch (outside a loop region, where jumps are lowered to flags first),
-a name bound in one branch only, merged values that are not arrays or numbers in both
+a name bound in one branch only and read after the ``if``, merged values that are not arrays or numbers in both
 branches (tuples, lists, functions, None), arrays whose shapes differ between branches,
 an attribute written (recurrent state outside a loop) or a list appended to under the
 ``if``. In a loop region such an ``if`` makes the loop unroll (:class:`RegionUnsupported`).
