@@ -82,8 +82,8 @@ class Conds:
         """``if <test on data>: ... else: ...`` as a ``cond`` region. Returns True when done,
         False to decide the test at compile time instead (see the module's docstring); in a
         loop region's body an ``if`` a region cannot hold raises :class:`RegionUnsupported`."""
-        if self.ctx.mode != "forward" or not getattr(self.ctx, "cond_regions", True) or not isinstance(test, Node) or test.arity is not None \
-                or not reads_data(test):
+        if self.ctx.mode != "forward" or not getattr(self.ctx, "cond_regions", True) \
+                or not isinstance(test, Node) or test.arity is not None or not reads_data(test):
             return False
         shape = test.meta.get("shape")
         if shape is not None and any(d != 1 for d in shape):
