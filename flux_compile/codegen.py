@@ -284,6 +284,10 @@ class FunctionEmitter:
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
         fed = naming.fed_variables(nodes)
         self.uses, self.kept = uses, keep          # a loop may take over a value used only by it
+        self.items_read = {}                        # region node id -> the indices of its items in use
+        for n in nodes:
+            if n.op == ITEM and n.args[0].op in REGION_OPS:
+                self.items_read.setdefault(n.args[0].id, set()).add(n.index)
         region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs()[n.op == COND:]
                        if a.op != PACK}       # a cond's test is read once: it may be inlined
 

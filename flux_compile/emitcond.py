@@ -25,7 +25,7 @@ import ast
 
 from . import naming
 from .emitloops import _assign_all, _bind_outer, _call, _name, _np, _store, _sub_emitter, number_after_region
-from .ir import COND, COND_BACK, CONST, GUARD, INPUT, LEAF_OPS, PACK, STATE
+from .ir import BACK_EFFECT_OPS, COND, COND_BACK, CONST, GUARD, INPUT, LEAF_OPS, PACK, STATE
 from .passes import live
 
 
@@ -148,9 +148,10 @@ def _branch_backward(em, m, k, seeds, grads):
     if info["saved"]:
         stmts.append(ast.Assign(targets=[ast.Tuple(elts=[_store(v) for v in info["saved"]], ctx=ast.Store())],
                                 value=_name(em.back_names[cond.id])))
-    keep = {x.id for x in joint.resolved_grads if x is not None}
+    wanted = [inner[j] for j in grads if inner.get(j) is not None]
+    alive = live(wanted + [x for x in sp.backward if x.op in BACK_EFFECT_OPS])
     _name_directly(sub, [inner.get(j) for j in grads], list(grads.values()))
-    stmts += sub.statements(sp.backward, keep)
+    stmts += sub.statements([x for x in sp.backward if x.id in alive], {x.id for x in wanted})
     stmts += _assign_all([(d, sub.expr(inner[j]) if inner.get(j) is not None
                            else _call(_np(em, "zeros_like"), em.expr(outer[j]))) for j, d in grads.items()])
     return stmts
@@ -167,7 +168,8 @@ def emit_cond_back(em, m):
     pre, seeds = _seeds(em, m, names)
     out += pre
     captured = cond.args[1:]
-    grads = {j: em.scope.fresh(naming.adjoint(captured[j].name or "")) for j in m.meta["grads"]}
+    read = getattr(em, "items_read", {}).get(m.id, set())     # the adjoints used after it
+    grads = {j: em.scope.fresh(naming.adjoint(captured[j].name or "")) for j in m.meta["grads"] if j in read}
     then, other = (_branch_backward(em, m, k, seeds, grads) for k in (0, 1))
     out.append(ast.If(test=em.expr(m.args[1]), body=then or [ast.Pass()], orelse=other))
     em.region_vars[m.id] = [grads.get(j) for j in range(len(captured))]
