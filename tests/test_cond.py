@@ -563,3 +563,20 @@ def test_backward_params_skips_the_input_gradient_inside_branches():
         y, back = m.pullback(z)
         back(np.ones((2, 3)))
         assert np.allclose(g, m.W.grad)
+
+
+def test_an_infinite_input_kept_out_by_the_guard_gives_a_finite_gradient():
+    def f(x):
+        if np.all(np.isfinite(x)):
+            y = np.sum(x * x)
+        else:
+            y = np.sum(x[:1] * 3.0)
+        return y
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value, (g,) = fc.grad(f, np.array([1.0, np.inf]))
+        assert value == 3.0 and np.array_equal(g, [3.0, 0.0])
+        value, (g,) = fc.grad(f, np.array([1.0, 2.0]))
+        assert value == 5.0 and np.array_equal(g, [2.0, 4.0])
+        value, (g,) = fc.grad(f, np.array([np.nan, 2.0]))
+        assert np.isnan(value) and np.array_equal(g, [3.0, 0.0])       # as autograd: d(3x)/dx
