@@ -11,8 +11,9 @@ bounded, so it stays baked), a ``return``/``raise``/``assert``/``break``/``conti
 ``yield`` inside a branch (outside a loop region, where jumps are lowered to flags first),
 a name bound in one branch only and read after the ``if``, merged values that are not arrays or numbers in both
 branches (tuples, lists, functions, None), arrays whose shapes differ between branches,
-an attribute written (recurrent state outside a loop) or a list appended to under the
-``if``. In a loop region such an ``if`` makes the loop unroll (:class:`RegionUnsupported`).
+a list appended to under the ``if``, a call on ``self`` in an ``if`` that writes recurrent
+state. Recurrent state written in a branch (``self.h = ...``) is merged like a local
+(``<self.h>``) and written back once, after the ``if``. In a loop region such an ``if`` makes the loop unroll (:class:`RegionUnsupported`).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ import ast
 from .errors import CompileError
 from .ir import COND, CONST, GETATTR, ITEM, Graph, Node
 from .tracecore import Static
-from .traceloop import Collector, RegionUnsupported, _assigned_names, close_into
+from .traceloop import (STATE_PREFIX, Collector, RegionUnsupported, _assigned_names, _state_written,
+                        _StateAsLocal, close_into)
 
 SHAPE_ONLY_ATTRS = ("shape", "ndim", "size", "dtype")
 FALLBACK_STATEMENTS = (ast.Return, ast.Raise, ast.Assert, ast.Break, ast.Continue, ast.Yield,
@@ -107,6 +109,7 @@ class Conds:
 
     def _trace_cond(self, s, test):
         env = self.frame.env
+        s, attrs = self._state_as_locals(s)
         names = _assigned_names(s.body + s.orelse)
         before = dict(env)
         appended = [(c, len(c.items)) for c in env.values() if isinstance(c, Collector)]
@@ -140,6 +143,28 @@ class Conds:
             sa, sb = _shape(a), _shape(b)
             item.meta["shape"] = sa if sa == sb else None
             env[name] = item
+        for attr in attrs:          # recurrent state: written back once, after the if
+            value = env.pop(STATE_PREFIX + attr + ">")
+            self.assign(ast.copy_location(ast.Attribute(value=ast.Name(id="self", ctx=ast.Load()), attr=attr,
+                                                        ctx=ast.Store()), s), value, s)
+
+    def _state_as_locals(self, s):
+        """Recurrent state written in a branch (``self.h = ...``) as the local ``<self.h>``,
+        starting from the state's value before the ``if``: (the rewritten ``if``, the
+        attributes). A branch that also calls a method on ``self`` (which might read the
+        state) is :class:`RegionUnsupported`."""
+        attrs = _state_written(s.body + s.orelse) if "self" in self.frame.env else []
+        if not attrs:
+            return s, attrs
+        import copy
+        s = _StateAsLocal(attrs).visit(copy.deepcopy(s))
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+               and n.func.value.id == "self" for st in s.body + s.orelse for n in ast.walk(st)):
+            raise RegionUnsupported("a call on self in an 'if' that writes state (it might read it)")
+        for attr in attrs:
+            self.frame.env[STATE_PREFIX + attr + ">"] = self.eval(ast.copy_location(ast.Attribute(
+                value=ast.Name(id="self", ctx=ast.Load()), attr=attr, ctx=ast.Load()), s))
+        return s, attrs
 
     def _local_to_a_branch(self, name, before, envs, s):
         """Is ``name`` a temporary of one branch (bound there only, unbound before the ``if``

@@ -481,7 +481,7 @@ def test_submodel_in_a_branch_in_a_loop():
 
 @fc.net
 class StateUnderIf:
-    """Recurrent state written under a top-level if on data: not a region (the guard)."""
+    """Recurrent state written under a top-level if on data (in one branch only)."""
 
     def __init__(self):
         self.W = fc.initn(3, 3) * 100
@@ -493,15 +493,52 @@ class StateUnderIf:
         return self.h + x
 
 
-def test_state_written_under_a_top_level_if_keeps_the_guard():
+def test_state_written_under_a_top_level_if_is_a_cond():
     m = StateUnderIf()
     x = np.abs(rng.normal(size=(1, 3)))
     h = np.tanh(x @ m.W.value)
     assert np.allclose(m(x), h + x)
     assert np.allclose(m(-x), h - x)          # the other path: the state is left as it was
-    assert "Retrace" in fc.source(m, "forward")
+    assert np.allclose(m(x), np.tanh(x @ m.W.value + h) + x)
+    src = fc.source(m, "all")
+    assert "Retrace" not in src and "else:" in src
     m.reset()
     assert fc.gradcheck(m, x).ok and fc.gradcheck(m, -x).ok
+
+
+@fc.net
+class GatedCellStep:
+    """One step of a recurrent cell with an if on data: fc.unroll runs it over time."""
+
+    def __init__(self):
+        self.W = fc.initn(3, 3) * 100
+        self.h = np.zeros((1, 3))
+
+    def forward(self, x):
+        if np.sum(x) > 0:
+            self.h = np.tanh(x @ self.W + self.h)
+        else:
+            self.h = self.h * 0.5 + x * 0.1
+        return self.h
+
+
+def test_unroll_of_a_cell_with_an_if_on_data():
+    m = GatedCellStep()
+    u = fc.unroll(m, 6)
+    x = rng.normal(size=(1, 6, 3))
+    W = m.W.value
+
+    def loss(x):
+        h = anp.zeros((1, 3))
+        hs = []
+        for t in range(6):
+            h = anp.tanh(x[:, t] @ W + h) if anp.sum(x[:, t]) > 0 else h * 0.5 + x[:, t] * 0.1
+            hs.append(h)
+        return anp.sum(anp.stack(hs, axis=1) ** 2)
+    u.reset()
+    y, back = u.pullback(x)
+    assert np.isclose(np.sum(y ** 2), loss(x))
+    assert np.allclose(back(2 * y), ag_grad(loss)(x))
 
 
 def test_a_temporary_of_one_branch_is_not_merged():
