@@ -9,11 +9,12 @@ What a region cannot express falls back to compile-time specialisation (the take
 compiled, with a guard; another pattern compiles again): a test on shapes only (cheap and
 bounded, so it stays baked), a ``return``/``raise``/``assert``/``break``/``continue``/
 ``yield`` inside a branch (outside a loop region, where jumps are lowered to flags first),
-a name bound in one branch only and read after the ``if``, merged values that are not arrays or numbers in both
-branches (tuples, lists, functions, None), arrays whose shapes differ between branches,
-a list appended to under the ``if``, a call on ``self`` in an ``if`` that writes recurrent
-state. Recurrent state written in a branch (``self.h = ...``) is merged like a local
-(``<self.h>``) and written back once, after the ``if``. In a loop region such an ``if`` makes the loop unroll (:class:`RegionUnsupported`).
+a name bound in one branch only and read after the ``if``, merged values that are not
+arrays or numbers in both branches (tuples, lists, functions, None), arrays whose ranks or
+known sizes differ between branches, a list appended to under the ``if``, a call on
+``self`` in an ``if`` that writes recurrent state. In a loop region such an ``if`` makes
+the loop unroll (:class:`RegionUnsupported`). Recurrent state written in a branch
+(``self.h = ...``) is merged like a local (``<self.h>``) and written back once, after it.
 """
 from __future__ import annotations
 
