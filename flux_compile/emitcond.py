@@ -145,7 +145,7 @@ def _branch_backward(em, m, k, seeds, grads):
     for seed, value in zip(joint.seeds, seeds):
         sub.aliases[seed.id] = ast.Constant(None) if value is None else value
     stmts = []
-    if info["saved"]:
+    if info["saved"] and em.mode != "train":       # fc.train_step: one function, already in scope
         stmts.append(ast.Assign(targets=[ast.Tuple(elts=[_store(v) for v in info["saved"]], ctx=ast.Store())],
                                 value=_name(em.back_names[cond.id])))
     wanted = [inner[j] for j in grads if inner.get(j) is not None]
