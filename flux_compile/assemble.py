@@ -10,7 +10,7 @@ import numpy as np
 from . import naming
 from .codegen import (FuncSet, FunctionEmitter, Namespace, _parse_expr, build_module, make_function,
                       tuple_or_single)
-from .ir import ACCUM, GUARD, LOOP_BACK, MODEL_BACK, STATE
+from .ir import BACK_EFFECT_OPS, GUARD, STATE
 
 
 def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
@@ -88,7 +88,7 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     # state, which carries gradients between steps): the input-gradient work is dead code
     state_grads = [x if inp.meta.get("state") else None for inp, x in pairs]
     alive = live([x for x in state_grads if x is not None] +
-                        [n for n in split.backward if n.op in (ACCUM, MODEL_BACK, LOOP_BACK)])
+                        [n for n in split.backward if n.op in BACK_EFFECT_OPS])
     em3 = FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
     em3._last_loc = None
     body = em3.statements([n for n in split.backward if n.id in alive],
@@ -134,7 +134,7 @@ def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
     body = em.statements(split.forward, keep)
     body.append(ast.Assign(targets=[ast.Name(id=seed_name, ctx=ast.Store())],
                            value=_parse_expr(f"{ns.name_of(np)}.ones_like({ast.unparse(em.expr(out))})")))
-    alive = live([n for n in split.backward if n.op in (ACCUM, MODEL_BACK, LOOP_BACK)])
+    alive = live([n for n in split.backward if n.op in BACK_EFFECT_OPS])
     body += em.statements([n for n in split.backward if n.id in alive], set())
     stmts, ret = tail(env)
     body += stmts

@@ -19,7 +19,8 @@ from . import naming, rules
 from .errors import CompileError
 from .ir import (
     ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, MODEL_BACK, PACK, PARAM, SEED,
-    STATE, LOOP, LOOP_BACK, Node, describe_fn, is_leaf, is_reread, path_expr)
+    STATE, LOOP, LOOP_BACK, COND, COND_BACK, BACK_EFFECT_OPS, Node, describe_fn, is_leaf, is_reread,
+    path_expr)
 from .passes import TracingPasses, live, optimize
 from .trace import Tracer
 from .tracecore import Context, Seq, Static
@@ -243,6 +244,9 @@ def _backprop(node, g, b, adj):
     if op == LOOP:
         _backprop_loop(node, g, b, adj)
         return
+    if op == COND:
+        _backprop_cond(node, g, b, adj)
+        return
     if op in (STATE,):
         return
     _err(node, f"no adjoint for node kind {op!r}")
@@ -282,6 +286,42 @@ def _backprop_loop(node, g, b, adj):
     for j, c in enumerate(captured):
         if c.diff and joint.input_grads[1 + nc + j] is not None:
             adj.add(c, b.ctx.add(Node(ITEM, (back,), index=nc + j, diff=True)), b)
+
+
+def _backprop_cond(node, g, b, adj):
+    """A cond region: each branch differentiated on its own (forward, saved, backward); one
+    ``cond_back`` node runs the taken branch's backward alone (the test is saved) and gives
+    the adjoints of the captured values (zeros from the branch that did not read one)."""
+    trains = []
+    for body in node.meta["branches"]:
+        joint = differentiate(body)
+        resolve = optimize(body)
+        joint.resolved_grads = [resolve(x) if x is not None else None for x in joint.input_grads]
+        trains.append((joint, split(joint, resolve)))
+    node.meta["train"] = trains
+    node.meta["optimized"] = True
+    node.meta["needs_back"] = True
+    n_out = len(node.meta["names"])
+    seeds = list(g.args) if g.op == PACK else \
+        [b.ctx.add(Node(ITEM, (g,), index=i, diff=True)) for i in range(n_out)]
+    zero_like = [b.ctx.add(Node(ITEM, (node,), index=i)) if s.op == CONST and s.value is None and
+                 any(body.outputs[i].diff for body in node.meta["branches"]) else None
+                 for i, s in enumerate(seeds)]
+    captured = list(node.args[1:])
+    given = []          # per branch: the captured positions it gives a gradient
+    read = set()        # captured positions a branch's backward reads
+    for (joint, sp), positions, body in zip(trains, node.meta["captures"], node.meta["branches"]):
+        saved_ids = {n.id for n, _ in sp.saved}
+        read |= {j for inp, j in zip(body.inputs, positions) if inp.id in saved_ids}
+        given.append({j for j, grad in zip(positions, joint.input_grads) if grad is not None and captured[j].diff})
+    grads = given[0] | given[1]
+    needed = sorted(read | (grads - (given[0] & given[1])))    # zeros_like(x) where one branch gives none
+    args = [g, node.args[0]] + [captured[j] for j in needed] + [z for z in zero_like if z is not None]
+    back = b.ctx.add(Node(COND_BACK, args, diff=True, arity=len(captured)))
+    back.meta.update(cond=node, captured=needed, grads=sorted(grads),
+                     zero_like=[z is not None for z in zero_like])
+    for j in sorted(grads):
+        adj.add(captured[j], b.ctx.add(Node(ITEM, (back,), index=j, diff=True)), b)
 
 
 def bind_rule_args(node, rule):
@@ -440,7 +480,7 @@ def split(joint, resolve):
     nf = joint.n_forward
     outs = [resolve(o) for o in g.outputs]
     grads = [resolve(x) if x is not None else None for x in joint.input_grads]
-    effects = [n for n in g.nodes if _phase(n) >= nf and n.op in (ACCUM, MODEL_BACK, LOOP_BACK)]
+    effects = [n for n in g.nodes if _phase(n) >= nf and n.op in BACK_EFFECT_OPS]
     bwd_live = live([x for x in grads if x is not None] + effects)
     dep_seed = set()
     for n in g.nodes:
@@ -475,6 +515,8 @@ def split(joint, resolve):
             save(n.meta["model"], "back")
         elif n.op == LOOP_BACK:
             save(n.meta["loop"], "back")
+        elif n.op == COND_BACK:
+            save(n.meta["cond"], "back")
     for x in grads:
         if x is not None:
             save(x, "value")

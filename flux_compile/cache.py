@@ -322,7 +322,7 @@ def _compile_function(fn, args, cache, fresh=False, fast=None):
     return c
 
 
-def compile_transform(fn, args, kind, make, fresh=False, variant=None):
+def compile_transform(fn, args, kind, make, fresh=False, variant=None, cond_regions=True):
     """The cached ``kind`` variant (``"jvp"``, ...) of the plain function ``fn`` for these
     argument kinds, or a new one: ``make(label, graph, arity, ctx, specs)`` returns the
     :class:`Compiled` made from the traced inference graph, with its guards and run-time reads
@@ -339,7 +339,7 @@ def compile_transform(fn, args, kind, make, fresh=False, variant=None):
         return old
     get_source(fn)
     label = f"{kind} of {fn.__qualname__}"
-    c = make(label, *trace_function(label, fn, args, f"fc.{kind}"))
+    c = make(label, *trace_function(label, fn, args, f"fc.{kind}", cond_regions))
     if old is not None:
         _link_alternative(c, old)
     cache.add(key, c)

@@ -19,13 +19,19 @@ import sys
 import astor
 import numpy as np
 
-from . import emitloops, naming
+from . import emitcond, emitloops, naming
 from ._version import __version__
 from .errors import Retrace
 from .ir import (
-    ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, ITEM, LEAF_OPS, MODEL, MODEL_BACK, PACK, PARAM, STATE,
+    ACCUM, ATTR, CALL, COND, CONST, GETATTR, GUARD, ITEM, LEAF_OPS, MODEL, MODEL_BACK, PACK, PARAM, STATE,
     STATEMENT_OPS, REGION_OPS, Loc, Node, path_expr)
 from .sourcecache import compile_source, unique_filename
+
+
+REGION_EMITTERS = {**emitloops.EMITTERS, **emitcond.EMITTERS}
+
+
+_number_after_loop = emitloops.number_after_region
 from .sourceimports import import_lines
 
 OPERATORS = {
@@ -166,7 +172,8 @@ class FunctionEmitter:
             return self.path(n.base, n.path + ("value",))
         if op == ATTR:
             return self.path(n.base, n.path)
-        if op == GETATTR and n.attr in ("shape", "ndim") and n.args[0].id in self.loose:
+        if op == GETATTR and n.attr in ("shape", "ndim") and (n.args[0].id in self.loose
+                                                              or _number_after_loop(n.args[0])):
             return ast.Call(func=_parse_expr(f"np.{n.attr}"), args=[self.expr(n.args[0])], keywords=[])
         if op == GETATTR:
             return ast.Attribute(value=self.expr(n.args[0]), attr=n.attr, ctx=ast.Load())
@@ -277,7 +284,12 @@ class FunctionEmitter:
                 consumer_loc.setdefault(a.id, set()).add(n.loc)
         fed = naming.fed_variables(nodes)
         self.uses, self.kept = uses, keep          # a loop may take over a value used only by it
-        region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs() if a.op != PACK}
+        self.items_read = {}                        # region node id -> the indices of its items in use
+        for n in nodes:
+            if n.op == ITEM and n.args[0].op in REGION_OPS:
+                self.items_read.setdefault(n.args[0].id, set()).add(n.index)
+        region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs()[n.op == COND:]
+                       if a.op != PACK}       # a cond's test is read once: it may be inlined
 
         def inlined(n):
             return n.op not in STATEMENT_OPS and n.id not in keep and uses.get(n.id, 0) == 1 \
@@ -293,7 +305,7 @@ class FunctionEmitter:
             if n.op in ALWAYS_INLINE:
                 continue
             if n.op in REGION_OPS:
-                body.extend(emitloops.EMITTERS[n.op](self, n))
+                body.extend(REGION_EMITTERS[n.op](self, n))
                 continue
             if n.op == ITEM and n.args[0].op in REGION_OPS:
                 var = self.region_vars[n.args[0].id][n.index]

@@ -38,7 +38,7 @@ def _outputs(b, out):
 
 
 def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, generic_cls=None, values=None,
-           free_names=None):
+           free_names=None, cond_regions=True):
     g = Graph(label)
     ctx = Context(g, "forward")
     ctx.generic_cls = generic_cls
@@ -50,6 +50,7 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.training = training
     ctx.arity_of = arity_of
     ctx.state = state
+    ctx.cond_regions = cond_regions     # False: an if on data is decided with a guard (forward mode)
     if getattr(fn, "_fc_flatten", False) or selfval is not None and selfval.obj is not None:
         ctx.flatten = flattenable       # fc.train_step's objective, or a model instance's forward
     b = Builder(ctx)
@@ -321,11 +322,14 @@ def build_function(fn, args, arity_of=None):
     return new
 
 
-def trace_function(label, fn, args, who="fc.grad"):
+def trace_function(label, fn, args, who="fc.grad", cond_regions=True):
     """The inference graph of the plain function ``fn`` for these arguments, for a transform
-    that derives its own code from it (``fc.jvp``): ``(graph, arity, ctx, specs)``."""
+    that derives its own code from it (``fc.jvp``): ``(graph, arity, ctx, specs)``.
+    ``cond_regions=False`` for a transform that applies forward mode (no tangent of a cond
+    region yet: an ``if`` on data is compiled for the branch taken, with a guard)."""
     specs = function_specs(fn, args, who)
-    graph, arity, ctx = _trace(label, fn, None, specs, False, values=flat_inputs(specs, args))
+    graph, arity, ctx = _trace(label, fn, None, specs, False, values=flat_inputs(specs, args),
+                               cond_regions=cond_regions)
     return graph, arity, ctx, specs
 
 

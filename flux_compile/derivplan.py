@@ -69,7 +69,7 @@ def compile_plan(fn, args, plan, fresh=False):
     argument signature and plan, guarded like ``fc.grad``'s code)."""
     layout = _layout(args)
     return compile_transform(fn, args, plan.kind, lambda *a: _make(plan, layout, *a),
-                             fresh=fresh, variant=plan)
+                             fresh=fresh, variant=plan, cond_regions=not plan.basis and plan.runtime is None)
 
 
 def _layout(args):

@@ -22,7 +22,7 @@ import ast
 import copy
 
 from . import naming
-from .ir import CALL, CONST, GUARD, INPUT, LOOP, LOOP_BACK, PACK, PURE_OPS, STATE
+from .ir import CALL, CONST, GUARD, INPUT, ITEM, LOOP, LOOP_BACK, PACK, PURE_OPS, REGION_OPS, STATE
 from .passes import live
 
 
@@ -70,7 +70,7 @@ def _sub_emitter(em, names, mode, back_names):
     sub = cls(em.ns, names, em.locs, mode, em.scope, back_names, em.bases)
     sub._last_loc = None
     sub.region_vars = {}
-    sub.aliases = dict(getattr(em, "aliases", {}))
+    sub.aliases = {}        # a body is a closed graph: the outer graph's node ids mean nothing in it
     return sub
 
 
@@ -81,6 +81,18 @@ def _bind_outer(em, sub, inner, outer):
         sub.names[inner.id] = e.id
     else:
         sub.aliases[inner.id] = e
+
+
+def number_after_region(v):
+    """Is ``v`` a loop's carried value that starts as a Python number (``acc = 0.0``), so
+    may still be one after the loop (no trip, or a ``break`` on the first)?"""
+    if v.op == ITEM and "branches" in v.args[0].meta:      # a cond's value set to a number
+        return any(b.outputs[v.index].op == CONST for b in v.args[0].meta["branches"])
+    if v.op != ITEM or v.args[0].op not in REGION_OPS or "carried" not in v.args[0].meta:
+        return False
+    loop = v.args[0]
+    nb, nc = loop.meta["n_bounds"], len(loop.meta["carried"])
+    return v.index < nc and loop.args[nb + v.index].op == CONST
 
 
 def _take_over(em, init):

@@ -32,8 +32,8 @@ import numpy as np
 from . import codegen, naming, passes, rules
 from .autodiff import RuleTracer, _as_rule_value, _err, bind_rule_args, rule_path
 from .errors import CompileError
-from .ir import (ACCUM, ATTR, CALL, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, MODEL_BACK, PACK, STATE,
-                 Node, describe_fn, is_leaf)
+from .ir import (ACCUM, ATTR, CALL, COND, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, MODEL_BACK, PACK,
+                 STATE, Node, describe_fn, is_leaf)
 from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_more, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
 from .tracecore import Context, Seq, Static
 from .rules.helpers import setitem, stack_items
@@ -120,6 +120,8 @@ def _tangent_of(node, tan, b):
         return None
     if op == MODEL:
         return _tangent_of_model(node, tan, b)
+    if op == COND:
+        return _tangent_of_cond(node, tan, b)
     if op == MODEL_BACK:
         _err(node, "forward mode over a sub-model's backward (a second derivative through a model "
                    "call) is not supported: the sub-model's backward is its own compiled code",
@@ -141,6 +143,43 @@ def _tangent_of_model(node, tan, b):
     call.meta["effect"] = True          # runs the sub-model: never merged or moved by the passes
     call.name = f"{node.name or 'out'}_jvp"
     return b.ctx.add(Node(ITEM, (call,), index=1, diff=True, arity=node.arity))
+
+
+def _tangent_of_cond(node, tan, b):
+    """A cond region: each branch gets its own tangent code (the tangents of the captured
+    values become more captured values, the merged values' tangents more outputs), so the
+    tangent branches as the primal does. Returns a pack of the new outputs."""
+    captured = list(node.args[1:])
+    moving = [j for j, c in enumerate(captured) if c.id in tan]
+    slot = {j: len(captured) + k for k, j in enumerate(moving)}
+    n_out = len(node.meta["names"])
+    for body, positions in zip(node.meta["branches"], node.meta["captures"]):
+        wrt = [inp for inp, j in zip(body.inputs, positions) if j in slot]
+        t = tangent_graph(body, wrt, model_jvp=b.model_jvp)
+        inner = RuleTracer(t.ctx)
+        inner.model_jvp = b.model_jvp
+        outs = body.outputs[:n_out]
+        body.outputs = outs + [tt if tt is not None else _zeros_like(o, inner) for o, tt in zip(outs, t.tangents)]
+        positions.extend(slot[j] for inp, j in zip(body.inputs, positions) if j in slot)
+        _in_emission_order(body)
+    node.args = node.args + tuple(tan[captured[j].id] for j in moving)
+    node.meta["names"] = node.meta["names"] + [naming.tangent(name.strip("<>")) for name in node.meta["names"]]
+    node.arity = 2 * n_out
+    items = [b.ctx.add(Node(ITEM, (node,), index=n_out + i, diff=True)) for i in range(n_out)]
+    return b.ctx.add(Node(PACK, items, diff=True, arity=n_out))
+
+
+def _in_emission_order(body):
+    """Renumber a branch's nodes with each tangent just after its primal (as the top level
+    is emitted), so a nested region never reads a tangent computed after it; inputs keep
+    their order (the cond's captures index them)."""
+    inputs = list(body.inputs)
+    nodes = _interleaved(body.nodes)
+    body.nodes, body.inputs = [], []
+    for n in nodes:
+        n.meta.pop("after", None)
+        body.add(n)
+    body.inputs = inputs
 
 
 def _none_if_zero(n):

@@ -26,6 +26,11 @@ loop        a ``for`` loop region: ``node.meta["body"]`` is a Graph run once per
             (args: range bounds, carried initial values, captured values; a tuple of
             the carried values after the last trip)
 loop_back   the backward of a loop region: the body's backward run in reverse
+cond        an ``if``/``else`` region on a run-time test: ``node.meta["branches"]`` are two
+            closed Graphs (then, else) with the same outputs, the names the ``if`` assigns
+            (args: the test, then the values the branches capture; a tuple of the merged
+            values); only the taken branch runs
+cond_back   the backward of a cond region: only the taken branch's backward runs
 =========== ===================================================================
 
 >>> g = Graph("demo")
@@ -123,7 +128,9 @@ INPUT, CONST, PARAM, ATTR, SEED = "input", "const", "param", "attr", "seed"
 CALL, GETATTR, MODEL, MODEL_BACK = "call", "getattr", "model", "model_back"
 PACK, ITEM, ACCUM, STATE, GUARD = "pack", "item", "accum", "state", "guard"
 LOOP, LOOP_BACK = "loop", "loop_back"
-REGION_OPS = frozenset((LOOP, LOOP_BACK))
+COND, COND_BACK = "cond", "cond_back"
+REGION_OPS = frozenset((LOOP, LOOP_BACK, COND, COND_BACK))
+BACK_EFFECT_OPS = (ACCUM, MODEL_BACK, LOOP_BACK, COND_BACK)   # backward work kept for its effect
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,25 @@ def run_loop(n, args, env):
         for items, v in zip(lists, outs[nc:]):
             items.append(v)
     return tuple(carried) + tuple(np.stack(items) for items in lists)
+
+
+def _cond_text(n, args):
+    """``cond(%3, %1 x) if %3: merge y`` and both branches' tapes, indented, below."""
+    names = ", ".join(n.meta["names"]) or "nothing"
+    lines = [f"cond({args}) if {n.args[0]!r}: merge {names}"]
+    for label, body in zip(("then", "else"), n.meta["branches"]):
+        lines.append(f"    {label}:")
+        lines += ["      " + line for line in body.format().splitlines()[1:]]
+    return "\n".join(lines)
+
+
+def run_cond(n, args, env):
+    """The value of a cond region: the taken branch's graph run on the captured values."""
+    taken = 0 if args[0] else 1
+    body = n.meta["branches"][taken]
+    captured = args[1:]
+    values = {node.id: captured[j] for node, j in zip(body.inputs, n.meta["captures"][taken])}
+    return tuple(env.run_body(body, values))
 
 
 def value_shape(v):
@@ -269,6 +295,11 @@ OPS = {spec.name: spec for spec in (
            text=lambda n, a: _loop_text(n, a), label=lambda n: "for …",
            evaluate=lambda n, a, k, env: run_loop(n, a, env), statement=True),
     OpSpec(LOOP_BACK, "the backward of a loop region, run in reverse",
+           text=_generic_text, label=_op_label, statement=True),
+    OpSpec(COND, "an if/else region; node.meta['branches'] are the two branches' Graphs",
+           text=lambda n, a: _cond_text(n, a), label=lambda n: "if …",
+           evaluate=lambda n, a, k, env: run_cond(n, a, env), statement=True),
+    OpSpec(COND_BACK, "the backward of a cond region: the taken branch's backward",
            text=_generic_text, label=_op_label, statement=True),
 )}
 

@@ -90,6 +90,12 @@ def steps(hint):
     return f"{hint}_steps"
 
 
+def taken(hint):
+    """What a cond region's training forward saves for its backward: the taken branch's
+    values, ``y_taken`` (the branch itself is known from the saved test)."""
+    return f"{hint}_taken"
+
+
 def adjoint(hint):
     """The adjoint's hint: ``d`` + the value's hint (Tangent's convention); ``dz`` if unnamed."""
     return "d" + hint if hint else "dz"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import rules
-from .ir import (ACCUM, CALL, CONST, GETATTR, INPUT, ITEM, LOOP, LOOP_BACK, MODEL_BACK,
+from .ir import (ACCUM, CALL, COND, COND_BACK, CONST, GETATTR, INPUT, ITEM, LOOP, LOOP_BACK, MODEL_BACK,
                  PACK, PARAM, PURE_OPS, Node, is_leaf)
 from .tracecore import Static, _static, shape_of
 
@@ -140,6 +140,8 @@ def live(nodes_roots):
             stack.append(n.meta["model"])
         elif n.op == LOOP_BACK:
             stack.append(n.meta["loop"])
+        elif n.op == COND_BACK:
+            stack.append(n.meta["cond"])
     return out
 
 
@@ -437,6 +439,10 @@ def optimize(graph):
     for n in graph.nodes:
         if n.op == LOOP and not n.meta.get("optimized"):
             optimize(n.meta["body"])
+            n.meta["optimized"] = True
+        elif n.op == COND and not n.meta.get("optimized"):
+            for body in n.meta["branches"]:
+                optimize(body)
             n.meta["optimized"] = True
     steps = [simplify(graph), powers_to_products(graph), cse(graph), slices_to_concatenate(graph),
              same_shapes(graph), simplify(graph)]

@@ -108,8 +108,8 @@ def _axis_tuple(axis, ndim):
 
 
 def _reduce(s, axis, keepdims):
-    if s is None:
-        return None
+    if s is None:       # a reduction over every axis is a scalar whatever the input's shape
+        return () if axis is None and not keepdims else None
     axes = _axis_tuple(axis, len(s))
     if axes is None:
         return None

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from .tracecall import Calls
 from .traceexpr import Expressions, Subscripts
+from .tracecond import Conds
 from .traceloop import Loops
 from .tracestmt import Inlining, Statements
 
 
-class Tracer(Inlining, Statements, Loops, Expressions, Subscripts, Calls):
+class Tracer(Inlining, Statements, Loops, Conds, Expressions, Subscripts, Calls):
     """Evaluates function bodies into the context's graph (``ctx``: a tracecore.Context)."""
 
     def __init__(self, ctx):

@@ -157,8 +157,10 @@ FORBIDDEN_HINTS = {
     ast.Import: "import at module level, not inside forward",
     ast.ImportFrom: "import at module level, not inside forward",
     ast.Raise: "'raise' is only allowed under an 'if' whose condition is known at compile time",
-    ast.Break: "'break' is not supported; loops are unrolled at compile time",
-    ast.Continue: "'continue' is not supported; loops are unrolled at compile time",
+    ast.Break: "'break' works only under an 'if' in a loop compiled as a region (over range(x.shape[0]) "
+               "or more than 32 trips); in an unrolled loop, fold the condition into the loop's bound",
+    ast.Continue: "'continue' works only under an 'if' in a loop compiled as a region (over range(x.shape[0]) "
+                  "or more than 32 trips); elsewhere put the rest of the body under 'else'",
 }
 FORBIDDEN_EXPR_HINTS = {
     ast.Lambda: "lambdas inside forward are not supported; define a module-level function (it is inlined)",

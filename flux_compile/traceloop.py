@@ -4,8 +4,9 @@ time (or is long) is traced once into a body graph, a ``loop`` node, instead of 
 The body graph's inputs are the loop index, the carried variables (names the body assigns
 that exist before the loop) and the values it captures from outside (made explicit after
 the body is traced, so every graph is closed). Its outputs are the carried values after one
-trip. A body the region cannot hold (a data-dependent ``if`` inside, a ``return``, a list
-being appended to) falls back to unrolling, as before, when the trip count is known.
+trip. An ``if`` on data inside is a cond region of the body (``tracecond.py``). A body the
+region cannot hold (an ``if`` a cond region cannot express, a ``return``, a list appended to
+other than once per trip) falls back to unrolling, as before, when the trip count is known.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from .ir import CALL, INPUT, ITEM, LOOP, PURE_OPS, Graph, Node, is_reread
 from .tracecore import Static
 
 GO = "<go>"         # the carried flag of a while loop (no user's name can clash with it)
+RUNNING = "<running>"   # the carried flag of a loop with a 'break': 1.0 until it breaks
 # a range with constant bounds is unrolled up to this many trips (a region above it)
 UNROLL_UP_TO = 32
 
@@ -80,6 +82,98 @@ def _assigned_names(body):
     return names
 
 
+def _jumps(stmt):
+    """Does ``stmt`` hold a ``break``/``continue`` of the loop around it (not of a loop
+    nested in it)?"""
+    if isinstance(stmt, (ast.Break, ast.Continue)):
+        return True
+    if isinstance(stmt, (ast.For, ast.While, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return False
+    return any(_jumps(c) for c in ast.iter_child_nodes(stmt) if isinstance(c, ast.stmt))
+
+
+def _has_jump(loop):
+    """Does the loop ``loop`` hold a ``break``/``continue`` of its own? (A short loop that
+    does is a region too: unrolling cannot express a jump.)"""
+    return any(_jumps(st) for st in loop.body)
+
+
+def _has_break(stmts):
+    return any(isinstance(st, ast.Break) or not isinstance(st, (ast.For, ast.While)) and
+               _has_break([c for c in ast.iter_child_nodes(st) if isinstance(c, ast.stmt)])
+               for st in stmts)
+
+
+def _lowered(stmts, cont=()):
+    """``stmts`` then ``cont`` with their ``break``/``continue`` turned into plain ``if``/
+    ``else``: what follows a jump moves into the other branch of each ``if`` around it, and
+    ``break`` also sets the carried flag :data:`RUNNING` to 0.0 (later trips do nothing). A
+    jump anywhere but under ``if`` is :class:`RegionUnsupported`."""
+    stmts = list(stmts)
+    for i, st in enumerate(stmts):
+        if isinstance(st, (ast.Break, ast.Continue)):
+            stop = [ast.copy_location(ast.Assign(targets=[ast.Name(id=RUNNING, ctx=ast.Store())],
+                                                 value=ast.Constant(0.0)), st)]
+            return stmts[:i] + (stop if isinstance(st, ast.Break) else [])
+        if _jumps(st):
+            if not isinstance(st, ast.If):
+                raise RegionUnsupported("break/continue inside a statement other than 'if'")
+            tail = _lowered(stmts[i + 1:], cont)
+            branch = ast.copy_location(ast.If(test=st.test, body=_lowered(st.body, tail) or [ast.Pass()],
+                                              orelse=_lowered(st.orelse, tail)), st)
+            return stmts[:i] + [branch]
+    return stmts + list(cont)
+
+
+STATE_PREFIX = "<self."     # a recurrent state written in the body, carried as "<self.h>"
+
+
+def _state_written(body):
+    """Attributes ``X`` of the statements ``self.X = v`` in ``body``."""
+    attrs = []
+    for stmt in body:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store) \
+                    and isinstance(node.value, ast.Name) and node.value.id == "self" \
+                    and node.attr not in attrs:
+                attrs.append(node.attr)
+    return attrs
+
+
+class _StateAsLocal(ast.NodeTransformer):
+    """``self.X`` (read or written) becomes the carried local ``<self.X>``."""
+
+    def __init__(self, attrs):
+        self.attrs = attrs
+
+    def visit_Attribute(self, node):
+        if isinstance(node.value, ast.Name) and node.value.id == "self" and node.attr in self.attrs:
+            return ast.copy_location(ast.Name(id=STATE_PREFIX + node.attr + ">", ctx=node.ctx), node)
+        return self.generic_visit(node)
+
+
+def _region_body(s, attrs=()):
+    """The loop's body as the region traces it: recurrent state ``attrs`` read and written as
+    carried locals, jumps lowered, and under ``if RUNNING:`` when it can ``break``."""
+    body = s.body
+    if attrs:
+        import copy
+        body = [_StateAsLocal(attrs).visit(copy.deepcopy(st)) for st in body]
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and isinstance(n.func.value, ast.Name)
+               and n.func.value.id == "self" for st in body for n in ast.walk(st)):
+            raise RegionUnsupported("a call on self in a loop that writes state (it might read it)")
+    if not any(_jumps(st) for st in body):
+        return body
+    lowered = _lowered(body)
+    if not _has_break(body):
+        return lowered
+        return body
+    if isinstance(s, ast.While):
+        raise RegionUnsupported("break inside a while region")
+    return [ast.copy_location(ast.If(test=ast.Name(id=RUNNING, ctx=ast.Load()), body=lowered, orelse=[]),
+                              s.body[0])]
+
+
 def _range_call(s):
     """``for t in range(...)`` with a plain name as target: the call's argument nodes."""
     it = s.iter
@@ -133,7 +227,7 @@ class Loops:
         bounds = [self.eval(a) for a in args]
         if all(isinstance(b, Static) for b in bounds):
             try:
-                if len(range(*[b.value for b in bounds])) <= UNROLL_UP_TO:
+                if len(range(*[b.value for b in bounds])) <= UNROLL_UP_TO and not _has_jump(s):
                     return False
             except TypeError:
                 return False
@@ -165,7 +259,8 @@ class Loops:
         if not isinstance(it, Node) or it.arity is not None:
             return False
         count = self.call_primitive(len, [it], {}, s.iter)
-        if isinstance(count, Static) and (not isinstance(count.value, int) or count.value <= UNROLL_UP_TO):
+        if isinstance(count, Static) and (not isinstance(count.value, int)
+                                          or count.value <= UNROLL_UP_TO and not _has_jump(s)):
             return False
         return self._attempt(lambda: self._trace_loop(s, [self.as_node(count)], rows_of=it), snapshot)
 
@@ -184,8 +279,15 @@ class Loops:
     def _trace_loop(self, s, bounds, test=None, rows_of=None):
         env = self.frame.env
         target = "<trip>" if test is not None else "<t>" if rows_of is not None else s.target.id
-        carried = [n for n in _assigned_names(s.body) if n in env and n != target]
-        lists = _appended_lists(s.body)
+        attrs = _state_written(s.body) if "self" in env else []
+        stmts = _region_body(s, attrs)
+        if _has_break(s.body):
+            env[RUNNING] = self.as_node(Static(1.0))
+        for attr in attrs:          # the state's value before the loop: its first carried value
+            env[STATE_PREFIX + attr + ">"] = self.eval(ast.copy_location(ast.Attribute(
+                value=ast.Name(id="self", ctx=ast.Load()), attr=attr, ctx=ast.Load()), s))
+        carried = [n for n in _assigned_names(stmts) if n in env and n != target]
+        lists = _appended_lists(stmts)
         if any(name in carried or not _is_empty_list(env.get(name)) for name in lists):
             raise RegionUnsupported("append to a list that is not empty before the loop")
         for name in carried:
@@ -200,7 +302,7 @@ class Loops:
         diff = [n.diff for n in inits]
         shapes = [_shape_of(n) for n in inits]      # assumed to stay, until a trip changes it
         for _ in range(3 + len(carried)):   # until gradients and kept shapes settle
-            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists, shapes)
+            body, outs = self._trace_body(s, stmts, target, carried, diff, test, rows_of, lists, shapes)
             now = [d or o.diff for d, o in zip(diff, outs)]
             kept = [sh if _same_shape(sh, _shape_of(o)) else None for sh, o in zip(shapes, outs)]
             if now == diff and kept == shapes:
@@ -208,7 +310,7 @@ class Loops:
             diff, shapes = now, kept
         else:                   # not settled: assume no shape, with the gradients found so far
             shapes = [None] * len(carried)
-            body, outs = self._trace_body(s, target, carried, diff, test, rows_of, lists, shapes)
+            body, outs = self._trace_body(s, stmts, target, carried, diff, test, rows_of, lists, shapes)
         _hoist(body, self.ctx.graph)
         self._hoist_projections(body)
         captured = _close(body)
@@ -223,12 +325,21 @@ class Loops:
                                      diff=body.outputs[len(carried) + j].diff, name=name))
             item.meta["shape"] = _stacked_shape(body.outputs[len(carried) + j])
             env[name] = Stacked(item, name)
+        env.pop(RUNNING, None)
         for i, name in enumerate(carried):
-            if name == GO:
+            if name in (GO, RUNNING):
                 continue
-            item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=name))
+            state = name.startswith(STATE_PREFIX)
+            attr = name[len(STATE_PREFIX):-1] if state else None
+            item = self.ctx.add(Node(ITEM, (loop,), index=i, diff=diff[i], name=attr or name))
             item.meta["shape"] = shapes[i]          # kept by every trip (or None)
             env[name] = item
+            if state:       # written back once, after the loop
+                del env[name]
+                self.assign(ast.copy_location(ast.Attribute(value=ast.Name(id="self", ctx=ast.Load()),
+                                                            attr=attr, ctx=ast.Store()), s), item, s)
+        for attr in attrs:
+            env.pop(STATE_PREFIX + attr + ">", None)
 
     def _hoist_projections(self, body):
         """All steps' ``x[:, t] @ W`` as one matmul before the loop (see loophoist)."""
@@ -245,7 +356,7 @@ class Loops:
             return self.ctx.add(copy, a.loc)
         hoist_projections(body, make, copy_reread)
 
-    def _trace_body(self, s, target, carried, diff, test=None, rows_of=None, lists=(), shapes=None):
+    def _trace_body(self, s, stmts, target, carried, diff, test=None, rows_of=None, lists=(), shapes=None):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
         outer_graph = ctx.graph
@@ -270,7 +381,7 @@ class Loops:
                 env[name] = n
             collectors = [Collector(name) for name in lists]
             env.update((c.name, c) for c in collectors)
-            self.exec_body(s.body)
+            self.exec_body(stmts)
             if self.frame.returned:
                 raise RegionUnsupported("return inside the loop")
             outs = [self.as_node(env[name] if name != GO else self.eval(test[0])) for name in carried]
@@ -338,8 +449,18 @@ def _hoist(body, outer):
 def _close(body):
     """Make the body graph closed: each outside value it reads becomes an input of its own
     (placed first, SSA order kept). Returns the outside values, in the inputs' order."""
+    captured = []
+    close_into(body, captured)
+    return captured
+
+
+def close_into(body, captured):
+    """Close ``body`` as :func:`_close` does, its outside values appended to ``captured`` (a
+    list shared by a cond region's two branches, each value once). Returns the positions in
+    ``captured`` of the body's new inputs, in order."""
     inside = set(map(id, body.nodes))
-    captured, inputs = [], {}
+    inputs, positions = {}, []
+    where = {id(c): j for j, c in enumerate(captured)}
 
     def local(a):
         if id(a) in inside:
@@ -353,7 +474,10 @@ def _close(body):
                 copy = Node(INPUT, name=a.name or "t", diff=a.diff)
                 copy.meta.update(region_input=True, shape=a.meta.get("shape"),
                                  complex=a.meta.get("complex"))
-                captured.append(a)
+                if id(a) not in where:
+                    where[id(a)] = len(captured)
+                    captured.append(a)
+                positions.append(where[id(a)])
             copy.loc = a.loc
             inputs[id(a)] = copy
         return inputs[id(a)]
@@ -368,4 +492,4 @@ def _close(body):
     body.nodes, body.inputs = [], []
     for n in own_inputs + [c for c in new if c.op == INPUT] + [c for c in new if c.op != INPUT] + rest:
         body.add(n)
-    return captured
+    return positions

@@ -241,7 +241,10 @@ class Statements:
             v.meta["effect"] = True
 
     def exec_If(self, s):
-        taken = self.decide(self.eval(s.test), s.test, "'if'")
+        test = self.eval(s.test)
+        if self.try_cond_region(s, test):
+            return
+        taken = self.decide(test, s.test, "'if'")
         self.exec_body(s.body if taken else s.orelse)
 
     def exec_For(self, s):

@@ -55,6 +55,10 @@ GROUPS = {
     "control": ("control", "shapes"),
     "ops": ("more_ops", "shapes", "control"),
     "loops": ("loops", "control", "shapes"),     # loop regions: run-time / long trip counts, lists
+    # cond regions: domain-guarded branches (log / sqrt / division under a test that keeps them
+    # finite) and branches that would raise if taken (an index out of range, a singular inverse),
+    # at the top level and inside loop regions
+    "guards": ("guards", "loops", "control", "shapes"),
     "newops": ("new_ops",),
     "newops_mixed": ("new_ops", "more_ops", "shapes", "control"),
     "jvp": ("jvp", "shapes", "control", "helpers"),
@@ -596,8 +600,10 @@ class Body:
         if collect:
             hs = self.names.fresh("hs")
             lines.append(f"{hs} = []")
-        lines += [f"for {i} in range({count}):",
-                  f"    {acc} = {acc} * 0.9 + np.tanh({acc} + {a} * {i} * 0.01) * 0.1"]
+        lines += [f"for {i} in range({count}):"]
+        if not collect:
+            lines += self.loop_jumps(acc, i)
+        lines += [f"    {acc} = {acc} * 0.9 + np.tanh({acc} + {a} * {i} * 0.01) * 0.1"]
         if r.random() < 0.3:
             b = self.pick(lambda s: broadcast(shape, s) == shape, avoid=(a, acc))
             if b is not None:
@@ -607,8 +613,61 @@ class Body:
             lines.append(self.assign(f"np.mean(np.stack({hs}), axis=0) + {acc}", shape)[1])
         return lines
 
+    def loop_jumps(self, acc, i):
+        """Control flow on data inside a loop region: an if/else, a continue, a break."""
+        r, lines = self.r, []
+        if r.random() < 0.5:
+            lines += [f"    if np.sum({acc}) > {r.choice(['0.0', '0.3', '-0.2'])}:",
+                      f"        {acc} = {acc} * 0.7 - 0.05",
+                      "    else:",
+                      f"        {acc} = np.sin({acc}) + 0.05"]
+        if r.random() < 0.4:
+            lines += [f"    if np.sin(np.sum({acc}) * 7.0 + {i}) > 0.3:",
+                      f"        {acc} = {acc} + 0.01",
+                      "        continue"]
+        if r.random() < 0.4:
+            lines += [f"    if np.max({acc}) + {i} * 0.05 > {r.choice(['1.0', '2.0'])}:",
+                      "        break"]
+        if "guards" in self.features and r.random() < 0.6:     # NaN / raising if the other branch ran
+            lines += [f"    if np.sum({acc}) > -0.5:",
+                      f"        {acc} = {acc} * 0.9 + np.log(1.0 + np.sum({acc})) * 0.1",
+                      f"    elif np.sum({acc}) > 1e6:",
+                      f"        {acc} = {acc}[{acc}.shape[0] + 1] + {acc}",
+                      "    else:",
+                      f"        {acc} = np.sqrt(-np.sum({acc})) * 0.1 + {acc} * 0.5"]
+        return lines
+
+    def guard_block(self, indent=""):
+        """An ``if`` on data whose untaken side is NaN or raises in Python: a log, sqrt or
+        division under a test that keeps it finite, or an out-of-range index / a singular
+        inverse under a test that is never true. Only the taken branch may run."""
+        r = self.r
+        a = self.pick(lambda s: len(s) >= 1)
+        if a is None:
+            return None
+        shape, s = self.vars[a], f"np.sum({a})"
+        kind = r.choice(["log", "sqrt", "div", "index", "inv"])
+        test, negated, guarded = {
+            "log": (f"{s} > 0.5", f"{s} <= 0.5", f"np.log({s}) * {a}"),
+            "sqrt": (f"{s} > 1.0", f"{s} <= 1.0", f"np.sqrt({s} - 0.5) * {a}"),
+            "div": (f"np.abs({s} - 0.5) > 0.5", f"np.abs({s} - 0.5) <= 0.5", f"{a} / ({s} - 0.5)"),
+            "index": (f"{s} > 1e6", f"{s} <= 1e6", f"{a}[{a}.shape[0] + 1] + {a}"),
+            "inv": (f"{s} > 1e6", f"{s} <= 1e6", f"np.linalg.inv(np.zeros((2, 2)))[0, 0] * {a}"),
+        }[kind]
+        other = r.choice(UNARY).format(a=a)
+        if r.random() < 0.5:            # the guarded side in the else branch
+            test, guarded, other = negated, other, guarded
+        name = self.names.fresh()
+        lines = [f"{indent}if {test}:", f"{indent}    {name} = {guarded}",
+                 f"{indent}else:", f"{indent}    {name} = {other}"]
+        self.vars[name] = shape
+        self.locals.append(name)
+        return lines
+
     def control_block(self):
         r = self.r
+        if "guards" in self.features and r.random() < 0.5:
+            return self.guard_block()
         if "loops" in self.features and r.random() < 0.7:
             return self.loop_block()
         if r.random() < 0.5:

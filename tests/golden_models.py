@@ -78,6 +78,28 @@ def data_if():
     return Gate(), (_x(2, 3) + 1.0,)     # sum(h) > 0: the tanh branch
 
 
+@fc.net
+class GuardedSteps:
+    """An if on data in every trip of a loop region: a domain guard (log of a positive sum)."""
+
+    def __init__(self):
+        self.W = np.full((3, 3), 0.25)
+
+    def forward(self, x):
+        h = np.zeros((1, 3))
+        for t in range(x.shape[0]):
+            s = np.sum(x[t])
+            if s > 0:
+                h = np.tanh(x[t:t + 1] @ self.W + h) * np.log(s)
+            else:
+                h = h * 0.5
+        return h
+
+
+def cond_loop():
+    return GuardedSteps(), (_x(40, 3),)
+
+
 def plain_loss(W, x):
     return np.sum(np.tanh(x @ W) ** 2)
 
@@ -191,6 +213,6 @@ def rnn_loop():
     return LoopRNN(), (_x(2, 5, 3),)
 
 
-MODELS = {f.__name__: f for f in (mlp, tanh_cell, lstm, encoder, data_if, grad_function,
+MODELS = {f.__name__: f for f in (mlp, tanh_cell, lstm, encoder, data_if, cond_loop, grad_function,
                                   chain_with_function, shared_param, softmax_loss, float32_model,
                                   cube, indexing, rnn_loop)}

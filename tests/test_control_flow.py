@@ -156,11 +156,27 @@ def test_tuple_argument_gets_tuple_gradient():
     assert value == 5.0 and g == (2.0, 1.0, 1.0)
 
 
-def test_guards_switch_variants_and_show_in_source():
+def early_return(a):
+    if a > 0:
+        return a * 3.0
+    return np.sin(a)
+
+
+def test_an_if_on_data_is_one_real_if_for_every_path():
     for a in (0.5, 4.0, -0.5, -3.0, 0.5, 4.0):
         v, (g,) = fc.grad(branchy, a)
         assert np.isclose(v, branchy(a))
     src = fc.source(branchy, "forward", args=(-3.0,))
+    assert "Retrace" not in src and "# line" in src and "if a > 0:" in src and "else:" in src
+    assert src == fc.source(branchy, "forward", args=(4.0,))
+
+
+def test_guards_switch_variants_and_show_in_source():
+    """A return inside a branch is not a cond region: the path taken, with a guard."""
+    for a in (0.5, -0.5, -3.0, 4.0):
+        v, (g,) = fc.grad(early_return, a)
+        assert np.isclose(v, early_return(a)) and np.isclose(g, 3.0 if a > 0 else np.cos(a))
+    src = fc.source(early_return, "forward", args=(-3.0,))
     assert "raise Retrace('line" in src and "# line" in src and "if a > 0:" in src
 
 

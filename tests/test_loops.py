@@ -305,7 +305,7 @@ def test_data_dependent_if_inside_falls_back_to_unrolling_and_stays_correct():
     check(f, f_ag, rng.normal(size=4))
 
 
-def test_state_written_in_a_loop_falls_back_to_unrolling():
+def test_state_written_in_a_short_loop_stays_correct():
     @fc.net
     class Acc:
         def __init__(self):
@@ -501,3 +501,244 @@ def test_while_whose_test_is_a_carried_value_itself():
     value, (gx, gw) = fc.grad(f, x, w)
     assert np.isclose(value, np.sum(x * w ** 6))
     assert np.allclose(gx, w ** 6) and np.allclose(gw, 6 * x * w ** 5)
+
+
+def branchy(xnp):
+    """An if/elif/else on data inside a loop whose trip count comes from a shape: the
+    branch pattern changes with the data."""
+    def f(x, s):
+        y = x
+        acc = 0.0
+        for i in range(s.shape[0]):
+            if xnp.sum(y) > s[i]:
+                y = y * 0.5 - s[i]
+                acc = acc + xnp.sum(y * y)
+            elif xnp.max(y) > 0.3:
+                y = xnp.sin(y) + s[i]
+            else:
+                y = xnp.tanh(y * 1.5) + 0.2
+        return xnp.sum(y * y) + acc
+    return f
+
+
+def one_sided(xnp):
+    """An if without else, a name assigned in one branch only, and a nested if."""
+    def f(x, s):
+        y = x
+        for i in range(s.shape[0]):
+            if s[i] > 0:
+                y = y * s[i]
+                if xnp.sum(y) < 0:
+                    y = -y
+            y = xnp.sin(y)
+        return xnp.sum(y)
+    return f
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("make", [branchy, one_sided])
+def test_if_on_data_inside_a_loop_region_matches_autograd_and_differences(make, seed):
+    r = np.random.default_rng(seed)
+    check(make(np), make(anp), r.normal(size=5), r.normal(size=40))
+
+
+def test_if_inside_a_loop_is_one_region_without_guards():
+    f = branchy(np)
+    x, s = rng.normal(size=5), rng.normal(size=40)
+    fc.grad(f, x, s)
+    text = str(fc.graph(f, (x, s)))
+    assert text.count("loop(") == 1 and "cond(" in text and "choose(" not in text and "guard(" not in text
+
+
+def test_if_inside_a_loop_keeps_float32():
+    f = branchy(np)
+    x, s = rng.normal(size=5), rng.normal(size=40)
+    value, grads = fc.grad(f, x.astype(np.float32), s.astype(np.float32))
+    assert all(g.dtype == np.float32 for g in grads)
+    for i in range(2):
+        want = ag_grad(branchy(anp), i)(x.astype(np.float32).astype(float), s.astype(np.float32).astype(float))
+        assert np.allclose(grads[i], want, rtol=1e-3, atol=1e-3)
+
+
+def test_random_branch_patterns_compile_once_and_memory_stays_flat():
+    @fc.net
+    class Gated:
+        def __init__(self):
+            self.W = fc.initn(3, 3) * 60
+
+        def forward(self, x):
+            h = np.zeros((1, 3))
+            for t in range(x.shape[0]):
+                if np.sum(x[t]) > 0:
+                    h = np.tanh(x[t:t + 1] @ self.W + h)
+                else:
+                    h = h * 0.9
+            return h
+    m = Gated()
+    r = np.random.default_rng(5)
+    m(r.normal(size=(40, 3)))
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    patterns = set()
+    for _ in range(200):
+        x = r.normal(size=(40, 3))
+        patterns.add(tuple(x.sum(axis=1) > 0))
+        y, back = m.pullback(x)
+        back(np.ones_like(y))
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(patterns) == 200
+    assert fc_cache._class_caches[Gated].count == 1
+    assert len(m.__dict__["_fc_compiled"]) == 1
+    assert after - before < 1_000_000
+    assert fc.gradcheck(m, r.normal(size=(40, 3))).ok
+
+
+def jumpy(xnp):
+    """break and continue under ifs on data, an accumulator, a trip count from a shape."""
+    def f(x, s):
+        y = x
+        acc = 0.0
+        for i in range(s.shape[0]):
+            if xnp.sum(y * y) > 30.0:
+                acc = acc + 1.0
+                break
+            if s[i] < -0.5:
+                continue
+            elif s[i] > 1.0:
+                y = y - s[i]
+                continue
+            y = y * 1.2 + xnp.sin(s[i] * y)
+            acc = acc + xnp.sum(y)
+        return xnp.sum(y * y) + acc
+    return f
+
+
+def continue_in_while(xnp):
+    def f(x, s):
+        y = x
+        k = 0.0
+        while xnp.sum(y * y) < 50.0:
+            k = k + 1.0
+            if xnp.sin(k * s) > 0.5:
+                continue
+            y = y * 1.3 + 0.1
+        return xnp.sum(y) + k
+    return f
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_break_and_continue_in_a_loop_region_match_autograd_and_differences(seed):
+    r = np.random.default_rng(seed)
+    check(jumpy(np), jumpy(anp), r.normal(size=4), r.normal(size=40))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_continue_in_a_while_region(seed):
+    r = np.random.default_rng(seed)
+    check(continue_in_while(np), continue_in_while(anp), np.abs(r.normal(size=3)) * 0.3 + 0.1,
+          np.array(r.normal()))
+
+
+def test_break_is_a_flag_not_a_variant_and_keeps_float32():
+    f = jumpy(np)
+    r = np.random.default_rng(11)
+    x, s = r.normal(size=4), r.normal(size=40)
+    fc.grad(f, x, s)
+    text = str(fc.graph(f, (x, s)))
+    assert text.count("loop(") == 1 and "<running>" in text and "guard(" not in text
+    value, grads = fc.grad(f, x.astype(np.float32), s.astype(np.float32))
+    assert all(g.dtype == np.float32 for g in grads)
+    want = ag_grad(jumpy(anp), 0)(x.astype(np.float32).astype(float), s.astype(np.float32).astype(float))
+    assert np.allclose(grads[0], want, rtol=1e-3, atol=1e-3)
+
+
+def test_break_in_an_unrolled_loop_says_what_to_do():
+    def f(x):
+        for layer in (np.sin, np.cos):
+            if layer is np.cos:
+                break
+        return x
+    with pytest.raises(fc.CompileError, match="region"):
+        fc.grad(f, rng.normal(size=2))
+
+
+def test_append_skipped_by_continue_is_not_silently_kept():
+    """A list appended to after a 'continue' (or under an if on data) cannot be stacked as
+    one item per trip: the region is refused, and compiling fails naming the line instead of
+    stacking an item for every trip."""
+    def f(x, s):
+        hs = []
+        y = x
+        for i in range(s.shape[0]):
+            y = y * 0.9 + s[i]
+            if s[i] < 0:
+                continue
+            hs.append(y)
+        return np.sum(np.stack(hs))
+    s = np.abs(rng.normal(size=40))
+    s[3] = -1.0
+    with pytest.raises(fc.CompileError, match="line|append|continue"):
+        fc.grad(f, rng.normal(size=3), s)
+
+
+def test_break_in_a_short_constant_loop_is_a_region_too():
+    def f(x):
+        y = x
+        for i in range(5):
+            if np.sum(y) > 2.0:
+                break
+            y = y * 1.5 + 0.2
+        return np.sum(y * y)
+
+    def f_ag(x):
+        y = x
+        for i in range(5):
+            if anp.sum(y) > 2.0:
+                break
+            y = y * 1.5 + 0.2
+        return anp.sum(y * y)
+    for seed in range(4):
+        check(f, f_ag, np.random.default_rng(seed).normal(size=3))
+
+
+@fc.net
+class StateInLoop:
+    def __init__(self):
+        self.W = fc.initn(3, 3)
+        self.h = np.zeros((1, 3))
+
+    def forward(self, x):
+        for t in range(x.shape[0]):
+            self.h = np.tanh(x[t:t + 1] @ self.W + self.h * 0.5)
+        return self.h * 2.0
+
+
+@pytest.mark.parametrize("n", [1, 5, 40])
+def test_state_written_inside_a_loop_region_persists_like_python(n):
+    m = StateInLoop()
+    x = np.random.default_rng(n).normal(size=(n, 3))
+    W = np.array(m.W.value)
+
+    def run(h):
+        for t in range(n):
+            h = np.tanh(x[t:t + 1] @ W + h * 0.5)
+        return h
+    h1 = run(np.zeros((1, 3)))
+    assert np.allclose(m(x), h1 * 2.0)
+    assert np.allclose(m(x), run(h1) * 2.0)        # the second call starts from the state
+    assert fc.gradcheck(StateInLoop(), x).ok
+
+
+def test_state_written_inside_a_loop_is_one_region_for_any_length():
+    m = StateInLoop()
+    x = rng.normal(size=(40, 3))
+    text = str(fc.graph(m, (x,)))
+    assert text.count("loop(") == 1 and "carry <self.h>" in text
+    m(rng.normal(size=(20, 3)))
+    variants = len(m.__dict__["_fc_compiled"])
+    for n in (33, 50, 70, 7):
+        m(rng.normal(size=(n, 3)))
+    assert len(m.__dict__["_fc_compiled"]) == variants

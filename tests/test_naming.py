@@ -124,6 +124,25 @@ def _stored(fdef):
     return [n.id for n in ast.walk(fdef) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)]
 
 
+def _stores_on_one_path(node):
+    """How often each name is assigned on the path that assigns it most: the two branches of
+    an ``if`` are alternatives (a cond region sets its merged variables in both)."""
+    from collections import Counter
+    if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+        return Counter([node.id])
+    if isinstance(node, ast.If):
+        then, other = Counter(), Counter()
+        for st in node.body:
+            then += _stores_on_one_path(st)
+        for st in node.orelse:
+            other += _stores_on_one_path(st)
+        return _stores_on_one_path(node.test) + (then | other)
+    total = Counter()
+    for child in ast.iter_child_nodes(node):
+        total += _stores_on_one_path(child)
+    return total
+
+
 def _loaded(fdef):
     return {n.id for n in ast.walk(fdef) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
 
@@ -148,7 +167,7 @@ def scan_generated(text, module_names):
         assert not set(params) & set(stored), f"a parameter is assigned {where}"
         if fdef.name not in GENERATED_FUNCTIONS:
             continue                    # the optimiser's update (its own module, no user names)
-        twice = {n for n in stored if stored.count(n) > 1}
+        twice = {n for n, count in _stores_on_one_path(fdef).items() if count > 1}
         assert not twice, f"{sorted(twice)} assigned twice {where}"
         local = set(params) | set(stored)
         assert not local & module_names, f"{sorted(local & module_names)} shadow module names {where}"

@@ -69,7 +69,37 @@ CASES = {
                             ("guard", dict(args=(2,), value=False))),
     "loop": lambda: _loop_case(),
     "loop_back": lambda: _graph(_x(), ("loop_back", dict(args=(0,)))),
+    "cond": lambda: _cond_case(),
+    "cond_back": lambda: _graph(_x(), ("cond_back", dict(args=(0,)))),
 }
+
+
+def _cond_case():
+    """``if np.sum(x) > 0: y = np.log(x * x) else: y = x * 2.0`` as a cond region."""
+    then, other = Graph("then"), Graph("else")
+    a = then.add(Node("input", name="x"))
+    sq = then.add(Node("call", fn=np.multiply, args=(a, a)))
+    then.outputs = [then.add(Node("call", fn=np.log, args=(sq,)))]
+    b = other.add(Node("input", name="x"))
+    two = other.add(Node("const", value=2.0))
+    other.outputs = [other.add(Node("call", fn=np.multiply, args=(b, two)))]
+    g = _graph(_x(), ("call", dict(fn=np.sum, args=(0,))), ("const", dict(value=0.0)),
+               ("call", dict(fn=np.greater, args=(1, 2))))
+    cond = g.add(Node("cond", args=(g.nodes[3], g.nodes[0]), arity=1))
+    cond.meta.update(branches=(then, other), captures=([0], [0]), names=["y"])
+    g.outputs = [g.add(Node("item", args=(cond,), index=0))]
+    return g
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_cond_region_runs_the_taken_branch_only_and_prints_both(sign):
+    g = _cond_case()
+    x = sign * np.abs(np.random.default_rng(1).standard_normal((4, 3)))
+    values = interp.Interpreter(Holder(), {"x": x}).run(g)
+    assert np.allclose(values[g.outputs[0].id], np.log(x * x) if sign > 0 else x * 2.0)
+    text = str(g)
+    assert "cond(%3, %0 x) if %3: merge y" in text
+    assert "    then:" in text and "    else:" in text and "np.log(%1)" in text
 
 
 def _loop_case():

@@ -15,18 +15,21 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 @fc.net
 class Loop:
     """Its code depends on the data: up to two steps, each taken while the sum is below 10
-    (a ``while`` on data is one real loop for every input since loop regions, so the path is
-    spelled with ``if``s)."""
+    (a ``while`` on data is one real loop and an ``if`` on data one real ``if`` for every
+    input since loop and cond regions; a ``return`` inside a branch still compiles the path
+    taken, with a guard)."""
 
     def __init__(self):
         self.W = fc.initn(3, 3)
 
     def forward(self, x):
         h = x
-        if np.sum(h) < 10.0:
-            h = h * 2.0 + 1.0
-            if np.sum(h) < 10.0:
-                h = h * 2.0 + 1.0
+        if np.sum(h) >= 10.0:
+            return h @ self.W
+        h = h * 2.0 + 1.0
+        if np.sum(h) >= 10.0:
+            return h @ self.W
+        h = h * 2.0 + 1.0
         return h @ self.W
 
 

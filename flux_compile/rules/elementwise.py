@@ -6,7 +6,7 @@ floats so float32 stays float32 (NEP 50).
 import numpy as np
 
 from .registry import diffrule, known, nondiff_primitive
-from .helpers import (astype, cast_grad, clip_bound_grad, identity, imag_grad, linspace_grad,
+from .helpers import (astype, cast_grad, choose, choose_grad, clip_bound_grad, identity, imag_grad, linspace_grad,
                       match_input, unbroadcast)
 
 # Constants are written as literals (ln 2, ln 10, pi/180): rules are inlined
@@ -316,6 +316,11 @@ def _(dy, y, x, dtype):
 @diffrule(identity)
 def _(dy, y, x):
     return dy
+
+
+@diffrule(choose)
+def _(dy, y, taken, a, b):
+    return None, choose_grad(dy, taken, a), choose_grad(dy, taken, b, other=True)
 
 
 @diffrule(np.copy)

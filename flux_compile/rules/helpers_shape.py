@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "reuse", "scatter_rows", "getitem", "astype", "cast_grad", "linspace_grad", "identity", "unbroadcast", "normalize_axis",
+    "reuse", "scatter_rows", "getitem", "astype", "cast_grad", "linspace_grad", "identity", "choose", "choose_grad", "unbroadcast", "normalize_axis",
     "reduced_size", "restore_axes", "sum_grad", "extremum_mask", "prod_others", "fill_none",
     "diff_grad", "cumprod_grad", "inverse_permutation", "getitem_grad", "take_grad",
     "take_along_axis_grad", "unconcatenate", "unstack", "unvstack", "unhstack", "undstack",
@@ -52,6 +52,20 @@ def linspace_grad(g, shape, num, endpoint, axis, end):
 def identity(x):
     """Return ``x`` unchanged (a node that exists only to carry a name)."""
     return x
+
+
+def choose(taken, a, b):
+    """``a if taken else b``: a name's value after an ``if`` on data inside a loop region,
+    whose two branches were both computed."""
+    return a if taken else b
+
+
+def choose_grad(dy, taken, like, other=False):
+    """The adjoint of one branch of :func:`choose` (the ``else`` one when ``other``): ``dy``
+    when that branch ran, else zeros shaped like its value."""
+    if bool(taken) != other:
+        return dy
+    return np.zeros(np.shape(like), dtype=np.result_type(dy))
 
 
 # --------------------------------------------------------------------------

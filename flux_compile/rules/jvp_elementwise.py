@@ -9,7 +9,7 @@ tangent is not zero (``tsum``), so the generated code has no zero arithmetic.
 import numpy as np
 
 from .registry import jvprule, known, linear_jvp
-from .helpers import astype, identity
+from .helpers import astype, choose, identity
 
 
 def tsum(a, b):
@@ -44,7 +44,7 @@ linear_jvp(broadcast_like, cast_tangent)
 # ---------------------------------------------------------------- linear ones
 
 linear_jvp(np.negative, np.positive, np.copy, identity, np.real, np.imag, np.conjugate,
-           np.deg2rad, np.radians, np.rad2deg, np.degrees, np.where)
+           np.deg2rad, np.radians, np.rad2deg, np.degrees, np.where, choose)
 
 
 # ---------------------------------------------------------------- exp/log

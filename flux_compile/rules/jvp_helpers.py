@@ -16,7 +16,7 @@ multilinear_jvp(*BILINEAR_HELPERS)
 
 # the other helpers: linear in the gradient (their other array arguments give shapes, dtypes or
 # indices only, so a tangent of the same shape in their place changes nothing) ...
-from .helpers import (as_columns, cast_grad, cross_grad_a, cross_grad_b, diff_grad, diff_parts_grads,  # noqa: E402
+from .helpers import (as_columns, cast_grad, choose_grad, cross_grad_a, cross_grad_b, diff_grad, diff_parts_grads,  # noqa: E402
                       extremum_mask, fill_none, from_columns, imag_grad, inner_grad_a,
                       inner_grad_b, irfft_grad, kron_grad_a, kron_grad_b, linspace_grad, match_input,
                       on_triangle, reshape_each, restack, rfft_grad, select_grads, setitem_value_grad,
@@ -31,7 +31,7 @@ MORE_LINEAR_HELPERS = (
     unconcatenate, unstack, unvstack, unhstack, undstack, uncolumn_stack, unsplit, restack, unhsplit,
     reshape_each, untile, unrepeat, unpad, undiag, undiagonal, take_along_axis_grad, setitem_value_grad,
     fill_none, linspace_grad, diff_grad, diff_parts_grads, unwindow, unrollaxis, as_columns, from_columns,
-    on_triangle, irfft_grad, rfft_grad, imag_grad, match_input, cast_grad, select_grads)
+    on_triangle, irfft_grad, rfft_grad, imag_grad, match_input, cast_grad, select_grads, choose_grad)
 # ... bilinear in the gradient and one operand (one output each)
 MORE_BILINEAR_HELPERS = (tensordot_grad_a, tensordot_grad_b, inner_grad_a, inner_grad_b, kron_grad_a,
                          kron_grad_b, cross_grad_a, cross_grad_b)
