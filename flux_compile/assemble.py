@@ -109,9 +109,12 @@ def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
     path, ``params`` the extra parameters' names); ``tail(env)`` the statements and the returned expression
     that end the function. Returns (source, namespace, linemap, filename)."""
     from .passes import live
+    from .buffers import Buffers
     module = naming.ModuleNames()
     ns = Namespace(module)
     fs = FuncSet()
+    kept = module.module_name("buffers")      # arrays kept across calls: the helper names it so
+    assert kept == "buffers"
     update_name = module.module_name("update")
     helper_def = ast.parse(helper).body[0]
     helper_def.name = update_name
@@ -125,6 +128,7 @@ def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
     names[joint.seeds[0].id] = seed_name
     em = FunctionEmitter(ns, names, fs.locs, "train", scope, {}, bases)
     em._last_loc = None
+    em.kept_buffers = kept
     import types
     env = types.SimpleNamespace(update=update_name, scope=scope, path=em.path,
                                 params=dict(zip(extra_params, sig[len(hints):])))
@@ -139,7 +143,9 @@ def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
     stmts, ret = tail(env)
     body += stmts
     fs.defs.append(make_function("step", sig, body, ast.Tuple(elts=[em.expr(out), ret], ctx=ast.Load())))
-    return build_module(label, fs, ns)
+    source, namespace, linemap, filename = build_module(label, fs, ns)
+    namespace[kept] = Buffers()                 # owned by this variant (flux_compile/buffers.py)
+    return source, namespace, linemap, filename
 
 
 def bind_inputs(inputs, sig, has_self, free=()):

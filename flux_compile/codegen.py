@@ -145,6 +145,7 @@ class FunctionEmitter:
         self.bases = bases or {}
         self.plan_buffers = self.PLAN_BUFFERS
         self.buffers = {}           # node id -> (buffer node, other operand or None)
+        self.kept_buffers = None    # name of the module's Buffers (arrays kept across calls), if any
         self.on_accum = None        # fc.train_step: accum node, value ast -> statements
         self.region_vars = {}       # loop node id -> the variables its items are
         self.aliases = {}           # a loop body's input id -> the outside expression it reads
@@ -188,6 +189,9 @@ class FunctionEmitter:
         fn = n.fn
         args = n.args
         if not n.kwargs:
+            if fn is np.matmul and len(args) == 2 and self.kept_buffers is not None:
+                return ast.Call(func=_parse_expr(f"{self.kept_buffers}.matmul"),
+                                args=[ast.Constant(n.id)] + [self.expr(a) for a in args], keywords=[])
             if fn in OPERATORS and len(args) == 2:
                 return ast.BinOp(left=self.expr(args[0]), op=OPERATORS[fn](), right=self.expr(args[1]))
             if fn in COMPARISONS and len(args) == 2:

@@ -342,13 +342,17 @@ class FusePlan:
     def extra_params(self):
         return ["state", "steps"] + list(self.opt.hyper)
 
-    def helper(self):
+    def helper(self, kept="buffers"):
+        """The optimiser's update of one Param as a function ``update(p, g, state, t, *hyper,
+        k)``; its new values are written into arrays ``kept`` (the module's Buffers) holds
+        for Param ``k`` (``buffered_block``), never into ``p``, ``g`` or ``state``."""
         opt = self.opt
         slots = "(" + ", ".join(opt.slots) + ("," if len(opt.slots) == 1 else "") + ")"
-        lines = [f"def update(p, g, state, t, {', '.join(opt.hyper)}):"]
+        lines = [f"def update(p, g, state, t, {', '.join(opt.hyper)}, k):"]
         if opt.slots:
             lines.append(f"    {slots} = state")
-        lines += ["    " + line for line in _functional(opt, opt.block())]
+        block = _functional(opt, opt.block())
+        lines += ["    " + line for line in buffered_block(block, {"p", "g", *opt.slots}, kept)]
         lines.append(f"    return p, {slots if opt.slots else '()'}, g")
         return "\n".join(lines) + "\n"
 
@@ -357,7 +361,7 @@ class FusePlan:
         value = env.path("model", tuple(path) + ("value",))
         hyper = ", ".join(env.params[h] for h in self.opt.hyper)
         call = f"{env.update}({ast.unparse(value)}, {ast.unparse(grad)}, {env.params['state']}[{k}], " \
-               f"{env.params['steps']}[{k}], {hyper})"
+               f"{env.params['steps']}[{k}], {hyper}, {k})"
         target = env.scope.fresh(f"new_{k}")
         self.done.add(k)
         self.names[k] = target
@@ -397,6 +401,83 @@ class FusePlan:
         ret = ast.List(elts=[ast.Name(self.names[k], ast.Load()) for k in range(len(self.trainable))],
                        ctx=ast.Load())
         return out, ret
+
+
+SLOTS_PER_PARAM = 64
+"""Buffer slots of one Param's update (its key is ``k * SLOTS_PER_PARAM + j``)."""
+
+_UFUNCS = {ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "true_divide"}
+_UNARY = {"sqrt", "exp", "log", "abs", "square", "sign", "negative"}
+
+
+def buffered_block(lines, arrays, kept):
+    """An optimiser block (``p = p - lr * g``, one assignment a line) rewritten so that every
+    array it computes is written into a kept array (``out=``), e.g. ``p_new = kept.like(key, p);
+    np.multiply(lr, g, out=p_new); np.subtract(p, p_new, out=p_new); p = p_new``. ``arrays``:
+    the names that are arrays (the rest are numbers). A line it cannot rewrite stays as it is."""
+    arrays, out, keys = set(arrays), [], iter(range(SLOTS_PER_PARAM))
+    for line in lines:
+        stmt = ast.parse(line).body[0]
+        rewritten = None
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            rewritten = _into_buffers(stmt.targets[0].id, stmt.value, arrays, kept, keys)
+        if rewritten is None:
+            out.append(line)
+            continue
+        out += rewritten
+        arrays.add(stmt.targets[0].id)
+    return out
+
+
+def _into_buffers(target, value, arrays, kept, keys):
+    """Statements computing array expression ``value`` into kept arrays, ending ``target = ...``;
+    None when ``value`` is not an array expression of + - * / and np.sqrt & co."""
+    def is_array(e):
+        return any(isinstance(n, ast.Name) and n.id in arrays for n in ast.walk(e))
+
+    def supported(e):
+        if not is_array(e):
+            return True
+        if isinstance(e, ast.Name):
+            return True
+        if isinstance(e, ast.BinOp):
+            return type(e.op) in _UFUNCS and supported(e.left) and supported(e.right)
+        if isinstance(e, ast.UnaryOp):
+            return isinstance(e.op, ast.USub) and supported(e.operand)
+        return isinstance(e, ast.Call) and ast.unparse(e.func) in {f"np.{u}" for u in _UNARY} \
+            and len(e.args) == 1 and not e.keywords and supported(e.args[0])
+
+    if not is_array(value) or isinstance(value, ast.Name) or not supported(value):
+        return None
+    stmts = []
+
+    def fresh():
+        key = next(keys)
+        name = f"scratch_{key}" if stmts else f"{target}_new"
+        stmts.append(f"{name} = {kept}.like(k * {SLOTS_PER_PARAM} + {key}, p)")
+        return name
+
+    def operand(e, into):
+        if isinstance(e, ast.Name) or not is_array(e):
+            return ast.unparse(e)
+        compute(e, into)
+        return into
+
+    def compute(e, into):
+        if isinstance(e, ast.BinOp):
+            computed = [side for side in (e.left, e.right) if is_array(side) and not isinstance(side, ast.Name)]
+            left = operand(e.left, into)
+            right = operand(e.right, fresh() if len(computed) == 2 else into)
+            stmts.append(f"np.{_UFUNCS[type(e.op)]}({left}, {right}, out={into})")
+        elif isinstance(e, ast.UnaryOp):
+            stmts.append(f"np.negative({operand(e.operand, into)}, out={into})")
+        else:
+            stmts.append(f"{ast.unparse(e.func)}({operand(e.args[0], into)}, out={into})")
+
+    result = fresh()
+    compute(value, result)
+    stmts.append(f"{target} = {result}")
+    return stmts
 
 
 def _structure(value, path=(), seen=None):
