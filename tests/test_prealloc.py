@@ -1,0 +1,332 @@
+"""Arrays kept across calls (flux_compile/buffers.py) and fc.train_step writing into them:
+nothing the user, a Param, optimiser state or another call holds is ever written."""
+import threading
+import time
+
+import autograd
+import autograd.numpy as anp
+import numpy as np
+import pytest
+
+import flux_compile as fc
+from flux_compile import buffers as kept
+from flux_compile.buffers import Buffers
+
+pytestmark = pytest.mark.skipif(not kept.REUSE, reason="reference counts cannot prove an array free here")
+
+
+# -- the pool itself -------------------------------------------------------------------------
+def test_a_free_array_is_handed_out_again():
+    b = Buffers()
+    a = b.empty(0, (64, 64), np.float64)
+    ident = id(a)
+    del a
+    assert id(b.empty(0, (64, 64), np.float64)) == ident
+
+
+@pytest.mark.parametrize("hold", ["array", "view", "transpose", "tuple", "memoryview"])
+def test_an_array_anything_holds_is_never_handed_out(hold):
+    b = Buffers()
+    a = b.empty(0, (8, 8), np.float64)
+    a[...] = 7.0
+    holder = {"array": lambda: a, "view": lambda: a[1:], "transpose": lambda: a.T,
+              "tuple": lambda: (a,), "memoryview": lambda: memoryview(a)}[hold]()
+    first = a
+    del a
+    for _ in range(5):
+        c = b.empty(0, (8, 8), np.float64)
+        assert c is not first and not np.shares_memory(c, first)
+        c[...] = -1.0
+    assert (first == 7.0).all()
+    del holder
+
+
+def test_two_arrays_alternate_in_one_slot():
+    """A Param's new value and its old one: the one the Param holds is never handed out."""
+    b = Buffers()
+    held = b.empty(0, (4, 4), np.float32)             # plays the Param's value
+    other = b.empty(0, (4, 4), np.float32)
+    assert other is not held
+    other_id = id(other)
+    del other
+    for _ in range(4):
+        new = b.empty(0, (4, 4), np.float32)
+        assert new is not held and id(new) == other_id
+        held, new = new, held                         # commit: swap
+        other_id = id(new)
+        del new
+
+
+@pytest.mark.parametrize("shape, dtype", [((8, 8), np.float32), ((8, 9), np.float64), ((9, 8), np.float64)])
+def test_a_shape_or_dtype_switch_gives_another_array(shape, dtype):
+    b = Buffers()
+    a = b.empty(0, (8, 8), np.float64)
+    ident = id(a)
+    del a
+    c = b.empty(0, shape, dtype)
+    assert c.shape == shape and c.dtype == dtype and id(c) != ident
+
+
+def test_nested_calls_of_one_slot_get_different_arrays():
+    """Reentrancy: the outer call's array is a live local while the inner call runs."""
+    b = Buffers()
+    outer = b.empty(3, (16, 16), np.float64)
+    inner = b.empty(3, (16, 16), np.float64)
+    assert inner is not outer and not np.shares_memory(inner, outer)
+
+
+@pytest.mark.parametrize("m, k, n, dtypes", [(300, 40, 200, (np.float64, np.float64)),
+                                             (300, 40, 200, (np.float32, np.float32)),
+                                             (300, 40, 200, (np.float32, np.float64)),
+                                             (3, 4, 5, (np.float64, np.float64)),
+                                             (300, 40, 200, (np.int64, np.int64))])
+def test_matmul_equals_the_operator_and_keeps_no_held_result(m, k, n, dtypes):
+    rng = np.random.default_rng(0)
+    b = Buffers()
+    results = []
+    for _ in range(3):
+        x = (rng.standard_normal((m, k)) * 10).astype(dtypes[0])
+        y = (rng.standard_normal((k, n)) * 10).astype(dtypes[1])
+        r = b.matmul(0, x, y)
+        expect = x @ y
+        assert r.dtype == expect.dtype and r.shape == expect.shape
+        np.testing.assert_array_equal(r, expect)
+        results.append((r, expect))
+    for r, expect in results:                       # held results were never overwritten
+        np.testing.assert_array_equal(r, expect)
+    ids = set()
+    for _ in range(3):                               # dropped results are reused
+        ids.add(id(b.matmul(0, x, y)))
+    assert len(ids) == 1 or m * n * 8 < kept.SMALL
+
+
+def test_matmul_of_a_transposed_view_and_vectors():
+    rng = np.random.default_rng(1)
+    b = Buffers()
+    a = rng.standard_normal((200, 300))
+    np.testing.assert_array_equal(b.matmul(0, a.T, a), a.T @ a)
+    v = rng.standard_normal(200)
+    np.testing.assert_array_equal(b.matmul(1, v, a), v @ a)
+
+
+def test_threads_never_share_a_checked_out_array():
+    b = Buffers()
+    errors = []
+
+    def worker(value):
+        try:
+            for _ in range(300):
+                a = b.empty(0, (32, 32), np.float64)
+                a[...] = value
+                for _ in range(3):
+                    pass
+                if not (a == value).all():
+                    errors.append(value)
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=worker, args=(v,)) for v in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+
+
+# -- fc.train_step ---------------------------------------------------------------------------
+@fc.net
+class MLP:
+    def __init__(self, sizes, dtype=np.float64, seed=0):
+        rng = np.random.default_rng(seed)
+        self.Ws = tuple(fc.param((rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype))
+                        for a, b in zip(sizes[:-1], sizes[1:]))
+        self.bs = tuple(fc.param(np.zeros((1, b), dtype)) for b in sizes[1:])
+
+    def forward(self, x):
+        for W, b in zip(self.Ws[:-1], self.bs[:-1]):
+            x = np.tanh(x @ W + b)
+        return x @ self.Ws[-1] + self.bs[-1]
+
+
+SIZES = (40, 300, 200, 3)       # the hidden matmuls are large enough to be kept
+
+
+def reference_step(m, x, target, opt):
+    """The same step through pullback / back / update (no train_step)."""
+    y, back = m.pullback(x)
+    _, (dy, _) = fc.grad(fc.mse, y, target)
+    back(dy, input_grads=False)
+    m.update(opt)
+
+
+def values(m):
+    return [p.value.copy() for p in fc.params(m)]
+
+
+def data(rng, n, dtype=np.float64):
+    return rng.standard_normal((n, SIZES[0])).astype(dtype), rng.standard_normal((n, SIZES[-1])).astype(dtype)
+
+
+@pytest.mark.parametrize("make_opt", [lambda: fc.optim.SGD(0.05), lambda: fc.optim.Momentum(0.05, 0.9),
+                                      lambda: fc.optim.Nesterov(0.05, 0.9), lambda: fc.optim.Adam(0.01),
+                                      lambda: fc.optim.AdamW(0.01, weight_decay=0.1),
+                                      lambda: fc.optim.RMSProp(0.01)])
+def test_steps_equal_the_reference_and_held_values_stay_intact(make_opt):
+    rng = np.random.default_rng(2)
+    m, ref = MLP(SIZES), MLP(SIZES)
+    step, opt_ref = fc.train_step(m, fc.mse, make_opt()), make_opt()
+    held = []
+    for i in range(6):
+        x, t = data(rng, (256, 256, 64)[i % 3])       # batch switches as well
+        before = [p.value for p in fc.params(m)]          # the arrays themselves, held
+        snapshot = [v.copy() for v in before]
+        step(x, target=t)
+        reference_step(ref, x, t, opt_ref)
+        for a, b in zip(values(m), values(ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+        held.append((before, snapshot))
+        for arrays, copies in held:                        # every earlier value is untouched
+            for a, c in zip(arrays, copies):
+                np.testing.assert_array_equal(a, c)
+    for (p, p_ref) in zip(fc.params(m), fc.params(ref)):   # optimiser state agrees too
+        for s, s_ref in zip(step.opt._state_for(p).slots, opt_ref._state_for(p_ref).slots):
+            np.testing.assert_allclose(s, s_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_optimiser_state_held_by_the_user_stays_intact():
+    rng = np.random.default_rng(3)
+    m = MLP(SIZES)
+    opt = fc.optim.Adam(0.01)
+    step = fc.train_step(m, fc.mse, opt)
+    step(*data(rng, 64)[:1], target=data(rng, 64)[1])
+    held = [(s, s.copy()) for p in fc.params(m) for s in opt._state_for(p).slots]
+    for _ in range(4):
+        x, t = data(rng, 64)
+        step(x, target=t)
+    for s, c in held:
+        np.testing.assert_array_equal(s, c)
+
+
+def test_the_sgd_step_is_the_autograd_gradient():
+    """(p_before - p_after) / lr is the gradient of the loss, against autograd."""
+    rng = np.random.default_rng(4)
+    m = MLP(SIZES)
+    lr = 0.5
+    step = fc.train_step(m, fc.mse, fc.optim.SGD(lr))
+
+    def loss(ws, bs, x, t):
+        for W, b in zip(ws[:-1], bs[:-1]):
+            x = anp.tanh(x @ W + b)
+        return anp.mean((x @ ws[-1] + bs[-1] - t) ** 2)
+    for _ in range(3):
+        x, t = data(rng, 128)
+        ws, bs = [W.value.copy() for W in m.Ws], [b.value.copy() for b in m.bs]
+        gw, gb = autograd.grad(loss, (0, 1))(ws, bs, x, t)
+        step(x, target=t)
+        for before, p, g in zip(ws + bs, list(m.Ws) + list(m.bs), list(gw) + list(gb)):
+            np.testing.assert_allclose((before - p.value) / lr, g, rtol=1e-7, atol=1e-9)
+
+
+def test_float32_and_float64_inputs_alternate():
+    rng = np.random.default_rng(5)
+    m, ref = MLP(SIZES, np.float32), MLP(SIZES, np.float32)
+    step = fc.train_step(m, fc.mse, fc.optim.SGD(0.05))
+    for i in range(6):
+        x, t = data(rng, 128, np.float32 if i % 2 else np.float64)
+        step(x, target=t)
+        reference_step(ref, x, t, fc.optim.SGD(0.05))
+        for p, q in zip(fc.params(m), fc.params(ref)):
+            assert p.value.dtype == np.float32
+            np.testing.assert_allclose(p.value, q.value, rtol=2e-5, atol=1e-6)
+
+
+def test_two_threads_stepping_two_models_of_one_structure():
+    """Both models share one generated step and its Buffers; each must equal its own
+    sequential reference. Bounded time: a few steps each."""
+    rng = np.random.default_rng(6)
+    batches = [[data(rng, 128) for _ in range(8)] for _ in range(2)]
+    models = [MLP(SIZES, seed=7), MLP(SIZES, seed=8)]
+    steps = [fc.train_step(m, fc.mse, fc.optim.Momentum(0.05, 0.9)) for m in models]
+    errors = []
+
+    def run(i):
+        try:
+            for x, t in batches[i]:
+                steps[i](x, target=t)
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    start = time.perf_counter()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors and time.perf_counter() - start < 120
+    for i, seed in enumerate((7, 8)):
+        ref = MLP(SIZES, seed=seed)
+        opt = fc.optim.Momentum(0.05, 0.9)
+        for x, t in batches[i]:
+            reference_step(ref, x, t, opt)
+        for p, q in zip(fc.params(models[i]), fc.params(ref)):
+            np.testing.assert_allclose(p.value, q.value, rtol=1e-10, atol=1e-12)
+
+
+def test_a_fault_mid_update_changes_nothing_and_the_next_step_is_right(monkeypatch):
+    rng = np.random.default_rng(9)
+    m, ref = MLP(SIZES), MLP(SIZES)
+    opt, opt_ref = fc.optim.Adam(0.01), fc.optim.Adam(0.01)
+    step = fc.train_step(m, fc.mse, opt)
+    x, t = data(rng, 128)
+    step(x, target=t)
+    reference_step(ref, x, t, opt_ref)
+    calls = {"n": 0}
+    like = Buffers.like
+
+    def failing(self, key, a):
+        calls["n"] += 1
+        if calls["n"] == 9:             # in the middle of the updates, after some were written
+            raise MemoryError("injected")
+        return like(self, key, a)
+    before = values(m)
+    monkeypatch.setattr(Buffers, "like", failing)
+    x, t = data(rng, 128)
+    with pytest.raises(MemoryError):
+        step(x, target=t)
+    monkeypatch.setattr(Buffers, "like", like)
+    for a, b in zip(values(m), before):
+        np.testing.assert_array_equal(a, b)
+    for _ in range(3):
+        x, t = data(rng, 128)
+        step(x, target=t)
+        reference_step(ref, x, t, opt_ref)
+    for a, b in zip(values(m), values(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_a_non_finite_step_changes_nothing_and_the_next_step_is_right():
+    rng = np.random.default_rng(10)
+    m, ref = MLP(SIZES), MLP(SIZES)
+    step = fc.train_step(m, fc.mse, fc.optim.SGD(0.05))
+    x, t = data(rng, 128)
+    step(x, target=t)
+    reference_step(ref, x, t, fc.optim.SGD(0.05))
+    before = values(m)
+    bad = t.copy()
+    bad[3, 1] = np.inf
+    with pytest.raises(FloatingPointError):
+        step(x, target=bad)
+    for a, b in zip(values(m), before):
+        np.testing.assert_array_equal(a, b)
+    x, t = data(rng, 128)
+    step(x, target=t)
+    reference_step(ref, x, t, fc.optim.SGD(0.05))
+    for a, b in zip(values(m), values(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_the_generated_step_reads_well():
+    m = MLP(SIZES)
+    step = fc.train_step(m, fc.mse, fc.optim.SGD(0.05))
+    x, t = data(np.random.default_rng(11), 8)
+    step(x, target=t)
+    src = fc.source(step)
+    assert "buffers.matmul(" in src and "np.subtract(p, p_new, out=p_new)" in src
