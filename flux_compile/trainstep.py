@@ -264,6 +264,7 @@ class TrainStep:
         r = passes.optimize(graph)
         joint.resolved_grads = [r(x) if x is not None else None for x in joint.input_grads]
         sp = split(joint, r)
+        _loss_and_grad_at_once(graph, sp)
         free_paths = list(dict.fromkeys(list(ctx.free) + list(joint.ctx.free)))
         free_names = {**ctx.free_names, **joint.ctx.free_names}
         plan = FusePlan(model, opt, graph, sp)
@@ -401,6 +402,27 @@ class FusePlan:
         ret = ast.List(elts=[ast.Name(self.names[k], ast.Load()) for k in range(len(self.trainable))],
                        ctx=ast.Load())
         return out, ret
+
+
+def _loss_and_grad_at_once(graph, sp):
+    """``fc.logitcrossentropy(z, y)`` in the forward and its rule's
+    ``logitcrossentropy_grad(z, y)`` in the backward become two items of one
+    ``logitcrossentropy_value_and_grad(z, y)`` in the forward: one softmax, not two."""
+    from .ir import CALL, ITEM, Node
+    from .losses import logitcrossentropy, logitcrossentropy_grad, logitcrossentropy_value_and_grad
+    grads = {tuple(a.id for a in n.args): n for n in sp.backward
+             if n.op == CALL and n.fn is logitcrossentropy_grad and not n.kwargs}
+    next_id = max(n.id for n in graph.nodes) + 1
+    for i, n in enumerate(list(sp.forward)):
+        g = grads.get(tuple(a.id for a in n.args))
+        if n.op != CALL or n.fn is not logitcrossentropy or n.kwargs or g is None:
+            continue
+        both = Node(CALL, n.args, loc=n.loc, fn=logitcrossentropy_value_and_grad, arity=2)
+        both.id, next_id = next_id, next_id + 1
+        sp.forward.insert(sp.forward.index(n), both)
+        for item, index in ((n, 0), (g, 1)):
+            item.op, item.args, item.fn, item.index = ITEM, (both,), None, index
+        sp.saved.append((both, "value"))
 
 
 SLOTS_PER_PARAM = 64

@@ -330,3 +330,56 @@ def test_the_generated_step_reads_well():
     step(x, target=t)
     src = fc.source(step)
     assert "buffers.matmul(" in src and "np.subtract(p, p_new, out=p_new)" in src
+
+
+# -- fc.logitcrossentropy: one softmax for the loss and its gradient ---------------------------
+@pytest.mark.parametrize("case", ["classes", "onehot", "soft", "huge", "float32", "int_logits", "3d"])
+def test_value_and_grad_equals_the_loss_and_its_rule(case):
+    from flux_compile.losses import logitcrossentropy_grad, logitcrossentropy_value_and_grad
+    rng = np.random.default_rng(12)
+    z = rng.standard_normal((7, 5))
+    y = rng.integers(0, 5, 7)
+    if case == "onehot":
+        y = np.eye(5)[y]
+    elif case == "soft":
+        y = rng.dirichlet(np.ones(5), 7) * 1.5
+    elif case == "huge":
+        z = z * 1e300
+    elif case == "float32":
+        z = z.astype(np.float32)
+    elif case == "int_logits":
+        z = rng.integers(-3, 3, (7, 5))
+    elif case == "3d":
+        z, y = rng.standard_normal((2, 3, 5)), rng.integers(0, 5, (2, 3))
+    loss, g = logitcrossentropy_value_and_grad(z, y)
+    expect_loss, expect_g = fc.logitcrossentropy(z, y), logitcrossentropy_grad(z, y)
+    assert type(loss) is type(expect_loss) and g.dtype == expect_g.dtype
+    np.testing.assert_allclose(loss, expect_loss, rtol=1e-12)
+    np.testing.assert_allclose(g, expect_g, rtol=1e-12, atol=1e-300)
+
+
+def test_train_step_computes_the_softmax_once_and_matches_finite_differences():
+    rng = np.random.default_rng(13)
+    m = MLP((6, 300, 200, 4))
+    x, labels = rng.standard_normal((64, 6)), rng.integers(0, 4, 64)
+    lr = 1.0
+    step = fc.train_step(m, fc.logitcrossentropy, fc.optim.SGD(lr))
+    before = [W.value.copy() for W in m.Ws] + [b.value.copy() for b in m.bs]
+    step(x, target=labels)
+    src = fc.source(step)
+    assert "logitcrossentropy_value_and_grad(" in src and "logitcrossentropy_grad(" not in src
+    probe = MLP((6, 300, 200, 4))
+    params = list(probe.Ws) + list(probe.bs)
+    for p, v in zip(params, before):
+        p.value = v.copy()
+    after = list(m.Ws) + list(m.bs)
+    for p, p_after, v in zip(params, after, before):       # central differences, a few entries
+        for idx in [(0, 0), tuple(s - 1 for s in v.shape)]:
+            h = 1e-6
+            p.value[idx] = v[idx] + h
+            up = fc.logitcrossentropy(probe(x), labels)
+            p.value[idx] = v[idx] - h
+            down = fc.logitcrossentropy(probe(x), labels)
+            p.value[idx] = v[idx]
+            np.testing.assert_allclose((v[idx] - p_after.value[idx]) / lr, (up - down) / (2 * h),
+                                       rtol=1e-5, atol=1e-8)
