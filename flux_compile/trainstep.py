@@ -537,11 +537,17 @@ def _zero(params):
         p.grad[...] = 0
 
 
+_add_reduce = np.add.reduce
+
+
 def _finite(path, grad):
     """Raise NonFiniteGradient unless every entry of ``grad`` is finite. A finite sum settles
     it without a temporary array (NaN and inf propagate into the sum); a sum that overflowed
     is checked entry by entry."""
-    if np.isfinite(np.sum(grad)):
+    if type(grad) is np.ndarray and grad.dtype.kind in "fc":
+        if np.isfinite(_add_reduce(grad, axis=None)):   # the ufunc itself: no wrapper layers
+            return
+    elif np.isfinite(np.sum(grad)):
         return
     if not np.isfinite(grad).all():
         raise NonFiniteGradient(path_str(path) or "<model>", np.asarray(grad))
