@@ -383,3 +383,140 @@ def test_train_step_computes_the_softmax_once_and_matches_finite_differences():
             p.value[idx] = v[idx]
             np.testing.assert_allclose((v[idx] - p_after.value[idx]) / lr, (up - down) / (2 * h),
                                        rtol=1e-5, atol=1e-8)
+
+
+# -- the ordinary call path: forward, pullback, back ------------------------------------------
+@fc.net
+class Deep:
+    """Large enough that every matmul result is kept (> buffers.SMALL bytes)."""
+    def __init__(self, dtype=np.float64, seed=0):
+        rng = np.random.default_rng(seed)
+        self.W1 = (rng.standard_normal((50, 300)) / 7).astype(dtype)
+        self.W2 = (rng.standard_normal((300, 200)) / 17).astype(dtype)
+
+    def forward(self, x):
+        h = x @ self.W1
+        z = np.tanh(h)
+        return np.sin(z @ self.W2)
+
+
+def deep_reference(W1, W2, x, dy):
+    """Output, input gradient and Param gradients by autograd."""
+    f = lambda W1, W2, x: anp.sin(anp.tanh(x @ W1) @ W2)
+    y = f(W1, W2, x)
+    g = autograd.grad(lambda W1, W2, x: anp.sum(f(W1, W2, x) * dy), (0, 1, 2))(W1, W2, x)
+    return y, g[2], g[0], g[1]
+
+
+def test_held_outputs_and_gradients_of_call_one_survive_later_calls():
+    rng = np.random.default_rng(20)
+    m = Deep()
+    held = []
+    for i in range(5):
+        x, dy = rng.standard_normal((256, 50)), rng.standard_normal((256, 200))
+        m.zero_grad()
+        y = m(x)
+        y2, back = m.pullback(x)
+        dx = back(dy)
+        held.append((x, dy, y, y2, dx, m.W1.grad.copy(), m.W2.grad.copy()))
+    W1, W2 = m.W1.value, m.W2.value
+    for x, dy, y, y2, dx, g1, g2 in held:
+        ry, rdx, rg1, rg2 = deep_reference(W1, W2, x, dy)
+        for got, want in ((y, ry), (y2, ry), (dx, rdx), (g1, rg1), (g2, rg2)):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_interleaved_pullbacks_held_and_called_twice():
+    rng = np.random.default_rng(21)
+    m = Deep()
+    W1, W2 = m.W1.value, m.W2.value
+    xs = [rng.standard_normal((128, 50)) for _ in range(3)]
+    dys = [rng.standard_normal((128, 200)) for _ in range(3)]
+    pulls = [m.pullback(x) for x in xs]                      # three live pullbacks
+    for (y, back), x, dy in reversed(list(zip(pulls, xs, dys))):
+        for last in (False, True):                           # each called twice
+            m.zero_grad()
+            dx = back(dy, retain=not last)
+            ry, rdx, rg1, rg2 = deep_reference(W1, W2, x, dy)
+            np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(m.W1.grad, rg1, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(m.W2.grad, rg2, rtol=1e-10, atol=1e-12)
+            m(rng.standard_normal((128, 50)))                # another call in between
+
+
+@pytest.mark.parametrize("switch", ["dtype", "shape"])
+def test_dtype_and_shape_switches_on_the_call_path(switch):
+    rng = np.random.default_rng(22)
+    m32, m64 = Deep(np.float32), Deep(np.float64)
+    for i in range(6):
+        n = (256, 64, 300)[i % 3] if switch == "shape" else 256
+        dtype = (np.float32, np.float64)[i % 2] if switch == "dtype" else np.float64
+        x = rng.standard_normal((n, 50)).astype(dtype)
+        for m in (m32, m64):
+            y = m(x)
+            want = np.sin(np.tanh(x @ m.W1.value) @ m.W2.value)
+            assert y.dtype == want.dtype and y.shape == want.shape
+            np.testing.assert_allclose(y, want, rtol=2e-5 if want.dtype == np.float32 else 1e-12, atol=1e-6)
+
+
+def test_two_threads_hammering_one_model():
+    rng = np.random.default_rng(23)
+    m = Deep()
+    W1, W2 = m.W1.value, m.W2.value
+    inputs = [[(rng.standard_normal((128, 50)), rng.standard_normal((128, 200))) for _ in range(10)]
+              for _ in range(2)]
+    results, errors = [[], []], []
+
+    def run(i):
+        try:
+            for x, dy in inputs[i]:
+                y, back = m.pullback(x)
+                results[i].append((y, back(dy), m(x)))
+        except Exception as e:          # pragma: no cover - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not errors
+    for i in range(2):
+        assert len(results[i]) == 10
+        for (x, dy), (y, dx, y_infer) in zip(inputs[i], results[i]):
+            ry, rdx, _, _ = deep_reference(W1, W2, x, dy)
+            np.testing.assert_allclose(y, ry, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(y_infer, ry, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(dx, rdx, rtol=1e-10, atol=1e-12)
+
+
+def test_a_model_calling_itself_through_a_sub_model_of_the_same_class():
+    """The same variant nested: an outer call's kept arrays are live while the inner runs."""
+    @fc.net
+    class Twice:
+        def __init__(self, inner=None):
+            rng = np.random.default_rng(24)
+            self.W = rng.standard_normal((60, 60)) / 8
+            self.inner = inner
+
+        def forward(self, x):
+            h = x @ self.W
+            return np.tanh(h) if self.inner is None else self.inner(np.tanh(h)) + h
+    m = Twice(Twice())
+    rng = np.random.default_rng(25)
+    for _ in range(3):
+        x = rng.standard_normal((300, 60))
+        h = x @ m.W.value
+        want = np.tanh(np.tanh(h) @ m.inner.W.value) + h
+        np.testing.assert_allclose(m(x), want, rtol=1e-12, atol=1e-12)
+        y, back = m.pullback(x)
+        np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_backward_reads_well():
+    m = Deep()
+    y, back = m.pullback(np.ones((4, 50)))
+    back(np.ones_like(y))
+    src = fc.source(m, "backward")
+    assert "self.W2.grad += buffers.matmul(" in src
+    assert "h = x @ self.W1.value" in fc.source(m, "forward") or "buffers.matmul(" in fc.source(m, "forward")
