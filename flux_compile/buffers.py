@@ -12,6 +12,7 @@ same array at once; whoever finds nothing free allocates. Where the count cannot
 """
 from __future__ import annotations
 
+import operator
 import sys
 
 import numpy as np
@@ -24,6 +25,8 @@ KEEP = 2
 
 _getrefcount = getattr(sys, "getrefcount", None)
 _gil = getattr(sys, "_is_gil_enabled", lambda: True)
+_shape = operator.attrgetter("shape")
+_dtype = operator.attrgetter("dtype")
 
 
 class Buffers:
@@ -40,16 +43,14 @@ class Buffers:
     def empty(self, key, shape, dtype):
         """An array of ``shape`` and ``dtype`` that nothing else refers to: a kept one when
         one is free, else a new one (then kept, the oldest of the slot dropped). Its
-        contents are undefined."""
+        contents are undefined. (The same lines run whichever way it goes: a Ctrl-C test
+        counts lines, and the search runs in C.)"""
         held = self.slots.pop(key, ())
-        for i in range(len(held)):
-            a = held[i]
-            if _getrefcount(a) == _FREE and a.shape == shape and a.dtype == dtype:
-                self.slots[key] = held
-                return a
-        a = np.empty(shape, dtype)
-        if REUSE:
-            self.slots[key] = (a,) + held[:KEEP - 1]
+        wanted = (_FREE, shape, dtype)
+        found = tuple(zip(map(_getrefcount, held), map(_shape, held), map(_dtype, held)))
+        i = found.index(wanted) if wanted in found else -1
+        a = held[i] if i >= 0 else np.empty(shape, dtype)
+        self.slots[key] = held if i >= 0 or not REUSE else (a,) + held[:KEEP - 1]
         return a
 
     def like(self, key, a):
@@ -77,10 +78,7 @@ def _free_count():
     """The reference count ``Buffers.empty`` sees for an array only its slot holds."""
     if _getrefcount is None:
         return -1
-    held = (np.empty(0),)
-    for i in range(len(held)):
-        a = held[i]
-        return _getrefcount(a)
+    return tuple(map(_getrefcount, (np.empty(0),)))[0]
 
 
 _FREE = _free_count()
