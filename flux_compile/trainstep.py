@@ -207,10 +207,10 @@ class TrainStep:
     def pending(self, code, new, entries):
         opt = self.opt
         values, records = [], []
-        for (path, p), (_, _, grad) in zip(code.trainable, new):
-            _finite(path, grad)                 # before anything is computed from the values
+        for (path, p), (_, _, grad, total) in zip(code.trainable, new):
+            _finite(path, grad, total)          # before anything is computed from the values
         like = updatestep._like
-        for (path, p), (value, slots, _), before in zip(code.trainable, new, entries):
+        for (path, p), (value, slots, _, _), before in zip(code.trainable, new, entries):
             values.append((p, like(value, p.value, path)))
             slots = tuple(like(s, p.value, path) for s in slots)
             records.append(opt.state.record(p, Entry(before.step + 1, slots)))
@@ -354,7 +354,8 @@ class FusePlan:
             lines.append(f"    {slots} = state")
         block = _functional(opt, opt.block())
         lines += ["    " + line for line in buffered_block(block, {"p", "g", *opt.slots}, kept)]
-        lines.append(f"    return p, {slots if opt.slots else '()'}, g")
+        # the gradient's sum, taken while it is in cache: a finite sum proves it finite
+        lines.append(f"    return p, {slots if opt.slots else '()'}, g, np.add.reduce(g, axis=None)")
         return "\n".join(lines) + "\n"
 
     def _update_call(self, env, k, grad):
@@ -537,17 +538,11 @@ def _zero(params):
         p.grad[...] = 0
 
 
-_add_reduce = np.add.reduce
-
-
-def _finite(path, grad):
-    """Raise NonFiniteGradient unless every entry of ``grad`` is finite. A finite sum settles
-    it without a temporary array (NaN and inf propagate into the sum); a sum that overflowed
-    is checked entry by entry."""
-    if type(grad) is np.ndarray and grad.dtype.kind in "fc":
-        if np.isfinite(_add_reduce(grad, axis=None)):   # the ufunc itself: no wrapper layers
-            return
-    elif np.isfinite(np.sum(grad)):
+def _finite(path, grad, total=None):
+    """Raise NonFiniteGradient unless every entry of ``grad`` is finite. Its sum ``total`` (the
+    update helper takes it; else taken here) settles it when finite (NaN and inf propagate
+    into a sum); a sum that overflowed is checked entry by entry."""
+    if np.isfinite(np.sum(grad) if total is None else total):
         return
     if not np.isfinite(grad).all():
         raise NonFiniteGradient(path_str(path) or "<model>", np.asarray(grad))
