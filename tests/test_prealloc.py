@@ -520,3 +520,35 @@ def test_the_backward_reads_well():
     src = fc.source(m, "backward")
     assert "self.W2.grad += buffers.matmul(" in src
     assert "h = x @ self.W1.value" in fc.source(m, "forward") or "buffers.matmul(" in fc.source(m, "forward")
+
+
+def test_a_non_finite_gradient_with_a_finite_loss_changes_nothing():
+    """The finiteness check reads the sum the update helper took of each gradient."""
+    @fc.net
+    class Root:
+        def __init__(self):
+            self.W = np.random.default_rng(26).standard_normal((40, 300))
+
+        def forward(self, x):
+            return np.sqrt(np.abs(x @ self.W))
+    m = Root()
+    opt = fc.optim.Adam(0.01)
+    step = fc.train_step(m, fc.mse, opt)
+    rng = np.random.default_rng(27)
+    x, t = rng.standard_normal((128, 40)), rng.standard_normal((128, 300))
+    step(x, target=t)
+    before, state = m.W.value.copy(), [s.copy() for s in opt._state_for(m.W).slots]
+    x0 = x.copy()
+    x0[5] = 0.0                                      # sqrt'(0): an infinite gradient
+    with pytest.raises(fc.optim.NonFiniteGradient, match="W"):
+        step(x0, target=t)
+    np.testing.assert_array_equal(m.W.value, before)
+    for s, c in zip(opt._state_for(m.W).slots, state):
+        np.testing.assert_array_equal(s, c)
+    step(x, target=t)                                # the next step starts from `before`
+    again = Root()
+    again.W.value = before.copy()
+    opt2 = fc.optim.Adam(0.01)
+    opt2.state[again.W] = (opt._state_for(m.W).step - 1, state)
+    fc.train_step(again, fc.mse, opt2)(x, target=t)
+    np.testing.assert_allclose(m.W.value, again.W.value, rtol=1e-12, atol=1e-14)
