@@ -156,8 +156,12 @@ def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
     return build_module(label, fs, ns)
 
 
-KEEP_BUFFERS = True
-"""NumPy modules write large matmul results into arrays kept across calls (buffers.py)."""
+KEEP_BUFFERS = False
+"""Do a model's NumPy modules (forward, backward) write large matmul results into arrays kept
+across calls (``buffers.matmul``, buffers.py)? ``fc.train_step`` always does. Off by default:
+on this machine glibc's adaptive mmap threshold already made those allocations fault-free in
+steady state (benchmarks/README.md), and ``x.T @ dz`` reads better than
+``buffers.matmul(25, x.T, dz)``. Set it before the first call of a model to turn it on."""
 
 
 def kept_buffers(ns, name):

@@ -386,6 +386,13 @@ def test_train_step_computes_the_softmax_once_and_matches_finite_differences():
 
 
 # -- the ordinary call path: forward, pullback, back ------------------------------------------
+@pytest.fixture(autouse=True)
+def keep_buffers_on_the_call_path(monkeypatch):
+    """The models below compile their forward and backward with kept matmuls (off by default)."""
+    from flux_compile import assemble
+    monkeypatch.setattr(assemble, "KEEP_BUFFERS", True)
+
+
 @fc.net
 class Deep:
     """Large enough that every matmul result is kept (> buffers.SMALL bytes)."""
