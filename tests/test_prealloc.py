@@ -559,3 +559,30 @@ def test_a_non_finite_gradient_with_a_finite_loss_changes_nothing():
     opt2.state[again.W] = (opt._state_for(m.W).step - 1, state)
     fc.train_step(again, fc.mse, opt2)(x, target=t)
     np.testing.assert_allclose(m.W.value, again.W.value, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_other_backends_spell_kept_matmuls_as_the_operator(backend):
+    pytest.importorskip(backend)
+
+    @fc.net
+    class Lin:
+        def __init__(self):
+            self.W = np.random.default_rng(28).standard_normal((50, 300)) / 7
+
+        def forward(self, x):
+            h = x @ self.W
+            return np.tanh(h)
+    m = Lin()
+    x = np.random.default_rng(29).standard_normal((256, 50))
+    y, back = m.pullback(x)
+    back(np.ones_like(y))
+    assert "buffers.matmul(" in fc.source(m, "forward")
+    m2 = fc.to(m, backend)
+    y2, back2 = m2.pullback(x)
+    dx2 = back2(np.ones((256, 300)))
+    src = fc.source(m2, "all")
+    assert "buffers" not in src and "Buffers" not in src and "@" in src
+    np.testing.assert_allclose(np.asarray(y2), np.tanh(x @ m.W.value), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(dx2), (1 - np.tanh(x @ m.W.value) ** 2) @ m.W.value.T,
+                               rtol=1e-6, atol=1e-8)
