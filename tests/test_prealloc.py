@@ -586,3 +586,28 @@ def test_other_backends_spell_kept_matmuls_as_the_operator(backend):
     np.testing.assert_allclose(np.asarray(y2), np.tanh(x @ m.W.value), rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(np.asarray(dx2), (1 - np.tanh(x @ m.W.value) ** 2) @ m.W.value.T,
                                rtol=1e-6, atol=1e-8)
+
+
+class ClippedMomentum(fc.optim.Momentum):
+    """A user's block mixing lines the rewriter takes (into kept arrays) and one it leaves as
+    written (``np.clip``), which then feeds a rewritten line."""
+    def block(self):
+        return ["u = np.clip(g, -0.01, 0.01)",
+                "v = rho * v + u",
+                "p -= lr * v"]
+
+
+@pytest.mark.parametrize("make_opt", [lambda: ClippedMomentum(0.05, 0.9), lambda: fc.optim.AdamW(0.01)])
+def test_a_user_block_with_an_unrewritable_line_steps_like_the_update_path(make_opt):
+    rng = np.random.default_rng(30)
+    m, ref = MLP(SIZES), MLP(SIZES)
+    step, opt_ref = fc.train_step(m, fc.mse, make_opt()), make_opt()
+    for _ in range(4):
+        x, t = data(rng, 128)
+        step(x, target=t)
+        reference_step(ref, x, t, opt_ref)
+    src = fc.source(step)
+    if isinstance(step.opt, ClippedMomentum):
+        assert "u = np.clip(g, -0.01, 0.01)" in src and "np.add(v_new, u, out=v_new)" in src
+    for a, b in zip(values(m), values(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
