@@ -22,6 +22,7 @@ the loss, the backward and the optimiser update, and returns the loss as a float
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 
 import numpy as np
@@ -438,7 +439,7 @@ def buffered_block(lines, arrays, kept):
     array it computes is written into a kept array (``out=``), e.g. ``p_new = kept.like(key, p);
     np.multiply(lr, g, out=p_new); np.subtract(p, p_new, out=p_new); p = p_new``. ``arrays``:
     the names that are arrays (the rest are numbers). A line it cannot rewrite stays as it is."""
-    arrays, out, keys = set(arrays), [], iter(range(SLOTS_PER_PARAM))
+    arrays, out, keys = set(arrays), [], itertools.count()     # past 64 slots share keys: still sound
     for line in lines:
         stmt = ast.parse(line).body[0]
         rewritten = None
