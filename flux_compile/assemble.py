@@ -8,6 +8,7 @@ import ast
 import numpy as np
 
 from . import naming
+from .buffers import Buffers
 from .codegen import (FuncSet, FunctionEmitter, Namespace, _parse_expr, build_module, make_function,
                       tuple_or_single)
 from .ir import BACK_EFFECT_OPS, GUARD, STATE
@@ -21,6 +22,7 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     module = naming.ModuleNames()
     ns = Namespace(module)
     fs = FuncSet()
+    kept = module.module_name("buffers") if KEEP_BUFFERS else None
     hints = [naming.SELF] if has_self else []
     hints += [n.name for n in infer_g.inputs if "free" not in n.meta]
     hints += [name for _, name in free]       # arrays read at run time: last, in read_free's order
@@ -29,6 +31,7 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     sig = scope.params(hints)
     names, bases = bind_inputs(infer_g.inputs, sig, has_self, free)
     em = FunctionEmitter(ns, names, fs.locs, "infer", scope, bases=bases)
+    em.kept_buffers = kept
     outs = infer_g.outputs
     roots = list(outs) + [n for n in infer_g.nodes if n.op in (STATE, GUARD)]
     alive = live(roots)
@@ -51,6 +54,7 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
         names.update(zip((s.id for s in joint.seeds), scope.params([s.name for s in joint.seeds])))
     back_names = {}
     em = FunctionEmitter(ns, names, fs.locs, "train", scope, back_names, bases)
+    em.kept_buffers = kept
     em._last_loc = None
     touts = g.outputs
     keep = {o.id for o in touts} | {a.id for a, _ in split.saved}
@@ -63,6 +67,7 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     fs.defs.append(make_function("forward_train", sig, body, ret))
     # backward
     em2 = FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
+    em2.kept_buffers = kept
     em2._last_loc = None
     head = []
     if split.saved:
@@ -90,12 +95,17 @@ def emit_module(label, owner, infer_g, joint, split, has_self, free=()):
     alive = live([x for x in state_grads if x is not None] +
                         [n for n in split.backward if n.op in BACK_EFFECT_OPS])
     em3 = FunctionEmitter(ns, names, fs.locs, "backward", scope, back_names, bases)
+    em3.kept_buffers = kept
     em3._last_loc = None
     body = em3.statements([n for n in split.backward if n.id in alive],
                           {x.id for x in state_grads if x is not None})
     rets = [em3.expr(x) if x is not None else ast.Constant(None) for x in state_grads]
     ret = tuple_or_single(rets) if rets else ast.Constant(None)
     fs.defs.append(make_function("backward_params", bsig, head + body, ret))
+    if kept is not None and any(isinstance(n, ast.Attribute) and n.attr == "matmul" and
+                                isinstance(n.value, ast.Name) and n.value.id == kept
+                                for d in fs.defs for n in ast.walk(d)):
+        fs.defs.insert(0, kept_buffers(ns, kept))
     source, namespace, linemap, filename = build_module(label, fs, ns)
     return source, namespace, linemap, filename, dict(ns.objects)
 
@@ -112,6 +122,9 @@ def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
     module = naming.ModuleNames()
     ns = Namespace(module)
     fs = FuncSet()
+    kept = module.module_name("buffers")      # arrays kept across calls: the helper names it so
+    assert kept == "buffers"
+    fs.defs.append(kept_buffers(ns, kept))
     update_name = module.module_name("update")
     helper_def = ast.parse(helper).body[0]
     helper_def.name = update_name
@@ -125,6 +138,7 @@ def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
     names[joint.seeds[0].id] = seed_name
     em = FunctionEmitter(ns, names, fs.locs, "train", scope, {}, bases)
     em._last_loc = None
+    em.kept_buffers = kept
     import types
     env = types.SimpleNamespace(update=update_name, scope=scope, path=em.path,
                                 params=dict(zip(extra_params, sig[len(hints):])))
@@ -140,6 +154,20 @@ def emit_step(label, joint, split, free, extra_params, helper, on_accum, tail):
     body += stmts
     fs.defs.append(make_function("step", sig, body, ast.Tuple(elts=[em.expr(out), ret], ctx=ast.Load())))
     return build_module(label, fs, ns)
+
+
+KEEP_BUFFERS = False
+"""Do a model's NumPy modules (forward, backward) write large matmul results into arrays kept
+across calls (``buffers.matmul``, buffers.py)? ``fc.train_step`` always does. Off by default:
+on this machine glibc's adaptive mmap threshold already made those allocations fault-free in
+steady state (benchmarks/README.md), and ``x.T @ dz`` reads better than
+``buffers.matmul(25, x.T, dz)``. Set it before the first call of a model to turn it on."""
+
+
+def kept_buffers(ns, name):
+    """``buffers = Buffers()``: the module-level pool of the variant this module compiles."""
+    return ast.Assign(targets=[ast.Name(id=name, ctx=ast.Store())],
+                      value=ast.Call(func=ns.name_ast(Buffers), args=[], keywords=[]), lineno=0)
 
 
 def bind_inputs(inputs, sig, has_self, free=()):

@@ -151,6 +151,8 @@ class FunctionEmitter:
         self.bases = bases or {}
         self.plan_buffers = self.PLAN_BUFFERS
         self.buffers = {}           # node id -> (buffer node, other operand or None)
+        self.kept_buffers = None    # name of the module's Buffers (arrays kept across calls), if any
+        self.pooled = set()         # ids of the matmuls written into kept arrays
         self.on_accum = None        # fc.train_step: accum node, value ast -> statements
         self.region_vars = {}       # loop node id -> the variables its items are
         self.aliases = {}           # a loop body's input id -> the outside expression it reads
@@ -195,6 +197,9 @@ class FunctionEmitter:
         fn = n.fn
         args = n.args
         if not n.kwargs:
+            if fn is np.matmul and len(args) == 2 and n.id in self.pooled:
+                return ast.Call(func=_parse_expr(f"{self.kept_buffers}.matmul"),
+                                args=[ast.Constant(n.id)] + [self.expr(a) for a in args], keywords=[])
             if fn in OPERATORS and len(args) == 2:
                 return ast.BinOp(left=self.expr(args[0]), op=OPERATORS[fn](), right=self.expr(args[1]))
             if fn in COMPARISONS and len(args) == 2:
@@ -300,6 +305,7 @@ class FunctionEmitter:
             from .bufferplan import plan_buffers
             self.buffers = plan_buffers(nodes, keep, {n.id for n in nodes
                                                       if n.op not in ALWAYS_INLINE and inlined(n)})
+        self.pooled |= _pooled_matmuls(nodes, inlined) if self.kept_buffers is not None else set()
         body = []
         for n in nodes:
             if n.op in ALWAYS_INLINE:
@@ -466,6 +472,23 @@ def describe_loc(loc, home=None):
     if home is None or not owner or owner in (home, home + ".forward"):
         return f"line {loc.lineno}: {text}"
     return f"line {loc.lineno} (in {owner.rpartition('<locals>.')[2]}, {basename(loc.filename)}): {text}"
+
+
+def _pooled_matmuls(nodes, inlined):
+    """Matmuls worth a kept array: a result of its own statement, or one a gradient
+    accumulation or a function call takes. Inside arithmetic (``x @ W + b``) NumPy already
+    adds into the product's fresh array, so the line stays as the user wrote it."""
+    consumer = {a.id: n for n in nodes for a in n.inputs()}
+    out = set()
+    for n in nodes:
+        if n.op != CALL or n.fn is not np.matmul or len(n.args) != 2 or n.kwargs:
+            continue
+        user = consumer.get(n.id)
+        if not inlined(n) or user is None or user.op == ACCUM or (
+                user.op == CALL and user.fn not in OPERATORS and user.fn not in UNARY
+                and user.fn not in COMPARISONS):
+            out.add(n.id)
+    return out
 
 
 def build_module(label, funcs, ns):

@@ -448,7 +448,18 @@ class _Retarget(ast.NodeTransformer):
                 self.namespace[name] = self.em.convert_constant(obj)
         return node
 
+    def visit_Assign(self, node):
+        if _is_kept_buffers(node.value, self.objects):      # the NumPy module's Buffers: not here
+            return None
+        self.generic_visit(node)
+        return node
+
     def visit_Call(self, node):
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "matmul" and isinstance(f.value, ast.Name) \
+                and f.value.id not in self.objects and len(node.args) == 3 and not node.keywords:
+            # buffers.matmul(key, a, b): a @ b written into a kept NumPy array; here a @ b
+            return self.visit(ast.BinOp(left=node.args[1], op=ast.MatMult(), right=node.args[2]))
         node = _without_buffer(node)
         if not isinstance(node, ast.Call):
             return self.visit(node)
@@ -466,6 +477,12 @@ class _Retarget(ast.NodeTransformer):
             load = ast.Attribute(value=node.target.value, attr=node.target.attr, ctx=ast.Load())
             return ast.Assign(targets=[node.target], value=ast.BinOp(left=load, op=node.op, right=node.value))
         return node
+
+
+def _is_kept_buffers(value, objects):
+    from .buffers import Buffers
+    return isinstance(value, ast.Call) and isinstance(value.func, ast.Name) \
+        and objects.get(value.func.id) is Buffers
 
 
 _ARITHMETIC = {"add": ast.Add, "subtract": ast.Sub, "multiply": ast.Mult, "divide": ast.Div}

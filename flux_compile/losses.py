@@ -138,6 +138,24 @@ def logitcrossentropy_grad(logits, labels):
     return (g / _batch_size(logits)).astype(logits.dtype, copy=False)
 
 
+def logitcrossentropy_value_and_grad(logits, labels):
+    """``(logitcrossentropy(logits, labels), logitcrossentropy_grad(logits, labels))`` from
+    one log-softmax: ``fc.train_step`` computes both in the forward (the rule alone would
+    compute the softmax a second time)."""
+    logits = np.asarray(logits)
+    if logits.dtype.kind != "f":
+        logits = logits.astype(np.float64)
+    targets = _targets(logits, labels)
+    logp = _logsoftmax(logits)
+    n = _batch_size(logits)
+    loss = logits.dtype.type(-np.sum(targets * logp) / n)
+    g = np.exp(logp, out=logp)
+    g *= np.sum(targets, axis=-1, keepdims=True)
+    g -= targets
+    g /= n
+    return loss, g.astype(logits.dtype, copy=False)
+
+
 @diffrule(logitcrossentropy)
 def _(dy, y, logits, labels):
     return dy * logitcrossentropy_grad(logits, labels), None

@@ -64,7 +64,12 @@ def section_imports(header, text):
         used = {n.id for n in ast.walk(ast.parse(text)) if isinstance(n, ast.Name)}
     except SyntaxError:
         return []
-    out = []
+    out, assigned = [], []
+    for line in header:                      # buffers = Buffers(): the module's kept arrays
+        target, eq, value = line.strip().partition(" = ")
+        if eq and target in used and value.endswith("()") and value[:-2].isidentifier():
+            assigned.append(line.strip())
+            used.add(value[:-2])
     for line in header:
         s = line.strip()
         if s.startswith("import "):          # import numpy as np / import flux_compile as fc
@@ -80,5 +85,5 @@ def section_imports(header, text):
             keep = [b for b in s[len(BOUND_NOTE):].split(", ") if b.split(" ")[0] in used]
             if keep:
                 out.append(BOUND_NOTE + ", ".join(keep))
-    return [line + "\n" for line in out]
+    return [line + "\n" for line in out + assigned]
 

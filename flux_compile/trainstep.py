@@ -22,6 +22,7 @@ the loss, the backward and the optimiser update, and returns the loss as a float
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 
 import numpy as np
@@ -208,10 +209,10 @@ class TrainStep:
     def pending(self, code, new, entries):
         opt = self.opt
         values, records = [], []
-        for (path, p), (_, _, grad) in zip(code.trainable, new):
-            _finite(path, grad)                 # before anything is computed from the values
+        for (path, p), (_, _, grad, total) in zip(code.trainable, new):
+            _finite(path, grad, total)          # before anything is computed from the values
         like = updatestep._like
-        for (path, p), (value, slots, _), before in zip(code.trainable, new, entries):
+        for (path, p), (value, slots, _, _), before in zip(code.trainable, new, entries):
             values.append((p, like(value, p.value, path)))
             slots = tuple(like(s, p.value, path) for s in slots)
             records.append(opt.state.record(p, Entry(before.step + 1, slots)))
@@ -271,6 +272,7 @@ class TrainStep:
         r = passes.optimize(graph)
         joint.resolved_grads = [r(x) if x is not None else None for x in joint.input_grads]
         sp = split(joint, r)
+        _loss_and_grad_at_once(graph, sp)
         free_paths = list(dict.fromkeys(list(ctx.free) + list(joint.ctx.free)))
         free_names = {**ctx.free_names, **joint.ctx.free_names}
         plan = FusePlan(model, opt, graph, sp)
@@ -381,14 +383,19 @@ class FusePlan:
     def extra_params(self):
         return ["state", "steps"] + list(self.opt.hyper)
 
-    def helper(self):
+    def helper(self, kept="buffers"):
+        """The optimiser's update of one Param as a function ``update(p, g, state, t, *hyper,
+        k)``; its new values are written into arrays ``kept`` (the module's Buffers) holds
+        for Param ``k`` (``buffered_block``), never into ``p``, ``g`` or ``state``."""
         opt = self.opt
         slots = "(" + ", ".join(opt.slots) + ("," if len(opt.slots) == 1 else "") + ")"
-        lines = [f"def update(p, g, state, t, {', '.join(opt.hyper)}):"]
+        lines = [f"def update(p, g, state, t, {', '.join(opt.hyper)}, k):"]
         if opt.slots:
             lines.append(f"    {slots} = state")
-        lines += ["    " + line for line in _functional(opt, opt.block())]
-        lines.append(f"    return p, {slots if opt.slots else '()'}, g")
+        block = _functional(opt, opt.block())
+        lines += ["    " + line for line in buffered_block(block, {"p", "g", *opt.slots}, kept)]
+        # the gradient's sum, taken while it is in cache: a finite sum proves it finite
+        lines.append(f"    return p, {slots if opt.slots else '()'}, g, np.add.reduce(g, axis=None)")
         return "\n".join(lines) + "\n"
 
     def _update_call(self, env, k, grad):
@@ -396,7 +403,7 @@ class FusePlan:
         value = env.path("model", tuple(path) + ("value",))
         hyper = ", ".join(env.params[h] for h in self.opt.hyper)
         call = f"{env.update}({ast.unparse(value)}, {ast.unparse(grad)}, {env.params['state']}[{k}], " \
-               f"{env.params['steps']}[{k}], {hyper})"
+               f"{env.params['steps']}[{k}], {hyper}, {k})"
         target = env.scope.fresh(f"new_{k}")
         self.done.add(k)
         self.names[k] = target
@@ -438,6 +445,104 @@ class FusePlan:
         return out, ret
 
 
+def _loss_and_grad_at_once(graph, sp):
+    """``fc.logitcrossentropy(z, y)`` in the forward and its rule's
+    ``logitcrossentropy_grad(z, y)`` in the backward become two items of one
+    ``logitcrossentropy_value_and_grad(z, y)`` in the forward: one softmax, not two."""
+    from .ir import CALL, ITEM, Node
+    from .losses import logitcrossentropy, logitcrossentropy_grad, logitcrossentropy_value_and_grad
+    grads = {tuple(a.id for a in n.args): n for n in sp.backward
+             if n.op == CALL and n.fn is logitcrossentropy_grad and not n.kwargs}
+    next_id = max(n.id for n in graph.nodes) + 1
+    for i, n in enumerate(list(sp.forward)):
+        g = grads.get(tuple(a.id for a in n.args))
+        if n.op != CALL or n.fn is not logitcrossentropy or n.kwargs or g is None:
+            continue
+        both = Node(CALL, n.args, loc=n.loc, fn=logitcrossentropy_value_and_grad, arity=2)
+        both.id, next_id = next_id, next_id + 1
+        sp.forward.insert(sp.forward.index(n), both)
+        for item, index in ((n, 0), (g, 1)):
+            item.op, item.args, item.fn, item.index = ITEM, (both,), None, index
+        sp.saved.append((both, "value"))
+
+
+SLOTS_PER_PARAM = 64
+"""Buffer slots of one Param's update (its key is ``k * SLOTS_PER_PARAM + j``)."""
+
+_UFUNCS = {ast.Add: "add", ast.Sub: "subtract", ast.Mult: "multiply", ast.Div: "true_divide"}
+_UNARY = {"sqrt", "exp", "log", "abs", "square", "sign", "negative"}
+
+
+def buffered_block(lines, arrays, kept):
+    """An optimiser block (``p = p - lr * g``, one assignment a line) rewritten so that every
+    array it computes is written into a kept array (``out=``), e.g. ``p_new = kept.like(key, p);
+    np.multiply(lr, g, out=p_new); np.subtract(p, p_new, out=p_new); p = p_new``. ``arrays``:
+    the names that are arrays (the rest are numbers). A line it cannot rewrite stays as it is."""
+    arrays, out, keys = set(arrays), [], itertools.count()     # past 64 slots share keys: still sound
+    for line in lines:
+        stmt = ast.parse(line).body[0]
+        rewritten = None
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            rewritten = _into_buffers(stmt.targets[0].id, stmt.value, arrays, kept, keys)
+        if rewritten is None:
+            out.append(line)
+            continue
+        out += rewritten
+        arrays.add(stmt.targets[0].id)
+    return out
+
+
+def _into_buffers(target, value, arrays, kept, keys):
+    """Statements computing array expression ``value`` into kept arrays, ending ``target = ...``;
+    None when ``value`` is not an array expression of + - * / and np.sqrt & co."""
+    def is_array(e):
+        return any(isinstance(n, ast.Name) and n.id in arrays for n in ast.walk(e))
+
+    def supported(e):
+        if not is_array(e):
+            return True
+        if isinstance(e, ast.Name):
+            return True
+        if isinstance(e, ast.BinOp):
+            return type(e.op) in _UFUNCS and supported(e.left) and supported(e.right)
+        if isinstance(e, ast.UnaryOp):
+            return isinstance(e.op, ast.USub) and supported(e.operand)
+        return isinstance(e, ast.Call) and ast.unparse(e.func) in {f"np.{u}" for u in _UNARY} \
+            and len(e.args) == 1 and not e.keywords and supported(e.args[0])
+
+    if not is_array(value) or isinstance(value, ast.Name) or not supported(value):
+        return None
+    stmts = []
+
+    def fresh():
+        key = next(keys)
+        name = f"scratch_{key}" if stmts else f"{target}_new"
+        stmts.append(f"{name} = {kept}.like(k * {SLOTS_PER_PARAM} + {key}, p)")
+        return name
+
+    def operand(e, into):
+        if isinstance(e, ast.Name) or not is_array(e):
+            return ast.unparse(e)
+        compute(e, into)
+        return into
+
+    def compute(e, into):
+        if isinstance(e, ast.BinOp):
+            computed = [side for side in (e.left, e.right) if is_array(side) and not isinstance(side, ast.Name)]
+            left = operand(e.left, into)
+            right = operand(e.right, fresh() if len(computed) == 2 else into)
+            stmts.append(f"np.{_UFUNCS[type(e.op)]}({left}, {right}, out={into})")
+        elif isinstance(e, ast.UnaryOp):
+            stmts.append(f"np.negative({operand(e.operand, into)}, out={into})")
+        else:
+            stmts.append(f"{ast.unparse(e.func)}({operand(e.args[0], into)}, out={into})")
+
+    result = fresh()
+    compute(value, result)
+    stmts.append(f"{target} = {result}")
+    return stmts
+
+
 def _structure(value, path=(), seen=None):
     """Every model inside ``value`` (also in lists, tuples and dicts), by path, with the
     tokens of its attributes: what a flattened step bakes in of the model's structure."""
@@ -473,11 +578,11 @@ def _zero(params):
         p.grad[...] = 0
 
 
-def _finite(path, grad):
-    """Raise NonFiniteGradient unless every entry of ``grad`` is finite. A finite sum settles
-    it without a temporary array (NaN and inf propagate into the sum); a sum that overflowed
-    is checked entry by entry."""
-    if np.isfinite(np.sum(grad)):
+def _finite(path, grad, total=None):
+    """Raise NonFiniteGradient unless every entry of ``grad`` is finite. Its sum ``total`` (the
+    update helper takes it; else taken here) settles it when finite (NaN and inf propagate
+    into a sum); a sum that overflowed is checked entry by entry."""
+    if np.isfinite(np.sum(grad) if total is None else total):
         return
     if not np.isfinite(grad).all():
         raise NonFiniteGradient(path_str(path) or "<model>", np.asarray(grad))

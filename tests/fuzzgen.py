@@ -81,6 +81,7 @@ GENERATED_NAMES = [
     "fc_1", "unbroadcast", "sum_grad", "getitem_grad", "restore_axes", "extremum_mask", "unconcatenate",
     "matmul_grad_a", "matmul_grad_b", "fill_none", "normalize_axis", "reduced_size", "identity", "astype",
     "getitem", "inverse_permutation", "unstack", "Retrace", "guard", "slice", "tuple", "list", "dict", "zip",
+    "buffers", "Buffers",
 ]
 MODEL_METHODS = {"forward", "backward", "update", "pullback", "back", "zero_grad", "reset"}
 RESERVED = {"np", "fc", "net", "range", "len", "float", "sum", "max", "min", "abs", "print", "None", "True",

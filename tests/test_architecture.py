@@ -14,7 +14,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "flux_compile"
 
 LAYERS = {
     0: """errors params functions ir primitives rules.registry naming pytree
-          locks sourcecache sourceimports _version guards richtext tokens""",
+          locks sourcecache sourceimports _version guards richtext tokens buffers""",
     1: """shapeinfer rules rules.helpers rules.helpers_shape rules.helpers_linalg rules.helpers_coverage
           rules.elementwise rules.linalg rules.nn
           rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
