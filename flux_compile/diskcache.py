@@ -56,6 +56,7 @@ import warnings
 import numpy as np
 
 from ._version import __version__
+from .buffers import Buffers
 from .diskdigest import (  # noqa: F401  (locate, resolve: still importable from here)
     Uncacheable, _hash, _is_library, _is_numpy, canonical, digest, locate, resolve)
 from .ir import Loc
@@ -292,8 +293,8 @@ def _names(compiled):
     qualname, digest]``; only NumPy, flux_compile and user functions."""
     out = {}
     for name, obj in compiled.namespace_objects.items():
-        if name in ("np", "fc", "Retrace"):
-            continue
+        if name in ("np", "fc", "Retrace") or isinstance(obj, Buffers):
+            continue        # a Buffers pool is made by the module's own text (buffers = Buffers())
         where = locate(obj)
         if _is_numpy(where[0]):
             out[name] = ["numpy"] + where + [""]
