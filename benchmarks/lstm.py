@@ -27,12 +27,17 @@ BLAS threads are pinned with threadpoolctl when it is installed (and PyTorch's w
 """
 import argparse
 import contextlib
+import os
+import sys
 import time
 
 import numpy as np
 
 import flux_compile as fc
 import flux_compile.init
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mlp import race  # noqa: E402  (the contenders take turns in every round)
 
 
 # ------------------------------------------------------------------------------
@@ -306,24 +311,6 @@ def blas_threads(n):
     return threadpool_limits(limits=n, user_api="blas"), str(n)
 
 
-def timeit(fns, repeats, rounds):
-    """Best mean time of ``repeats`` calls, over ``rounds`` rounds, for each of ``fns`` (a dict).
-
-    The contenders take turns within each round, so a load spike on a shared
-    machine hits them alike rather than one of them.
-    """
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - t) / repeats)
-    return best
-
-
 def run(n_chars, hidden, layers, batch, T, dtype, threads, repeats, rounds):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, n_chars, (batch, T + 1))
@@ -351,7 +338,7 @@ def run(n_chars, hidden, layers, batch, T, dtype, threads, repeats, rounds):
                "loop": lambda: step3(xs, target=labels)}
         if tstep is not None:
             fns["torch"] = tstep
-        times = timeit(fns, repeats, rounds)
+        times = race(fns, repeats, rounds)
     t_per, t_hoist, t_fc, t_torch = times["numpy"], times["hoisted"], times["fc"], times.get("torch")
     print(f"LSTM train step: {layers} layer(s) of {hidden}, one-hot {n_chars}, batch {batch}, "
           f"{T} steps, {np.dtype(dtype).name}, BLAS threads {shown}"

@@ -18,12 +18,17 @@ After timing, the hand-written gradients are checked against flux_compile's in f
     OPENBLAS_NUM_THREADS=1 python benchmarks/rnn_classifier.py [--dtype float32] [--repeats 5]
 """
 import argparse
+import os
+import sys
 import time
 
 import numpy as np
 
 import flux_compile as fc
 import flux_compile.init
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mlp import race  # noqa: E402  (the contenders take turns in every round)
 
 
 @fc.net
@@ -246,20 +251,6 @@ def make(kind, n_in, n_h, n_out, dtype, seed=0):
     return cls(n_in, n_h, n_out, dtype=dtype)
 
 
-def timeit(fns, repeats, rounds):
-    """Best mean time of ``repeats`` calls over ``rounds`` rounds; the contenders take turns."""
-    for fn in fns.values():
-        fn()
-    best = dict.fromkeys(fns, float("inf"))
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            best[name] = min(best[name], (time.perf_counter() - t) / repeats)
-    return best
-
-
 def check_gradients(kind):
     """The hand-written gradients equal flux_compile's (float64); the worst relative error."""
     rng = np.random.default_rng(1)
@@ -294,7 +285,7 @@ def run(kind, batch, T, n_in, n_h, n_out, dtype, repeats, rounds, lr=0.05):
     fns = {"numpy": lambda: hand.step(x, labels, lr), "fc": lambda: step(x, target=labels)}
     if tstep is not None:
         fns["torch"] = tstep
-    times = timeit(fns, repeats, rounds)
+    times = race(fns, repeats, rounds)
     print(f"{kind.upper()} classifier train step: batch {batch}, {T} steps, {n_in} -> {n_h} -> {n_out}, "
           f"{np.dtype(dtype).name}, SGD, one thread")
     print(f"  first call (compile + step)    : {first * 1e3:8.1f} ms")

@@ -329,10 +329,7 @@ class FunctionEmitter:
         return body
 
     def statement(self, n, uses, unused=False):
-        out = []
-        marker = self.marker(n.loc)
-        if marker is not None:
-            out.append(marker)
+        out = self.markers(n.loc)
         name = None if unused and n.op != MODEL else self.names.get(n.id)
         if n.op == ACCUM and self.on_accum is not None:
             out.extend(self.on_accum(n, self.expr(n.args[0])))
@@ -392,6 +389,12 @@ class FunctionEmitter:
             func=self.ns.name_ast(reuse), args=[self.expr(buffer), self.expr(other)], keywords=[])
         return ast.Call(func=self.ns.name_ast(n.fn), args=[self.expr(a) for a in n.args],
                         keywords=[ast.keyword(arg="out", value=out)])
+
+    def markers(self, loc):
+        """``[the line comment marker for loc]``, or ``[]`` when loc is unknown or the same as
+        the last one emitted: the first statements of a user line's code."""
+        marker = self.marker(loc)
+        return [] if marker is None else [marker]
 
     def marker(self, loc):
         if loc is None or not loc.text:

@@ -81,10 +81,7 @@ def _name_directly(sub, values, variables):
 
 def emit_cond(em, n):
     """A ``cond`` node as an ``if``/``else`` statement of the function ``em`` is emitting."""
-    out = []
-    marker = em.marker(n.loc)
-    if marker is not None:
-        out.append(marker)
+    out = em.markers(n.loc)
     names = n.meta["names"]
     variables = [em.scope.fresh(name.strip("<>")) for name in names]
     train = em.mode == "train" and n.meta.get("needs_back") and "train" in n.meta
@@ -159,10 +156,7 @@ def _branch_backward(em, m, k, seeds, grads):
 
 def emit_cond_back(em, m):
     """A ``cond_back`` node: the backward of the branch the forward took."""
-    out = []
-    marker = em.marker(m.loc)
-    if marker is not None:
-        out.append(marker)
+    out = em.markers(m.loc)
     cond = m.meta["cond"]
     names = cond.meta["names"]
     pre, seeds = _seeds(em, m, names)

@@ -134,10 +134,7 @@ def _read_late(body, node, out, position):
 
 def emit_loop(em, n):
     """A ``loop`` node as statements of the function ``em`` is emitting."""
-    out = []
-    marker = em.marker(n.loc)
-    if marker is not None:
-        out.append(marker)
+    out = em.markers(n.loc)
     body = n.meta["body"]
     nb, carried = n.meta["n_bounds"], n.meta["carried"]
     nc = len(carried)
@@ -200,10 +197,7 @@ def emit_loop(em, n):
 
 def emit_loop_back(em, m):
     """A ``loop_back`` node: the loop's body backward, over the saved trips in reverse."""
-    out = []
-    marker = em.marker(m.loc)
-    if marker is not None:
-        out.append(marker)
+    out = em.markers(m.loc)
     loop = m.meta["loop"]
     info = loop.meta["emit"]
     joint, sp = loop.meta["train"]

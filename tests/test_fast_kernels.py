@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import flux_compile as fc
+from numeric import TORCH_TOL, close_to_torch as close
 from flux_compile.rules import conv as C
 from flux_compile.rules import helpers as H
 
@@ -14,21 +15,12 @@ torch = pytest.importorskip("torch")
 F = torch.nn.functional
 torch.set_num_threads(1)
 
-TOL = {np.float64: 1e-10, np.float32: 1e-5}
+TOL = TORCH_TOL
 rng = np.random.default_rng(12)
 
 
 def t(a, grad=True):
     return torch.tensor(np.asarray(a), requires_grad=grad)
-
-
-def close(ours, theirs, dtype, what=""):
-    theirs = theirs.detach().numpy() if hasattr(theirs, "detach") else np.asarray(theirs)
-    ours = np.asarray(ours)
-    assert ours.dtype == dtype, f"{what}: dtype {ours.dtype}, wanted {np.dtype(dtype)}"
-    assert ours.shape == theirs.shape, f"{what}: shape {ours.shape} vs torch {theirs.shape}"
-    scale = max(1.0, float(np.abs(theirs).max(initial=0)))
-    np.testing.assert_allclose(ours, theirs, rtol=0, atol=TOL[dtype] * scale, err_msg=what)
 
 
 @pytest.fixture(params=["one chunk", "chunk per image", "chunks of 3"])
