@@ -10,25 +10,13 @@ import pytest
 from autograd import grad as ag_grad
 
 import flux_compile as fc
+from numeric import numgrad
 from flux_compile import cache as fc_cache
 from flux_compile import loophoist, traceloop
 from flux_compile.ir import CALL, Graph, INPUT, PACK, CONST, PARAM, Node
 from flux_compile.rules.helpers import getitem
 
 rng = np.random.default_rng(11)
-
-
-def numgrad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(*x.shape):
-        old = x[i]
-        x[i] = old + eps
-        hi = f(x)
-        x[i] = old - eps
-        lo = f(x)
-        x[i] = old
-        g[i] = (hi - lo) / (2 * eps)
-    return g
 
 
 def unhoisted(monkeypatch):
