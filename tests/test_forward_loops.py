@@ -218,3 +218,22 @@ def test_hvp_and_hessian_through_loops(name):
                      tuple(map(jnp.asarray, tangents)))
     for a, b in zip(hv, hvj):
         assert np.allclose(a, np.asarray(b), rtol=1e-8, atol=1e-8)
+
+
+def test_hvp_through_a_long_loop_at_the_default_recursion_limit():
+    """The unrolled fallback of forward over reverse: 400 trips (an inlined expression nests at
+    most codegen.MAX_INLINE_DEPTH deep; the adjoint's chain of sums is walked without recursion)."""
+    def make(xnp):
+        def f(x, w):
+            h = w
+            for t in range(x.shape[0]):
+                h = xnp.tanh(h * x[t] + 0.1)
+            return xnp.sum(h * h)
+        return f
+    r = np.random.default_rng(6)
+    x, w = 0.5 * r.normal(size=(400, 2)), r.normal(size=2)
+    tx, tw = r.normal(size=x.shape), r.normal(size=w.shape)
+    hv = fc.hvp(make(np), (x, w), (tx, tw))
+    _, ref = jax.jvp(jax.grad(make(jnp), argnums=(0, 1)), (x, w), (tx, tw))
+    for a, b in zip(hv, ref):
+        assert np.allclose(a, np.asarray(b), rtol=1e-8, atol=1e-10)
