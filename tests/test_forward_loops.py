@@ -88,6 +88,20 @@ def carried_from_input(xnp):
     return f
 
 
+def jumps(xnp):
+    def f(x, w):
+        acc = 0.0
+        for t in range(x.shape[0]):
+            if xnp.sum(x[t] * w) > 1.0:
+                break
+            if xnp.sin(xnp.sum(x[t])) > 0.5:
+                acc = acc + 0.1 * xnp.sum(w)
+                continue
+            acc = acc + xnp.sum(xnp.tanh(x[t] * w))
+        return acc
+    return f
+
+
 PROGRAMS = {
     "rnn_range": (rnn_range, lambda r: (r.normal(size=(3, 7, 2)), 0.6 * r.normal(size=(2, 4)))),
     "rnn_rows": (rnn_rows, lambda r: (r.normal(size=(40, 3)), 0.5 * r.normal(size=(3, 3)), r.normal(size=(2, 3)))),
@@ -96,6 +110,7 @@ PROGRAMS = {
                                               0.5 * r.normal(size=(3, 3)))),
     "cond_in_loop": (cond_in_loop, lambda r: (r.normal(size=(9, 4)), 0.8 * r.normal(size=4))),
     "nested": (nested, lambda r: (r.normal(size=(4, 5)), 0.7 * r.normal(size=3))),
+    "jumps": (jumps, lambda r: (r.normal(size=(50, 3)), r.normal(size=3))),
     "carried_from_input": (carried_from_input, lambda r: (0.5 * r.normal(size=(6, 3)), r.normal(size=3))),
 }
 
@@ -240,3 +255,34 @@ def test_hvp_through_a_long_loop_at_the_default_recursion_limit():
     plus, minus = grad(x + e * tx, w + e * tw), grad(x - e * tx, w - e * tw)
     for a, p, m in zip(hv, plus, minus):
         assert np.allclose(a, (p - m) / (2 * e), rtol=1e-5, atol=1e-7)
+
+
+def test_jvp_of_a_model_calling_a_sub_model_in_a_loop():
+    @fc.net
+    class Cell:
+        def __init__(self):
+            self.W = np.random.default_rng(0).normal(size=(3, 3)) * 0.5
+
+        def forward(self, x):
+            return np.tanh(x @ self.W)
+
+    @fc.net
+    class Seq:
+        def __init__(self):
+            self.cell = Cell()
+            self.U = np.random.default_rng(1).normal(size=(3, 3)) * 0.5
+
+        def forward(self, x):
+            h = np.zeros((x.shape[0], 3))
+            for t in range(x.shape[1]):
+                h = self.cell(x[:, t] + h @ self.U)
+            return np.sum(h * h)
+    m = Seq()
+    r = np.random.default_rng(2)
+    for n in (40, 3, 0):
+        x, tx = r.normal(size=(2, n, 3)), r.normal(size=(2, n, 3))
+        value, tangent = fc.jvp(m, (x,), (tx,))
+        e = 1e-6
+        assert np.isclose(value, m(x)) and np.isclose(tangent, (m(x + e * tx) - m(x - e * tx)) / (2 * e),
+                                                      rtol=1e-5, atol=1e-8)
+    assert "for t in range(" in fc.jvp_source(m, (x,))
