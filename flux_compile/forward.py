@@ -156,20 +156,35 @@ def _tangent_of_cond(node, tan, b):
     moving = [j for j, c in enumerate(captured) if c.id in tan]
     slot = {j: len(captured) + k for k, j in enumerate(moving)}
     n_out = len(node.meta["names"])
+    branches = []
     for body, positions in zip(node.meta["branches"], node.meta["captures"]):
         wrt = [inp for inp, j in zip(body.inputs, positions) if j in slot]
-        t = tangent_graph(body, wrt, model_jvp=b.model_jvp)
+        branches.append(tangent_graph(body, wrt, model_jvp=b.model_jvp))
+    # only the merged values with a tangent in some branch get one (not a loop's break flag)
+    with_tangent = [i for i in range(n_out) if any(t.tangents[i] is not None for t in branches)]
+    for body, positions, t in zip(node.meta["branches"], node.meta["captures"], branches):
         inner = RuleTracer(t.ctx)
         inner.model_jvp = b.model_jvp
         outs = body.outputs[:n_out]
-        body.outputs = outs + [tt if tt is not None else _zeros_like(o, inner) for o, tt in zip(outs, t.tangents)]
+        body.outputs = outs + [t.tangents[i] if t.tangents[i] is not None else _zeros_like(outs[i], inner)
+                               for i in with_tangent]
         positions.extend(slot[j] for inp, j in zip(body.inputs, positions) if j in slot)
         _in_emission_order(body)
     node.args = node.args + tuple(tan[captured[j].id] for j in moving)
-    node.meta["names"] = node.meta["names"] + [naming.tangent(name.strip("<>")) for name in node.meta["names"]]
-    node.arity = 2 * n_out
-    items = [b.ctx.add(Node(ITEM, (node,), index=n_out + i, diff=True)) for i in range(n_out)]
+    names = node.meta["names"]
+    node.meta["names"] = names + [naming.tangent(names[i].strip("<>")) for i in with_tangent]
+    node.arity = n_out + len(with_tangent)
+    items = [_zero_tangent(b)] * n_out
+    for k, i in enumerate(with_tangent):
+        items[i] = b.ctx.add(Node(ITEM, (node,), index=n_out + k, diff=True))
     return b.ctx.add(Node(PACK, items, diff=True, arity=n_out))
+
+
+def _zero_tangent(b):
+    """A placeholder in a region's pack of tangents: this output's tangent is zero."""
+    z = b.ctx.add(Node(CONST, value=None))
+    z.meta["zero_tangent"] = True
+    return z
 
 
 def _moving_carried(body, nc, carried_moving, captured_moving):
@@ -238,9 +253,7 @@ def _tangent_of_loop(node, tan, b):
         pack[nc + k + j] = _loop_item(node, nc + k + len(lists) + slot, by_index.get(nc + k + j), b)
     for i, p in enumerate(pack):
         if p is None:
-            z = b.ctx.add(Node(CONST, value=None))
-            z.meta["zero_tangent"] = True
-            pack[i] = z
+            pack[i] = _zero_tangent(b)
     return b.ctx.add(Node(PACK, pack, diff=True, arity=node.arity))
 
 

@@ -286,3 +286,12 @@ def test_jvp_of_a_model_calling_a_sub_model_in_a_loop():
         assert np.isclose(value, m(x)) and np.isclose(tangent, (m(x + e * tx) - m(x - e * tx)) / (2 * e),
                                                       rtol=1e-5, atol=1e-8)
     assert "for t in range(" in fc.jvp_source(m, (x,))
+
+
+def test_a_break_flag_gets_no_tangent():
+    """A cond region merges a loop's break flag: no zeros are made for its tangent each trip."""
+    f = jumps(np)
+    r = np.random.default_rng(7)
+    x, w = r.normal(size=(50, 3)), r.normal(size=3)
+    src = fc.jvp_source(f, (x, w))
+    assert "running" in src and "running_dot" not in src and "zeros_like(running" not in src
