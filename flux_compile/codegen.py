@@ -45,6 +45,7 @@ COMPARISONS = {
 }
 UNARY = {np.negative: ast.USub, np.positive: ast.UAdd}
 ALWAYS_INLINE = LEAF_OPS
+MAX_INLINE_DEPTH = 60       # deepest nesting of single-use expressions written as one expression
 MARK = re.compile(r"""^(\s*)(?:'|"|\"\"\")@@LOC (\d+)@@(?:'|"|\"\"\")\s*$""")
 
 
@@ -296,11 +297,18 @@ class FunctionEmitter:
         region_args = {a.id for n in nodes if n.op in REGION_OPS for a in n.inputs()[n.op == COND:]
                        if a.op != PACK}       # a cond's test is read once: it may be inlined
 
+        depth = {}              # nesting of an inlined expression: capped, so text stays readable
+                                # and the recursive emitter stays far from the recursion limit
+
         def inlined(n):
-            return n.op not in STATEMENT_OPS and n.id not in keep and uses.get(n.id, 0) == 1 \
+            ok = n.op not in STATEMENT_OPS and n.id not in keep and uses.get(n.id, 0) == 1 \
                 and not n.meta.get("effect") and not (n.name and not n.meta.get("anon")) \
                 and n.id not in region_args and n.op not in REGION_OPS \
                 and not (consumer_loc.get(n.id) and consumer_loc[n.id] != {n.loc})
+            if n.id not in depth:
+                d = 1 + max((depth.get(a.id, 0) for a in n.inputs()), default=0)
+                depth[n.id] = d if ok and d <= MAX_INLINE_DEPTH else 0
+            return ok and depth[n.id] > 0
         if self.plan_buffers:
             from .bufferplan import plan_buffers
             self.buffers = plan_buffers(nodes, keep, {n.id for n in nodes

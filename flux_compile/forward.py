@@ -32,7 +32,7 @@ import numpy as np
 from . import codegen, naming, passes, rules
 from .autodiff import RuleTracer, _as_rule_value, _err, bind_rule_args, rule_path
 from .errors import CompileError
-from .ir import (ACCUM, ATTR, CALL, COND, CONST, GETATTR, GUARD, INPUT, ITEM, MODEL, MODEL_BACK, PACK,
+from .ir import (ACCUM, ATTR, CALL, COND, CONST, GETATTR, GUARD, INPUT, ITEM, LOOP, MODEL, MODEL_BACK, PACK,
                  STATE, Node, describe_fn, is_leaf)
 from .rules import jvp_elementwise, jvp_helpers, jvp_linalg, jvp_more, jvp_nn, jvp_reductions, jvp_shape  # noqa: F401
 from .tracecore import Context, Seq, Static
@@ -94,7 +94,8 @@ def _propagate(nodes, tan, b):
         start = len(graph.nodes)
         t = _tangent_of(node, tan, b)
         for n in graph.nodes[start:]:
-            n.loc = node.loc            # commented with the user's statement, as the backward
+            if not n.meta.pop("own_loc", False):
+                n.loc = node.loc        # commented with the user's statement, as the backward
             n.meta.setdefault("after", node.id)   # emitted right after its primal: together
         if t is not None:
             if t.name is None or t.meta.get("anon"):
@@ -122,6 +123,8 @@ def _tangent_of(node, tan, b):
         return _tangent_of_model(node, tan, b)
     if op == COND:
         return _tangent_of_cond(node, tan, b)
+    if op == LOOP:
+        return _tangent_of_loop(node, tan, b)
     if op == MODEL_BACK:
         _err(node, "forward mode over a sub-model's backward (a second derivative through a model "
                    "call) is not supported: the sub-model's backward is its own compiled code",
@@ -153,20 +156,125 @@ def _tangent_of_cond(node, tan, b):
     moving = [j for j, c in enumerate(captured) if c.id in tan]
     slot = {j: len(captured) + k for k, j in enumerate(moving)}
     n_out = len(node.meta["names"])
+    branches = []
     for body, positions in zip(node.meta["branches"], node.meta["captures"]):
         wrt = [inp for inp, j in zip(body.inputs, positions) if j in slot]
-        t = tangent_graph(body, wrt, model_jvp=b.model_jvp)
+        branches.append(tangent_graph(body, wrt, model_jvp=b.model_jvp))
+    # only the merged values with a tangent in some branch get one (not a loop's break flag)
+    with_tangent = [i for i in range(n_out) if any(t.tangents[i] is not None for t in branches)]
+    for body, positions, t in zip(node.meta["branches"], node.meta["captures"], branches):
         inner = RuleTracer(t.ctx)
         inner.model_jvp = b.model_jvp
         outs = body.outputs[:n_out]
-        body.outputs = outs + [tt if tt is not None else _zeros_like(o, inner) for o, tt in zip(outs, t.tangents)]
+        body.outputs = outs + [t.tangents[i] if t.tangents[i] is not None else _zeros_like(outs[i], inner)
+                               for i in with_tangent]
         positions.extend(slot[j] for inp, j in zip(body.inputs, positions) if j in slot)
         _in_emission_order(body)
     node.args = node.args + tuple(tan[captured[j].id] for j in moving)
-    node.meta["names"] = node.meta["names"] + [naming.tangent(name.strip("<>")) for name in node.meta["names"]]
-    node.arity = 2 * n_out
-    items = [b.ctx.add(Node(ITEM, (node,), index=n_out + i, diff=True)) for i in range(n_out)]
+    names = node.meta["names"]
+    node.meta["names"] = names + [naming.tangent(names[i].strip("<>")) for i in with_tangent]
+    node.arity = n_out + len(with_tangent)
+    items = [_zero_tangent(b)] * n_out
+    for k, i in enumerate(with_tangent):
+        items[i] = b.ctx.add(Node(ITEM, (node,), index=n_out + k, diff=True))
     return b.ctx.add(Node(PACK, items, diff=True, arity=n_out))
+
+
+def _zero_tangent(b):
+    """A placeholder in a region's pack of tangents: this output's tangent is zero."""
+    z = b.ctx.add(Node(CONST, value=None))
+    z.meta["zero_tangent"] = True
+    return z
+
+
+def _moving_carried(body, nc, carried_moving, captured_moving):
+    """Which carried values of a loop body get a tangent: those whose initial value has one,
+    or whose new value depends on one that has (until it settles; an over-estimate is safe:
+    a tangent that stays zero is carried as zeros)."""
+    carried_in, cap_in = body.inputs[1:1 + nc], body.inputs[1 + nc:]
+    moving = set(carried_moving)
+    while True:
+        ids = {carried_in[i].id for i in moving} | {cap_in[j].id for j in captured_moving}
+        for n in body.nodes:
+            if n.id not in ids and not is_leaf(n) and any(a.id in ids for a in n.inputs()):
+                ids.add(n.id)
+        now = moving | {i for i, o in enumerate(body.outputs[:nc])
+                        if o.id in ids and o.diff and carried_in[i].diff}
+        if now == moving:
+            return sorted(moving)
+        moving = now
+
+
+def _tangent_of_loop(node, tan, b):
+    """A loop region: the body's tangent code inside the same loop, each carried value's
+    tangent carried beside it (``h_dot``, zeros when its initial value has none), the captured
+    values' tangents read inside, each per-trip list's tangent stacked after the loop. Returns
+    a pack of the loop's outputs' tangents (in the loop's new output order)."""
+    body, nb, carried = node.meta["body"], node.meta["n_bounds"], list(node.meta["carried"])
+    nc, lists = len(carried), list(node.meta.get("lists", ()))
+    inits, captured = list(node.args[nb:nb + nc]), list(node.args[nb + nc:])
+    cap_in = body.inputs[1 + nc:]
+    moving_cap = [j for j, c in enumerate(captured) if c.id in tan]
+    moving = _moving_carried(body, nc, [i for i, x in enumerate(inits) if x.id in tan and body.inputs[1 + i].diff],
+                             moving_cap)
+    t_in, carried_in = body.inputs[0], body.inputs[1:1 + nc]
+    wrt = [carried_in[i] for i in moving] + [cap_in[j] for j in moving_cap]
+    t = tangent_graph(body, wrt, model_jvp=b.model_jvp)
+    inner = RuleTracer(t.ctx)
+    inner.model_jvp = b.model_jvp
+    outs, list_outs = body.outputs[:nc], body.outputs[nc:]
+    carried_t = [t.tangents[i] if t.tangents[i] is not None else _zeros_like(outs[i], inner) for i in moving]
+    list_moving = [j for j in range(len(lists)) if t.tangents[nc + j] is not None]
+    tan_in = t.inputs[:len(moving)]
+    tan_cap = t.inputs[len(moving):]
+    _in_emission_order(body)
+    # the while loop's test flag stays the last carried value
+    pos = nc - 1 if node.meta.get("kind") == "while" else nc
+    k = len(moving)
+    body.inputs = [t_in] + carried_in[:pos] + tan_in + carried_in[pos:] + cap_in + tan_cap
+    body.outputs = outs[:pos] + carried_t + outs[pos:] + list_outs + [t.tangents[nc + j] for j in list_moving]
+    tan_inits = [tan.get(inits[i].id) or _zeros_before(inits[i], b) for i in moving]
+    node.args = tuple(node.args[:nb]) + tuple(inits[:pos] + tan_inits + inits[pos:]) \
+        + tuple(captured) + tuple(tan[captured[j].id] for j in moving_cap)
+    node.meta["carried"] = carried[:pos] + [naming.tangent(carried[i].strip("<>")) for i in moving] + carried[pos:]
+    node.meta["lists"] = lists + [naming.tangent(lists[j]) for j in list_moving]
+    node.arity = nc + k + len(lists) + len(list_moving)
+
+    def new_index(i):
+        return i if i < pos else i + k
+    old_items = [n for n in b.ctx.graph.nodes if n.op == ITEM and n.args and n.args[0] is node]
+    for n in old_items:
+        n.index = new_index(n.index)
+    by_index = {n.index: n for n in old_items}
+    pack = [None] * node.arity
+    for slot, i in enumerate(moving):
+        pack[new_index(i)] = _loop_item(node, pos + slot, by_index.get(new_index(i)), b)
+    for slot, j in enumerate(list_moving):
+        pack[nc + k + j] = _loop_item(node, nc + k + len(lists) + slot, by_index.get(nc + k + j), b)
+    for i, p in enumerate(pack):
+        if p is None:
+            pack[i] = _zero_tangent(b)
+    return b.ctx.add(Node(PACK, pack, diff=True, arity=node.arity))
+
+
+def _zeros_before(x, b):
+    """Zeros like ``x``, emitted right after ``x`` (a loop's initial tangent: before the loop)."""
+    start = len(b.ctx.graph.nodes)
+    z = _zeros_like(x, b)
+    for n in b.ctx.graph.nodes[start:]:
+        n.meta.update(after=x.id, own_loc=True)
+        n.loc = x.loc
+    if x.name and not x.meta.get("anon"):
+        z.name = naming.tangent(x.name)
+    return z
+
+
+def _loop_item(loop, index, primal, b):
+    """Output ``index`` of ``loop`` (a tangent), shaped as its primal output ``primal``."""
+    item = b.ctx.add(Node(ITEM, (loop,), index=index, diff=True))
+    if primal is not None:
+        item.meta["shape"] = primal.meta.get("shape")
+    return item
 
 
 def _in_emission_order(body):

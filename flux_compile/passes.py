@@ -375,10 +375,16 @@ def _known_inexact(n, depth=0):
 
 
 def _summands(n):
-    """The terms of a tree of ``np.add`` calls."""
-    if n.op == CALL and n.fn is np.add and len(n.args) == 2 and not n.kwargs:
-        return _summands(n.args[0]) + _summands(n.args[1])
-    return [n]
+    """The terms of a tree of ``np.add`` calls, left to right (walked without recursion: an
+    unrolled loop's adjoint is a chain of thousands)."""
+    terms, todo = [], [n]
+    while todo:
+        x = todo.pop()
+        if x.op == CALL and x.fn is np.add and len(x.args) == 2 and not x.kwargs:
+            todo += [x.args[1], x.args[0]]
+        else:
+            terms.append(x)
+    return terms
 
 
 def _concatenate_tiles(parts):

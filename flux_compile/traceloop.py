@@ -216,7 +216,7 @@ class Loops:
     def try_loop_region(self, s):
         """Trace ``for t in range(...)`` as a region when its bounds are run-time values or
         its trip count is above :data:`UNROLL_UP_TO`. Returns True when done."""
-        if self.ctx.mode != "forward":
+        if self.ctx.mode != "forward" or not _regions_allowed(self.ctx):
             return False
         args = _range_call(s)
         if args is None:
@@ -268,7 +268,7 @@ class Loops:
         """``while <test on data>:`` as a region: the test is computed before the loop and
         again at the end of each trip (a carried flag); the loop runs in the generated code,
         never while compiling. Returns True when done."""
-        if self.ctx.mode != "forward":
+        if self.ctx.mode != "forward" or not _regions_allowed(self.ctx):
             return False
         snapshot = (self.ctx.guards, dict(self.frame.env))
         test = self.eval(s.test)
@@ -396,6 +396,12 @@ class Loops:
             env.update(saved_env)
         body.outputs = outs + extra
         return body, outs
+
+
+def _regions_allowed(ctx):
+    """False in a forward-over-reverse plan (``fc.hvp``, ``fc.hessian``): the backward of a
+    loop region has no tangent yet, so the loop is unrolled there, one variant per trip count."""
+    return getattr(ctx, "cond_regions", True)
 
 
 def _shape_of(n):

@@ -65,6 +65,7 @@ GROUPS = {
     "jvp_ops": ("jvp", "new_ops", "more_ops", "shapes"),
     "jvp_tree": ("jvp", "pytree", "closure", "globals", "submodel", "helpers"),
     "jvp_more": ("jvp", "more_ops", "shapes", "control"),
+    "jvp_loops": ("jvp", "loops", "control", "shapes"),     # fc.jvp through loop regions
     "patterns": ("patterns", "pytree", "shapes", "control"),
     "patterns_model": ("patterns", "submodel", "pytree"),
     "layers": ("layers",),          # library layer stacks against torch: tests/fuzzlayers.py
