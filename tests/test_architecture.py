@@ -23,7 +23,7 @@ LAYERS = {
           rules.jvp_helpers rules.jvp_more loophoist""",
     2: "frontend autodiff forward passes bufferplan codegen assemble emitters torchnumpy statehooks emitloops emitcond",
     3: "compiler compiled",
-    4: "cache diskcache diskdigest diskguards diskstep runstate readonly updatestep",
+    4: "cache diskcache diskdigest diskguards diskstep runstate readonly updatestep updatebuffers",
     5: "model api display",
     6: """layers rnn sequences recurrent optim train data io losses init gradcheck
           distributed datasets transforms derivatives derivplan backends trainstep

@@ -41,7 +41,7 @@ MODULE_AREAS = {
     "flux_compile.api": "transforms", "flux_compile.transforms": "transforms", "flux_compile.rules": "transforms",
     "flux_compile.derivatives": "transforms", "flux_compile.gradcheck": "transforms", "flux_compile.errors": "transforms", "flux_compile": "transforms",
     "flux_compile.train": "training", "flux_compile.optim": "training", "flux_compile.trainstep": "training",
-    "flux_compile.updatestep": "training", "flux_compile.backends": "backends", "flux_compile.backendstep": "backends",
+    "flux_compile.updatestep": "training", "flux_compile.updatebuffers": "training", "flux_compile.backends": "backends", "flux_compile.backendstep": "backends",
     "flux_compile.backendcore": "backends",
     "flux_compile.data": "data-io", "flux_compile.io": "data-io",
     "flux_compile.distributed": "distributed",
