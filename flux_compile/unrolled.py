@@ -1,0 +1,168 @@
+"""``fc.unroll(m, n)`` as one generated forward/backward: a loop region over time.
+
+``Unroll.forward`` is a plain time loop (``ys.append(self.model(xs[:, t]))``). It is built
+with the step model (and every model inside it) inlined, the recurrent state of each of
+them (``self.model.h``) an extra input of the generated code, carried through the loop
+region and returned once after it (:class:`statehooks.SubStateHooks`). So the loop hoisting
+applies (``xs[:, t] @ Wx`` for all steps as one matmul, ``dWx`` after the loop).
+
+At run time the wrapper below does for each stateful sub-model what ``model.py`` does for a
+model with state: its current state in, its new state stored, the state gradient handed to
+its initial-state Params (``accumulate_initial``) or to the previous call (``Link``:
+truncated backprop through time across batches).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .compiled import Compiled
+from .compiler import _input_spec, build, source_hash
+from .errors import CompileError
+from .frontend import ModelRef
+from .params import get_path, is_model
+from .runstate import _INITIAL, Link, accumulate_initial, check_batch, current_state, set_state
+from .statehooks import SubStateHooks, state_names
+
+
+class NotInlinable(Exception):
+    """The step model cannot run inlined in one loop; the per-step template runs instead."""
+
+
+def state_owners(model, path=("model",), found=None, seen=None):
+    """``[(path, model, state names)]`` of every model with recurrent state in ``model``'s tree
+    (``model`` at ``path``). A stateful model reached twice or kept behind a template of its
+    own (a nested ``fc.unroll``) is :class:`NotInlinable`."""
+    found = [] if found is None else found
+    seen = {} if seen is None else seen
+    if id(model) in seen:
+        if state_names(type(model)):
+            raise NotInlinable(f"the stateful model at {path} is also at {seen[id(model)]}")
+        return found
+    seen[id(model)] = path
+    if hasattr(type(model), "_fc_template"):
+        if any(state_names(type(x)) for x in _models_below(model)):
+            raise NotInlinable("a template with state inside the step model")
+        return found
+    names = state_names(type(model))
+    if names:
+        found.append((path, model, list(names)))
+    for key, value in vars(model).items():
+        if key.startswith("_"):
+            continue
+        for sub_path, sub in _models_in(value, path + (key,)):
+            state_owners(sub, sub_path, found, seen)
+    return found
+
+
+def _models_in(value, path):
+    if is_model(value):
+        yield path, value
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _models_in(v, path + (i,))
+
+
+def _models_below(model):
+    from .params import submodels
+    return submodels(model)[1:]
+
+
+def compile_unrolled(seq, ikey, check_length):
+    """The :class:`Compiled` of ``seq`` (an ``Unroll``) as one loop, or None when the step
+    model cannot be inlined (the caller falls back to the per-step template)."""
+    try:
+        owners = state_owners(seq.model)
+    except NotInlinable:
+        return None
+    keys = [(path, name) for path, _, names in owners for name in names]
+    step = type(seq.model).__name__
+    label = f"unroll({step}, {seq.n})"
+    specs = [_input_spec("xs", ikey[0] if ikey else None, None)]
+    hooks = (lambda: SubStateHooks(keys)) if keys else None
+    try:
+        inner = build(label, label, type(seq).forward, ModelRef("self", (), seq), specs,
+                      state_factory=hooks, source_hash=source_hash(type(seq)))
+    except (CompileError, RecursionError):
+        return None     # the step model cannot be traced as a loop body: the template runs it
+    return _wrap(inner, owners, seq.n, label, check_length)
+
+
+def _wrap(inner, owners, n, label, check_length):
+    """A Compiled whose forward/backward run ``inner`` with the sub-models' state."""
+    k = sum(len(names) for _, _, names in owners)
+    read_free = inner.read_free
+
+    def call(method, model, xs):
+        check_length(xs, n, label)
+        sources, states = [], []
+        for path, owner, names in owners:
+            values, source = current_state(_resolve(model, path, owner), names)
+            check_batch(_resolve(model, path, owner), names, values, (xs,))
+            sources.append(source)
+            states.extend(values)
+        args = (xs, *states, *read_free(model, ()))
+        return getattr(inner, method)(model, *args), sources
+
+    def store(model, new_states, xs, links):
+        i = 0
+        for (path, owner, names), link in zip(owners, links):
+            set_state(_resolve(model, path, owner), names, new_states[i:i + len(names)], link, (xs,))
+            i += len(names)
+
+    def forward(self, xs):
+        out, _ = call("forward", self, xs)
+        if not k:
+            return out
+        store(self, list(out[-k:]), xs, [None] * len(owners))
+        return out[0]
+
+    def forward_train(self, xs):
+        (out, saved), sources = call("forward_train", self, xs)
+        if not k:
+            return out, (saved, (), (), ())
+        links = [Link() for _ in owners]
+        new = list(out[-k:])
+        store(self, new, xs, links)
+        return out[0], (saved, sources, links, new)
+
+    def back(self, saved, dy, method):
+        inner_saved, sources, links, new = saved
+        if k:
+            pending = []
+            for (_, _, names), link in zip(owners, links):
+                pending.extend(link.pending or [None] * len(names))
+            dy = (dy,) + tuple(np.zeros_like(s) if g is None else g for g, s in zip(pending, new))
+        grads = getattr(inner, method)(self, inner_saved, dy)
+        if not k:
+            return grads
+        gstate = list(grads[-k:])
+        i = 0
+        for (path, owner, names), source in zip(owners, sources):
+            g = gstate[i:i + len(names)]
+            i += len(names)
+            if source is _INITIAL:
+                accumulate_initial(_resolve(self, path, owner), names, g)
+            elif isinstance(source, Link):
+                source.add(g)
+        return grads[0] if method == "backward" else None
+
+    def backward(self, saved, dy):
+        return back(self, saved, dy, "backward")
+
+    def backward_params(self, saved, dy):
+        return back(self, saved, dy, "backward_params")
+
+    ns = {"forward": forward, "forward_train": forward_train, "backward": backward,
+          "backward_params": backward_params}
+    c = Compiled(label, label, ns, inner.source, inner.filename, linemap=inner.linemap,
+                 input_names=["xs"], graph=inner.graph, train_graph=inner.train_graph,
+                 deps=inner.deps, inlined=inner.inlined, source_hash=inner.hash)
+    c.guards, c.check = inner.guards, inner.check
+    c.inner = inner
+    return c
+
+
+def _resolve(model, path, owner):
+    """The sub-model at ``path`` (``("model", "layers", 0)``) of ``model`` now (``owner`` when
+    it was compiled; the guards recompile when its class changed)."""
+    return get_path(model, path)
