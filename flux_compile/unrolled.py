@@ -84,7 +84,11 @@ def compile_unrolled(seq, ikey, check_length):
                       state_factory=hooks, source_hash=source_hash(type(seq)))
     except (CompileError, RecursionError):
         return None     # the step model cannot be traced as a loop body: the template runs it
-    return _wrap(inner, owners, seq.n, label, check_length)
+    c = _wrap(inner, owners, seq.n, label, check_length)
+    # the torch and JAX backends retarget a module's source; this one's state runs through the
+    # Python wrapper below, which they do not have: they run the per-step template instead
+    c.for_backends = seq._template(ikey)
+    return c
 
 
 def _wrap(inner, owners, n, label, check_length):
@@ -158,7 +162,8 @@ def _wrap(inner, owners, n, label, check_length):
                  input_names=["xs"], graph=inner.graph, train_graph=inner.train_graph,
                  deps=inner.deps, inlined=inner.inlined, source_hash=inner.hash)
     c.guards, c.check = inner.guards, inner.check
-    c.inner = inner
+    c.inner = inner                 # the generated module the wrapper runs
+    c.namespace_objects = dict(inner.namespace_objects)
     return c
 
 
