@@ -77,7 +77,7 @@ def compile_unrolled(seq, ikey, check_length):
     keys = [(path, name) for path, _, names in owners for name in names]
     step = type(seq.model).__name__
     label = f"unroll({step}, {seq.n})"
-    specs = [_input_spec("xs", ikey[0] if ikey else None, None)]
+    specs = [_input_spec("xs", _time_not_one(ikey[0]) if ikey else None, None)]
     hooks = (lambda: SubStateHooks(keys)) if keys else None
     try:
         inner = build(label, label, type(seq).forward, ModelRef("self", (), seq), specs,
@@ -89,6 +89,16 @@ def compile_unrolled(seq, ikey, check_length):
     # Python wrapper below, which they do not have: they run the per-step template instead
     c.for_backends = seq._template(ikey)
     return c
+
+
+def _time_not_one(k):
+    """The input key of ``xs`` without "axis 1 has size 1": the time loop stays a loop region
+    (a run-time trip count) for ``n == 1`` too, instead of one unrolled step."""
+    if not (isinstance(k, tuple) and len(k) == 4 and isinstance(k[2], tuple) and len(k[2]) > 1):
+        return k
+    ones = list(k[2])
+    ones[1] = False
+    return (k[0], k[1], tuple(ones), k[3])
 
 
 def _wrap(inner, owners, n, label, check_length):
