@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compiled import Compiled
-from .compiler import _input_spec, build, source_hash
+from .compiler import _input_spec, build, input_key, source_hash
 from .errors import CompileError
 from .frontend import ModelRef
 from .params import get_path, is_model
@@ -78,17 +78,31 @@ def compile_unrolled(seq, ikey, check_length):
     step = type(seq.model).__name__
     label = f"unroll({step}, {seq.n})"
     specs = [_input_spec("xs", _time_not_one(ikey[0]) if ikey else None, None)]
-    hooks = (lambda: SubStateHooks(keys)) if keys else None
+
+    def build_for(state_key):
+        """The generated module for state of these ranks and size-1 axes (``input_key``)."""
+        hooks = (lambda: SubStateHooks(keys, state_key)) if keys else None
+        return build(label, label, type(seq).forward, ModelRef("self", (), seq), specs,
+                     state_factory=hooks, source_hash=source_hash(type(seq)))
+    key = _state_key(seq, owners)
     try:
-        inner = build(label, label, type(seq).forward, ModelRef("self", (), seq), specs,
-                      state_factory=hooks, source_hash=source_hash(type(seq)))
+        first = build_for(key)
     except (CompileError, RecursionError):
         return None     # the step model cannot be traced as a loop body: the template runs it
-    c = _wrap(inner, owners, seq.n, label, check_length)
+    c = _wrap(first, key, build_for, owners, seq.n, label, check_length)
     # the torch and JAX backends retarget a module's source; this one's state runs through the
     # Python wrapper below, which they do not have: they run the per-step template instead
     c.for_backends = seq._template(ikey)
     return c
+
+
+def _state_key(model, owners):
+    """``input_key`` of the current state of every stateful sub-model (the initial (1, n)
+    state broadcasts over the batch; the state after a step has the batch's size)."""
+    values = []
+    for path, _, names in owners:
+        values.extend(current_state(get_path(model, path), names)[0])
+    return input_key(values)
 
 
 def _time_not_one(k):
@@ -101,10 +115,21 @@ def _time_not_one(k):
     return (k[0], k[1], tuple(ones), k[3])
 
 
-def _wrap(inner, owners, n, label, check_length):
-    """A Compiled whose forward/backward run ``inner`` with the sub-models' state."""
+def _wrap(first, first_key, build_for, owners, n, label, check_length):
+    """A Compiled whose forward/backward run the generated module with the sub-models'
+    state: one module per state key (:func:`_state_key`), built when first met."""
     k = sum(len(names) for _, _, names in owners)
-    read_free = inner.read_free
+    variants = {first_key: first}
+
+    def variant(states):
+        key = input_key(states)
+        inner = variants.get(key)
+        if inner is None:
+            inner = variants[key] = build_for(key)
+        if c.inner is not inner:        # fc.source and error messages: the module that ran last
+            c.inner = inner
+            c.show_as(inner)
+        return inner
 
     def call(method, model, xs):
         check_length(xs, n, label)
@@ -114,8 +139,9 @@ def _wrap(inner, owners, n, label, check_length):
             check_batch(_resolve(model, path, owner), names, values, (xs,))
             sources.append(source)
             states.extend(values)
-        args = (xs, *states, *read_free(model, ()))
-        return getattr(inner, method)(model, *args), sources
+        inner = variant(states)
+        args = (xs, *states, *inner.read_free(model, ()))
+        return getattr(inner, method)(model, *args), sources, inner
 
     def store(model, new_states, xs, links):
         i = 0
@@ -124,14 +150,15 @@ def _wrap(inner, owners, n, label, check_length):
             i += len(names)
 
     def forward(self, xs):
-        out, _ = call("forward", self, xs)
+        out, _, _ = call("forward", self, xs)
         if not k:
             return out
         store(self, list(out[-k:]), xs, [None] * len(owners))
         return out[0]
 
     def forward_train(self, xs):
-        (out, saved), sources = call("forward_train", self, xs)
+        (out, saved), sources, inner = call("forward_train", self, xs)
+        saved = (inner, saved)
         if not k:
             return out, (saved, (), (), ())
         links = [Link() for _ in owners]
@@ -146,6 +173,7 @@ def _wrap(inner, owners, n, label, check_length):
             for (_, _, names), link in zip(owners, links):
                 pending.extend(link.pending or [None] * len(names))
             dy = (dy,) + tuple(np.zeros_like(s) if g is None else g for g, s in zip(pending, new))
+        inner, inner_saved = inner_saved
         grads = getattr(inner, method)(self, inner_saved, dy)
         if not k:
             return grads
@@ -168,12 +196,12 @@ def _wrap(inner, owners, n, label, check_length):
 
     ns = {"forward": forward, "forward_train": forward_train, "backward": backward,
           "backward_params": backward_params}
-    c = Compiled(label, label, ns, inner.source, inner.filename, linemap=inner.linemap,
-                 input_names=["xs"], graph=inner.graph, train_graph=inner.train_graph,
-                 deps=inner.deps, inlined=inner.inlined, source_hash=inner.hash)
-    c.guards, c.check = inner.guards, inner.check
-    c.inner = inner                 # the generated module the wrapper runs
-    c.namespace_objects = dict(inner.namespace_objects)
+    c = Compiled(label, label, ns, first.source, first.filename, linemap=first.linemap,
+                 input_names=["xs"], graph=first.graph, train_graph=first.train_graph,
+                 deps=first.deps, inlined=first.inlined, source_hash=first.hash)
+    c.guards, c.check = first.guards, first.check
+    c.inner = first                 # the generated module the wrapper runs (the last one that ran)
+    c.namespace_objects = dict(first.namespace_objects)
     return c
 
 
