@@ -2,12 +2,14 @@
 
 ``unroll(m, n)`` runs ``n`` steps of ``m`` over a (batch, time, features) array and
 keeps the final state for the next call (truncated backprop through time across
-batches). Its time loop is generated source like everything else::
+batches). It compiles to one generated forward and backward: a loop over time whose body
+is the step model's forward inlined, its state carried through the loop (unrolled.py)::
 
     >>> import numpy as np, flux_compile as fc
     >>> seq = fc.unroll(fc.RNN(3, 4), 2)
-    >>> print(fc.source(seq, "backward").splitlines()[0])
-    def backward(self, saved, dy):
+    >>> _ = seq(np.ones((1, 2, 3)))
+    >>> [line.strip() for line in fc.source(seq, "backward").splitlines() if line.startswith("def ")]
+    ['def backward(self, saved, dy):']
 """
 from __future__ import annotations
 

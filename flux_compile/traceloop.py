@@ -392,7 +392,8 @@ class Loops:
                     row.name = s.target.id
                 env[s.target.id] = row
             for name, d, shape in zip(carried, diff, shapes or [None] * len(carried)):
-                n = body.add(Node(INPUT, name=name, diff=d))
+                shown = name[len(SUB_PREFIX):-1] if name.startswith(SUB_PREFIX) else name
+                n = body.add(Node(INPUT, name=shown, diff=d))
                 n.meta.update(region_input=True, shape=shape)
                 env[name] = n
             collectors = [Collector(name) for name in lists]
