@@ -28,7 +28,39 @@ class UserCell:
         return self.h * 2.0
 
 
+@fc.net
+class IfCell:
+    """An ``if`` on data inside the step: a cond region inside the time loop."""
+
+    def __init__(self):
+        self.W = fc.initn(3, 3)
+        self.h = np.zeros((1, 3))
+
+    def forward(self, x):
+        z = x @ self.W + self.h
+        if np.sum(z) > 0:
+            self.h = np.tanh(z)
+        else:
+            self.h = 0.5 * self.h + np.sin(z)
+        return self.h
+
+
+@fc.net
+class Counter:
+    """Scalar state that does not depend on the batch."""
+
+    def __init__(self):
+        self.W = fc.initn(3, 3)
+        self.count = np.zeros(())
+
+    def forward(self, x):
+        self.count = self.count + 1.0
+        return x @ self.W * self.count
+
+
 CELLS = {
+    "if": lambda dt: IfCell(),
+    "counter": lambda dt: Counter(),
     "rnn": lambda dt: fc.RNN(3, 4, dtype=dt),
     "gru": lambda dt: fc.GRU(3, 4, dtype=dt),
     "lstm": lambda dt: fc.LSTM(3, 4, dtype=dt),
@@ -52,7 +84,7 @@ def make(kind, dtype, seed=0):
     rng = np.random.default_rng(seed)
     cell = CELLS[kind](dtype)
     for p in fc.params(cell):           # hostile: large weights, non-zero initial state
-        p.value = (rng.standard_normal(p.shape) * 0.7).astype(dtype)
+        p.value = (rng.standard_normal(p.shape) * (3.0 if kind == "if" else 0.7)).astype(dtype)
         p.grad = np.zeros_like(p.value)
     return cell
 
