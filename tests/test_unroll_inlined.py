@@ -259,3 +259,53 @@ def test_compile_time_is_roughly_flat_in_n():
         seq(np.ones((1, n, 3)))
         sizes[n] = len(fc.source(seq, "all"))
     assert abs(sizes[300] - sizes[2]) < 100, sizes
+
+
+@fc.net
+class Baked:
+    """An int baked into the code, a float read at run time."""
+
+    def __init__(self):
+        self.W = fc.Param(np.arange(9.0).reshape(3, 3) / 10)
+        self.h = np.zeros((1, 3))
+        self.k = 2
+        self.scale = 1.5
+
+    def forward(self, x):
+        self.h = np.tanh(x @ self.W + self.h) * self.k * self.scale
+        return self.h
+
+
+def _sine_forward(self, x):
+    self.h = np.sin(x @ self.W + self.h)
+    return self.h
+
+
+@pytest.mark.parametrize("change", ["int", "float", "param", "forward", "model"])
+def test_what_the_loop_baked_in_is_guarded(change, monkeypatch):
+    """Soundness: after a change of the step model, the inlined loop computes what the
+    template computes (recompiled where it baked the old value in)."""
+    def mutate(seq):
+        if change == "int":
+            seq.model.k = 3
+        elif change == "float":
+            seq.model.scale = 0.5
+        elif change == "param":
+            seq.model.W = fc.Param(np.ones((3, 3)))
+        elif change == "forward":
+            monkeypatch.setattr(Baked, "forward", _sine_forward)
+        else:
+            seq.model = fc.RNN(3, 3, init=lambda *s: np.full(s, 0.3))
+    results = []
+    for flag in (True, False):
+        with inlined(flag):
+            seq = fc.unroll(Baked(), 4)
+            x = np.random.default_rng(0).standard_normal((2, 4, 3))
+            first = seq(x)
+            fc.reset(seq)
+            mutate(seq)
+            results.append(seq(x))
+        if change == "forward":
+            monkeypatch.undo()
+    assert not np.allclose(first, results[0])
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-12)
