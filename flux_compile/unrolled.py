@@ -13,13 +13,17 @@ truncated backprop through time across batches).
 """
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
+from .cache import model_signature
 from .compiled import Compiled
 from .compiler import _input_spec, build, input_key, source_hash
 from .errors import CompileError
 from .frontend import ModelRef
 from .params import get_path, is_model
+from .rules import GENERATION
 from .runstate import _INITIAL, Link, accumulate_initial, check_batch, current_state, set_state
 from .statehooks import SubStateHooks, state_names
 
@@ -79,11 +83,26 @@ def compile_unrolled(seq, ikey, check_length):
     label = f"unroll({step}, {seq.n})"
     specs = [_input_spec("xs", _time_not_one(ikey[0]) if ikey else None, None)]
 
+    structure = _structure(seq.model)
+
     def build_for(state_key):
-        """The generated module for state of these ranks and size-1 axes (``input_key``)."""
+        """The generated module for state of these ranks and size-1 axes (``input_key``):
+        one another ``fc.unroll`` of the same structure built, when its guards hold for
+        ``seq`` (the loop does not depend on ``n``), else a new one."""
+        shared_key = None if structure is None else (GENERATION[0], structure, specs[0], state_key)
+        for inner in _SHARED.get(shared_key, ()):
+            if inner.current(seq):
+                return inner
         hooks = (lambda: SubStateHooks(keys, state_key)) if keys else None
-        return build(label, label, type(seq).forward, ModelRef("self", (), seq), specs,
-                     state_factory=hooks, source_hash=source_hash(type(seq)))
+        inner = build(label, label, type(seq).forward, ModelRef("self", (), seq), specs,
+                      state_factory=hooks, source_hash=source_hash(type(seq)))
+        if shared_key is not None:
+            _SHARED.setdefault(shared_key, []).insert(0, inner)
+            del _SHARED[shared_key][4:]
+            _SHARED.move_to_end(shared_key)
+            while len(_SHARED) > 64:
+                _SHARED.popitem(last=False)
+        return inner
     key = _state_key(seq, owners)
     try:
         first = build_for(key)
@@ -94,6 +113,35 @@ def compile_unrolled(seq, ikey, check_length):
     # Python wrapper below, which they do not have: they run the per-step template instead
     c.for_backends = seq._template(ikey)
     return c
+
+
+# generated loops shared by the fc.unroll instances of one step-model structure (newest
+# first, a few per key); each is reused only when its guards hold for the instance
+_SHARED = OrderedDict()
+
+
+def _structure(model, path=("model",)):
+    """What a generated loop is built from of the step model's tree, as a hashable key: the
+    class, its code and ``model_signature`` of every model in it (None: not hashable)."""
+    items, seen = [], set()
+
+    def visit(m, p):
+        if id(m) in seen:               # shared (or a cycle, which the build reports)
+            items.append((p, "seen"))
+            return
+        seen.add(id(m))
+        items.append((p, type(m), source_hash(type(m)), model_signature(m)))
+        for key, value in vars(m).items():
+            if not key.startswith("_"):
+                for sub_path, sub in _models_in(value, p + (key,)):
+                    visit(sub, sub_path)
+    visit(model, path)
+    key = tuple(items)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _state_key(model, owners):

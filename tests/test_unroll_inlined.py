@@ -309,3 +309,18 @@ def test_what_the_loop_baked_in_is_guarded(change, monkeypatch):
             monkeypatch.undo()
     assert not np.allclose(first, results[0])
     np.testing.assert_allclose(results[0], results[1], rtol=1e-12)
+
+
+def test_instances_of_one_structure_share_the_generated_loop():
+    """A new fc.unroll of the same step structure (another n, other weights) reuses the loop
+    when its guards hold; another structure (other sizes) gets its own."""
+    x5, x9 = np.ones((2, 5, 3)), np.ones((2, 9, 3))
+    a, b = fc.unroll(make("lstm", np.float64, 1), 5), fc.unroll(make("lstm", np.float64, 2), 9)
+    c = fc.unroll(fc.LSTM(3, 6), 5)
+    ya, yb, yc = a(x5), b(x9), c(x5)
+    inner = [fc.cache.compile_model(s, (x,)).inner for s, x in ((a, x5), (b, x9), (c, x5))]
+    assert inner[0] is inner[1] and inner[2] is not inner[0]
+    assert yc.shape == (2, 5, 6)
+    with inlined(False):
+        b2 = fc.unroll(make("lstm", np.float64, 2), 9)
+        np.testing.assert_allclose(yb, b2(x9), rtol=1e-12)
