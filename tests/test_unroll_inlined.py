@@ -324,3 +324,21 @@ def test_instances_of_one_structure_share_the_generated_loop():
     with inlined(False):
         b2 = fc.unroll(make("lstm", np.float64, 2), 9)
         np.testing.assert_allclose(yb, b2(x9), rtol=1e-12)
+
+
+def test_a_failed_train_step_changes_nothing():
+    """All or nothing: a NaN loss leaves the Params and the carried state as they were."""
+    cell = make("lstm", np.float64)
+    seq = fc.unroll(cell, 6)
+    step = fc.train_step(seq, fc.mse, fc.optim.Adam(0.01))
+    x, y = np.ones((2, 6, 3)), np.zeros((2, 6, 4))
+    step(x, target=y)
+    values, state = [p.value.copy() for p in fc.params(cell)], states(cell)
+    with pytest.raises(FloatingPointError):
+        step(x, target=np.full((2, 6, 4), np.nan))
+    for p, v in zip(fc.params(cell), values):
+        np.testing.assert_array_equal(p.value, v)
+    for before, now in zip(state, states(cell)):
+        assert before.keys() == now.keys()
+        for k in before:
+            np.testing.assert_array_equal(before[k], now[k])
