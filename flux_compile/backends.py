@@ -87,6 +87,7 @@ class BackendModel:
 
     def _add_variant(self, variants, example, fresh=False):
         c = _compile(self._fc_np, example, fresh=fresh)
+        c = getattr(c, "for_backends", None) or c     # fc.unroll: its per-step template (unrolled.py)
         variants.append((c, module_for(c, self._fc_backend)))
 
     def _run(self, method, args):

@@ -122,6 +122,12 @@ class Compiled:
             self._sections = _split_sections(self.source)
         return self._sections
 
+    def show_as(self, other):
+        """Show ``other``'s module and map errors by its lines: a wrapper's text follows the
+        generated module that ran last (``fc.unroll``'s one per state shape, unrolled.py)."""
+        self.source, self.filename, self.linemap = other.source, other.filename, dict(other.linemap)
+        self.graph, self.train_graph, self._sections = other.graph, other.train_graph, None
+
     def set_guards(self, baked, free_paths):
         """Guards as ``{(path, kind): expected}``; arrays at ``free_paths`` are extra inputs."""
         identity = {path for path, kind in baked if kind == "is"}     # implies the same code

@@ -53,6 +53,8 @@ def _trace(label, fn, selfval, inputs, training, state=None, arity_of=None, gene
     ctx.cond_regions = cond_regions     # False: an if on data is decided with a guard (forward mode)
     if getattr(fn, "_fc_flatten", False) or selfval is not None and selfval.obj is not None:
         ctx.flatten = flattenable       # fc.train_step's objective, or a model instance's forward
+    if getattr(state, "inline_stateful", False):
+        ctx.flatten = inlinable         # fc.unroll's loop: stateful step models inlined too
     b = Builder(ctx)
     args = []
     for spec in inputs:
@@ -91,6 +93,12 @@ def flattenable(obj):
     with recurrent state or a template of its own (``fc.unroll``): those keep their call."""
     cls = type(obj)
     return not hasattr(cls, "_fc_template") and not state_names(cls)
+
+
+def inlinable(obj):
+    """Can sub-model ``obj`` be inlined when its state is carried by the caller
+    (:class:`statehooks.SubStateHooks`)? Any model but a template of its own."""
+    return not hasattr(type(obj), "_fc_template")
 
 
 def _input_value(g, spec):

@@ -144,7 +144,7 @@ def emit_loop(em, n):
     index = em.scope.fresh(n.meta["target"].strip("<>"))
     sub.names[t_in.id] = index
     inits = n.args[nb:nb + nc]
-    variables = [_take_over(em, init) or em.scope.fresh(name.strip("<>")) for name, init in zip(carried, inits)]
+    variables = [_take_over(em, init) or em.scope.fresh(_plain(name)) for name, init in zip(carried, inits)]
     out += _assign_all([(v, em.expr(init)) for v, init in zip(variables, inits)])
     for v, node, init in zip(variables, carried_in, n.args[nb:nb + nc]):
         sub.names[node.id] = v
@@ -167,7 +167,7 @@ def emit_loop(em, n):
         keep |= _name_outputs_as_carried(sub, body, carried_in, variables)
     stmts = sub.statements(nodes, keep)
     if train:
-        stack = em.scope.fresh(naming.steps((carried[0] if carried else n.meta["target"]).strip("<>")))
+        stack = em.scope.fresh(naming.steps(_plain(carried[0] if carried else n.meta["target"])))
         em.back_names[n.id] = stack
         out.append(ast.Assign(targets=[_store(stack)], value=ast.List(elts=[], ctx=ast.Load())))
         names = [sub.back_names[a.id] if kind == "back" else sub.names[a.id] for a, kind in saved] \
@@ -219,7 +219,7 @@ def emit_loop_back(em, m):
             adjoints.append(None)
             sub.aliases[joint.seeds[k].id] = ast.Constant(None)
             continue
-        d = em.scope.fresh(naming.adjoint(name.strip("<>")))
+        d = em.scope.fresh(naming.adjoint(_plain(name)))
         adjoints.append(d)
         sub.names[joint.seeds[k].id] = d
         if m.meta["zero_like"][k]:
@@ -330,3 +330,10 @@ def _without_scatters(nodes, keep, scatters):
 
 
 EMITTERS = {LOOP: emit_loop, LOOP_BACK: emit_loop_back}
+
+
+def _plain(name):
+    """A carried value's name in the code: ``<sub.h>`` (an inlined sub-model's state in
+    ``fc.unroll``, traceloop.py) is ``h``; ``<t>`` is ``t``."""
+    name = name.strip("<>")
+    return name[len("sub."):] if name.startswith("sub.") else name

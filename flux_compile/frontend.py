@@ -96,6 +96,8 @@ class Builder(TracingPasses, Tracer):
             v = self.ctx.state.read(self, name, e)
             if v is not None:
                 return v
+        if self._sub_state(ref, name):      # an inlined sub-model's recurrent state (fc.unroll)
+            return self.ctx.state.read_sub(ref.path, name)
         if obj is not None and name in vars(obj):
             value = vars(obj)[name]
             if ref.base == "self" and not ref.path and isinstance(value, KEYED_ATTRS) \
@@ -144,11 +146,19 @@ class Builder(TracingPasses, Tracer):
         if isinstance(base, ModelRef) and base.base == "self" and not base.path \
                 and self.ctx.state is not None and self.frame.selfval is base:
             self.ctx.state.write(self, target.attr, value, target)
+        elif isinstance(base, ModelRef) and self.frame.selfval is base and self._sub_state(base, target.attr):
+            self.ctx.state.write_sub(self, base.path, target.attr, value, target)
         elif isinstance(base, ModelRef):
             self.error(f"cannot assign to attribute {target.attr!r} here", target,
                        hint="only assignments self.name = ... in forward (recurrent state) are supported")
         else:
             super().assign_attribute(base, target, value)
+
+    def _sub_state(self, ref, name):
+        """Is ``ref.name`` the state of a sub-model inlined with its state carried?"""
+        hooks = self.ctx.state
+        return ref.base == "self" and bool(ref.path) and getattr(hooks, "inline_stateful", False) \
+            and hooks.has_sub(ref.path, name)
 
     # -- sub-models ------------------------------------------------------------
     def call(self, f, args, kwargs, e):

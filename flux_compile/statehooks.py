@@ -135,3 +135,46 @@ def state_factory(cls, inst, specs=None):
     if not names:
         return None
     return lambda: StateHooks(names, inst, specs)
+
+
+class SubStateHooks(StateHooks):
+    """The recurrent state of sub-models inlined into a caller (``fc.unroll``'s time loop).
+
+    ``keys`` are ``(path, attr)`` pairs: ``(("model",), "h")`` is ``self.model.h``. Each is an
+    extra input of the caller (the state before the call) and an extra output (after it);
+    reads and writes of ``self.h`` in the inlined sub-model at ``path`` go through here, and a
+    loop region carries them from trip to trip (traceloop.py)."""
+
+    inline_stateful = True
+
+    def __init__(self, keys, specs=None):
+        super().__init__([sub_state_name(p, a) for p, a in keys], None, specs)
+        self.keys = list(keys)
+
+    def begin(self, b):
+        super().begin(b)
+        self.inputs = {key: self.inputs[name] for key, name in zip(self.keys, self.names)}
+
+    def read(self, b, name, e):
+        return None         # the caller itself has no state of its own
+
+    def read_sub(self, path, attr):
+        key = (tuple(path), attr)
+        return self.current.get(key, self.inputs.get(key))
+
+    def has_sub(self, path, attr):
+        return (tuple(path), attr) in self.inputs
+
+    def write_sub(self, b, path, attr, value, e):
+        StateHooks.write(self, b, attr, value, e)
+        self.current[(tuple(path), attr)] = self.current.pop(attr)
+
+    def end(self, b):
+        return [self.current.get(key, self.inputs[key]) for key in self.keys]
+
+
+def sub_state_name(path, attr):
+    """The input name of sub-model state ``self.<path>.<attr>``: ``layers_0_h`` for
+    ``self.model.layers[0].h`` (the leading step model's field is dropped)."""
+    parts = [str(p) for p in path[1:]] + [attr]
+    return "_".join(parts)

@@ -126,6 +126,7 @@ def _lowered(stmts, cont=()):
 
 
 STATE_PREFIX = "<self."     # a recurrent state written in the body, carried as "<self.h>"
+SUB_PREFIX = "<sub."        # an inlined sub-model's state (fc.unroll), carried as "<sub.h>"
 
 
 def _state_written(body):
@@ -287,6 +288,10 @@ class Loops:
             env[STATE_PREFIX + attr + ">"] = self.eval(ast.copy_location(ast.Attribute(
                 value=ast.Name(id="self", ctx=ast.Load()), attr=attr, ctx=ast.Load()), s))
         carried = [n for n in _assigned_names(stmts) if n in env and n != target]
+        subs = self._sub_state_carried()
+        for name, key in subs.items():  # a sub-model's state (fc.unroll): carried, whoever writes it
+            env[name] = self.ctx.state.read_sub(*key)
+            carried.append(name)
         lists = _appended_lists(stmts)
         if any(name in carried or not _is_empty_list(env.get(name)) for name in lists):
             raise RegionUnsupported("append to a list that is not empty before the loop")
@@ -340,6 +345,15 @@ class Loops:
                                                             attr=attr, ctx=ast.Store()), s), item, s)
         for attr in attrs:
             env.pop(STATE_PREFIX + attr + ">", None)
+        for name, key in subs.items():  # written back once, after the loop
+            self.ctx.state.current[key] = env.pop(name)
+
+    def _sub_state_carried(self):
+        """``{carried name: (path, attr)}`` of the inlined sub-models' state, or {}."""
+        hooks = self.ctx.state
+        if not getattr(hooks, "inline_stateful", False):
+            return {}
+        return {SUB_PREFIX + name + ">": key for name, key in zip(hooks.names, hooks.keys)}
 
     def _hoist_projections(self, body):
         """All steps' ``x[:, t] @ W`` as one matmul before the loop (see loophoist)."""
@@ -359,6 +373,8 @@ class Loops:
     def _trace_body(self, s, stmts, target, carried, diff, test=None, rows_of=None, lists=(), shapes=None):
         """The body traced once into a graph of its own; (graph, carried values after it)."""
         ctx, env = self.ctx, self.frame.env
+        subs = self._sub_state_carried()
+        hooks_before = dict(ctx.state.current) if subs else None
         outer_graph = ctx.graph
         body = Graph(f"{outer_graph.name} line {s.lineno}")
         root = getattr(ctx, "root_graph", None)
@@ -376,12 +392,17 @@ class Loops:
                     row.name = s.target.id
                 env[s.target.id] = row
             for name, d, shape in zip(carried, diff, shapes or [None] * len(carried)):
-                n = body.add(Node(INPUT, name=name, diff=d))
+                shown = name[len(SUB_PREFIX):-1] if name.startswith(SUB_PREFIX) else name
+                n = body.add(Node(INPUT, name=shown, diff=d))
                 n.meta.update(region_input=True, shape=shape)
                 env[name] = n
             collectors = [Collector(name) for name in lists]
             env.update((c.name, c) for c in collectors)
+            for name, key in subs.items():
+                ctx.state.current[key] = env[name]
             self.exec_body(stmts)
+            for name, key in subs.items():
+                env[name] = ctx.state.current[key]
             if self.frame.returned:
                 raise RegionUnsupported("return inside the loop")
             outs = [self.as_node(env[name] if name != GO else self.eval(test[0])) for name in carried]
@@ -389,6 +410,9 @@ class Loops:
                 raise RegionUnsupported("a list appended to other than once per trip")
             extra = [self.as_node(c.items[0]) for c in collectors]
         finally:
+            if subs:
+                ctx.state.current.clear()
+                ctx.state.current.update(hooks_before)
             ctx.graph = outer_graph
             if root is None:
                 del ctx.root_graph

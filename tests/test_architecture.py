@@ -25,7 +25,7 @@ LAYERS = {
     3: "compiler compiled",
     4: "cache diskcache diskdigest diskguards diskstep runstate readonly updatestep updatebuffers",
     5: "model api display",
-    6: """layers rnn sequences recurrent optim train data io losses init gradcheck
+    6: """layers rnn sequences unrolled recurrent optim train data io losses init gradcheck
           distributed datasets transforms derivatives derivplan backends trainstep
           backendcore backendstep""",
     7: "cli __main__ flux_compile",

@@ -76,9 +76,13 @@ def test_every_producer_gives_a_complete_compiled():
     assert c_fn.state_names == [] and c_fn.inlined == []
     seq = fc.unroll(fc.RNN(3, 2), 4)
     c_loop = cache.compile_model(seq, (np.ones((2, 4, 3)),))
-    _check_complete(c_loop)
-    assert c_loop.input_names == ["xs"] and c_loop.step_model is seq.model
-    assert c_loop.state_names == [] and c_loop.linemap == {}
+    _check_complete(c_loop)         # one loop, the step inlined: its lines are mapped
+    assert c_loop.input_names == ["xs"] and c_loop.step_model is None
+    assert c_loop.state_names == [] and c_loop.linemap
+    template = seq._template(None)  # the per-step template (the fallback)
+    _check_complete(template)
+    assert template.input_names == ["xs"] and template.step_model is seq.model
+    assert template.state_names == [] and template.linemap == {}
 
 
 def test_the_unrolled_template_still_matches_finite_differences():

@@ -149,6 +149,7 @@ def _loaded(fdef):
 
 def names_bound_in(compiled):
     """The names bound in the namespace of a compiled model's (or function's) module."""
+    compiled = getattr(compiled, "inner", compiled)     # fc.unroll: the generated module it runs
     return {k for k in compiled.forward.__globals__ if not k.startswith("__")}
 
 
@@ -167,7 +168,9 @@ def scan_generated(text, module_names):
         assert not set(params) & set(stored), f"a parameter is assigned {where}"
         if fdef.name not in GENERATED_FUNCTIONS:
             continue                    # the optimiser's update (its own module, no user names)
-        twice = {n for n, count in _stores_on_one_path(fdef).items() if count > 1}
+        carried = {n for loop in ast.walk(fdef) if isinstance(loop, (ast.For, ast.While))
+                   for n in _stored(loop)}       # a loop region's carried values: set again each trip
+        twice = {n for n, count in _stores_on_one_path(fdef).items() if count > 1} - carried
         assert not twice, f"{sorted(twice)} assigned twice {where}"
         local = set(params) | set(stored)
         assert not local & module_names, f"{sorted(local & module_names)} shadow module names {where}"

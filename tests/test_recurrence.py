@@ -124,8 +124,9 @@ def test_unroll_source_shows_time_loop_and_step():
     seq = fc.unroll(fc.RNN(3, 4), 6)
     seq(np.ones((2, 6, 3)))
     src = fc.source(seq, "backward")
-    assert "for t in reversed(range(6))" in src
-    assert "the step, RNN.backward" in src and "self.Wh.grad" in src
+    # one function: the time loop run backwards, the step's code inlined in it (its lines named)
+    assert src.count("def backward(") == 1 and "for " in src and "reversed(" in src
+    assert "in self.model: RNN.forward" in src and "self.model.Wh.grad +=" in src
 
 
 def test_unroll_matches_stepping():
