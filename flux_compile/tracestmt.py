@@ -13,6 +13,7 @@ from . import guards
 from .errors import CompileError
 from .ir import CALL, CONST, GETATTR, GUARD, ITEM, PACK, Node, is_leaf
 from .parsing import get_source
+from .traceinplace import inplace_value
 from .tracecore import (FORBIDDEN_HINTS, MAX_UNROLL, Frame, LocalFunction, Seq, Static, SymDict,
                         _as_load, _static, _stmt_name)
 
@@ -215,7 +216,8 @@ class Statements:
             self.assign(s.target, self.eval(s.value), s)
 
     def exec_AugAssign(self, s):
-        value = self.binop(s.op, self.eval(_as_load(s.target)), self.eval(s.value), s)
+        target, operand = self.eval(_as_load(s.target)), self.eval(s.value)
+        value = inplace_value(self, target, operand, self.binop(s.op, target, operand, s), s)
         self.assign(s.target, value, s)
 
     def exec_Return(self, s):
