@@ -217,7 +217,9 @@ class Statements:
 
     def exec_AugAssign(self, s):
         target, operand = self.eval(_as_load(s.target)), self.eval(s.value)
-        value = inplace_value(self, target, operand, self.binop(s.op, target, operand, s), s)
+        value = self.binop(s.op, target, operand, s)
+        if not isinstance(s.target, ast.Subscript):     # v[i] += w assigns an item: setitem casts
+            value = inplace_value(self, target, operand, value, s)
         self.assign(s.target, value, s)
 
     def exec_Return(self, s):
