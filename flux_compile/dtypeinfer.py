@@ -61,6 +61,8 @@ def _sources(node, memo):
     if node.op != CALL or node.kwargs.keys() & {"dtype", "out"}:
         return None
     fn = node.fn
+    if fn is helpers.inplace_result and node.args[1].meta.get("shape"):
+        return float_sources(node.args[1], memo)    # an array target keeps its dtype
     if fn in _FIRST_ARG or fn in _REDUCTIONS:
         return (float_sources(node.args[0], memo) or None) if node.args else None
     if fn is np.where and len(node.args) == 3:

@@ -72,17 +72,28 @@ def _check_shape(tracer, target, result, stmt):
     mine, theirs = shape_of(target), shape_of(result)
     if shapeinfer.same(mine, theirs):
         return True
-    st_mine, st_theirs = shapeinfer.static_shape(mine), shapeinfer.static_shape(theirs)
-    larger = mine is not None and theirs is not None and len(theirs) > len(mine)
-    if larger or (st_mine is not None and st_theirs is not None and st_mine != st_theirs):
+    if mine is not None and theirs is not None and _certainly_larger(mine, theirs):
         tracer.error(f"'{_op_text(stmt)}=' would broadcast the target to a larger shape "
                      f"({_fmt(theirs)} from {_fmt(mine)}): NumPy raises here", stmt,
                      hint="an in-place operation keeps the target's shape; write v = v + w for a new array")
     return False
 
 
+def _certainly_larger(mine, theirs):
+    """Broadcasting certainly made a dim larger: a higher rank, or a 1 grown to another size."""
+    if len(theirs) != len(mine):
+        return True
+    for m, t in zip(mine, theirs):
+        m, t = shapeinfer.find(m), shapeinfer.find(t)
+        if isinstance(m, int) and (isinstance(t, int) and t != m or isinstance(t, shapeinfer.Sym)
+                                   and m == 1 and t.nonone):
+            return True
+    return False
+
+
 def _fmt(shape):
-    return "(" + ", ".join(str(shapeinfer.find(d)) if isinstance(d, int) else "?" for d in shape) + ")"
+    dims = [shapeinfer.find(d) for d in shape]
+    return "(" + ", ".join(str(d) if isinstance(d, int) else "?" for d in dims) + ")"
 
 
 _OPS = {"Add": "+", "Sub": "-", "Mult": "*", "Div": "/", "FloorDiv": "//", "Mod": "%", "Pow": "**",
