@@ -307,3 +307,19 @@ def test_pullback_of_a_float32_state_fed_float64_inputs():
     assert m.W.grad.dtype == np.float32
     np.testing.assert_allclose(m.W.grad, central_difference(lambda W_: np.sum(np.tanh(x @ W_)), W0),
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_backends_run_the_inplace_cast(backend):
+    pytest.importorskip(backend)
+    x = RNG.standard_normal((1, 3)).astype(np.float32)     # torch's matmul does not promote
+    m = Accumulator(3)
+    ref_y, ref_back = m.pullback(x)
+    ref_dx = ref_back(np.ones_like(ref_y))
+    m2 = fc.to(Accumulator(3), backend)
+    y, back = m2.pullback(x)
+    dx = back(y * 0 + 1)
+    assert "inplace_result" in fc.source(m2, "forward")
+    assert str(y.dtype).endswith("float32")
+    np.testing.assert_allclose(np.asarray(y), ref_y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(dx), ref_dx, rtol=1e-4, atol=1e-6)

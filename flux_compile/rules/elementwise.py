@@ -315,7 +315,9 @@ def _(dy, y, x, dtype):
 
 @diffrule(inplace_result)
 def _(dy, y, r, target):
-    return cast_grad(dy, r.dtype, y.dtype), None
+    # the cast back to r's dtype; y is float wherever a gradient flows (an integer target with
+    # a float r raises in the forward)
+    return astype(dy, r.dtype), None
 
 
 @diffrule(identity)
