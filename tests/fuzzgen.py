@@ -595,7 +595,7 @@ class Body:
         if a is None:
             return None
         shape = self.vars[a]
-        b = self.pick(lambda s: broadcast(shape, s) == shape, avoid=(a,))
+        b = self.pick(lambda s: broadcast(shape, s) == shape, avoid={a} | self.scalars)   # arrays only
         if r.random() < 0.2 and b is not None:       # an int target: int right sides only
             k = self.names.fresh("k")
             rhs = r.choice([f"({b} > 0)", "2", f"({b} < 0).astype(np.int64)"])
