@@ -51,8 +51,9 @@ def float_sources(node, memo=None):
 
 def _sources(node, memo):
     if node.op == INPUT:
-        known = node.diff and not node.meta.get("complex") and "state" not in node.meta \
-            and "free" not in node.meta and "shape" in node.meta
+        shape = node.meta.get("shape")     # known for an input the key specialises (a float array)
+        known = node.diff and shape is not None and len(shape) > 0 and not node.meta.get("complex") \
+            and not node.meta.keys() & {"state", "free", "region_input"}
         return frozenset([node]) if known else None
     if node.op == PARAM:
         return frozenset([node])

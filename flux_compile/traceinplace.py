@@ -44,6 +44,9 @@ def _refuse_shared(tracer, target, stmt):
 
 
 def _shared_as(tracer, target):
+    initial = target.meta.get("initial") if target.op == INPUT else None
+    if isinstance(initial, Node):       # a loop's carried value: NumPy writes into its first value
+        return _shared_as(tracer, initial)
     if target.op == INPUT and "state" not in target.meta:
         root = getattr(tracer.ctx, "root_graph", None) or tracer.ctx.graph
         if any(target is i for i in root.inputs):

@@ -244,6 +244,7 @@ class Loops:
             for name, d in zip(carried, diff):
                 n = body.add(Node(INPUT, name=name, diff=d))
                 n.meta["region_input"] = True
+                n.meta["initial"] = saved_env.get(name)     # what the first trip sees (traceinplace)
                 env[name] = n
             collectors = [Collector(name) for name in lists]
             env.update((c.name, c) for c in collectors)

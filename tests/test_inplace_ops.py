@@ -323,3 +323,30 @@ def test_backends_run_the_inplace_cast(backend):
     assert str(y.dtype).endswith("float32")
     np.testing.assert_allclose(np.asarray(y), ref_y, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(dx), ref_dx, rtol=1e-4, atol=1e-6)
+
+
+def carried_from_the_input(x, W):
+    h = x
+    for t in range(W.shape[0] + 40):                # a loop region: NumPy writes into x every trip
+        h += np.tanh(h @ W) * 0.01
+    return np.sum(h)
+
+
+def test_carried_inplace_starting_from_the_callers_array_is_refused():
+    x, W = RNG.standard_normal((2, 3)), RNG.standard_normal((3, 3))
+    with pytest.raises(fc.CompileError, match="an input") as info:
+        fc.grad(carried_from_the_input, x, W)
+    assert info.value.lineno == carried_from_the_input.__code__.co_firstlineno + 3
+
+
+def python_float_scale(x, s):
+    v = np.tanh(x) * s                              # s a Python float: weak, v stays float32
+    v += np.tanh(s)                                 # np.tanh(s) is a float64 NumPy scalar
+    return np.sum(v * v)
+
+
+def test_python_float_input_is_not_taken_for_the_targets_dtype():
+    x = RNG.standard_normal((3, 4)).astype(np.float32)
+    value, _ = fc.grad(python_float_scale, x, 0.7)
+    assert np.asarray(value).dtype == np.asarray(python_float_scale(x, 0.7)).dtype == np.float32
+    np.testing.assert_allclose(value, python_float_scale(x, 0.7), rtol=1e-6)
