@@ -10,6 +10,7 @@ join, ``v op w`` has ``v``'s dtype whenever ``w``'s sources are among ``v``'s.
 >>> import numpy as np
 >>> from flux_compile.ir import Node
 >>> x = Node("input", name="x", diff=True)
+>>> x.meta["shape"] = (3, 4)              # an input the key specialises: a float array
 >>> y = Node("call", fn=np.tanh, args=(x,))
 >>> float_sources(y) == frozenset([x])
 True
