@@ -258,7 +258,8 @@ def torch_kernels(torch, tnp):
     return {"unbroadcast": unbroadcast, "sum_grad": sum_grad, "getitem_grad": getitem_grad,
             "stack_grads": stack_grads, "conv2d": conv2d, "conv2d_grad_x": conv2d_grad_x,
             "conv2d_grad_w": conv2d_grad_w, "maxpool2d": maxpool2d, "maxpool2d_grad": maxpool2d_grad,
-            "avgpool2d": avgpool2d}
+            "avgpool2d": avgpool2d,
+            "inplace_result": _inplace_kernel(torch.Tensor, torch.can_cast, lambda r, d: r.to(d))}
 
 
 # ------------------------------------------------------------------------------ JAX
@@ -346,7 +347,23 @@ def jax_kernels(jax, jnp):
 
     return {"getitem_grad": getitem_grad, "stack_grads": stack_grads, "conv2d": conv2d,
             "conv2d_grad_x": conv2d_grad_x, "conv2d_grad_w": conv2d_grad_w, "maxpool2d": maxpool2d,
-            "maxpool2d_grad": maxpool2d_grad, "avgpool2d": avgpool2d}
+            "maxpool2d_grad": maxpool2d_grad, "avgpool2d": avgpool2d,
+            "inplace_result": _inplace_kernel(jax.Array, lambda a, b: jnp.can_cast(a, b, casting="same_kind"),
+                                              lambda r, d: r.astype(d))}
+
+
+def _inplace_kernel(array_type, can_cast, cast):
+    """``inplace_result`` (rules.helpers) for a backend: its array type, same_kind test and cast."""
+    def inplace_result(r, target):
+        if not isinstance(target, array_type):
+            return r
+        if tuple(r.shape) != tuple(target.shape):
+            raise ValueError(f"non-broadcastable output operand with shape {tuple(target.shape)} doesn't "
+                             f"match the broadcast shape {tuple(r.shape)}")
+        if not can_cast(r.dtype, target.dtype):
+            raise TypeError(f"Cannot cast {r.dtype} to {target.dtype} with casting rule 'same_kind'")
+        return cast(r, target.dtype)
+    return inplace_result
 
 
 def _flat_matmul_grad_b(general):

@@ -191,6 +191,8 @@ def infer(fn, shapes, consts, kwargs):
               functions.standardize, functions.standardize_grad, functions.gelu_grad,
               helpers.astype, helpers.identity, np.clip, np.copy):
         return shapes[0]
+    if fn is helpers.inplace_result and len(shapes) == 2:
+        return shapes[1]
     if fn is np.swapaxes and shapes[0] is not None and len(consts) == 3:
         s0 = list(shapes[0])
         try:

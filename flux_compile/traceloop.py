@@ -395,6 +395,7 @@ class Loops:
                 shown = name[len(SUB_PREFIX):-1] if name.startswith(SUB_PREFIX) else name
                 n = body.add(Node(INPUT, name=shown, diff=d))
                 n.meta.update(region_input=True, shape=shape)
+                n.meta["initial"] = saved_env.get(name)     # what the first trip sees (traceinplace)
                 env[name] = n
             collectors = [Collector(name) for name in lists]
             env.update((c.name, c) for c in collectors)

@@ -13,6 +13,7 @@ from . import guards
 from .errors import CompileError
 from .ir import CALL, CONST, GETATTR, GUARD, ITEM, PACK, Node, is_leaf
 from .parsing import get_source
+from .traceinplace import inplace_value
 from .tracecore import (FORBIDDEN_HINTS, MAX_UNROLL, Frame, LocalFunction, Seq, Static, SymDict,
                         _as_load, _static, _stmt_name)
 
@@ -220,7 +221,10 @@ class Statements:
             self.assign(s.target, self.eval(s.value), s)
 
     def exec_AugAssign(self, s):
-        value = self.binop(s.op, self.eval(_as_load(s.target)), self.eval(s.value), s)
+        target, operand = self.eval(_as_load(s.target)), self.eval(s.value)
+        value = self.binop(s.op, target, operand, s)
+        if not isinstance(s.target, ast.Subscript):     # v[i] += w assigns an item: setitem casts
+            value = inplace_value(self, target, operand, value, s)
         self.assign(s.target, value, s)
 
     def exec_Return(self, s):

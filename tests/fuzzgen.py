@@ -38,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 FEATURES = ("names", "helpers", "defaults", "closure", "globals", "submodel", "pytree", "control", "shapes")
+# feature "inplace": augmented assignments (+=, -=, *=, /=) whose right side has another dtype
+# (float64 casts, bool and int arrays, NumPy and Python scalars), int targets, carried h += ... in loops;
 # feature "new_ops": primitives added in turn 2 (np.fft, svd, eig, angle, average, diff with prepend /
 # append, select, sliding_window_view, np.r_ / np.c_); "patterns": static asserts, float(...),
 # super().forward and dict arguments whose key order changes between calls
@@ -68,6 +70,7 @@ GROUPS = {
     "jvp_loops": ("jvp", "loops", "control", "shapes"),     # fc.jvp through loop regions
     "patterns": ("patterns", "pytree", "shapes", "control"),
     "patterns_model": ("patterns", "submodel", "pytree"),
+    "inplace": ("inplace", "loops", "shapes", "control"),   # v += w with mixed dtypes, carried h += ...
     "layers": ("layers",),          # library layer stacks against torch: tests/fuzzlayers.py
     "all": FEATURES,
 }
@@ -540,6 +543,10 @@ class Body:
             block = self.pattern_block(indent)
             if block:
                 return block
+        if "inplace" in self.features and self.r.random() < 0.35:
+            block = self.mixed_inplace_block(indent)
+            if block:
+                return block
         if "more_ops" in self.features and self.r.random() < 0.15:
             block = self.inplace_block(indent)
             if block:
@@ -586,6 +593,35 @@ class Body:
             lines.append(f"{indent}{name}[0] = {name}[-1] * 2.0")
         return lines
 
+    def mixed_inplace_block(self, indent):
+        """``v = np.tanh(a)`` then ``v op= w`` where ``w`` may have another dtype than ``v`` (NumPy
+        keeps ``v``'s); sometimes an int target ``k += ...`` that scales an array afterwards."""
+        r = self.r
+        a = self.pick(lambda s: len(s) >= 1)
+        if a is None:
+            return None
+        shape = self.vars[a]
+        b = self.pick(lambda s: broadcast(shape, s) == shape, avoid={a} | self.scalars)   # arrays only
+        if r.random() < 0.2 and b is not None:       # an int target: int right sides only
+            k = self.names.fresh("k")
+            rhs = r.choice([f"({b} > 0)", "2", f"({b} < 0).astype(np.int64)"])
+            lines = [f"{indent}{k} = ({a} > 0).astype(np.int64)", f"{indent}{k} += {rhs}"]
+            name, line = self.assign(f"{a} * {k}", shape, indent=indent)
+            return lines + [line]
+        forms = ["0.5", "2", "np.float64(0.75)", "np.float32(0.75)"]
+        if b is not None:
+            forms += [f"{b}.astype(np.float64)", f"np.tanh({b}).astype(np.float64)", f"({b} > 0)",
+                      f"np.asarray({b}, dtype=np.float64) * 0.5", b]
+        rhs = r.choice(forms)
+        op = r.choice(["+=", "-=", "*=", "/="])
+        base = f"np.tanh({a})" if op != "/=" else f"np.tanh({a}) + 2.0"
+        if op == "/=" and rhs.startswith("("):          # a bool array may hold zeros
+            rhs = f"{rhs} + 1.5"
+        elif op == "/=" and b is not None and b in rhs:
+            rhs = f"(np.cos({rhs}) + 2.0)"
+        name, line = self.assign(base, shape, indent=indent)
+        return [line, f"{indent}{name} {op} {rhs}"]
+
     def loop_block(self):
         """A loop compiled as a region: a trip count from a shape or above the unrolling limit,
         a carried accumulator, sometimes a list filled each trip and stacked after the loop."""
@@ -606,6 +642,8 @@ class Body:
         if not collect:
             lines += self.loop_jumps(acc, i)
         lines += [f"    {acc} = {acc} * 0.9 + np.tanh({acc} + {a} * {i} * 0.01) * 0.1"]
+        if "inplace" in self.features and r.random() < 0.5:    # a carried in-place update
+            lines.append(f"    {acc} {r.choice(['+=', '-='])} np.sin({acc}).astype(np.float64) * 0.01")
         if r.random() < 0.3:
             b = self.pick(lambda s: broadcast(shape, s) == shape, avoid=(a, acc))
             if b is not None:

@@ -15,7 +15,7 @@ import numpy as np
 
 import flux_compile.functions as F
 from flux_compile import rules
-from flux_compile.rules.helpers import astype, choose, getitem, identity, setitem, stack_items
+from flux_compile.rules.helpers import astype, choose, getitem, identity, inplace_result, setitem, stack_items
 
 
 @dataclass
@@ -677,3 +677,6 @@ case(_swv, r(6), 3, name="1-d", autograd=False)
 case(_swv, r(4, 5), (2, 3), name="2-d", autograd=False)
 case(_swv, r(4, 5), 2, 0, name="axis0", autograd=False)
 case(_swv, r(4, 5), (2, 2), (1, 1), name="repeated-axis", autograd=False)
+
+# appended last: its random draws leave every earlier case's inputs as they were
+case(inplace_result, r(3, 4), r(3, 4), name="same-dtype", autograd=False, diff=(0,))

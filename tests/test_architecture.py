@@ -18,7 +18,7 @@ LAYERS = {
     1: """shapeinfer rules rules.helpers rules.helpers_shape rules.helpers_linalg rules.helpers_coverage
           rules.elementwise rules.linalg rules.nn
           rules.reductions rules.shape rules.fft rules.conv trace builtins interp concrete
-          parsing tracecore tracestmt traceexpr tracecall traceloop tracecond
+          parsing tracecore tracestmt traceexpr tracecall traceloop tracecond traceinplace dtypeinfer
           rules.jvp_elementwise rules.jvp_linalg rules.jvp_nn rules.jvp_reductions rules.jvp_shape
           rules.jvp_helpers rules.jvp_more loophoist""",
     2: "frontend autodiff forward passes bufferplan codegen assemble emitters torchnumpy statehooks emitloops emitcond",

@@ -235,8 +235,6 @@ def _inplace_add_of_a_float64_value(x):
     return np.sum(v2 ** 2)
 
 
-@pytest.mark.xfail(strict=True, reason="known broken: an augmented assignment on an array is compiled "
-                   "as v2 = v2 + v1, so it promotes where NumPy's in-place operation keeps v2's dtype")
 def test_inplace_add_keeps_the_targets_dtype():
     x = np.random.default_rng(8).standard_normal((3, 4)).astype(np.float32)
     value, _ = fc.grad(_inplace_add_of_a_float64_value, x)

@@ -6,8 +6,8 @@ floats so float32 stays float32 (NEP 50).
 import numpy as np
 
 from .registry import diffrule, known, nondiff_primitive
-from .helpers import (astype, cast_grad, choose, choose_grad, clip_bound_grad, identity, imag_grad, linspace_grad,
-                      match_input, unbroadcast)
+from .helpers import (astype, cast_grad, choose, choose_grad, clip_bound_grad, identity, imag_grad,
+                      inplace_result, linspace_grad, match_input, unbroadcast)
 
 # Constants are written as literals (ln 2, ln 10, pi/180): rules are inlined
 # into generated code, which has no access to this module's globals.
@@ -311,6 +311,13 @@ def _(dy, out, condition, x, y):
 @diffrule(astype)
 def _(dy, y, x, dtype):
     return cast_grad(dy, x.dtype, dtype), None
+
+
+@diffrule(inplace_result)
+def _(dy, y, r, target):
+    # the cast back to r's dtype; y is float wherever a gradient flows (an integer target with
+    # a float r raises in the forward)
+    return astype(dy, r.dtype), None
 
 
 @diffrule(identity)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "reuse", "scatter_rows", "getitem", "astype", "cast_grad", "linspace_grad", "identity", "choose", "choose_grad", "unbroadcast", "normalize_axis",
+    "reuse", "scatter_rows", "getitem", "astype", "cast_grad", "inplace_result", "linspace_grad", "identity", "choose", "choose_grad", "unbroadcast", "normalize_axis",
     "reduced_size", "restore_axes", "sum_grad", "extremum_mask", "prod_others", "fill_none",
     "diff_grad", "cumprod_grad", "inverse_permutation", "getitem_grad", "take_grad",
     "take_along_axis_grad", "unconcatenate", "unstack", "unvstack", "unhstack", "undstack",
@@ -34,6 +34,19 @@ def cast_grad(g, source_dtype, target_dtype):
     if np.dtype(target_dtype).kind not in "fc":
         return np.zeros(np.shape(g), dtype=source_dtype)
     return np.asarray(g).astype(source_dtype, copy=False)
+
+
+def inplace_result(r, target):
+    """The value ``target`` holds after ``target op= w``, given ``r = target op w``: NumPy
+    writes into an array target, so it keeps the target's shape (a larger broadcast result is
+    an error) and dtype (cast with ``same_kind``: an integer target with a float result raises);
+    a scalar target (a Python or NumPy number) is simply rebound to ``r``."""
+    if not isinstance(target, np.ndarray):
+        return r
+    if np.shape(r) != target.shape:
+        raise ValueError(f"non-broadcastable output operand with shape {target.shape} doesn't match "
+                         f"the broadcast shape {np.shape(r)}")
+    return np.asarray(r).astype(target.dtype, casting="same_kind", copy=False)
 
 
 def linspace_grad(g, shape, num, endpoint, axis, end):

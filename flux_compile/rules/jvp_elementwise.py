@@ -9,7 +9,7 @@ tangent is not zero (``tsum``), so the generated code has no zero arithmetic.
 import numpy as np
 
 from .registry import jvprule, known, linear_jvp
-from .helpers import astype, choose, identity
+from .helpers import astype, choose, identity, inplace_result
 
 
 def tsum(a, b):
@@ -313,6 +313,11 @@ def _(da, da_min, da_max, y, a, a_min, a_max):
 @jvprule(astype)
 def _(dx, ddtype, y, x, dtype):
     return cast_tangent(dx, y.dtype)
+
+
+@jvprule(inplace_result)
+def _(dr, dtarget, y, r, target):
+    return cast_tangent(dr, y.dtype)
 
 
 @jvprule(np.full)
