@@ -318,6 +318,7 @@ class Loops:
             body, outs = self._trace_body(s, stmts, target, carried, diff, test, rows_of, lists, shapes)
         _hoist(body, self.ctx.graph)
         self._hoist_projections(body)
+        _drop_unused_reads(body)
         captured = _close(body)
         self.ctx.loc = self.frame.source.loc(s)
         loop = self.ctx.add(Node(LOOP, tuple(bounds) + tuple(inits) + tuple(captured),
@@ -464,10 +465,15 @@ def _hoist(body, outer):
     invariant work) before the loop, into ``outer``: it runs once, not once per trip."""
     inside = set(map(id, body.nodes))
     moved = set()
-    keep = []
     for n in body.nodes:
         if _invariant(n, moved, inside) and not any(n is o for o in body.outputs):
             moved.add(id(n))
+    # a Param or constant read moves only with work that uses it (the body reads its own)
+    used = {id(a) for n in body.nodes if id(n) in moved for a in n.inputs()}
+    moved = {id(n) for n in body.nodes if id(n) in moved and (id(n) in used or not is_reread(n))}
+    keep = []
+    for n in body.nodes:
+        if id(n) in moved:
             outer.add(n)
         else:
             keep.append(n)
@@ -475,6 +481,18 @@ def _hoist(body, outer):
         body.nodes, body.inputs = [], []
         for n in keep:
             body.add(n)
+
+
+def _drop_unused_reads(body):
+    """Drop the body's Param and constant reads nothing in it uses any more (their work was
+    hoisted out of the loop)."""
+    used = {id(a) for n in body.nodes for a in n.inputs()} | set(map(id, body.outputs))
+    if all(id(n) in used or not is_reread(n) for n in body.nodes):
+        return
+    kept = [n for n in body.nodes if id(n) in used or not is_reread(n)]
+    body.nodes, body.inputs = [], []
+    for n in kept:
+        body.add(n)
 
 
 def _close(body):

@@ -258,3 +258,68 @@ def test_jvp_of_select_keeps_its_conditions():
         eps = 1e-6
         fd = (fn(x + eps * t) - fn(x - eps * t)) / (2 * eps)
         np.testing.assert_allclose(tangent, fd, rtol=1e-6, atol=1e-8)
+
+
+@fc.net
+class _ParamFirstReadInABranch:
+    def __init__(self):
+        self.V = fc.Param(np.arange(4.0).reshape(2, 2) / 4 + 0.5)
+
+    def forward(self, x, w):
+        if np.sum(w) > 0:
+            y = x @ self.V
+        else:
+            y = np.log(np.abs(x) + 0.5)
+        return np.sum(y * y) + np.sum(self.V) * 0.5
+
+
+@fc.net
+class _ParamFirstReadInALoop:
+    def __init__(self):
+        self.V = fc.Param(np.arange(4.0).reshape(2, 2) / 4 + 0.5)
+
+    def forward(self, x):
+        h = x
+        for t in range(x.shape[0]):
+            if np.mean(h) > 0.1 * t:
+                h = np.tanh(h @ self.V)
+        return np.sum(h) + np.sum(self.V * self.V) * 0.5
+
+
+@pytest.mark.parametrize("model, extra", [(_ParamFirstReadInABranch, (np.ones(2),)),
+                                          (_ParamFirstReadInABranch, (-np.ones(2),)),
+                                          (_ParamFirstReadInALoop, ())],
+                         ids=["branch taken", "branch not taken", "loop with a branch"])
+def test_a_param_first_read_inside_a_region_is_read_again_after_it(model, extra):
+    """Found by the fuzzer (group all, seed 150098): the tracer kept one node per Param for the
+    whole trace, so a Param first read inside a loop body or a branch was, after the region,
+    a reference to a node of the region's graph: the generated code read another value there
+    (``np.sum(self.V)`` became ``np.sum(unpad_a)``)."""
+    from numeric import numgrad
+    x = np.random.default_rng(3).standard_normal((3, 2))
+    m = model()
+    y, back = m.pullback(x, *extra)
+    m.zero_grad()
+    back(np.ones_like(y))
+
+    def value(V):
+        old = m.V.value
+        m.V.value = V
+        try:
+            return float(m(x, *extra))
+        finally:
+            m.V.value = old
+
+    def reference(V):
+        h = x
+        if model is _ParamFirstReadInABranch:
+            h = x @ V if np.sum(extra[0]) > 0 else np.log(np.abs(x) + 0.5)
+            return np.sum(h * h) + np.sum(V) * 0.5
+        for t in range(x.shape[0]):
+            if np.mean(h) > 0.1 * t:
+                h = np.tanh(h @ V)
+        return np.sum(h) + np.sum(V * V) * 0.5
+    V0 = m.V.value.copy()
+    assert np.isclose(float(y), reference(V0), rtol=1e-12)
+    np.testing.assert_allclose(m.V.grad, numgrad(reference, V0), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(numgrad(value, V0), numgrad(reference, V0), rtol=1e-6, atol=1e-8)
