@@ -61,6 +61,7 @@ GROUPS = {
     # finite) and branches that would raise if taken (an index out of range, a singular inverse),
     # at the top level and inside loop regions
     "guards": ("guards", "loops", "control", "shapes"),
+    "loops_model": ("loops", "submodel", "control", "shapes"),   # loop regions in models: Params read inside
     "newops": ("new_ops",),
     "newops_mixed": ("new_ops", "more_ops", "shapes", "control"),
     "jvp": ("jvp", "shapes", "control", "helpers"),
@@ -648,6 +649,9 @@ class Body:
             b = self.pick(lambda s: broadcast(shape, s) == shape, avoid=(a, acc))
             if b is not None:
                 lines.append(f"    {acc} = {acc} + np.sin({b}) * 0.01")
+        attrs = sorted(v for v in self.vars if v.startswith("self."))
+        if attrs and r.random() < 0.4:      # a Param / attribute read inside the region (and after)
+            lines.append(f"    {acc} = {acc} + np.tanh(np.mean({r.choice(attrs)} * np.mean({acc}))) * 0.01")
         if collect:
             lines.append(f"    {hs}.append(np.cos({acc}) * 0.5)")
             lines.append(self.assign(f"np.mean(np.stack({hs}), axis=0) + {acc}", shape)[1])

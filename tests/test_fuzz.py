@@ -35,7 +35,10 @@ SEEDS_PER_GROUP = 5
 CLASS_SEEDS = [("core", 11), ("core", 38), ("core", 36), ("names", 0), ("pytree", 1), ("ops", 36),
                # turn 2 (each failed on main before its fix): jvp of np.where / concatenate with a
                # global or a closure cell; np.r_ with a float in float32; np.average(returned=True)[0]
-               ("jvp_tree", 6), ("jvp_tree", 17), ("newops", 468), ("newops", 3095)]
+               ("jvp_tree", 6), ("jvp_tree", 17), ("newops", 468), ("newops", 3095),
+               # turn 3: a Param first read inside a loop region and again after it (wrong value,
+               # wrong Param gradient, a crash before the fix of frontend.param_node)
+               ("loops_model", 248), ("loops_model", 400), ("loops_model", 427)]
 CI_CASES = [(group, seed) for group in sorted(GROUPS) for seed in range(SEEDS_PER_GROUP)] + CLASS_SEEDS
 
 pytestmark = pytest.mark.filterwarnings("ignore")
