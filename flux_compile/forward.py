@@ -283,10 +283,9 @@ def _in_emission_order(body):
     their order (the cond's captures index them)."""
     inputs = list(body.inputs)
     nodes = _interleaved(body.nodes)
-    body.nodes, body.inputs = [], []
     for n in nodes:
         n.meta.pop("after", None)
-        body.add(n)
+    body.renumber(nodes)
     body.inputs = inputs
 
 

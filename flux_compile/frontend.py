@@ -54,7 +54,7 @@ class Context(tracecore.Context):
 
     def __init__(self, graph, mode="forward"):
         super().__init__(graph, mode)
-        self.param_nodes = {}          # id(graph) -> (graph, {(base, path): node})
+        self.param_nodes = {}          # graph -> {(base, path): its Param read node}
         self.state = None              # recurrent state hooks (see recurrent.py), or None
         self.generic_cls = None        # the class, when compiling without an instance
         self.arity_of = None           # sub-model -> number of outputs (None: one)
@@ -136,14 +136,10 @@ class Builder(TracingPasses, Tracer):
         """The node reading Param ``base.<path>`` in the graph being traced: one per graph, so
         a Param first read inside a loop body or a branch is read again after the region
         (a region's nodes are not the outer graph's)."""
-        graph = self.ctx.graph
-        owner, memo = self.ctx.param_nodes.get(id(graph), (None, None))
-        if owner is not graph:          # a new graph (or a discarded one's id reused)
-            memo = {}
-            self.ctx.param_nodes[id(graph)] = (graph, memo)
+        memo = self.ctx.param_nodes.setdefault(self.ctx.graph, {})
         n = memo.get((base, path))
         if n is None:
-            n = graph.add(Node(PARAM, base=base, path=path, diff=trainable, name=str(path[-1])))
+            n = self.ctx.graph.add(Node(PARAM, base=base, path=path, diff=trainable, name=str(path[-1])))
             n.loc = None
             memo[(base, path)] = n
         return n

@@ -354,6 +354,12 @@ class Graph:
             self.inputs.append(node)
         return node
 
+    def renumber(self, nodes):
+        """Make ``nodes`` (in SSA order) the graph's nodes, ids and inputs given anew."""
+        self.nodes, self.inputs = [], []
+        for n in nodes:
+            self.add(n)
+
     # -- printing -------------------------------------------------------
     def format_node(self, n, shapes=None):
         kw = ", ".join(f"{k}={v!r}" for k, v in n.kwargs.items())

@@ -478,21 +478,16 @@ def _hoist(body, outer):
         else:
             keep.append(n)
     if moved:
-        body.nodes, body.inputs = [], []
-        for n in keep:
-            body.add(n)
+        body.renumber(keep)
 
 
 def _drop_unused_reads(body):
     """Drop the body's Param and constant reads nothing in it uses any more (their work was
     hoisted out of the loop)."""
     used = {id(a) for n in body.nodes for a in n.inputs()} | set(map(id, body.outputs))
-    if all(id(n) in used or not is_reread(n) for n in body.nodes):
-        return
     kept = [n for n in body.nodes if id(n) in used or not is_reread(n)]
-    body.nodes, body.inputs = [], []
-    for n in kept:
-        body.add(n)
+    if len(kept) < len(body.nodes):
+        body.renumber(kept)
 
 
 def _close(body):
@@ -538,7 +533,5 @@ def close_into(body, captured):
     new = list(inputs.values())
     own_inputs = [n for n in body.nodes if n.op == INPUT]
     rest = [n for n in body.nodes if n.op != INPUT]
-    body.nodes, body.inputs = [], []
-    for n in own_inputs + [c for c in new if c.op == INPUT] + [c for c in new if c.op != INPUT] + rest:
-        body.add(n)
+    body.renumber(own_inputs + [c for c in new if c.op == INPUT] + [c for c in new if c.op != INPUT] + rest)
     return positions
